@@ -1,0 +1,613 @@
+"""The document: named root containers, updates in and out, events.
+
+Theory of operation
+-------------------
+A :class:`Doc` owns one pycrdt document. Root containers are Yjs root types of
+the same name, so ``doc.text("body")`` is ``ydoc.getText("body")`` to a Yjs
+client. Yjs roots have no declared type, so the document keeps a root registry,
+the Y.Map ``"__crdtsync_roots"``, mapping each root name to its container kind.
+A root is registered in the transaction of its first edit, never when it is
+merely accessed: accessing is not an edit, and two replicas that imported the
+same updates must be equal whichever roots each looked at.
+
+Bytes from outside take one path: envelope (``encoding.unpack``), then the full
+Yjs v1 validator (``_yupdate.validate_update``), and only then pycrdt, inside a
+transaction whose origin marks it remote. pycrdt's Rust panics are
+``BaseException``\\ s; they are translated into :class:`EngineError` at the one
+place pycrdt is called.
+
+Events: pycrdt reports deep changes per root and then one transaction event. We
+collect the former, package them on the latter, and deliver the package after
+the outermost transaction has closed, outside pycrdt's call stack, so that a
+callback may itself edit the document.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pycrdt
+
+from . import encoding
+from ._yupdate import UpdateLimits, validate_update
+from .errors import EngineError, InvalidOperationError, InvalidUpdateError, RootTypeError
+from .model import KIND_KEY, Container, Counter, List, Map, Register, Text, kind_class
+from .version import Version
+
+if TYPE_CHECKING:
+    from .tree import Tree
+
+__all__ = ["DEFAULT_LIMITS", "Change", "ChangeEvent", "Doc"]
+
+REGISTRY = "__crdtsync_roots"
+DEFAULT_LIMITS = UpdateLimits()
+_MAX_PEER_ID = 2**53  # JS clients read client ids as doubles
+
+_C = TypeVar("_C", bound=Container)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One changed container within a transaction.
+
+    Attributes:
+        path: root name, then the keys and list indexes leading to the container.
+        kind: the container kind (``"map"``, ``"list"``, ``"text"``, ``"counter"``,
+            ``"register"``...).
+        keys: for maps, ``{key: "add" | "update" | "delete"}``.
+        delta: for lists and texts, Quill-style ``[{"retain": n} | {"insert": ...} |
+            {"delete": n}]`` in Python indexes (code points for text; plain values
+            for list inserts). ``None`` for a text whose earlier content this
+            document had not seen (read the text instead).
+        created: the whole root appeared in this transaction (read it whole).
+    """
+
+    path: tuple[str | int, ...]
+    kind: str
+    keys: dict[str, str] | None = None
+    delta: list[dict[str, Any]] | None = None
+    created: bool = False
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """Everything one transaction changed.
+
+    Attributes:
+        origin: the ``origin`` given to :meth:`Doc.transaction` or
+            :meth:`Doc.import_update`.
+        local: whether the edit was made on this replica.
+        changes: the changed containers.
+    """
+
+    origin: Any
+    local: bool
+    changes: tuple[Change, ...] = field(default_factory=tuple)
+
+
+class _Remote:
+    """Transaction origin of imports: tells remote changes from local ones."""
+
+    __slots__ = ("origin",)
+
+    def __init__(self, origin: Any) -> None:
+        self.origin = origin
+
+
+def _is_panic(exc: BaseException) -> bool:
+    # pyo3 raises pyo3_runtime.PanicException, a BaseException subclass that is
+    # not importable by name; recognise it without swallowing real exits.
+    return type(exc).__name__ == "PanicException"
+
+
+class _Txn:
+    """Context of one write: a pycrdt transaction plus our bookkeeping."""
+
+    __slots__ = ("_container", "_doc", "_origin", "_ytxn")
+
+    def __init__(self, doc: Doc, origin: Any, container: Container | None = None) -> None:
+        self._doc = doc
+        self._origin = origin
+        self._container = container
+        self._ytxn: Any = None
+
+    def __enter__(self) -> None:
+        doc = self._doc
+        if doc._depth == 0:
+            doc._origin = self._origin
+        doc._depth += 1
+        try:
+            self._ytxn = doc._y.transaction(origin=self._origin)
+            self._ytxn.__enter__()
+        except BaseException:
+            doc._depth -= 1
+            raise
+        c = self._container
+        if c is not None and c._pending_root is not None:
+            # A root's first edit registers its kind, in the same transaction.
+            name, c._pending_root = c._pending_root, None
+            if doc._registry.get(name) is None:
+                doc._registry[name] = c.kind
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        doc = self._doc
+        try:
+            self._ytxn.__exit__(exc_type, exc, tb)
+        except BaseException as err:
+            if _is_panic(err):
+                raise EngineError(f"the CRDT engine failed: {err}") from None
+            raise
+        finally:
+            doc._depth -= 1
+        if exc is not None and _is_panic(exc):
+            raise EngineError(f"the CRDT engine failed: {exc}") from None
+        if doc._depth == 0 and doc._queue:
+            doc._deliver()
+
+
+class Doc:
+    """A JSON-like CRDT document: named root containers that merge without conflicts.
+
+    Example:
+        >>> from crdtsync import Doc
+        >>> a, b = Doc(), Doc()
+        >>> a.list("todos").append({"title": "milk", "done": False})
+        >>> b.import_update(a.export_update())
+        >>> b.counter("likes").increment(2)
+        >>> a.import_update(b.export_update(since=a.version))
+        >>> a.to_py() == b.to_py() == {"likes": 2, "todos": [{"done": False, "title": "milk"}]}
+        True
+
+    Args:
+        peer_id: this replica's writer id (an int in ``[1, 2**53)``); random by
+            default. Two live replicas must never share one.
+        limits: limits applied to every update this document imports.
+        clock: wall clock in seconds (default :func:`time.time`), used by
+            registers' hybrid logical clocks; tests pass a fake one.
+    """
+
+    def __init__(
+        self,
+        *,
+        peer_id: int | None = None,
+        limits: UpdateLimits | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if peer_id is None:
+            peer_id = 1 + secrets.randbelow(_MAX_PEER_ID - 1)
+        elif type(peer_id) is not int or not 0 < peer_id < _MAX_PEER_ID:
+            raise InvalidOperationError(f"peer_id must be an int in [1, 2**53), not {peer_id!r}")
+        # The engine document; nothing outside this module and model.py touches it.
+        self._y = pycrdt.Doc(client_id=peer_id)
+        # Limits for imported bytes.
+        self._limits = limits or DEFAULT_LIMITS
+        # Wall clock for the registers' HLC.
+        self._clock = clock or time.time
+        # Last HLC timestamp issued or seen: (milliseconds, logical counter).
+        self._hlc: tuple[int, int] = (0, 0)
+        # Key of this writer's entries in counters and registers.
+        self._client_key = str(peer_id)
+        # Root name -> kind, replicated.
+        self._registry: Any = self._y.get(REGISTRY, type=pycrdt.Map)
+        # Root containers accessed here, by name.
+        self._roots: dict[str, Container] = {}
+        # Bumped by every import and text edit: invalidates text offset caches.
+        self._text_epoch = 0
+        # Nesting depth of our transactions; events are delivered at depth 0.
+        self._depth = 0
+        # Origin of the outermost open transaction (a _Remote for imports).
+        self._origin: Any = None
+        # Packaged events and updates waiting for the outermost transaction to end.
+        self._queue: list[tuple[ChangeEvent | None, bytes, Any, bool]] = []
+        # Change callbacks, and raw-update callbacks (sync, persistence).
+        self._observers: list[Callable[[ChangeEvent], None]] = []
+        self._update_observers: list[Callable[[bytes, Any, bool], None]] = []
+        # Deep changes collected during the current transaction.
+        self._pending: list[Change] = []
+        # Roots whose deep changes we are subscribed to.
+        self._watched: dict[str, Any] = {}
+        # Last seen content of texts, by path, to express deletions in code points.
+        self._mirrors: dict[tuple[str | int, ...], str] = {}
+        # Subscription to pycrdt's transaction events, made with the first observer
+        # so that unobserved documents pay nothing per edit.
+        self._txn_sub: Any = None
+
+    # -- identity and roots ----------------------------------------------------------
+
+    @property
+    def peer_id(self) -> int:
+        """This replica's writer id."""
+        return int(self._y.client_id)
+
+    def map(self, name: str) -> Map:
+        """The root map called ``name`` (created empty on first use)."""
+        return self._root(name, Map)
+
+    def list(self, name: str) -> List:
+        """The root list called ``name``."""
+        return self._root(name, List)
+
+    def text(self, name: str) -> Text:
+        """The root text called ``name``."""
+        return self._root(name, Text)
+
+    def counter(self, name: str) -> Counter:
+        """The root counter called ``name``."""
+        return self._root(name, Counter)
+
+    def register(self, name: str) -> Register:
+        """The root register called ``name``."""
+        return self._root(name, Register)
+
+    def tree(self, name: str) -> Tree:
+        """The root movable tree called ``name``."""
+        from .tree import Tree
+
+        return self._root(name, Tree)
+
+    def root(self, name: str, kind: str) -> Container:
+        """The root called ``name`` of the container kind ``kind`` (e.g. ``"tree"``).
+
+        Raises:
+            RootTypeError: if ``name`` is in use with another kind.
+            InvalidOperationError: if ``kind`` is unknown.
+        """
+        cls = kind_class(kind)
+        if cls is None:
+            raise InvalidOperationError(f"unknown container kind {kind!r}")
+        return self._root(name, cls)
+
+    def _root(self, name: str, cls: type[_C]) -> _C:
+        existing = self._roots.get(name)
+        if existing is not None:
+            if type(existing) is not cls:
+                raise RootTypeError(
+                    f"root {name!r} is a {existing.kind}, not a {cls.kind}"
+                )
+            return existing
+        if type(name) is not str or not name:
+            raise InvalidOperationError("root names are non-empty str")
+        if name == REGISTRY:
+            raise InvalidOperationError(f"the root name {REGISTRY!r} is reserved")
+        kind = self._registry.get(name)
+        if kind is not None and kind != cls.kind:
+            raise RootTypeError(f"root {name!r} is a {kind}, not a {cls.kind}")
+        try:
+            y = self._y.get(name, type=cls._engine_type)
+        except BaseException as exc:
+            if not _is_panic(exc) and not isinstance(exc, Exception):
+                raise
+            raise RootTypeError(f"root {name!r} exists in the engine with another type") from exc
+        root = cls._attached(self, y, pending_root=None if kind else name)
+        self._roots[name] = root
+        if self._observers:
+            self._watch(name, root)
+        return root
+
+    def roots(self) -> dict[str, str]:
+        """Every root with content: ``{name: kind}``, sorted by name."""
+        out: dict[str, str] = {}
+        for name, kind in self._registry.items():
+            if type(kind) is str and kind_class(kind) is not None:
+                out[name] = kind
+        for name, root in self._roots.items():
+            if name not in out and len(root._y):
+                out[name] = root.kind
+        return dict(sorted(out.items()))
+
+    def __getitem__(self, name: str) -> Any:
+        kind = self.roots().get(name)
+        if kind is None:
+            raise KeyError(name)
+        return self.root(name, kind)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.roots()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.roots())
+
+    def to_py(self) -> dict[str, Any]:
+        """Every root with content, as plain Python values."""
+        out = {}
+        for name, kind in self.roots().items():
+            try:
+                root = self.root(name, kind)
+            except RootTypeError:
+                # Concurrent first writes of one name with two kinds: the registry's
+                # winner is what everyone reads; our stale local wrapper is bypassed.
+                cls = kind_class(kind)
+                assert cls is not None
+                root = cls._attached(self, self._y.get(name, type=cls._engine_type))
+            out[name] = root.to_py()
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Doc peer_id={self.peer_id} {self.to_py()!r}>"
+
+    # -- transactions ------------------------------------------------------------------
+
+    def transaction(self, origin: Any = None) -> _Txn:
+        """Group edits into one transaction: one update, one event.
+
+        Args:
+            origin: any object; observers see it as ``event.origin``.
+
+        Example:
+            >>> doc = Doc()
+            >>> with doc.transaction(origin="bulk"):
+            ...     doc.map("m")["a"] = 1
+            ...     doc.map("m")["b"] = 2
+
+        Note:
+            Edits made before an exception inside the block are kept: CRDT
+            operations cannot be rolled back once made.
+        """
+        return _Txn(self, origin)
+
+    def _write(self, container: Container | None = None) -> _Txn:
+        return _Txn(self, None, container)
+
+    def _hlc_tick(self, seen: tuple[int, int]) -> tuple[int, int]:
+        """Next hybrid-logical-clock timestamp, after both our last one and ``seen``."""
+        wall = int(self._clock() * 1000)
+        last = max(self._hlc, seen)
+        ts = (wall, 0) if wall > last[0] else (last[0], last[1] + 1)
+        self._hlc = ts
+        return ts
+
+    # -- versions and updates ----------------------------------------------------------
+
+    @property
+    def version(self) -> Version:
+        """What this replica has seen: a state vector."""
+        return Version.from_bytes(self._y.get_state())
+
+    def export_update(self, since: Version | None = None) -> bytes:
+        """Everything this replica has that a replica at ``since`` lacks, as an envelope.
+
+        Args:
+            since: the other replica's version; ``None`` for the full state.
+
+        Returns:
+            Envelope bytes for :meth:`import_update` (compressed when that pays).
+        """
+        return encoding.pack(self.export_yjs_update(since))
+
+    def export_yjs_update(self, since: Version | None = None) -> bytes:
+        """Like :meth:`export_update`, as a raw Yjs v1 update (what Yjs clients send)."""
+        if since is None:
+            return bytes(self._y.get_update())
+        if not isinstance(since, Version):
+            raise InvalidOperationError(f"since must be a Version, not {type(since).__name__}")
+        return bytes(self._y.get_update(since.to_bytes()))
+
+    def save(self) -> bytes:
+        """The full history in the compact encoding, for :meth:`load`."""
+        return encoding.pack(bytes(self._y.get_update()), compact=True, snapshot=True)
+
+    @classmethod
+    def load(
+        cls,
+        data: bytes,
+        *,
+        peer_id: int | None = None,
+        limits: UpdateLimits | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Doc:
+        """A new document holding what :meth:`save` (or :meth:`export_update`) wrote.
+
+        Raises:
+            InvalidUpdateError: if the bytes are not a valid crdtsync document.
+        """
+        doc = cls(peer_id=peer_id, limits=limits, clock=clock)
+        doc.import_update(data)
+        return doc
+
+    def import_update(self, data: bytes, *, origin: Any = None) -> None:
+        """Merge an update, snapshot or save from another replica.
+
+        The bytes are treated as hostile: they are fully validated first, and if
+        they are refused the document is unchanged.
+
+        Args:
+            data: envelope bytes from :meth:`export_update` or :meth:`save`.
+            origin: passed to observers as ``event.origin`` (with ``local=False``).
+
+        Raises:
+            InvalidUpdateError: malformed, too large or from a newer version.
+            EngineError: the engine failed after validation (a bug: please report).
+        """
+        self._apply(encoding.unpack(data, self._limits).update, origin)
+
+    def import_yjs_update(self, data: bytes, *, origin: Any = None) -> None:
+        """Merge a raw Yjs v1 update (from Yjs, y-websocket or pycrdt peers).
+
+        Raises:
+            InvalidUpdateError: if the bytes are not a valid update.
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidUpdateError(f"updates are bytes, not {type(data).__name__}")
+        self._apply(bytes(data), origin)
+
+    def _apply(self, update: bytes, origin: Any) -> None:
+        validate_update(update, self._limits, known_state=dict(self.version))
+        outermost = self._depth == 0
+        # Hold delivery until roots that this update created are known, so the
+        # event can say so.
+        self._depth += 1
+        try:
+            with _Txn(self, _Remote(origin)):
+                if outermost:
+                    self._origin = _Remote(origin)
+                self._y.apply_update(update)
+        finally:
+            self._depth -= 1
+            self._text_epoch += 1
+        if self._observers:
+            created = self._watch_new_roots()
+            if created:
+                ev = self._queue[-1][0] if self._queue else None
+                if ev is not None and not ev.local and ev.origin is origin:
+                    ev = ChangeEvent(origin, False, ev.changes + tuple(created))
+                    self._queue[-1] = (ev, *self._queue[-1][1:])
+                else:
+                    self._queue.append((ChangeEvent(origin, False, tuple(created)), b"", origin, False))
+        if outermost and self._queue:
+            self._deliver()
+
+    # -- events ------------------------------------------------------------------------
+
+    def observe(self, callback: Callable[[ChangeEvent], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` after every transaction that changed something.
+
+        Args:
+            callback: receives a :class:`ChangeEvent`; it runs after the
+                transaction, so it may edit the document.
+
+        Returns:
+            A function that unsubscribes.
+        """
+        self._subscribe_transactions()
+        if not self._observers:
+            for name in self.roots():
+                self[name]  # noqa: B018 - access creates the wrapper
+            for name, root in self._roots.items():
+                self._watch(name, root)
+        self._observers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._observers:
+                self._observers.remove(callback)
+
+        return unsubscribe
+
+    def observe_updates(self, callback: Callable[[bytes, Any, bool], None]) -> Callable[[], None]:
+        """Call ``callback(update, origin, local)`` with each transaction's Yjs v1 update.
+
+        This is the hook for persistence and sync: ``update`` is exactly what
+        changed, ready for another replica's :meth:`import_yjs_update`.
+
+        Returns:
+            A function that unsubscribes.
+        """
+        self._subscribe_transactions()
+        self._update_observers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._update_observers:
+                self._update_observers.remove(callback)
+
+        return unsubscribe
+
+    def _watch(self, name: str, root: Container) -> None:
+        if name in self._watched:
+            return
+        self._watched[name] = root._y.observe_deep(lambda evs: self._on_deep(name, evs))
+        if isinstance(root, Text):
+            self._mirrors[(name,)] = str(root._y)
+
+    def _watch_new_roots(self) -> list[Change]:
+        created = []
+        for name, kind in self.roots().items():
+            if name not in self._watched:
+                try:
+                    root = self.root(name, kind)
+                except RootTypeError:
+                    continue
+                self._watch(name, root)
+                created.append(Change((name,), kind, created=True))
+        return created
+
+    def _on_deep(self, name: str, events: Any) -> None:
+        for ev in events:
+            path = (name, *ev.path)
+            target = ev.target
+            if isinstance(ev, pycrdt.TextEvent):
+                self._pending.append(Change(path, "text", delta=self._text_delta(path, ev)))
+            elif isinstance(ev, pycrdt.ArrayEvent):
+                self._pending.append(Change(path, "list", delta=self._list_delta(ev)))
+            elif isinstance(ev, pycrdt.MapEvent):
+                kind = "map"
+                if KIND_KEY in target:
+                    kind = str(target[KIND_KEY])
+                elif len(path) == 1:
+                    kind = self._registry.get(name) or getattr(self._roots.get(name), "kind", "map")
+                if kind == "map":
+                    keys = {k: str(v.get("action")) for k, v in ev.keys.items()}
+                    self._pending.append(Change(path, kind, keys=keys))
+                else:
+                    self._pending.append(Change(path, kind))
+
+    def _list_delta(self, ev: Any) -> list[dict[str, Any]]:
+        from .model import _plain
+
+        out: list[dict[str, Any]] = []
+        for op in ev.delta:
+            if "insert" in op:
+                out.append({"insert": [_plain(self, v) for v in op["insert"]]})
+            else:
+                out.append(dict(op))
+        return out
+
+    def _text_delta(self, path: tuple[str | int, ...], ev: Any) -> list[dict[str, Any]] | None:
+        """Translate a byte-offset text delta into code points, using the old content."""
+        new = str(ev.target)
+        old = self._mirrors.get(path)
+        self._mirrors[path] = new
+        if old is None:
+            return None
+        delta: list[dict[str, Any]] = []
+        pos = 0  # code-point position in old
+        for op in ev.delta:
+            if "insert" in op:
+                ins = op["insert"]
+                delta.append({"insert": ins if isinstance(ins, str) else ins})
+                continue
+            nbytes = op.get("retain", op.get("delete", 0))
+            start = pos
+            consumed = 0
+            while consumed < nbytes and pos < len(old):
+                consumed += len(old[pos].encode("utf-8"))
+                pos += 1
+            if consumed != nbytes:
+                return None  # our mirror is out of step; callers re-read the text
+            key = "retain" if "retain" in op else "delete"
+            delta.append({key: pos - start})
+        return delta
+
+    def _on_transaction(self, event: Any) -> None:
+        # Runs inside pycrdt's commit: only package; delivery happens after it.
+        changes, self._pending = self._pending, []
+        origin = self._origin
+        local = not isinstance(origin, _Remote)
+        if not local:
+            origin = origin.origin
+        ev = ChangeEvent(origin, local, tuple(changes)) if (changes and self._observers) else None
+        if ev is not None or self._update_observers:
+            update = bytes(event.update) if self._update_observers else b""
+            self._queue.append((ev, update, origin, local))
+
+    def _deliver(self) -> None:
+        while self._queue:
+            ev, update, origin, local = self._queue.pop(0)
+            if ev is not None:
+                for cb in list(self._observers):
+                    cb(ev)
+            if update:
+                for ucb in list(self._update_observers):
+                    ucb(update, origin, local)
+
+    def _subscribe_transactions(self) -> None:
+        if self._txn_sub is None:
+            self._txn_sub = self._y.observe(self._on_transaction)

@@ -1,0 +1,243 @@
+"""The crdtsync envelope: versioned, compressed update and snapshot bytes.
+
+Layout (see ``docs/FORMAT.md`` for the full description and golden vectors)::
+
+    envelope = {                 ; a CBOR map with unsigned-integer keys
+        0: "crdtsync",           ; magic
+        1: uint,                 ; format version (this release writes and reads 1)
+        2: uint,                 ; flags (below)
+        3: bytes,                ; payload
+        * uint => any            ; unknown keys are ignored (forward compatibility)
+    }
+
+    flags: bit 0  payload is zstd-compressed (a single frame with its content size)
+           bit 1  payload is the compact columnar encoding (``_columnar``)
+           bit 2  the envelope holds a full-history snapshot (``Doc.save``)
+
+The payload, once decompressed and decoded, is a Yjs v1 update. A flag bit this
+release does not know changes how the payload must be read, so it is refused like
+an unknown version: :class:`~crdtsync.errors.UnsupportedVersionError`.
+
+Everything here treats its input as hostile: sizes are checked before anything is
+buffered or decompressed, the CBOR structure is walked without recursion before
+cbor2 sees it, and every failure is one of our :class:`InvalidUpdateError`\\ s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cbor2
+import zstandard
+
+from ._columnar import compact_decode, compact_encode
+from ._yupdate import UpdateLimits
+from .errors import MalformedUpdateError, UnsupportedVersionError, UpdateLimitError
+
+__all__ = [
+    "FLAG_COMPACT",
+    "FLAG_SNAPSHOT",
+    "FLAG_ZSTD",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "Envelope",
+    "pack",
+    "unpack",
+]
+
+MAGIC = "crdtsync"
+FORMAT_VERSION = 1
+FLAG_ZSTD = 1
+FLAG_COMPACT = 2
+FLAG_SNAPSHOT = 4
+_KNOWN_FLAGS = FLAG_ZSTD | FLAG_COMPACT | FLAG_SNAPSHOT
+
+# Below this size compression cannot pay for its frame header.
+_COMPRESS_MIN = 64
+_ZSTD_LEVEL = 3
+
+# Limits of the envelope walk: ours needs depth 1 and 4 items; the slack is for
+# future fields, which must stay small and shallow.
+_MAX_CBOR_DEPTH = 16
+_MAX_CBOR_ITEMS = 10_000
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A decoded envelope: the v1 update and what the flags said about it."""
+
+    update: bytes
+    flags: int
+    version: int
+
+    @property
+    def snapshot(self) -> bool:
+        """Whether this was written by ``Doc.save`` (a full history)."""
+        return bool(self.flags & FLAG_SNAPSHOT)
+
+
+def pack(update: bytes, *, compact: bool = False, snapshot: bool = False) -> bytes:
+    """Wrap a v1 update in an envelope.
+
+    Args:
+        update: the Yjs v1 update.
+        compact: use the columnar encoding (slower to write, much smaller: for
+            snapshots and storage).
+        snapshot: mark it as a full-history snapshot.
+
+    Returns:
+        The envelope bytes.
+    """
+    flags = FLAG_SNAPSHOT if snapshot else 0
+    payload = update
+    if compact:
+        payload = compact_encode(update)
+        flags |= FLAG_COMPACT
+    elif len(update) >= _COMPRESS_MIN:
+        packed = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_content_size=True).compress(
+            update
+        )
+        if len(packed) < len(update):
+            payload = packed
+            flags |= FLAG_ZSTD
+    return cbor2.dumps({0: MAGIC, 1: FORMAT_VERSION, 2: flags, 3: payload})
+
+
+def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
+    """Open an envelope and return the v1 update inside (not yet validated).
+
+    Args:
+        data: envelope bytes from anywhere.
+        limits: size limits to enforce.
+
+    Returns:
+        The envelope.
+
+    Raises:
+        MalformedUpdateError: not an envelope, or a corrupt payload.
+        UnsupportedVersionError: written by a newer, incompatible version.
+        UpdateLimitError: larger than the limits allow, before or after
+            decompression.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedUpdateError(f"updates are bytes, not {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > limits.max_update_bytes:
+        raise UpdateLimitError(
+            f"update of {len(data)} bytes exceeds the limit of {limits.max_update_bytes}"
+        )
+    _check_cbor(data)
+    try:
+        obj = cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several types; all mean "not CBOR"
+        raise MalformedUpdateError(f"not a crdtsync envelope: {exc}") from exc
+    if not isinstance(obj, dict) or obj.get(0) != MAGIC:
+        raise MalformedUpdateError("not a crdtsync envelope (missing magic)")
+    version, flags, payload = obj.get(1), obj.get(2), obj.get(3)
+    if type(version) is not int or version < 1:
+        raise MalformedUpdateError(f"bad envelope format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f"format version {version} is newer than this release reads ({FORMAT_VERSION}); "
+            "upgrade crdtsync"
+        )
+    if type(flags) is not int or flags < 0:
+        raise MalformedUpdateError(f"bad envelope flags {flags!r}")
+    if flags & ~_KNOWN_FLAGS:
+        raise UnsupportedVersionError(
+            f"envelope uses flags {flags & ~_KNOWN_FLAGS:#x} this release does not know"
+        )
+    if type(payload) is not bytes:
+        raise MalformedUpdateError("envelope payload is missing or not bytes")
+    if flags & FLAG_COMPACT and flags & FLAG_ZSTD:
+        raise MalformedUpdateError("envelope flags combine compact and zstd")
+    if flags & FLAG_COMPACT:
+        update = compact_decode(payload, limits)
+    elif flags & FLAG_ZSTD:
+        update = _unzstd(payload, limits.max_update_bytes)
+    else:
+        update = payload
+    return Envelope(update=update, flags=flags, version=version)
+
+
+def _unzstd(payload: bytes, limit: int) -> bytes:
+    try:
+        params = zstandard.get_frame_parameters(payload)
+    except zstandard.ZstdError as exc:
+        raise MalformedUpdateError(f"corrupt compressed payload: {exc}") from exc
+    size = params.content_size
+    if size == zstandard.CONTENTSIZE_UNKNOWN or size == zstandard.CONTENTSIZE_ERROR:
+        raise MalformedUpdateError("compressed payload does not declare its size")
+    if size > limit:
+        # Refused before allocating: a decompression bomb never inflates.
+        raise UpdateLimitError(f"payload would decompress to {size} bytes (limit {limit})")
+    try:
+        out = zstandard.ZstdDecompressor().decompress(payload, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise MalformedUpdateError(f"corrupt compressed payload: {exc}") from exc
+    if len(out) != size:
+        raise MalformedUpdateError("compressed payload size does not match its header")
+    return out
+
+
+def _check_cbor(data: bytes) -> None:
+    """Walk one CBOR item iteratively: well-formed, shallow, bounded, no trailing bytes.
+
+    cbor2 decodes recursively and trusts declared lengths more than we would;
+    this pass makes sure what it is given is small and shallow.
+    """
+    n = len(data)
+    pos = 0
+    # Stack of remaining item counts per open container (-1: indefinite length).
+    stack: list[int] = [1]
+    items = 0
+    while stack:
+        if stack[-1] == 0:
+            stack.pop()
+            continue
+        if pos >= n:
+            raise MalformedUpdateError(f"truncated envelope at byte {pos}")
+        ib = data[pos]
+        pos += 1
+        if ib == 0xFF:
+            if stack[-1] != -1:
+                raise MalformedUpdateError(f"unexpected break at byte {pos - 1}")
+            stack.pop()
+            continue
+        if stack[-1] > 0:
+            stack[-1] -= 1
+        items += 1
+        if items > _MAX_CBOR_ITEMS:
+            raise MalformedUpdateError("envelope has too many CBOR items")
+        major, info = ib >> 5, ib & 0x1F
+        if info < 24:
+            arg = info
+        elif info <= 27:
+            width = 1 << (info - 24)
+            if pos + width > n:
+                raise MalformedUpdateError(f"truncated envelope at byte {pos}")
+            arg = int.from_bytes(data[pos : pos + width], "big")
+            pos += width
+        elif info == 31 and major in (2, 3, 4, 5):
+            arg = -1
+        else:
+            raise MalformedUpdateError(f"invalid CBOR header {ib:#x} at byte {pos - 1}")
+        if major in (0, 1, 7):
+            continue
+        if major in (2, 3):
+            if arg == -1:
+                raise MalformedUpdateError("indefinite-length strings are not used in envelopes")
+            if pos + arg > n:
+                raise MalformedUpdateError(f"string of {arg} bytes overruns the envelope")
+            pos += arg
+            continue
+        if major == 6:  # a tag: its content is the next item
+            stack.append(1)
+        else:
+            if arg != -1 and arg > _MAX_CBOR_ITEMS:
+                raise MalformedUpdateError("envelope container too large")
+            stack.append(-1 if arg == -1 else (arg if major == 4 else 2 * arg))
+        if len(stack) > _MAX_CBOR_DEPTH:
+            raise MalformedUpdateError("envelope nested too deeply")
+    if pos != n:
+        raise MalformedUpdateError(f"{n - pos} trailing bytes after the envelope")
