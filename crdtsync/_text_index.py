@@ -24,19 +24,17 @@ __all__ = ["TextIndex"]
 class TextIndex:
     """Offset cache of one text; see the module docstring."""
 
-    __slots__ = ("ascii", "epoch", "mirror")
+    __slots__ = ("ascii", "epoch", "mirror", "n")
 
     def __init__(self, content: str, epoch: int) -> None:
+        # Length in code points (asking the engine would cost a transaction).
+        self.n: int = len(content)
         # Whether byte offsets equal code-point indexes.
         self.ascii: bool = content.isascii()
         # The text itself, only kept when it is not ASCII.
         self.mirror: str = "" if self.ascii else content
         # Document text epoch this cache reflects.
         self.epoch: int = epoch
-
-    def length(self, byte_len: int) -> int:
-        """Code-point length, given the engine's byte length."""
-        return byte_len if self.ascii else len(self.mirror)
 
     def to_bytes(self, index: int) -> int:
         """Byte offset of code-point ``index`` (0 <= index <= length)."""
@@ -60,6 +58,7 @@ class TextIndex:
             current: the engine's text after the insert, read by the caller only
                 when switching from ASCII mode (``None`` otherwise).
         """
+        self.n += len(s)
         if self.ascii:
             if not s.isascii():
                 assert current is not None
@@ -71,6 +70,7 @@ class TextIndex:
 
     def deleted(self, index: int, length: int) -> None:
         """Record a local delete of ``length`` code points at ``index``."""
+        self.n -= length
         if not self.ascii:
             m = self.mirror[:index] + self.mirror[index + length :]
             if m.isascii():

@@ -1,4 +1,4 @@
-"""The document: named root containers, updates in and out, events.
+r"""The document: named root containers, updates in and out, events.
 
 Theory of operation
 -------------------
@@ -24,6 +24,7 @@ callback may itself edit the document.
 
 from __future__ import annotations
 
+import builtins
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +37,17 @@ import pycrdt
 from . import encoding
 from ._yupdate import UpdateLimits, validate_update
 from .errors import EngineError, InvalidOperationError, InvalidUpdateError, RootTypeError
-from .model import KIND_KEY, Container, Counter, List, Map, Register, Text, kind_class
+from .model import (
+    KIND_KEY,
+    Container,
+    Counter,
+    List,
+    Map,
+    Register,
+    Text,
+    engine_error,
+    kind_class,
+)
 from .version import Version
 
 if TYPE_CHECKING:
@@ -100,9 +111,7 @@ class _Remote:
 
 
 def _is_panic(exc: BaseException) -> bool:
-    # pyo3 raises pyo3_runtime.PanicException, a BaseException subclass that is
-    # not importable by name; recognise it without swallowing real exits.
-    return type(exc).__name__ == "PanicException"
+    return engine_error(exc) is not exc
 
 
 class _Txn:
@@ -188,7 +197,7 @@ class Doc:
         elif type(peer_id) is not int or not 0 < peer_id < _MAX_PEER_ID:
             raise InvalidOperationError(f"peer_id must be an int in [1, 2**53), not {peer_id!r}")
         # The engine document; nothing outside this module and model.py touches it.
-        self._y = pycrdt.Doc(client_id=peer_id)
+        self._y: Any = pycrdt.Doc(client_id=peer_id)
         # Limits for imported bytes.
         self._limits = limits or DEFAULT_LIMITS
         # Wall clock for the registers' HLC.
@@ -208,12 +217,14 @@ class Doc:
         # Origin of the outermost open transaction (a _Remote for imports).
         self._origin: Any = None
         # Packaged events and updates waiting for the outermost transaction to end.
-        self._queue: list[tuple[ChangeEvent | None, bytes, Any, bool]] = []
+        self._queue: builtins.list[tuple[ChangeEvent | None, bytes, Any, bool]] = []
         # Change callbacks, and raw-update callbacks (sync, persistence).
-        self._observers: list[Callable[[ChangeEvent], None]] = []
-        self._update_observers: list[Callable[[bytes, Any, bool], None]] = []
+        self._observers: builtins.list[Callable[[ChangeEvent], None]] = []
+        self._update_observers: builtins.list[Callable[[bytes, Any, bool], None]] = []
+        # Whether anyone observes: if not, edits may skip our transaction wrapper.
+        self._observed = False
         # Deep changes collected during the current transaction.
-        self._pending: list[Change] = []
+        self._pending: builtins.list[Change] = []
         # Roots whose deep changes we are subscribed to.
         self._watched: dict[str, Any] = {}
         # Last seen content of texts, by path, to express deletions in code points.
@@ -271,9 +282,7 @@ class Doc:
         existing = self._roots.get(name)
         if existing is not None:
             if type(existing) is not cls:
-                raise RootTypeError(
-                    f"root {name!r} is a {existing.kind}, not a {cls.kind}"
-                )
+                raise RootTypeError(f"root {name!r} is a {existing.kind}, not a {cls.kind}")
             return existing
         if type(name) is not str or not name:
             raise InvalidOperationError("root names are non-empty str")
@@ -295,14 +304,18 @@ class Doc:
         return root
 
     def roots(self) -> dict[str, str]:
-        """Every root with content: ``{name: kind}``, sorted by name."""
+        """Every root that has been written: ``{name: kind}``, sorted by name.
+
+        This is a function of the replicated state alone (the root registry),
+        never of which roots this replica happened to access, so replicas that
+        imported the same updates list the same roots. A root that only a plain
+        Yjs client has written is readable with ``doc.text(name)`` etc., and is
+        listed once a crdtsync replica edits it.
+        """
         out: dict[str, str] = {}
         for name, kind in self._registry.items():
             if type(kind) is str and kind_class(kind) is not None:
                 out[name] = kind
-        for name, root in self._roots.items():
-            if name not in out and len(root._y):
-                out[name] = root.kind
         return dict(sorted(out.items()))
 
     def __getitem__(self, name: str) -> Any:
@@ -462,7 +475,9 @@ class Doc:
                     ev = ChangeEvent(origin, False, ev.changes + tuple(created))
                     self._queue[-1] = (ev, *self._queue[-1][1:])
                 else:
-                    self._queue.append((ChangeEvent(origin, False, tuple(created)), b"", origin, False))
+                    self._queue.append(
+                        (ChangeEvent(origin, False, tuple(created)), b"", origin, False)
+                    )
         if outermost and self._queue:
             self._deliver()
 
@@ -481,7 +496,7 @@ class Doc:
         self._subscribe_transactions()
         if not self._observers:
             for name in self.roots():
-                self[name]  # noqa: B018 - access creates the wrapper
+                self[name]
             for name, root in self._roots.items():
                 self._watch(name, root)
         self._observers.append(callback)
@@ -517,7 +532,7 @@ class Doc:
         if isinstance(root, Text):
             self._mirrors[(name,)] = str(root._y)
 
-    def _watch_new_roots(self) -> list[Change]:
+    def _watch_new_roots(self) -> builtins.list[Change]:
         created = []
         for name, kind in self.roots().items():
             if name not in self._watched:
@@ -544,15 +559,15 @@ class Doc:
                 elif len(path) == 1:
                     kind = self._registry.get(name) or getattr(self._roots.get(name), "kind", "map")
                 if kind == "map":
-                    keys = {k: str(v.get("action")) for k, v in ev.keys.items()}
+                    keys = {k: str(v.get("action")) for k, v in ev.keys.items()}  # type: ignore[attr-defined]
                     self._pending.append(Change(path, kind, keys=keys))
                 else:
                     self._pending.append(Change(path, kind))
 
-    def _list_delta(self, ev: Any) -> list[dict[str, Any]]:
+    def _list_delta(self, ev: Any) -> builtins.list[dict[str, Any]]:
         from .model import _plain
 
-        out: list[dict[str, Any]] = []
+        out: builtins.list[dict[str, Any]] = []
         for op in ev.delta:
             if "insert" in op:
                 out.append({"insert": [_plain(self, v) for v in op["insert"]]})
@@ -560,19 +575,20 @@ class Doc:
                 out.append(dict(op))
         return out
 
-    def _text_delta(self, path: tuple[str | int, ...], ev: Any) -> list[dict[str, Any]] | None:
+    def _text_delta(
+        self, path: tuple[str | int, ...], ev: Any
+    ) -> builtins.list[dict[str, Any]] | None:
         """Translate a byte-offset text delta into code points, using the old content."""
         new = str(ev.target)
         old = self._mirrors.get(path)
         self._mirrors[path] = new
         if old is None:
             return None
-        delta: list[dict[str, Any]] = []
+        delta: builtins.list[dict[str, Any]] = []
         pos = 0  # code-point position in old
         for op in ev.delta:
             if "insert" in op:
-                ins = op["insert"]
-                delta.append({"insert": ins if isinstance(ins, str) else ins})
+                delta.append({"insert": op["insert"]})
                 continue
             nbytes = op.get("retain", op.get("delete", 0))
             start = pos
@@ -609,5 +625,6 @@ class Doc:
                     ucb(update, origin, local)
 
     def _subscribe_transactions(self) -> None:
+        self._observed = True
         if self._txn_sub is None:
             self._txn_sub = self._y.observe(self._on_transaction)

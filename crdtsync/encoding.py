@@ -1,4 +1,4 @@
-"""The crdtsync envelope: versioned, compressed update and snapshot bytes.
+r"""The crdtsync envelope: versioned, compressed update and snapshot bytes.
 
 Layout (see ``docs/FORMAT.md`` for the full description and golden vectors)::
 
@@ -166,7 +166,7 @@ def _unzstd(payload: bytes, limit: int) -> bytes:
     except zstandard.ZstdError as exc:
         raise MalformedUpdateError(f"corrupt compressed payload: {exc}") from exc
     size = params.content_size
-    if size == zstandard.CONTENTSIZE_UNKNOWN or size == zstandard.CONTENTSIZE_ERROR:
+    if size in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
         raise MalformedUpdateError("compressed payload does not declare its size")
     if size > limit:
         # Refused before allocating: a decompression bomb never inflates.

@@ -15,7 +15,7 @@ The tree::
     ├── InvalidValueError (also TypeError, ValueError)
     │                                              a value cannot be stored (set, object, NaN, ...)
     ├── RootTypeError (also TypeError)             a root name is already used with another type
-    ├── InvalidOperationError (also ValueError)    a local edit that cannot be done (bad index, cycle)
+    ├── InvalidOperationError (also ValueError)    a local edit that cannot be done (cycle...)
     └── EngineError                                pycrdt failed in a way validation did not foresee
 
 Errors split like h11's: ``InvalidUpdateError`` is the remote side's fault (the

@@ -1,4 +1,4 @@
-"""The container types of a document: Map, List, Text, Counter, Register.
+r"""The container types of a document: Map, List, Text, Counter, Register.
 
 Theory of operation
 -------------------
@@ -44,7 +44,7 @@ import pycrdt
 
 from . import values
 from ._text_index import TextIndex
-from .errors import InvalidOperationError, InvalidValueError
+from .errors import EngineError, InvalidOperationError, InvalidValueError
 from .values import check_key
 
 if TYPE_CHECKING:
@@ -148,7 +148,9 @@ def to_engine(value: object, doc: Doc, depth: int = 0) -> Any:
             raise InvalidValueError(f"value nested deeper than {values.MAX_VALUE_DEPTH} levels")
         if t is dict:
             assert isinstance(value, dict)
-            return pycrdt.Map({check_key(k): to_engine(v, doc, depth + 1) for k, v in value.items()})
+            return pycrdt.Map(
+                {check_key(k): to_engine(v, doc, depth + 1) for k, v in value.items()}
+            )
         assert isinstance(value, list)
         return pycrdt.Array([to_engine(v, doc, depth + 1) for v in value])
     if isinstance(value, Container):
@@ -187,6 +189,18 @@ def _plain(doc: Doc, stored: Any) -> Any:
     if t is pycrdt.Map or t is pycrdt.Array or t is pycrdt.Text:
         return wrap(doc, stored).to_py()
     return values.decode(stored)
+
+
+def engine_error(exc: BaseException) -> BaseException:
+    """Translate a pycrdt panic into :class:`EngineError`; return anything else unchanged.
+
+    pyo3 raises ``pyo3_runtime.PanicException``, a ``BaseException`` that cannot
+    be imported by name; it is recognised by name so that real exits
+    (``KeyboardInterrupt``, ``SystemExit``) pass through untouched.
+    """
+    if type(exc).__name__ == "PanicException":
+        return EngineError(f"the CRDT engine failed: {exc}")
+    return exc
 
 
 def _norm_index(index: int, length: int, *, insert: bool = False) -> int:
@@ -306,7 +320,7 @@ class Map(Container):
     def __iter__(self) -> Iterator[str]:
         if self._doc is None:
             return iter(list(self._initial))
-        return iter(sorted(k for k in self._y.keys() if not k.startswith("\x00")))
+        return iter(sorted(k for k in self._y if not k.startswith("\x00")))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -544,7 +558,7 @@ class Text(Container):
         doc = self._doc
         if doc is None:
             return len(self._initial)
-        return self._idx(doc).length(len(self._y))
+        return self._idx(doc).n
 
     def __getitem__(self, index: int | slice) -> str:
         return str(self)[index]
@@ -577,9 +591,11 @@ class Text(Container):
         """
         if type(s) is not str:
             raise InvalidValueError(f"Text.insert takes str, not {type(s).__name__}")
-        doc = self._d()
-        idx = self._idx(doc)
-        n = idx.length(len(self._y))
+        doc = self._doc or self._d()
+        idx = self._index
+        if idx is None or idx.epoch != doc._text_epoch:
+            idx = self._idx(doc)
+        n = idx.n
         if type(index) is not int:
             raise InvalidOperationError(f"indexes are int, not {type(index).__name__}")
         if index < 0:
@@ -588,8 +604,16 @@ class Text(Container):
             raise IndexError(f"text index {index} out of range for length {n}")
         if not s:
             return
-        with doc._write(self):
-            self._y.insert(idx.to_bytes(index), s)
+        if self._pending_root is None and (doc._depth or not doc._observed):
+            # Hot path (typing): no events to package, so the engine's own
+            # implicit transaction is all we need.
+            try:
+                self._y.insert(idx.to_bytes(index), s)
+            except BaseException as exc:
+                raise engine_error(exc) from None
+        else:
+            with doc._write(self):
+                self._y.insert(idx.to_bytes(index), s)
         idx.inserted(index, s, None if idx.ascii and s.isascii() else str(self._y))
         doc._text_epoch += 1
         idx.epoch = doc._text_epoch
@@ -600,9 +624,11 @@ class Text(Container):
         Raises:
             IndexError: if the range is not inside the text.
         """
-        doc = self._d()
-        idx = self._idx(doc)
-        n = idx.length(len(self._y))
+        doc = self._doc or self._d()
+        idx = self._index
+        if idx is None or idx.epoch != doc._text_epoch:
+            idx = self._idx(doc)
+        n = idx.n
         if type(index) is not int or type(length) is not int:
             raise InvalidOperationError("index and length are int")
         if index < 0:
@@ -612,8 +638,14 @@ class Text(Container):
         if not length:
             return
         start, blen = idx.span_bytes(index, length)
-        with doc._write(self):
-            del self._y[start : start + blen]
+        if self._pending_root is None and (doc._depth or not doc._observed):
+            try:
+                del self._y[start : start + blen]
+            except BaseException as exc:
+                raise engine_error(exc) from None
+        else:
+            with doc._write(self):
+                del self._y[start : start + blen]
         idx.deleted(index, length)
         doc._text_epoch += 1
         idx.epoch = doc._text_epoch
@@ -693,7 +725,7 @@ class Counter(Container):
     __slots__ = ("_initial",)
 
     def __init__(self, initial: int = 0) -> None:
-        """Create a detached counter starting at ``initial``; assign it into a document to use it."""
+        """Create a detached counter at ``initial``; assign it into a document to use it."""
         super().__init__()
         self._initial = _check_delta(initial)
 
@@ -801,7 +833,7 @@ class Register(Container):
     """
 
     kind = "register"
-    __slots__ = ("_initial", "_has_initial")
+    __slots__ = ("_has_initial", "_initial")
 
     _UNSET: ClassVar[object] = object()
 
@@ -824,7 +856,10 @@ class Register(Container):
         content: dict[str, Any] = {KIND_KEY: self.kind}
         if self._has_initial:
             ms, c = doc._hlc_tick((0, 0))
-            content[doc._client_key] = {"v": values.encode(self._initial), "t": [float(ms), float(c)]}
+            content[doc._client_key] = {
+                "v": values.encode(self._initial),
+                "t": [float(ms), float(c)],
+            }
         return pycrdt.Map(content)
 
     def _entries(self) -> list[tuple[tuple[int, int, int], Any]]:
@@ -906,4 +941,3 @@ def register_kind(cls: type[Container]) -> None:
 def kind_class(kind: str) -> type[Container] | None:
     """The container class for a kind name, if known."""
     return _KINDS.get(kind)
-

@@ -113,8 +113,8 @@ def test_exact_values_round_trip(value: object) -> None:
     a.list("l").append(value)
     a.register("r").set(value)
     for doc in (a, Doc.load(a.save()), Doc.load(a.export_update())):
-        for got in (doc.map("m")["k"], doc.list("l")[0], doc.register("r").value):
-            got = got.to_py() if hasattr(got, "to_py") else got
+        for stored in (doc.map("m")["k"], doc.list("l")[0], doc.register("r").value):
+            got = stored.to_py() if hasattr(stored, "to_py") else stored
             assert got == value
             assert _types(got) == _types(value)
             if isinstance(value, float) and value == 0.0:
@@ -192,7 +192,7 @@ def test_map_api() -> None:
     with pytest.raises(KeyError):
         del m["nope"]
     with pytest.raises(KeyError):
-        m["nope"]  # noqa: B018
+        m["nope"]
     assert m.setdefault("d", [1]).to_py() == [1]
     m["n"] = {"x": {"y": 1}}
     m["n"]["x"]["y"] = 2
@@ -230,7 +230,7 @@ def test_list_api() -> None:
     lst.remove(3.5)
     assert len(lst) == 1
     with pytest.raises(IndexError):
-        lst[5]  # noqa: B018
+        lst[5]
     with pytest.raises(IndexError):
         lst[5] = 1
     with pytest.raises(IndexError):
@@ -242,7 +242,7 @@ def test_list_api() -> None:
     lst.append(1)
     assert True not in lst
     assert 1.0 not in lst
-    assert [x for x in lst] == [1]
+    assert list(lst) == [1]
     assert "1" in repr(lst)
 
 
@@ -303,7 +303,14 @@ def test_detached_containers() -> None:
 
 @pytest.mark.parametrize(
     "content",
-    ["plain ascii", "héllo wörld", "日本語のテキスト", "emoji 😀👍🏽 mix", "a😀b", "\U0010ffff\U00010000 edge"],
+    [
+        "plain ascii",
+        "héllo wörld",
+        "日本語のテキスト",
+        "emoji 😀👍🏽 mix",
+        "a😀b",
+        "\U0010ffff\U00010000 edge",
+    ],
 )
 def test_text_indexes_are_code_points(content: str) -> None:
     doc = Doc()
