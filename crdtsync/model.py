@@ -418,7 +418,8 @@ class List(Container):
         with doc._write(self):
             i = _norm_index(index, len(self._y), insert=True)
             self._y.insert(i, stored)
-            _adopt(value, self._y[i], doc)
+            if isinstance(value, Container):  # reading back costs a walk of the array
+                _adopt(value, self._y[i], doc)
 
     def append(self, value: Any) -> None:
         """Add ``value`` at the end."""
@@ -426,7 +427,8 @@ class List(Container):
         stored = to_engine(value, doc)
         with doc._write(self):
             self._y.append(stored)
-            _adopt(value, self._y[len(self._y) - 1], doc)
+            if isinstance(value, Container):
+                _adopt(value, self._y[len(self._y) - 1], doc)
 
     def extend(self, items: Iterable[Any]) -> None:
         """Append every item, in one transaction; nothing is written if one is invalid."""
@@ -437,7 +439,8 @@ class List(Container):
             start = len(self._y)
             self._y.extend(stored)
             for i, v in enumerate(items):
-                _adopt(v, self._y[start + i], doc)
+                if isinstance(v, Container):
+                    _adopt(v, self._y[start + i], doc)
 
     def __setitem__(self, index: int, value: Any) -> None:
         if isinstance(index, slice):
@@ -448,7 +451,8 @@ class List(Container):
             i = _norm_index(index, len(self._y))
             del self._y[i]
             self._y.insert(i, stored)
-            _adopt(value, self._y[i], doc)
+            if isinstance(value, Container):
+                _adopt(value, self._y[i], doc)
 
     def __delitem__(self, index: int | slice) -> None:
         doc = self._d()
@@ -866,15 +870,11 @@ class Register(Container):
         """``((ms, counter, client), stored value)`` of live entries, greatest first."""
         out = []
         for k, e in self._y.items():
-            if k.startswith("\x00") or not k.isdigit() or type(e) is not dict:
+            if k.startswith("\x00") or not k.isdigit():
                 continue
-            t = e.get("t")
-            if type(t) is not list or len(t) != 2 or "v" not in e:
-                continue
-            ms, c = values.decode(t[0]), values.decode(t[1])
-            if type(ms) is not int or type(c) is not int:
-                continue
-            out.append(((ms, c, int(k)), e["v"]))
+            t = _entry_time(e)
+            if t is not None:
+                out.append(((t[0], t[1], int(k)), e["v"]))
         out.sort(key=lambda x: x[0], reverse=True)
         return out
 
@@ -911,17 +911,43 @@ class Register(Container):
         doc = self._d()
         key = doc._client_key
         with doc._write(self):
-            entries = self._entries()
-            seen = entries[0][0][:2] if entries else (0, 0)
+            # One pass over the entries: the latest timestamp seen, and the other
+            # writers' entries, which this write supersedes.
+            seen = (0, 0)
+            superseded = []
+            for k, e in self._y.items():
+                if k.startswith("\x00"):
+                    continue
+                if k != key:
+                    superseded.append(k)
+                t = _entry_time(e)
+                if t is not None and t > seen:
+                    seen = t
             ms, c = doc._hlc_tick(seen)
-            for k in list(self._y.keys()):
-                if not k.startswith("\x00") and k != key:
-                    del self._y[k]
+            for k in superseded:
+                del self._y[k]
             self._y[key] = {"v": stored, "t": [float(ms), float(c)]}
 
     def to_py(self) -> Any:
         """The winning value."""
         return self.value
+
+
+def _entry_time(entry: Any) -> tuple[int, int] | None:
+    """The ``(ms, counter)`` of a register entry, or None if it is not a well-formed one.
+
+    Entries may come from foreign writers: anything malformed is ignored, the
+    same way on every replica.
+    """
+    if type(entry) is not dict or "v" not in entry:
+        return None
+    t = entry.get("t")
+    if type(t) is not list or len(t) != 2:
+        return None
+    ms, c = values.decode(t[0]), values.decode(t[1])
+    if type(ms) is not int or type(c) is not int:
+        return None
+    return ms, c
 
 
 _KINDS: dict[str, type[Container]] = {
