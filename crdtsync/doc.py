@@ -35,8 +35,24 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pycrdt
 
 from . import encoding
-from ._yupdate import UpdateLimits, validate_update
-from .errors import EngineError, InvalidOperationError, InvalidUpdateError, RootTypeError
+from ._yupdate import (
+    TYPE_ARRAY,
+    TYPE_MAP,
+    TYPE_TEXT,
+    DocIndex,
+    MissingUpdatesError,
+    ParsedUpdate,
+    UpdateLimits,
+    parse_update,
+    validate_update,
+)
+from .errors import (
+    EngineError,
+    InvalidOperationError,
+    InvalidUpdateError,
+    RootTypeError,
+    UpdateLimitError,
+)
 from .model import (
     KIND_KEY,
     Container,
@@ -58,6 +74,9 @@ __all__ = ["DEFAULT_LIMITS", "Change", "ChangeEvent", "Doc"]
 REGISTRY = "__crdtsync_roots"
 DEFAULT_LIMITS = UpdateLimits()
 _MAX_PEER_ID = 2**53  # JS clients read client ids as doubles
+_MAX_HELD = 10_000  # updates held for missing predecessors
+# Engine type ref of each engine root type, for the validator's index.
+_TYPE_REFS = {pycrdt.Map: TYPE_MAP, pycrdt.Array: TYPE_ARRAY, pycrdt.Text: TYPE_TEXT}
 
 _C = TypeVar("_C", bound=Container)
 
@@ -208,6 +227,10 @@ class Doc:
         self._client_key = str(peer_id)
         # Root name -> kind, replicated.
         self._registry: Any = self._y.get(REGISTRY, type=pycrdt.Map)
+        # What the validator knows of this document's structure (see _yupdate.DocIndex).
+        self._index = DocIndex({REGISTRY: TYPE_MAP})
+        # Updates waiting for predecessors: (v1 update, origin).
+        self._held: builtins.list[tuple[bytes, Any]] = []
         # Root containers accessed here, by name.
         self._roots: dict[str, Container] = {}
         # Bumped by every import and text edit: invalidates text offset caches.
@@ -299,6 +322,7 @@ class Doc:
             raise RootTypeError(f"root {name!r} exists in the engine with another type") from exc
         root = cls._attached(self, y, pending_root=None if kind else name)
         self._roots[name] = root
+        self._index.root_types.setdefault(name, _TYPE_REFS[cls._engine_type])
         if self._observers:
             self._watch(name, root)
         return root
@@ -407,7 +431,12 @@ class Doc:
 
     def save(self) -> bytes:
         """The full history in the compact encoding, for :meth:`load`."""
-        return encoding.pack(bytes(self._y.get_update()), compact=True, snapshot=True)
+        return encoding.pack(
+            bytes(self._y.get_update()),
+            compact=True,
+            snapshot=True,
+            held=[u for u, _ in self._held],
+        )
 
     @classmethod
     def load(
@@ -424,7 +453,17 @@ class Doc:
             InvalidUpdateError: if the bytes are not a valid crdtsync document.
         """
         doc = cls(peer_id=peer_id, limits=limits, clock=clock)
-        doc.import_update(data)
+        env = encoding.unpack(data, doc._limits)
+        doc._apply(env.update, None)
+        if doc._held:
+            raise MissingUpdatesError(
+                "not a complete document: it depends on changes it does not contain "
+                "(import it into the document it was exported from instead)",
+                0,
+                0,
+            )
+        for update in env.held:
+            doc._apply(update, None)
         return doc
 
     def import_update(self, data: bytes, *, origin: Any = None) -> None:
@@ -441,7 +480,10 @@ class Doc:
             InvalidUpdateError: malformed, too large or from a newer version.
             EngineError: the engine failed after validation (a bug: please report).
         """
-        self._apply(encoding.unpack(data, self._limits).update, origin)
+        env = encoding.unpack(data, self._limits)
+        self._apply(env.update, origin)
+        for update in env.held:
+            self._apply(update, origin)
 
     def import_yjs_update(self, data: bytes, *, origin: Any = None) -> None:
         """Merge a raw Yjs v1 update (from Yjs, y-websocket or pycrdt peers).
@@ -453,8 +495,65 @@ class Doc:
             raise InvalidUpdateError(f"updates are bytes, not {type(data).__name__}")
         self._apply(bytes(data), origin)
 
+    @property
+    def pending(self) -> int:
+        """Updates received ahead of changes they depend on, held until those arrive."""
+        return len(self._held)
+
+    def _sync_index(self) -> None:
+        """Bring the validator's index up to date with local edits since it last looked.
+
+        Local transactions are recorded lazily, here, as one state-vector diff,
+        so that editing pays nothing for it.
+        """
+        state = self._index.state
+        if dict(self.version) != state:
+            delta = bytes(self._y.get_update(Version(state).to_bytes()))
+            self._index.record(parse_update(delta, self._limits))
+
     def _apply(self, update: bytes, origin: Any) -> None:
-        validate_update(update, self._limits, known_state=dict(self.version))
+        self._sync_index()
+        try:
+            parsed = validate_update(update, self._limits, index=self._index)
+        except MissingUpdatesError:
+            # Out of order: pycrdt 0.14 would integrate past the gap and diverge
+            # (see _yupdate), so we hold the update until its predecessors arrive.
+            self._hold(update, origin)
+            return
+        self._integrate(update, parsed, origin)
+        if self._held:
+            self._release_held()
+
+    def _hold(self, update: bytes, origin: Any) -> None:
+        size = sum(len(u) for u, _ in self._held) + len(update)
+        if len(self._held) >= _MAX_HELD or size > self._limits.max_update_bytes:
+            raise UpdateLimitError(
+                f"too many updates waiting for missing predecessors ({len(self._held)} held, "
+                f"{size} bytes); re-sync from this document's version instead"
+            )
+        self._held.append((update, origin))
+
+    def _release_held(self) -> None:
+        progress = True
+        while progress and self._held:
+            progress = False
+            for entry in list(self._held):
+                update, origin = entry
+                try:
+                    parsed = validate_update(update, self._limits, index=self._index)
+                except MissingUpdatesError:
+                    continue
+                except InvalidUpdateError:
+                    # It passed every document-independent check when it arrived;
+                    # what it depends on now contradicts it. Dropping it keeps the
+                    # document safe; a state-vector sync re-sends anything real.
+                    self._held.remove(entry)
+                    continue
+                self._held.remove(entry)
+                self._integrate(update, parsed, origin)
+                progress = True
+
+    def _integrate(self, update: bytes, parsed: ParsedUpdate, origin: Any) -> None:
         outermost = self._depth == 0
         # Hold delivery until roots that this update created are known, so the
         # event can say so.
@@ -463,10 +562,16 @@ class Doc:
             with _Txn(self, _Remote(origin)):
                 if outermost:
                     self._origin = _Remote(origin)
-                self._y.apply_update(update)
+                try:
+                    self._y.apply_update(update)
+                except Exception as exc:
+                    # Validation should make this unreachable; never let an engine
+                    # error type escape as if it were ours to document.
+                    raise EngineError(f"the CRDT engine refused a validated update: {exc}") from exc
         finally:
             self._depth -= 1
             self._text_epoch += 1
+        self._index.record(parsed)
         if self._observers:
             created = self._watch_new_roots()
             if created:

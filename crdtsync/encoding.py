@@ -7,6 +7,8 @@ Layout (see ``docs/FORMAT.md`` for the full description and golden vectors)::
         1: uint,                 ; format version (this release writes and reads 1)
         2: uint,                 ; flags (below)
         3: bytes,                ; payload
+        ? 4: [* bytes],          ; held updates (Doc.save): v1 updates received ahead of
+                                 ; their predecessors, kept so that saving loses nothing
         * uint => any            ; unknown keys are ignored (forward compatibility)
     }
 
@@ -25,7 +27,9 @@ cbor2 sees it, and every failure is one of our :class:`InvalidUpdateError`\\ s.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cbor2
 import zstandard
@@ -69,6 +73,7 @@ class Envelope:
     update: bytes
     flags: int
     version: int
+    held: tuple[bytes, ...] = ()
 
     @property
     def snapshot(self) -> bool:
@@ -76,7 +81,13 @@ class Envelope:
         return bool(self.flags & FLAG_SNAPSHOT)
 
 
-def pack(update: bytes, *, compact: bool = False, snapshot: bool = False) -> bytes:
+def pack(
+    update: bytes,
+    *,
+    compact: bool = False,
+    snapshot: bool = False,
+    held: Sequence[bytes] = (),
+) -> bytes:
     """Wrap a v1 update in an envelope.
 
     Args:
@@ -84,6 +95,7 @@ def pack(update: bytes, *, compact: bool = False, snapshot: bool = False) -> byt
         compact: use the columnar encoding (slower to write, much smaller: for
             snapshots and storage).
         snapshot: mark it as a full-history snapshot.
+        held: updates waiting for predecessors, stored beside the payload.
 
     Returns:
         The envelope bytes.
@@ -100,7 +112,10 @@ def pack(update: bytes, *, compact: bool = False, snapshot: bool = False) -> byt
         if len(packed) < len(update):
             payload = packed
             flags |= FLAG_ZSTD
-    return cbor2.dumps({0: MAGIC, 1: FORMAT_VERSION, 2: flags, 3: payload})
+    env: dict[int, Any] = {0: MAGIC, 1: FORMAT_VERSION, 2: flags, 3: payload}
+    if held:
+        env[4] = [bytes(h) for h in held]
+    return cbor2.dumps(env)
 
 
 def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
@@ -157,7 +172,12 @@ def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
         update = _unzstd(payload, limits.max_update_bytes)
     else:
         update = payload
-    return Envelope(update=update, flags=flags, version=version)
+    held = obj.get(4, [])
+    if type(held) is not list or not all(type(h) is bytes for h in held):
+        raise MalformedUpdateError("envelope field 4 (held updates) must be a list of bytes")
+    if sum(len(h) for h in held) > limits.max_update_bytes:
+        raise UpdateLimitError("held updates exceed the update size limit")
+    return Envelope(update=update, flags=flags, version=version, held=tuple(held))
 
 
 def _unzstd(payload: bytes, limit: int) -> bytes:

@@ -48,7 +48,7 @@ def build() -> dict[str, Doc]:
     a.counter("likes").decrement(2)
     a.register("status").set("draft")
     a.map("nested")["all"] = [Counter(3), Text("t"), Register([1, {"k": b"v"}])]
-    docs["v1-all-types"] = a
+    docs["v1-all-types"] = Doc.load(a.save(), peer_id=1, clock=clock)
 
     b = Doc(peer_id=2, clock=clock)
     b.import_update(a.export_update())

@@ -87,7 +87,10 @@ for how in ("yjs", "envelope", "load"):
     except InvalidUpdateError as exc:
         assert str(exc), "error message must say what is wrong"
     else:
-        raise SystemExit(f"{how}: accepted a hostile update")
+        # An update with a clock gap may just be early: it is held, unapplied,
+        # until its predecessors arrive (they never will for these).
+        if how == "load" or doc.pending != 1:
+            raise SystemExit(f"{how}: accepted a hostile update")
     assert snapshot(doc) == before, how
     assert_still_usable(doc)
 print("ok")

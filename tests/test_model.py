@@ -13,6 +13,7 @@ from crdtsync import (
     InvalidOperationError,
     InvalidValueError,
     List,
+    MalformedUpdateError,
     Map,
     Register,
     RootTypeError,
@@ -585,3 +586,36 @@ def test_causal_gaps_are_buffered() -> None:
     assert b.to_py() in ({}, {"t": ""})
     b.import_update(u1)
     assert b.to_py() == a.to_py() == {"t": "one two"}
+
+
+def test_early_updates_are_held_saved_and_released() -> None:
+    a = Doc()
+    a.text("t").insert(0, "one ")
+    u1 = a.export_update()
+    v1 = a.version
+    a.text("t").insert(4, "two")
+    u2 = a.export_update(since=v1)
+    b = Doc()
+    b.import_update(u2)
+    assert b.pending == 1
+    assert b.to_py() == {}
+    # saving keeps the held update; loading keeps holding it
+    c = Doc.load(b.save())
+    assert c.pending == 1
+    c.import_update(u1)
+    assert c.pending == 0
+    assert c.to_py() == a.to_py()
+    # duplicates of held updates are harmless
+    b.import_update(u2)
+    b.import_update(u1)
+    assert b.pending == 0
+    assert b.to_py() == a.to_py()
+
+
+def test_load_refuses_an_incomplete_document() -> None:
+    a = Doc()
+    a.text("t").insert(0, "one ")
+    v1 = a.version
+    a.text("t").insert(4, "two")
+    with pytest.raises(MalformedUpdateError, match="not a complete document"):
+        Doc.load(a.export_update(since=v1))
