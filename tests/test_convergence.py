@@ -36,7 +36,9 @@ values: st.SearchStrategy[Value] = st.recursive(
     lambda inner: st.one_of(
         st.lists(inner, max_size=3),
         # map keys may not start with NUL (reserved by crdtsync)
-        st.dictionaries(st.text(max_size=3).filter(lambda k: not k.startswith("\x00")), inner, max_size=3),
+        st.dictionaries(
+            st.text(max_size=3).filter(lambda k: not k.startswith("\x00")), inner, max_size=3
+        ),
     ),
     max_leaves=6,
 )

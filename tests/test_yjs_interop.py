@@ -20,11 +20,10 @@ HERE = Path(__file__).parent / "interop"
 def yjs() -> Path:
     node = shutil.which("node")
     npm = shutil.which("npm")
-    assert node and npm, "node and npm are required (CI installs them)"
+    assert node, "node is required (CI installs it)"
+    assert npm, "npm is required (CI installs it)"
     if not (HERE / "node_modules" / "yjs").is_dir():
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=300
-        )
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=300)
     return HERE / "yjs_peer.mjs"
 
 
