@@ -228,7 +228,7 @@ def _check_refusal_or_success(doc: Doc, apply: object) -> None:
     assert_still_usable(doc)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=_mutations(_SOURCE))
 def test_mutated_yjs_updates(data: bytes) -> None:
     doc = sample_doc()
