@@ -19,10 +19,12 @@ from .errors import (
     InvalidValueError,
     MalformedUpdateError,
     RootTypeError,
+    TreeCycleError,
     UnsupportedVersionError,
     UpdateLimitError,
 )
 from .model import Container, Counter, List, Map, Register, Text
+from .tree import Tree
 from .version import Version
 
 __version__ = "0.1.0"
@@ -45,6 +47,8 @@ __all__ = [
     "Register",
     "RootTypeError",
     "Text",
+    "Tree",
+    "TreeCycleError",
     "UnsupportedVersionError",
     "UpdateLimitError",
     "UpdateLimits",

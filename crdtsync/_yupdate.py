@@ -118,21 +118,37 @@ S5  with a known receiving state: no clock gap, no Skip, no reference to a
     (:class:`MissingUpdatesError`; pycrdt 0.14.13 integrates past gaps and
     diverges).
 
-Where an item lands is decided the way yrs decides it: an explicit parent, or
-the container of its origin (else right origin), followed iteratively through
-the update and, for IDs the receiver already has, through a :class:`DocIndex`
-of the receiving document.  Only with such an index is the guarantee
-complete: an update that passes ``validate_update(data, index=...)`` can be
-applied to that document by pycrdt without panicking, hanging, crashing or
-corrupting it.  Without one, references into the document cannot be checked.
+Where an item lands is decided the way yrs decides it (``Item::repair``): an
+explicit parent (the item becomes GC if that parent is deleted or GC'd), else
+the container of its origin, or of its right origin when the origin is GC'd,
+and GC when both are; followed iteratively through the update and, for IDs the
+receiver already has, through a :class:`DocIndex` of the receiving document.
+Only with such an index is the guarantee complete: an update that passes
+``validate_update(data, index=...)`` can be applied to that document by pycrdt
+without panicking, hanging, crashing or corrupting it.  Without one,
+references into the document cannot be checked.
+
+Deletions and garbage collection
+--------------------------------
+yrs (gc on, pycrdt's default) turns, when a transaction commits, every deleted
+type item into ContentDeleted and everything inside it (recursively) into GC.
+A remote item whose origin is such a GC'd child is attached next to its right
+origin instead, possibly in another container (a String landing in an Array
+that way makes reading it loop forever).  The index therefore applies delete
+sets too (:meth:`DocIndex.record` after the structs of the same update, as
+yrs does; deletions beyond the known clocks wait like yrs's pending delete
+set), and it must see the local ones: they do not move the state vector, so
+the owner calls :meth:`DocIndex.record_diff` with ``get_update(index.state)``
+before every validation, and after integrating a remote update (yrs deletes
+the losing value of a concurrently written map key by itself).
 """
 
 from __future__ import annotations
 
 import json
 import struct as _struct
-from bisect import bisect_right
-from collections.abc import Iterator, Mapping
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, Union, cast
 
@@ -1188,8 +1204,10 @@ class DocIndex:
     container it lives in and whether it is a type, plus which content class
     each container of unknown type has received.  Keep one per document:
     pass it to :func:`validate_update` and call :meth:`record` with the parsed
-    update once pycrdt has applied it, and also with the update of every local
-    transaction (``parse_update`` of ``TransactionEvent.update``), so that
+    update once pycrdt has applied it, and before each validation call
+    :meth:`record_diff` with ``doc.get_update(<index.state encoded>)`` (local
+    structs and the whole delete set: local deletions change where later
+    remote items land, see "Deletions and garbage collection" above), so that
     later remote items attached to local ones can be checked.  With an index, updates whose
     dependencies are not in the document are rejected (yrs would park them as
     "pending" and later integrate them unchecked).
@@ -1206,6 +1224,14 @@ class DocIndex:
         self._starts: dict[int, list[int]] = {}
         self._entries: dict[int, list[_IndexEntry]] = {}
         self.observed: dict[ContainerKey, int] = {}
+        # Deletions (yrs garbage-collects: the children of a deleted type
+        # become GC and the type item itself ContentDeleted, so neighbours
+        # and parents resolve differently afterwards):
+        self._types: dict[int, list[int]] = {}  # clocks of live type items
+        self._children: dict[ID, list[ID]] = {}  # type item -> entries inside it
+        # deleted ranges beyond the known clocks (yrs keeps them pending)
+        self._pending_deletes: dict[int, set[tuple[int, int]]] = {}
+        self._last_diff: bytes | None = None
 
     def lookup(self, client: int, clock: int) -> tuple[int, _IndexEntry] | None:
         """The (start clock, entry) of the recorded range holding ``client:clock``."""
@@ -1219,9 +1245,101 @@ class DocIndex:
         return (starts[i], e) if clock < e.end else None
 
     def record(self, parsed: ParsedUpdate) -> None:
-        """Records an update that pycrdt has just applied (after validation)."""
+        """Records an update that pycrdt has just applied (after validation).
+
+        Its structs first, then its delete set (yrs integrates an update's
+        structs before applying its deletions, and garbage-collects at the
+        end of the transaction).
+        """
         checker = _Checker(parsed, DEFAULT_LIMITS, self.state, self, self.root_types)
         checker.run(record=True)
+        if self._pending_deletes:
+            self._apply_pending()
+        self.record_deletes(parsed.delete_set)
+
+    def record_diff(self, data: bytes, limits: UpdateLimits = DEFAULT_LIMITS) -> None:
+        """Records the local changes: ``data`` is ``doc.get_update(<self.state encoded>)``.
+
+        Such a diff holds the local structs the index has not seen and the
+        document's whole delete set, so call this before every validation
+        *even when the state vector has not moved*: a local deletion does not
+        change the state vector, but deleting a type makes yrs turn its
+        children into GC, which changes where later remote items land.  When
+        ``data`` is the same as last time, this returns at once.
+        """
+        if data == self._last_diff:
+            return
+        parsed = parse_update(data, limits)
+        self.record(parsed)
+        self._last_diff = data if not parsed.clients else None
+
+    def record_deletes(self, delete_set: Mapping[int, Iterable[tuple[int, int]]]) -> None:
+        """Records deletions (``(clock, length)`` ranges per client) applied by pycrdt.
+
+        Idempotent: ranges already recorded cost a lookup each.  A deleted
+        type item becomes ContentDeleted (a reference to it as a parent makes
+        yrs turn the item into GC) and everything inside it becomes GC (an
+        item whose origin is GC'd takes the container of its right origin).
+        Ranges beyond the known clocks are kept, as yrs keeps them, and apply
+        when those clocks are recorded.
+        """
+        for client, ranges in delete_set.items():
+            known = self.state.get(client, 0)
+            types = self._types.get(client)
+            for clock, length in ranges:
+                end = clock + length
+                if types and clock < known:
+                    self._delete_types(client, types, clock, min(end, known))
+                if end > known:
+                    self._pending_deletes.setdefault(client, set()).add((max(clock, known), end))
+
+    def _apply_pending(self) -> None:
+        for client in list(self._pending_deletes):
+            known = self.state.get(client, 0)
+            pending = self._pending_deletes[client]
+            ready = [r for r in pending if r[0] < known]
+            if not ready:
+                continue
+            types = self._types.get(client)
+            for r in ready:
+                pending.discard(r)
+                clock, end = r
+                if types:
+                    self._delete_types(client, types, clock, min(end, known))
+                if end > known:
+                    pending.add((known, end))
+            if not pending:
+                del self._pending_deletes[client]
+
+    def _delete_types(self, client: int, types: list[int], clock: int, end: int) -> None:
+        i = bisect_left(types, clock)
+        j = bisect_left(types, end, i)
+        if i == j:
+            return
+        doomed = types[i:j]
+        del types[i:j]
+        for t in doomed:
+            self._set_entry(client, t, CONTENT_DELETED, keep_where=True)
+            # yrs (Item::gc) turns everything inside into GC, recursively.
+            stack: list[ID] = [(client, t)]
+            while stack:
+                for c, start in self._children.pop(stack.pop(), ()):
+                    if self._set_entry(c, start, STRUCT_GC, keep_where=False) == CONTENT_TYPE:
+                        ts = self._types.get(c)
+                        if ts:
+                            k = bisect_left(ts, start)
+                            if k < len(ts) and ts[k] == start:
+                                del ts[k]
+                        stack.append((c, start))
+
+    def _set_entry(self, client: int, start: int, kind: int, keep_where: bool) -> int:
+        """Turns the entry starting at ``client:start`` into ``kind``; returns its old kind."""
+        starts = self._starts[client]
+        i = bisect_right(starts, start) - 1
+        entries = self._entries[client]
+        e = entries[i]
+        entries[i] = _IndexEntry(e.end, e.where if keep_where else None, kind, None)
+        return e.kind
 
 
 class MissingUpdatesError(MalformedUpdateError):
@@ -1310,12 +1428,121 @@ class _Checker:
             return None
         return self._resolve(target)
 
-    def _parent_type(self, ref: ID, s: Struct) -> tuple[bool, int | None]:
-        """(exists-as-type, type_ref) for an explicit parent ID; (False, None) if GC'd."""
+    # -- resolution (iterative over origin chains) ------------------------
+
+    def _resolve(self, s: Struct) -> _Where:
+        """Where ``s`` lands, decided as yrs decides it (``Item::repair``).
+
+        An explicit parent wins (GC if it is deleted or GC'd); otherwise the
+        container of the left neighbour (``origin``), or, when that one is
+        GC'd (in the document, or turned into GC by this update), of the
+        right one; GC when both are.  The dependencies inside the update are
+        followed with an explicit stack, so long chains cannot exhaust the
+        Python stack.
+        """
+        memo = self.memo
+        got = memo.get(id(s))
+        if got is not None:
+            return got
+        # Frames [struct, stage]: stage 0 = start, 1 = waiting for the left
+        # neighbour / the parent type, 3 = waiting for the right neighbour.
+        stack: list[tuple[Struct, int]] = [(s, 0)]
+        on_stack: set[int] = {id(s)}
+        last: _Where = _UNKNOWN  # result of the frame finished last
+        while stack:
+            cur, stage = stack[-1]
+            step = self._step(cur, stage, last)
+            while not isinstance(step, _Where):  # wait for a struct of the update
+                stage, target = step
+                got = memo.get(id(target))
+                if got is None and id(target) in on_stack:
+                    got = _UNKNOWN  # a cycle: yrs leaves these pending
+                if got is None:
+                    break
+                step = self._step(cur, stage, got)
+            if not isinstance(step, _Where):
+                stack[-1] = (cur, step[0])
+                stack.append((step[1], 0))
+                on_stack.add(id(step[1]))
+                continue
+            last = step
+            memo[id(cur)] = step
+            on_stack.discard(id(cur))
+            stack.pop()
+        return last
+
+    def _step(self, cur: Struct, stage: int, last: _Where) -> _Where | tuple[int, Struct]:
+        """Advances the resolution of ``cur``: its place, or (stage, struct to wait for)."""
+        known = self.known.get(cur.client, 0)
+        if cur.clock < known:
+            # yrs integrates only the tail, with the origin set to the
+            # document's own item at known - 1 (an explicit parent stays).
+            origin: ID | None = (cur.client, known - 1)
+            explicit = cur.parent is not None
+        else:
+            origin = cur.origin
+            explicit = cur.parent is not None or not cur.info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN)
+        if explicit:
+            p = cur.parent
+            entry = cur.parent_sub is not None
+            if isinstance(p, str):
+                return _Where(p, entry)
+            assert p is not None
+            if stage == 0:
+                got = self._parent_type(p, cur)
+                if isinstance(got, Struct):
+                    return (1, got)
+                return _Where(p, entry) if got else _GC
+            # the parent is a type item of this update: GC if it became GC
+            return _GC if last is _GC else _Where(p, entry)
+        if stage == 0:
+            got_left = self._neighbour_ref(cur, origin, "origin")
+            if isinstance(got_left, Struct):
+                return (1, got_left)
+            if got_left is not None:
+                return got_left
+        elif stage == 1:
+            if last is not _GC:
+                return last
+        else:
+            return last
+        # the left neighbour is GC'd (or absent): yrs tries the right one
+        got_right = self._neighbour_ref(cur, cur.right_origin, "right origin")
+        if isinstance(got_right, Struct):
+            return (3, got_right)
+        return _GC if got_right is None else got_right
+
+    def _neighbour_ref(self, s: Struct, ref: ID | None, what: str) -> Struct | _Where | None:
+        """A neighbour's place (None: GC'd or absent), or the update struct to resolve."""
+        if ref is None:
+            return None
         client, clock = ref
         if self._in_doc(client, clock):
             if self.index is None:
-                return True, None
+                return _UNKNOWN
+            hit = self.index.lookup(client, clock)
+            if hit is None:
+                raise MalformedUpdateError(
+                    f"item {s.client}:{s.clock} has {what} {client}:{clock} missing from "
+                    "the document index"
+                )
+            return hit[1].where
+        target = self._find(client, clock)
+        if target is None:
+            if self.strict:
+                raise _missing(s, what, ref)
+            return _UNKNOWN
+        return None if target.kind == STRUCT_GC else target
+
+    def _parent_type(self, ref: ID, s: Struct) -> bool | Struct:
+        """Whether an explicit parent ID is a live type, or the update's type item.
+
+        False when the parent is deleted or GC'd (yrs turns the child into GC).
+        """
+        client, clock = ref
+        if self._in_doc(client, clock):
+            if self.index is None:
+                return True
             hit = self.index.lookup(client, clock)
             if hit is None:
                 raise MalformedUpdateError(
@@ -1323,103 +1550,26 @@ class _Checker:
                     "document index"
                 )
             start, e = hit
-            return self._check_parent_kind(e.kind, e.type_ref, start, ref, s)
+            return self._check_parent_kind(e.kind, start, ref, s)
         target = self._find(client, clock)
         if target is None:
             if self.strict:
                 raise _missing(s, "parent", ref)
-            return True, None
-        type_ref = target.content.type_ref if isinstance(target.content, TypeContent) else None
-        return self._check_parent_kind(target.kind, type_ref, target.clock, ref, s)
+            return True
+        if not self._check_parent_kind(target.kind, target.clock, ref, s):
+            return False
+        return target
 
     @staticmethod
-    def _check_parent_kind(
-        kind: int, type_ref: int | None, start: int, ref: ID, s: Struct
-    ) -> tuple[bool, int | None]:
+    def _check_parent_kind(kind: int, start: int, ref: ID, s: Struct) -> bool:
         if kind in (STRUCT_GC, CONTENT_DELETED):
-            return False, None  # yrs turns the child into GC
+            return False  # yrs turns the child into GC
         if kind != CONTENT_TYPE or start != ref[1]:
             raise MalformedUpdateError(
                 f"item {s.client}:{s.clock} has parent {ref[0]}:{ref[1]} which is a "
                 f"{CONTENT_NAMES.get(kind, kind)} item, not a type"
             )
-        return True, type_ref
-
-    # -- resolution (iterative over origin chains) ------------------------
-
-    def _resolve(self, s: Struct) -> _Where:
-        memo = self.memo
-        got = memo.get(id(s))
-        if got is not None:
-            return got
-        # Walk the chain of inherited parents iteratively: each struct whose
-        # parent comes from its origin/right origin waits for that neighbour.
-        chain: list[Struct] = []
-        cur: Struct | None = s
-        on_chain: set[int] = set()
-        result: _Where
-        while True:
-            assert cur is not None
-            if cur.parent is not None or not cur.info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN):
-                result = self._explicit(cur)
-                break
-            nxt = self._neighbour(cur)
-            if isinstance(nxt, _Where):
-                result = nxt
-                break
-            if nxt is None:
-                result = _GC
-                break
-            if id(nxt) in on_chain:  # a cycle: yrs leaves these pending
-                result = _UNKNOWN
-                break
-            got = memo.get(id(nxt))
-            if got is not None:
-                result = got
-                break
-            chain.append(cur)
-            on_chain.add(id(cur))
-            cur = nxt
-        memo[id(cur)] = result
-        for c in chain:
-            memo[id(c)] = result
-        return result
-
-    def _explicit(self, s: Struct) -> _Where:
-        p = s.parent
-        entry = s.parent_sub is not None
-        if isinstance(p, str):
-            return _Where(p, entry)
-        assert p is not None
-        ok, _ = self._parent_type(p, s)
-        return _Where(p, entry) if ok else _GC
-
-    def _neighbour(self, s: Struct) -> Struct | _Where | None:
-        """The update struct whose container ``s`` inherits, or a resolved place."""
-        for ref, what in ((s.origin, "origin"), (s.right_origin, "right origin")):
-            if ref is None:
-                continue
-            client, clock = ref
-            if self._in_doc(client, clock):
-                if self.index is None:
-                    return _UNKNOWN
-                hit = self.index.lookup(client, clock)
-                if hit is None:
-                    raise MalformedUpdateError(
-                        f"item {s.client}:{s.clock} has {what} {client}:{clock} missing from "
-                        "the document index"
-                    )
-                if hit[1].where is not None:
-                    return hit[1].where
-                continue  # GC neighbour: yrs tries the other side
-            target = self._find(client, clock)
-            if target is None:
-                if self.strict:
-                    raise _missing(s, what, ref)
-                return _UNKNOWN
-            if target.kind != STRUCT_GC:
-                return target
-        return None
+        return True
 
     # -- the rules ---------------------------------------------------------
 
@@ -1472,19 +1622,11 @@ class _Checker:
                         self._record(index, s, None, known)
                     continue
                 self._check_refs(s)
-                if s.clock < known:
-                    # yrs keeps only the tail, attached after the document's
-                    # own item at known - 1: that item's container counts.
-                    if index is None:
-                        where = _UNKNOWN
-                    else:
-                        hit = index.lookup(client, known - 1)
-                        where = (
-                            hit[1].where if hit is not None and hit[1].where is not None else _GC
-                        )
-                else:
-                    where = self._resolve(s)
+                # (a struct overlapping the known clocks: yrs keeps only the
+                # tail, see _resolve)
+                where = self._resolve(s)
                 if where is not _GC and where is not _UNKNOWN:
+                    self._check_neighbours(s, where, known)
                     self._check_place(s, where, observed)
                 if record and index is not None:
                     self._record(index, s, None if where is _GC else where, known)
@@ -1494,6 +1636,44 @@ class _Checker:
                 end = max((x.end for x in structs if x.kind != STRUCT_SKIP), default=0)
                 if end > index.state.get(client, 0):
                     index.state[client] = end
+
+    def _check_neighbours(self, s: Struct, where: _Where, known: int) -> None:
+        """Both neighbours that are not GC'd live where ``s`` lands.
+
+        yrs links the item between its origin and right origin whatever their
+        containers: a neighbour in another container (or a map entry next to a
+        sequence element) corrupts both lists (reading fails with "Index
+        error", and deleting the container then panics while encoding).
+        Updates written by Yjs/yrs never do this: an item is inserted between
+        two neighbours of its own list.
+        """
+        origin = (s.client, known - 1) if s.clock < known else s.origin
+        for ref, what in ((origin, "origin"), (s.right_origin, "right origin")):
+            if ref is None:
+                continue
+            place = self._place_of(ref)
+            if place is None or place is _UNKNOWN or place is _GC:
+                continue
+            if place != where:
+                raise MalformedUpdateError(
+                    f"item {s.client}:{s.clock} has {what} {ref[0]}:{ref[1]} in another "
+                    "container (or in a map entry list) than the one it lands in"
+                )
+
+    def _place_of(self, ref: ID) -> _Where | None:
+        """Where the item holding ``ref`` lives (None: GC'd)."""
+        client, clock = ref
+        if self._in_doc(client, clock):
+            if self.index is None:
+                return _UNKNOWN
+            hit = self.index.lookup(client, clock)
+            return hit[1].where if hit is not None else _UNKNOWN
+        target = self._find(client, clock)
+        if target is None:
+            return _UNKNOWN
+        if target.kind == STRUCT_GC:
+            return None
+        return self._resolve(target)
 
     def _check_refs(self, s: Struct) -> None:
         client, clock = s.client, s.clock
@@ -1544,10 +1724,18 @@ class _Checker:
     @staticmethod
     def _record(index: DocIndex, s: Struct, where: _Where | None, known: int) -> None:
         start = max(s.clock, known)
+        kind = s.kind
         type_ref = s.content.type_ref if isinstance(s.content, TypeContent) else None
+        if where is None:  # yrs stores it as GC (e.g. its parent is deleted)
+            kind, type_ref = STRUCT_GC, None
+        else:
+            if isinstance(where.key, tuple):
+                index._children.setdefault(where.key, []).append((s.client, start))
+            if kind == CONTENT_TYPE:
+                insort(index._types.setdefault(s.client, []), start)
         starts = index._starts.setdefault(s.client, [])
         entries = index._entries.setdefault(s.client, [])
-        e = _IndexEntry(s.end, where, s.kind, type_ref)
+        e = _IndexEntry(s.end, where, kind, type_ref)
         if not starts or starts[-1] < start:
             starts.append(start)
             entries.append(e)

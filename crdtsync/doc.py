@@ -43,7 +43,6 @@ from ._yupdate import (
     MissingUpdatesError,
     ParsedUpdate,
     UpdateLimits,
-    parse_update,
     validate_update,
 )
 from .errors import (
@@ -521,15 +520,16 @@ class Doc:
         return len(self._held)
 
     def _sync_index(self) -> None:
-        """Bring the validator's index up to date with local edits since it last looked.
+        """Bring the validator's index up to date with this document.
 
         Local transactions are recorded lazily, here, as one state-vector diff,
-        so that editing pays nothing for it.
+        so that editing pays nothing for it. The diff carries the whole delete
+        set, which the index needs even when the state vector did not move: a
+        deleted container's items are garbage-collected by yrs, and that changes
+        where a later remote item lands (``_yupdate.DocIndex.record_diff``).
         """
-        state = self._index.state
-        if dict(self.version) != state:
-            delta = bytes(self._y.get_update(Version(state).to_bytes()))
-            self._index.record(parse_update(delta, self._limits))
+        diff = bytes(self._y.get_update(Version(self._index.state).to_bytes()))
+        self._index.record_diff(diff, self._limits)
 
     def _apply(self, update: bytes, origin: Any) -> None:
         self._sync_index()
@@ -594,6 +594,9 @@ class Doc:
             self._depth -= 1
             self._text_epoch += 1
         self._index.record(parsed)
+        # yrs may delete more than the update says (a concurrent map write
+        # replaces a local container): learn that before validating anything else.
+        self._sync_index()
         if self._observers:
             created = self._watch_new_roots()
             if created:

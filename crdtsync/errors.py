@@ -16,24 +16,70 @@ The tree::
     │                                              a value cannot be stored (set, object, NaN, ...)
     ├── RootTypeError (also TypeError)             a root name is already used with another type
     ├── InvalidOperationError (also ValueError)    a local edit that cannot be done (cycle...)
-    └── EngineError                                pycrdt failed in a way validation did not foresee
+    │   └── TreeCycleError                         a tree move would put a node under itself
+    ├── EngineError                                pycrdt failed in a way validation did not foresee
+    ├── ProtocolError                              a sync session failed; ``.code`` is the wire code
+    │   ├── LocalProtocolError                     this side misused the session API (code 1)
+    │   ├── MalformedFrameError                    a frame that does not decode (code 2)
+    │   ├── FrameTooLargeError                     a frame or reassembled update over the limit (3)
+    │   ├── UnknownMessageError                    a message type this version does not know (4)
+    │   ├── UnexpectedMessageError                 a message not allowed in the current state (5)
+    │   ├── VersionMismatchError                   no protocol version in common (6)
+    │   ├── AuthError                              the auth hook refused the peer (7)
+    │   ├── UpdateRejectedError                    an update failed validation (8)
+    │   ├── ForbiddenWriterError                   an update writes under another's client id (9)
+    │   ├── EpochMismatchError                     different incarnations of a document (10)
+    │   ├── ProtocolTimeoutError (also TimeoutError)   no handshake, ack or keepalive in time (11)
+    │   ├── LimitExceededError                     too many documents, chunks or pending bytes (12)
+    │   └── PeerGoingAwayError                     the peer closed the session normally (13)
+    ├── StoreError                                 a document store failed (I/O, corruption)
+    │   └── StoreLockedError                       another process has the store open
+    └── TransportError (also OSError)              a connection could not be made or broke
+        └── ConnectionClosedError                  send or receive on a closed connection
 
 Errors split like h11's: ``InvalidUpdateError`` is the remote side's fault (the
-document is unchanged), the others are the caller's.
+document is unchanged), the others are the caller's. Sync sessions split the same
+way: :class:`LocalProtocolError` is raised to the caller who misused the API; every
+other :class:`ProtocolError` describes what the *peer* did (or what the peer reported
+about us, with ``from_peer=True``) and is recorded on the session, never raised out
+of ``receive_data``. Each protocol error class carries its wire code (h2-style), see
+:class:`ErrorCode` and ``docs/PROTOCOL.md``.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 __all__ = [
+    "AuthError",
+    "ConnectionClosedError",
     "CrdtSyncError",
     "EngineError",
+    "EpochMismatchError",
+    "ErrorCode",
+    "ForbiddenWriterError",
+    "FrameTooLargeError",
     "InvalidOperationError",
     "InvalidUpdateError",
     "InvalidValueError",
+    "LimitExceededError",
+    "LocalProtocolError",
+    "MalformedFrameError",
     "MalformedUpdateError",
+    "PeerGoingAwayError",
+    "ProtocolError",
+    "ProtocolTimeoutError",
     "RootTypeError",
+    "StoreError",
+    "StoreLockedError",
+    "TransportError",
+    "TreeCycleError",
+    "UnexpectedMessageError",
+    "UnknownMessageError",
     "UnsupportedVersionError",
     "UpdateLimitError",
+    "UpdateRejectedError",
+    "VersionMismatchError",
 ]
 
 
@@ -69,5 +115,176 @@ class InvalidOperationError(CrdtSyncError, ValueError):
     """A local operation cannot be performed (index out of range, unknown node...)."""
 
 
+class TreeCycleError(InvalidOperationError):
+    """A tree move would make a node its own ancestor; nothing was written."""
+
+
 class EngineError(CrdtSyncError):
     """The CRDT engine failed unexpectedly; the message says what it reported."""
+
+
+class ErrorCode(IntEnum):
+    """Wire codes of the sync protocol's CLOSE and DOC_ERROR messages (``docs/PROTOCOL.md``)."""
+
+    NO_ERROR = 0
+    PROTOCOL_ERROR = 1
+    MALFORMED_FRAME = 2
+    FRAME_TOO_LARGE = 3
+    UNKNOWN_MESSAGE = 4
+    UNEXPECTED_MESSAGE = 5
+    VERSION_MISMATCH = 6
+    AUTH_FAILED = 7
+    INVALID_UPDATE = 8
+    FORBIDDEN_WRITER = 9
+    EPOCH_MISMATCH = 10
+    TIMEOUT = 11
+    LIMIT_EXCEEDED = 12
+    GOING_AWAY = 13
+    DOC_REFUSED = 14
+    INTERNAL_ERROR = 15
+
+
+class ProtocolError(CrdtSyncError):
+    """A sync session failed.
+
+    Attributes:
+        code: the wire :class:`ErrorCode` (also a class attribute, h2-style).
+        reason: a human-readable reason, as sent or received in the CLOSE frame.
+        from_peer: True when the peer reported the error to us in its CLOSE frame,
+            False when this side detected it.
+    """
+
+    code: ErrorCode = ErrorCode.PROTOCOL_ERROR
+
+    def __init__(self, reason: str = "", *, code: ErrorCode | None = None, from_peer: bool = False):
+        super().__init__(reason or type(self).__name__)
+        if code is not None:
+            self.code = code
+        self.reason = reason
+        self.from_peer = from_peer
+
+    @staticmethod
+    def for_code(code: int, reason: str = "", *, from_peer: bool = False) -> ProtocolError:
+        """The error class of a wire code (unknown codes give a plain ProtocolError)."""
+        try:
+            known = ErrorCode(code)
+        except ValueError:
+            return ProtocolError(f"unknown error code {code}: {reason}", from_peer=from_peer)
+        cls = _BY_CODE.get(known, ProtocolError)
+        return cls(reason, code=known, from_peer=from_peer)
+
+
+class LocalProtocolError(ProtocolError):
+    """This side used the session API wrongly (e.g. sent before the handshake)."""
+
+    code = ErrorCode.PROTOCOL_ERROR
+
+
+class MalformedFrameError(ProtocolError):
+    """A frame is not valid CBOR, fails its check value or does not match its schema."""
+
+    code = ErrorCode.MALFORMED_FRAME
+
+
+class FrameTooLargeError(ProtocolError):
+    """A frame, or an update reassembled from chunks, is larger than the limit."""
+
+    code = ErrorCode.FRAME_TOO_LARGE
+
+
+class UnknownMessageError(ProtocolError):
+    """A message type this protocol version does not define."""
+
+    code = ErrorCode.UNKNOWN_MESSAGE
+
+
+class UnexpectedMessageError(ProtocolError):
+    """A known message that the session's state does not allow."""
+
+    code = ErrorCode.UNEXPECTED_MESSAGE
+
+
+class VersionMismatchError(ProtocolError):
+    """The two sides have no protocol version in common."""
+
+    code = ErrorCode.VERSION_MISMATCH
+
+
+class AuthError(ProtocolError):
+    """The authorization hook refused the peer or one of its documents."""
+
+    code = ErrorCode.AUTH_FAILED
+
+
+class UpdateRejectedError(ProtocolError):
+    """An update from the peer failed the same validation as ``Doc.import_update``."""
+
+    code = ErrorCode.INVALID_UPDATE
+
+
+class ForbiddenWriterError(ProtocolError):
+    """An update writes operations under a client id that the peer does not own."""
+
+    code = ErrorCode.FORBIDDEN_WRITER
+
+
+class EpochMismatchError(ProtocolError):
+    """The two sides hold different incarnations (epochs) of a document.
+
+    The document was deleted and re-created on one side; merging would resurrect
+    the old content, so it is not synced on this session.
+    """
+
+    code = ErrorCode.EPOCH_MISMATCH
+
+
+class ProtocolTimeoutError(ProtocolError, TimeoutError):
+    """No handshake, acknowledgement or sign of life arrived in time."""
+
+    code = ErrorCode.TIMEOUT
+
+
+class LimitExceededError(ProtocolError):
+    """Too many documents, pending chunks or unacknowledged bytes."""
+
+    code = ErrorCode.LIMIT_EXCEEDED
+
+
+class PeerGoingAwayError(ProtocolError):
+    """The peer closed the session normally (shutdown, or no error)."""
+
+    code = ErrorCode.GOING_AWAY
+
+
+_BY_CODE: dict[ErrorCode, type[ProtocolError]] = {
+    ErrorCode.NO_ERROR: PeerGoingAwayError,
+    ErrorCode.MALFORMED_FRAME: MalformedFrameError,
+    ErrorCode.FRAME_TOO_LARGE: FrameTooLargeError,
+    ErrorCode.UNKNOWN_MESSAGE: UnknownMessageError,
+    ErrorCode.UNEXPECTED_MESSAGE: UnexpectedMessageError,
+    ErrorCode.VERSION_MISMATCH: VersionMismatchError,
+    ErrorCode.AUTH_FAILED: AuthError,
+    ErrorCode.INVALID_UPDATE: UpdateRejectedError,
+    ErrorCode.FORBIDDEN_WRITER: ForbiddenWriterError,
+    ErrorCode.EPOCH_MISMATCH: EpochMismatchError,
+    ErrorCode.TIMEOUT: ProtocolTimeoutError,
+    ErrorCode.LIMIT_EXCEEDED: LimitExceededError,
+    ErrorCode.GOING_AWAY: PeerGoingAwayError,
+    ErrorCode.DOC_REFUSED: AuthError,
+}
+
+
+class StoreError(CrdtSyncError):
+    """A document store failed: I/O error, corrupt file, or misuse after close."""
+
+
+class StoreLockedError(StoreError):
+    """Another process (or another store object) has the store file open."""
+
+
+class TransportError(CrdtSyncError, OSError):
+    """A connection could not be made, or it broke."""
+
+
+class ConnectionClosedError(TransportError):
+    """Sending or receiving on a connection that is closed."""

@@ -32,6 +32,14 @@ For each input the *target* runs:
     ``crdtsync.Doc().import_update(data)`` when the model layer provides it
     (it is expected to validate itself and raise ``InvalidUpdateError``).
 
+``--scenario gc`` (either target) deletes 1-3 nested types of the prior
+document in local transactions before the input arrives (yrs garbage-collects
+their contents; the state vector does not move), and half of the inputs are
+crafted items whose origins, right origins and parents are random items of the
+prior (often GC'd ones), with every content class.  The ``yupdate`` target
+then records the local diff with ``DocIndex.record_diff`` as crdtsync.Doc is
+meant to; the ``doc`` target also reads the raw roots back.
+
 ``--apply-rejected`` also feeds rejected inputs to pycrdt (discovery mode):
 the report then tells, for each rejection reason, how many of those inputs
 would have panicked pycrdt, i.e. which rule prevents which panic class.
@@ -519,10 +527,144 @@ def mutate_struct(rng: random.Random, data: bytes, prior: bytes) -> bytes | None
         return None
 
 
+# --------------------------------------------------------------------------
+# Scenario "gc": nested types deleted (and garbage-collected) before the input
+# --------------------------------------------------------------------------
+
+#: ``--scenario``: "" (plain) or "gc" (the target deletes nested types of the
+#: prior document locally before the input arrives, and half of the inputs are
+#: crafted to reference the items yrs has garbage-collected).
+SCENARIO: list[str] = [""]
+#: (seed, index) of the input being run, for the deterministic deletions.
+_CURRENT: list[tuple[int, int]] = [(0, 0)]
+
+
+def _nested_slots(doc: Any, pycrdt: Any) -> list[tuple[Any, Any]]:
+    """(parent, key or index) of every nested shared type under the known roots."""
+    shared = (pycrdt.Map, pycrdt.Array, pycrdt.Text)
+    slots: list[tuple[Any, Any]] = []
+    for c in _containers(doc, pycrdt):
+        try:
+            if isinstance(c, pycrdt.Map):
+                slots.extend((c, k) for k in sorted(c.keys()) if isinstance(c[k], shared))
+            elif isinstance(c, pycrdt.Array):
+                slots.extend((c, i) for i, v in enumerate(c) if isinstance(v, shared))
+        except Exception:  # XML nodes and the like: not ours to delete here
+            continue
+    return slots
+
+
+def delete_nested(rng: random.Random, doc: Any, pycrdt: Any) -> int:
+    """Deletes 1-3 nested types (sometimes with text around them) in local transactions.
+
+    Local deletions do not move the state vector: this is what makes the
+    receiver's index miss them unless it records delete sets.
+    """
+    done = 0
+    for _ in range(rng.randint(1, 3)):
+        slots = _nested_slots(doc, pycrdt)
+        if not slots:
+            break
+        parent, key = rng.choice(slots)
+        with doc.transaction():
+            del parent[key]
+            if rng.random() < 0.3:
+                text = doc.get("t", type=pycrdt.Text)
+                if len(text):
+                    del text[0 : rng.randint(1, len(text))]
+        done += 1
+    return done
+
+
+def craft_gc_input(rng: random.Random, prior: bytes) -> bytes | None:
+    """1-4 items of a new client whose neighbours/parents are random items of ``prior``.
+
+    Origins, right origins and explicit parents are drawn from the items of the
+    prior (many of which the target deletes, so yrs has GC'd them), from type
+    items and from the crafted items themselves; contents cover every class.
+    """
+    from crdtsync import _yupdate as y
+
+    try:
+        pp = y.parse_update(prior)
+    except Exception:
+        return None
+    items = [s for s in pp.structs() if s.kind != y.STRUCT_SKIP]
+    if not items:
+        return None
+    ids = [(s.client, s.clock + rng.randrange(s.length)) for s in items]
+    types = [(s.client, s.clock) for s in items if s.kind == y.CONTENT_TYPE]
+    # Items inside nested types (the ones the target's deletions GC) and the rest.
+    index = y.DocIndex(ROOT_TYPES)
+    try:
+        index.record(pp)
+    except Exception:
+        return None
+    nested: list[tuple[int, int]] = []
+    for c, k in ids:
+        hit = index.lookup(c, k)
+        if hit is not None and hit[1].where is not None and isinstance(hit[1].where.key, tuple):
+            nested.append((c, k))
+    client = rng.randrange(1, 2**32)
+    ds: dict[int, list[tuple[int, int]]] = {}
+    if types and rng.random() < 0.3:
+        t = rng.choice(types)
+        ds[t[0]] = [(t[1], 1)]
+    structs: list[Any] = []
+    clock = 0
+    for _ in range(rng.randint(1, 4)):
+        pool = ids + [(client, k) for k in range(clock)]
+        kind = rng.choice([4, 4, 4, 8, 8, 3, 5, 6, 7, 1])
+        content: Any
+        length = 1
+        if kind == 4:
+            content = rng.choice(["ééé", "😀", "ab", "日本"])
+            length = len(content.encode("utf-16-le")) // 2
+        elif kind == 8:
+            content = y.AnyContent(1, b"\x7d\x05")
+        elif kind == 3:
+            content = b"\x01\x02"
+        elif kind == 5:
+            content = '{"e":1}'
+        elif kind == 6:
+            content = y.FormatContent("bold", "true")
+        elif kind == 7:
+            content = y.TypeContent(rng.choice([0, 1, 2]), None)
+        else:
+            content, length = None, rng.randint(1, 3)
+        st = y.Struct(client, clock, length, kind, kind, content=content)
+        parents = types + [(client, x.clock) for x in structs if x.kind == 7]
+        r = rng.random()
+        if r < 0.25 and parents:
+            st.parent = rng.choice(parents)
+        elif r < 0.3:
+            st.parent = rng.choice(["m", "a", "t"])
+        else:
+            if rng.random() < 0.85:
+                st.origin = rng.choice(nested if nested and rng.random() < 0.7 else pool)
+                st.info |= y.HAS_ORIGIN
+            if rng.random() < 0.7 or st.origin is None:
+                st.right_origin = rng.choice(nested if nested and rng.random() < 0.3 else pool)
+                st.info |= y.HAS_RIGHT_ORIGIN
+        if st.parent is not None and rng.random() < 0.3:
+            st.parent_sub = rng.choice(["k", "x"])
+            st.info |= y.HAS_PARENT_SUB
+        structs.append(st)
+        clock += length
+    try:
+        return y.encode_update(y.ParsedUpdate({client: structs}, ds))
+    except Exception:
+        return None
+
+
 def make_input(seed: int, index: int, corpus: Sequence[Sample]) -> tuple[bytes, bytes, str]:
     """Deterministic input number ``index``: returns (prior, data, how)."""
     rng = random.Random(f"{seed}:{index}")
     sample = rng.choice(corpus)
+    if SCENARIO[0] == "gc" and sample.prior and rng.random() < 0.5:
+        crafted = craft_gc_input(rng, sample.prior)
+        if crafted is not None:
+            return sample.prior, crafted, "gc-crafted"
     other = rng.choice(corpus).update
     r = rng.random()
     if r < 0.04:
@@ -609,6 +751,14 @@ def target_yupdate(
     index = y.DocIndex(ROOT_TYPES)
     if prior:
         index.record(y.validate_update(prior, index=index))
+    if SCENARIO[0] == "gc":
+        delete_nested(random.Random(f"del:{_CURRENT[0]}"), doc, pycrdt)
+        # What crdtsync.Doc does before validating: record the local diff,
+        # which carries the whole delete set (the state vector has not moved).
+        sv = y._varuint_bytes(len(index.state)) + b"".join(
+            y._varuint_bytes(c) + y._varuint_bytes(k) for c, k in index.state.items()
+        )
+        index.record_diff(doc.get_update(sv))
     try:
         y.validate_update(data, index=index)
         accepted = True
@@ -659,15 +809,29 @@ def target_doc(
         raise SystemExit("crdtsync.Doc.import_update does not exist yet")
     doc = doc_cls()
     importer = getattr(doc, "import_yjs_update", None) or doc.import_update
+    ydoc = getattr(doc, "_y", None)
+    index = getattr(doc, "_index", None)
+    if SCENARIO[0] == "gc" and index is not None:
+        # The raw roots are read back below with these types: declare them,
+        # as an application reading them so would.
+        index.root_types.update(ROOT_TYPES)
     if prior:
         # A prior the model refuses: fuzz against an empty document then.
         with contextlib.suppress(InvalidUpdateError):
             importer(prior)
+    if SCENARIO[0] == "gc" and ydoc is not None:
+        import pycrdt
+
+        delete_nested(random.Random(f"del:{_CURRENT[0]}"), ydoc, pycrdt)
     announce(True)
     try:
         importer(data)
         if hasattr(doc, "to_py"):
             doc.to_py()
+        if SCENARIO[0] == "gc" and ydoc is not None:
+            import pycrdt
+
+            _read_back(ydoc, pycrdt)  # the raw roots, where a misplaced item shows
         return "accepted", ""
     except InvalidUpdateError as exc:
         return "rejected", _reason(str(exc))
@@ -729,6 +893,7 @@ def worker_main(args: argparse.Namespace) -> None:
         reasons.clear()
 
     for index in range(args.start, args.stop):
+        _CURRENT[0] = (args.seed, index)
         prior, data, how = make_input(args.seed, index, corpus)
         counts["how:" + how] += 1
 
@@ -776,6 +941,8 @@ def _spawn(args: argparse.Namespace, start: int, stop: int) -> subprocess.Popen[
         args.target,
         "--corpus-file",
         args.corpus_file,
+        "--scenario",
+        args.scenario,
     ]
     if args.apply_rejected:
         cmd.append("--apply-rejected")
@@ -945,6 +1112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="discovery: also give rejected inputs to pycrdt",
     )
+    ap.add_argument(
+        "--scenario",
+        choices=["", "gc"],
+        default="",
+        help="gc: delete nested types of the prior locally first, craft inputs into them",
+    )
     ap.add_argument("--hang-timeout", type=float, default=120.0)
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -952,6 +1125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--stop", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--corpus-file", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    SCENARIO[0] = args.scenario
     if args.worker:
         worker_main(args)
         return 0

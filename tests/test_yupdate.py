@@ -424,6 +424,163 @@ def test_index_tracks_documents_across_updates() -> None:
 
 
 # --------------------------------------------------------------------------
+# Deletions and garbage collection: the index follows yrs
+# --------------------------------------------------------------------------
+
+_ANY_5 = y.AnyContent(1, b"\x7d\x05")
+
+
+def _sv_bytes(state: dict[int, int]) -> bytes:
+    out = bytearray(y._varuint_bytes(len(state)))
+    for client, clock in state.items():
+        out += y._varuint_bytes(client) + y._varuint_bytes(clock)
+    return bytes(out)
+
+
+class _Tracked:
+    """A gc'ing pycrdt document and its index, kept the way crdtsync.Doc keeps them."""
+
+    def __init__(self) -> None:
+        self.doc = pycrdt.Doc(client_id=1)
+        self.index = y.DocIndex(ROOT_TYPES)
+
+    def sync(self) -> None:
+        # Even when the state vector has not moved: local deletions do not move it.
+        self.index.record_diff(self.doc.get_update(_sv_bytes(self.index.state)))
+
+    def validate(self, data: bytes) -> y.ParsedUpdate:
+        self.sync()
+        return y.validate_update(data, index=self.index)
+
+    def apply(self, data: bytes) -> None:
+        parsed = self.validate(data)
+        self.doc.apply_update(data)
+        self.index.record(parsed)
+        fuzz_module()._read_back(self.doc, pycrdt)
+
+
+def _text_in_map_and_array() -> tuple[_Tracked, Any]:
+    t = _Tracked()
+    t.doc.get("a", type=pycrdt.Array).extend([1, 2, 3])  # 1:0..2
+    m = t.doc.get("m", type=pycrdt.Map)
+    m["x"] = pycrdt.Text("hello")  # type 1:3, text 1:4..8
+    t.sync()
+    return t, m
+
+
+# A String whose origin is 'h' (GC'd once the text is deleted) and whose right
+# origin is in the Array: yrs puts it into the Array (reading then loops forever).
+_VIA_GC_ORIGIN = _update([_string(9, 0, "ééé", origin=(1, 4), right_origin=(1, 1))])
+
+
+def test_local_deletion_without_state_change_is_seen() -> None:
+    t, m = _text_in_map_and_array()
+    # Before the deletion, neighbours in two containers are refused outright.
+    with pytest.raises(MalformedUpdateError, match="in another container"):
+        y.validate_update(_VIA_GC_ORIGIN, index=t.index)
+    del m["x"]  # the state vector does not move
+    with pytest.raises(MalformedUpdateError, match="String content in a container holding values"):
+        t.validate(_VIA_GC_ORIGIN)
+    # Concurrent typing into the deleted text stays acceptable (yrs makes it GC).
+    t.apply(_update([_string(9, 0, "zz", origin=(1, 8))]))
+    t.apply(_update([_string(9, 2, "zz", origin=(1, 5), right_origin=(1, 6))]))
+    assert t.doc.get("a", type=pycrdt.Array).to_py() == [1, 2, 3]
+
+
+def test_remote_deletion_of_a_type_is_seen() -> None:
+    t, _ = _text_in_map_and_array()
+    t.apply(_update([], {1: [(3, 6)]}))
+    with pytest.raises(MalformedUpdateError, match="String content"):
+        t.validate(_VIA_GC_ORIGIN)
+    # Any content takes the same path into the Array: fine there.
+    t.apply(_update([_item(9, 0, y.CONTENT_ANY, _ANY_5, origin=(1, 4), right_origin=(1, 1))]))
+    assert sorted(t.doc.get("a", type=pycrdt.Array).to_py()) == [1, 2, 3, 5]
+
+
+def test_items_turned_into_gc_are_followed() -> None:
+    t, m = _text_in_map_and_array()
+    del m["x"]
+    # Both neighbours GC'd: yrs turns the item into GC, and so does an item
+    # whose explicit parent is the deleted type.
+    t.apply(_update([_string(9, 0, "é", origin=(1, 4), right_origin=(1, 6))]))
+    t.apply(_update([_string(9, 1, "é", parent=(1, 3))]))
+    for origin in ((9, 0), (9, 1)):
+        with pytest.raises(MalformedUpdateError, match="String content"):
+            t.validate(_update([_string(9, 2, "ééé", origin=origin, right_origin=(1, 1))]))
+
+
+def test_nested_types_inside_a_deleted_type_are_gc() -> None:
+    t = _Tracked()
+    t.doc.get("a", type=pycrdt.Array).extend([1, 2, 3])  # 1:0..2
+    m = t.doc.get("m", type=pycrdt.Map)
+    m["o"] = pycrdt.Map({"tx": pycrdt.Text("hey")})  # map 1:3, text 1:4, "hey" 1:5..7
+    t.sync()
+    del m["o"]
+    with pytest.raises(MalformedUpdateError, match="String content"):
+        t.validate(_update([_string(9, 0, "ééé", origin=(1, 5), right_origin=(1, 1))]))
+    # the nested text is GC: a child naming it as parent becomes GC too
+    t.apply(_update([_item(9, 0, y.CONTENT_ANY, _ANY_5, parent=(1, 4))]))
+    assert m.to_py() == {}
+
+
+def test_deletions_that_arrive_before_their_items() -> None:
+    t, _ = _text_in_map_and_array()
+    t.apply(_update([], {9: [(0, 1)]}))  # yrs keeps it pending
+    text = _item(9, 0, y.CONTENT_TYPE, y.TypeContent(y.TYPE_TEXT, None), parent="m", parent_sub="z")
+    t.apply(_update([text, _string(9, 1, "ab", parent=(9, 0))]))
+    assert t.doc.get("m", type=pycrdt.Map).to_py() == {"x": "hello"}
+    with pytest.raises(MalformedUpdateError, match="String content"):
+        t.validate(_update([_string(9, 3, "ééé", origin=(9, 2), right_origin=(1, 1))]))
+
+
+def test_implicit_deletion_by_a_concurrent_map_write() -> None:
+    """yrs deletes the losing value of a map key itself: the next diff carries it."""
+    t, _ = _text_in_map_and_array()
+    arr = _item(9, 0, y.CONTENT_TYPE, y.TypeContent(y.TYPE_ARRAY, None), parent="m", parent_sub="x")
+    t.apply(_update([arr]))
+    assert t.doc.get("m", type=pycrdt.Map).to_py() == {"x": []}
+    with pytest.raises(MalformedUpdateError, match="String content"):
+        t.validate(_update([_string(9, 1, "ééé", origin=(1, 5), right_origin=(1, 1))]))
+
+
+def test_record_diff_is_cheap_when_nothing_changed() -> None:
+    t, m = _text_in_map_and_array()
+    diff = t.doc.get_update(_sv_bytes(t.index.state))
+    t.index.record_diff(diff)
+    assert t.index._last_diff == diff
+    del m["x"]
+    t.sync()
+    assert t.index._last_diff != diff
+    hit = t.index.lookup(1, 4)
+    assert hit is not None
+    assert hit[1].where is None  # GC now
+
+
+def test_tail_of_an_overlapping_struct_keeps_its_explicit_parent() -> None:
+    prior = _update([_string(9, 0, "abc", parent="t")])
+    index = y.DocIndex(ROOT_TYPES)
+    index.record(y.validate_update(prior, index=index))
+    with pytest.raises(MalformedUpdateError, match="in another container"):
+        y.validate_update(_update([_string(9, 0, "abcéé", parent="a")]), index=index)
+    any_tail = _item(9, 2, y.CONTENT_ANY, y.AnyContent(2, b"\x7d\x05\x7d\x06"), 2, parent="a")
+    with pytest.raises(MalformedUpdateError, match="in another container"):
+        y.validate_update(_update([any_tail]), index=index)
+    y.validate_update(_update([_string(9, 0, "abcéé", parent="t")]), index=index)
+
+
+def test_long_chains_inside_one_update_do_not_recurse() -> None:
+    n = 5000
+    structs = [_item(9, 0, y.CONTENT_TYPE, y.TypeContent(y.TYPE_ARRAY, None), parent="a")]
+    structs += [
+        _item(9, i, y.CONTENT_TYPE, y.TypeContent(y.TYPE_ARRAY, None), parent=(9, i - 1))
+        for i in range(1, n)
+    ]
+    structs.append(_string(9, n, "x", parent=(9, n - 1)))
+    with pytest.raises(MalformedUpdateError, match="String content"):
+        y.validate_update(_update(structs), index=y.DocIndex(ROOT_TYPES))
+
+
+# --------------------------------------------------------------------------
 # Fuzz: our errors only, and nothing accepted panics pycrdt
 # --------------------------------------------------------------------------
 

@@ -1,0 +1,1383 @@
+r"""The movable tree: Kleppmann et al.'s highly-available move operation on pycrdt.
+
+Theory of operation
+-------------------
+The algorithm is the one of Kleppmann, Mulligan, Gomes and Beresford, "A
+highly-available move operation for replicated trees" (IEEE TPDS 2021). Every
+edit is a *move* ``(t, node, parent, pos)``: put ``node`` under ``parent`` at
+sibling position ``pos``. Creating a node is its first move (from nowhere),
+deleting it is a move under the trash. ``t`` is a Lamport timestamp
+``(lamport, writer)``, unique per operation, greater than every operation its
+writer had seen. The tree is *defined* as the result of applying all known
+operations in timestamp order, where an operation is skipped if, at its place
+in that order:
+
+* it would make ``node`` its own ancestor (``parent`` is ``node`` or below it);
+* ``node`` does not exist yet and this is not the operation that creates it; or
+* ``parent`` does not exist yet.
+
+The last two rules only bite on operations that arrive before the creation
+they depend on (ops of different writers travel independently) or on forged
+ones; both make the state a function of the *set* of operations, never of
+their arrival order. Apply order is kept by undo/redo: every applied operation
+is logged with what it replaced; when older operations arrive, the log is
+undone back to the oldest of them, they are merged in and the undone ones
+redone (:meth:`_TreeState.integrate`). A batch of ``k`` operations thus costs
+``O(k log n)`` plus the redo of the operations that are newer than the batch's
+oldest; a local operation is always the newest and costs no undo at all.
+
+Storage (what a Yjs client sees): the tree is one Y.Map (``ydoc.getMap(name)``
+for a root tree; a nested Y.Map for a ``Tree()`` stored as a value):
+
+=====================  ==========================================  ============================
+key                     value                                       written by
+=====================  ==========================================  ============================
+``"\x00k"``             ``"tree"``                                  nested trees only (kind)
+``"\x00i"``             16 random hex digits                        nested trees only (cache id)
+``"<w>"``               Y.Map: the *container* of writer ``w``      ``w``, with its first edit
+``"<w>"/"<lamport>"``   an operation ``"<node> <parent> <pos>"``     ``w``; never changed after
+``"<w>"/"d<lamport>"``  Y.Map: data of node ``"<w>:<lamport>"``     ``w`` with the node; then
+                                                                    anyone edits inside it
+=====================  ==========================================  ============================
+
+Why a Y.Map keyed by clock rather than an appended Y.Array: the engine finds
+the end of an array by walking its items, and a writer's appends only merge
+into one item while nothing else by that writer comes in between (a node's
+data map, an edit anywhere in the document does), so each append would cost
+a walk over the whole log. A new map key costs the same whatever came before.
+
+``<w>`` and ``<lamport>`` are canonical decimal integers (``lamport`` at most
+2**53). An operation's timestamp is ``(lamport, w)``, read from where it is
+stored, so it cannot collide with another writer's. In an operation:
+
+* ``<node>`` is empty for the operation that creates node ``"<w>:<lamport>"``;
+  otherwise a node reference;
+* ``<parent>`` is empty for the top level, ``-`` for the trash (a deletion),
+  otherwise a node reference;
+* a node reference is ``"<client>:<seq>"``, or just ``"<seq>"`` when the node
+  was created by ``w`` itself;
+* ``<pos>`` is the fractional position key among siblings (empty for the trash).
+
+Node ids are ``"<client>:<lamport of its creating operation>"``. Only a writer
+adds keys to its own container, so no two writers ever race on a Y.Map key (a
+race would lose one of the writes). Anything malformed -- a key or value of
+the wrong type or shape, a reference that is not canonical, a position key
+that is not valid -- is an ignored operation, on every replica alike.
+
+Sibling order: children are sorted by ``(pos, node id)``. Position keys are
+the fractional indexing of Figma and rocicorp's "fractional-indexing" (base
+62, a variable-length integer part: appending or prepending adds a digit only
+every 62**k times), except that instead of the middle candidate, a key is one
+of the :data:`SPREAD` shortest candidates around the middle, picked by a hash
+of the operation's timestamp (:func:`key_between`). Two replicas inserting at
+the same index concurrently thus get different keys with probability
+1 - 1/SPREAD, at no cost in length (a jitter suffix would cost 2-3 characters
+per key). A tie -- that bad luck or a forged key -- is ordered by node id, and
+a later local insert *between* two tied siblings lands just after them. Runs
+of local inserts into one gap (typing forward or backward in the middle of a
+list) take their keys near the previous insert rather than in the middle,
+which keeps them short (``_TreeState.recent``, ``bias`` in :func:`key_between`).
+
+Derived state: :class:`_TreeState` (parent map, sorted children, undo log) is
+pure, and is what ``proofs/tree_model_check.py`` checks against the
+specification. :class:`_Binding` ties one state to the tree's Y.Map: shallow
+observers queue what remote transactions add, and the next read folds the
+queue in -- so ``k`` imports in a row cost one undo/redo pass, and loading a
+saved document builds the tree once. A root tree's binding lives on its
+wrapper (which :class:`~crdtsync.doc.Doc` caches); a nested tree's binding
+is found through its ``"\x00i"`` id, per document.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import weakref
+from bisect import bisect_left, insort
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pycrdt
+
+from .errors import InvalidOperationError, InvalidValueError, TreeCycleError
+from .model import KIND_KEY, Container, Map, engine_error, register_kind, to_engine
+
+if TYPE_CHECKING:
+    from .doc import Doc
+
+__all__ = ["Tree"]
+
+#: Reserved key of a nested tree's Y.Map holding its random id (the cache key).
+ID_KEY = "\x00i"
+
+# Parent ids with a special meaning. Real node ids are "<digits>:<digits>".
+ROOT = ""  # the top level
+TRASH = "-"  # deleted nodes live under the trash
+_ENDS = (ROOT, TRASH)  # where every walk up the tree ends
+_ABSENT = "\x00"  # undo record: the node did not exist before this operation
+
+#: Longest position key accepted (and generated): a key this long takes some
+#: 24,000 inserts at one spot between the same two neighbours.
+MAX_KEY = 4096
+#: Largest Lamport clock (JavaScript's safe integers, so Yjs clients can read it).
+MAX_LAMPORT = 2**53
+_MAX_OP = 3 * 42 + MAX_KEY  # two references, separators and a key
+_M64 = (1 << 64) - 1
+
+# An operation: (timestamp, node, parent, pos). The timestamp packs
+# (lamport, writer) into one int, lamport << 64 | writer, so that sorting and
+# bisecting compare a single int.
+_Op = tuple[int, str, str, str]
+# A log entry: the operation plus what it replaced: (old parent, old pos).
+# old parent None = the operation was skipped; _ABSENT = it created the node.
+_Entry = tuple[int, str, str, str, "str | None", str]
+
+
+# --------------------------------------------------------------------------------
+# Fractional position keys (rocicorp's fractional-indexing, base 62)
+
+_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_VAL = {c: i for i, c in enumerate(_DIGITS)}
+_SMALLEST_INT = "A" + "0" * 26
+_KEY_CHARS = re.compile("[0-9A-Za-z]+").fullmatch
+#: How many candidate keys the jitter chooses from: two replicas inserting at
+#: one place concurrently pick the same key with probability 1/SPREAD (and are
+#: then ordered by node id).
+SPREAD = 16
+
+
+def _int_len(head: str) -> int:
+    """Length of the integer part announced by a key's first character (0: invalid)."""
+    o = ord(head)
+    if 97 <= o <= 122:  # a..z: 2..27 characters
+        return o - 95
+    if 65 <= o <= 90:  # Z..A: 2..27 characters (A is the most negative)
+        return 92 - o
+    return 0
+
+
+def valid_key(key: object) -> bool:
+    """Whether ``key`` is a position key we generate and can generate around."""
+    if type(key) is not str or not 2 <= len(key) <= MAX_KEY:
+        return False
+    n = _int_len(key[0])
+    if n == 0 or len(key) < n or not _KEY_CHARS(key):
+        return False
+    # A trailing zero in the fraction would leave no key between it and its prefix.
+    return not ((len(key) > n and key[-1] == "0") or key == _SMALLEST_INT)
+
+
+def _increment_int(x: str) -> str | None:
+    d = _VAL[x[-1]] + 1
+    if d < 62 and len(x) > 1:  # the common case: no carry
+        return x[:-1] + _DIGITS[d]
+    digs = list(x[1:])
+    for i in range(len(digs) - 1, -1, -1):
+        d = _VAL[digs[i]] + 1
+        if d < 62:
+            digs[i] = _DIGITS[d]
+            return x[0] + "".join(digs)
+        digs[i] = "0"
+    head = x[0]
+    if head == "Z":
+        return "a0"
+    if head == "z":
+        return None
+    h = chr(ord(head) + 1)
+    if h > "a":
+        digs.append("0")
+    else:
+        digs.pop()
+    return h + "".join(digs)
+
+
+def _decrement_int(x: str) -> str | None:
+    digs = list(x[1:])
+    for i in range(len(digs) - 1, -1, -1):
+        d = _VAL[digs[i]] - 1
+        if d >= 0:
+            digs[i] = _DIGITS[d]
+            return x[0] + "".join(digs)
+        digs[i] = "z"
+    head = x[0]
+    if head == "a":
+        return "Zz"
+    if head == "A":
+        return None
+    h = chr(ord(head) - 1)
+    if h < "Z":
+        digs.append("z")
+    else:
+        digs.pop()
+    return h + "".join(digs)
+
+
+def _num(s: str, n: int) -> int:
+    """The first ``n`` digits of fraction ``s`` (padded with zeros) as an integer."""
+    x = 0
+    for i in range(n):
+        x = x * 62 + (_VAL[s[i]] if i < len(s) else 0)
+    return x
+
+
+def _digits(x: int, n: int) -> str:
+    """``x`` written with exactly ``n`` base-62 digits."""
+    out = []
+    for _ in range(n):
+        x, d = divmod(x, 62)
+        out.append(_DIGITS[d])
+    return "".join(reversed(out))
+
+
+def _fraction(a: str, b: str | None, r: int, bias: int = 0) -> str:
+    """A fraction strictly between fractions ``a`` < ``b`` (``None``: 1).
+
+    It has the shortest length at which the interval holds at least
+    :data:`SPREAD` fractions (none ending in ``0``), and is the ``r``-th of the
+    :data:`SPREAD` of them nearest the middle -- or nearest ``a`` if ``bias``
+    is positive, nearest ``b`` if negative.
+    """
+    n = 1
+    while True:
+        lo = _num(a, n) + 1
+        hi = 62**n - 1 if b is None else _num(b, n) - (len(b) <= n)
+        if hi >= lo:
+            # Candidates lo..hi, minus the multiples of 62 (a trailing zero).
+            count = hi - lo + 1 - (hi // 62 - (lo - 1) // 62)
+            if count >= SPREAD:
+                if bias > 0:
+                    k = r % SPREAD
+                elif bias < 0:
+                    k = count - SPREAD + r % SPREAD
+                else:
+                    k = (count - SPREAD) // 2 + r % SPREAD
+                x = lo + k
+                skipped = 0
+                while True:  # step over the multiples of 62 up to x
+                    s = x // 62 - (lo - 1) // 62
+                    if s == skipped:
+                        return _digits(x, n)
+                    x = lo + k + s
+                    skipped = s
+        n += 1
+
+
+# The integer part of a key is a variable-length integer: head "a" + 1 digit
+# holds 0..61, "b" + 2 digits the next 62**2, ... "z" + 26 digits; "Z" + 1 digit
+# holds -62..-1, "Y" + 2 digits the 62**2 before, ... "A" + 26 digits.
+# _INT_BASE[k] is the first value of the positive head with k + 1 digits.
+_INT_BASE: list[int] = [sum(62 ** (j + 1) for j in range(k)) for k in range(27)]
+_POW62: list[int] = [62**j for j in range(28)]
+
+
+def _int_value(x: str) -> int:
+    """The integer an integer part stands for (the order of keys is the order of values)."""
+    h = ord(x[0])
+    v = _num(x[1:], len(x) - 1)
+    if h >= 97:
+        return _INT_BASE[h - 97] + v
+    k = 90 - h
+    return v - _INT_BASE[k] - _POW62[k + 1]
+
+
+def _int_part(v: int) -> str | None:
+    """Inverse of :func:`_int_value`; ``None`` outside the representable range."""
+    if v >= 0:
+        k = bisect_left(_INT_BASE, v + 1) - 1
+        if k > 25:
+            return None
+        return chr(97 + k) + _digits(v - _INT_BASE[k], k + 1)
+    k = bisect_left(_INT_BASE, -v) - 1
+    if k > 25:
+        return None
+    x = chr(90 - k) + _digits(v + _INT_BASE[k] + _POW62[k + 1], k + 1)
+    return None if x == _SMALLEST_INT else x
+
+
+def _step_int(x: str, steps: int, up: bool) -> str | None:
+    """Integer part ``x`` plus (or minus) ``steps``; ``None`` past the ends."""
+    return _int_part(_int_value(x) + (steps if up else -steps))
+
+
+def key_between(a: str | None, b: str | None, jitter: int, bias: int = 0) -> str:
+    """A position key strictly between valid keys ``a`` < ``b`` (``None``: unbounded).
+
+    Like rocicorp's ``generateKeyBetween`` (appending and prepending step the
+    integer part, so keys grow by a digit only every 62**k of them), except
+    that ``jitter`` picks the key among :data:`SPREAD` candidates instead of
+    always the middle one: two replicas inserting at one place concurrently
+    then get different keys, at no cost in length.
+
+    ``bias`` serves runs of inserts into one gap: positive when the insert
+    follows the previous one (typing forward), negative when it precedes it.
+    The key is then taken near ``a`` (near ``b``), which leaves the rest of
+    the gap to the next inserts: a thousand inserts typed forward into one gap
+    need 18 characters instead of 180 from the middle.
+
+    Raises:
+        InvalidOperationError: if the key would exceed :data:`MAX_KEY`.
+    """
+    steps = 1 + jitter % SPREAD
+    if a is None:
+        if b is None:
+            k = "a" + _DIGITS[steps - 1]
+        else:
+            ib = b[: _int_len(b[0])]
+            i = _step_int(ib, steps, up=False) if ib != _SMALLEST_INT else None
+            if i is not None:
+                k = i
+            elif ib == _SMALLEST_INT:
+                k = ib + _fraction("", b[len(ib) :], jitter, bias)
+            else:
+                k = _SMALLEST_INT + _fraction("", None, jitter)
+    else:
+        ia = a[: _int_len(a[0])]
+        i = _step_int(ia, steps, up=True)
+        if i is not None and (b is None or i < b):
+            k = i
+        elif b is not None and b.startswith(ia) and len(b) > len(ia):
+            k = ia + _fraction(a[len(ia) :], b[len(ia) :], jitter, bias)
+        else:
+            k = ia + _fraction(a[len(ia) :], None, jitter, bias)
+    if len(k) > MAX_KEY:
+        raise InvalidOperationError(
+            f"position keys between these siblings are exhausted (over {MAX_KEY} characters)"
+        )
+    return k
+
+
+def _jitter(t: int) -> int:
+    # A fixed mix of the timestamp: deterministic (tests replay exactly), and
+    # different for the different timestamps of concurrent inserts.
+    return (((t ^ (t >> 64)) * 0x9E3779B97F4A7C15) & _M64) >> 40
+
+
+# --------------------------------------------------------------------------------
+# The pure tree state
+
+
+def _canon(s: str) -> bool:
+    """Whether ``s`` is a canonical decimal integer (no sign, no leading zero, <= 16 digits)."""
+    return 0 < len(s) <= 16 and s.isascii() and s.isdigit() and (s[0] != "0" or len(s) == 1)
+
+
+def node_ts(node: str) -> int:
+    """The timestamp of the operation that creates ``node`` (a valid node id)."""
+    client, _, seq = node.partition(":")
+    return int(seq) << 64 | int(client)
+
+
+class _TreeState:
+    """The tree defined by a set of move operations, maintained incrementally.
+
+    Invariants (checked by :meth:`check`): the state equals the fold of
+    :meth:`_do` over the operations in timestamp order, starting from the empty
+    tree; every node's parent is ``ROOT``, ``TRASH`` or a node of the state; no
+    node is its own ancestor; ``kids[p]`` holds exactly the nodes whose parent
+    is ``p`` (except the trash, which keeps no children), and ``order[p]``,
+    when present, is ``kids[p]`` sorted by ``(pos, node)``.
+
+    Siblings are kept unordered in ``kids`` and sorted lazily into ``order``:
+    undoing and redoing a batch of remote operations then costs two dict
+    operations per move instead of two sorted-list updates, and only the
+    sibling lists someone reads get sorted again. Local operations keep
+    ``order`` up to date (they need it to place a node at an index anyway).
+    """
+
+    __slots__ = (
+        "born",
+        "clock",
+        "kids",
+        "log",
+        "order",
+        "parent",
+        "pos",
+        "recent",
+        "seen",
+        "trashed",
+    )
+
+    def __init__(self) -> None:
+        # node -> parent id (ROOT, TRASH or a node).
+        self.parent: dict[str, str] = {}
+        # node -> position key, for nodes not in the trash.
+        self.pos: dict[str, str] = {}
+        # parent id -> {child: position key}, in no particular order.
+        self.kids: dict[str, dict[str, str]] = {}
+        # parent id -> [(pos, child)] sorted: a cache of kids, absent if stale.
+        self.order: dict[str, list[tuple[str, str]]] = {}
+        # Every known operation with its undo record, in timestamp order, and
+        # the set of their timestamps (to recognise duplicates at once).
+        self.log: list[_Entry] = []
+        self.seen: set[int] = set()
+        # node -> timestamp of the operation creating it, if known.
+        self.born: dict[str, int] = {}
+        # Greatest Lamport clock of any known operation.
+        self.clock = 0
+        # Number of nodes directly in the trash: while 0, every node is live
+        # and liveness needs no walk up the tree.
+        self.trashed = 0
+        # parent -> the node a local operation last put there. Not part of the
+        # tree: it only tells key_for which way a run of inserts is going.
+        self.recent: dict[str, str] = {}
+
+    # -- applying ---------------------------------------------------------------------
+
+    def _place(self, n: str, p: str, k: str) -> None:
+        self.parent[n] = p
+        if p == TRASH:
+            self.trashed += 1
+            return
+        self.pos[n] = k
+        d = self.kids.get(p)
+        if d is None:
+            self.kids[p] = {n: k}
+        else:
+            d[n] = k
+        self.order.pop(p, None)
+
+    def _unplace(self, n: str, p: str) -> str:
+        del self.parent[n]
+        if p == TRASH:
+            self.trashed -= 1
+            return ""
+        del self.kids[p][n]
+        self.order.pop(p, None)
+        return self.pos.pop(n)
+
+    def _do(self, op: _Op) -> None:
+        """Apply one operation that is newer than every logged one, logging it."""
+        t, n, p, k = op
+        parent = self.parent
+        old = parent.get(n)
+        if old is None:
+            if self.born.get(n) != t or (p not in _ENDS and p not in parent):
+                self.log.append((t, n, p, k, None, ""))
+                return
+            self._place(n, p, k)
+            self.log.append((t, n, p, k, _ABSENT, ""))
+            return
+        if p != "" and p != "-":  # noqa: PLR1714 - not ROOT/TRASH; literals are fastest
+            if p not in parent:
+                self.log.append((t, n, p, k, None, ""))
+                return
+            if p == n or self.kids.get(n):  # a leaf is nobody's ancestor: no walk
+                a = p
+                while a != "" and a != "-":  # noqa: PLR1714 - as above
+                    if a == n:  # n is p or an ancestor of p: the move would make a cycle
+                        self.log.append((t, n, p, k, None, ""))
+                        return
+                    a = parent[a]
+            if old != "-":
+                # The hot path, a move between two sibling sets, inlined.
+                kids, order = self.kids, self.order
+                del kids[old][n]
+                order.pop(old, None)
+                parent[n] = p
+                oldk = self.pos[n]
+                self.pos[n] = k
+                d = kids.get(p)
+                if d is None:
+                    kids[p] = {n: k}
+                else:
+                    d[n] = k
+                order.pop(p, None)
+                self.log.append((t, n, p, k, old, oldk))
+                return
+        oldk = self._unplace(n, old)
+        self._place(n, p, k)
+        self.log.append((t, n, p, k, old, oldk))
+
+    def _undo(self, e: _Entry) -> None:
+        _, n, p, _, old, oldk = e
+        if old is None:
+            return
+        if old != "-" and p != "-" and old != _ABSENT:
+            # The hot path, the inverse of a move between two sibling sets.
+            kids, order = self.kids, self.order
+            del kids[p][n]
+            order.pop(p, None)
+            self.parent[n] = old
+            self.pos[n] = oldk
+            kids[old][n] = oldk
+            order.pop(old, None)
+            return
+        self._unplace(n, p)
+        if old == _ABSENT:
+            self.kids.pop(n, None)  # its children were undone first: it has none
+            self.order.pop(n, None)
+        else:
+            self._place(n, old, oldk)
+
+    def apply_local(self, op: _Op, create: bool) -> None:
+        """Apply a checked local operation, newer than everything known."""
+        t, n, p, k = op
+        self.clock = t >> 64
+        self.seen.add(t)
+        kids, order = self.kids, self.order
+        if create:
+            self.born[n] = t
+            old = _ABSENT
+            oldk = ""
+        else:
+            old = self.parent[n]
+            if old == TRASH:
+                self.trashed -= 1
+                oldk = ""
+            else:
+                oldk = self.pos[n]
+                del kids[old][n]
+                lst = order.get(old)
+                if lst is not None:  # keep the sorted cache: local edits read it next
+                    del lst[bisect_left(lst, (oldk, n))]
+        self.parent[n] = p
+        if p == TRASH:
+            self.trashed += 1
+            self.pos.pop(n, None)
+        else:
+            self.recent[p] = n
+            self.pos[n] = k
+            d = kids.get(p)
+            if d is None:
+                kids[p] = {n: k}
+            else:
+                d[n] = k
+            lst = order.get(p)
+            if lst is not None:
+                e = (k, n)
+                if not lst or lst[-1] < e:
+                    lst.append(e)  # appending, the common case: one comparison
+                else:
+                    insort(lst, e)
+        self.log.append((t, n, p, k, old, oldk))
+
+    def integrate(self, new: list[_Op]) -> bool:
+        """Add operations received in any order, possibly known already.
+
+        Args:
+            new: the operations.
+
+        Returns:
+            Whether the state changed.
+
+        Raises:
+            _Conflict: two different operations claim one timestamp (the
+                document was rewritten under us: the caller rebuilds).
+        """
+        log = self.log
+        born = self.born
+        seen = self.seen
+        fresh: list[_Op] = []
+        clock = self.clock
+        for op in sorted(new):
+            t = op[0]
+            if t in seen:
+                # Known already (in this batch or in the log): it must be the
+                # very same operation, one timestamp names one operation.
+                if fresh and fresh[-1][0] == t:
+                    same = fresh[-1] == op
+                else:
+                    i = bisect_left(log, (t,))
+                    same = log[i][:4] == op
+                if not same:
+                    raise _Conflict
+                continue
+            seen.add(t)
+            fresh.append(op)
+            clock = max(clock, t >> 64)
+            n = op[1]
+            if n not in born and node_ts(n) == t:
+                born[n] = t
+        self.clock = clock
+        if not fresh:
+            return False
+        i = bisect_left(log, (fresh[0][0],))
+        redo: list[_Op] = fresh
+        if i < len(log):
+            undone = log[i:]
+            del log[i:]
+            for e in reversed(undone):
+                self._undo(e)
+            # Two sorted runs: timsort merges them in linear time.
+            redo = [e[:4] for e in undone]
+            redo += fresh
+            redo.sort()
+        do = self._do
+        for op in redo:
+            do(op)
+        return True
+
+    # -- reading --------------------------------------------------------------------------
+
+    def sorted_kids(self, p: str) -> list[tuple[str, str]]:
+        """``[(pos, child)]`` of ``p`` in order (a cached list: do not modify)."""
+        lst = self.order.get(p)
+        if lst is None:
+            d = self.kids.get(p)
+            if not d:
+                return []
+            lst = sorted([(k, n) for n, k in d.items()])
+            self.order[p] = lst
+        return lst
+
+    def top(self, n: str) -> str:
+        """``ROOT`` if ``n`` is live, ``TRASH`` if deleted (``n`` must be in the state)."""
+        parent = self.parent
+        while n != "" and n != "-":  # noqa: PLR1714 - not ROOT/TRASH; literals are fastest
+            n = parent[n]
+        return n
+
+    def live(self, n: object) -> bool:
+        """Whether ``n`` is a node reachable from the top level."""
+        return type(n) is str and n in self.parent and (not self.trashed or self.top(n) == ROOT)
+
+    def key_for(
+        self, p: str, node: str | None, index: int | None, t: int, new_id: str
+    ) -> str | None:
+        """Position key putting ``node`` (``None``: a new node) at ``index`` under ``p``.
+
+        Returns:
+            The key, or ``None`` if ``node`` is already there (nothing to do).
+
+        Raises:
+            InvalidOperationError: if ``index`` is not an int in range.
+        """
+        lst = self.sorted_kids(p)
+        if index is None and lst:
+            # Appending, the common case: after the last sibling other than node.
+            lk, ln = lst[-1]
+            if ln == node:
+                return None  # already the last child
+            o = ord(lk[0])
+            n = o - 95 if o > 96 else 92 - o  # length of the integer part
+            h = (((t ^ (t >> 64)) * 0x9E3779B97F4A7C15) & _M64) >> 40  # _jitter(t)
+            d = _VAL[lk[n - 1]] + 1 + h % SPREAD
+            if d < 62:  # step the integer part's last digit: no carry
+                return lk[: n - 1] + _DIGITS[d]
+            return key_between(lk, None, h)
+        if index == 0 and lst:
+            # Prepending: before the first sibling other than node.
+            fk, fn = lst[0]
+            if fn == node:
+                return None  # already the first child
+            o = ord(fk[0])
+            n = o - 95 if o > 96 else 92 - o  # length of the integer part
+            h = (((t ^ (t >> 64)) * 0x9E3779B97F4A7C15) & _M64) >> 40  # _jitter(t)
+            d = _VAL[fk[n - 1]] - 1 - h % SPREAD
+            if d >= 0:  # step the integer part's last digit down: no borrow
+                k = fk[: n - 1] + _DIGITS[d]
+                if k != _SMALLEST_INT:
+                    return k
+            return key_between(None, fk, h)
+        j = -1
+        if node is not None and self.parent[node] == p:
+            j = bisect_left(lst, (self.pos[node], node))
+        others = len(lst) - (j >= 0)
+        if index is None:
+            index = others
+        elif type(index) is not int:
+            raise InvalidOperationError(f"indexes are int or None, not {type(index).__name__}")
+        elif not 0 <= index <= others:
+            raise InvalidOperationError(
+                f"index {index} out of range: the parent has {others} other children"
+            )
+        if index == j:
+            return None
+        # others[i] is lst[i] before the node's own slot j, lst[i + 1] after it.
+        li = index - 1 if j < 0 or index - 1 < j else index
+        ri = index if j < 0 or index < j else index + 1
+        lo = lst[li][0] if index > 0 else None
+        hi = lst[ri][0] if index < others else None
+        if lo is not None and lo == hi:
+            # Tied keys: only the node id orders the pair. Fit between them if the
+            # id allows, otherwise land just after the tied run.
+            me = node if node is not None else new_id
+            if lst[li][1] < me < lst[ri][1]:
+                return lo
+            while ri < len(lst) and (lst[ri][0] == lo or ri == j):
+                ri += 1
+            hi = lst[ri][0] if ri < len(lst) else None
+        bias = 0
+        last = self.recent.get(p)
+        if last is not None and last != node:
+            if index > 0 and lst[li][1] == last:
+                bias = 1  # right after the previous insert: typing forward
+            elif index < others and lst[ri][1] == last:
+                bias = -1  # right before it: typing backward
+        return key_between(lo, hi, _jitter(t), bias)
+
+    def children(self, p: str) -> list[str]:
+        """Children of ``p`` in order."""
+        return [n for _, n in self.sorted_kids(p)]
+
+    def walk(self) -> Iterator[str]:
+        """Every live node, depth first, parents before children, siblings in order."""
+        stack = [n for _, n in reversed(self.sorted_kids(ROOT))]
+        while stack:
+            n = stack.pop()
+            yield n
+            if n in self.kids:
+                stack.extend(m for _, m in reversed(self.sorted_kids(n)))
+
+    # -- checking -------------------------------------------------------------------------
+
+    def check(self, deep: bool = True) -> None:
+        """Assert the invariants (for tests and the model check).
+
+        Args:
+            deep: also compare with a state rebuilt from scratch from the same
+                operations (the incremental result must be the fold).
+
+        Raises:
+            AssertionError: naming the broken invariant.
+        """
+        parent, pos = self.parent, self.pos
+        for n, p in parent.items():
+            assert p in (ROOT, TRASH) or p in parent, f"{n}: parent {p} unknown"
+            assert self.born.get(n) is not None, f"{n} exists without its creation"
+            seen = 0
+            a = n
+            while a not in (ROOT, TRASH):  # single parent by construction; no cycle:
+                a = parent[a]
+                seen += 1
+                assert seen <= len(parent), f"cycle through {n}"
+            if p != TRASH:
+                assert self.kids.get(p, {}).get(n) == pos[n], f"{n} missing from kids[{p}]"
+        placed = sum(1 for p in parent.values() if p != TRASH)
+        assert placed == sum(len(v) for v in self.kids.values()), "stray kids entries"
+        assert set(pos) == {n for n, p in parent.items() if p != TRASH}, "pos/parent mismatch"
+        assert self.trashed == sum(1 for p in parent.values() if p == TRASH), "trash count"
+        for p, lst in self.order.items():
+            want = sorted((k, n) for n, k in self.kids.get(p, {}).items())
+            assert lst == want, f"stale order of kids[{p}]"
+        ts = [e[0] for e in self.log]
+        assert all(ts[i] < ts[i + 1] for i in range(len(ts) - 1)), "log out of order"
+        assert self.seen == set(ts), "seen timestamps differ from the log"
+        if deep:
+            fresh = _TreeState()
+            fresh.integrate([e[:4] for e in self.log])
+            assert fresh.parent == parent, "state differs from the fold of its operations"
+            assert fresh.pos == pos, "positions differ from the fold"
+            assert fresh.log == self.log, "log differs from the fold"
+            assert {k: v for k, v in fresh.kids.items() if v} == {
+                k: v for k, v in self.kids.items() if v
+            }, "children differ from the fold"
+
+
+class _Conflict(Exception):
+    """Two different operations with one timestamp: the state must be rebuilt."""
+
+
+# --------------------------------------------------------------------------------
+# Reading operations out of the document
+
+
+# A stored operation, "<node> <parent> <pos>", checked in one pass by the
+# regular expression engine: canonical decimal numbers of at most 16 digits,
+# references "<client>:<clock>" or "<clock>", ASCII only.
+_NUM = "(?:0|[1-9][0-9]{0,15})"
+_REF = f"{_NUM}(?::{_NUM})?"
+_OP_FIELDS = re.compile(f"({_REF})? (-|{_REF})? ([0-9A-Za-z]*)").fullmatch
+_CANON = re.compile(_NUM).fullmatch
+
+
+def _ref_of(s: str, owner: str) -> str | None:
+    """The node a well-formed reference names (``None``: its clock is out of range)."""
+    _, sep, seq = s.rpartition(":")
+    if len(seq) == 16 and int(seq) > MAX_LAMPORT:
+        return None
+    return s if sep else owner + ":" + seq
+
+
+def parse_op(owner: str, key: str, value: object) -> _Op | None:
+    """The operation stored at ``key`` in ``owner``'s container, or ``None`` if malformed.
+
+    Args:
+        owner: the container's key (the writer id, canonical decimal).
+        key: the entry's key (the Lamport clock, canonical decimal).
+        value: the entry: ``"<node> <parent> <pos>"``.
+    """
+    if type(value) is not str or len(value) > _MAX_OP or _CANON(key) is None:
+        return None
+    m = _OP_FIELDS(value)
+    if m is None:
+        return None
+    lam = int(key)
+    if lam > MAX_LAMPORT or lam == 0:
+        return None
+    n, p, k = m.groups()
+    node = owner + ":" + key if n is None else _ref_of(n, owner)
+    if node is None:
+        return None
+    if p is None:
+        parent = ROOT
+    elif p == "-":
+        parent = TRASH
+        k = ""
+    else:
+        ref = _ref_of(p, owner)
+        if ref is None:
+            return None
+        parent = ref
+    if parent != TRASH:
+        # The regular expression checked the characters; now the shape.
+        n_int = _int_len(k[:1] or "0")
+        if n_int == 0 or len(k) < n_int or len(k) > MAX_KEY or k == _SMALLEST_INT:
+            return None
+        if len(k) > n_int and k[-1] == "0":
+            return None
+    return (lam << 64 | int(owner), node, parent, k)
+
+
+def _read_container(txn: Any, owner: str, cont: Any, out: list[_Op]) -> None:
+    """Append every valid operation of one writer's container (a raw Y.Map) to ``out``."""
+    try:
+        # One JSON string is much faster than a get() per key; data maps come
+        # along and are skipped.
+        entries: Any = json.loads(cont.to_json(txn))
+    except Exception:  # fall back to reading key by key
+        entries = None
+    if type(entries) is not dict:
+        entries = {k: cont.get(txn, k) for k in cont.keys(txn)}
+    for k, v in entries.items():
+        if type(v) is str:
+            op = parse_op(owner, k, v)
+            if op is not None:
+                out.append(op)
+
+
+class _Binding:
+    """One tree's state, bound to its Y.Map and kept up to date with it.
+
+    Observers, all shallow (edits inside node data maps cost the tree nothing):
+    the tree's Y.Map (writers' containers appearing or being replaced) and
+    each container (operations added). They only *queue* what remote
+    transactions brought; :meth:`sync` folds the queue in on the next read, so
+    a burst of imports costs one undo/redo pass.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "dirty",
+        "local",
+        "local_txn",
+        "own",
+        "pending",
+        "prefix",
+        "rebuild",
+        "scan",
+        "state",
+        "subs",
+        "wid",
+        "wkey",
+        "y",
+        "ydoc",
+    )
+
+    def __init__(self, ydoc: Any, y: pycrdt.Map[Any], writer: str) -> None:
+        # The engine document and the tree's Y.Map (pycrdt wrappers).
+        self.ydoc = ydoc
+        self.y = y
+        # This replica's writer id, as an int and as a key, and the prefix of
+        # the ids it creates.
+        self.wid = int(writer)
+        self.wkey = writer
+        self.prefix = writer + ":"
+        # The raw Y.Map of this writer's container, once known.
+        self.own: Any = None
+        # What remote transactions brought since the last read: operations,
+        # containers to read whole, or "rebuild everything".
+        self.pending: list[tuple[str, str, object]] = []
+        self.scan: set[str] = set()
+        self.rebuild = True
+        self.dirty = True
+        # Our own writes' events must be recognised (they are applied already):
+        # ``local`` is set while our bare engine transaction commits, and
+        # ``local_txn`` is the pycrdt transaction we last wrote in, which is
+        # ``ydoc._txn`` while it commits. Imports never share a transaction
+        # with local edits (pycrdt refuses to nest another origin).
+        self.local = False
+        self.local_txn: Any = None
+        self.state = _TreeState()
+        # Subscriptions: "" for the tree's map, "<w>" for a container.
+        # Dropping one unsubscribes.
+        self.subs: dict[str, Any] = {}
+        ref = weakref.ref(self)
+        self.subs[""] = y.integrated.observe(lambda ev: _on_tree(ref, ev))
+
+    def _watch(self, owner: str, cont: Any) -> None:
+        # Callbacks hold the binding weakly: the engine keeps callbacks as long
+        # as the document lives, and must not keep the binding with them.
+        if owner not in self.subs:
+            ref = weakref.ref(self)
+            self.subs[owner] = cont.observe(lambda ev: _on_container(ref, owner, ev))
+
+    def _read(self, txn: Any, owner: str, ops: list[_Op]) -> None:
+        """Read one writer's whole container and watch it."""
+        cont = self.y.integrated.get(txn, owner)
+        if _is_raw(cont, "Map"):
+            _read_container(txn, owner, cont, ops)
+            self._watch(owner, cont)
+
+    def sync(self) -> None:
+        """Fold in whatever remote transactions brought."""
+        self.dirty = False
+        if not self.rebuild:
+            ops = []
+            for owner, key, value in self.pending:
+                op = parse_op(owner, key, value)
+                if op is not None:
+                    ops.append(op)
+            self.pending = []
+            if self.scan:
+                scan, self.scan = self.scan, set()
+                with self.ydoc.transaction() as t:
+                    for owner in sorted(scan):
+                        self._read(t._txn, owner, ops)
+            try:
+                self.state.integrate(ops)
+                return
+            except _Conflict:
+                pass
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Read every operation again and fold them from the empty tree."""
+        self.rebuild = False
+        self.pending = []
+        self.scan = set()
+        self.own = None
+        for k in [k for k in self.subs if k]:
+            del self.subs[k]
+        ops: list[_Op] = []
+        with self.ydoc.transaction() as t:
+            for owner in self.y.integrated.keys(t._txn):
+                if _canon(owner):
+                    self._read(t._txn, owner, ops)
+        state = _TreeState()
+        state.integrate(ops)  # one timestamp per (container, key): no conflict
+        self.state = state
+
+    # -- writing ------------------------------------------------------------------------
+
+    def ref(self, n: str) -> str:
+        """How this writer refers to ``n`` (ROOT and TRASH refer to themselves)."""
+        if n.startswith(self.prefix):
+            return n[len(self.prefix) :]
+        return n
+
+    def write(self, tree: Tree, doc: Doc, key: str, op: str, data: dict[str, Any] | None) -> None:
+        """Write one operation (and a new node's data map) in one transaction.
+
+        Args:
+            tree: the tree (whose first edit may register its root).
+            doc: the document.
+            key: the operation's Lamport clock, its key in our container.
+            op: the entry, ``"<node> <parent> <pos>"`` (a creation starts with a space).
+            data: a new node's initial data, if any.
+        """
+        ydoc = self.ydoc
+        if data is None and tree._pending_root is None:
+            # Fast paths, as for text typing: inside an open transaction the
+            # engine's current one is ours; with nobody observing the document,
+            # a bare engine transaction is all that _Txn would amount to.
+            if doc._depth:
+                self.local_txn = ydoc._txn
+                try:
+                    self._put(ydoc._txn._txn, key, op, None, doc)
+                except BaseException as exc:
+                    raise engine_error(exc) from None
+                return
+            if not doc._observed and ydoc._txn is None:
+                txn = ydoc._doc.create_transaction()
+                self.local = True
+                try:
+                    own = self.own
+                    if own is None:
+                        own = self._own(txn)
+                    own.insert(txn, key, op)
+                    if op[0] == " ":  # a creation: the node's data map comes with it
+                        own.insert_map_prelim(txn, "d" + key)
+                    txn.commit()
+                except BaseException as exc:
+                    raise engine_error(exc) from None
+                finally:
+                    self.local = False
+                    txn.drop()
+                return
+        with doc._write(tree):
+            self.local_txn = ydoc._txn
+            self._put(ydoc._txn._txn, key, op, data, doc)
+
+    def _put(self, txn: Any, key: str, op: str, data: dict[str, Any] | None, doc: Doc) -> None:
+        own = self.own
+        if own is None:
+            own = self._own(txn)
+        own.insert(txn, key, op)
+        if op[0] == " ":  # a creation: the node's data map comes with it
+            dm = own.insert_map_prelim(txn, "d" + key)
+            if data:
+                Map._attached(doc, pycrdt.Map(_doc=self.ydoc, _integrated=dm)).update(data)
+
+    def _own(self, txn: Any) -> Any:
+        """This writer's container, created if needed."""
+        y = self.y.integrated
+        own: Any = y.get(txn, self.wkey) if y.has(txn, self.wkey) else None
+        if not _is_raw(own, "Map"):
+            own = y.insert_map_prelim(txn, self.wkey)
+        self.own = own
+        self._watch(self.wkey, own)
+        return own
+
+
+def _is_raw(obj: object, name: str) -> bool:
+    """Whether ``obj`` is the engine's raw shared type ``name`` ("Map", "Array")."""
+    return type(obj).__name__ == name and type(obj).__module__ == "builtins"
+
+
+def _ours(b: _Binding) -> bool:
+    return b.local or (b.local_txn is not None and b.local_txn is b.ydoc._txn)
+
+
+def _on_tree(ref: Callable[[], _Binding | None], ev: Any) -> None:
+    """Observer of a tree's Y.Map: writers' containers added or replaced (never raises)."""
+    b = ref()
+    if b is None or _ours(b):
+        return
+    try:
+        for k, ch in ev.keys.items():
+            if _canon(k):
+                if ch.get("action") == "add":
+                    b.scan.add(k)
+                else:  # a writer's container replaced or removed
+                    b.rebuild = True
+                b.dirty = True
+    except Exception:  # whatever went wrong, reading it all again is right
+        b.rebuild = b.dirty = True
+
+
+def _on_container(ref: Callable[[], _Binding | None], owner: str, ev: Any) -> None:
+    """Observer of one writer's container: operations added (never raises)."""
+    b = ref()
+    if b is None or b.local or (b.local_txn is not None and b.local_txn is b.ydoc._txn):
+        return  # our own write, applied already
+    try:
+        for k, ch in ev.keys.items():
+            if k[:1] == "d":
+                continue  # a data map: not part of the structure
+            if ch.get("action") == "add":
+                b.pending.append((owner, k, ch.get("newValue")))
+            else:  # an operation changed or removed: only a rebuild is sure
+                b.rebuild = True
+        b.dirty = True
+    except Exception:  # whatever went wrong, reading it all again is right
+        b.rebuild = b.dirty = True
+
+
+# Bindings of nested trees, per document, by the tree's "\x00i" id.
+_NESTED: weakref.WeakKeyDictionary[Doc, dict[str, _Binding]] = weakref.WeakKeyDictionary()
+
+
+# --------------------------------------------------------------------------------
+# The container
+
+
+class Tree(Container):
+    """A movable tree: ordered children, moves that never duplicate, each node a map.
+
+    Node ids are strings. ``None`` as a parent means the top level (a tree is a
+    forest: it can have many top-level nodes).
+
+    Example:
+        >>> from crdtsync import Doc
+        >>> a, b = Doc(peer_id=1), Doc(peer_id=2)
+        >>> t = a.tree("outline")
+        >>> ch1 = t.create(data={"title": "Chapter 1"})
+        >>> ch2 = t.create(data={"title": "Chapter 2"})
+        >>> b.import_update(a.export_update())
+        >>> b.tree("outline").move(ch2, parent=ch1)   # concurrently...
+        >>> t.move(ch1, parent=ch2)                   # ...a cycle: one of them wins
+        >>> a.import_update(b.export_update())
+        >>> b.import_update(a.export_update())
+        >>> a.to_py() == b.to_py()
+        True
+        >>> a.tree("outline").children(None) == [ch2]  # the earlier move won
+        True
+    """
+
+    kind = "tree"
+    __slots__ = ("_b",)
+
+    def __init__(self) -> None:
+        """Create a detached, empty tree; assign it into a document to use it."""
+        super().__init__()
+        # The binding to the document's state, once looked up.
+        self._b: _Binding | None = None
+
+    def _bind(self, doc: Doc, y: Any) -> None:
+        super()._bind(doc, y)
+        self._b = None
+
+    def _prelim(self, doc: Doc) -> Any:
+        return pycrdt.Map({KIND_KEY: self.kind, ID_KEY: secrets.token_hex(8)})
+
+    def _binding(self) -> _Binding | None:
+        """This tree's up-to-date binding (``None`` while detached)."""
+        b = self._b
+        if b is None:
+            doc = self._doc
+            if doc is None:
+                return None
+            y = self._y
+            tid = y.get(ID_KEY) if KIND_KEY in y else None
+            if type(tid) is str:
+                per_doc = _NESTED.setdefault(doc, {})
+                b = per_doc.get(tid)
+                if b is None:
+                    b = per_doc[tid] = _Binding(doc._y, y, doc._client_key)
+            else:
+                b = _Binding(doc._y, y, doc._client_key)
+            self._b = b
+        if b.dirty:
+            b.sync()
+        return b
+
+    def _state(self) -> _TreeState:
+        b = self._binding()
+        return b.state if b is not None else _TreeState()
+
+    # -- checks -----------------------------------------------------------------------
+
+    @staticmethod
+    def _live(st: _TreeState, node: object, what: str = "node") -> str:
+        if type(node) is not str:
+            raise InvalidOperationError(f"node ids are str, not {type(node).__name__}")
+        if node not in st.parent:
+            raise InvalidOperationError(f"unknown {what} {node!r}")
+        if st.trashed and st.top(node) != ROOT:
+            raise InvalidOperationError(f"{what} {node!r} is deleted")
+        return node
+
+    @staticmethod
+    def _target(st: _TreeState, node: str | None, parent: object) -> str:
+        """Check that ``parent`` can receive ``node`` (``None``: a new node)."""
+        if parent is None:
+            return ROOT
+        if type(parent) is not str:
+            raise InvalidOperationError(f"parent ids are str or None, not {type(parent).__name__}")
+        p = st.parent.get(parent)
+        if p is None:
+            raise InvalidOperationError(f"unknown parent {parent!r}")
+        if parent == node:
+            raise TreeCycleError(f"cannot move {node!r} under itself")
+        # One walk up from the parent answers both "is it live?" and "is the
+        # node its ancestor?".
+        a = parent
+        while a != "" and a != "-":  # noqa: PLR1714 - not ROOT/TRASH; literals are fastest
+            if a == node:
+                raise TreeCycleError(f"cannot move {node!r} under its own descendant {parent!r}")
+            a = st.parent[a]
+        if a == TRASH:
+            raise InvalidOperationError(f"parent {parent!r} is deleted")
+        return parent
+
+    def _next(self, b: _Binding) -> tuple[int, int]:
+        lam = b.state.clock + 1
+        if lam > MAX_LAMPORT:
+            raise InvalidOperationError("this tree's Lamport clock is exhausted")
+        return lam, lam << 64 | b.wid
+
+    # -- editing ------------------------------------------------------------------------
+
+    def create(
+        self,
+        parent: str | None = None,
+        index: int | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> str:
+        """Create a node and return its id.
+
+        Args:
+            parent: the parent node, or ``None`` for the top level.
+            index: position among the parent's children (``0 <= index <= n``);
+                ``None`` appends.
+            data: the node's initial data (a dict of storable values).
+
+        Returns:
+            The new node's id, ``"<peer id>:<clock>"``.
+
+        Raises:
+            InvalidOperationError: unknown or deleted parent, bad index.
+            InvalidValueError: ``data`` cannot be stored (nothing is written).
+        """
+        doc = self._d()
+        b = self._binding()
+        assert b is not None
+        st = b.state
+        p = self._target(st, None, parent)
+        if data is not None:
+            if type(data) is not dict:
+                raise InvalidValueError(f"node data is a dict, not {type(data).__name__}")
+            to_engine(data, doc)  # refuse bad values before writing anything
+        lam, t = self._next(b)
+        node = b.prefix + str(lam)
+        key = st.key_for(p, None, index, t, node)
+        assert key is not None
+        b.write(self, doc, str(lam), f" {b.ref(p)} {key}", data if data else None)
+        st.apply_local((t, node, p, key), True)
+        return node
+
+    def move(self, node: str, parent: str | None = None, index: int | None = None) -> None:
+        """Move ``node`` (with its subtree) under ``parent`` at ``index``.
+
+        Args:
+            node: the node to move.
+            parent: the new parent, or ``None`` for the top level.
+            index: position among the new siblings, counted without ``node``;
+                ``None`` appends.
+
+        Raises:
+            TreeCycleError: ``parent`` is ``node`` or one of its descendants.
+            InvalidOperationError: unknown or deleted node or parent, bad index.
+        """
+        # This is the hot path of local editing, so the checks of _live and
+        # _target are inlined; they are called only to raise the right error.
+        b = self._b
+        if b is None or b.dirty:
+            self._d()
+            b = self._binding()
+            assert b is not None
+        st = b.state
+        pm = st.parent
+        if type(node) is not str or node not in pm or (st.trashed and st.top(node) != ROOT):
+            self._live(st, node)
+        if parent is None:
+            p = ROOT
+        else:
+            if type(parent) is not str or parent not in pm:
+                self._target(st, node, parent)
+            if st.trashed or parent == node or st.kids.get(node):
+                # One walk up from the parent answers "is the node its
+                # ancestor?" and "is the parent live?". (Without deleted nodes
+                # every node is live, and a leaf is nobody's ancestor.)
+                a = parent
+                while a != "" and a != "-":  # noqa: PLR1714 - not ROOT/TRASH; literals are fastest
+                    if a == node:
+                        self._target(st, node, parent)
+                    a = pm[a]
+                if a == TRASH:
+                    self._target(st, node, parent)
+            p = parent
+        lam = st.clock + 1
+        if lam > MAX_LAMPORT:
+            self._next(b)  # raises
+        t = lam << 64 | b.wid
+        key = st.key_for(p, node, index, t, node)
+        if key is None:
+            return  # already there: nothing to write
+        pre = b.prefix
+        ref_n = node[len(pre) :] if node.startswith(pre) else node
+        ref_p = p[len(pre) :] if p.startswith(pre) else p
+        doc = self._doc
+        assert doc is not None
+        b.write(self, doc, str(lam), f"{ref_n} {ref_p} {key}", None)
+        st.apply_local((t, node, p, key), False)
+
+    def delete(self, node: str) -> None:
+        """Delete ``node`` and its subtree.
+
+        Raises:
+            InvalidOperationError: unknown or already deleted node.
+        """
+        doc = self._d()
+        b = self._binding()
+        assert b is not None
+        st = b.state
+        self._live(st, node)
+        lam, t = self._next(b)
+        b.write(self, doc, str(lam), f"{b.ref(node)} - ", None)
+        st.apply_local((t, node, TRASH, ""), False)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def parent(self, node: str) -> str | None:
+        """The parent of ``node``, or ``None`` for a top-level node.
+
+        Raises:
+            InvalidOperationError: unknown or deleted node.
+        """
+        st = self._state()
+        p = st.parent[self._live(st, node)]
+        return None if p == ROOT else p
+
+    def children(self, parent: str | None = None) -> list[str]:
+        """The children of ``parent`` (``None``: the top-level nodes), in order.
+
+        Raises:
+            InvalidOperationError: unknown or deleted parent.
+        """
+        st = self._state()
+        if parent is None:
+            return st.children(ROOT)
+        return st.children(self._live(st, parent, "parent"))
+
+    def data(self, node: str) -> Map:
+        """The map of ``node``'s data; edit it like any :class:`~crdtsync.Map`.
+
+        Raises:
+            InvalidOperationError: unknown or deleted node, or a node whose
+                creator (a foreign client) wrote no data map.
+        """
+        doc = self._doc
+        st = self._state()
+        self._live(st, node)
+        assert doc is not None
+        dm = self._data_map(node)
+        if dm is None:
+            raise InvalidOperationError(f"node {node!r} has no data map")
+        return Map._attached(doc, dm)
+
+    def _data_map(self, node: str) -> Any:
+        owner, _, seq = node.partition(":")
+        cont = self._y.get(owner)
+        if not isinstance(cont, pycrdt.Map):
+            return None
+        dm = cont.get("d" + seq)
+        return dm if isinstance(dm, pycrdt.Map) else None
+
+    def __contains__(self, node: object) -> bool:
+        return self._state().live(node)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._state().walk())
+
+    def __iter__(self) -> Iterator[str]:
+        """Every live node id, depth first, parents before their children."""
+        return iter(list(self._state().walk()))
+
+    def to_py(self) -> list[dict[str, Any]]:
+        """The forest as ``[{"id": ..., "data": {...}, "children": [...]}, ...]``."""
+        doc = self._doc
+        if doc is None:
+            return []
+        st = self._state()
+        top: list[dict[str, Any]] = []
+        # Iterative, so that a deep chain cannot exhaust Python's recursion limit.
+        stack: list[tuple[str, list[dict[str, Any]]]] = [
+            (n, top) for n in reversed(st.children(ROOT))
+        ]
+        while stack:
+            n, out = stack.pop()
+            dm = self._data_map(n)
+            item: dict[str, Any] = {
+                "id": n,
+                "data": Map._attached(doc, dm).to_py() if dm is not None else {},
+                "children": [],
+            }
+            out.append(item)
+            stack.extend((m, item["children"]) for m in reversed(st.children(n)))
+        return top
+
+
+register_kind(Tree)

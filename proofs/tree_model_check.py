@@ -1,0 +1,454 @@
+"""Exhaustive small-scope model check of the movable tree (see proofs/TREE.md).
+
+Part A -- the engine (``crdtsync.tree._TreeState``) against the specification,
+under every arrival schedule.
+
+    A *history* is a sequence of ``n`` operations in timestamp order. In scope
+    ``moves(N, K)`` the first ``N`` operations create nodes ``1..N`` at the top
+    level and the ``K`` others are moves ``(node, parent)`` with ``parent`` any
+    of: the top level, the trash (a delete), or any node -- the node itself
+    and its descendants included, so cycle-making moves are in. In scope
+    ``general(C, n)`` every position may be a creation (under the top level,
+    the trash or any node created anywhere in the history, later ones
+    included) or a move, with ``C`` creations in all; moves may name nodes
+    created later (operations arriving before what they depend on, or
+    forged). Position keys alternate between two values, so that siblings also
+    tie and are ordered by node id. Every history of the scope is enumerated;
+    since timestamps order the history, that is every interleaving of the
+    operations of any number of replicas.
+
+    For every subset ``S`` of a history's operations:
+
+    1. ``spec(S)`` -- an independent, direct transcription of the semantics
+       (replay in timestamp order, skipping cycle-making moves and moves of
+       or under nodes not created yet) -- is a forest: one parent per node,
+       no cycle;
+    2. ``E(S)``, the engine's state after receiving ``S`` in one batch from
+       nothing, equals ``spec(S)``: parents, positions and child order, and
+       passes the engine's own invariant check;
+    3. for every non-empty ``B`` disjoint from ``S``:
+       ``integrate(E(S), B) == E(S | B)``, whole internal state compared
+       (parents, positions, children, undo log, clock);
+    4. for every ``o`` in ``S``: ``integrate(E(S), {o}) == E(S)`` (duplicates).
+
+    By induction on the schedule, 3 and 4 make every arrival schedule -- any
+    order, any batching, any duplication -- end in ``E(all) == spec(all)``:
+    each step leads from a canonical state to a canonical state. The
+    schedules covered per history are the ordered set partitions of its
+    operations (the Fubini number of ``n``), before duplicates.
+
+Part B -- end to end with real documents: ``R`` replicas share ``N`` nodes
+created by replica 1; each replica then makes ``M`` moves concurrently, every
+possible choice of each (any live node, to the top level, to the trash or
+under any other live node; moves its replica refuses -- cycles -- are not
+operations). Each replica then receives the others' updates in every
+interleaving (each writer's updates stay in order: the update validator
+refuses a writer's clock gap), and so does a fresh observer. Every execution
+must end in the same tree, and every state passes the deep invariant check.
+
+Usage::
+
+    python proofs/tree_model_check.py            # the bound reported in TREE.md
+    python proofs/tree_model_check.py --small    # the bound tests/test_proofs_tree.py runs
+    python proofs/tree_model_check.py --scope moves 4 3   # one Part A scope
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from crdtsync import Doc, InvalidOperationError
+from crdtsync.tree import ROOT, TRASH, _TreeState
+
+Op = tuple[int, str, str, str]
+KEYS = ("a1", "a2")  # positions alternate: siblings also tie (ordered by node id)
+
+
+def ts(i: int) -> int:
+    """Timestamp of history position ``i`` (1-based): lamport i, writer 1."""
+    return i << 64 | 1
+
+
+def node(i: int) -> str:
+    """Id of the node created at history position ``i``."""
+    return f"1:{i}"
+
+
+# -- the specification ----------------------------------------------------------------------
+
+
+def spec(ops: Sequence[Op]) -> tuple[dict[str, str], dict[str, str]]:
+    """The tree a set of operations defines: (parent of each node, position of each node).
+
+    A direct transcription of the semantics, sharing no code with the engine:
+    apply in timestamp order; skip an operation if its node does not exist yet
+    and it is not the node's creation, if its parent is a node that does not
+    exist yet, or if the parent is the node or one of its descendants.
+    """
+    parent: dict[str, str] = {}
+    pos: dict[str, str] = {}
+    for t, n, p, k in sorted(ops):
+        if n not in parent:
+            client, _, lamport = n.partition(":")
+            if (int(lamport) << 64 | int(client)) != t:
+                continue  # a move of a node not created yet
+        if p not in (ROOT, TRASH):
+            if p not in parent:
+                continue  # under a node not created yet
+            a, cycle = p, False
+            while a not in (ROOT, TRASH):
+                cycle = cycle or a == n
+                a = parent[a]
+            if cycle:
+                continue
+        parent[n] = p
+        if p == TRASH:
+            pos.pop(n, None)
+        else:
+            pos[n] = k
+    return parent, pos
+
+
+def assert_forest(parent: dict[str, str]) -> None:
+    """One parent per node (a dict), every chain ends at the top level or the trash."""
+    for n in parent:
+        a, steps = n, 0
+        while a not in (ROOT, TRASH):
+            a = parent[a]
+            steps += 1
+            assert steps <= len(parent), f"cycle through {n}"
+
+
+# -- engine helpers -------------------------------------------------------------------------
+
+
+def engine(ops: Sequence[Op]) -> _TreeState:
+    st = _TreeState()
+    st.integrate(list(ops))
+    return st
+
+
+def clone(st: _TreeState) -> _TreeState:
+    c = _TreeState()
+    c.parent = dict(st.parent)
+    c.pos = dict(st.pos)
+    c.kids = {k: dict(v) for k, v in st.kids.items()}
+    c.order = {k: list(v) for k, v in st.order.items()}
+    c.log = list(st.log)
+    c.seen = set(st.seen)
+    c.born = dict(st.born)
+    c.clock = st.clock
+    c.trashed = st.trashed
+    return c
+
+
+def same(a: _TreeState, b: _TreeState) -> bool:
+    return (
+        a.parent == b.parent
+        and a.pos == b.pos
+        and a.log == b.log
+        and a.seen == b.seen
+        and a.born == b.born
+        and a.clock == b.clock
+        and a.trashed == b.trashed
+        and {k: v for k, v in a.kids.items() if v} == {k: v for k, v in b.kids.items() if v}
+    )
+
+
+def matches_spec(st: _TreeState, ops: Sequence[Op]) -> None:
+    parent, pos = spec(ops)
+    assert_forest(parent)
+    assert st.parent == parent, (ops, st.parent, parent)
+    assert st.pos == pos, (ops, st.pos, pos)
+    for p in {ROOT, *parent}:
+        if p != TRASH:
+            want = [n for _, n in sorted((pos[n], n) for n, q in parent.items() if q == p)]
+            assert st.children(p) == want, (ops, p)
+    st.check(deep=False)
+
+
+# -- Part A ---------------------------------------------------------------------------------
+
+
+def fubini(n: int) -> int:
+    """Ordered set partitions of n elements (arrival schedules, without duplicates)."""
+    a = [1]
+    for m in range(1, n + 1):
+        a.append(sum(_binom(m, k) * a[m - k] for k in range(1, m + 1)))
+    return a[n]
+
+
+def _binom(n: int, k: int) -> int:
+    out = 1
+    for i in range(k):
+        out = out * (n - i) // (i + 1)
+    return out
+
+
+@dataclass
+class Stats:
+    histories: int = 0
+    states: int = 0
+    transitions: int = 0
+    duplicates: int = 0
+    schedules: int = 0
+    executions: int = 0
+    seconds: float = 0.0
+    scopes: list[str] = field(default_factory=list)
+
+
+def histories_moves(n_nodes: int, k_moves: int) -> Iterator[list[Op]]:
+    """Scope moves(N, K): N creations at the top level, then K arbitrary moves."""
+    genesis = [(ts(i), node(i), ROOT, KEYS[i % 2]) for i in range(1, n_nodes + 1)]
+    nodes = [node(i) for i in range(1, n_nodes + 1)]
+    targets = [ROOT, TRASH, *nodes]
+    alphabet = [(n, p) for n in nodes for p in targets]
+    for moves in itertools.product(alphabet, repeat=k_moves):
+        ops = list(genesis)
+        for j, (n, p) in enumerate(moves):
+            i = n_nodes + 1 + j
+            ops.append((ts(i), n, p, "" if p == TRASH else KEYS[i % 2]))
+        yield ops
+
+
+def histories_general(creations: int, length: int) -> Iterator[list[Op]]:
+    """Scope general(C, n): any positions are creations, any others moves."""
+    for where in itertools.combinations(range(1, length + 1), creations):
+        nodes = [node(i) for i in where]
+        targets = [ROOT, TRASH, *nodes]
+        per_position: list[list[Op]] = []
+        for i in range(1, length + 1):
+            key = KEYS[i % 2]
+            if i in where:
+                per_position.append(
+                    [(ts(i), node(i), p, "" if p == TRASH else key) for p in targets]
+                )
+            else:
+                per_position.append(
+                    [(ts(i), n, p, "" if p == TRASH else key) for n in nodes for p in targets]
+                )
+        for ops in itertools.product(*per_position):
+            yield list(ops)
+
+
+def check_history(ops: list[Op], stats: Stats) -> None:
+    n = len(ops)
+    full = (1 << n) - 1
+    subsets = [[ops[i] for i in range(n) if mask >> i & 1] for mask in range(full + 1)]
+    states = []
+    for mask in range(full + 1):
+        st = engine(subsets[mask])
+        matches_spec(st, subsets[mask])
+        states.append(st)
+    stats.states += full + 1
+    for mask in range(full + 1):
+        rest = full & ~mask
+        b = rest
+        while b:  # every non-empty subset of the operations not yet received
+            st = clone(states[mask])
+            st.integrate(subsets[b])
+            assert same(st, states[mask | b]), (subsets[mask], subsets[b])
+            stats.transitions += 1
+            b = (b - 1) & rest
+        for i in range(n):
+            if mask >> i & 1:
+                st = clone(states[mask])
+                assert not st.integrate([ops[i]])
+                assert same(st, states[mask])
+                stats.duplicates += 1
+    stats.histories += 1
+    stats.schedules += fubini(n)
+
+
+def part_a(scope: str, a: int, b: int, stats: Stats) -> None:
+    t0 = time.perf_counter()
+    hs = histories_moves(a, b) if scope == "moves" else histories_general(a, b)
+    before = stats.histories
+    for ops in hs:
+        check_history(ops, stats)
+    stats.seconds += time.perf_counter() - t0
+    stats.scopes.append(f"A {scope}({a}, {b}): {stats.histories - before} histories")
+
+
+# -- Part B ---------------------------------------------------------------------------------
+
+
+def local_moves(doc: Doc) -> list[tuple[str, str | None]]:
+    """Every move a user of ``doc`` can make: (node, new parent or "-" for delete)."""
+    t = doc.tree("t")
+    live = list(t)
+    out: list[tuple[str, str | None]] = []
+    for n in live:
+        out.append((n, "-"))
+        for p in [None, *live]:
+            if p == n:
+                continue
+            out.append((n, p))
+    return out
+
+
+def apply_move(doc: Doc, move: tuple[str, str | None]) -> bytes | None:
+    """Make the move; its update, or None if refused or a no-op."""
+    t = doc.tree("t")
+    v = doc.version
+    n, p = move
+    try:
+        if p == "-":
+            t.delete(n)
+        else:
+            t.move(n, p)
+    except InvalidOperationError:
+        return None
+    return doc.export_update(since=v) if doc.version != v else None
+
+
+def interleavings(seqs: list[list[bytes]]) -> Iterator[list[bytes]]:
+    """Every merge of the sequences that keeps each one's order."""
+    if all(not s for s in seqs):
+        yield []
+        return
+    for i, s in enumerate(seqs):
+        if s:
+            rest = [*seqs[:i], s[1:], *seqs[i + 1 :]]
+            for tail in interleavings(rest):
+                yield [s[0], *tail]
+
+
+def shape(doc: Doc) -> str:
+    t = doc.tree("t")
+    b = t._binding()
+    assert b is not None
+    b.state.check(deep=True)
+    return repr([(n, t.parent(n), t.children(n)) for n in t]) + repr(t.children())
+
+
+def part_b(replicas: int, nodes: int, moves: int, stats: Stats) -> None:
+    t0 = time.perf_counter()
+    base = Doc(peer_id=1)
+    bt = base.tree("t")
+    for _ in range(nodes):
+        bt.create()
+    genesis = base.export_update()
+    combos = 0
+    executions = 0
+
+    def sessions(r: int) -> Iterator[tuple[list[bytes], list[tuple[str, str | None]]]]:
+        """Every sequence of `moves` local moves replica r can make."""
+
+        def rec(
+            doc_updates: list[bytes], made: list[tuple[str, str | None]]
+        ) -> Iterator[tuple[list[bytes], list[tuple[str, str | None]]]]:
+            if len(made) == moves:
+                yield doc_updates, made
+                return
+            d = Doc(peer_id=r + 1)
+            d.import_update(genesis)
+            for u in doc_updates:
+                d.import_update(u)
+            for mv in local_moves(d):
+                d2 = Doc(peer_id=r + 1)
+                d2.import_update(genesis)
+                for u in doc_updates:
+                    d2.import_update(u)
+                u = apply_move(d2, mv)
+                if u is not None:
+                    yield from rec([*doc_updates, u], [*made, mv])
+
+        yield from rec([], [])
+
+    per_replica = [list(sessions(r)) for r in range(replicas)]
+    for combo in itertools.product(*per_replica):
+        combos += 1
+        updates = [c[0] for c in combo]
+        results = set()
+        # A fresh observer receives everything in every interleaving.
+        for order in interleavings(updates):
+            d = Doc(peer_id=99)
+            d.import_update(genesis)
+            d.tree("t").children()  # bound before the updates arrive
+            for u in order:
+                d.import_update(u)
+            results.add(shape(d))
+            executions += 1
+        # Each replica receives the others' in every interleaving.
+        for r in range(replicas):
+            others = [u for i, u in enumerate(updates) if i != r]
+            for order in interleavings(others):
+                d = Doc(peer_id=r + 1)
+                d.import_update(genesis)
+                for u in updates[r]:
+                    d.import_update(u)
+                d.tree("t").children()
+                for u in order:
+                    d.import_update(u)
+                results.add(shape(d))
+                executions += 1
+        assert len(results) == 1, (combo, results)
+    stats.executions += executions
+    stats.seconds += time.perf_counter() - t0
+    stats.scopes.append(
+        f"B replicas={replicas} nodes={nodes} moves={moves}: {combos} move combinations, "
+        f"{executions} executions"
+    )
+
+
+# -- main -----------------------------------------------------------------------------------
+
+SMALL: dict[str, list[tuple[Any, ...]]] = {
+    "a": [("moves", 2, 2), ("general", 2, 4)],
+    "b": [(2, 2, 1)],
+}
+FULL: dict[str, list[tuple[Any, ...]]] = {
+    "a": [("moves", 3, 3), ("moves", 4, 2), ("general", 2, 5)],
+    "b": [(3, 3, 1), (2, 3, 2)],
+}
+
+
+def check(bound: dict[str, list[tuple[Any, ...]]], verbose: bool = False) -> Stats:
+    stats = Stats()
+    for scope, a, b in bound["a"]:
+        part_a(str(scope), int(a), int(b), stats)
+        if verbose:
+            print(f"{stats.scopes[-1]} ({stats.seconds:.0f} s so far)", flush=True)
+    for r, n, m in bound["b"]:
+        part_b(int(r), int(n), int(m), stats)
+        if verbose:
+            print(f"{stats.scopes[-1]} ({stats.seconds:.0f} s so far)", flush=True)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true", help="the CI bound")
+    parser.add_argument(
+        "--scope",
+        nargs=3,
+        metavar=("KIND", "A", "B"),
+        help="one Part A scope only, e.g. --scope moves 4 3",
+    )
+    args = parser.parse_args(argv)
+    bound = SMALL if args.small else FULL
+    if args.scope:
+        bound = {"a": [(args.scope[0], int(args.scope[1]), int(args.scope[2]))], "b": []}
+    stats = check(bound, verbose=True)
+    print(
+        f"Part A: {stats.histories} histories, {stats.states} states checked against the "
+        f"specification, {stats.transitions} batch transitions and {stats.duplicates} "
+        f"duplicate deliveries checked; {stats.schedules} arrival schedules covered"
+    )
+    print(f"Part B: {stats.executions} end-to-end executions")
+    print(f"all checks passed in {stats.seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
