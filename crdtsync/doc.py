@@ -675,6 +675,12 @@ class Doc:
         return created
 
     def _on_deep(self, name: str, events: Any) -> None:
+        root = self._roots.get(name)
+        if (root is not None and root.kind == "tree") or self._registry.get(name) == "tree":
+            # A tree's engine layout (operation log, data maps) is not its shape:
+            # report the tree as changed and let readers ask it.
+            self._pending.append(Change((name,), "tree"))
+            return
         for ev in events:
             path = (name, *ev.path)
             target = ev.target

@@ -763,3 +763,18 @@ def test_state_check_catches_corruption() -> None:
     st.pos[b] = "zz"
     with pytest.raises(AssertionError):
         st.check()
+
+
+def test_tree_changes_reported_as_tree_events() -> None:
+    from crdtsync import Doc
+
+    doc = Doc()
+    outline = doc.tree("outline")
+    outline.create(data={"title": "x"})
+    events = []
+    doc.observe(events.append)
+    with doc.transaction():
+        n = outline.create()
+        outline.move(n, parent=None, index=0)
+    assert len(events) == 1
+    assert [(c.path, c.kind) for c in events[0].changes] == [(("outline",), "tree")]
