@@ -1406,28 +1406,6 @@ class _Checker:
     def _in_doc(self, client: int, clock: int) -> bool:
         return clock < self.known.get(client, 0)
 
-    def _item_where(self, ref: ID, what: str, s: Struct) -> _Where | None:
-        """Container of the item holding ``ref``; None if it is GC (or missing)."""
-        client, clock = ref
-        if self._in_doc(client, clock):
-            if self.index is None:
-                return _UNKNOWN
-            hit = self.index.lookup(client, clock)
-            if hit is None:
-                raise MalformedUpdateError(
-                    f"item {s.client}:{s.clock} has {what} {client}:{clock} missing from the "
-                    "document index"
-                )
-            return hit[1].where
-        target = self._find(client, clock)
-        if target is None:
-            if self.strict:
-                raise _missing(s, what, ref)
-            return _UNKNOWN
-        if target.kind == STRUCT_GC:
-            return None
-        return self._resolve(target)
-
     # -- resolution (iterative over origin chains) ------------------------
 
     def _resolve(self, s: Struct) -> _Where:
