@@ -1,0 +1,285 @@
+"""Presence (awareness): ephemeral per-client state, y-protocols compatible, sans-I/O.
+
+Each client publishes a JSON state (cursor, user name...) under its client id with
+a clock that it bumps on every change. States are never persisted; a remote state
+that is not renewed within ``timeout`` seconds is dropped, and the local state is
+re-sent every ``timeout / 2`` so that others keep it. Time is passed in (``now``),
+like the sync session, so tests drive it with a fake clock.
+
+The bytes are the y-protocols awareness update, so a relay can hand them to Yjs
+clients unchanged::
+
+    update = varuint count, count x (varuint client id, varuint clock, varstring JSON)
+
+where the JSON text ``null`` means "this client is gone".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from crdtsync.errors import MalformedFrameError
+
+__all__ = ["Awareness", "AwarenessChange", "decode_awareness", "encode_awareness"]
+
+#: Default time (seconds) after which a silent remote client is considered gone.
+DEFAULT_TIMEOUT = 30.0
+_MAX_ENTRIES = 10_000
+_MAX_JSON_DEPTH = 32
+_MAX_ID = 2**53
+
+
+def _write_varuint(out: bytearray, n: int) -> None:
+    while n > 0x7F:
+        out.append(0x80 | (n & 0x7F))
+        n >>= 7
+    out.append(n)
+
+
+def encode_awareness(entries: Iterable[tuple[int, int, Any]]) -> bytes:
+    """Encode ``(client id, clock, state)`` entries (``state`` None: removed).
+
+    The JSON is compact (no spaces), like y-protocols writes it.
+    """
+    items = list(entries)
+    out = bytearray()
+    _write_varuint(out, len(items))
+    for client, clock, state in items:
+        _write_varuint(out, client)
+        _write_varuint(out, clock)
+        text = json.dumps(state, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        raw = text.encode("utf-8")
+        _write_varuint(out, len(raw))
+        out += raw
+    return bytes(out)
+
+
+def _json_depth_ok(text: str) -> bool:
+    """Whether brackets nest at most ``_MAX_JSON_DEPTH`` deep (json.loads recurses)."""
+    depth = 0
+    in_str = escaped = False
+    for ch in text:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > _MAX_JSON_DEPTH:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
+
+
+def decode_awareness(data: bytes) -> list[tuple[int, int, Any]]:
+    """Decode an awareness update strictly.
+
+    Returns:
+        ``(client id, clock, state)`` entries, ``state`` None for removals.
+
+    Raises:
+        MalformedFrameError: truncated, trailing bytes, bad UTF-8 or JSON, JSON nested
+            deeper than 32, or more than 10,000 entries.
+    """
+    pos = 0
+    n = len(data)
+
+    def read_uint() -> int:
+        nonlocal pos
+        result = shift = 0
+        for _ in range(8):
+            if pos >= n:
+                raise MalformedFrameError("awareness update truncated")
+            b = data[pos]
+            pos += 1
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                return result
+            shift += 7
+        raise MalformedFrameError("awareness varuint too long")
+
+    count = read_uint()
+    if count > _MAX_ENTRIES:
+        raise MalformedFrameError(f"awareness update lists {count} clients")
+    out = []
+    for _ in range(count):
+        client = read_uint()
+        clock = read_uint()
+        length = read_uint()
+        if pos + length > n:
+            raise MalformedFrameError("awareness state overruns the update")
+        raw = data[pos : pos + length]
+        pos += length
+        if client >= _MAX_ID or clock >= _MAX_ID:
+            raise MalformedFrameError("awareness client id or clock out of range")
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedFrameError("awareness state is not UTF-8") from None
+        if not _json_depth_ok(text):
+            raise MalformedFrameError("awareness state nested too deeply")
+        try:
+            state = json.loads(text) if text else None
+        except ValueError as exc:
+            raise MalformedFrameError(f"awareness state is not JSON: {exc}") from None
+        out.append((client, clock, state))
+    if pos != n:
+        raise MalformedFrameError(f"{n - pos} trailing bytes after the awareness update")
+    return out
+
+
+@dataclass(frozen=True)
+class AwarenessChange:
+    """Client ids whose state appeared, changed or went away in one operation."""
+
+    added: tuple[int, ...] = ()
+    updated: tuple[int, ...] = ()
+    removed: tuple[int, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.updated or self.removed)
+
+
+class Awareness:
+    """The awareness states of one document, as seen by one client.
+
+    Example:
+        >>> a, b = Awareness(1), Awareness(2)
+        >>> update = a.set_local_state({"user": "ann", "cursor": 3}, now=0.0)
+        >>> b.apply_update(update, now=0.0)
+        AwarenessChange(added=(1,), updated=(), removed=())
+        >>> b.states[1]
+        {'user': 'ann', 'cursor': 3}
+        >>> b.handle_timer(31.0)  # ann said nothing for 31 s: gone
+        (None, AwarenessChange(added=(), updated=(), removed=(1,)))
+
+    Args:
+        client_id: this client's id (the document's writer id).
+        timeout: seconds after which a silent remote state is dropped.
+    """
+
+    def __init__(self, client_id: int, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        # Our own id: remote updates may never remove our state.
+        self.client_id = client_id
+        # Silence after which a remote state is dropped.
+        self.timeout = timeout
+        # client id -> current state (present clients only).
+        self.states: dict[int, Any] = {}
+        # client id -> (clock, time of last update): kept after removal so that an
+        # old update cannot resurrect a removed state.
+        self.meta: dict[int, tuple[int, float]] = {}
+
+    @property
+    def local_state(self) -> Any:
+        """Our state, or None when we are not present."""
+        return self.states.get(self.client_id)
+
+    def set_local_state(self, state: Any, *, now: float) -> bytes:
+        """Set (or with None, clear) our state.
+
+        Returns:
+            The awareness update to send to every peer.
+        """
+        # y-protocols ignores clock 0 from an unknown client, so our first clock is 1.
+        clock = self.meta.get(self.client_id, (0, 0.0))[0] + 1
+        if state is None:
+            self.states.pop(self.client_id, None)
+        else:
+            # Round-trip through JSON: what peers see is exactly what we keep.
+            self.states[self.client_id] = json.loads(json.dumps(state, allow_nan=False))
+        self.meta[self.client_id] = (clock, now)
+        return self.encode_update([self.client_id])
+
+    def encode_update(self, clients: Iterable[int]) -> bytes:
+        """The awareness update carrying the current state of ``clients``."""
+        return encode_awareness(
+            (c, self.meta[c][0], self.states.get(c)) for c in clients if c in self.meta
+        )
+
+    def full_update(self) -> bytes:
+        """An update with every known present state (sent to a newly joined peer)."""
+        return self.encode_update(sorted(self.states))
+
+    def apply_update(self, data: bytes, *, now: float) -> AwarenessChange:
+        """Merge a remote awareness update (y-protocols rules).
+
+        Raises:
+            MalformedFrameError: the bytes are not an awareness update.
+        """
+        return self.apply_entries(decode_awareness(data), now=now)
+
+    def apply_entries(self, entries: list[tuple[int, int, Any]], *, now: float) -> AwarenessChange:
+        """Merge decoded entries (see :func:`decode_awareness`)."""
+        added: list[int] = []
+        updated: list[int] = []
+        removed: list[int] = []
+        for client, clock, state in entries:
+            current = self.meta[client][0] if client in self.meta else 0
+            present = client in self.states
+            if not (current < clock or (current == clock and state is None and present)):
+                continue
+            if state is None and client == self.client_id and self.local_state is not None:
+                # Nobody removes us but us: outbid the removal with a newer clock.
+                self.meta[client] = (clock + 1, now)
+                continue
+            if state is None:
+                self.states.pop(client, None)
+            else:
+                self.states[client] = state
+            self.meta[client] = (clock, now)
+            if state is None:
+                if present:
+                    removed.append(client)
+            elif not present:
+                added.append(client)
+            else:
+                updated.append(client)
+        return AwarenessChange(tuple(added), tuple(updated), tuple(removed))
+
+    def remove(self, clients: Iterable[int], *, now: float) -> AwarenessChange:
+        """Drop remote states (their peer disconnected). Our own is never dropped."""
+        removed = []
+        for c in clients:
+            if c != self.client_id and c in self.states:
+                del self.states[c]
+                clock = self.meta[c][0]
+                self.meta[c] = (clock, now)
+                removed.append(c)
+        return AwarenessChange(removed=tuple(removed))
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` next has something to do."""
+        deadlines = [
+            t + self.timeout
+            for c, (_, t) in self.meta.items()
+            if c in self.states and c != self.client_id
+        ]
+        if self.local_state is not None:
+            deadlines.append(self.meta[self.client_id][1] + self.timeout / 2)
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> tuple[bytes | None, AwarenessChange]:
+        """Renew our state when due and drop silent remote ones.
+
+        Returns:
+            ``(update to send or None, change)``.
+        """
+        renew = None
+        local = self.local_state
+        if local is not None and now >= self.meta[self.client_id][1] + self.timeout / 2:
+            renew = self.set_local_state(local, now=now)
+        stale = [
+            c
+            for c, (_, t) in self.meta.items()
+            if c != self.client_id and c in self.states and now >= t + self.timeout
+        ]
+        return renew, self.remove(stale, now=now)

@@ -1,0 +1,647 @@
+"""Sync protocol messages: a strict CBOR subset, message classes and frames.
+
+Layout (the normative description with CDDL is ``docs/PROTOCOL.md``)::
+
+    frame   = varuint(len(body)) || body || check
+    body    = CBOR array [type, fields...]
+    check   = 4 bytes, big-endian CRC-32 of (frame index as 8 bytes BE || body)
+
+The frame index counts frames per direction from 0. Folding it into the check
+value means a dropped, duplicated or reordered frame fails the check of the
+*next* frame, exactly like a corrupted one, at no extra byte on the wire; the
+session then closes and the reconnect's state-vector exchange repairs whatever
+was lost. Real transports (TCP, TLS, WebSocket) already guarantee order and
+integrity; the check makes the protocol safe over anything else too (and over
+the fault-injecting in-memory transport the tests use).
+
+The CBOR codec here is deliberately small: definite lengths only, no tags, no
+undefined, nesting and item counts bounded, duplicate map keys refused. Bytes
+from the network are decoded by this code alone, iteratively bounded, so that
+hostile input can only ever produce a :class:`~crdtsync.errors.MalformedFrameError`.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, TypeAlias
+
+from crdtsync.errors import FrameTooLargeError, MalformedFrameError, UnknownMessageError
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSIONS",
+    "Ack",
+    "Awareness",
+    "Close",
+    "DocError",
+    "FrameReader",
+    "FrameWriter",
+    "Hello",
+    "Message",
+    "MsgType",
+    "Part",
+    "Ping",
+    "Sync",
+    "Update",
+    "Welcome",
+    "cbor_decode",
+    "cbor_encode",
+    "decode_message",
+    "encode_message",
+]
+
+#: Protocol versions this release speaks, newest last.
+PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
+
+#: Update encodings inside UPDATE: the raw Yjs v1 update, or one zstd frame of it.
+ENC_RAW = 0
+ENC_ZSTD = 1
+
+_MAX_DEPTH = 16
+_MAX_ITEMS = 100_000
+_MAX_VARUINT_LEN = 5  # a frame length fits in 32 bits
+
+
+class MsgType(IntEnum):
+    """Message type numbers (the first element of every frame body)."""
+
+    HELLO = 0
+    WELCOME = 1
+    SYNC = 2
+    UPDATE = 3
+    PART = 4
+    ACK = 5
+    AWARENESS = 6
+    DOC_ERROR = 7
+    PING = 8
+    CLOSE = 9
+
+
+# -- messages ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Client -> server, first frame: versions, identity, auth, writers, documents.
+
+    ``docs`` entries are ``(name, epoch, version)`` with the version as Yjs
+    state-vector bytes: each is handled exactly like a SYNC once the session opens.
+    """
+
+    versions: tuple[int, ...]
+    peer_id: int
+    auth: Any = None
+    writers: tuple[int, ...] = ()
+    docs: tuple[tuple[str, bytes, bytes], ...] = ()
+    max_frame: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Server -> client: the chosen version and the server's identity."""
+
+    version: int
+    peer_id: int
+    writers: tuple[int, ...] = ()
+    max_frame: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """Open a document on the sender's channel ``chan``: its epoch and version."""
+
+    chan: int
+    name: str
+    epoch: bytes
+    version: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """Update number ``seq`` of the sender's channel (1 is the catch-up diff)."""
+
+    chan: int
+    seq: int
+    enc: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A leading chunk of update ``seq``; the UPDATE with the same seq ends it."""
+
+    chan: int
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Every update up to ``seq`` on the peer's channel is durably stored."""
+
+    chan: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Awareness:
+    """A y-protocols awareness update for the document of the sender's channel."""
+
+    chan: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DocError:
+    """The sender refuses or closes document ``name`` on this session.
+
+    ``your_chan`` is the receiver's channel being closed and ``my_chan`` the
+    sender's own, each None when the sender does not know or have one: the
+    receiver closes its channel for ``name`` only if one of them matches, so a
+    late DOC_ERROR never closes a newer channel of the same document.
+    """
+
+    name: str
+    code: int
+    reason: str = ""
+    your_chan: int | None = None
+    my_chan: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Keepalive: sent when nothing else was sent for a while."""
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Last frame of a session, with an error code (0: normal)."""
+
+    code: int
+    reason: str = ""
+
+
+Message: TypeAlias = (
+    Hello | Welcome | Sync | Update | Part | Ack | Awareness | DocError | Ping | Close
+)
+
+#: Message class -> type number.
+MESSAGE_TYPES: dict[type[Any], MsgType] = {
+    Hello: MsgType.HELLO,
+    Welcome: MsgType.WELCOME,
+    Sync: MsgType.SYNC,
+    Update: MsgType.UPDATE,
+    Part: MsgType.PART,
+    Ack: MsgType.ACK,
+    Awareness: MsgType.AWARENESS,
+    DocError: MsgType.DOC_ERROR,
+    Ping: MsgType.PING,
+    Close: MsgType.CLOSE,
+}
+
+
+# -- CBOR subset --------------------------------------------------------------------------
+
+
+def _head(out: bytearray, major: int, n: int) -> None:
+    mt = major << 5
+    if n < 24:
+        out.append(mt | n)
+    elif n < 0x100:
+        out += bytes((mt | 24, n))
+    elif n < 0x10000:
+        out.append(mt | 25)
+        out += n.to_bytes(2, "big")
+    elif n < 0x100000000:
+        out.append(mt | 26)
+        out += n.to_bytes(4, "big")
+    elif n < 0x10000000000000000:
+        out.append(mt | 27)
+        out += n.to_bytes(8, "big")
+    else:
+        raise ValueError(f"integer {n} does not fit in CBOR")
+
+
+def _enc(out: bytearray, v: Any, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise ValueError("value nested too deeply for a frame")
+    if v is None:
+        out.append(0xF6)
+    elif v is True:
+        out.append(0xF5)
+    elif v is False:
+        out.append(0xF4)
+    elif isinstance(v, int):
+        if v >= 0:
+            _head(out, 0, v)
+        else:
+            _head(out, 1, -1 - v)
+    elif isinstance(v, bytes | bytearray | memoryview):
+        b = bytes(v)
+        _head(out, 2, len(b))
+        out += b
+    elif isinstance(v, str):
+        b = v.encode("utf-8")
+        _head(out, 3, len(b))
+        out += b
+    elif isinstance(v, list | tuple):
+        _head(out, 4, len(v))
+        for item in v:
+            _enc(out, item, depth + 1)
+    elif isinstance(v, dict):
+        _head(out, 5, len(v))
+        for k, item in v.items():
+            _enc(out, k, depth + 1)
+            _enc(out, item, depth + 1)
+    elif isinstance(v, float):
+        out.append(0xFB)
+        out += struct.pack(">d", v)
+    else:
+        raise ValueError(f"cannot encode {type(v).__name__} in a frame")
+
+
+def cbor_encode(value: Any) -> bytes:
+    """Encode ``value`` (None, bool, int, float, bytes, str, list/tuple, dict) as CBOR.
+
+    Integers and lengths use their shortest form, so equal values give equal bytes.
+
+    Raises:
+        ValueError: for other types, or nesting deeper than 16.
+    """
+    out = bytearray()
+    _enc(out, value, 0)
+    return bytes(out)
+
+
+def cbor_decode(data: bytes) -> Any:
+    """Decode one CBOR item of the subset :func:`cbor_encode` writes (plus half/single floats).
+
+    Lists decode as tuples, so decoded values are hashable where CBOR allows.
+
+    Raises:
+        MalformedFrameError: anything else, truncation, trailing bytes, nesting deeper
+            than 16, more than 100,000 items, duplicate map keys.
+    """
+    n = len(data)
+    pos = 0
+    items = 0
+    # Explicit stack of open containers: [kind, remaining, collected, pending key].
+    stack: list[list[Any]] = []
+    result: Any = None
+    done = False
+    while not done:
+        if pos >= n:
+            raise MalformedFrameError(f"CBOR truncated at byte {pos}")
+        ib = data[pos]
+        pos += 1
+        items += 1
+        if items > _MAX_ITEMS:
+            raise MalformedFrameError("too many CBOR items in a frame")
+        major, info = ib >> 5, ib & 0x1F
+        if info < 24:
+            arg = info
+        elif info <= 27:
+            width = 1 << (info - 24)
+            if pos + width > n:
+                raise MalformedFrameError(f"CBOR truncated at byte {pos}")
+            raw = data[pos : pos + width]
+            pos += width
+            if major == 7:
+                fmt = {2: ">e", 4: ">f", 8: ">d"}.get(width)
+                if fmt is None:
+                    raise MalformedFrameError(f"CBOR simple value {ib:#x} is not allowed")
+                value: Any = struct.unpack(fmt, raw)[0]
+                arg = -1
+            else:
+                arg = int.from_bytes(raw, "big")
+        else:
+            raise MalformedFrameError(
+                f"CBOR header {ib:#x} (indefinite or reserved) at byte {pos - 1}"
+            )
+        if major == 0:
+            value = arg
+        elif major == 1:
+            value = -1 - arg
+        elif major in (2, 3):
+            if pos + arg > n:
+                raise MalformedFrameError(f"CBOR string of {arg} bytes overruns the frame")
+            chunk = data[pos : pos + arg]
+            pos += arg
+            if major == 2:
+                value = bytes(chunk)
+            else:
+                try:
+                    value = bytes(chunk).decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise MalformedFrameError(f"invalid UTF-8 in CBOR text: {exc}") from None
+        elif major in (4, 5):
+            if arg > _MAX_ITEMS:
+                raise MalformedFrameError("CBOR container too large")
+            if len(stack) >= _MAX_DEPTH:
+                raise MalformedFrameError("CBOR nested too deeply")
+            count = arg if major == 4 else 2 * arg
+            if count:
+                stack.append([major, count, [] if major == 4 else {}, _NO_KEY])
+                continue
+            value = () if major == 4 else {}
+        elif major == 7:
+            if info == 20:
+                value = False
+            elif info == 21:
+                value = True
+            elif info == 22:
+                value = None
+            elif arg != -1:
+                raise MalformedFrameError(f"CBOR simple value {ib:#x} is not allowed")
+        else:  # major 6: tags are not part of the protocol
+            raise MalformedFrameError(f"CBOR tag at byte {pos - 1} is not allowed")
+        # Attach the finished value to its parent, closing parents that fill up.
+        while True:
+            if not stack:
+                result = value
+                done = True
+                break
+            top = stack[-1]
+            if top[0] == 4:
+                top[2].append(value)
+            elif top[3] is _NO_KEY:
+                if not isinstance(value, int | str | bytes):
+                    raise MalformedFrameError("CBOR map keys must be integers, text or bytes")
+                top[3] = value
+            else:
+                if top[3] in top[2]:
+                    raise MalformedFrameError(f"duplicate CBOR map key {top[3]!r}")
+                top[2][top[3]] = value
+                top[3] = _NO_KEY
+            top[1] -= 1
+            if top[1]:
+                break
+            stack.pop()
+            value = tuple(top[2]) if top[0] == 4 else top[2]
+    if pos != n:
+        raise MalformedFrameError(f"{n - pos} trailing bytes after the CBOR item")
+    return result
+
+
+_NO_KEY = object()
+
+
+# -- message <-> CBOR -----------------------------------------------------------------------
+
+
+def encode_message(msg: Message) -> bytes:
+    """The CBOR body of a message."""
+    if isinstance(msg, Update):
+        # The keystroke path: build the array directly (same bytes as the generic path).
+        out = bytearray(b"\x85\x03")
+        _head(out, 0, msg.chan)
+        _head(out, 0, msg.seq)
+        _head(out, 0, msg.enc)
+        _head(out, 2, len(msg.data))
+        out += msg.data
+        return bytes(out)
+    return cbor_encode(_fields(msg))
+
+
+def _fields(msg: Message) -> list[Any]:
+    if isinstance(msg, Hello):
+        docs = [[name, epoch, version] for name, epoch, version in msg.docs]
+        return [
+            MsgType.HELLO,
+            list(msg.versions),
+            msg.peer_id,
+            msg.auth,
+            list(msg.writers),
+            docs,
+            msg.max_frame,
+        ]
+    if isinstance(msg, Welcome):
+        return [MsgType.WELCOME, msg.version, msg.peer_id, list(msg.writers), msg.max_frame]
+    if isinstance(msg, Sync):
+        return [MsgType.SYNC, msg.chan, msg.name, msg.epoch, msg.version]
+    if isinstance(msg, Update):
+        return [MsgType.UPDATE, msg.chan, msg.seq, msg.enc, msg.data]
+    if isinstance(msg, Part):
+        return [MsgType.PART, msg.chan, msg.seq, msg.data]
+    if isinstance(msg, Ack):
+        return [MsgType.ACK, msg.chan, msg.seq]
+    if isinstance(msg, Awareness):
+        return [MsgType.AWARENESS, msg.chan, msg.data]
+    if isinstance(msg, DocError):
+        return [MsgType.DOC_ERROR, msg.name, msg.code, msg.reason, msg.your_chan, msg.my_chan]
+    if isinstance(msg, Ping):
+        return [MsgType.PING]
+    if isinstance(msg, Close):
+        return [MsgType.CLOSE, msg.code, msg.reason]
+    raise TypeError(f"not a message: {msg!r}")
+
+
+def _uint(v: Any, what: str, limit: int = 2**64 - 1) -> int:
+    if type(v) is not int or not 0 <= v <= limit:
+        raise MalformedFrameError(f"{what} must be an unsigned integer, got {v!r}")
+    return v
+
+
+def _bytes(v: Any, what: str) -> bytes:
+    if type(v) is not bytes:
+        raise MalformedFrameError(f"{what} must be a byte string")
+    return v
+
+
+def _text(v: Any, what: str) -> str:
+    if type(v) is not str:
+        raise MalformedFrameError(f"{what} must be a text string")
+    return v
+
+
+def _uints(v: Any, what: str) -> tuple[int, ...]:
+    if type(v) is not tuple:
+        raise MalformedFrameError(f"{what} must be an array")
+    return tuple(_uint(x, what) for x in v)
+
+
+# Field count per type: versions add fields at the end, and a decoder of an older
+# version ignores the extra ones (see "Versioning rules" in docs/PROTOCOL.md).
+_ARITY = {
+    MsgType.HELLO: 7,
+    MsgType.WELCOME: 5,
+    MsgType.SYNC: 5,
+    MsgType.UPDATE: 5,
+    MsgType.PART: 4,
+    MsgType.ACK: 3,
+    MsgType.AWARENESS: 3,
+    MsgType.DOC_ERROR: 6,
+    MsgType.PING: 1,
+    MsgType.CLOSE: 3,
+}
+
+
+def decode_message(body: bytes) -> Message:
+    """Decode a frame body.
+
+    Raises:
+        MalformedFrameError: not CBOR, not an array, or fields of the wrong type.
+        UnknownMessageError: a message type this version does not define.
+    """
+    obj = cbor_decode(body)
+    if type(obj) is not tuple or not obj or type(obj[0]) is not int:
+        raise MalformedFrameError("a frame body is an array starting with the message type")
+    try:
+        mtype = MsgType(obj[0])
+    except ValueError:
+        raise UnknownMessageError(f"unknown message type {obj[0]}") from None
+    arity = _ARITY[mtype]
+    if len(obj) < arity:
+        raise MalformedFrameError(f"{mtype.name} has {len(obj) - 1} fields, needs {arity - 1}")
+    f = obj[1:arity]
+    if mtype is MsgType.UPDATE:
+        return Update(
+            _uint(f[0], "chan"), _uint(f[1], "seq"), _uint(f[2], "enc"), _bytes(f[3], "data")
+        )
+    if mtype is MsgType.ACK:
+        return Ack(_uint(f[0], "chan"), _uint(f[1], "seq"))
+    if mtype is MsgType.PING:
+        return Ping()
+    if mtype is MsgType.HELLO:
+        if type(f[4]) is not tuple:
+            raise MalformedFrameError("HELLO docs must be an array")
+        docs = []
+        for entry in f[4]:
+            if type(entry) is not tuple or len(entry) < 3:
+                raise MalformedFrameError("a HELLO doc is [name, epoch, version]")
+            docs.append(
+                (
+                    _text(entry[0], "doc name"),
+                    _bytes(entry[1], "epoch"),
+                    _bytes(entry[2], "version"),
+                )
+            )
+        return Hello(
+            _uints(f[0], "versions"),
+            _uint(f[1], "peer_id"),
+            f[2],
+            _uints(f[3], "writers"),
+            tuple(docs),
+            _uint(f[5], "max_frame"),
+        )
+    if mtype is MsgType.WELCOME:
+        return Welcome(
+            _uint(f[0], "version"),
+            _uint(f[1], "peer_id"),
+            _uints(f[2], "writers"),
+            _uint(f[3], "max_frame"),
+        )
+    if mtype is MsgType.SYNC:
+        return Sync(
+            _uint(f[0], "chan"),
+            _text(f[1], "doc name"),
+            _bytes(f[2], "epoch"),
+            _bytes(f[3], "version"),
+        )
+    if mtype is MsgType.PART:
+        return Part(_uint(f[0], "chan"), _uint(f[1], "seq"), _bytes(f[2], "data"))
+    if mtype is MsgType.AWARENESS:
+        return Awareness(_uint(f[0], "chan"), _bytes(f[1], "data"))
+    if mtype is MsgType.DOC_ERROR:
+        return DocError(
+            _text(f[0], "doc name"),
+            _uint(f[1], "code"),
+            _text(f[2], "reason"),
+            None if f[3] is None else _uint(f[3], "your_chan"),
+            None if f[4] is None else _uint(f[4], "my_chan"),
+        )
+    return Close(_uint(f[0], "code"), _text(f[1], "reason"))
+
+
+# -- frames ---------------------------------------------------------------------------------
+
+
+def _check(index: int, body: bytes) -> int:
+    return zlib.crc32(body, zlib.crc32(index.to_bytes(8, "big")))
+
+
+@dataclass(slots=True)
+class FrameWriter:
+    """Turns messages into frames, numbering them for the check value."""
+
+    #: Index of the next frame.
+    index: int = 0
+
+    def frame(self, msg: Message) -> bytes:
+        """The wire bytes of ``msg`` as the next frame."""
+        return self.frame_body(encode_message(msg))
+
+    def frame_body(self, body: bytes) -> bytes:
+        """The wire bytes of an already-encoded body as the next frame."""
+        out = bytearray()
+        n = len(body)
+        while n > 0x7F:
+            out.append(0x80 | (n & 0x7F))
+            n >>= 7
+        out.append(n)
+        out += body
+        out += _check(self.index, body).to_bytes(4, "big")
+        self.index += 1
+        return bytes(out)
+
+
+@dataclass(slots=True)
+class FrameReader:
+    """Splits received bytes into frame bodies, enforcing the size limit first.
+
+    The length prefix is read before anything else, so an oversized frame is
+    refused before a byte of its body is buffered.
+    """
+
+    #: Largest accepted body, in bytes.
+    max_frame: int
+    #: Index of the next frame expected.
+    index: int = 0
+    #: Received bytes not yet consumed.
+    buffer: bytearray = field(default_factory=bytearray)
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes (any split: frames may arrive in pieces or together)."""
+        self.buffer += data
+
+    def next_body(self) -> bytes | None:
+        """The next complete frame body, or None if more bytes are needed.
+
+        Raises:
+            FrameTooLargeError: the length prefix announces more than ``max_frame``.
+            MalformedFrameError: a bad length prefix or a failed check value (corrupt,
+                dropped, duplicated or reordered frame).
+        """
+        buf = self.buffer
+        n = shift = 0
+        pos = 0
+        while True:
+            if pos >= len(buf):
+                if pos >= _MAX_VARUINT_LEN:
+                    raise MalformedFrameError("frame length prefix too long")
+                return None
+            b = buf[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if pos >= _MAX_VARUINT_LEN:
+                raise MalformedFrameError("frame length prefix too long")
+        if n > self.max_frame:
+            raise FrameTooLargeError(f"frame of {n} bytes exceeds the limit of {self.max_frame}")
+        end = pos + n + 4
+        if len(buf) < end:
+            return None
+        body = bytes(buf[pos : pos + n])
+        check = int.from_bytes(buf[pos + n : end], "big")
+        del buf[:end]
+        if check != _check(self.index, body):
+            raise MalformedFrameError(
+                f"frame {self.index} fails its check value (corrupt, lost, duplicated or reordered)"
+            )
+        self.index += 1
+        return body

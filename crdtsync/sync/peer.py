@@ -1,0 +1,913 @@
+"""The asyncio shell: a Peer owns documents, a store and connections.
+
+A :class:`Peer` moves bytes between transports and :class:`~crdtsync.sync.protocol.Session`
+objects and reacts to their events by reading and writing documents; the
+protocol itself lives in the session. What the shell adds:
+
+* **Durability first.** Every transaction of an open document, local or
+  imported, reaches :meth:`Store.append` inside the document's update callback,
+  before it is sent to any peer, before ``open``/``edit`` callers get control
+  back, and (for imports) before the session acknowledges it. So an ack really
+  means "stored", and :meth:`Peer.flush` has nothing left to wait for but
+  background compactions.
+* **Forwarding.** An update imported from one session is sent to every other
+  session that has the document open (the transaction's own update, which
+  pycrdt reduces to what was new: a duplicate produces none, so a mesh does not
+  echo). This makes any connected graph of peers converge, not only stars.
+* **Reconnection.** ``connect(address)`` keeps the connection up for the Peer's
+  lifetime, retrying with capped exponential backoff and jitter.
+* **Compaction.** When a document's log grows past ``compact_every`` updates,
+  its state is encoded into a snapshot in a worker thread and
+  :meth:`Store.compact` folds the log in one transaction, while edits go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal
+
+from crdtsync import encoding
+from crdtsync.doc import Doc
+from crdtsync.errors import (
+    AuthError,
+    CrdtSyncError,
+    EpochMismatchError,
+    ErrorCode,
+    InvalidUpdateError,
+    LocalProtocolError,
+    ProtocolError,
+    StoreError,
+    TransportError,
+    VersionMismatchError,
+)
+from crdtsync.store.base import Store, StoredDoc
+from crdtsync.store.memory import MemoryStore
+from crdtsync.version import Version
+
+from . import protocol as p
+from .awareness import Awareness, AwarenessChange
+
+__all__ = ["Backoff", "Grant", "HelloInfo", "Peer", "Status"]
+
+_EPOCH_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Reconnect delays: ``min(cap, initial * factor**attempt)``, minus up to ``jitter`` of it.
+
+    Jitter spreads the reconnects of many clients after a server restart.
+    """
+
+    initial: float = 0.2
+    factor: float = 2.0
+    cap: float = 30.0
+    jitter: float = 0.5
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """The delay before reconnect attempt ``attempt`` (0-based)."""
+        base = min(self.cap, self.initial * self.factor ** min(attempt, 64))
+        return base * (1.0 - self.jitter * rng.random())
+
+
+@dataclass(frozen=True)
+class HelloInfo:
+    """What the ``authorize`` hook sees of a connecting peer."""
+
+    peer_id: int
+    auth: Any
+    docs: tuple[str, ...]
+    address: str
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The ``authorize`` hook's answer for an accepted peer.
+
+    Attributes:
+        relay: the peer may forward other peers' edits (a trusted mesh peer or
+            relay); if False, its updates may only write under client ids it
+            owns (see ``WriterRegistry``).
+        docs: documents it may open (None: any).
+    """
+
+    relay: bool = False
+    docs: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Status:
+    """A connection or document status change, for ``on_status`` callbacks.
+
+    Attributes:
+        kind: ``"connected"``, ``"synced"``, ``"disconnected"`` or ``"error"``.
+        address: the remote address (for inbound connections, what the transport
+            says of the peer).
+        peer_id: the remote peer id, when known.
+        doc: the document concerned (``synced`` and document errors).
+        reason: a readable reason.
+        error: the error, for ``error`` and abnormal ``disconnected``.
+    """
+
+    kind: Literal["connected", "synced", "disconnected", "error"]
+    address: str | None = None
+    peer_id: int | None = None
+    doc: str | None = None
+    reason: str = ""
+    error: CrdtSyncError | None = None
+
+
+@dataclass(eq=False)
+class _Entry:
+    """An open document."""
+
+    name: str
+    doc: Doc
+    epoch: bytes
+    awareness: Awareness
+    unsubscribe: Callable[[], None]
+    log_count: int = 0  # log entries not yet folded into the snapshot
+    last_seq: int = 0  # last log sequence number appended
+    compacting: asyncio.Task[None] | None = None
+
+
+@dataclass(eq=False)
+class _Link:
+    """One connection and its session."""
+
+    session: p.Session
+    conn: Any
+    address: str
+    outbound: bool
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float | None = None
+    # Awareness client ids learned through this link, per document.
+    presence: dict[str, set[int]] = field(default_factory=dict)
+    # Whether the handshake completed; what the authorize hook granted.
+    opened: bool = False
+    grant: Grant | None = None
+    # Set while _process runs: nested calls leave new events to the running loop.
+    busy: bool = False
+
+
+class _Supervisor:
+    """An outbound connection kept up by reconnecting."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.link: _Link | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class Peer:
+    """A replica of many documents: stored durably, synced over connections.
+
+    Example::
+
+        async with Peer(store="notes.db", transport=net.transport("laptop")) as peer:
+            doc = await peer.open("shopping")
+            doc.list("items").append("milk")        # stored before anything else happens
+            await peer.connect("mem://server")
+            await peer.wait_synced("shopping", timeout=10)
+
+    Args:
+        store: a path (SQLite store, the default kind), a :class:`Store`, or None
+            (in memory).
+        transport: what ``connect`` and ``listen`` use.
+        peer_id: writer id of this peer's documents (random per Peer by default:
+            a fresh id per process is the Yjs convention and can never collide
+            with an earlier run's edits).
+        auth: payload sent in our handshakes, for the server's ``authorize`` hook.
+        authorize: server side: ``hook(HelloInfo) -> bool | Grant`` (True means
+            ``Grant()``); False or raising :class:`AuthError` refuses the peer.
+            Default: accept everyone, without relay rights.
+        share: ``hook(doc_name, peer_id) -> bool``: whether to open a document a
+            peer asks for and offer ours to it (default: share everything).
+        options: session limits and timers.
+        backoff: reconnect delays.
+        compact_every: fold a document's log into a snapshot after this many updates.
+        seed: seed of the jitter and epoch generator (tests).
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike[str] | Store | None = None,
+        *,
+        transport: Any = None,
+        peer_id: int | None = None,
+        auth: Any = None,
+        authorize: Callable[[HelloInfo], bool | Grant] | None = None,
+        share: Callable[[str, int], bool] | None = None,
+        options: p.SessionOptions | None = None,
+        backoff: Backoff | None = None,
+        compact_every: int = 1000,
+        seed: int | None = None,
+    ) -> None:
+        # Where documents live; we close it only if we opened it.
+        self._owns_store = not isinstance(store, Store)
+        self._store_spec = store
+        # A path is opened by start() (it takes the file lock); until then, and for
+        # store=None, documents live in memory.
+        self._store: Store = store if isinstance(store, Store) else MemoryStore()
+        self._transport = transport
+        self.peer_id: int = peer_id if peer_id is not None else 1 + secrets.randbelow(2**53 - 2)
+        self._auth = auth
+        self._authorize = authorize
+        self._share = share
+        self._options = options or p.SessionOptions()
+        self._backoff = backoff or Backoff()
+        self._compact_every = compact_every
+        self._rng = random.Random(seed)
+        self._registry = p.WriterRegistry()
+        self._docs: dict[str, _Entry] = {}
+        self._links: set[_Link] = set()
+        self._supervisors: dict[str, _Supervisor] = {}
+        self._listeners: list[Any] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._status_cbs: list[Callable[[Status], None]] = []
+        self._presence_cbs: list[Callable[[str, AwarenessChange], None]] = []
+        self._changed = asyncio.Event()
+        self._presence_timer: asyncio.TimerHandle | None = None
+        self._started = False
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> Peer:
+        """Open the store (``async with`` does this)."""
+        if not self._started:
+            # Edits may happen outside a running loop (from synchronous code):
+            # timers and tasks go to this loop then.
+            self._loop = asyncio.get_running_loop()
+            if self._owns_store and self._store_spec is not None:
+                from crdtsync.store.sqlite import SQLiteStore
+
+                assert not isinstance(self._store_spec, Store)
+                self._store = SQLiteStore(self._store_spec)
+            self._started = True
+        return self
+
+    async def __aenter__(self) -> Peer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every connection (GOING_AWAY), finish compactions, close the store."""
+        if self._closed:
+            return
+        self._closed = True
+        for lst in self._listeners:
+            await lst.close()
+        for link in list(self._links):
+            link.session.close(ErrorCode.GOING_AWAY, "peer closing")
+            self._process(link)
+        # Let writers send the CLOSE frames and the reader loops end.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while self._links and loop.time() < deadline:
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), deadline - loop.time())
+        for sup in self._supervisors.values():
+            if sup.task is not None:
+                sup.task.cancel()
+        for task in list(self._tasks):
+            if not task.done():
+                task.cancel()
+        for task in list(self._tasks) + [s.task for s in self._supervisors.values() if s.task]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for entry in self._docs.values():
+            if entry.compacting is not None:
+                with contextlib.suppress(Exception):
+                    await entry.compacting
+            entry.unsubscribe()
+        if self._presence_timer is not None:
+            self._presence_timer.cancel()
+        if self._owns_store:
+            self._store.close()
+
+    # -- documents ---------------------------------------------------------------------
+
+    async def open(self, name: str, *, epoch: bytes | None = None) -> Doc:
+        """Open (loading from the store, or creating) document ``name``.
+
+        Local edits of the returned document are stored as they are made and
+        sent to every connected peer sharing it.
+
+        Args:
+            name: the document name.
+            epoch: the incarnation to hold. If the store has another one, the
+                local copy is replaced by an empty document of this epoch (to join
+                an incarnation a peer reported after a delete, see ``delete``).
+
+        Raises:
+            StoreError: the store failed or holds a corrupt document.
+        """
+        self._check_open()
+        entry = self._docs.get(name)
+        if entry is not None and (epoch is None or epoch == entry.epoch):
+            return entry.doc
+        if entry is not None:
+            self._forget(entry)
+        return self._open_sync(name, epoch).doc
+
+    async def delete(self, name: str) -> None:
+        """Delete document ``name``: replace it by an empty one of a new epoch.
+
+        The empty new incarnation stays in the store as the tombstone: a later
+        ``open(name)`` continues it, and peers that still hold the old incarnation
+        get an epoch mismatch instead of merging the deleted content back (the
+        Jupyter duplicated-cells bug). A ``Doc`` obtained before is detached.
+        """
+        self._check_open()
+        entry = self._docs.get(name)
+        if entry is not None:
+            self._forget(entry)
+        self._store.create(name, bytes(self._rng.getrandbits(8) for _ in range(_EPOCH_BYTES)))
+        self._open_sync(name, None)
+
+    def docs(self) -> list[str]:
+        """Names of the open documents."""
+        return sorted(self._docs)
+
+    def epoch(self, name: str) -> bytes:
+        """The epoch (incarnation) of open document ``name``."""
+        return self._docs[name].epoch
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LocalProtocolError("the peer is closed")
+        if not self._started:
+            raise LocalProtocolError("the peer is not started: use `async with Peer(...)`")
+
+    def _open_sync(self, name: str, epoch: bytes | None) -> _Entry:
+        stored = self._store.load(name)
+        if stored is None or (epoch is not None and stored.epoch != epoch):
+            ep = b"" if epoch is None else bytes(epoch)
+            self._store.create(name, ep)
+            stored = StoredDoc(ep)
+        try:
+            doc = (
+                Doc.load(stored.snapshot, peer_id=self.peer_id, limits=self._options.limits)
+                if stored.snapshot is not None
+                else Doc(peer_id=self.peer_id, limits=self._options.limits)
+            )
+            for _, update in stored.updates:
+                doc.import_yjs_update(update)
+        except InvalidUpdateError as exc:
+            raise StoreError(f"document {name!r} in the store is corrupt: {exc}") from exc
+        entry = _Entry(name, doc, stored.epoch, Awareness(self.peer_id), lambda: None)
+        entry.log_count = len(stored.updates)
+        entry.last_seq = stored.updates[-1][0] if stored.updates else 0
+        entry.unsubscribe = doc.observe_updates(partial(self._on_doc_update, entry))
+        self._docs[name] = entry
+        for link in list(self._links):
+            if link.session.state is p.State.OPEN and self._shares(name, link):
+                state = link.session.doc_state(name)
+                if state in (p.DocState.NONE, p.DocState.CLOSED, p.DocState.REMOTE):
+                    link.session.open_doc(name, entry.epoch, doc.version)
+                    self._process(link)
+        self._notify()
+        return entry
+
+    def _forget(self, entry: _Entry) -> None:
+        entry.unsubscribe()
+        if entry.compacting is not None:
+            entry.compacting.cancel()
+        del self._docs[entry.name]
+        for link in list(self._links):
+            link.session.refuse_doc(
+                entry.name, ProtocolError("document closed", code=ErrorCode.DOC_REFUSED)
+            )
+            self._process(link)
+
+    def _shares(self, name: str, link: _Link) -> bool:
+        if self._share is None:
+            return True
+        return bool(self._share(name, link.session.peer_id or 0))
+
+    def _on_doc_update(self, entry: _Entry, update: bytes, origin: Any, local: bool) -> None:
+        """Every transaction of an open document: store it, then send it on."""
+        if self._docs.get(entry.name) is not entry:
+            return
+        # Durable before anything else sees it: a raise here reaches the editor.
+        entry.last_seq = self._store.append(entry.name, update)
+        entry.log_count += 1
+        for link in list(self._links):
+            if link is not origin and link.session.send_update(entry.name, update):
+                self._kick(link)
+        if entry.log_count >= self._compact_every and entry.compacting is None and not self._closed:
+            entry.compacting = self._spawn(self._compact(entry))
+        self._notify()
+
+    async def _compact(self, entry: _Entry) -> None:
+        try:
+            # The state and the log position are taken together, synchronously: the
+            # snapshot holds exactly the log up to `upto`.
+            update = entry.doc.export_yjs_update()
+            upto, count = entry.last_seq, entry.log_count
+            snapshot = await asyncio.to_thread(encoding.pack, update, compact=True, snapshot=True)
+            await asyncio.to_thread(self._store.compact, entry.name, snapshot, upto)
+            entry.log_count -= count
+        finally:
+            entry.compacting = None
+
+    async def flush(self) -> None:
+        """Return when every change made before the call is durable in the store.
+
+        Appends are synchronous (a change is stored before the edit call returns),
+        so this only waits for running compactions, which leaves the store in
+        its smallest form.
+        """
+        for entry in list(self._docs.values()):
+            if entry.compacting is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(entry.compacting)
+
+    # -- presence ----------------------------------------------------------------------
+
+    def presence(self, name: str) -> Awareness:
+        """The awareness (presence) states of open document ``name``."""
+        return self._docs[name].awareness
+
+    def set_presence(self, name: str, state: Any) -> None:
+        """Publish our presence state for ``name`` (None: we left)."""
+        entry = self._docs[name]
+        data = entry.awareness.set_local_state(state, now=self._now())
+        self._broadcast_presence(name, data, None)
+        self._schedule_presence()
+
+    def on_presence(self, callback: Callable[[str, AwarenessChange], None]) -> Callable[[], None]:
+        """Call ``callback(doc_name, change)`` when remote presence changes."""
+        self._presence_cbs.append(callback)
+        return lambda: (
+            self._presence_cbs.remove(callback) if callback in self._presence_cbs else None
+        )
+
+    def _broadcast_presence(self, name: str, data: bytes, origin: _Link | None) -> None:
+        for link in list(self._links):
+            if link is not origin and link.session.send_awareness(name, data):
+                self._kick(link)
+
+    def _presence_changed(self, name: str, change: AwarenessChange) -> None:
+        if change:
+            for cb in list(self._presence_cbs):
+                cb(name, change)
+
+    def _schedule_presence(self) -> None:
+        if self._presence_timer is not None:
+            self._presence_timer.cancel()
+            self._presence_timer = None
+        timers = [t for e in self._docs.values() if (t := e.awareness.get_timer()) is not None]
+        if timers and not self._closed:
+            when = min(timers)
+            self._presence_timer = self._get_loop().call_at(when, self._presence_tick, when)
+
+    def _presence_tick(self, when: float) -> None:
+        self._presence_timer = None
+        now = max(self._now(), when)  # see _on_timer
+        for name, entry in self._docs.items():
+            renew, change = entry.awareness.handle_timer(now)
+            if renew is not None:
+                self._broadcast_presence(name, renew, None)
+            self._presence_changed(name, change)
+        self._schedule_presence()
+
+    # -- status ------------------------------------------------------------------------
+
+    def on_status(self, callback: Callable[[Status], None]) -> Callable[[], None]:
+        """Call ``callback(status)`` on connected / synced / disconnected / error.
+
+        Returns:
+            A function that unsubscribes.
+        """
+        self._status_cbs.append(callback)
+        return lambda: self._status_cbs.remove(callback) if callback in self._status_cbs else None
+
+    def _status(self, status: Status) -> None:
+        for cb in list(self._status_cbs):
+            cb(status)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def is_synced(self, name: str) -> bool:
+        """Whether ``name`` is in sync with every peer we are connected to.
+
+        True when the document is open, every outbound connection is up, at
+        least one session carries the document, and on every session carrying
+        it everything local is acknowledged and everything the peer sent was
+        received and stored.
+        """
+        if name not in self._docs:
+            return False
+        for sup in self._supervisors.values():
+            if sup.link is None or sup.link.session.state is not p.State.OPEN:
+                return False
+        carrying = [
+            link
+            for link in self._links
+            if link.session.state is p.State.OPEN
+            and link.session.doc_state(name) not in (p.DocState.NONE, p.DocState.CLOSED)
+        ]
+        return bool(carrying) and all(link.session.is_synced(name) for link in carrying)
+
+    async def wait_synced(self, name: str, timeout: float | None = None) -> bool:
+        """Wait until :meth:`is_synced` holds for ``name``.
+
+        Returns:
+            True once synced; False if ``timeout`` seconds passed first.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self.is_synced(name):
+            changed = self._changed
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return self.is_synced(name)
+        return True
+
+    # -- connections -------------------------------------------------------------------
+
+    async def connect(self, address: str, *, timeout: float | None = 10.0) -> None:
+        """Connect to ``address`` and keep the connection up until ``close``/``disconnect``.
+
+        Waits for the first handshake to complete. If it does not within
+        ``timeout``, raises ``TimeoutError`` but keeps retrying in the background
+        (local-first: being offline is normal). A refused handshake
+        (:class:`AuthError`, version mismatch) raises and stops retrying.
+
+        Raises:
+            TransportError: no transport configured.
+        """
+        self._check_open()
+        if self._transport is None:
+            raise TransportError("this peer has no transport")
+        sup = self._supervisors.get(address)
+        if sup is None:
+            sup = _Supervisor(address)
+            self._supervisors[address] = sup
+            sup.task = asyncio.get_running_loop().create_task(self._supervise(sup))
+        try:
+            await asyncio.wait_for(asyncio.shield(sup.first), timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"no handshake with {address} within {timeout} s; still trying"
+            ) from None
+
+    async def disconnect(self, address: str) -> None:
+        """Stop the connection made by ``connect(address)``."""
+        sup = self._supervisors.pop(address, None)
+        if sup is None:
+            return
+        if sup.link is not None:
+            sup.link.session.close(ErrorCode.GOING_AWAY, "disconnect")
+            self._process(sup.link)
+        if sup.task is not None:
+            sup.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sup.task
+        self._notify()
+
+    async def listen(self, address: str) -> str:
+        """Accept connections at ``address`` (through the transport).
+
+        Returns:
+            The address peers connect to (the listener's, e.g. with a real port).
+        """
+        self._check_open()
+        if self._transport is None:
+            raise TransportError("this peer has no transport")
+        listener = await self._transport.listen(address, self._accept)
+        self._listeners.append(listener)
+        return str(listener.address)
+
+    def connections(self) -> list[tuple[str, int | None, bool]]:
+        """``(address, remote peer id, open)`` of every current connection."""
+        return [
+            (lk.address, lk.session.peer_id, lk.session.state is p.State.OPEN) for lk in self._links
+        ]
+
+    async def _supervise(self, sup: _Supervisor) -> None:
+        attempt = 0
+        while not self._closed:
+            error: CrdtSyncError | None = None
+            try:
+                conn = await self._transport.connect(sup.address)
+            except TransportError as exc:
+                error = exc
+                self._status(Status("disconnected", sup.address, reason=str(exc), error=exc))
+            else:
+                if self._closed:
+                    await conn.close()
+                    return
+                session = p.Session.client(
+                    self.peer_id,
+                    docs=[
+                        (n, e.epoch, e.doc.version)
+                        for n, e in self._docs.items()
+                        if self._share is None
+                    ],
+                    auth=self._auth,
+                    writers=[self.peer_id],
+                    now=self._now(),
+                    options=self._options,
+                    registry=self._registry,
+                )
+                # We chose this server: it may relay other peers' edits to us.
+                session.verify_writers = False
+                link = _Link(session, conn, sup.address, outbound=True)
+                sup.link = link
+                await self._run(link)
+                sup.link = None
+                self._notify()
+                error = session.error
+                if link.opened:
+                    attempt = 0
+            if not sup.first.done() and isinstance(error, AuthError | VersionMismatchError):
+                # Retrying cannot help: tell connect() and stop.
+                sup.first.set_exception(error)
+                self._supervisors.pop(sup.address, None)
+                return
+            if self._closed:
+                return
+            await asyncio.sleep(self._backoff.delay(attempt, self._rng))
+            attempt += 1
+
+    async def _accept(self, conn: Any) -> None:
+        if self._closed:
+            return
+        session = p.Session.server(
+            self.peer_id, now=self._now(), options=self._options, registry=self._registry
+        )
+        await self._run(_Link(session, conn, str(conn.remote_address), outbound=False))
+
+    async def _run(self, link: _Link) -> None:
+        """Drive one connection until its session closes."""
+        self._links.add(link)
+        writer = asyncio.get_running_loop().create_task(self._write_loop(link))
+        session = link.session
+        try:
+            self._process(link)
+            while session.state is not p.State.CLOSED:
+                try:
+                    data = await link.conn.recv()
+                except TransportError:
+                    session.receive_eof()
+                else:
+                    session.receive_data(data, now=self._now())
+                self._process(link)
+        finally:
+            link.wakeup.set()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(writer, 5.0)
+            if link.timer is not None:
+                link.timer.cancel()
+            self._links.discard(link)
+            with contextlib.suppress(Exception):
+                await link.conn.close()
+            self._notify()
+
+    async def _write_loop(self, link: _Link) -> None:
+        """The only writer of a connection: frames go out in session order."""
+        session = link.session
+        try:
+            while True:
+                await link.wakeup.wait()
+                link.wakeup.clear()
+                for frame in session.data_to_send():
+                    await link.conn.send(frame)
+                if session.state is p.State.CLOSED:
+                    return
+        except TransportError:
+            session.receive_eof()
+            self._process(link)
+        finally:
+            # Closing our end also ends our own recv(), so the reader loop stops.
+            with contextlib.suppress(Exception):
+                await link.conn.close()
+
+    def _kick(self, link: _Link) -> None:
+        """Wake the writer and re-arm the session timer."""
+        link.wakeup.set()
+        when = link.session.get_timer()
+        if when != link.timer_at:
+            if link.timer is not None:
+                link.timer.cancel()
+                link.timer = None
+            link.timer_at = when
+            if when is not None:
+                link.timer = self._get_loop().call_at(when, self._on_timer, link, when)
+
+    def _on_timer(self, link: _Link, when: float) -> None:
+        link.timer = None
+        link.timer_at = None
+        # asyncio may run a timer up to its clock resolution early: the session
+        # must see the deadline as reached, or it would re-arm the same timer forever.
+        link.session.handle_timer(max(self._now(), when))
+        self._process(link)
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _now(self) -> float:
+        return self._get_loop().time()
+
+    # -- session events ----------------------------------------------------------------
+
+    def _process(self, link: _Link) -> None:
+        """React to everything the session reported, then flush and re-arm."""
+        if link.busy:
+            return  # the _process call below us on the stack picks the new events up
+        link.busy = True
+        try:
+            self._drain(link)
+        finally:
+            link.busy = False
+        self._kick(link)
+
+    def _drain(self, link: _Link) -> None:
+        session = link.session
+        handled = False
+        while events := session.events_received():
+            handled = True
+            for ev in events:
+                try:
+                    self._handle(link, ev)
+                except StoreError as exc:
+                    # We cannot store what we would acknowledge: end the session
+                    # (the peer resends after reconnecting) and report it.
+                    self._status(
+                        Status("error", link.address, session.peer_id, reason=str(exc), error=exc)
+                    )
+                    session.close(ErrorCode.INTERNAL_ERROR, "store failure")
+        if handled:
+            # Any event may change is_synced(): wake wait_synced() callers to re-check.
+            self._notify()
+
+    def _handle(self, link: _Link, ev: p.Event) -> None:
+        s = link.session
+        if isinstance(ev, p.UpdateReceived):
+            entry = self._docs.get(ev.name)
+            if entry is None:
+                return
+            try:
+                entry.doc.import_yjs_update(ev.update, origin=link)
+            except InvalidUpdateError as exc:
+                s.reject_update(ev.name, exc)
+                return
+            s.ack(ev.name, ev.seq)
+        elif isinstance(ev, p.CatchUpNeeded):
+            entry = self._docs.get(ev.name)
+            if entry is None:
+                s.refuse_doc(ev.name, ProtocolError("document closed", code=ErrorCode.DOC_REFUSED))
+                return
+            s.send_catch_up(ev.name, entry.doc.export_yjs_update(since=ev.since))
+            if entry.awareness.states:
+                s.send_awareness(ev.name, entry.awareness.full_update())
+        elif isinstance(ev, p.DocRequested):
+            self._on_doc_requested(link, ev)
+        elif isinstance(ev, p.HelloReceived):
+            self._on_hello(link, ev)
+        elif isinstance(ev, p.Opened):
+            link.opened = True
+            self._status(Status("connected", link.address, ev.peer_id))
+            for name, entry in list(self._docs.items()):
+                if s.doc_state(name) is p.DocState.NONE and self._shares(name, link):
+                    s.open_doc(name, entry.epoch, entry.doc.version)
+            for sup in self._supervisors.values():
+                if sup.link is link and not sup.first.done():
+                    sup.first.set_result(None)
+            self._notify()
+        elif isinstance(ev, p.DocSynced):
+            if self.is_synced(ev.name):
+                self._status(Status("synced", link.address, s.peer_id, ev.name))
+            self._notify()
+        elif isinstance(ev, p.AwarenessReceived):
+            entry = self._docs.get(ev.name)
+            if entry is None:
+                return
+            now = self._now()
+            change = entry.awareness.apply_entries(list(ev.entries), now=now)
+            seen = link.presence.setdefault(ev.name, set())
+            seen.update(c for c, _, state in ev.entries if state is not None and c != self.peer_id)
+            if change:
+                self._broadcast_presence(ev.name, ev.data, link)
+                self._presence_changed(ev.name, change)
+            self._schedule_presence()
+        elif isinstance(ev, p.DocClosed):
+            self._on_doc_closed(link, ev)
+        elif isinstance(ev, p.Closed):
+            self._on_closed(link, ev)
+
+    def _on_hello(self, link: _Link, ev: p.HelloReceived) -> None:
+        s = link.session
+        grant: bool | Grant = True
+        if self._authorize is not None:
+            try:
+                grant = self._authorize(HelloInfo(ev.peer_id, ev.auth, ev.docs, link.address))
+            except AuthError as exc:
+                s.reject(exc)
+                return
+        if grant is False:
+            s.reject(AuthError("refused by the authorize hook"))
+            return
+        g = grant if isinstance(grant, Grant) else Grant()
+        link.grant = g
+        s.accept(writers=[self.peer_id], verify_writers=not g.relay)
+
+    def _on_doc_requested(self, link: _Link, ev: p.DocRequested) -> None:
+        s = link.session
+        grant = link.grant
+        allowed = grant is None or grant.docs is None or ev.name in grant.docs
+        if not allowed or not self._shares(ev.name, link):
+            s.refuse_doc(
+                ev.name, ProtocolError(f"{ev.name!r} is not shared", code=ErrorCode.DOC_REFUSED)
+            )
+            return
+        entry = self._docs.get(ev.name)
+        if entry is None:
+            stored = self._store.load(ev.name)
+            # A document we never had: join the peer's incarnation.
+            entry = self._open_sync(ev.name, ev.epoch if stored is None else None)
+        elif entry.epoch != ev.epoch and self._should_adopt(entry, ev.epoch, ev.version):
+            self._forget(entry)
+            entry = self._open_sync(ev.name, ev.epoch)
+        if s.doc_state(ev.name) is p.DocState.REMOTE:
+            s.open_doc(ev.name, entry.epoch, entry.doc.version)
+
+    @staticmethod
+    def _should_adopt(entry: _Entry, remote_epoch: bytes, remote_version: Version) -> bool:
+        """Whether to take the peer's incarnation of a document instead of ours.
+
+        Only when ours is empty (never edited, nothing received): then nothing
+        can be lost. Between two empty ones the greater epoch wins, so both
+        sides agree and do not swap forever.
+        """
+        if len(entry.doc.version) or entry.doc.export_yjs_update() != b"\x00\x00":
+            return False
+        return bool(len(remote_version)) or remote_epoch > entry.epoch
+
+    def _on_doc_closed(self, link: _Link, ev: p.DocClosed) -> None:
+        s = link.session
+        err = ev.error
+        entry = self._docs.get(ev.name)
+        if isinstance(err, EpochMismatchError) and not err.from_peer and entry is not None:
+            remote_version = s.remote_version(ev.name) or Version()
+            remote_epoch = s.remote_epoch(ev.name) or b""
+            if self._should_adopt(entry, remote_epoch, remote_version):
+                self._forget(entry)
+                self._open_sync(ev.name, remote_epoch)
+                return
+        if err.code != ErrorCode.DOC_REFUSED or err.from_peer:
+            self._status(Status("error", link.address, s.peer_id, ev.name, err.reason, err))
+        self._notify()
+
+    def _on_closed(self, link: _Link, ev: p.Closed) -> None:
+        now = self._now()
+        for name, clients in link.presence.items():
+            entry = self._docs.get(name)
+            if entry is not None:
+                change = entry.awareness.remove(clients, now=now)
+                if change:
+                    self._broadcast_presence(
+                        name, entry.awareness.encode_update(change.removed), link
+                    )
+                    self._presence_changed(name, change)
+        link.presence.clear()
+        err = ev.error
+        if err is not None and not isinstance(err, TransportError):
+            self._status(
+                Status("error", link.address, link.session.peer_id, reason=str(err), error=err)
+            )
+        reason = "closed" if err is None else str(err)
+        self._status(
+            Status("disconnected", link.address, link.session.peer_id, reason=reason, error=err)
+        )
+        self._notify()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = self._get_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

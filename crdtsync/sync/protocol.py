@@ -1,0 +1,1104 @@
+"""The sync session: one connection's protocol state machine, with no I/O.
+
+Theory of operation
+===================
+
+A :class:`Session` is the protocol for one connection between two peers. It
+never touches a socket, a clock or a document: bytes go in through
+:meth:`Session.receive_data`, frames come out of :meth:`Session.data_to_send`,
+what happened comes out of :meth:`Session.events_received`, and time goes in
+through :meth:`Session.handle_timer` (with :meth:`Session.get_timer` saying when).
+The asyncio :class:`~crdtsync.Peer` is a thin shell that moves bytes between a
+transport and a session and reacts to events by reading and writing documents.
+Two sessions joined by a list are the whole test harness (``tests/test_sync_protocol.py``).
+
+Session states (h11-style: every (state, message) pair not in
+:data:`TRANSITIONS` is a protocol error, never a silent fallthrough)::
+
+    client:  HELLO_SENT --WELCOME--> OPEN --CLOSE/error/close()--> CLOSED
+    server:  AWAIT_HELLO --HELLO--> HELLO_RECEIVED --accept()--> OPEN --...--> CLOSED
+                                                   --reject()--> CLOSED
+
+Documents are multiplexed. Each side names a document by its own *channel*
+number, announced in its SYNC (the client's HELLO documents take channels 0,
+1, ... in order), and every later message about the document carries the
+sender's channel. Per document and session (see :data:`DOC_TRANSITIONS`)::
+
+    NONE --local open_doc--> LOCAL --remote SYNC--> OPEN
+    NONE --remote SYNC--> REMOTE (event DocRequested) --open_doc--> OPEN
+    any  --DOC_ERROR either way, epoch mismatch--> CLOSED
+
+On OPEN both sides know each other's version (state vector) and epoch. Equal
+epochs: the session emits :class:`CatchUpNeeded` and the shell answers with
+:meth:`Session.send_catch_up` (``doc.export_yjs_update(since=remote version)``,
+update number 1, possibly empty), then forwards each later transaction's own
+update with :meth:`Session.send_update` (numbers 2, 3, ...). The receiver emits
+:class:`UpdateReceived`; the shell imports the update, stores it durably, and
+only then calls :meth:`Session.ack` (cumulative). So a document is *synced* on a
+session (:meth:`Session.is_synced`) when our catch-up and every later update are
+acknowledged (the peer durably has everything we have) and the peer's catch-up
+and every later update we received are imported and acknowledged (we have
+everything the peer had told us of).
+
+Anything wrong that the peer sends (malformed, oversized, unknown, out of
+state, invalid update, forged writer) closes the session: the error is
+recorded (:attr:`Session.error`), a CLOSE frame with its code is queued, a
+:class:`Closed` event is emitted, and ``receive_data`` returns normally. A lost,
+duplicated, reordered or corrupted frame fails the next frame's check value
+(``messages.py``) and closes the session the same way; the reconnect's state
+vector exchange then resends whatever the peer lacks. That is the whole
+recovery story (``proofs/SYNC.md`` argues why it converges).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import zstandard
+
+from crdtsync._yupdate import DEFAULT_LIMITS, UpdateLimits, parse_update
+from crdtsync.errors import (
+    ConnectionClosedError,
+    CrdtSyncError,
+    EpochMismatchError,
+    ErrorCode,
+    ForbiddenWriterError,
+    FrameTooLargeError,
+    InvalidUpdateError,
+    LimitExceededError,
+    LocalProtocolError,
+    MalformedFrameError,
+    ProtocolError,
+    ProtocolTimeoutError,
+    UnexpectedMessageError,
+    UpdateRejectedError,
+    VersionMismatchError,
+)
+from crdtsync.version import Version
+
+from . import messages as m
+from .awareness import decode_awareness
+
+__all__ = [
+    "DOC_TRANSITIONS",
+    "TRANSITIONS",
+    "AwarenessReceived",
+    "CatchUpNeeded",
+    "Closed",
+    "DocClosed",
+    "DocRequested",
+    "DocState",
+    "DocSynced",
+    "Event",
+    "HelloReceived",
+    "Opened",
+    "Role",
+    "Session",
+    "SessionOptions",
+    "State",
+    "UpdateReceived",
+    "WriterRegistry",
+]
+
+_MAX_NAME_BYTES = 1024
+_MAX_EPOCH_BYTES = 64
+# Frame bytes around an UPDATE's data: array head, type, chan, seq, enc, bytes head.
+_UPDATE_OVERHEAD = 32
+
+
+class Role(enum.Enum):
+    """Which side of the connection this session is."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(enum.Enum):
+    """Session states (see the module docstring)."""
+
+    HELLO_SENT = "hello-sent"
+    AWAIT_HELLO = "await-hello"
+    HELLO_RECEIVED = "hello-received"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class DocState(enum.Enum):
+    """Per-document channel states."""
+
+    NONE = "none"
+    LOCAL = "local"
+    REMOTE = "remote"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+#: (session state, message type) -> handler. Anything else is UNEXPECTED_MESSAGE.
+TRANSITIONS: dict[tuple[State, m.MsgType], str] = {
+    (State.AWAIT_HELLO, m.MsgType.HELLO): "_on_hello",
+    (State.HELLO_SENT, m.MsgType.WELCOME): "_on_welcome",
+    (State.OPEN, m.MsgType.SYNC): "_on_sync",
+    (State.OPEN, m.MsgType.UPDATE): "_on_update",
+    (State.OPEN, m.MsgType.PART): "_on_part",
+    (State.OPEN, m.MsgType.ACK): "_on_ack",
+    (State.OPEN, m.MsgType.AWARENESS): "_on_awareness",
+    (State.OPEN, m.MsgType.DOC_ERROR): "_on_doc_error",
+    (State.OPEN, m.MsgType.PING): "_on_ping",
+    (State.HELLO_SENT, m.MsgType.CLOSE): "_on_close",
+    (State.AWAIT_HELLO, m.MsgType.CLOSE): "_on_close",
+    (State.HELLO_RECEIVED, m.MsgType.CLOSE): "_on_close",
+    (State.OPEN, m.MsgType.CLOSE): "_on_close",
+}
+
+#: (document state, input) -> next document state. Inputs: "open" (local
+#: open_doc), "sync" (remote SYNC). Anything else is a protocol error (remote
+#: input) or a LocalProtocolError (local call). DOC_ERROR and epoch mismatches
+#: move any state to CLOSED.
+DOC_TRANSITIONS: dict[tuple[DocState, str], DocState] = {
+    (DocState.NONE, "open"): DocState.LOCAL,
+    (DocState.NONE, "sync"): DocState.REMOTE,
+    (DocState.CLOSED, "open"): DocState.LOCAL,
+    (DocState.CLOSED, "sync"): DocState.REMOTE,
+    (DocState.LOCAL, "sync"): DocState.OPEN,
+    (DocState.REMOTE, "open"): DocState.OPEN,
+}
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Limits and timers of a session (seconds, bytes).
+
+    Attributes:
+        max_frame: largest frame body we accept (and announce); the peer splits
+            larger updates into PART frames.
+        limits: update limits (``max_update_bytes`` bounds reassembly and
+            decompression); the same object ``Doc`` validates with.
+        handshake_timeout: time allowed from start to OPEN.
+        ack_timeout: time an update may stay unacknowledged.
+        ping_interval: send a PING after this long without sending.
+        idle_timeout: close after this long without receiving anything.
+        max_docs: documents per session.
+        compress_min: updates at least this large are sent zstd-compressed
+            (when that makes them smaller).
+        verify_writers: check that every update from the peer writes only under
+            client ids it owns (see :class:`WriterRegistry`).
+    """
+
+    max_frame: int = 1 << 20
+    limits: UpdateLimits = DEFAULT_LIMITS
+    handshake_timeout: float = 10.0
+    ack_timeout: float = 30.0
+    ping_interval: float = 15.0
+    idle_timeout: float = 45.0
+    max_docs: int = 100_000
+    compress_min: int = 256
+    verify_writers: bool = True
+
+
+# -- events ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HelloReceived:
+    """Server side: a client said hello; answer with ``accept()`` or ``reject()``."""
+
+    peer_id: int
+    auth: Any
+    writers: tuple[int, ...]
+    docs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Opened:
+    """The handshake completed."""
+
+    peer_id: int
+    version: int
+
+
+@dataclass(frozen=True)
+class DocRequested:
+    """The peer opened a document we have not opened on this session.
+
+    Answer with ``open_doc(name, epoch, version)`` or ``refuse_doc(name, ...)``.
+    """
+
+    name: str
+    epoch: bytes
+    version: Version
+
+
+@dataclass(frozen=True)
+class CatchUpNeeded:
+    """Both sides opened the document: send ``export_yjs_update(since)`` with ``send_catch_up``."""
+
+    name: str
+    since: Version
+
+
+@dataclass(frozen=True)
+class UpdateReceived:
+    """An update arrived: import it, store it durably, then ``ack(name, seq)``."""
+
+    name: str
+    seq: int
+    update: bytes
+
+
+@dataclass(frozen=True)
+class AwarenessReceived:
+    """A presence update for a document (raw y-protocols bytes, already validated)."""
+
+    name: str
+    data: bytes
+    entries: tuple[tuple[int, int, Any], ...]
+
+
+@dataclass(frozen=True)
+class DocSynced:
+    """The document became synced on this session (see ``Session.is_synced``)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class DocClosed:
+    """The document is no longer synced on this session (refused, epoch mismatch...)."""
+
+    name: str
+    error: ProtocolError
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The session is over; ``error`` is None for a normal close."""
+
+    error: CrdtSyncError | None
+
+
+Event: TypeAlias = (
+    HelloReceived
+    | Opened
+    | DocRequested
+    | CatchUpNeeded
+    | UpdateReceived
+    | AwarenessReceived
+    | DocSynced
+    | DocClosed
+    | Closed
+)
+
+
+# -- writer ownership ------------------------------------------------------------------------
+
+
+class WriterRegistry:
+    """Which live session owns which client id, shared by the sessions of one peer.
+
+    A session that verifies writers claims the client ids its peer declares in
+    the handshake and every client id an update from it writes under. A claim
+    fails when another live session, from another peer id, owns the id: that is
+    a forged write (measured on pycrdt: 9 bytes under a victim's client id with
+    a high clock make a relay drop every later edit of the victim). A session
+    from the *same* peer id takes the ids over: it is that peer reconnecting
+    before its old session timed out.
+    """
+
+    def __init__(self) -> None:
+        # client id -> owning session.
+        self._owner: dict[int, Session] = {}
+
+    def claim(self, session: Session, client_ids: Iterable[int]) -> int | None:
+        """Bind ``client_ids`` to ``session``.
+
+        Returns:
+            The first client id owned by another peer's live session (nothing is
+            bound then), or None.
+        """
+        ids = list(client_ids)
+        for cid in ids:
+            owner = self._owner.get(cid)
+            if (
+                owner is not None
+                and owner is not session
+                and owner.state is not State.CLOSED
+                and owner.peer_id != session.peer_id
+            ):
+                return cid
+        for cid in ids:
+            self._owner[cid] = session
+        return None
+
+    def release(self, session: Session) -> None:
+        """Forget every id ``session`` owns (it closed)."""
+        for cid in [c for c, s in self._owner.items() if s is session]:
+            del self._owner[cid]
+
+    def owner(self, client_id: int) -> Session | None:
+        """The live session owning ``client_id``."""
+        return self._owner.get(client_id)
+
+
+# -- per-document channel ------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Channel:
+    name: str
+    state: DocState = DocState.NONE
+    local_chan: int | None = None
+    remote_chan: int | None = None
+    epoch: bytes = b""
+    remote_epoch: bytes = b""
+    remote_version: Version = field(default_factory=Version)
+    catch_up_sent: bool = False
+    send_seq: int = 0  # last update number sent
+    acked: int = 0  # last of ours the peer acknowledged
+    recv_seq: int = 0  # last update number received
+    recv_acked: int = 0  # last of theirs we acknowledged
+    unacked_since: float | None = None  # when the oldest unacknowledged send was made
+    parts: bytearray | None = None  # PART chunks of update recv_seq + 1
+    synced: bool = False  # last reported synced state
+
+
+class Session:
+    """The sync protocol for one connection (sans-I/O).
+
+    Example: two sessions, two documents, and a list in between::
+
+        >>> from crdtsync import Doc
+        >>> alice, bob = Doc(), Doc()
+        >>> alice.text("t").insert(0, "hi")
+        >>> a = Session.client(1, docs=[("notes", b"", alice.version)])
+        >>> b = Session.server(2)
+        >>> def shell(s, doc):  # what the asyncio Peer does with events
+        ...     while events := s.events_received():
+        ...         for ev in events:
+        ...             if isinstance(ev, HelloReceived):
+        ...                 s.accept()
+        ...             elif isinstance(ev, DocRequested):
+        ...                 s.open_doc(ev.name, b"", doc.version)
+        ...             elif isinstance(ev, CatchUpNeeded):
+        ...                 s.send_catch_up(ev.name, doc.export_yjs_update(since=ev.since))
+        ...             elif isinstance(ev, UpdateReceived):
+        ...                 doc.import_yjs_update(ev.update)
+        ...                 s.ack(ev.name, ev.seq)
+        >>> def pump():  # move frames both ways until nothing moves
+        ...     moved = True
+        ...     while moved:
+        ...         moved = False
+        ...         for src, dst, doc in ((a, b, bob), (b, a, alice)):
+        ...             for frame in src.data_to_send():
+        ...                 dst.receive_data(frame)
+        ...                 moved = True
+        ...             shell(dst, doc)
+        >>> pump()
+        >>> str(bob.text("t")), a.is_synced("notes"), b.is_synced("notes")
+        ('hi', True, True)
+        >>> unsubscribe = alice.observe_updates(
+        ...     lambda update, origin, local: a.send_update("notes", update))
+        >>> alice.text("t").insert(2, "!")   # live: the transaction's own update
+        >>> a.is_synced("notes")             # sent, not yet acknowledged
+        False
+        >>> pump()
+        >>> str(bob.text("t")), a.is_synced("notes")
+        ('hi!', True)
+
+    Use :meth:`client` and :meth:`server` to construct.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        peer_id: int,
+        *,
+        now: float = 0.0,
+        options: SessionOptions | None = None,
+        registry: WriterRegistry | None = None,
+    ) -> None:
+        # Which side we are.
+        self.role = role
+        # Our peer id, sent in the handshake.
+        self.local_peer_id = peer_id
+        # The remote peer id (known after the handshake).
+        self.peer_id: int | None = None
+        # Limits and timers.
+        self.options = options or SessionOptions()
+        # Whether updates from the peer are checked against the writer registry.
+        self.verify_writers = self.options.verify_writers
+        # Shared ownership of client ids (a private one if not given).
+        self.registry = registry if registry is not None else WriterRegistry()
+        # Protocol state.
+        self.state = State.HELLO_SENT if role is Role.CLIENT else State.AWAIT_HELLO
+        # Negotiated protocol version (None until OPEN).
+        self.version: int | None = None
+        # Why the session closed (None: open, or closed normally).
+        self.error: CrdtSyncError | None = None
+        # Close code we sent or received.
+        self.close_code: int | None = None
+        # Frames.
+        self._reader = m.FrameReader(self.options.max_frame)
+        self._writer = m.FrameWriter()
+        self._out: list[bytes] = []
+        self._events: list[Event] = []
+        # Largest frame body the peer accepts (ours until it tells us).
+        self._peer_max_frame = self.options.max_frame
+        # Documents by name, and channels by number on each side.
+        self._docs: dict[str, _Channel] = {}
+        self._by_local: dict[int, _Channel] = {}
+        self._by_remote: dict[int, _Channel] = {}
+        # Channels whose synced state may have changed since the last report:
+        # checking only these keeps a session with many documents O(1) per frame.
+        self._dirty: set[_Channel] = set()
+        # Remote channels we closed: late frames on them are ignored, not errors.
+        self._dead_remote: set[int] = set()
+        self._next_chan = 0
+        # Protocol versions we speak, and the client's HELLO (server side).
+        self._versions: tuple[int, ...] = m.PROTOCOL_VERSIONS
+        self._hello: m.Hello | None = None
+        # Messages the client queued before WELCOME.
+        self._deferred: list[m.Message] = []
+        # Clock, and the times that drive the timers.
+        self._now = now
+        self._started = now
+        self._last_received = now
+        self._last_sent = now
+
+    @classmethod
+    def client(
+        cls,
+        peer_id: int,
+        *,
+        docs: Iterable[tuple[str, bytes, Version]] = (),
+        auth: Any = None,
+        writers: Iterable[int] = (),
+        versions: Iterable[int] = m.PROTOCOL_VERSIONS,
+        now: float = 0.0,
+        options: SessionOptions | None = None,
+        registry: WriterRegistry | None = None,
+    ) -> Session:
+        """A session for the side that connected; it queues HELLO at once.
+
+        Args:
+            peer_id: our peer id.
+            docs: ``(name, epoch, version)`` of documents to open in the handshake.
+            auth: any CBOR-encodable value for the server's auth hook.
+            writers: client ids we write under (declared for the server's check).
+            versions: protocol versions we speak.
+            now: current time.
+            options: limits and timers.
+            registry: writer registry shared with our other sessions.
+        """
+        self = cls(Role.CLIENT, peer_id, now=now, options=options, registry=registry)
+        entries = []
+        for name, epoch, version in docs:
+            ch = self._new_channel(name)
+            ch.state = DocState.LOCAL
+            ch.epoch = epoch
+            entries.append((name, epoch, version.to_bytes()))
+        self._versions = tuple(versions)
+        self._send(
+            m.Hello(
+                self._versions,
+                peer_id,
+                auth,
+                tuple(writers),
+                tuple(entries),
+                self.options.max_frame,
+            )
+        )
+        return self
+
+    @classmethod
+    def server(
+        cls,
+        peer_id: int,
+        *,
+        versions: Iterable[int] = m.PROTOCOL_VERSIONS,
+        now: float = 0.0,
+        options: SessionOptions | None = None,
+        registry: WriterRegistry | None = None,
+    ) -> Session:
+        """A session for the side that accepted the connection; it waits for HELLO."""
+        self = cls(Role.SERVER, peer_id, now=now, options=options, registry=registry)
+        self._versions = tuple(versions)
+        return self
+
+    # -- I/O-facing API ------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, *, now: float | None = None) -> None:
+        """Feed bytes received from the transport. Never raises on bad input.
+
+        Args:
+            data: any slice of the byte stream.
+            now: current time (default: the last time given to the session).
+        """
+        if now is not None:
+            self._now = now
+        if self.state is State.CLOSED or not data:
+            return
+        self._last_received = self._now
+        self._reader.feed(data)
+        try:
+            while not self.closed:
+                body = self._reader.next_body()
+                if body is None:
+                    break
+                self._dispatch(m.decode_message(body))
+        except ProtocolError as exc:
+            self._fail(exc)
+        self._report_synced()
+
+    def receive_eof(self) -> None:
+        """The transport closed. The session ends (with an error unless CLOSE came first)."""
+        if self.state is not State.CLOSED:
+            self._set_closed(ConnectionClosedError("the connection closed without a CLOSE frame"))
+
+    def data_to_send(self) -> list[bytes]:
+        """Frames to write to the transport, in order (each a complete frame)."""
+        out, self._out = self._out, []
+        return out
+
+    def events_received(self) -> list[Event]:
+        """Events since the last call."""
+        ev, self._events = self._events, []
+        return ev
+
+    def get_timer(self) -> float | None:
+        """The time at which :meth:`handle_timer` must be called next (None: never)."""
+        if self.state is State.CLOSED:
+            return None
+        o = self.options
+        if self.state is not State.OPEN:
+            return self._started + o.handshake_timeout
+        deadlines = [self._last_received + o.idle_timeout, self._last_sent + o.ping_interval]
+        pending = [c.unacked_since for c in self._docs.values() if c.unacked_since is not None]
+        if pending:
+            deadlines.append(min(pending) + o.ack_timeout)
+        return min(deadlines)
+
+    def handle_timer(self, now: float) -> None:
+        """Advance the clock: send keepalives, enforce timeouts."""
+        self._now = now
+        if self.state is State.CLOSED:
+            return
+        o = self.options
+        if self.state is not State.OPEN:
+            if now >= self._started + o.handshake_timeout:
+                self._fail(ProtocolTimeoutError("handshake did not complete in time"))
+            return
+        if now >= self._last_received + o.idle_timeout:
+            self._fail(ProtocolTimeoutError(f"nothing received for {o.idle_timeout:g} s"))
+            return
+        for ch in self._docs.values():
+            if ch.unacked_since is not None and now >= ch.unacked_since + o.ack_timeout:
+                self._fail(ProtocolTimeoutError(f"update on {ch.name!r} not acknowledged in time"))
+                return
+        if now >= self._last_sent + o.ping_interval:
+            self._send(m.Ping())
+
+    # -- shell-facing actions ------------------------------------------------------------
+
+    def accept(self, *, writers: Iterable[int] = (), verify_writers: bool | None = None) -> None:
+        """Server: accept the client after :class:`HelloReceived`; queues WELCOME.
+
+        Args:
+            writers: client ids we write under (declared to the client).
+            verify_writers: override ``options.verify_writers`` for this peer
+                (False for a trusted relay or mesh peer that forwards others' edits).
+        """
+        if self.state is not State.HELLO_RECEIVED:
+            raise LocalProtocolError(f"accept() in state {self.state.value}")
+        if verify_writers is not None:
+            self.verify_writers = verify_writers
+        hello = self._hello
+        assert hello is not None
+        assert self.version is not None
+        self._send(
+            m.Welcome(self.version, self.local_peer_id, tuple(writers), self.options.max_frame)
+        )
+        self.state = State.OPEN
+        if self.verify_writers and not self._claim(hello.writers):
+            return
+        self._events.append(Opened(hello.peer_id, self.version))
+        try:
+            for chan, (name, epoch, version) in enumerate(hello.docs):
+                self._on_sync(m.Sync(chan, name, epoch, version))
+        except ProtocolError as exc:
+            self._fail(exc)
+
+    def reject(self, error: ProtocolError) -> None:
+        """Server: refuse the client (e.g. ``AuthError("bad token")``); queues CLOSE."""
+        if self.state is not State.HELLO_RECEIVED:
+            raise LocalProtocolError(f"reject() in state {self.state.value}")
+        self._fail(error)
+
+    def open_doc(self, name: str, epoch: bytes, version: Version) -> None:
+        """Open a document on this session (queues SYNC).
+
+        Args:
+            name: document name.
+            epoch: our incarnation of it.
+            version: our current version.
+
+        Raises:
+            LocalProtocolError: it is already open, or the session is closed.
+        """
+        if self.state is State.CLOSED:
+            raise LocalProtocolError("the session is closed")
+        if self.role is Role.SERVER and self.state is not State.OPEN:
+            raise LocalProtocolError("open_doc() before accept()")
+        ch = self._docs.get(name)
+        current = ch.state if ch is not None else DocState.NONE
+        nxt = DOC_TRANSITIONS.get((current, "open"))
+        if nxt is None:
+            raise LocalProtocolError(f"document {name!r} is already open on this session")
+        if ch is None or current is DocState.CLOSED:
+            ch = self._new_channel(name)
+        else:
+            ch.local_chan = self._alloc_chan(ch)
+        ch.state = nxt
+        ch.epoch = epoch
+        assert ch.local_chan is not None
+        msg = m.Sync(ch.local_chan, name, epoch, version.to_bytes())
+        if self.state is State.HELLO_SENT:
+            self._deferred.append(msg)
+        else:
+            self._send(msg)
+        if nxt is DocState.OPEN:
+            self._opened(ch)
+
+    def refuse_doc(self, name: str, error: ProtocolError) -> None:
+        """Refuse or stop syncing a document on this session (queues DOC_ERROR)."""
+        ch = self._docs.get(name)
+        if ch is None or ch.state is DocState.CLOSED or self.state is not State.OPEN:
+            return
+        self._close_doc(ch, error, send=True)
+
+    def send_catch_up(self, name: str, update: bytes) -> None:
+        """Send the answer to :class:`CatchUpNeeded` (update number 1; may be empty)."""
+        ch = self._docs.get(name)
+        if ch is None or ch.state is not DocState.OPEN:
+            return  # closed meanwhile (epoch mismatch, DOC_ERROR, session close)
+        if ch.catch_up_sent:
+            raise LocalProtocolError(f"catch-up for {name!r} already sent")
+        ch.catch_up_sent = True
+        self._send_update(ch, update)
+
+    def send_update(self, name: str, update: bytes) -> bool:
+        """Send a live update (a transaction's own update).
+
+        Returns:
+            False, and sends nothing, when the document is not open here or its
+            catch-up is not sent yet: the catch-up, computed from the document
+            later, will contain this update.
+        """
+        ch = self._docs.get(name)
+        if ch is None or ch.state is not DocState.OPEN or not ch.catch_up_sent:
+            return False
+        if self.state is not State.OPEN:
+            return False
+        self._send_update(ch, update)
+        return True
+
+    def ack(self, name: str, seq: int) -> None:
+        """Acknowledge updates up to ``seq`` of ``name``: they are durably stored."""
+        ch = self._docs.get(name)
+        if ch is None or ch.state is not DocState.OPEN or self.state is not State.OPEN:
+            return
+        if seq > ch.recv_seq:
+            raise LocalProtocolError(f"ack({name!r}, {seq}) beyond received {ch.recv_seq}")
+        if seq > ch.recv_acked:
+            ch.recv_acked = seq
+            self._dirty.add(ch)
+            assert ch.local_chan is not None
+            self._send(m.Ack(ch.local_chan, seq))
+            self._report_synced()
+
+    def reject_update(self, name: str, error: CrdtSyncError) -> None:
+        """The shell could not import an update from the peer: close with INVALID_UPDATE."""
+        self._fail(UpdateRejectedError(f"update for {name!r} refused: {error}"))
+
+    def send_awareness(self, name: str, data: bytes) -> bool:
+        """Send a y-protocols awareness update for ``name`` (False if not open here)."""
+        ch = self._docs.get(name)
+        if ch is None or ch.state is not DocState.OPEN or self.state is not State.OPEN:
+            return False
+        assert ch.local_chan is not None
+        self._send(m.Awareness(ch.local_chan, data))
+        return True
+
+    def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Close the session (queues CLOSE). Idempotent."""
+        if self.state is State.CLOSED:
+            return
+        self.close_code = code
+        self._out.append(self._writer.frame(m.Close(int(code), reason)))
+        self._set_closed(
+            None
+            if code in (ErrorCode.NO_ERROR, ErrorCode.GOING_AWAY)
+            else ProtocolError(reason, code=code)
+        )
+
+    # -- queries -------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session is over (the state may change under any call)."""
+        return self.state is State.CLOSED
+
+    def docs(self) -> list[str]:
+        """Names of documents open on this session (both sides opened, not closed)."""
+        return [n for n, c in self._docs.items() if c.state is DocState.OPEN]
+
+    def doc_state(self, name: str) -> DocState:
+        """The channel state of ``name``."""
+        ch = self._docs.get(name)
+        return ch.state if ch is not None else DocState.NONE
+
+    def is_synced(self, name: str) -> bool:
+        """Whether ``name`` is in sync on this session.
+
+        True when the document is open on both sides, the peer has acknowledged
+        our catch-up and every update we sent since, and we received the peer's
+        catch-up and acknowledged every update it sent.
+        """
+        ch = self._docs.get(name)
+        return ch is not None and self.state is State.OPEN and self._synced(ch)
+
+    @staticmethod
+    def _synced(ch: _Channel) -> bool:
+        return (
+            ch.state is DocState.OPEN
+            and ch.catch_up_sent
+            and ch.acked == ch.send_seq
+            and ch.recv_seq >= 1
+            and ch.recv_acked == ch.recv_seq
+            and ch.parts is None
+        )
+
+    def remote_epoch(self, name: str) -> bytes | None:
+        """The epoch the peer announced for ``name`` in its SYNC."""
+        ch = self._docs.get(name)
+        return ch.remote_epoch if ch is not None and ch.remote_chan is not None else None
+
+    def remote_version(self, name: str) -> Version | None:
+        """The version the peer announced for ``name`` in its SYNC."""
+        ch = self._docs.get(name)
+        return ch.remote_version if ch is not None and ch.state is not DocState.NONE else None
+
+    # -- internals: sending ----------------------------------------------------------------
+
+    def _send(self, msg: m.Message) -> None:
+        self._out.append(self._writer.frame(msg))
+        self._last_sent = self._now
+
+    def _new_channel(self, name: str) -> _Channel:
+        if (
+            sum(1 for c in self._docs.values() if c.state is not DocState.CLOSED)
+            >= self.options.max_docs
+        ):
+            raise LimitExceededError(f"more than {self.options.max_docs} documents on one session")
+        ch = _Channel(name)
+        old = self._docs.get(name)
+        if old is not None and old.local_chan is not None:
+            self._by_local.pop(old.local_chan, None)
+        self._docs[name] = ch
+        ch.local_chan = self._alloc_chan(ch)
+        return ch
+
+    def _alloc_chan(self, ch: _Channel) -> int:
+        chan = self._next_chan
+        self._next_chan += 1
+        self._by_local[chan] = ch
+        return chan
+
+    def _send_update(self, ch: _Channel, update: bytes) -> None:
+        enc, data = m.ENC_RAW, update
+        if len(update) >= self.options.compress_min:
+            packed = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(update)
+            if len(packed) < len(update):
+                enc, data = m.ENC_ZSTD, packed
+        ch.send_seq += 1
+        ch.synced = False  # until the ack: DocSynced fires again then
+        self._dirty.add(ch)
+        if ch.unacked_since is None:
+            ch.unacked_since = self._now
+        assert ch.local_chan is not None
+        room = max(self._peer_max_frame - _UPDATE_OVERHEAD, 1)
+        while len(data) > room:
+            self._send(m.Part(ch.local_chan, ch.send_seq, data[:room]))
+            data = data[room:]
+        self._send(m.Update(ch.local_chan, ch.send_seq, enc, data))
+
+    # -- internals: receiving ----------------------------------------------------------
+
+    def _dispatch(self, msg: m.Message) -> None:
+        mtype = m.MESSAGE_TYPES[type(msg)]
+        handler = TRANSITIONS.get((self.state, mtype))
+        if handler is None:
+            raise UnexpectedMessageError(f"{mtype.name} is not allowed in state {self.state.value}")
+        getattr(self, handler)(msg)
+
+    def _on_hello(self, msg: m.Hello) -> None:
+        common = set(msg.versions) & set(self._versions)
+        if not common:
+            raise VersionMismatchError(
+                f"no common protocol version (peer: {list(msg.versions)}, "
+                f"us: {list(self._versions)})"
+            )
+        self.version = max(common)
+        self.peer_id = msg.peer_id
+        if msg.max_frame:
+            self._peer_max_frame = msg.max_frame
+        for name, epoch, version in msg.docs:
+            self._check_doc_fields(name, epoch, version)
+        self._hello = msg
+        self.state = State.HELLO_RECEIVED
+        self._events.append(
+            HelloReceived(msg.peer_id, msg.auth, msg.writers, tuple(d[0] for d in msg.docs))
+        )
+
+    def _on_welcome(self, msg: m.Welcome) -> None:
+        if msg.version not in self._versions:
+            raise VersionMismatchError(
+                f"server chose version {msg.version}, we speak {list(self._versions)}"
+            )
+        self.version = msg.version
+        self.peer_id = msg.peer_id
+        if msg.max_frame:
+            self._peer_max_frame = msg.max_frame
+        self.state = State.OPEN
+        if self.verify_writers and not self._claim(msg.writers):
+            return
+        self._events.append(Opened(msg.peer_id, msg.version))
+        deferred, self._deferred = self._deferred, []
+        for d in deferred:
+            self._send(d)
+
+    def _check_doc_fields(self, name: str, epoch: bytes, version: bytes) -> Version:
+        if not name or len(name.encode("utf-8")) > _MAX_NAME_BYTES:
+            raise MalformedFrameError(f"document name must be 1 to {_MAX_NAME_BYTES} bytes")
+        if len(epoch) > _MAX_EPOCH_BYTES:
+            raise MalformedFrameError(f"epoch longer than {_MAX_EPOCH_BYTES} bytes")
+        try:
+            return Version.from_bytes(version)
+        except InvalidUpdateError as exc:
+            raise MalformedFrameError(f"bad version for {name!r}: {exc}") from None
+
+    def _on_sync(self, msg: m.Sync) -> None:
+        version = self._check_doc_fields(msg.name, msg.epoch, msg.version)
+        if msg.chan in self._by_remote or msg.chan in self._dead_remote:
+            raise UnexpectedMessageError(f"SYNC reuses channel {msg.chan}")
+        ch = self._docs.get(msg.name)
+        current = ch.state if ch is not None else DocState.NONE
+        nxt = DOC_TRANSITIONS.get((current, "sync"))
+        if nxt is None:
+            raise UnexpectedMessageError(f"SYNC for {msg.name!r}, already open by the peer")
+        if ch is None or current is DocState.CLOSED:
+            if (
+                sum(1 for c in self._docs.values() if c.state is not DocState.CLOSED)
+                >= self.options.max_docs
+            ):
+                raise LimitExceededError(f"more than {self.options.max_docs} documents")
+            ch = _Channel(msg.name)
+            self._docs[msg.name] = ch
+        ch.state = nxt
+        ch.remote_chan = msg.chan
+        ch.remote_epoch = msg.epoch
+        ch.remote_version = version
+        self._by_remote[msg.chan] = ch
+        if nxt is DocState.OPEN:
+            self._opened(ch)
+        else:
+            self._events.append(DocRequested(msg.name, msg.epoch, version))
+
+    def _opened(self, ch: _Channel) -> None:
+        if ch.epoch != ch.remote_epoch:
+            self._close_doc(
+                ch,
+                EpochMismatchError(
+                    f"document {ch.name!r}: our epoch {ch.epoch.hex() or '(original)'}, "
+                    f"the peer's {ch.remote_epoch.hex() or '(original)'}"
+                ),
+                send=True,
+            )
+            return
+        self._events.append(CatchUpNeeded(ch.name, ch.remote_version))
+
+    def _close_doc(self, ch: _Channel, error: ProtocolError, *, send: bool) -> None:
+        if send and self.state is State.OPEN:
+            self._send(
+                m.DocError(
+                    ch.name, int(error.code), error.reason[:200], ch.remote_chan, ch.local_chan
+                )
+            )
+        ch.state = DocState.CLOSED
+        ch.unacked_since = None
+        ch.parts = None
+        if ch.remote_chan is not None:
+            self._by_remote.pop(ch.remote_chan, None)
+            self._dead_remote.add(ch.remote_chan)
+        if ch.local_chan is not None:
+            self._by_local.pop(ch.local_chan, None)
+        ch.synced = False
+        self._events.append(DocClosed(ch.name, error))
+
+    def _remote_channel(self, chan: int) -> _Channel | None:
+        ch = self._by_remote.get(chan)
+        if ch is None:
+            if chan in self._dead_remote:
+                return None  # we closed it; the peer had not heard yet
+            raise UnexpectedMessageError(f"message on unknown channel {chan}")
+        if ch.state is not DocState.OPEN:
+            raise UnexpectedMessageError(f"message on {ch.name!r} before it is open")
+        return ch
+
+    def _on_part(self, msg: m.Part) -> None:
+        ch = self._remote_channel(msg.chan)
+        if ch is None:
+            return
+        if msg.seq != ch.recv_seq + 1:
+            raise UnexpectedMessageError(
+                f"PART {msg.seq} on {ch.name!r}, expected {ch.recv_seq + 1}"
+            )
+        if ch.parts is None:
+            ch.parts = bytearray()
+        ch.parts += msg.data
+        if len(ch.parts) > self.options.limits.max_update_bytes:
+            raise FrameTooLargeError(
+                f"update on {ch.name!r} exceeds {self.options.limits.max_update_bytes} bytes"
+            )
+
+    def _on_update(self, msg: m.Update) -> None:
+        ch = self._remote_channel(msg.chan)
+        if ch is None:
+            return
+        if msg.seq != ch.recv_seq + 1:
+            raise UnexpectedMessageError(
+                f"UPDATE {msg.seq} on {ch.name!r}, expected {ch.recv_seq + 1}"
+            )
+        data = msg.data
+        if ch.parts is not None:
+            ch.parts += data
+            data, ch.parts = bytes(ch.parts), None
+        limit = self.options.limits.max_update_bytes
+        if len(data) > limit:
+            raise FrameTooLargeError(f"update on {ch.name!r} exceeds {limit} bytes")
+        if msg.enc == m.ENC_ZSTD:
+            data = _unzstd(data, limit)
+        elif msg.enc != m.ENC_RAW:
+            raise MalformedFrameError(f"unknown update encoding {msg.enc}")
+        if self.verify_writers:
+            try:
+                parsed = parse_update(data, self.options.limits)
+            except InvalidUpdateError as exc:
+                raise UpdateRejectedError(f"update for {ch.name!r} refused: {exc}") from None
+            self._claim(parsed.client_ids(), raising=True)
+        ch.recv_seq = msg.seq
+        ch.synced = False  # until we acknowledge it
+        self._dirty.add(ch)
+        self._events.append(UpdateReceived(ch.name, msg.seq, data))
+
+    def _on_ack(self, msg: m.Ack) -> None:
+        ch = self._remote_channel(msg.chan)
+        if ch is None:
+            return
+        if not ch.acked <= msg.seq <= ch.send_seq:
+            raise UnexpectedMessageError(
+                f"ACK {msg.seq} on {ch.name!r}: sent {ch.send_seq}, acknowledged {ch.acked}"
+            )
+        ch.acked = msg.seq
+        self._dirty.add(ch)
+        # Progress restarts the clock: a long queue is not a dead peer.
+        ch.unacked_since = None if ch.acked == ch.send_seq else self._now
+
+    def _on_awareness(self, msg: m.Awareness) -> None:
+        ch = self._remote_channel(msg.chan)
+        if ch is None:
+            return
+        entries = decode_awareness(msg.data)
+        self._events.append(AwarenessReceived(ch.name, msg.data, tuple(entries)))
+
+    def _on_doc_error(self, msg: m.DocError) -> None:
+        ch = self._docs.get(msg.name)
+        if ch is None or ch.state is DocState.CLOSED:
+            return  # both sides closed it at once (epoch mismatch is seen by both)
+        mine = msg.your_chan is not None and msg.your_chan == ch.local_chan
+        theirs = msg.my_chan is not None and msg.my_chan == ch.remote_chan
+        if not (mine or theirs):
+            return  # about an older channel of this document
+        self._close_doc(
+            ch, ProtocolError.for_code(msg.code, msg.reason, from_peer=True), send=False
+        )
+
+    def _on_ping(self, msg: m.Ping) -> None:
+        """Nothing to do: receiving it already reset the idle timer."""
+
+    def _on_close(self, msg: m.Close) -> None:
+        self.close_code = msg.code
+        normal = msg.code in (ErrorCode.NO_ERROR, ErrorCode.GOING_AWAY)
+        self._set_closed(
+            None if normal else ProtocolError.for_code(msg.code, msg.reason, from_peer=True)
+        )
+
+    # -- internals: errors and closing ---------------------------------------------------
+
+    def _claim(self, client_ids: Iterable[int], *, raising: bool = False) -> bool:
+        bad = self.registry.claim(self, client_ids)
+        if bad is None:
+            return True
+        err = ForbiddenWriterError(f"client id {bad} belongs to another peer's session")
+        if raising:
+            raise err
+        self._fail(err)
+        return False
+
+    def _fail(self, error: ProtocolError) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.close_code = int(error.code)
+        self._out.append(self._writer.frame(m.Close(int(error.code), error.reason[:200])))
+        self._set_closed(error)
+
+    def _set_closed(self, error: CrdtSyncError | None) -> None:
+        self.state = State.CLOSED
+        self.error = error
+        self.registry.release(self)
+        for ch in self._docs.values():
+            ch.synced = False
+            ch.unacked_since = None
+        self._events.append(Closed(error))
+
+    def _report_synced(self) -> None:
+        if self.state is not State.OPEN:
+            return
+        dirty, self._dirty = self._dirty, set()
+        for ch in dirty:
+            now_synced = self._synced(ch)
+            if now_synced and not ch.synced:
+                self._events.append(DocSynced(ch.name))
+            ch.synced = now_synced
+
+
+def _unzstd(data: bytes, limit: int) -> bytes:
+    """Decompress one zstd frame that must declare a content size within ``limit``."""
+    try:
+        size = zstandard.get_frame_parameters(data).content_size
+    except zstandard.ZstdError as exc:
+        raise MalformedFrameError(f"corrupt compressed update: {exc}") from None
+    if size in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
+        raise MalformedFrameError("compressed update does not declare its size")
+    if size > limit:
+        # Refused before allocating: a decompression bomb never inflates.
+        raise FrameTooLargeError(f"update would decompress to {size} bytes (limit {limit})")
+    try:
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise MalformedFrameError(f"corrupt compressed update: {exc}") from None
+    if len(out) != size:
+        raise MalformedFrameError("compressed update size does not match its header")
+    return bytes(out)

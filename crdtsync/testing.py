@@ -1,0 +1,303 @@
+"""Acceptance suites for stores and transports, and a virtual-time event loop.
+
+Every :class:`~crdtsync.store.base.Store` and every transport runs the same
+suite, like automerge-repo's adapter tests and ``trio.testing.check_two_way_stream``::
+
+    import asyncio
+    from crdtsync.testing import check_store, check_transport
+
+    asyncio.run(check_store(MyStore.temporary, reopen=MyStore.reopen))
+    asyncio.run(check_transport(lambda: (server_transport, client_transport, "ws://127.0.0.1:0")))
+
+Both are coroutines, so they run inside whatever loop the caller's tests use,
+and each step is bounded by a timeout: a broken adapter fails, it never hangs.
+
+:class:`VirtualTimeLoop` is an asyncio loop whose clock jumps to the next timer
+whenever nothing is ready, so code full of timeouts, backoffs and keepalives
+runs deterministically in milliseconds (used by the sync fault-injection tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from crdtsync.errors import ConnectionClosedError, StoreError, TransportError
+from crdtsync.store.base import Store
+
+__all__ = ["VirtualTimeLoop", "advance", "check_store", "check_transport", "run_virtual"]
+
+_T = TypeVar("_T")
+_STEP = 10.0  # seconds allowed for any single step of a suite
+
+
+class _VirtualSelector(selectors.DefaultSelector):
+    """Polls real file descriptors; sleeps by moving the loop's clock instead."""
+
+    loop: VirtualTimeLoop
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None:
+            # Nothing scheduled: only another thread can wake us; wait for real.
+            return super().select(None)
+        ready = super().select(0)
+        if not ready and timeout > 0:
+            self.loop.virtual_now += timeout
+        return ready
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop on virtual time: ``sleep(60)`` returns at once, 60 s later.
+
+    Timers fire in order and at their exact virtual times, so runs are
+    reproducible. Threads still run in real time (the loop waits for them only
+    when no timer is pending), so keep executors out of virtual-time tests.
+    """
+
+    def __init__(self) -> None:
+        selector = _VirtualSelector()
+        super().__init__(selector)
+        selector.loop = self
+        # Seconds since the loop was made.
+        self.virtual_now = 0.0
+
+    def time(self) -> float:
+        """The virtual clock."""
+        return self.virtual_now
+
+
+async def advance(seconds: float) -> None:
+    """Let ``seconds`` of virtual time pass (timers due meanwhile fire in order).
+
+    Raises:
+        RuntimeError: when not running on a :class:`VirtualTimeLoop` (a test must
+            wait for events, never sleep in real time).
+    """
+    if not isinstance(asyncio.get_running_loop(), VirtualTimeLoop):
+        raise RuntimeError("advance() needs a VirtualTimeLoop (see run_virtual)")
+    await asyncio.sleep(seconds)
+
+
+def run_virtual(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``main`` to completion on a fresh :class:`VirtualTimeLoop`."""
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        return runner.run(main)
+
+
+async def _step(aw: Awaitable[_T], what: str) -> _T:
+    try:
+        return await asyncio.wait_for(aw, _STEP)
+    except TimeoutError:
+        raise AssertionError(f"timed out: {what}") from None
+
+
+# -- stores -----------------------------------------------------------------------------
+
+
+async def check_store(
+    factory: Callable[[], Store], *, reopen: Callable[[Store], Store] | None = None
+) -> None:
+    """Check that a :class:`~crdtsync.store.base.Store` keeps the contract.
+
+    Args:
+        factory: returns a new, empty store.
+        reopen: closes a store and opens it again from where it keeps its data
+            (omit for stores that keep nothing across instances).
+
+    Raises:
+        AssertionError: with what went wrong.
+    """
+    store = factory()
+    try:
+        assert store.load("d") is None, "load of a missing document must be None"
+        assert store.names() == [], "a new store must be empty"
+        store.create("d", b"")
+        doc = store.load("d")
+        assert doc is not None
+        assert doc.epoch == b""
+        assert doc.snapshot is None
+        assert doc.updates == []
+        payloads = [b"", b"\x00\x00", bytes(range(256)), b"x" * (1 << 20)]
+        seqs = [store.append("d", data) for data in payloads]
+        assert seqs == sorted(set(seqs)), f"log numbers must increase: {seqs}"
+        doc = store.load("d")
+        assert doc is not None
+        assert doc.updates == list(zip(seqs, payloads, strict=True)), "log must round-trip"
+
+        # Compaction folds exactly the entries up to `upto`.
+        store.compact("d", b"snap-1", seqs[1])
+        doc = store.load("d")
+        assert doc is not None
+        assert doc.snapshot == b"snap-1"
+        assert doc.updates == list(zip(seqs[2:], payloads[2:], strict=True)), (
+            "compact kept the wrong entries"
+        )
+        later = store.append("d", b"after")
+        assert later > seqs[-1], "log numbers must never be reused after a compaction"
+        store.compact("d", b"snap-2", seqs[1])  # an old upto: only the snapshot changes
+        doc = store.load("d")
+        assert doc is not None
+        assert doc.snapshot == b"snap-2"
+        assert doc.updates[-1] == (later, b"after")
+
+        # Errors on missing documents; idempotent delete.
+        for call in (
+            lambda: store.append("missing", b"x"),
+            lambda: store.compact("missing", b"s", 1),
+        ):
+            try:
+                call()
+            except StoreError:
+                pass
+            else:
+                raise AssertionError("append/compact of a missing document must raise StoreError")
+        store.delete("missing")
+
+        # Names: any text, sorted; create replaces a document (new incarnation).
+        store.create("é/文档 with spaces", b"\x01" * 16)
+        assert store.names() == ["d", "é/文档 with spaces"], store.names()
+        store.create("d", b"epoch-2")
+        doc = store.load("d")
+        assert doc is not None
+        assert doc.epoch == b"epoch-2"
+        assert doc.snapshot is None
+        assert doc.updates == []
+        store.delete("d")
+        assert store.load("d") is None
+        assert store.names() == ["é/文档 with spaces"]
+
+        # Compaction in a worker thread while the loop thread appends: nothing lost.
+        store.create("c", b"")
+        first = [store.append("c", b"%d" % i) for i in range(50)]
+        job = asyncio.ensure_future(asyncio.to_thread(store.compact, "c", b"snap-c", first[-1]))
+        more = []
+        for i in range(50, 200):
+            more.append(store.append("c", b"%d" % i))
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+        await _step(job, "compact in a thread")
+        doc = store.load("c")
+        assert doc is not None
+        assert doc.snapshot == b"snap-c"
+        assert [u for _, u in doc.updates] == [b"%d" % i for i in range(50, 200)], (
+            "concurrent compaction lost updates"
+        )
+
+        if reopen is not None:
+            store = reopen(store)
+            doc = store.load("c")
+            assert doc is not None
+            assert doc.snapshot == b"snap-c", "snapshot lost on reopen"
+            assert len(doc.updates) == 150, "log lost on reopen"
+            assert store.names() == ["c", "é/文档 with spaces"]
+            assert store.append("c", b"z") > more[-1], "log numbers must survive a reopen"
+    finally:
+        store.close()
+    store.close()  # idempotent
+    try:
+        store.load("c")
+    except StoreError:
+        pass
+    else:
+        raise AssertionError("a closed store must raise StoreError")
+
+
+# -- transports ---------------------------------------------------------------------------
+
+
+async def check_transport(factory: Callable[[], tuple[Any, Any, str]]) -> None:
+    """Check that a transport keeps the contract of ``crdtsync.transports.base``.
+
+    Args:
+        factory: returns ``(server transport, client transport, listen address)``;
+            the client connects to the address the listener reports.
+
+    Raises:
+        AssertionError: with what went wrong.
+    """
+    server_t, client_t, address = factory()
+    accepted: asyncio.Queue[Any] = asyncio.Queue()
+    finished: dict[int, asyncio.Event] = {}
+
+    async def handler(conn: Any) -> None:
+        done = asyncio.Event()
+        finished[id(conn)] = done
+        await accepted.put(conn)
+        await done.wait()
+
+    listener = await _step(server_t.listen(address, handler), "listen")
+    try:
+        client = await _step(client_t.connect(listener.address), "connect")
+        server = await _step(accepted.get(), "accept")
+
+        # Bytes arrive complete and in order, both ways, whatever the chunking.
+        chunks = [bytes([i % 256]) * (1 + (i * 7919) % 3000) for i in range(100)] + [
+            b"\x00" * (1 << 20)
+        ]
+        for a, b in ((client, server), (server, client)):
+            for chunk in chunks:
+                await _step(a.send(chunk), "send")
+            want = b"".join(chunks)
+            got = bytearray()
+            while len(got) < len(want):
+                data = await _step(b.recv(), "recv")
+                assert isinstance(data, bytes), "recv must return bytes"
+                assert data, "recv must not return empty bytes"
+                got += data
+            assert bytes(got) == want, "bytes were lost, changed or reordered"
+
+        # A second connection is independent of the first.
+        client2 = await _step(client_t.connect(listener.address), "second connect")
+        server2 = await _step(accepted.get(), "second accept")
+        await _step(client2.send(b"two"), "send on the second connection")
+        await _step(client.send(b"one"), "send on the first connection")
+        assert await _step(server2.recv(), "recv two") == b"two"
+        assert await _step(server.recv(), "recv one") == b"one"
+
+        # Close: what was sent first still arrives, then recv ends; send fails.
+        await _step(client.send(b"last words"), "send before close")
+        await _step(client.close(), "close")
+        await _step(client.close(), "second close")
+        got = bytearray()
+        try:
+            while True:
+                got += await _step(server.recv(), "recv until the end")
+        except ConnectionClosedError:
+            pass
+        assert bytes(got) == b"last words", f"bytes sent before close were lost: {bytes(got)!r}"
+        for conn in (client, server):
+            try:
+                await _step(conn.send(b"x"), "send after close")
+            except ConnectionClosedError:
+                pass
+            else:
+                raise AssertionError("send on a closed connection must raise ConnectionClosedError")
+        await _step(client2.close(), "close the second connection")
+    finally:
+        for ev in finished.values():
+            ev.set()
+        await listener.close()
+    try:
+        await _step(client_t.connect(listener.address), "connect after the listener closed")
+    except TransportError:
+        pass
+    else:
+        raise AssertionError("connect to a closed listener must raise TransportError")
+
+    # A sync session runs over it end to end.
+    await _step(_sync_over(server_t, client_t, address), "two peers sync over the transport")
+
+
+async def _sync_over(server_t: Any, client_t: Any, address: str) -> None:
+    from crdtsync.sync.peer import Peer
+
+    async with Peer(transport=server_t) as server, Peer(transport=client_t) as client:
+        target = await server.listen(address)
+        doc = await client.open("check")
+        doc.text("t").insert(0, "over the wire")
+        await client.connect(target)
+        assert await client.wait_synced("check", timeout=_STEP), "the peers did not sync"
+        remote = await server.open("check")
+        assert str(remote.text("t")) == "over the wire"

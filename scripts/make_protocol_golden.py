@@ -1,0 +1,17 @@
+"""Rewrite tests/golden/protocol/*.bin from the messages in tests/test_sync_golden.py.
+
+Only for a new protocol version: the existing vectors are what deployed peers speak.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import test_sync_golden
+
+if __name__ == "__main__":
+    test_sync_golden.write_vectors()
+    print(f"wrote {len(test_sync_golden.EXPECTED)} vectors to {test_sync_golden.GOLDEN}")
