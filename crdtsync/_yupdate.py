@@ -600,6 +600,33 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
+def json_depth(text: str) -> int:
+    """Deepest bracket nesting of a JSON text, by a linear scan.
+
+    ``json.loads`` recurses, so untrusted JSON is measured with this first.
+    """
+    if "[" not in text and "{" not in text:
+        return 0
+    depth = deepest = 0
+    in_str = escaped = False
+    for ch in text:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def _check_json(text: str, pos: int, limits: UpdateLimits, what: str) -> None:
     """Checks that ``text`` is strict JSON no deeper than ``max_any_depth``.
 
@@ -607,26 +634,8 @@ def _check_json(text: str, pos: int, limits: UpdateLimits, what: str) -> None:
     (recursive) decoder never sees deep input.
     """
     max_depth = limits.max_any_depth
-    if "[" in text or "{" in text:
-        depth = 0
-        in_str = False
-        escaped = False
-        for ch in text:
-            if in_str:
-                if escaped:
-                    escaped = False
-                elif ch == "\\":
-                    escaped = True
-                elif ch == '"':
-                    in_str = False
-            elif ch == '"':
-                in_str = True
-            elif ch in {"[", "{"}:
-                depth += 1
-                if depth >= max_depth:
-                    raise _limit(f"{what} JSON nested deeper than max_any_depth={max_depth}", pos)
-            elif ch in {"]", "}"}:
-                depth -= 1
+    if json_depth(text) >= max_depth:
+        raise _limit(f"{what} JSON nested deeper than max_any_depth={max_depth}", pos)
     try:
         json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:

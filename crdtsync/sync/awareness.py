@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from crdtsync._yupdate import json_depth
 from crdtsync.errors import MalformedFrameError
 
 __all__ = ["Awareness", "AwarenessChange", "decode_awareness", "encode_awareness"]
@@ -55,29 +56,6 @@ def encode_awareness(entries: Iterable[tuple[int, int, Any]]) -> bytes:
         _write_varuint(out, len(raw))
         out += raw
     return bytes(out)
-
-
-def _json_depth_ok(text: str) -> bool:
-    """Whether brackets nest at most ``_MAX_JSON_DEPTH`` deep (json.loads recurses)."""
-    depth = 0
-    in_str = escaped = False
-    for ch in text:
-        if in_str:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
-            depth += 1
-            if depth > _MAX_JSON_DEPTH:
-                return False
-        elif ch in "]}":
-            depth -= 1
-    return True
 
 
 def decode_awareness(data: bytes) -> list[tuple[int, int, Any]]:
@@ -125,7 +103,7 @@ def decode_awareness(data: bytes) -> list[tuple[int, int, Any]]:
             text = bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
             raise MalformedFrameError("awareness state is not UTF-8") from None
-        if not _json_depth_ok(text):
+        if json_depth(text) > _MAX_JSON_DEPTH:
             raise MalformedFrameError("awareness state nested too deeply")
         try:
             state = json.loads(text) if text else None
