@@ -116,7 +116,9 @@ S4  every content lands in a container that can hold it (text contents only in
 S5  with a known receiving state: no clock gap, no Skip, no reference to a
     change that is neither in the document nor in the update
     (:class:`MissingUpdatesError`; pycrdt 0.14.13 integrates past gaps and
-    diverges).
+    diverges);
+S6  an item's left and right origins differ (yrs places such an item
+    depending on arrival order: replicas diverge).
 
 Where an item lands is decided the way yrs decides it (``Item::repair``): an
 explicit parent (the item becomes GC if that parent is deleted or GC'd), else
@@ -1766,8 +1768,24 @@ def validate_update(
         UpdateLimitError: a limit is exceeded.
     """
     parsed = parse_update(data, limits)
+    _check_origins(parsed)
     check_semantics(parsed, limits, known_state=known_state, root_types=root_types, index=index)
     return parsed
+
+
+def _check_origins(parsed: ParsedUpdate) -> None:
+    """S6: refuse items whose left and right origins are the same item.
+
+    No Yjs writer produces one (the right origin is the item that was right of
+    the left one). yrs integrates it at a position that depends on the order in
+    which updates arrive, so replicas diverge (found by fuzzing).
+    """
+    for structs in parsed.clients.values():
+        for s in structs:
+            if s.origin is not None and s.origin == s.right_origin:
+                raise MalformedUpdateError(
+                    f"item {s.client}:{s.clock} has the same left and right origin {s.origin}"
+                )
 
 
 def check_semantics(

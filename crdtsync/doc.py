@@ -49,7 +49,6 @@ from .errors import (
     EngineError,
     InvalidOperationError,
     InvalidUpdateError,
-    MalformedUpdateError,
     RootTypeError,
     UpdateLimitError,
 )
@@ -122,21 +121,6 @@ class ChangeEvent:
     origin: Any
     local: bool
     changes: tuple[Change, ...] = field(default_factory=tuple)
-
-
-def _check_origins(parsed: ParsedUpdate) -> None:
-    """Refuse items whose left and right origins are the same item.
-
-    No Yjs writer produces one (the right origin is the item that was right of
-    the left one). yrs integrates it at a position that depends on the order in
-    which it receives updates, so replicas would diverge (found by fuzzing).
-    """
-    for structs in parsed.clients.values():
-        for s in structs:
-            if s.origin is not None and s.origin == s.right_origin:
-                raise MalformedUpdateError(
-                    f"item {s.client}:{s.clock} has the same left and right origin {s.origin}"
-                )
 
 
 class _Remote:
@@ -535,7 +519,6 @@ class Doc:
         self._sync_index()
         try:
             parsed = validate_update(update, self._limits, index=self._index)
-            _check_origins(parsed)
         except MissingUpdatesError:
             # Out of order: pycrdt 0.14 would integrate past the gap and diverge
             # (see _yupdate), so we hold the update until its predecessors arrive.
@@ -562,7 +545,6 @@ class Doc:
                 update, origin = entry
                 try:
                     parsed = validate_update(update, self._limits, index=self._index)
-                    _check_origins(parsed)
                 except MissingUpdatesError:
                     continue
                 except InvalidUpdateError:
