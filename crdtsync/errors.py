@@ -26,12 +26,17 @@ The tree::
     │   ├── UnexpectedMessageError                 a message not allowed in the current state (5)
     │   ├── VersionMismatchError                   no protocol version in common (6)
     │   ├── AuthError                              the auth hook refused the peer (7)
+    │   │   ├── TokenError                         an access token is missing, forged or malformed
+    │   │   │   └── TokenExpiredError              an access token is past its expiry
+    │   │   └── RoomNotAllowedError                the token does not name this room
     │   ├── UpdateRejectedError                    an update failed validation (8)
     │   ├── ForbiddenWriterError                   an update writes under another's client id (9)
     │   ├── EpochMismatchError                     different incarnations of a document (10)
     │   ├── ProtocolTimeoutError (also TimeoutError)   no handshake, ack or keepalive in time (11)
     │   ├── LimitExceededError                     too many documents, chunks or pending bytes (12)
-    │   └── PeerGoingAwayError                     the peer closed the session normally (13)
+    │   ├── PeerGoingAwayError                     the peer closed the session normally (13)
+    │   ├── ReadOnlyError                          an update over a read-only grant (16)
+    │   └── InvalidRoomError                       a room (document) name the relay refuses (17)
     ├── StoreError                                 a document store failed (I/O, corruption)
     │   └── StoreLockedError                       another process has the store open
     └── TransportError (also OSError)              a connection could not be made or broke
@@ -60,6 +65,7 @@ __all__ = [
     "ForbiddenWriterError",
     "FrameTooLargeError",
     "InvalidOperationError",
+    "InvalidRoomError",
     "InvalidUpdateError",
     "InvalidValueError",
     "LimitExceededError",
@@ -69,9 +75,13 @@ __all__ = [
     "PeerGoingAwayError",
     "ProtocolError",
     "ProtocolTimeoutError",
+    "ReadOnlyError",
+    "RoomNotAllowedError",
     "RootTypeError",
     "StoreError",
     "StoreLockedError",
+    "TokenError",
+    "TokenExpiredError",
     "TransportError",
     "TreeCycleError",
     "UnexpectedMessageError",
@@ -142,6 +152,8 @@ class ErrorCode(IntEnum):
     GOING_AWAY = 13
     DOC_REFUSED = 14
     INTERNAL_ERROR = 15
+    READ_ONLY = 16
+    INVALID_ROOM = 17
 
 
 class ProtocolError(CrdtSyncError):
@@ -256,6 +268,30 @@ class PeerGoingAwayError(ProtocolError):
     code = ErrorCode.GOING_AWAY
 
 
+class TokenError(AuthError):
+    """An access token is missing, malformed, or its signature does not verify."""
+
+
+class TokenExpiredError(TokenError):
+    """An access token is past its expiry time."""
+
+
+class RoomNotAllowedError(AuthError):
+    """A valid token that does not name the room (document) asked for."""
+
+
+class ReadOnlyError(ProtocolError):
+    """An update arrived over a read-only grant; it was not applied."""
+
+    code = ErrorCode.READ_ONLY
+
+
+class InvalidRoomError(ProtocolError, ValueError):
+    """A room (document) name the relay refuses: empty, too long, or with bad characters."""
+
+    code = ErrorCode.INVALID_ROOM
+
+
 _BY_CODE: dict[ErrorCode, type[ProtocolError]] = {
     ErrorCode.NO_ERROR: PeerGoingAwayError,
     ErrorCode.MALFORMED_FRAME: MalformedFrameError,
@@ -271,6 +307,8 @@ _BY_CODE: dict[ErrorCode, type[ProtocolError]] = {
     ErrorCode.LIMIT_EXCEEDED: LimitExceededError,
     ErrorCode.GOING_AWAY: PeerGoingAwayError,
     ErrorCode.DOC_REFUSED: AuthError,
+    ErrorCode.READ_ONLY: ReadOnlyError,
+    ErrorCode.INVALID_ROOM: InvalidRoomError,
 }
 
 

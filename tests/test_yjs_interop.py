@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from nodeenv import ensure_node_modules
 
 from crdtsync import Doc
 
@@ -18,13 +18,7 @@ HERE = Path(__file__).parent / "interop"
 
 @pytest.fixture(scope="module")
 def yjs() -> Path:
-    node = shutil.which("node")
-    npm = shutil.which("npm")
-    assert node, "node is required (CI installs it)"
-    assert npm, "npm is required (CI installs it)"
-    if not (HERE / "node_modules" / "yjs").is_dir():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=300)
-    return HERE / "yjs_peer.mjs"
+    return ensure_node_modules() / "yjs_peer.mjs"
 
 
 def run_yjs(script: Path, updates: list[bytes], edit: bool) -> dict[str, Any]:

@@ -1,0 +1,60 @@
+"""The relay's settings, with their documented defaults.
+
+Every field is also a command-line option of ``crdtsync relay`` (``--max-frame``)
+and an environment variable (``CRDTSYNC_MAX_FRAME``); the command line wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RelayConfig"]
+
+
+@dataclass
+class RelayConfig:
+    """Settings of a :class:`~crdtsync.relay.server.Relay`.
+
+    Attributes:
+        host: interface to listen on.
+        port: TCP port (0: any free port; ``Relay.port`` tells which).
+        data: SQLite file of the rooms (None: in memory, lost at exit).
+        secret: HMAC key of access tokens (None: no authentication).
+        tls_cert: PEM certificate chain; serve ``wss://`` when set with ``tls_key``.
+        tls_key: PEM private key.
+        max_frame: largest WebSocket message accepted (bytes); a larger one closes
+            the connection with 1009.
+        max_update: largest single update (bytes), after reassembly and
+            decompression.
+        max_docs_per_conn: documents one crdtsync connection may open.
+        max_msgs_per_sec: sustained messages per second per connection (token
+            bucket of ``max_msgs_burst``); above it the connection is closed.
+        max_msgs_burst: the bucket size.
+        max_unauth_bytes: bytes a connection may send before it is authenticated.
+        max_send_queue: bytes queued towards one connection; above it the
+            connection is a slow consumer and is closed (it resyncs on reconnect).
+        max_connections: connections in all; more are refused with 1013.
+        handshake_timeout: seconds a connection has to authenticate.
+        idle_unload: seconds a room stays in memory after its last client left.
+        compact_every: fold a room's update log into its snapshot after this many updates.
+        log_level: ``debug``, ``info``, ``warning`` or ``error``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    data: str | None = "relay.db"
+    secret: bytes | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_frame: int = 1 << 20
+    max_update: int = 8 << 20
+    max_docs_per_conn: int = 64
+    max_msgs_per_sec: float = 200.0
+    max_msgs_burst: int = 2000
+    max_unauth_bytes: int = 64 << 10
+    max_send_queue: int = 8 << 20
+    max_connections: int = 20_000
+    handshake_timeout: float = 10.0
+    idle_unload: float = 30.0
+    compact_every: int = 1000
+    log_level: str = "info"
