@@ -36,6 +36,7 @@ import pycrdt
 
 from . import encoding
 from ._yupdate import (
+    STRUCT_SKIP,
     TYPE_ARRAY,
     TYPE_MAP,
     TYPE_TEXT,
@@ -43,6 +44,7 @@ from ._yupdate import (
     MissingUpdatesError,
     ParsedUpdate,
     UpdateLimits,
+    parse_update,
     validate_update,
 )
 from .errors import (
@@ -432,6 +434,32 @@ class Doc:
             raise InvalidOperationError(f"since must be a Version, not {type(since).__name__}")
         return bytes(self._y.get_update(since.to_bytes()))
 
+    def contains(self, update: bytes) -> bool:
+        """Whether this replica already has everything a raw Yjs v1 update carries.
+
+        True for an empty update, and for a catch-up that only repeats known items
+        and deletions: what a read-only client may send without writing anything.
+
+        Raises:
+            InvalidUpdateError: the bytes are not a valid update.
+        """
+        parsed = parse_update(bytes(update), self._limits)
+        version = self.version
+        for client, structs in parsed.clients.items():
+            known = version.get(client) or 0
+            if any(s.end > known for s in structs if s.kind != STRUCT_SKIP):
+                return False
+        if not parsed.delete_set:
+            return True
+        # Our own delete set: what an update since our full version carries.
+        ours = parse_update(self.export_yjs_update(since=version), self._limits).delete_set
+        for client, ranges in parsed.delete_set.items():
+            have = sorted(ours.get(client, ()))
+            for clock, length in ranges:
+                if not _covered(have, clock, clock + length):
+                    return False
+        return True
+
     def save(self) -> bytes:
         """The full history in the compact encoding, for :meth:`load`."""
         return encoding.pack(
@@ -746,3 +774,15 @@ class Doc:
         self._observed = True
         if self._txn_sub is None:
             self._txn_sub = self._y.observe(self._on_transaction)
+
+
+def _covered(ranges: builtins.list[tuple[int, int]], start: int, end: int) -> bool:
+    """Whether sorted ``(clock, length)`` ranges cover ``[start, end)``."""
+    pos = start
+    for clock, length in ranges:
+        if clock > pos:
+            break
+        pos = max(pos, clock + length)
+        if pos >= end:
+            return True
+    return pos >= end

@@ -41,8 +41,10 @@ from crdtsync.errors import (
     EpochMismatchError,
     ErrorCode,
     InvalidUpdateError,
+    LimitExceededError,
     LocalProtocolError,
     ProtocolError,
+    ReadOnlyError,
     StoreError,
     TransportError,
     VersionMismatchError,
@@ -52,7 +54,7 @@ from crdtsync.store.memory import MemoryStore
 from crdtsync.version import Version
 
 from . import protocol as p
-from .awareness import Awareness, AwarenessChange
+from .awareness import Awareness, AwarenessChange, decode_awareness
 
 __all__ = ["Backoff", "Grant", "HelloInfo", "Peer", "Status"]
 
@@ -96,10 +98,18 @@ class Grant:
             relay); if False, its updates may only write under client ids it
             owns (see ``WriterRegistry``).
         docs: documents it may open (None: any).
+        check: called with each document name the peer opens; raises a
+            :class:`ProtocolError` (its code goes to the peer) to refuse it. The
+            relay checks room names and token patterns here.
+        read_only: the peer may read but not write: its updates are refused with
+            :class:`ReadOnlyError` (code READ_ONLY), which closes that document on
+            the session; empty updates (a catch-up with nothing new) are accepted.
     """
 
     relay: bool = False
     docs: frozenset[str] | None = None
+    check: Callable[[str], None] | None = None
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,8 +171,9 @@ class _Link:
 class _Supervisor:
     """An outbound connection kept up by reconnecting."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, auth: Any) -> None:
         self.address = address
+        self.auth = auth
         self.link: _Link | None = None
         self.task: asyncio.Task[None] | None = None
         self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -195,6 +206,11 @@ class Peer:
         options: session limits and timers.
         backoff: reconnect delays.
         compact_every: fold a document's log into a snapshot after this many updates.
+        max_send_queue: bytes that may wait to be sent on one connection (frames
+            the session queued plus the transport's write buffer, if it reports
+            ``buffered_amount``); a peer that reads slower than that is a slow
+            consumer: its connection is aborted and it resyncs when it reconnects,
+            instead of growing our memory. None: no limit.
         seed: seed of the jitter and epoch generator (tests).
     """
 
@@ -210,6 +226,7 @@ class Peer:
         options: p.SessionOptions | None = None,
         backoff: Backoff | None = None,
         compact_every: int = 1000,
+        max_send_queue: int | None = None,
         seed: int | None = None,
     ) -> None:
         # Where documents live; we close it only if we opened it.
@@ -226,6 +243,7 @@ class Peer:
         self._options = options or p.SessionOptions()
         self._backoff = backoff or Backoff()
         self._compact_every = compact_every
+        self._max_send_queue = max_send_queue
         self._rng = random.Random(seed)
         self._registry = p.WriterRegistry()
         self._docs: dict[str, _Entry] = {}
@@ -235,6 +253,10 @@ class Peer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._status_cbs: list[Callable[[Status], None]] = []
         self._presence_cbs: list[Callable[[str, AwarenessChange], None]] = []
+        # Shells beside the sessions (the relay's y-protocols connections): told of
+        # every document opened and every presence update sent on.
+        self._open_cbs: list[Callable[[str, Doc], None]] = []
+        self._presence_sinks: list[Callable[[str, bytes, Any], None]] = []
         self._changed = asyncio.Event()
         self._presence_timer: asyncio.TimerHandle | None = None
         self._started = False
@@ -374,6 +396,8 @@ class Peer:
         entry.last_seq = stored.updates[-1][0] if stored.updates else 0
         entry.unsubscribe = doc.observe_updates(partial(self._on_doc_update, entry))
         self._docs[name] = entry
+        for cb in list(self._open_cbs):
+            cb(name, doc)
         for link in list(self._links):
             if link.session.state is p.State.OPEN and self._shares(name, link):
                 state = link.session.doc_state(name)
@@ -457,10 +481,93 @@ class Peer:
             self._presence_cbs.remove(callback) if callback in self._presence_cbs else None
         )
 
-    def _broadcast_presence(self, name: str, data: bytes, origin: _Link | None) -> None:
+    def _broadcast_presence(self, name: str, data: bytes, origin: Any) -> None:
         for link in list(self._links):
             if link is not origin and link.session.send_awareness(name, data):
                 self._kick(link)
+        for sink in list(self._presence_sinks):
+            sink(name, data, origin)
+
+    def apply_presence(self, name: str, data: bytes, origin: Any) -> AwarenessChange:
+        """Apply an awareness update that arrived outside the sessions, and send it on.
+
+        For shells beside the sessions (the relay's y-protocols connections):
+        ``origin`` is who sent it; it is not sent back there.
+
+        Raises:
+            MalformedFrameError: the bytes are not an awareness update.
+            KeyError: ``name`` is not open.
+        """
+        entry = self._docs[name]
+        change = entry.awareness.apply_entries(decode_awareness(data), now=self._now())
+        if change:
+            self._broadcast_presence(name, data, origin)
+            self._presence_changed(name, change)
+        self._schedule_presence()
+        return change
+
+    def remove_presence(self, name: str, clients: set[int], origin: Any) -> None:
+        """Remove the presence states of ``clients`` (their connection ``origin`` ended)."""
+        entry = self._docs.get(name)
+        if entry is None:
+            return
+        change = entry.awareness.remove(clients, now=self._now())
+        if change:
+            self._broadcast_presence(name, entry.awareness.encode_update(change.removed), origin)
+            self._presence_changed(name, change)
+
+    def on_presence_update(self, callback: Callable[[str, bytes, Any], None]) -> Callable[[], None]:
+        """Call ``callback(doc_name, awareness_update, origin)`` for every presence update sent on.
+
+        ``origin`` is the connection it came from (not to be sent back there), or
+        None for our own and for expiries.
+        """
+        self._presence_sinks.append(callback)
+        return lambda: (
+            self._presence_sinks.remove(callback) if callback in self._presence_sinks else None
+        )
+
+    def on_open(self, callback: Callable[[str, Doc], None]) -> Callable[[], None]:
+        """Call ``callback(name, doc)`` whenever a document is opened (or re-opened)."""
+        self._open_cbs.append(callback)
+        return lambda: self._open_cbs.remove(callback) if callback in self._open_cbs else None
+
+    def users(self, name: str) -> int:
+        """How many live sessions carry document ``name``."""
+        return sum(
+            1
+            for link in self._links
+            if link.session.state is not p.State.CLOSED
+            and link.session.doc_state(name) not in (p.DocState.NONE, p.DocState.CLOSED)
+        )
+
+    async def close_doc(self, name: str, *, compact: bool = False) -> None:
+        """Unload document ``name`` from memory (it stays in the store).
+
+        Sessions carrying it get a DOC_REFUSED for it; a later ``open`` or a
+        peer asking for it loads it again. A pending compaction is finished first.
+
+        Args:
+            name: the document.
+            compact: fold its update log into the snapshot first (a relay does
+                this for idle rooms, so a reload reads one snapshot).
+
+        Raises:
+            StoreError: the compaction failed (the document is unloaded anyway).
+        """
+        entry = self._docs.get(name)
+        if entry is None:
+            return
+        if entry.compacting is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(entry.compacting)
+        try:
+            if compact and entry.log_count and self._docs.get(name) is entry:
+                entry.compacting = asyncio.ensure_future(self._compact(entry))
+                await asyncio.shield(entry.compacting)
+        finally:
+            if self._docs.get(name) is entry:
+                self._forget(entry)
 
     def _presence_changed(self, name: str, change: AwarenessChange) -> None:
         if change:
@@ -547,7 +654,9 @@ class Peer:
 
     # -- connections -------------------------------------------------------------------
 
-    async def connect(self, address: str, *, timeout: float | None = 10.0) -> None:
+    async def connect(
+        self, address: str, *, timeout: float | None = 10.0, token: str | None = None
+    ) -> None:
         """Connect to ``address`` and keep the connection up until ``close``/``disconnect``.
 
         Waits for the first handshake to complete. If it does not within
@@ -555,15 +664,22 @@ class Peer:
         (local-first: being offline is normal). A refused handshake
         (:class:`AuthError`, version mismatch) raises and stops retrying.
 
+        Args:
+            address: where to connect (``ws://host:port`` for a relay).
+            timeout: seconds to wait for the first handshake.
+            token: an access token (``crdtsync token``) sent in the handshake as
+                ``{"token": token}``, instead of the Peer's ``auth``.
+
         Raises:
             TransportError: no transport configured.
+            AuthError: the server refused us (``TokenError``, ``TokenExpiredError``...).
         """
         self._check_open()
         if self._transport is None:
             raise TransportError("this peer has no transport")
         sup = self._supervisors.get(address)
         if sup is None:
-            sup = _Supervisor(address)
+            sup = _Supervisor(address, self._auth if token is None else {"token": token})
             self._supervisors[address] = sup
             sup.task = asyncio.get_running_loop().create_task(self._supervise(sup))
         try:
@@ -626,7 +742,7 @@ class Peer:
                         for n, e in self._docs.items()
                         if self._share is None
                     ],
-                    auth=self._auth,
+                    auth=sup.auth,
                     writers=[self.peer_id],
                     now=self._now(),
                     options=self._options,
@@ -651,6 +767,15 @@ class Peer:
                 return
             await asyncio.sleep(self._backoff.delay(attempt, self._rng))
             attempt += 1
+
+    async def serve(self, conn: Any) -> None:
+        """Run the server side of the sync protocol on an accepted connection.
+
+        For servers that accept connections themselves (the relay); ``listen``
+        does this for every connection its transport accepts. Returns when the
+        session ends.
+        """
+        await self._accept(conn)
 
     async def _accept(self, conn: Any) -> None:
         if self._closed:
@@ -708,6 +833,11 @@ class Peer:
     def _kick(self, link: _Link) -> None:
         """Wake the writer and re-arm the session timer."""
         link.wakeup.set()
+        limit = self._max_send_queue
+        if limit is not None and link.session.state is not p.State.CLOSED:
+            queued = link.session.bytes_to_send + int(getattr(link.conn, "buffered_amount", 0))
+            if queued > limit:
+                self._slow_consumer(link, queued)
         when = link.session.get_timer()
         if when != link.timer_at:
             if link.timer is not None:
@@ -716,6 +846,22 @@ class Peer:
             link.timer_at = when
             if when is not None:
                 link.timer = self._get_loop().call_at(when, self._on_timer, link, when)
+
+    def _slow_consumer(self, link: _Link, queued: int) -> None:
+        """Drop a connection that does not read fast enough (it resyncs on reconnect).
+
+        Its CLOSE frame would wait behind megabytes it is not reading, so the
+        transport is aborted at once when it can be.
+        """
+        err = LimitExceededError(f"slow consumer: {queued} bytes waiting to be sent")
+        self._status(
+            Status("error", link.address, link.session.peer_id, reason=str(err), error=err)
+        )
+        link.session.close(ErrorCode.LIMIT_EXCEEDED, "slow consumer")
+        abort = getattr(link.conn, "abort", None)
+        if abort is not None:
+            abort()
+        self._process(link)
 
     def _on_timer(self, link: _Link, when: float) -> None:
         link.timer = None
@@ -770,6 +916,15 @@ class Peer:
         if isinstance(ev, p.UpdateReceived):
             entry = self._docs.get(ev.name)
             if entry is None:
+                return
+            if (
+                link.grant is not None
+                and link.grant.read_only
+                and not _harmless(entry.doc, ev.update)
+            ):
+                s.refuse_doc(
+                    ev.name, ReadOnlyError(f"read-only access to {ev.name!r}: update refused")
+                )
                 return
             try:
                 entry.doc.import_yjs_update(ev.update, origin=link)
@@ -839,6 +994,12 @@ class Peer:
     def _on_doc_requested(self, link: _Link, ev: p.DocRequested) -> None:
         s = link.session
         grant = link.grant
+        if grant is not None and grant.check is not None:
+            try:
+                grant.check(ev.name)
+            except ProtocolError as exc:
+                s.refuse_doc(ev.name, exc)
+                return
         allowed = grant is None or grant.docs is None or ev.name in grant.docs
         if not allowed or not self._shares(ev.name, link):
             s.refuse_doc(
@@ -911,3 +1072,11 @@ class Peer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _harmless(doc: Doc, update: bytes) -> bool:
+    """Whether an update from a read-only peer writes nothing (a catch-up of known things)."""
+    try:
+        return doc.contains(update)
+    except InvalidUpdateError:
+        return False

@@ -557,6 +557,11 @@ class Session:
         if self.state is not State.CLOSED:
             self._set_closed(ConnectionClosedError("the connection closed without a CLOSE frame"))
 
+    @property
+    def bytes_to_send(self) -> int:
+        """Bytes of the frames queued and not yet taken by ``data_to_send``."""
+        return sum(len(f) for f in self._out)
+
     def data_to_send(self) -> list[bytes]:
         """Frames to write to the transport, in order (each a complete frame)."""
         out, self._out = self._out, []

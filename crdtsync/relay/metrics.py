@@ -1,0 +1,154 @@
+"""A small Prometheus registry: counters, gauges and histograms with labels.
+
+The relay exposes ``/metrics`` in the Prometheus text format (version 0.0.4).
+A dependency-free registry is enough for a dozen series, and keeps the hot path
+to a dict lookup and an addition.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Iterable
+
+__all__ = ["Counter", "Gauge", "Histogram", "Registry"]
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def _fmt_labels(labels: Labels, extra: Labels = ()) -> str:
+    items = labels + extra
+    if not items:
+        return ""
+    return "{" + ",".join(_pair(k, v) for k, v in items) + "}"
+
+
+def _pair(key: str, value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return f'{key}="{escaped}"'
+
+
+def _num(x: float) -> str:
+    if math.isinf(x):
+        return "+Inf" if x > 0 else "-Inf"
+    if x == int(x) and abs(x) < 1e15:
+        return str(int(x))
+    return repr(float(x))
+
+
+class _Metric:
+    kind = ""
+
+    def __init__(self, name: str, doc: str) -> None:
+        self.name = name
+        self.doc = doc
+
+    def header(self) -> list[str]:
+        return [f"# HELP {self.name} {self.doc}", f"# TYPE {self.name} {self.kind}"]
+
+    def _lines(self) -> list[str]:
+        raise NotImplementedError
+
+
+class Counter(_Metric):
+    """A monotonically increasing count, per label set."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, doc: str) -> None:
+        super().__init__(name, doc)
+        self.values: dict[Labels, float] = {}
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        """Add ``amount`` to the series with these labels."""
+        key = tuple(sorted(labels.items()))
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def get(self, **labels: str) -> float:
+        """The current value of one series (0 if never touched)."""
+        return self.values.get(tuple(sorted(labels.items())), 0.0)
+
+    def _lines(self) -> list[str]:
+        return [f"{self.name}{_fmt_labels(k)} {_num(v)}" for k, v in sorted(self.values.items())]
+
+
+class Gauge(_Metric):
+    """A value read when scraped, from a callback returning ``(labels, value)`` pairs."""
+
+    kind = "gauge"
+
+    def __init__(
+        self, name: str, doc: str, read: Callable[[], Iterable[tuple[dict[str, str], float]]]
+    ) -> None:
+        super().__init__(name, doc)
+        self.read = read
+
+    def _lines(self) -> list[str]:
+        return [
+            f"{self.name}{_fmt_labels(tuple(sorted(labels.items())))} {_num(v)}"
+            for labels, v in self.read()
+        ]
+
+
+class Histogram(_Metric):
+    """Observations counted into fixed buckets (no labels)."""
+
+    kind = "histogram"
+
+    def __init__(self, name: str, doc: str, buckets: Iterable[float]) -> None:
+        super().__init__(name, doc)
+        self.bounds = sorted(buckets)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        """Record one observation."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def _lines(self) -> list[str]:
+        out = []
+        running = 0
+        for bound, n in zip([*self.bounds, math.inf], self.counts, strict=True):
+            running += n
+            out.append(f'{self.name}_bucket{{le="{_num(bound)}"}} {running}')
+        out.append(f"{self.name}_sum {_num(self.sum)}")
+        out.append(f"{self.name}_count {self.count}")
+        return out
+
+
+class Registry:
+    """The metrics of one relay, rendered for ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.metrics: list[_Metric] = []
+
+    def counter(self, name: str, doc: str) -> Counter:
+        """Register a counter."""
+        c = Counter(name, doc)
+        self.metrics.append(c)
+        return c
+
+    def gauge(
+        self, name: str, doc: str, read: Callable[[], Iterable[tuple[dict[str, str], float]]]
+    ) -> Gauge:
+        """Register a gauge read by ``read()`` at scrape time."""
+        g = Gauge(name, doc, read)
+        self.metrics.append(g)
+        return g
+
+    def histogram(self, name: str, doc: str, buckets: Iterable[float]) -> Histogram:
+        """Register a histogram."""
+        h = Histogram(name, doc, buckets)
+        self.metrics.append(h)
+        return h
+
+    def render(self) -> str:
+        """The Prometheus text exposition of every metric."""
+        out: list[str] = []
+        for m in self.metrics:
+            out += m.header()
+            out += m._lines()
+        return "\n".join(out) + "\n"
