@@ -531,6 +531,10 @@ class Doc:
         """Updates received ahead of changes they depend on, held until those arrive."""
         return len(self._held)
 
+    def held_updates(self) -> builtins.list[bytes]:
+        """The raw updates held until their predecessors arrive (see :attr:`pending`)."""
+        return [u for u, _ in self._held]
+
     def _sync_index(self) -> None:
         """Bring the validator's index up to date with this document.
 

@@ -339,3 +339,68 @@ async def test_wait_synced_wakes_on_each_ack_in_real_time() -> None:
             assert await a.wait_synced("d", timeout=5)
         assert loop.time() - start < 5, "each keystroke must be acknowledged promptly"
         assert len((await b.open("d")).to_py()["t"]) == 20
+
+
+@pytest.mark.parametrize("compact", [False, True])
+@pytest.mark.anyio
+async def test_held_update_is_stored_before_it_is_acknowledged(
+    tmp_path: Path, compact: bool
+) -> None:
+    # An update that arrives ahead of its predecessor is held by the Doc (no
+    # transaction happens), yet the session acknowledges it: it must be durable.
+    src = Doc()
+    src.text("t").insert(0, "a")
+    first = src.export_yjs_update()
+    v1 = src.version
+    src.text("t").insert(1, "b")
+    second = src.export_yjs_update(since=v1)
+    db = tmp_path / "held.db"
+    async with Peer(store=db) as peer:
+        doc = await peer.open("d")
+        peer.import_update("d", second)
+        assert doc.pending == 1
+        assert str(doc.text("t")) == ""
+        if compact:
+            await peer.close_doc("d", compact=True)
+    async with Peer(store=db) as peer:
+        doc = await peer.open("d")
+        assert doc.pending == 1, "the held update was lost"
+        peer.import_update("d", first)
+        assert doc.pending == 0
+        assert str(doc.text("t")) == "ab"
+    async with Peer(store=db) as peer:
+        assert str((await peer.open("d")).text("t")) == "ab"
+
+
+@pytest.mark.anyio
+async def test_read_only_grant_refuses_writes_but_accepts_known_catch_up() -> None:
+    net = MemoryNetwork()
+    async with (
+        Peer(
+            transport=net.transport("server"),
+            authorize=lambda info: Grant(read_only=info.auth == "reader"),
+        ) as server,
+        Peer(
+            transport=net.transport("reader"), auth="reader", backoff=Backoff(0.01, cap=0.05)
+        ) as reader,
+    ):
+        await server.listen("mem://server")
+        sdoc = await server.open("d")
+        sdoc.text("t").insert(0, "hello")
+        del sdoc.text("t")[0:1]  # a delete set: the reader's catch-up repeats it
+        errors: list[Status] = []
+        reader.on_status(lambda s: errors.append(s) if s.kind == "error" else None)
+        rdoc = await reader.open("d")
+        await reader.connect("mem://server")
+        assert await reader.wait_synced("d", timeout=10)
+        assert str(rdoc.text("t")) == "ello"
+        assert not errors
+        rdoc.text("t").insert(0, "X")
+        for _ in range(500):
+            if errors:
+                break
+            await asyncio.sleep(0.01)
+        assert errors
+        assert errors[0].error is not None
+        assert errors[0].error.code == ErrorCode.READ_ONLY
+        assert str(sdoc.text("t")) == "ello"

@@ -686,7 +686,7 @@ class Relay:
         bad = self.peer._registry.claim(yc, parsed.client_ids())  # type: ignore[arg-type]
         if bad is not None:
             raise ForbiddenWriterError(f"client id {bad} belongs to another connection")
-        doc.import_yjs_update(update, origin=yc)
+        self.peer.import_update(yc.room, update, origin=yc)
 
     def _y_awareness(self, yc: _YConn, data: bytes) -> None:
         entries = decode_awareness(data)

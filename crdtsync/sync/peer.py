@@ -437,13 +437,40 @@ class Peer:
             entry.compacting = self._spawn(self._compact(entry))
         self._notify()
 
+    def import_update(self, name: str, update: bytes, *, origin: Any = None) -> None:
+        """Import a raw Yjs update into open document ``name``, durably.
+
+        For shells beside the sessions (the relay's y-protocols connections): the
+        update is stored before this returns, and sent on to every session but
+        ``origin``, exactly like an update a session received.
+
+        Raises:
+            InvalidUpdateError: the update was refused (nothing changed).
+            StoreError: it could not be stored.
+            KeyError: ``name`` is not open.
+        """
+        self._import(self._docs[name], update, origin)
+
+    def _import(self, entry: _Entry, update: bytes, origin: Any) -> None:
+        held = entry.doc.pending
+        entry.doc.import_yjs_update(update, origin=origin)
+        if entry.doc.pending > held:
+            # Held until its predecessors arrive: no transaction stores it, yet
+            # the caller is about to acknowledge it. The log keeps it (replaying
+            # holds it again) and compaction snapshots keep held updates.
+            entry.last_seq = self._store.append(entry.name, update)
+            entry.log_count += 1
+
     async def _compact(self, entry: _Entry) -> None:
         try:
             # The state and the log position are taken together, synchronously: the
-            # snapshot holds exactly the log up to `upto`.
+            # snapshot holds exactly the log up to `upto` (held updates included).
             update = entry.doc.export_yjs_update()
+            held = entry.doc.held_updates()
             upto, count = entry.last_seq, entry.log_count
-            snapshot = await asyncio.to_thread(encoding.pack, update, compact=True, snapshot=True)
+            snapshot = await asyncio.to_thread(
+                encoding.pack, update, compact=True, snapshot=True, held=held
+            )
             await asyncio.to_thread(self._store.compact, entry.name, snapshot, upto)
             entry.log_count -= count
         finally:
@@ -927,7 +954,7 @@ class Peer:
                 )
                 return
             try:
-                entry.doc.import_yjs_update(ev.update, origin=link)
+                self._import(entry, ev.update, link)
             except InvalidUpdateError as exc:
                 s.reject_update(ev.name, exc)
                 return
