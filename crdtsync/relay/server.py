@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from websockets.asyncio.server import Server, ServerConnection, broadcast
 from websockets.asyncio.server import serve as ws_serve
@@ -75,7 +75,7 @@ from crdtsync.transports.websocket import WebSocketConnection
 from .config import RelayConfig
 from .metrics import Registry
 from .names import room_from_path, validate_room
-from .tokens import TokenClaims, verify_token
+from .tokens import TokenClaims, check_secret, verify_token
 
 __all__ = ["CLOSE_CODES", "Relay", "serve"]
 
@@ -232,6 +232,8 @@ class Relay:
     """
 
     def __init__(self, config: RelayConfig, *, store: Store | None = None) -> None:
+        if config.secret is not None:
+            check_secret(config.secret)  # fail at start, not at every connection
         self.config = config
         self._store_arg = store
         self._peer: Peer | None = None
@@ -433,7 +435,7 @@ class Relay:
     # -- HTTP --------------------------------------------------------------------------
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path
+        path = request.path.partition("?")[0]
         if path == "/healthz":
             return _text(connection, HTTPStatus.OK, "ok\n")
         if path == "/readyz":
@@ -459,13 +461,16 @@ class Relay:
             self._error("too_many_connections")
             await ws.close(1013, "too many connections")
             return
-        parts = urlsplit(ws.request.path if ws.request is not None else "/")
+        # The raw request target, not urlsplit's view of it: urlsplit reads
+        # "//evil/x" as a host and a path, and drops tabs and newlines.
+        target = ws.request.path if ws.request is not None else "/"
+        raw_path, _, raw_query = target.partition("?")
         try:
-            if parts.path in ("", "/"):
+            if raw_path in ("", "/"):
                 await self._serve_sync(ws, address)
             else:
-                query = dict(parse_qsl(parts.query, keep_blank_values=True))
-                await self._serve_y(ws, address, parts.path, query)
+                query = dict(parse_qsl(raw_query, keep_blank_values=True))
+                await self._serve_y(ws, address, target, query)
         except Exception:  # a failing connection never takes the server down
             self._error("internal")
             log.exception("connection failed", extra={"fields": {"remote": address}})

@@ -1,0 +1,483 @@
+"""The ``crdtsync`` command: run a relay, mint access tokens, make a secret.
+
+::
+
+    crdtsync relay --host 127.0.0.1 --port 8765 --data relay.db --secret-file relay.key
+    crdtsync token --secret-file relay.key --room notes --write --ttl 3600
+    crdtsync secret --out relay.key
+    crdtsync --version
+
+Every option of ``crdtsync relay`` is generated from the fields of
+:class:`~crdtsync.relay.config.RelayConfig` (name, type, default and help text), so
+the command line cannot drift from the configuration. Each is also read from an
+environment variable ``CRDTSYNC_<FIELD>`` (``CRDTSYNC_MAX_FRAME``); the command
+line wins over the environment, which wins over the default. Two fields are
+spelled differently because of what they hold:
+
+- ``secret`` is read from a file: ``--secret-file`` / ``CRDTSYNC_SECRET_FILE``
+  (a secret on a command line shows in ``ps``);
+- ``data`` is ``--data PATH`` / ``CRDTSYNC_DATA``, or ``--memory`` /
+  ``CRDTSYNC_MEMORY=1`` for a relay that keeps nothing.
+
+Byte sizes take ``k``, ``M`` and ``G`` suffixes (binary: ``64k`` is 65,536) and
+whole numbers may use underscores (``1_000_000``). A bad value exits with status 2
+and a message naming the option or variable; a relay that cannot start (port in
+use, store locked by another process) exits with status 1 and one line on stderr.
+
+:func:`main` takes ``argv`` and returns the exit status, and :func:`build_config`
+turns arguments and an environment into a :class:`RelayConfig`, so both are
+testable without a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import errno
+import inspect
+import math
+import os
+import re
+import ssl
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from crdtsync.errors import CrdtSyncError, InvalidOperationError, InvalidRoomError
+from crdtsync.relay.config import RelayConfig
+
+__all__ = ["build_config", "main"]
+
+ENV_PREFIX = "CRDTSYNC_"
+
+_BYTE_SIZES = frozenset({"max_frame", "max_update", "max_unauth_bytes", "max_send_queue"})
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_INT = re.compile(r"([0-9](?:_?[0-9])*)([kKmMgG]?)")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+# -- value parsers (argparse ``type=`` functions, also applied to env values) -------
+
+
+def _whole(text: str, *, sizes: bool) -> int:
+    match = _INT.fullmatch(text.strip())
+    if match is None or (match.group(2) and not sizes):
+        hint = " (a byte size such as 65536, 64k, 8M)" if sizes else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number{hint}")
+    return int(match.group(1)) * _SUFFIXES[match.group(2).lower()]
+
+
+def _count(*, sizes: bool = False) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _whole(text, sizes=sizes)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    value = _whole(text, sizes=False)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0 to 65535)")
+    return value
+
+
+def _number(*, zero: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            bound = "at least 0" if zero else "greater than 0"
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number {bound}")
+        return value
+
+    return parse
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file")
+    return text
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in _LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(_LOG_LEVELS)}")
+    return level
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (1/0, true/false, yes/no)")
+
+
+# -- options generated from RelayConfig ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One ``crdtsync relay`` option and the RelayConfig field it sets."""
+
+    field: str  # RelayConfig field name
+    flag: str  # command-line flag
+    env: str  # environment variable
+    parse: Callable[[str], Any]  # text -> value; raises ArgumentTypeError
+    metavar: str
+    help: str
+
+
+def _field_docs() -> dict[str, str]:
+    """Each field's description, from the ``Attributes:`` section of RelayConfig's docstring."""
+    doc = inspect.cleandoc(RelayConfig.__doc__ or "")
+    docs: dict[str, str] = {}
+    current: str | None = None
+    in_attributes = False
+    for line in doc.splitlines():
+        if line.strip() == "Attributes:":
+            in_attributes = True
+            continue
+        if not in_attributes:
+            continue
+        if line and not line.startswith(" "):
+            break  # the next section
+        entry = re.fullmatch(r" {4}(\w+): (.*)", line)
+        if entry:
+            current = entry.group(1)
+            docs[current] = entry.group(2)
+        elif current and line.strip():
+            docs[current] += " " + line.strip()
+    return {name: _plain(text) for name, text in docs.items()}
+
+
+def _plain(text: str) -> str:
+    """Docstring text for a terminal: no reST markup, and '%' escaped for argparse."""
+    text = re.sub(r":\w+:`~?(?:[\w.]+\.)?(\w+)`", r"\1", text)
+    return text.replace("``", "").replace("%", "%%")
+
+
+def _parser_for(field: dataclasses.Field[Any]) -> tuple[Callable[[str], Any], str]:
+    """The value parser and metavar of a RelayConfig field, by name and then by type."""
+    name, kind = field.name, str(field.type)
+    if name == "port":
+        return _port, "PORT"
+    if name == "log_level":
+        return _log_level, "LEVEL"
+    if name == "secret":
+        return _file, "FILE"
+    if name in ("tls_cert", "tls_key"):
+        return _file, "FILE"
+    if name == "idle_unload":
+        return _number(zero=True), "SECONDS"
+    if kind == "int":
+        return _count(sizes=name in _BYTE_SIZES), "BYTES" if name in _BYTE_SIZES else "N"
+    if kind == "float":
+        return _number(zero=False), "RATE" if name.endswith("per_sec") else "SECONDS"
+    if kind in ("str", "str | None"):
+        return _text, "PATH" if kind == "str | None" else "TEXT"
+    # A new RelayConfig field of a type this module does not know: fail at import,
+    # which the CLI tests do, rather than ship an option that parses nothing.
+    raise TypeError(f"no command-line parser for RelayConfig.{name}: {kind}")
+
+
+def _options() -> list[_Option]:
+    docs = _field_docs()
+    options = []
+    for field in dataclasses.fields(RelayConfig):
+        parse, metavar = _parser_for(field)
+        # The secret itself never goes on a command line: it is read from a file.
+        name = "secret_file" if field.name == "secret" else field.name
+        options.append(
+            _Option(
+                field=field.name,
+                flag="--" + name.replace("_", "-"),
+                env=ENV_PREFIX + name.upper(),
+                parse=parse,
+                metavar=metavar,
+                help=docs.get(field.name, ""),
+            )
+        )
+    return options
+
+
+OPTIONS = _options()
+_MEMORY_ENV = ENV_PREFIX + "MEMORY"
+_SECRET_FILE_ENV = ENV_PREFIX + "SECRET_FILE"
+
+
+def _add_relay_options(parser: argparse.ArgumentParser) -> None:
+    defaults = RelayConfig()
+    for option in OPTIONS:
+        default = getattr(defaults, option.field)
+        shown = "none" if default is None else default
+        help_text = f"{option.help} (default: {shown}; env {option.env})".strip()
+        target: Any = parser
+        if option.field == "data":
+            # --data and --memory exclude each other.
+            target = parser.add_mutually_exclusive_group()
+            target.add_argument(
+                "--memory",
+                action="store_true",
+                default=None,
+                help=f"keep rooms in memory only, lost at exit (env {_MEMORY_ENV}=1)",
+            )
+        target.add_argument(
+            option.flag,
+            dest=option.field,
+            type=option.parse,
+            default=None,  # None: not given, fall back to the environment
+            metavar=option.metavar,
+            help=help_text,
+        )
+
+
+def _from_env(
+    parser: argparse.ArgumentParser,
+    environ: Mapping[str, str],
+    env: str,
+    parse: Callable[[str], Any],
+) -> Any:
+    text = environ.get(env)
+    if text is None:
+        return None
+    try:
+        return parse(text)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"environment variable {env}: {exc}")
+
+
+def _config_from_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]
+) -> RelayConfig:
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = getattr(args, option.field)
+        if value is None:
+            value = _from_env(parser, environ, option.env, option.parse)
+        if value is not None:
+            values[option.field] = value
+
+    # data: --data/--memory on the command line beat both variables.
+    memory = args.memory
+    if args.data is None and memory is None:
+        env_memory = bool(_from_env(parser, environ, _MEMORY_ENV, _flag))
+        if env_memory and ENV_PREFIX + "DATA" in environ:
+            parser.error(f"both {ENV_PREFIX}DATA and {_MEMORY_ENV} are set; choose one")
+        memory = env_memory
+    if memory:
+        values["data"] = None
+
+    if "secret" in values:
+        values["secret"] = _read_secret(parser, values["secret"])
+    if ("tls_cert" in values) != ("tls_key" in values):
+        parser.error("--tls-cert and --tls-key go together: give both or neither")
+    return RelayConfig(**values)
+
+
+def _read_secret(parser: argparse.ArgumentParser, path: str) -> bytes:
+    from crdtsync.relay.tokens import load_secret
+
+    try:
+        return load_secret(path)
+    except (OSError, InvalidOperationError) as exc:
+        parser.error(f"secret file: {_one_line(exc)}")
+
+
+def _relay_parser(prog: str = "crdtsync relay") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run the relay: y-protocols and crdtsync peers meet in rooms.",
+    )
+    _add_relay_options(parser)
+    return parser
+
+
+def build_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> RelayConfig:
+    """The relay configuration from ``crdtsync relay`` arguments and the environment.
+
+    Args:
+        argv: the arguments after ``relay``, e.g. ``["--port", "0", "--memory"]``.
+        environ: the environment (``os.environ`` if None); ``CRDTSYNC_<FIELD>``
+            variables fill in what ``argv`` does not give.
+
+    Returns:
+        The configuration, with the secret file already read.
+
+    Raises:
+        SystemExit: with status 2 and a message on stderr, for a bad value.
+    """
+    parser = _relay_parser()
+    args = parser.parse_args(list(argv))
+    return _config_from_args(parser, args, os.environ if environ is None else environ)
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _run_relay(config: RelayConfig) -> int:
+    # Imported here so that `crdtsync token` and `crdtsync secret` work without the
+    # server's dependencies loaded (and start fast).
+    from crdtsync.relay import server
+
+    try:
+        asyncio.run(server.serve(config))
+    except KeyboardInterrupt:
+        # serve() handles SIGINT itself; this is a ^C before it installed its handler.
+        return 130
+    except (CrdtSyncError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno in (
+            errno.EADDRINUSE,
+            errno.EADDRNOTAVAIL,
+            errno.EACCES,
+        ):
+            # asyncio's message repeats the address; the errno's own text is enough.
+            where = f"{config.host}:{config.port}"
+            reason = os.strerror(exc.errno)
+            print(f"crdtsync relay: cannot listen on {where}: {reason}", file=sys.stderr)
+        elif isinstance(exc, ssl.SSLError):
+            # OpenSSL's "[SSL] PEM lib" alone does not say which setting is wrong.
+            detail = _one_line(exc)
+            print(f"crdtsync relay: cannot load --tls-cert/--tls-key: {detail}", file=sys.stderr)
+        else:
+            print(f"crdtsync relay: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _token(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, env: Mapping[str, str]
+) -> int:
+    from crdtsync.relay.tokens import mint_token
+
+    path = args.secret_file
+    if path is None:
+        path = env.get(_SECRET_FILE_ENV)
+    if not path:
+        parser.error(f"--secret-file (or {_SECRET_FILE_ENV}) is required")
+    secret = _read_secret(parser, path)
+    try:
+        token = mint_token(secret, args.room, write=args.write, ttl=args.ttl, subject=args.subject)
+    except (InvalidRoomError, InvalidOperationError) as exc:
+        parser.error(_one_line(exc))
+    print(token)
+    return 0
+
+
+def _secret(args: argparse.Namespace) -> int:
+    from crdtsync.relay.tokens import generate_secret
+
+    secret = generate_secret()
+    if args.out is None:
+        sys.stdout.write(secret.decode("ascii") + "\n")
+        return 0
+    try:
+        # O_EXCL: never replace a secret that tokens in circulation were signed with.
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"crdtsync secret: {args.out} exists; not overwriting it", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"crdtsync secret: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # exactly 0600, whatever the umask
+        f.write(secret + b"\n")
+    return 0
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    from crdtsync import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="crdtsync", description="Local-first documents that sync: relay and tools."
+    )
+    parser.add_argument("--version", action="version", version=f"crdtsync {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    relay = commands.add_parser(
+        "relay",
+        help="run the relay server",
+        description="Run the relay: y-protocols and crdtsync peers meet in rooms.",
+    )
+    _add_relay_options(relay)
+
+    token = commands.add_parser(
+        "token",
+        help="mint an access token (printed on stdout)",
+        description="Mint a signed access token for a room or room pattern.",
+    )
+    token.add_argument(
+        "--secret-file",
+        type=_file,
+        metavar="FILE",
+        help=f"the relay's secret (env {_SECRET_FILE_ENV})",
+    )
+    token.add_argument(
+        "--room",
+        required=True,
+        metavar="PATTERN",
+        help="room name, or pattern where * matches anything (team-a/*, *)",
+    )
+    token.add_argument("--write", action="store_true", help="grant write access (else read-only)")
+    token.add_argument(
+        "--ttl",
+        type=_number(zero=False),
+        default=3600.0,
+        metavar="SECONDS",
+        help="seconds until the token expires (default: 3600)",
+    )
+    token.add_argument("--subject", metavar="TEXT", help="who the token is for, shown in logs")
+
+    secret = commands.add_parser(
+        "secret",
+        help="make a new random secret",
+        description="Write a new random secret (mode 0600; never overwrites), or print it.",
+    )
+    secret.add_argument("--out", metavar="FILE", help="file to create (default: print it)")
+    return parser, {"relay": relay, "token": token, "secret": secret}
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the ``crdtsync`` command.
+
+    Args:
+        argv: the arguments without the program name (``sys.argv[1:]`` if None).
+        environ: the environment (``os.environ`` if None).
+
+    Returns:
+        The exit status: 0 on success, 1 when the relay cannot start or a file
+        cannot be written, 2 for bad arguments (argparse exits with 2 itself).
+    """
+    env = os.environ if environ is None else environ
+    parser, commands = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    if args.command == "relay":
+        return _run_relay(_config_from_args(commands["relay"], args, env))
+    if args.command == "token":
+        return _token(commands["token"], args, env)
+    if args.command == "secret":
+        return _secret(args)
+    parser.print_help(sys.stderr)
+    return 2
