@@ -4,12 +4,16 @@
 * :mod:`crdtsync.sync.protocol`: :class:`Session`, the per-connection state machine;
 * :mod:`crdtsync.sync.awareness`: presence states, y-protocols compatible;
 * :mod:`crdtsync.sync.peer`: :class:`Peer`, the asyncio shell owning documents,
-  a store and connections.
+  a store and connections;
+* :mod:`crdtsync.sync.yprotocol`: the y-protocols messages y-websocket speaks;
+* :mod:`crdtsync.sync.yclient`: :class:`YProvider`, a document kept in sync with
+  a room of any y-websocket server.
 """
 
 from .awareness import Awareness, AwarenessChange
 from .peer import Backoff, Grant, HelloInfo, Peer, Status
 from .protocol import Session, SessionOptions, WriterRegistry
+from .yclient import YProvider
 
 __all__ = [
     "Awareness",
@@ -22,4 +26,5 @@ __all__ = [
     "SessionOptions",
     "Status",
     "WriterRegistry",
+    "YProvider",
 ]

@@ -1,0 +1,591 @@
+"""A y-websocket client: keep a :class:`~crdtsync.doc.Doc` in sync with one room.
+
+:class:`YProvider` speaks plain y-protocols (:mod:`crdtsync.sync.yprotocol`) to
+any y-websocket server: the node ``@y/websocket-server``, pycrdt-websocket, or
+the crdtsync relay's ``/<room>`` endpoint. It behaves like y-websocket's
+``WebsocketProvider``, so Yjs clients in the same room see a Python peer as one
+of their own::
+
+    doc = Doc()
+    async with YProvider(doc, "ws://127.0.0.1:1234", "notes", token=token) as provider:
+        await provider.wait_synced(timeout=10)
+        doc.text("body").insert(0, "hello from Python")     # sent as it happens
+        provider.set_presence({"user": {"name": "py"}})
+
+One connection, message by message::
+
+    provider                                  server
+    sync step 1 (doc.version)         ->
+    awareness (our state, if any)     ->
+                                      <-      sync step 1 (server's state vector)
+    sync step 2 (what it lacks)       ->
+                                      <-      sync step 2 (what we lack)   => synced
+    update (each local transaction)   <->     update (each remote transaction)
+    awareness (on change, every 15 s) <->     awareness (everyone's presence)
+
+The exchange of state vectors at every (re)connection is what makes offline
+edits arrive: nothing is queued while disconnected, the step 2 carries it all.
+
+Robustness: every message is decoded strictly with a size limit, updates are
+imported through :meth:`Doc.import_yjs_update`, which validates them before the
+engine sees them (a refused update leaves the document unchanged), and anything
+the server sends that does not decode or validate is reported through
+``on_status`` as an ``error``, after which the connection is dropped and made
+again with backoff. The provider never raises into the event loop and the
+process never dies on the server's bytes. Only a refusal that retrying cannot
+fix stops it: close codes 4400 to 4499 (y-websocket's convention; 4400 invalid
+room, 4401 bad token, 4403 room not allowed), or a permission-denied message
+before the first sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Literal
+from urllib.parse import quote, urlencode
+
+from crdtsync.doc import Doc
+from crdtsync.errors import (
+    AuthError,
+    CrdtSyncError,
+    EngineError,
+    FrameTooLargeError,
+    InvalidRoomError,
+    InvalidUpdateError,
+    LimitExceededError,
+    LocalProtocolError,
+    RoomNotAllowedError,
+    TokenError,
+    TokenExpiredError,
+    TransportError,
+)
+
+from . import yprotocol as y
+from .awareness import Awareness, AwarenessChange, decode_awareness
+from .peer import Backoff, Status
+
+__all__ = ["YProvider"]
+
+_Kind = Literal["connected", "synced", "disconnected", "error"]
+
+#: Characters kept as they are in the room part of the URL: RFC 3986 path
+#: characters and "/", so a room reaches y-websocket servers (which take the raw
+#: path as the room name) spelled the way y-websocket's own provider sends it.
+_ROOM_SAFE = "/:@!$&'()*+,;=-._~"
+# WebSocket close codes we send when the server's bytes are bad.
+_CLOSE_PROTOCOL_ERROR = 1002
+_CLOSE_TOO_BIG = 1009
+# Close codes that relays send for conditions retrying fixes (crdtsync relay:
+# slow consumer, rate limit), although they sit in the 4400-4499 range.
+_TRANSIENT_4XX = frozenset({4408, 4429})
+
+
+def _refusal(code: int | None, reason: str) -> AuthError | InvalidRoomError | None:
+    """The error for a close code that means "do not come back", else None."""
+    if code is None or not 4400 <= code < 4500 or code in _TRANSIENT_4XX:
+        return None
+    text = f"the server refused the connection ({code}): {reason}".rstrip(": ")
+    if code == 4400:
+        return InvalidRoomError(text, from_peer=True)
+    if code == 4401:
+        if "expired" in reason.lower():
+            return TokenExpiredError(text, from_peer=True)
+        return TokenError(text, from_peer=True)
+    if code == 4403:
+        return RoomNotAllowedError(text, from_peer=True)
+    return AuthError(text, from_peer=True)
+
+
+class _Link:
+    """One live connection: its outbox and writer."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        # Messages waiting for the writer, in order, and their total size.
+        self.outbox: deque[bytes] = deque()
+        self.queued = 0
+        # Set when the outbox has something; set-and-cleared by the writer.
+        self.wakeup = asyncio.Event()
+        # Set whenever the outbox is empty (close() waits on it to flush).
+        self.flushed = asyncio.Event()
+        self.flushed.set()
+        self.writer: asyncio.Task[None] | None = None
+        # Whether the first sync step 2 of this connection was applied.
+        self.synced = False
+        # Set once the connection is being torn down: nothing more is queued.
+        self.ending = False
+
+
+class YProvider:
+    """Keeps ``doc`` in sync with room ``room`` of a y-websocket server.
+
+    Args:
+        doc: the document to sync (edits to it are sent as they happen).
+        url: the server, e.g. ``ws://127.0.0.1:1234`` (``wss://`` for TLS).
+        room: the room (document) name, appended to the URL as its path.
+        token: access token, sent as the ``token`` query parameter.
+        params: more query parameters (like y-websocket's ``params``).
+        awareness: the presence states to share (default: a new
+            :class:`Awareness` under ``doc.peer_id``, which is the document's Yjs
+            client id, as y-websocket does). Its times are the event loop's clock.
+        backoff: reconnect delays.
+        transport: what connects (default: ``WebSocketTransport()`` with a
+            message limit matching ``max_payload``).
+        max_payload: largest update or awareness payload accepted from the
+            server; a larger message is a protocol error (the connection is
+            dropped and made again).
+        max_pending: bytes of outgoing messages allowed to queue up behind
+            each other for a slow server; past it the connection is dropped and
+            the reconnection's state-vector exchange sends the difference instead.
+        seed: seed of the backoff jitter (tests).
+    """
+
+    def __init__(
+        self,
+        doc: Doc,
+        url: str,
+        room: str,
+        *,
+        token: str | None = None,
+        params: dict[str, str] | None = None,
+        awareness: Awareness | None = None,
+        backoff: Backoff | None = None,
+        transport: Any = None,
+        max_payload: int = 16 << 20,
+        max_pending: int = 32 << 20,
+        seed: int | None = None,
+    ) -> None:
+        # The synced document.
+        self.doc = doc
+        # The room name, as given.
+        self.room = room
+        query = dict(params or {})
+        if token is not None:
+            query["token"] = token
+        base = f"{url.rstrip('/')}/{quote(room, safe=_ROOM_SAFE)}"
+        # What status events call the server: the room URL without the query (tokens).
+        self.address = base
+        # The URL connected to, query included (like WebsocketProvider.url).
+        self.url = base + (f"?{urlencode(query, quote_via=quote)}" if query else "")
+        if transport is None:
+            from crdtsync.transports.websocket import WebSocketTransport
+
+            # Room for the message header around a maximal payload.
+            transport = WebSocketTransport(max_message=max_payload + 64)
+        self._transport = transport
+        self._awareness = awareness if awareness is not None else Awareness(doc.peer_id)
+        self._backoff = backoff or Backoff()
+        self._max_payload = max_payload
+        self._max_pending = max_pending
+        self._rng = random.Random(seed)
+        # The current connection, while there is one.
+        self._link: _Link | None = None
+        # The error that made us stop reconnecting (a refusal), if any.
+        self._error: CrdtSyncError | None = None
+        self._status_cbs: list[Callable[[Status], None]] = []
+        self._presence_cbs: list[Callable[[AwarenessChange], None]] = []
+        # Replaced on every state change; waiters wait on the current one.
+        self._changed = asyncio.Event()
+        # Set by close(): ends the backoff sleep at once.
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # Fire-and-forget closes, referenced until done.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unsubscribe: Callable[[], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> YProvider:
+        """Start connecting (in the background; see :meth:`wait_synced`). Idempotent."""
+        if self._closed:
+            raise LocalProtocolError("the provider is closed")
+        if not self._started:
+            self._started = True
+            self._loop = asyncio.get_running_loop()
+            self._unsubscribe = self.doc.observe_updates(self._on_doc_update)
+            self._task = self._loop.create_task(self._run())
+            self._schedule_presence()
+        return self
+
+    async def __aenter__(self) -> YProvider:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Tell the room we left, close the connection and stop. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        link = self._link
+        if link is not None and self._awareness.local_state is not None:
+            # Like y-websocket's destroy(): others drop our cursor now, not in 30 s.
+            data = self._awareness.set_local_state(None, now=self._now())
+            self._queue(link, y.encode_awareness(data))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(link.flushed.wait(), 1.0)
+        if link is not None:
+            with contextlib.suppress(TransportError):
+                await asyncio.wait_for(link.conn.close(), 5.0)
+        if self._task is not None:
+            try:
+                # The loop ends by itself: close() woke the backoff sleep and the
+                # connect, and closed the connection. The bound is a safety net.
+                await asyncio.wait_for(asyncio.shield(self._task), 10.0)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._notify()
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        """Whether we are connected and the server's first sync step 2 was applied."""
+        link = self._link
+        return link is not None and link.synced and not link.ending
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open."""
+        return self._link is not None and not self._link.ending
+
+    @property
+    def error(self) -> CrdtSyncError | None:
+        """The refusal that stopped the provider from reconnecting, if any."""
+        return self._error
+
+    @property
+    def awareness(self) -> Awareness:
+        """The presence states of the room, ours under ``doc.peer_id``."""
+        return self._awareness
+
+    async def wait_synced(self, timeout: float | None = None) -> bool:
+        """Wait until :attr:`synced`.
+
+        Returns:
+            True once synced; False after ``timeout`` seconds, or at once when
+            the provider is closed or was refused (see :attr:`error`).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self.synced:
+            if self._closed or self._error is not None:
+                return False
+            changed = self._changed
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return self.synced
+        return True
+
+    def on_status(self, callback: Callable[[Status], None]) -> Callable[[], None]:
+        """Call ``callback(status)`` on connected / synced / disconnected / error.
+
+        ``status.address`` is the room URL (without its query) and ``status.doc``
+        the room name.
+
+        Returns:
+            A function that unsubscribes.
+        """
+        self._status_cbs.append(callback)
+        return lambda: self._status_cbs.remove(callback) if callback in self._status_cbs else None
+
+    def on_presence(self, callback: Callable[[AwarenessChange], None]) -> Callable[[], None]:
+        """Call ``callback(change)`` when remote presence states change.
+
+        Returns:
+            A function that unsubscribes.
+        """
+        self._presence_cbs.append(callback)
+        return lambda: (
+            self._presence_cbs.remove(callback) if callback in self._presence_cbs else None
+        )
+
+    def set_presence(self, state: Any) -> None:
+        """Publish our presence state (JSON-compatible; None: we left)."""
+        data = self._awareness.set_local_state(state, now=self._now())
+        link = self._link
+        if link is not None:
+            self._queue(link, y.encode_awareness(data))
+        self._schedule_presence()
+
+    # -- the connection loop -----------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closed and self._error is None:
+            try:
+                conn = await self._connect()
+            except Exception as exc:  # any transport's failure: retry, never die
+                err = exc if isinstance(exc, TransportError) else TransportError(str(exc))
+                self._report("disconnected", str(err), err)
+            else:
+                if conn is None:
+                    break
+                if await self._serve(conn):
+                    attempt = 0  # a connection that synced did useful work
+            if self._closed or self._error is not None:
+                break
+            delay = self._backoff.delay(attempt, self._rng)
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+        self._notify()
+
+    async def _connect(self) -> Any:
+        """Connect, unless close() comes first (then None)."""
+        connecting = asyncio.ensure_future(self._transport.connect(self.url))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((connecting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not connecting.done():
+                connecting.cancel()
+        if connecting.cancelled():
+            return None
+        conn = connecting.result()
+        if self._closed:
+            with contextlib.suppress(Exception):
+                await conn.close()
+            return None
+        return conn
+
+    async def _serve(self, conn: Any) -> bool:
+        """Run one connection to its end. Returns whether it synced."""
+        link = _Link(conn)
+        self._link = link
+        link.writer = asyncio.get_running_loop().create_task(self._write_loop(link))
+        self._queue(link, y.encode_sync_step1(self.doc.version))
+        if self._awareness.local_state is not None:
+            self._queue(link, y.encode_awareness(self._awareness.encode_update([self.doc.peer_id])))
+        self._report("connected", "")
+        self._notify()
+        failure: CrdtSyncError | None = None
+        try:
+            while not link.ending:
+                try:
+                    data = await conn.recv()
+                except Exception:  # TransportError, or whatever another transport raises
+                    break
+                failure = self._receive(link, data)
+                if failure is not None:
+                    await self._close_conn(conn, failure)
+                    break
+                # else: link.ending may have been set (a refusal): the loop ends
+        finally:
+            link.ending = True
+            link.wakeup.set()
+            if link.writer is not None:
+                link.writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await link.writer
+            with contextlib.suppress(Exception):
+                await conn.close()
+            self._link = None
+            self._drop_remote_presence()
+        code = getattr(conn, "close_code", None)
+        reason = str(getattr(conn, "close_reason", "") or "")
+        refusal = _refusal(code, reason)
+        if refusal is not None and not self._closed:
+            self._error = refusal
+            self._report("error", str(refusal), refusal)
+        why = "closed" if code is None else f"closed ({code}{' ' + reason if reason else ''})"
+        if failure is not None:
+            why = str(failure)
+        self._report("disconnected", why, failure or refusal)
+        self._notify()
+        return link.synced
+
+    async def _close_conn(self, conn: Any, failure: CrdtSyncError) -> None:
+        code = _CLOSE_TOO_BIG if isinstance(failure, FrameTooLargeError) else _CLOSE_PROTOCOL_ERROR
+        close_with = getattr(conn, "close_with", None)
+        with contextlib.suppress(Exception):
+            if close_with is not None:
+                await close_with(code, type(failure).__name__)
+            else:
+                await conn.close()
+
+    async def _write_loop(self, link: _Link) -> None:
+        """The only writer of a connection: messages go out in the order queued."""
+        try:
+            while not link.ending:
+                await link.wakeup.wait()
+                link.wakeup.clear()
+                while link.outbox:
+                    data = link.outbox.popleft()
+                    link.queued -= len(data)
+                    await link.conn.send(data)
+                link.flushed.set()
+        except Exception:  # TransportError, or whatever another transport raises
+            # recv() ends too once the connection is gone; make sure it is.
+            abort = getattr(link.conn, "abort", None)
+            if abort is not None:
+                abort()
+            else:
+                with contextlib.suppress(Exception):
+                    await link.conn.close()
+
+    def _queue(self, link: _Link, data: bytes) -> None:
+        if link.ending:
+            return
+        # The limit is on the backlog ahead of this message, so that one message
+        # alone (a step 2 may carry a whole large document) always goes out.
+        if link.queued > self._max_pending:
+            # The server reads slower than we write: drop the backlog and the
+            # connection; the next connection's state vectors resend what matters.
+            link.ending = True
+            link.outbox.clear()
+            link.queued = 0
+            err = LimitExceededError(f"over {self._max_pending} bytes waiting to be sent")
+            self._report("error", str(err), err)
+            abort = getattr(link.conn, "abort", None)
+            if abort is not None:
+                abort()
+            else:
+                task = self._get_loop().create_task(link.conn.close())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            return
+        link.outbox.append(data)
+        link.queued += len(data)
+        link.flushed.clear()
+        link.wakeup.set()
+
+    # -- messages ----------------------------------------------------------------------
+
+    def _receive(self, link: _Link, data: bytes) -> CrdtSyncError | None:
+        """Handle one message; returns the error that ends the connection, if any."""
+        try:
+            msg = y.decode(data, max_payload=self._max_payload)
+            self._handle(link, msg)
+        except CrdtSyncError as exc:
+            err: CrdtSyncError = exc
+        except Exception as exc:  # a bug of ours must not kill the provider either
+            err = EngineError(f"failed to handle a message from the server: {exc!r}")
+        else:
+            return None
+        if isinstance(err, InvalidUpdateError):
+            reason = f"the server sent an update that was refused: {err}"
+        else:
+            reason = f"the server sent a bad message: {err}"
+        self._report("error", reason, err)
+        return err
+
+    def _handle(self, link: _Link, msg: y.YMessage) -> None:
+        if isinstance(msg, y.SyncStep1):
+            self._queue(link, y.encode_sync_step2(self.doc.export_yjs_update(since=msg.version)))
+        elif isinstance(msg, y.SyncStep2 | y.SyncUpdate):
+            self.doc.import_yjs_update(msg.update, origin=self)
+            if isinstance(msg, y.SyncStep2) and not link.synced:
+                link.synced = True
+                self._report("synced", "")
+                self._notify()
+        elif isinstance(msg, y.AwarenessMessage):
+            self._on_awareness(link, msg.data)
+        elif isinstance(msg, y.QueryAwareness):
+            self._queue(link, y.encode_awareness(self._awareness.full_update()))
+        elif isinstance(msg, y.AuthDenied):
+            err = AuthError(f"permission denied: {msg.reason}", from_peer=True)
+            self._report("error", str(err), err)
+            if not link.synced:
+                # Refused before we got anything: access itself was denied, and
+                # coming back cannot change that. After a sync it is a refused
+                # write (a read-only grant): we stay and keep receiving.
+                self._error = err
+                link.ending = True
+
+    def _on_awareness(self, link: _Link, data: bytes) -> None:
+        entries = decode_awareness(data)
+        me = self.doc.peer_id
+        change = self._awareness.apply_entries(entries, now=self._now())
+        if any(c == me and s is None for c, _, s in entries) and (
+            self._awareness.local_state is not None
+        ):
+            # Someone announced us gone while we are here: the awareness outbid
+            # the removal with a newer clock; tell the room (y-protocols does).
+            self._queue(link, y.encode_awareness(self._awareness.encode_update([me])))
+        self._presence_changed(change)
+        self._schedule_presence()
+
+    def _drop_remote_presence(self) -> None:
+        """The connection ended: everyone we knew of through it is gone (as in y-websocket)."""
+        others = [c for c in self._awareness.states if c != self._awareness.client_id]
+        self._presence_changed(self._awareness.remove(others, now=self._now()))
+
+    def _presence_changed(self, change: AwarenessChange) -> None:
+        if change:
+            for cb in list(self._presence_cbs):
+                cb(change)
+
+    def _schedule_presence(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        when = self._awareness.get_timer()
+        if when is not None and self._started and not self._closed:
+            self._timer = self._get_loop().call_at(when, self._presence_tick, when)
+
+    def _presence_tick(self, when: float) -> None:
+        self._timer = None
+        # asyncio may fire a timer slightly early: the deadline counts as reached.
+        renew, change = self._awareness.handle_timer(max(self._now(), when))
+        link = self._link
+        if renew is not None and link is not None:
+            self._queue(link, y.encode_awareness(renew))
+        self._presence_changed(change)
+        self._schedule_presence()
+
+    # -- document updates --------------------------------------------------------------
+
+    def _on_doc_update(self, update: bytes, origin: Any, local: bool) -> None:
+        if origin is self:
+            return  # it came from the server
+        link = self._link
+        if link is not None:
+            self._queue(link, y.encode_update(update))
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _report(self, kind: _Kind, reason: str, error: CrdtSyncError | None = None) -> None:
+        self._status(Status(kind, self.address, doc=self.room, reason=reason, error=error))
+
+    def _status(self, status: Status) -> None:
+        for cb in list(self._status_cbs):
+            cb(status)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _now(self) -> float:
+        return self._get_loop().time()
+
+    def __repr__(self) -> str:
+        state = "synced" if self.synced else "connected" if self.connected else "offline"
+        return f"<YProvider {self.address} {state}>"
