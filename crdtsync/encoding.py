@@ -21,8 +21,9 @@ release does not know changes how the payload must be read, so it is refused lik
 an unknown version: :class:`~crdtsync.errors.UnsupportedVersionError`.
 
 Everything here treats its input as hostile: sizes are checked before anything is
-buffered or decompressed, the CBOR structure is walked without recursion before
-cbor2 sees it, and every failure is one of our :class:`InvalidUpdateError`\\ s.
+buffered or decompressed, the CBOR is decoded without recursion by the same
+bounded decoder as sync frames (``crdtsync._cbor``; cbor2 only writes), and every
+failure is one of our :class:`InvalidUpdateError`\\ s.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 import cbor2
 import zstandard
 
+from ._cbor import decode_cbor
 from ._columnar import compact_decode, compact_encode
 from ._yupdate import UpdateLimits
 from .errors import MalformedUpdateError, UnsupportedVersionError, UpdateLimitError
@@ -141,11 +143,9 @@ def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
         raise UpdateLimitError(
             f"update of {len(data)} bytes exceeds the limit of {limits.max_update_bytes}"
         )
-    _check_cbor(data)
-    try:
-        obj = cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises several types; all mean "not CBOR"
-        raise MalformedUpdateError(f"not a crdtsync envelope: {exc}") from exc
+    obj = decode_cbor(
+        data, error=MalformedUpdateError, max_items=_MAX_CBOR_ITEMS, max_depth=_MAX_CBOR_DEPTH
+    )
     if not isinstance(obj, dict) or obj.get(0) != MAGIC:
         raise MalformedUpdateError("not a crdtsync envelope (missing magic)")
     version, flags, payload = obj.get(1), obj.get(2), obj.get(3)
@@ -172,8 +172,8 @@ def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
         update = _unzstd(payload, limits.max_update_bytes)
     else:
         update = payload
-    held = obj.get(4, [])
-    if type(held) is not list or not all(type(h) is bytes for h in held):
+    held = obj.get(4, ())
+    if type(held) is not tuple or not all(type(h) is bytes for h in held):
         raise MalformedUpdateError("envelope field 4 (held updates) must be a list of bytes")
     if sum(len(h) for h in held) > limits.max_update_bytes:
         raise UpdateLimitError("held updates exceed the update size limit")
@@ -198,66 +198,3 @@ def _unzstd(payload: bytes, limit: int) -> bytes:
     if len(out) != size:
         raise MalformedUpdateError("compressed payload size does not match its header")
     return out
-
-
-def _check_cbor(data: bytes) -> None:
-    """Walk one CBOR item iteratively: well-formed, shallow, bounded, no trailing bytes.
-
-    cbor2 decodes recursively and trusts declared lengths more than we would;
-    this pass makes sure what it is given is small and shallow.
-    """
-    n = len(data)
-    pos = 0
-    # Stack of remaining item counts per open container (-1: indefinite length).
-    stack: list[int] = [1]
-    items = 0
-    while stack:
-        if stack[-1] == 0:
-            stack.pop()
-            continue
-        if pos >= n:
-            raise MalformedUpdateError(f"truncated envelope at byte {pos}")
-        ib = data[pos]
-        pos += 1
-        if ib == 0xFF:
-            if stack[-1] != -1:
-                raise MalformedUpdateError(f"unexpected break at byte {pos - 1}")
-            stack.pop()
-            continue
-        if stack[-1] > 0:
-            stack[-1] -= 1
-        items += 1
-        if items > _MAX_CBOR_ITEMS:
-            raise MalformedUpdateError("envelope has too many CBOR items")
-        major, info = ib >> 5, ib & 0x1F
-        if info < 24:
-            arg = info
-        elif info <= 27:
-            width = 1 << (info - 24)
-            if pos + width > n:
-                raise MalformedUpdateError(f"truncated envelope at byte {pos}")
-            arg = int.from_bytes(data[pos : pos + width], "big")
-            pos += width
-        elif info == 31 and major in (2, 3, 4, 5):
-            arg = -1
-        else:
-            raise MalformedUpdateError(f"invalid CBOR header {ib:#x} at byte {pos - 1}")
-        if major in (0, 1, 7):
-            continue
-        if major in (2, 3):
-            if arg == -1:
-                raise MalformedUpdateError("indefinite-length strings are not used in envelopes")
-            if pos + arg > n:
-                raise MalformedUpdateError(f"string of {arg} bytes overruns the envelope")
-            pos += arg
-            continue
-        if major == 6:  # a tag: its content is the next item
-            stack.append(1)
-        else:
-            if arg != -1 and arg > _MAX_CBOR_ITEMS:
-                raise MalformedUpdateError("envelope container too large")
-            stack.append(-1 if arg == -1 else (arg if major == 4 else 2 * arg))
-        if len(stack) > _MAX_CBOR_DEPTH:
-            raise MalformedUpdateError("envelope nested too deeply")
-    if pos != n:
-        raise MalformedUpdateError(f"{n - pos} trailing bytes after the envelope")
