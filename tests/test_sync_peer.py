@@ -404,3 +404,16 @@ async def test_read_only_grant_refuses_writes_but_accepts_known_catch_up() -> No
         assert errors[0].error is not None
         assert errors[0].error.code == ErrorCode.READ_ONLY
         assert str(sdoc.text("t")) == "ello"
+
+
+@pytest.mark.anyio
+async def test_close_during_a_compaction_finishes_it(tmp_path: Path) -> None:
+    # Regression: close() cancelled the running compaction and then awaited it,
+    # so CancelledError escaped from close().
+    db = tmp_path / "c.db"
+    async with Peer(store=db, compact_every=50) as peer:
+        doc = await peer.open("d")
+        for i in range(60):
+            doc.map("m")[str(i)] = i
+    async with Peer(store=db) as peer:
+        assert len((await peer.open("d")).map("m")) == 60

@@ -302,19 +302,22 @@ class Peer:
             changed = self._changed
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), deadline - loop.time())
+        # Compactions finish (their thread would run on anyway, and the store must
+        # not close under it); everything else is cancelled.
+        compactions = {e.compacting for e in self._docs.values() if e.compacting is not None}
+        for task in compactions:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for sup in self._supervisors.values():
             if sup.task is not None:
                 sup.task.cancel()
         for task in list(self._tasks):
-            if not task.done():
+            if not task.done() and task not in compactions:
                 task.cancel()
         for task in list(self._tasks) + [s.task for s in self._supervisors.values() if s.task]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for entry in self._docs.values():
-            if entry.compacting is not None:
-                with contextlib.suppress(Exception):
-                    await entry.compacting
             entry.unsubscribe()
         if self._presence_timer is not None:
             self._presence_timer.cancel()
