@@ -211,6 +211,9 @@ class Peer:
             ``buffered_amount``); a peer that reads slower than that is a slow
             consumer: its connection is aborted and it resyncs when it reconnects,
             instead of growing our memory. None: no limit.
+        announce: offer every open document to every connected peer (a mesh of
+            replicas). False: only answer the documents a peer asks for, so a
+            server never tells a client which other documents exist (the relay).
         seed: seed of the jitter and epoch generator (tests).
     """
 
@@ -227,6 +230,7 @@ class Peer:
         backoff: Backoff | None = None,
         compact_every: int = 1000,
         max_send_queue: int | None = None,
+        announce: bool = True,
         seed: int | None = None,
     ) -> None:
         # Where documents live; we close it only if we opened it.
@@ -244,6 +248,7 @@ class Peer:
         self._backoff = backoff or Backoff()
         self._compact_every = compact_every
         self._max_send_queue = max_send_queue
+        self._announce = announce
         self._rng = random.Random(seed)
         self._registry = p.WriterRegistry()
         self._docs: dict[str, _Entry] = {}
@@ -300,8 +305,11 @@ class Peer:
         deadline = loop.time() + 5.0
         while self._links and loop.time() < deadline:
             changed = self._changed
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that races with the wait finishing (CPython gh-86296).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), deadline - loop.time())
+                async with asyncio.timeout(deadline - loop.time()):
+                    await changed.wait()
         # Compactions finish (their thread would run on anyway, and the store must
         # not close under it); everything else is cancelled.
         compactions = {e.compacting for e in self._docs.values() if e.compacting is not None}
@@ -402,7 +410,11 @@ class Peer:
         for cb in list(self._open_cbs):
             cb(name, doc)
         for link in list(self._links):
-            if link.session.state is p.State.OPEN and self._shares(name, link):
+            if (
+                link.session.state is p.State.OPEN
+                and (self._announce or link.session.doc_state(name) is p.DocState.REMOTE)
+                and self._shares(name, link)
+            ):
                 state = link.session.doc_state(name)
                 if state in (p.DocState.NONE, p.DocState.CLOSED, p.DocState.REMOTE):
                     link.session.open_doc(name, entry.epoch, doc.version)
@@ -571,7 +583,9 @@ class Peer:
             and link.session.doc_state(name) not in (p.DocState.NONE, p.DocState.CLOSED)
         )
 
-    async def close_doc(self, name: str, *, compact: bool = False) -> None:
+    async def close_doc(
+        self, name: str, *, compact: bool = False, keep: Callable[[], bool] | None = None
+    ) -> bool:
         """Unload document ``name`` from memory (it stays in the store).
 
         Sessions carrying it get a DOC_REFUSED for it; a later ``open`` or a
@@ -581,13 +595,20 @@ class Peer:
             name: the document.
             compact: fold its update log into the snapshot first (a relay does
                 this for idle rooms, so a reload reads one snapshot).
+            keep: asked after the compaction, just before unloading: True keeps
+                the document loaded (someone started using it meanwhile, e.g. a
+                peer that asked for it while the compaction ran).
+
+        Returns:
+            Whether the document was unloaded (False: ``keep`` kept it).
 
         Raises:
-            StoreError: the compaction failed (the document is unloaded anyway).
+            StoreError: the compaction failed (the document is unloaded anyway,
+                unless ``keep`` keeps it).
         """
         entry = self._docs.get(name)
         if entry is None:
-            return
+            return True
         if entry.compacting is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(entry.compacting)
@@ -596,8 +617,11 @@ class Peer:
                 entry.compacting = asyncio.ensure_future(self._compact(entry))
                 await asyncio.shield(entry.compacting)
         finally:
-            if self._docs.get(name) is entry:
+            # No await between the check and _forget: nobody can join in between.
+            kept = self._docs.get(name) is entry and keep is not None and keep()
+            if self._docs.get(name) is entry and not kept:
                 self._forget(entry)
+        return not kept
 
     def _presence_changed(self, name: str, change: AwarenessChange) -> None:
         if change:
@@ -677,7 +701,8 @@ class Peer:
             if remaining is not None and remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(changed.wait(), remaining)
+                async with asyncio.timeout(remaining):  # not wait_for: see close()
+                    await changed.wait()
             except TimeoutError:
                 return self.is_synced(name)
         return True
@@ -943,6 +968,12 @@ class Peer:
 
     def _handle(self, link: _Link, ev: p.Event) -> None:
         s = link.session
+        if s.state is p.State.CLOSED and isinstance(
+            ev, p.HelloReceived | p.DocRequested | p.CatchUpNeeded
+        ):
+            # The session failed after queueing these (a limit hit later in the
+            # same batch): there is nobody left to answer.
+            return
         if isinstance(ev, p.UpdateReceived):
             entry = self._docs.get(ev.name)
             if entry is None:
@@ -978,7 +1009,11 @@ class Peer:
             link.opened = True
             self._status(Status("connected", link.address, ev.peer_id))
             for name, entry in list(self._docs.items()):
-                if s.doc_state(name) is p.DocState.NONE and self._shares(name, link):
+                if (
+                    self._announce
+                    and s.doc_state(name) is p.DocState.NONE
+                    and self._shares(name, link)
+                ):
                     s.open_doc(name, entry.epoch, entry.doc.version)
             for sup in self._supervisors.values():
                 if sup.link is link and not sup.first.done():
