@@ -112,12 +112,20 @@ class Welcome:
 
 @dataclass(frozen=True, slots=True)
 class Sync:
-    """Open a document on the sender's channel ``chan``: its epoch and version."""
+    """Open a document on the sender's channel ``chan``: its epoch and version.
+
+    ``answers`` is the receiver's channel this SYNC answers (None: an offer).
+    Without it a late answer to an offer the receiver has already closed looks
+    like a new offer, and the two sides pair different channels (the receiver
+    would then count acknowledgements meant for one channel on another).
+    Optional on the wire: a peer that does not send it is treated as before.
+    """
 
     chan: int
     name: str
     epoch: bytes
     version: bytes
+    answers: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +329,8 @@ def _fields(msg: Message) -> list[Any]:
     if isinstance(msg, Welcome):
         return [MsgType.WELCOME, msg.version, msg.peer_id, list(msg.writers), msg.max_frame]
     if isinstance(msg, Sync):
-        return [MsgType.SYNC, msg.chan, msg.name, msg.epoch, msg.version]
+        fields = [MsgType.SYNC, msg.chan, msg.name, msg.epoch, msg.version]
+        return fields if msg.answers is None else [*fields, msg.answers]
     if isinstance(msg, Update):
         return [MsgType.UPDATE, msg.chan, msg.seq, msg.enc, msg.data]
     if isinstance(msg, Part):
@@ -435,11 +444,13 @@ def decode_message(body: bytes) -> Message:
             _uint(f[3], "max_frame"),
         )
     if mtype is MsgType.SYNC:
+        answers = obj[arity] if len(obj) > arity else None
         return Sync(
             _uint(f[0], "chan"),
             _text(f[1], "doc name"),
             _bytes(f[2], "epoch"),
             _bytes(f[3], "version"),
+            None if answers is None else _uint(answers, "answers"),
         )
     if mtype is MsgType.PART:
         return Part(_uint(f[0], "chan"), _uint(f[1], "seq"), _bytes(f[2], "data"))

@@ -668,7 +668,8 @@ class Session:
         ch.state = nxt
         ch.epoch = epoch
         assert ch.local_chan is not None
-        msg = m.Sync(ch.local_chan, name, epoch, version.to_bytes())
+        answers = ch.remote_chan if current is DocState.REMOTE else None
+        msg = m.Sync(ch.local_chan, name, epoch, version.to_bytes(), answers)
         if self.state is State.HELLO_SENT:
             self._deferred.append(msg)
         else:
@@ -900,6 +901,21 @@ class Session:
             raise UnexpectedMessageError(f"SYNC reuses channel {msg.chan}")
         ch = self._docs.get(msg.name)
         current = ch.state if ch is not None else DocState.NONE
+        if msg.answers is not None and not (
+            ch is not None and current is DocState.LOCAL and ch.local_chan == msg.answers
+        ):
+            # The answer to an offer we have closed since (DOC_ERROR crossed it):
+            # not a new request. Close the peer's channel instead of pairing it.
+            self._dead_remote.add(msg.chan)
+            self._send(
+                m.DocError(
+                    msg.name,
+                    int(ErrorCode.DOC_REFUSED),
+                    "answer to a closed offer",
+                    your_chan=msg.chan,
+                )
+            )
+            return
         nxt = DOC_TRANSITIONS.get((current, "sync"))
         if nxt is None:
             raise UnexpectedMessageError(f"SYNC for {msg.name!r}, already open by the peer")
