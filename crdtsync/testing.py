@@ -142,6 +142,24 @@ async def check_store(
         assert doc.snapshot == b"snap-2"
         assert doc.updates[-1] == (later, b"after")
 
+        # Group commit: a batch appends in order, or not at all.
+        batch = store.append_many([("d", b"m1"), ("d", b"m2")])
+        assert batch == sorted(batch), f"append_many numbers must increase: {batch}"
+        assert batch[0] > later, "append_many numbers must follow earlier appends"
+        doc = store.load("d")
+        assert doc is not None
+        assert doc.updates[-2:] == [(batch[0], b"m1"), (batch[1], b"m2")]
+        assert store.append_many([]) == []
+        try:
+            store.append_many([("d", b"lost"), ("missing", b"x")])
+        except StoreError:
+            pass
+        else:
+            raise AssertionError("append_many with a missing document must raise StoreError")
+        doc = store.load("d")
+        assert doc is not None
+        assert doc.updates[-1] == (batch[1], b"m2"), "a failed append_many must append nothing"
+
         # Errors on missing documents; idempotent delete.
         for call in (
             lambda: store.append("missing", b"x"),

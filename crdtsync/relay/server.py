@@ -183,6 +183,10 @@ class _SyncConn:
             await self.inner.close()
 
     def abort(self) -> None:
+        # The Peer aborts a connection only when it is a slow consumer: count it
+        # under the same kind as a slow y-protocols client.
+        self.relay._error("slow_consumer")
+        log.warning("slow consumer", extra={"fields": {"remote": self.address}})
         self.inner.abort()
 
 
@@ -244,6 +248,9 @@ class Relay:
         self._yconns: set[_YConn] = set()
         self._sync_conns: dict[str, _SyncConn] = {}
         self._next_y = 0
+        # y-protocols sends waiting for the Peer's group commit (see _queue).
+        self._outbox: list[tuple[list[_YConn], bytes, float | None]] = []
+        self._flush_handle: asyncio.Handle | None = None
         self._ready = False
         self._draining = False
         self._closed = asyncio.Event()
@@ -406,6 +413,9 @@ class Relay:
                 await self._sweeper
         if self._server is not None:
             self._server.close(close_connections=False)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()  # what was stored goes out before the close frames
         for yc in list(self._yconns):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(yc.ws.close(1001, "relay shutting down"), 3.0)
@@ -707,9 +717,50 @@ class Relay:
         self.peer.apply_presence(yc.room, data, yc)
 
     def _y_send(self, yc: _YConn, message: bytes) -> None:
-        _fanout([yc.ws], message)
-        self._count_out("y", len(message))
-        self._check_queue(yc)
+        self._queue([yc], message)
+
+    def _queue(self, members: list[_YConn], message: bytes, t0: float | None = None) -> None:
+        """Send ``message`` to y-protocols connections once what it may carry is stored.
+
+        Every y-protocols send goes through here, in order: the Peer group-commits
+        imported updates, and a sync step 2 or a forwarded update may carry some
+        of them, so the outbox is flushed only after ``Peer.commit()``, on the next
+        loop iteration (many updates, one fsync).
+        """
+        self._outbox.append((members, message, t0))
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        outbox, self._outbox = self._outbox, []
+        try:
+            self.peer.commit()
+        except StoreError as exc:
+            # Not stored: not sent. Those clients resend what we lack when they reconnect.
+            self._error("store")
+            log.error("store failure", extra={"fields": {"error": str(exc)}})
+            for members, _, _ in outbox:
+                for yc in members:
+                    self._drop(yc)
+            return
+        now = _now()
+        for members, message, t0 in outbox:
+            live = [yc for yc in members if not yc.closed]
+            if live:
+                _fanout([yc.ws for yc in live], message)
+                self._count_out("y", len(message), len(live))
+                for yc in live:
+                    self._check_queue(yc)
+            if t0 is not None:
+                self._m_latency.observe(now - t0)
+
+    def _drop(self, yc: _YConn) -> None:
+        if not yc.closed:
+            yc.closed = True
+            transport = yc.ws.transport
+            if transport is not None:
+                transport.abort()
 
     def _check_queue(self, yc: _YConn) -> None:
         queued = _buffered(yc.ws)
@@ -717,10 +768,7 @@ class Relay:
             # Its close frame would wait behind what it is not reading: drop it.
             self._error("slow_consumer")
             log.warning("slow consumer", extra={"fields": {"remote": yc.address, "queued": queued}})
-            yc.closed = True
-            ws_transport = yc.ws.transport
-            if ws_transport is not None:
-                ws_transport.abort()
+            self._drop(yc)
 
     # -- rooms -------------------------------------------------------------------------
 
@@ -737,20 +785,17 @@ class Relay:
     def _on_update(self, room: _Room, update: bytes, origin: Any, local: bool) -> None:
         """A transaction of a room, already stored by the Peer: send it to y-protocols clients."""
         members = [yc for yc in room.yconns if yc is not origin and not yc.closed]
-        if members:
-            message = y.encode_update(update)
-            _fanout([yc.ws for yc in members], message)
-            self._count_out("y", len(message), len(members))
-            for yc in members:
-                self._check_queue(yc)
+        t0: float | None = None
         if isinstance(origin, _YConn):
             self._m_updates.inc(protocol="y")
-            self._m_latency.observe(_now() - origin.t0)
+            t0 = origin.t0
         else:
             conn = getattr(origin, "conn", None)
             if isinstance(conn, _SyncConn):
                 self._m_updates.inc(protocol="crdtsync")
-                self._m_latency.observe(_now() - conn.t0)
+                t0 = conn.t0
+        if members or t0 is not None:
+            self._queue(members, y.encode_update(update) if members else b"", t0)
 
     def _on_presence(self, name: str, data: bytes, origin: Any) -> None:
         room = self._rooms.get(name)
@@ -758,9 +803,7 @@ class Relay:
             return
         members = [yc for yc in room.yconns if yc is not origin and not yc.closed]
         if members:
-            message = y.encode_awareness(data)
-            _fanout([yc.ws for yc in members], message)
-            self._count_out("y", len(message), len(members))
+            self._queue(members, y.encode_awareness(data))
 
     async def _sweep(self) -> None:
         """Unload rooms nobody has used for ``idle_unload`` seconds."""

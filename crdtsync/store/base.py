@@ -1,4 +1,4 @@
-"""The storage seam: what a document store must do, in six methods.
+"""The storage seam: what a document store must do, in eight methods.
 
 A store keeps, for each document name, an *epoch* (the incarnation, see
 ``docs/PROTOCOL.md``), an optional *snapshot* (``Doc.save()`` bytes) and an
@@ -10,6 +10,7 @@ Rules every implementation follows (``crdtsync.testing.check_store`` checks them
 
 * :meth:`~Store.append` is durable when it returns: after a crash, a reopened
   store holds the update. Log sequence numbers increase and are never reused.
+  :meth:`~Store.append_many` is the same for a batch, atomically.
 * :meth:`~Store.compact` is atomic: a crash leaves either the old snapshot and
   log, or the new snapshot and the log entries after ``upto``; never less.
 * :meth:`~Store.compact` may run in a worker thread while other methods run in
@@ -67,6 +68,20 @@ class Store(Protocol):
 
         Raises:
             StoreError: there is no document ``name``, or the write failed.
+        """
+        ...
+
+    def append_many(self, items: list[tuple[str, bytes]]) -> list[int]:
+        """Append several ``(name, update)`` pairs in one durable transaction (group commit).
+
+        All or nothing: on failure none is appended. The Peer batches the updates
+        it imports between two sends, so one fsync covers many of them.
+
+        Returns:
+            Their log sequence numbers, in order.
+
+        Raises:
+            StoreError: a document is missing, or the write failed.
         """
         ...
 

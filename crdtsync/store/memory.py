@@ -61,6 +61,20 @@ class MemoryStore:
             entry[2].append((self._seq, bytes(update)))
             return self._seq
 
+    def append_many(self, items: list[tuple[str, bytes]]) -> list[int]:
+        """See :meth:`Store.append_many`."""
+        with self._lock:
+            self._check()
+            for name, _ in items:
+                if name not in self._docs:
+                    raise StoreError(f"no document {name!r} in the store")
+            seqs = []
+            for name, update in items:
+                self._seq += 1
+                self._docs[name][2].append((self._seq, bytes(update)))
+                seqs.append(self._seq)
+            return seqs
+
     def compact(self, name: str, snapshot: bytes, upto: int) -> None:
         """See :meth:`Store.compact`."""
         with self._lock:

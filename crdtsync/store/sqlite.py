@@ -179,6 +179,24 @@ class SQLiteStore:
 
         return self._run("append", op)
 
+    def append_many(self, items: list[tuple[str, bytes]]) -> list[int]:
+        """See :meth:`Store.append_many`: one transaction, one fsync."""
+
+        def op(db: sqlite3.Connection) -> list[int]:
+            seqs = []
+            for name, update in items:
+                try:
+                    cur = db.execute(
+                        "INSERT INTO log (name, data) VALUES (?, ?)", (name, bytes(update))
+                    )
+                except sqlite3.IntegrityError:
+                    raise StoreError(f"no document {name!r} in the store") from None
+                assert cur.lastrowid is not None
+                seqs.append(cur.lastrowid)
+            return seqs
+
+        return self._run("append", op) if items else []
+
     def compact(self, name: str, snapshot: bytes, upto: int) -> None:
         """See :meth:`Store.compact`."""
 

@@ -4,12 +4,14 @@ A :class:`Peer` moves bytes between transports and :class:`~crdtsync.sync.protoc
 objects and reacts to their events by reading and writing documents; the
 protocol itself lives in the session. What the shell adds:
 
-* **Durability first.** Every transaction of an open document, local or
-  imported, reaches :meth:`Store.append` inside the document's update callback,
-  before it is sent to any peer, before ``open``/``edit`` callers get control
-  back, and (for imports) before the session acknowledges it. So an ack really
-  means "stored", and :meth:`Peer.flush` has nothing left to wait for but
-  background compactions.
+* **Durability first.** A local transaction reaches :meth:`Store.append`
+  inside the document's update callback, before the editing call returns and
+  before it is sent anywhere. Imported updates are *group-committed*: they are
+  queued, and one :meth:`Store.append_many` transaction (one fsync) stores every
+  update imported since the last one, before any connection sends a byte (each
+  writer commits first) and in any case on the next loop iteration. So an ACK or
+  a forwarded update always follows the commit of what it covers: an ack really
+  means "stored", and a burst of imports costs one fsync, not one each.
 * **Forwarding.** An update imported from one session is sent to every other
   session that has the document open (the transaction's own update, which
   pycrdt reduces to what was new: a duplicate produces none, so a mesh does not
@@ -248,6 +250,9 @@ class Peer:
         self._backoff = backoff or Backoff()
         self._compact_every = compact_every
         self._max_send_queue = max_send_queue
+        # Imported updates waiting for the group commit, oldest first.
+        self._pending: list[tuple[_Entry, bytes]] = []
+        self._commit_handle: asyncio.Handle | None = None
         self._announce = announce
         self._rng = random.Random(seed)
         self._registry = p.WriterRegistry()
@@ -329,8 +334,14 @@ class Peer:
             entry.unsubscribe()
         if self._presence_timer is not None:
             self._presence_timer.cancel()
-        if self._owns_store:
-            self._store.close()
+        if self._commit_handle is not None:
+            self._commit_handle.cancel()
+            self._commit_handle = None
+        try:
+            self.commit()  # whatever was imported and not yet stored
+        finally:
+            if self._owns_store:
+                self._store.close()
 
     # -- documents ---------------------------------------------------------------------
 
@@ -387,6 +398,7 @@ class Peer:
             raise LocalProtocolError("the peer is not started: use `async with Peer(...)`")
 
     def _open_sync(self, name: str, epoch: bytes | None) -> _Entry:
+        self.commit()  # the store is read (and maybe replaced) below
         stored = self._store.load(name)
         if stored is None or (epoch is not None and stored.epoch != epoch):
             ep = b"" if epoch is None else bytes(epoch)
@@ -423,6 +435,9 @@ class Peer:
         return entry
 
     def _forget(self, entry: _Entry) -> None:
+        # Its queued imports belong to this incarnation: store them before a new
+        # one may replace it in the store.
+        self.commit()
         entry.unsubscribe()
         if entry.compacting is not None:
             entry.compacting.cancel()
@@ -442,9 +457,14 @@ class Peer:
         """Every transaction of an open document: store it, then send it on."""
         if self._docs.get(entry.name) is not entry:
             return
-        # Durable before anything else sees it: a raise here reaches the editor.
-        entry.last_seq = self._store.append(entry.name, update)
-        entry.log_count += 1
+        if local:
+            # Durable before the edit call returns: a raise here reaches the editor.
+            # Imports queued before it are committed first, so the log keeps order.
+            self.commit()
+            entry.last_seq = self._store.append(entry.name, update)
+            entry.log_count += 1
+        else:
+            self._defer(entry, update)
         for link in list(self._links):
             if link is not origin and link.session.send_update(entry.name, update):
                 self._kick(link)
@@ -473,13 +493,50 @@ class Peer:
             # Held until its predecessors arrive: no transaction stores it, yet
             # the caller is about to acknowledge it. The log keeps it (replaying
             # holds it again) and compaction snapshots keep held updates.
-            entry.last_seq = self._store.append(entry.name, update)
-            entry.log_count += 1
+            self._defer(entry, update)
+
+    def _defer(self, entry: _Entry, update: bytes) -> None:
+        """Queue an imported update for the next group commit."""
+        self._pending.append((entry, update))
+        entry.log_count += 1
+        if self._commit_handle is None and not self._closed:
+            self._commit_handle = self._get_loop().call_soon(self._commit_soon)
+
+    def _commit_soon(self) -> None:
+        self._commit_handle = None
+        try:
+            self.commit()
+        except StoreError as exc:
+            # Nothing that depends on the batch is sent while it is not stored
+            # (every writer commits first and fails the same way).
+            self._status(Status("error", reason=str(exc), error=exc))
+
+    def commit(self) -> None:
+        """Store every imported update still queued for the group commit, now.
+
+        Called before anything is sent, so applications rarely need it (see
+        :meth:`flush`). On failure the batch stays queued: nothing that depends
+        on it can be sent until a commit succeeds.
+
+        Raises:
+            StoreError: the store failed.
+        """
+        if not self._pending:
+            return
+        batch = self._pending
+        seqs = self._store.append_many([(e.name, u) for e, u in batch])
+        if self._pending is batch:
+            self._pending = []
+        else:  # pragma: no cover - commit() is not re-entered from append_many
+            del self._pending[: len(batch)]
+        for (entry, _), seq in zip(batch, seqs, strict=True):
+            entry.last_seq = max(entry.last_seq, seq)
 
     async def _compact(self, entry: _Entry) -> None:
         try:
             # The state and the log position are taken together, synchronously: the
             # snapshot holds exactly the log up to `upto` (held updates included).
+            self.commit()
             update = entry.doc.export_yjs_update()
             held = entry.doc.held_updates()
             upto, count = entry.last_seq, entry.log_count
@@ -498,6 +555,7 @@ class Peer:
         so this only waits for running compactions, which leaves the store in
         its smallest form.
         """
+        self.commit()
         for entry in list(self._docs.values()):
             if entry.compacting is not None:
                 with contextlib.suppress(asyncio.CancelledError):
@@ -873,6 +931,13 @@ class Peer:
             while True:
                 await link.wakeup.wait()
                 link.wakeup.clear()
+                # Group commit: the queued frames may acknowledge or forward
+                # imported updates; they go out only once those are stored.
+                try:
+                    self.commit()
+                except StoreError as exc:
+                    self._status(Status("error", link.address, reason=str(exc), error=exc))
+                    return  # nothing is sent; closing the connection makes the peer resend
                 for frame in session.data_to_send():
                     await link.conn.send(frame)
                 if session.state is p.State.CLOSED:
