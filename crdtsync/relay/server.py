@@ -380,6 +380,9 @@ class Relay:
                 ping_timeout=20.0,
                 close_timeout=2.0,
                 server_header="crdtsync-relay",
+                # asyncio's default backlog (100) makes a storm of joins wait 1 s for
+                # a SYN retry (measured: 200 clients at once, 0.8-1.2 s against 0.6 s).
+                backlog=1024,
             )
         except OSError:
             await peer.close()
