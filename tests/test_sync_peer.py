@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from crdtsync.transports.memory import Faults, MemoryNetwork
 
-from crdtsync import AuthError, Doc, EpochMismatchError, ErrorCode, Peer
+from crdtsync import AuthError, Doc, EpochMismatchError, ErrorCode, InvalidOperationError, Peer
 from crdtsync.sync import Backoff, Grant, HelloInfo, SessionOptions, Status
 from crdtsync.sync import messages as m
 from crdtsync.testing import advance, run_virtual
@@ -417,3 +417,12 @@ async def test_close_during_a_compaction_finishes_it(tmp_path: Path) -> None:
             doc.map("m")[str(i)] = i
     async with Peer(store=db) as peer:
         assert len((await peer.open("d")).map("m")) == 60
+
+
+@pytest.mark.anyio
+async def test_open_refuses_names_no_peer_could_sync() -> None:
+    async with Peer() as peer:
+        for bad in ("", "x" * 1025, "é" * 513):
+            with pytest.raises(InvalidOperationError):
+                await peer.open(bad)
+        assert (await peer.open("é" * 512)).to_py() == {}

@@ -545,7 +545,7 @@ async def test_refusal_close_codes_stop_reconnecting(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("code", [1001, 1011, 1013, 4408, 4429, 4500])
+@pytest.mark.parametrize("code", [1001, 1011, 1013, 4408, 4429, 4500, 4529])
 async def test_other_close_codes_reconnect(code: int) -> None:
     async def drop(conn: WebSocketConnection) -> None:
         await conn.close_with(code, "try again")

@@ -96,7 +96,8 @@ CLOSE_CODES: dict[int, str] = {
     4400: "invalid room name",
     4401: "missing, invalid or expired token",
     4403: "the token does not allow this room",
-    4429: "message rate limit exceeded",
+    # 45xx, not 44xx: y-websocket gives up for good on 4400-4499 and retries 45xx.
+    4529: "message rate limit exceeded (reconnect later)",
 }
 
 _LATENCY_BUCKETS = (
@@ -172,7 +173,7 @@ class _SyncConn:
                 raise ConnectionClosedError("too much data before authentication")
         if not self.bucket.take(now):
             self.relay._error("rate_limited")
-            await self.inner.close_with(4429, "message rate limit exceeded")
+            await self.inner.close_with(4529, "message rate limit exceeded")
             raise ConnectionClosedError("message rate limit exceeded")
         return data
 
@@ -203,6 +204,11 @@ class _YConn:
     clients: set[int] = field(default_factory=set)  # awareness client ids it announced
     t0: float = 0.0
     closed: bool = False
+    # Bytes of frames written to its transport so far, and that count just after
+    # its last sync step 2: until that answer has left the buffer it is not a
+    # backlog (a room larger than max_send_queue must still be joinable).
+    sent: int = 0
+    catch_up_end: int = 0
 
     @property
     def state(self) -> p.State:
@@ -249,7 +255,7 @@ class Relay:
         self._sync_conns: dict[str, _SyncConn] = {}
         self._next_y = 0
         # y-protocols sends waiting for the Peer's group commit (see _queue).
-        self._outbox: list[tuple[list[_YConn], bytes, float | None]] = []
+        self._outbox: list[tuple[list[_YConn], bytes, float | None, bool]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._ready = False
         self._draining = False
@@ -659,12 +665,16 @@ class Relay:
             self._count_in("y", len(message))
             if not yc.bucket.take(now):
                 self._error("rate_limited")
-                await ws.close(4429, "message rate limit exceeded")
+                await ws.close(4529, "message rate limit exceeded")
                 return "rate limited"
             try:
                 msg = y.decode(message, max_payload=max_payload)
                 if isinstance(msg, y.SyncStep1):
-                    self._y_send(yc, y.encode_sync_step2(doc.export_yjs_update(since=msg.version)))
+                    self._y_send(
+                        yc,
+                        y.encode_sync_step2(doc.export_yjs_update(since=msg.version)),
+                        catch_up=True,
+                    )
                 elif isinstance(msg, y.SyncStep2 | y.SyncUpdate):
                     self._y_update(yc, doc, msg.update)
                 elif isinstance(msg, y.AwarenessMessage):
@@ -719,10 +729,17 @@ class Relay:
                 yc.clients.add(client)
         self.peer.apply_presence(yc.room, data, yc)
 
-    def _y_send(self, yc: _YConn, message: bytes) -> None:
-        self._queue([yc], message)
+    def _y_send(self, yc: _YConn, message: bytes, *, catch_up: bool = False) -> None:
+        self._queue([yc], message, catch_up=catch_up)
 
-    def _queue(self, members: list[_YConn], message: bytes, t0: float | None = None) -> None:
+    def _queue(
+        self,
+        members: list[_YConn],
+        message: bytes,
+        t0: float | None = None,
+        *,
+        catch_up: bool = False,
+    ) -> None:
         """Send ``message`` to y-protocols connections once what it may carry is stored.
 
         Every y-protocols send goes through here, in order: the Peer group-commits
@@ -730,7 +747,7 @@ class Relay:
         of them, so the outbox is flushed only after ``Peer.commit()``, on the next
         loop iteration (many updates, one fsync).
         """
-        self._outbox.append((members, message, t0))
+        self._outbox.append((members, message, t0, catch_up))
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
@@ -743,17 +760,20 @@ class Relay:
             # Not stored: not sent. Those clients resend what we lack when they reconnect.
             self._error("store")
             log.error("store failure", extra={"fields": {"error": str(exc)}})
-            for members, _, _ in outbox:
+            for members, _, _, _ in outbox:
                 for yc in members:
                     self._drop(yc)
             return
         now = _now()
-        for members, message, t0 in outbox:
+        for members, message, t0, catch_up in outbox:
             live = [yc for yc in members if not yc.closed]
             if live:
-                _fanout([yc.ws for yc in live], message)
+                size = _fanout([yc.ws for yc in live], message)
                 self._count_out("y", len(message), len(live))
                 for yc in live:
+                    yc.sent += size
+                    if catch_up:
+                        yc.catch_up_end = yc.sent
                     self._check_queue(yc)
             if t0 is not None:
                 self._m_latency.observe(now - t0)
@@ -767,7 +787,10 @@ class Relay:
 
     def _check_queue(self, yc: _YConn) -> None:
         queued = _buffered(yc.ws)
-        if queued > self.config.max_send_queue and not yc.closed:
+        # What is left of its last sync step 2 does not count: one answer, however
+        # large, is not a reader falling behind.
+        catch_up_left = max(0, yc.catch_up_end - (yc.sent - queued))
+        if queued - catch_up_left > self.config.max_send_queue and not yc.closed:
             # Its close frame would wait behind what it is not reading: drop it.
             self._error("slow_consumer")
             log.warning("slow consumer", extra={"fields": {"remote": yc.address, "queued": queued}})
@@ -850,7 +873,7 @@ class Relay:
         log.debug("room unloaded", extra={"fields": {"room": name}})
 
 
-def _fanout(connections: list[ServerConnection], message: bytes) -> None:
+def _fanout(connections: list[ServerConnection], message: bytes) -> int:
     """Send one binary message to many connections without waiting.
 
     Server-to-client frames are not masked and we negotiate no extensions, so
@@ -860,6 +883,9 @@ def _fanout(connections: list[ServerConnection], message: bytes) -> None:
     per connection). A connection that is closing, or in the middle of a
     fragmented ``send`` (never the relay's case), gets ``broadcast``'s treatment.
     Backpressure is the caller's: see ``Relay._check_queue``.
+
+    Returns:
+        The size of the frame written to each connection.
     """
     frame = Frame(Opcode.BINARY, message).serialize(mask=False, extensions=[])
     for ws in connections:
@@ -873,6 +899,7 @@ def _fanout(connections: list[ServerConnection], message: bytes) -> None:
             transport.write(frame)
         else:
             broadcast([ws], message)
+    return len(frame)
 
 
 def _text(connection: ServerConnection, status: HTTPStatus, body: str) -> Response:

@@ -42,6 +42,7 @@ from crdtsync.errors import (
     CrdtSyncError,
     EpochMismatchError,
     ErrorCode,
+    InvalidOperationError,
     InvalidUpdateError,
     LimitExceededError,
     LocalProtocolError,
@@ -168,6 +169,9 @@ class _Link:
     grant: Grant | None = None
     # Set while _process runs: nested calls leave new events to the running loop.
     busy: bool = False
+    # Bytes of catch-up answers queued in the session and not yet taken by the
+    # writer: one answer, however large, is not a slow consumer's backlog.
+    catch_up: int = 0
 
 
 class _Supervisor:
@@ -359,8 +363,14 @@ class Peer:
 
         Raises:
             StoreError: the store failed or holds a corrupt document.
+            InvalidOperationError: ``name`` is empty or longer than the protocol
+                allows (1,024 UTF-8 bytes): no peer could ever sync it.
         """
         self._check_open()
+        if not isinstance(name, str) or not name or len(name.encode("utf-8")) > p.MAX_NAME_BYTES:
+            raise InvalidOperationError(
+                f"a document name is 1 to {p.MAX_NAME_BYTES} UTF-8 bytes, not {name!r:.40}"
+            )
         entry = self._docs.get(name)
         if entry is not None and (epoch is None or epoch == entry.epoch):
             return entry.doc
@@ -812,8 +822,12 @@ class Peer:
             self._process(sup.link)
         if sup.task is not None:
             sup.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await sup.task
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # our caller cancelled us, not just the supervisor ending
         self._notify()
 
     async def listen(self, address: str) -> str:
@@ -837,7 +851,8 @@ class Peer:
 
     async def _supervise(self, sup: _Supervisor) -> None:
         attempt = 0
-        while not self._closed:
+        # disconnect() removes us from _supervisors: stop even if its cancel was lost.
+        while not self._closed and self._supervisors.get(sup.address) is sup:
             error: CrdtSyncError | None = None
             try:
                 conn = await self._transport.connect(sup.address)
@@ -915,8 +930,14 @@ class Peer:
                 self._process(link)
         finally:
             link.wakeup.set()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
+            try:
                 await asyncio.wait_for(writer, 5.0)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # disconnect() or close() cancelled us: do not reconnect
+            except Exception:
+                pass
             if link.timer is not None:
                 link.timer.cancel()
             self._links.discard(link)
@@ -938,8 +959,13 @@ class Peer:
                 except StoreError as exc:
                     self._status(Status("error", link.address, reason=str(exc), error=exc))
                     return  # nothing is sent; closing the connection makes the peer resend
-                for frame in session.data_to_send():
+                frames = session.data_to_send()
+                # Catch-ups among these stay exempt until they have left (send()
+                # returns once the transport buffer drained below its mark).
+                taken = link.catch_up
+                for frame in frames:
                     await link.conn.send(frame)
+                link.catch_up -= taken
                 if session.state is p.State.CLOSED:
                     return
         except TransportError:
@@ -956,7 +982,7 @@ class Peer:
         limit = self._max_send_queue
         if limit is not None and link.session.state is not p.State.CLOSED:
             queued = link.session.bytes_to_send + int(getattr(link.conn, "buffered_amount", 0))
-            if queued > limit:
+            if queued - link.catch_up > limit:
                 self._slow_consumer(link, queued)
         when = link.session.get_timer()
         if when != link.timer_at:
@@ -1063,7 +1089,9 @@ class Peer:
             if entry is None:
                 s.refuse_doc(ev.name, ProtocolError("document closed", code=ErrorCode.DOC_REFUSED))
                 return
+            before = s.bytes_to_send
             s.send_catch_up(ev.name, entry.doc.export_yjs_update(since=ev.since))
+            link.catch_up += s.bytes_to_send - before
             if entry.awareness.states:
                 s.send_awareness(ev.name, entry.awareness.full_update())
         elif isinstance(ev, p.DocRequested):

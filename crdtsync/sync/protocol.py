@@ -103,7 +103,7 @@ __all__ = [
     "WriterRegistry",
 ]
 
-_MAX_NAME_BYTES = 1024
+MAX_NAME_BYTES = 1024  # document names on the wire, UTF-8
 _MAX_EPOCH_BYTES = 64
 # Frame bytes around an UPDATE's data: array head, type, chan, seq, enc, bytes head.
 _UPDATE_OVERHEAD = 32
@@ -886,8 +886,8 @@ class Session:
             self._send(d)
 
     def _check_doc_fields(self, name: str, epoch: bytes, version: bytes) -> Version:
-        if not name or len(name.encode("utf-8")) > _MAX_NAME_BYTES:
-            raise MalformedFrameError(f"document name must be 1 to {_MAX_NAME_BYTES} bytes")
+        if not name or len(name.encode("utf-8")) > MAX_NAME_BYTES:
+            raise MalformedFrameError(f"document name must be 1 to {MAX_NAME_BYTES} bytes")
         if len(epoch) > _MAX_EPOCH_BYTES:
             raise MalformedFrameError(f"epoch longer than {_MAX_EPOCH_BYTES} bytes")
         try:

@@ -79,8 +79,8 @@ _ROOM_SAFE = "/:@!$&'()*+,;=-._~"
 # WebSocket close codes we send when the server's bytes are bad.
 _CLOSE_PROTOCOL_ERROR = 1002
 _CLOSE_TOO_BIG = 1009
-# Close codes that relays send for conditions retrying fixes (crdtsync relay:
-# slow consumer, rate limit), although they sit in the 4400-4499 range.
+# Close codes in the 4400-4499 range that other servers use for conditions
+# retrying fixes (slow consumer, rate limit); the crdtsync relay uses 4529.
 _TRANSIENT_4XX = frozenset({4408, 4429})
 
 
