@@ -51,6 +51,7 @@ from .errors import (
     EngineError,
     InvalidOperationError,
     InvalidUpdateError,
+    InvalidValueError,
     RootTypeError,
     UpdateLimitError,
 )
@@ -65,6 +66,7 @@ from .model import (
     engine_error,
     kind_class,
 )
+from .values import check_text
 from .version import Version
 
 if TYPE_CHECKING:
@@ -314,6 +316,10 @@ class Doc:
             return existing
         if type(name) is not str or not name:
             raise InvalidOperationError("root names are non-empty str")
+        try:
+            check_text(name, "a root name")
+        except InvalidValueError as exc:
+            raise InvalidOperationError(str(exc)) from None
         if name == REGISTRY:
             raise InvalidOperationError(f"the root name {REGISTRY!r} is reserved")
         kind = self._registry.get(name)

@@ -45,7 +45,7 @@ import pycrdt
 from . import values
 from ._text_index import TextIndex
 from .errors import EngineError, InvalidOperationError, InvalidValueError
-from .values import check_key
+from .values import check_key, check_text
 
 if TYPE_CHECKING:
     from .doc import Doc
@@ -595,6 +595,7 @@ class Text(Container):
         """
         if type(s) is not str:
             raise InvalidValueError(f"Text.insert takes str, not {type(s).__name__}")
+        check_text(s, "inserted text")
         doc = self._doc or self._d()
         idx = self._index
         if idx is None or idx.epoch != doc._text_epoch:

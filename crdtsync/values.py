@@ -56,6 +56,26 @@ _SAFE_INT = 2**53
 Value = None | bool | int | float | str | bytes | list["Value"] | dict[str, "Value"]
 
 
+def check_text(text: str, what: str = "text") -> str:
+    r"""Check that a ``str`` can be stored: UTF-8 encodable (no lone surrogates).
+
+    Python strings may hold lone surrogates (``"\udf5c"``, from
+    ``surrogateescape`` decoding or a JSON ``\ud83d`` escape); the engine stores
+    UTF-8 and panics or fails half-way through a write on them.
+
+    Raises:
+        InvalidValueError: it holds a lone surrogate.
+    """
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidValueError(
+                f"{what} holds a lone surrogate at index {exc.start}: not valid Unicode text"
+            ) from None
+    return text
+
+
 def check_key(key: object) -> str:
     """Check that ``key`` can name a map entry.
 
@@ -73,7 +93,7 @@ def check_key(key: object) -> str:
         raise InvalidValueError(f"map keys must be str, not {type(key).__name__}")
     if key.startswith("\x00"):
         raise InvalidValueError("map keys starting with NUL are reserved by crdtsync")
-    return key
+    return check_text(key, "a map key")
 
 
 def encode(value: object, depth: int = 0) -> Any:
@@ -92,7 +112,10 @@ def encode(value: object, depth: int = 0) -> Any:
             nesting deeper than :data:`MAX_VALUE_DEPTH`.
     """
     t = type(value)
-    if value is None or t is bool or t is str:
+    if t is str:
+        assert isinstance(value, str)
+        return check_text(value, "a string value")
+    if value is None or t is bool:
         return value
     if t is int:
         assert isinstance(value, int)
@@ -119,7 +142,7 @@ def encode(value: object, depth: int = 0) -> Any:
         for k, v in value.items():
             if type(k) is not str:
                 raise InvalidValueError(f"dict keys must be str, not {type(k).__name__}")
-            out[k] = encode(v, depth + 1)
+            out[check_text(k, "a dict key")] = encode(v, depth + 1)
         if "$" in out:
             return {"$": "d", "v": out}
         return out

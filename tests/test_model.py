@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -619,3 +620,39 @@ def test_load_refuses_an_incomplete_document() -> None:
     a.text("t").insert(4, "two")
     with pytest.raises(MalformedUpdateError, match="not a complete document"):
         Doc.load(a.export_update(since=v1))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.map("m").__setitem__("a\udf5c", 1),
+        lambda d: d.map("m").__setitem__("a", "x\udf5c"),
+        lambda d: d.text("t").insert(0, "x\ud83d"),
+        lambda d: d.list("l").append({"\udf5c": 1}),
+        lambda d: d.list("l").append(["fine", "\udf5c"]),
+        lambda d: d.register("r").set("\udf5c"),
+        lambda d: d.map("\udf5c"),
+    ],
+)
+def test_lone_surrogates_are_refused_before_anything_is_written(edit: Any) -> None:
+    # Found by the relay fuzzer: pycrdt panics (or raises UnicodeEncodeError half
+    # way through a write, leaving an empty map behind) on strings that are not
+    # valid Unicode.
+    d = Doc()
+    d.text("keep").insert(0, "x")
+    before = d.export_yjs_update()
+    with pytest.raises(CrdtSyncError):
+        edit(d)
+    assert d.export_yjs_update() == before
+    assert d.to_py() == {"keep": "x"}
+
+
+def test_presence_state_that_is_not_json_keeps_the_previous_one() -> None:
+    from crdtsync.sync.awareness import Awareness
+
+    a = Awareness(1)
+    a.set_local_state({"n": "ok"}, now=0.0)
+    for bad in ({"n": "\udf5c"}, {"n": float("nan")}, {"n": object()}):
+        with pytest.raises(InvalidValueError):
+            a.set_local_state(bad, now=0.0)
+    assert a.local_state == {"n": "ok"}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crdtsync._yupdate import json_depth
-from crdtsync.errors import MalformedFrameError
+from crdtsync.errors import InvalidValueError, MalformedFrameError
 
 __all__ = ["Awareness", "AwarenessChange", "decode_awareness", "encode_awareness"]
 
@@ -166,6 +166,10 @@ class Awareness:
 
         Returns:
             The awareness update to send to every peer.
+
+        Raises:
+            InvalidValueError: the state is not JSON (NaN, objects, lone
+                surrogates...); the previous state stays.
         """
         # y-protocols ignores clock 0 from an unknown client, so our first clock is 1.
         clock = self.meta.get(self.client_id, (0, 0.0))[0] + 1
@@ -173,7 +177,12 @@ class Awareness:
             self.states.pop(self.client_id, None)
         else:
             # Round-trip through JSON: what peers see is exactly what we keep.
-            self.states[self.client_id] = json.loads(json.dumps(state, allow_nan=False))
+            try:
+                text = json.dumps(state, allow_nan=False, ensure_ascii=False)
+                text.encode("utf-8")
+            except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+                raise InvalidValueError(f"a presence state must be JSON text: {exc}") from None
+            self.states[self.client_id] = json.loads(text)
         self.meta[self.client_id] = (clock, now)
         return self.encode_update([self.client_id])
 
