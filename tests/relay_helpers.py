@@ -15,10 +15,8 @@ import inspect
 import os
 import random
 import re
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -664,61 +662,3 @@ class PausableTransport(WebSocketTransport):
 
 
 # -- TLS -------------------------------------------------------------------------------------------
-
-
-def self_signed_cert(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key (cryptography if installed, else openssl)."""
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    try:
-        _cert_with_cryptography(cert, key)
-    except ImportError:
-        openssl = shutil.which("openssl")
-        assert openssl, "the TLS test needs the cryptography package or the openssl CLI"
-        subprocess.run(
-            [
-                *(openssl, "req", "-x509", "-newkey", "ec"),
-                *("-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"),
-                *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
-                *("-keyout", str(key), "-out", str(cert)),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-    return cert, key
-
-
-def _cert_with_cryptography(cert: Path, key: Path) -> None:
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    pkey = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(pkey.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(pkey, hashes.SHA256())
-    )
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(
-        pkey.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )

@@ -44,13 +44,13 @@ from relay_helpers import (
     room_state,
     running_relay,
     scrape,
-    self_signed_cert,
     split_frame,
     stalled_y_client,
     ws_peer,
     y_model,
     y_refusal,
 )
+from tlsutil import self_signed_cert
 from websockets import State
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
