@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import inspect
 import os
 import random
 import re
@@ -50,23 +49,6 @@ WAIT = 10.0
 
 
 # -- waiting ---------------------------------------------------------------------------------
-
-
-async def eventually(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = WAIT, what: str = ""
-) -> None:
-    """Poll ``predicate`` every 10 ms until it holds; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
 
 
 # -- relays and peers ------------------------------------------------------------------------

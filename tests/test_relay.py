@@ -34,7 +34,6 @@ from relay_helpers import (
     YClient,
     doc_state,
     errors,
-    eventually,
     http_get,
     http_get_sync,
     http_url,
@@ -51,6 +50,7 @@ from relay_helpers import (
     y_refusal,
 )
 from tlsutil import self_signed_cert
+from waiting import eventually
 from websockets import State
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -843,7 +843,7 @@ class FuzzRig:
         deadline = time.monotonic() + WAIT
         while self.thread.call(self._connections()) != self.baseline:
             assert time.monotonic() < deadline, "the relay did not finish the connection"
-            time.sleep(0.005)
+            time.sleep(0.005)  # noqa: sleep - polls another thread's relay, bounded
 
     async def _connections(self) -> int:
         return self.relay.connections

@@ -85,9 +85,7 @@ async def test_peer_joining_during_unload_keeps_syncing(tmp_path: Path) -> None:
     async with Relay(RelayConfig(port=0, data=str(data), idle_unload=0.1)) as relay:
         await write_and_leave(relay.url, "idle", "first")
         with UnloadGate(relay) as gate:
-            await (
-                gate.wait_entered()
-            )  # the sweeper is unloading "idle", compaction held
+            await gate.wait_entered()  # the sweeper is unloading "idle", compaction held
             await join_during_unload(relay, gate)
     assert await stored_items(data, "idle") == ["first", "second", "third"]
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from crdtsync.transports.memory import Faults, MemoryNetwork
+from waiting import eventually
 
 from crdtsync import AuthError, Doc, EpochMismatchError, ErrorCode, InvalidOperationError, Peer
 from crdtsync.sync import Backoff, Grant, HelloInfo, SessionOptions, Status
@@ -396,11 +397,7 @@ async def test_read_only_grant_refuses_writes_but_accepts_known_catch_up() -> No
         assert str(rdoc.text("t")) == "ello"
         assert not errors
         rdoc.text("t").insert(0, "X")
-        for _ in range(500):
-            if errors:
-                break
-            await asyncio.sleep(0.01)
-        assert errors
+        await eventually(lambda: bool(errors), 10, "the read-only refusal")
         assert errors[0].error is not None
         assert errors[0].error.code == ErrorCode.READ_ONLY
         assert str(sdoc.text("t")) == "ello"

@@ -19,6 +19,7 @@ from crdtsync.transports.websocket import (
     WebSocketTransport,
 )
 from tlsutil import self_signed_cert
+from waiting import eventually
 from websockets.asyncio.client import connect as raw_connect
 from websockets.exceptions import ConnectionClosed
 
@@ -37,11 +38,7 @@ def anyio_backend() -> str:
 
 async def wait_until(cond: Callable[[], bool], what: str, timeout: float = STEP) -> None:
     """Poll ``cond`` until it holds; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
+    await eventually(cond, timeout, what)
 
 
 async def step(aw: Awaitable[Any], what: str = "step") -> Any:
@@ -345,7 +342,7 @@ async def test_two_concurrent_recvs_are_a_transport_error_not_a_websockets_one()
         client = await step(WebSocketTransport().connect(server.listener.address))
         await server.accept()
         first = asyncio.ensure_future(client.recv())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # noqa: sleep - let the first recv start
         with pytest.raises(TransportError):
             await step(client.recv())
         first.cancel()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 
 __all__ = ["Counter", "Gauge", "Histogram", "Registry"]
@@ -36,7 +37,7 @@ def _num(x: float) -> str:
     return repr(float(x))
 
 
-class _Metric:
+class _Metric(ABC):
     kind = ""
 
     def __init__(self, name: str, doc: str) -> None:
@@ -46,8 +47,9 @@ class _Metric:
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.doc}", f"# TYPE {self.name} {self.kind}"]
 
+    @abstractmethod
     def _lines(self) -> list[str]:
-        raise NotImplementedError
+        """The sample lines of this metric."""
 
 
 class Counter(_Metric):
