@@ -443,6 +443,7 @@ class Session:
         self._reader = m.FrameReader(self.options.max_frame)
         self._writer = m.FrameWriter()
         self._out: list[bytes] = []
+        self._out_bytes = 0  # sum of len(f) for f in _out (asked at every send)
         self._events: list[Event] = []
         # Largest frame body the peer accepts (ours until it tells us).
         self._peer_max_frame = self.options.max_frame
@@ -560,11 +561,12 @@ class Session:
     @property
     def bytes_to_send(self) -> int:
         """Bytes of the frames queued and not yet taken by ``data_to_send``."""
-        return sum(len(f) for f in self._out)
+        return self._out_bytes
 
     def data_to_send(self) -> list[bytes]:
         """Frames to write to the transport, in order (each a complete frame)."""
         out, self._out = self._out, []
+        self._out_bytes = 0
         return out
 
     def events_received(self) -> list[Event]:
@@ -742,7 +744,7 @@ class Session:
         if self.state is State.CLOSED:
             return
         self.close_code = code
-        self._out.append(self._writer.frame(m.Close(int(code), reason)))
+        self._queue_frame(self._writer.frame(m.Close(int(code), reason)))
         self._set_closed(
             None
             if code in (ErrorCode.NO_ERROR, ErrorCode.GOING_AWAY)
@@ -799,7 +801,7 @@ class Session:
     # -- internals: sending ----------------------------------------------------------------
 
     def _send(self, msg: m.Message) -> None:
-        self._out.append(self._writer.frame(msg))
+        self._queue_frame(self._writer.frame(msg))
         self._last_sent = self._now
 
     def _new_channel(self, name: str) -> _Channel:
@@ -1078,11 +1080,15 @@ class Session:
         self._fail(err)
         return False
 
+    def _queue_frame(self, frame: bytes) -> None:
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+
     def _fail(self, error: ProtocolError) -> None:
         if self.state is State.CLOSED:
             return
         self.close_code = int(error.code)
-        self._out.append(self._writer.frame(m.Close(int(error.code), error.reason[:200])))
+        self._queue_frame(self._writer.frame(m.Close(int(error.code), error.reason[:200])))
         self._set_closed(error)
 
     def _set_closed(self, error: CrdtSyncError | None) -> None:
