@@ -12,6 +12,8 @@ from crdtsync.transports.memory import Faults, MemoryNetwork
 from waiting import eventually
 
 from crdtsync import AuthError, Doc, EpochMismatchError, ErrorCode, InvalidOperationError, Peer
+from crdtsync.errors import StoreError
+from crdtsync.store.memory import MemoryStore
 from crdtsync.sync import Backoff, Grant, HelloInfo, SessionOptions, Status
 from crdtsync.sync import messages as m
 from crdtsync.testing import advance, run_virtual
@@ -423,3 +425,42 @@ async def test_open_refuses_names_no_peer_could_sync() -> None:
             with pytest.raises(InvalidOperationError):
                 await peer.open(bad)
         assert (await peer.open("é" * 512)).to_py() == {}
+
+
+class _FailingStore(MemoryStore):
+    """A memory store whose group commits fail while ``fail`` is set (a full disk)."""
+
+    fail = False
+
+    def append_many(self, items: list[tuple[str, bytes]]) -> list[int]:
+        if self.fail:
+            raise StoreError("disk full")
+        return super().append_many(items)
+
+
+@pytest.mark.anyio
+async def test_a_failed_group_commit_acknowledges_nothing_until_it_succeeds() -> None:
+    net = MemoryNetwork()
+    store = _FailingStore()
+    async with (
+        Peer(store=store, transport=net.transport("server")) as server,
+        Peer(transport=net.transport("client"), backoff=Backoff(0.01, cap=0.05)) as client,
+    ):
+        await server.listen("mem://server")
+        cdoc = await client.open("d")
+        await client.connect("mem://server")
+        assert await client.wait_synced("d", timeout=10)
+        errors: list[Status] = []
+        server.on_status(lambda s: errors.append(s) if s.kind == "error" else None)
+        store.fail = True
+        cdoc.text("t").insert(0, "kept")
+        await eventually(lambda: bool(errors), 10, "the failed commit")
+        assert not client.is_synced("d"), "acknowledged although not stored"
+        stored = store.load("d")
+        assert stored is not None
+        assert not any(b"kept" in u for _, u in stored.updates)
+        store.fail = False
+        assert await client.wait_synced("d", timeout=10)
+        stored = store.load("d")
+        assert stored is not None
+        assert any(b"kept" in u for _, u in stored.updates)

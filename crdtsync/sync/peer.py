@@ -533,12 +533,9 @@ class Peer:
         """
         if not self._pending:
             return
-        batch = self._pending
-        seqs = self._store.append_many([(e.name, u) for e, u in batch])
-        if self._pending is batch:
-            self._pending = []
-        else:  # pragma: no cover - commit() is not re-entered from append_many
-            del self._pending[: len(batch)]
+        # append_many is all or nothing: on failure the batch stays queued.
+        seqs = self._store.append_many([(e.name, u) for e, u in self._pending])
+        batch, self._pending = self._pending, []
         for (entry, _), seq in zip(batch, seqs, strict=True):
             entry.last_seq = max(entry.last_seq, seq)
 
