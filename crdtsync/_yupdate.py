@@ -118,7 +118,11 @@ S5  with a known receiving state: no clock gap, no Skip, no reference to a
     (:class:`MissingUpdatesError`; pycrdt 0.14.13 integrates past gaps and
     diverges);
 S6  an item's left and right origins differ (yrs places such an item
-    depending on arrival order: replicas diverge).
+    depending on arrival order: replicas diverge);
+S7  nothing splits a String between the two UTF-16 units of a character
+    outside the BMP: no origin, right origin, delete-set boundary or known
+    state falls inside a surrogate pair (yrs splits the string at another
+    place than the clock, and the document's own export is then broken).
 
 Where an item lands is decided the way yrs decides it (``Item::repair``): an
 explicit parent (the item becomes GC if that parent is deleted or GC'd), else
@@ -1242,6 +1246,10 @@ class DocIndex:
         self._children: dict[ID, list[ID]] = {}  # type item -> entries inside it
         # deleted ranges beyond the known clocks (yrs keeps them pending)
         self._pending_deletes: dict[int, set[tuple[int, int]]] = {}
+        # S7: per client, the sorted clocks that fall between the two UTF-16
+        # units of a character outside the BMP in a String item (splitting
+        # there corrupts yrs). Kept after deletion too: cheap, and safe.
+        self.pair_splits: dict[int, list[int]] = {}
         self._last_diff: bytes | None = None
 
     def lookup(self, client: int, clock: int) -> tuple[int, _IndexEntry] | None:
@@ -1395,6 +1403,12 @@ class _Checker:
         self.index = index
         self.root_types: Mapping[str, int] = root_types if root_types is not None else {}
         self.starts = {c: [s.clock for s in ss] for c, ss in parsed.clients.items()}
+        # S7: clocks inside a surrogate pair of this update's Strings, by client.
+        self.pair_splits: dict[int, set[int]] = {}
+        for c, ss in parsed.clients.items():
+            for x in ss:
+                if x.kind == CONTENT_STRING and x.length != len(cast(str, x.content)):
+                    self.pair_splits.setdefault(c, set()).update(_pair_splits(x))
         self.memo: dict[int, _Where] = {}  # id(struct) -> where
         # Knowing the receiving state, a reference to a clock that is neither
         # in the document nor in the update is a missing dependency.  yrs
@@ -1416,6 +1430,51 @@ class _Checker:
 
     def _in_doc(self, client: int, clock: int) -> bool:
         return clock < self.known.get(client, 0)
+
+    def _splits_pair(self, client: int, clock: int) -> bool:
+        """Whether a split before ``client:clock`` falls inside a surrogate pair (S7)."""
+        mine = self.pair_splits.get(client)
+        if mine is not None and clock in mine:
+            return True
+        if self.index is None:
+            return False
+        doc = self.index.pair_splits.get(client)
+        if not doc:
+            return False
+        i = bisect_left(doc, clock)
+        return i < len(doc) and doc[i] == clock
+
+    def _check_pairs(self) -> None:
+        """S7: no reference or deletion splits a character outside the BMP."""
+        if not self.pair_splits and (self.index is None or not self.index.pair_splits):
+            return
+        for client, structs in self.parsed.clients.items():
+            known = self.known.get(client, 0)
+            for s in structs:
+                if not s.is_item or s.end <= known:
+                    continue
+                if s.clock < known and self._splits_pair(client, known):
+                    raise MalformedUpdateError(
+                        f"item {client}:{s.clock} overlaps the known clocks up to {known}, "
+                        "inside a surrogate pair"
+                    )
+                for ref, what, at in (
+                    (s.origin, "origin", 1),
+                    (s.right_origin, "right origin", 0),
+                ):
+                    if ref is not None and self._splits_pair(ref[0], ref[1] + at):
+                        raise MalformedUpdateError(
+                            f"item {client}:{s.clock} has {what} {ref[0]}:{ref[1]} inside a "
+                            "surrogate pair (a character outside the BMP)"
+                        )
+        for client, ranges in self.parsed.delete_set.items():
+            for clock, length in ranges:
+                for at in (clock, clock + length):
+                    if self._splits_pair(client, at):
+                        raise MalformedUpdateError(
+                            f"deletion {client}:{clock}+{length} splits a surrogate pair "
+                            f"at clock {at} (a character outside the BMP)"
+                        )
 
     # -- resolution (iterative over origin chains) ------------------------
 
@@ -1619,6 +1678,8 @@ class _Checker:
                     self._check_place(s, where, observed)
                 if record and index is not None:
                     self._record(index, s, None if where is _GC else where, known)
+        if not record:
+            self._check_pairs()
         if record and index is not None:
             index.observed = observed
             for client, structs in self.parsed.clients.items():
@@ -1722,6 +1783,14 @@ class _Checker:
                 index._children.setdefault(where.key, []).append((s.client, start))
             if kind == CONTENT_TYPE:
                 insort(index._types.setdefault(s.client, []), start)
+        if kind == CONTENT_STRING and s.length != len(cast(str, s.content)):
+            splits = [c for c in _pair_splits(s) if c > start]
+            if splits:
+                mine = index.pair_splits.setdefault(s.client, [])
+                if not mine or mine[-1] < splits[0]:
+                    mine.extend(splits)
+                else:
+                    mine[:] = sorted(set(mine).union(splits))
         starts = index._starts.setdefault(s.client, [])
         entries = index._entries.setdefault(s.client, [])
         e = _IndexEntry(s.end, where, kind, type_ref)
@@ -1732,6 +1801,19 @@ class _Checker:
             i = bisect_right(starts, start)
             starts.insert(i, start)
             entries.insert(i, e)
+
+
+def _pair_splits(s: Struct) -> list[int]:
+    """Clocks between the two UTF-16 units of each non-BMP character of a String."""
+    out = []
+    clock = s.clock
+    for ch in cast(str, s.content):
+        if ord(ch) > 0xFFFF:
+            out.append(clock + 1)
+            clock += 2
+        else:
+            clock += 1
+    return out
 
 
 def validate_update(
@@ -1820,6 +1902,13 @@ def check_semantics(
         ``to_py`` loop forever; Any/Binary/Doc in a Text makes the next local
         delete panic.)
     S5  With an index: no missing dependency, no gap (Skip), no clock gap.
+    S7  No origin, right origin, delete-set boundary or overlap with the known
+        clocks falls between the two UTF-16 units of a character outside the
+        BMP in a String (of the update, or of the document with an index).
+        yrs splits the string elsewhere than the clock says: the document's
+        next export has a self-referencing origin or a zero-length String, and
+        local edits fail half-way.  Writers that index by code point never
+        split a pair; Yjs replaces both halves with U+FFFD when asked to.
 
     Args:
         parsed: the update.

@@ -32,6 +32,12 @@ For each input the *target* runs:
     ``crdtsync.Doc().import_update(data)`` when the model layer provides it
     (it is expected to validate itself and raise ``InvalidUpdateError``).
 
+Both targets also check that an accepted update leaves a document whose own
+export is still a valid update (``corrupt-after-accept`` otherwise): yrs can
+integrate an update without any error and still corrupt the document (a
+deletion between the two UTF-16 units of an emoji made it delete another
+character, and every later replica refused the room's export; rule S7).
+
 ``--scenario gc`` (either target) deletes 1-3 nested types of the prior
 document in local transactions before the input arrives (yrs garbage-collects
 their contents; the state vector does not move), and half of the inputs are
@@ -714,6 +720,24 @@ def _read_back(doc: Any, pycrdt: Any) -> None:
             str(root)
 
 
+def _export_problem(export: bytes, root_types: dict[str, int] | None = None) -> str | None:
+    """Why a document's own full export is not a valid update (None: it is).
+
+    ``root_types`` are the roots the receiving document declared (the check
+    must know no more and no less than it: an undeclared root takes the class
+    of the first content it gets).
+    """
+    from crdtsync import _yupdate as y
+    from crdtsync.errors import InvalidUpdateError
+
+    index = y.DocIndex(ROOT_TYPES if root_types is None else root_types)
+    try:
+        y.validate_update(export, index=index)
+    except InvalidUpdateError as exc:
+        return "export refused: " + _reason(str(exc))
+    return None
+
+
 def _make_doc(prior: bytes) -> Any:
     import pycrdt
 
@@ -788,6 +812,9 @@ def target_yupdate(
             # pycrdt refused what we accepted: harmless in itself, but it means
             # yrs read the bytes differently from us (or a rule is missing).
             return "engine-error-after-accept", outcome
+        problem = _export_problem(doc.get_update())
+        if problem is not None:
+            return "corrupt-after-accept", problem
         return "accepted", outcome
     return "rejected", reason + (" => " + outcome if outcome.startswith("panic") else "")
 
@@ -832,6 +859,10 @@ def target_doc(
             import pycrdt
 
             _read_back(ydoc, pycrdt)  # the raw roots, where a misplaced item shows
+        roots = dict(index.root_types) if index is not None else None
+        problem = _export_problem(doc.export_yjs_update(), roots)
+        if problem is not None:
+            return "corrupt-after-accept", problem
         return "accepted", ""
     except InvalidUpdateError as exc:
         return "rejected", _reason(str(exc))
@@ -916,6 +947,8 @@ def worker_main(args: argparse.Namespace) -> None:
             out.write(f"P {index} {reason}\n")
         elif verdict == "engine-error-after-accept" and reasons[f"{verdict}: {reason}"] <= 2:
             save_crasher("engine-error", args.seed, index, prior, data)
+        elif verdict == "corrupt-after-accept" and reasons[f"{verdict}: {reason}"] <= 2:
+            save_crasher("corrupt", args.seed, index, prior, data)
         elif args.apply_rejected and "=> panic" in reason and reasons[f"{verdict}: {reason}"] <= 2:
             save_crasher("rejected-panic", args.seed, index, prior, data)
         if index % 200 == 0:  # heartbeat for the parent's stall detector
@@ -1075,6 +1108,7 @@ def _parent_loop(args: argparse.Namespace, corpus: list[Sample], t0: float) -> i
         "accepted": counts["accepted"],
         "panics_after_accept": counts["panic-after-accept"],
         "engine_errors_after_accept": counts["engine-error-after-accept"],
+        "corrupt_after_accept": counts["corrupt-after-accept"],
         "crashes": counts["crash"]
         + counts["hang"]
         + sum(v for k, v in counts.items() if k.startswith("exit")),
@@ -1091,7 +1125,10 @@ def _parent_loop(args: argparse.Namespace, corpus: list[Sample], t0: float) -> i
     for c in crashes:
         print("  " + c)
     bad = (
-        summary["panics_after_accept"] + summary["crashes"] + summary["engine_errors_after_accept"]
+        summary["panics_after_accept"]
+        + summary["crashes"]
+        + summary["engine_errors_after_accept"]
+        + summary["corrupt_after_accept"]
     )
     return 1 if bad else 0
 

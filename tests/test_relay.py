@@ -57,7 +57,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync import client as sync_client
 
 from crdtsync import AuthError, Doc, ErrorCode, Peer
-from crdtsync._yupdate import UpdateLimits
+from crdtsync._yupdate import ParsedUpdate, UpdateLimits, encode_update
 from crdtsync.relay import Relay, RelayConfig, mint_token
 from crdtsync.sync import SessionOptions, Status
 from crdtsync.sync import messages as m
@@ -718,6 +718,35 @@ async def test_hostile_corpus_as_y_updates_closes_only_that_connection(tmp_path:
         await watcher.aclose()
 
 
+@pytest.mark.anyio
+async def test_half_of_an_emoji_cannot_be_deleted_and_the_room_stays_joinable(
+    tmp_path: Path,
+) -> None:
+    # Found by the long socket fuzz run: a deletion of one UTF-16 unit of a
+    # character outside the BMP made yrs delete another character, and the
+    # room's own export was then refused by every newcomer (validator rule S7).
+    async with running_relay(tmp_path) as relay:
+        room = await relay.peer.open("notes")
+        room.text("body").insert(0, "😀Åb")
+        before = await room_state(relay, "notes")
+        writer = relay.peer.peer_id
+        # The roots map entry is clock 0; then 😀 takes clocks 1-2, Å 3, b 4.
+        for start, length in ((1, 1), (2, 1), (2, 2)):
+            attacker = await YClient.open(relay.url, "notes")
+            await attacker.sync()
+            bad = y.encode_update(encode_update(ParsedUpdate({}, {writer: [(start, length)]})))
+            await attacker.ws.send(bad)
+            code, _, _ = await attacker.closed()
+            assert code == 1007, (start, length, code)
+            assert await room_state(relay, "notes") == before
+        newcomer = await YClient.open(relay.url, "notes")
+        await newcomer.sync()
+        assert newcomer.text() == "😀Åb"
+        await newcomer.edit(lambda d: d.text("body").__delitem__(0))
+        await eventually(lambda: str(room.text("body")) == "Åb", what="a whole emoji deleted")
+        await newcomer.aclose()
+
+
 # -- 6b. fuzzing the relay's input over a real socket ----------------------------------------------
 #
 # The relay runs on its own thread (hypothesis examples are synchronous); each
@@ -843,7 +872,7 @@ class FuzzRig:
         deadline = time.monotonic() + WAIT
         while self.thread.call(self._connections()) != self.baseline:
             assert time.monotonic() < deadline, "the relay did not finish the connection"
-            time.sleep(0.005)  # noqa: sleep - polls another thread's relay, bounded
+            time.sleep(0.005)  # deliberate sleep: polls another thread's relay, bounded
 
     async def _connections(self) -> int:
         return self.relay.connections

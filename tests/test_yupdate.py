@@ -621,3 +621,71 @@ def test_mutated_updates_never_panic_after_validation(case: tuple[bytes, bytes])
     else:
         assert y.encode_update(parsed) == data
     _apply_checked(prior, data)
+
+
+def test_rule_surrogate_pairs_are_never_split() -> None:
+    # S7 (found by the relay's socket fuzzer): a String holding characters
+    # outside the BMP, then references and deletions at every clock of it.
+    # Splitting between the two UTF-16 units of a character makes yrs split
+    # the string elsewhere: it deletes the wrong character, and the
+    # document's own export is broken (a self-referencing origin, or a
+    # zero-length String).
+    text = "😀Åbé\x93😀"  # clocks: 😀 0-1, Å 2, b 3, é 4, \x93 5, 😀 6-7
+    inside = {1, 7}  # a split before these clocks falls inside a pair
+    prior = _update([_string(7, 0, text, parent="t")])
+    index = y.DocIndex(ROOT_TYPES)
+    index.record(y.validate_update(prior, index=index))
+    assert index.pair_splits == {7: [1, 7]}
+    for clock in range(8):
+        # an origin at `clock` splits before clock + 1, a right origin before clock
+        for kw, split in (
+            ({"origin": (7, clock)}, clock + 1),
+            ({"right_origin": (7, clock)}, clock),
+        ):
+            data = _update([_string(8, 0, "z", **kw)])
+            if split in inside:
+                with pytest.raises(MalformedUpdateError, match="inside a surrogate pair"):
+                    y.validate_update(data, index=index)
+                # in the same update as the String: refused without an index too
+                own = _update([_string(7, 0, text, parent="t"), _string(8, 0, "z", **kw)])
+                with pytest.raises(MalformedUpdateError, match="inside a surrogate pair"):
+                    y.validate_update(own)
+            else:
+                y.validate_update(data, index=index)
+        for length in range(1, 9 - clock):
+            data = _update([], {7: [(clock, length)]})
+            if clock in inside or clock + length in inside:
+                with pytest.raises(MalformedUpdateError, match="splits a surrogate pair"):
+                    y.validate_update(data, index=index)
+            else:
+                y.validate_update(data, index=index)
+    # A struct overlapping the known clocks is cut at the known clock: not inside a pair.
+    head = _update([_string(9, 0, "a😀", parent="t")])
+    index.record(y.validate_update(head, index=index))
+    ok = _update([_string(9, 0, "a😀b", parent="t")])
+    y.validate_update(ok, index=index)
+    index2 = y.DocIndex(ROOT_TYPES)
+    index2.record(y.validate_update(_update([_string(9, 0, "a", parent="t")]), index=index2))
+    y.validate_update(_update([_string(9, 0, "a😀", parent="t")]), index=index2)
+    # known state 2 would cut "😀b" (clocks 0-2) between its units
+    cut = _update([_string(10, 0, "😀b", parent="t")])
+    with pytest.raises(MalformedUpdateError, match="inside a surrogate pair"):
+        y.validate_update(cut, known_state={10: 1})
+
+
+def test_surrogate_pair_splits_survive_a_document_round_trip() -> None:
+    # Through the public API: the relay's case. A room holding emoji refuses
+    # the deletion of half of one and stays exportable and editable.
+    from crdtsync import Doc
+
+    room = Doc(peer_id=7)
+    room.text("body").insert(0, "x😀y")  # the text starts at clock 1 (clock 0: the roots map)
+    before = room.export_yjs_update()
+    bad = _update([], {7: [(3, 1)]})  # the second unit of 😀
+    with pytest.raises(MalformedUpdateError):
+        room.import_yjs_update(bad)
+    assert room.export_yjs_update() == before
+    fresh = Doc()
+    fresh.import_yjs_update(room.export_yjs_update())
+    del fresh.text("body")[1]
+    assert str(fresh.text("body")) == "xy"
