@@ -342,7 +342,7 @@ async def test_two_concurrent_recvs_are_a_transport_error_not_a_websockets_one()
         client = await step(WebSocketTransport().connect(server.listener.address))
         await server.accept()
         first = asyncio.ensure_future(client.recv())
-        await asyncio.sleep(0)  # noqa: sleep - let the first recv start
+        await asyncio.sleep(0)  # deliberate sleep: let the first recv start
         with pytest.raises(TransportError):
             await step(client.recv())
         first.cancel()

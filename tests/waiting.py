@@ -26,4 +26,4 @@ async def eventually(
             return
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        await asyncio.sleep(0.005)  # noqa: sleep - the poll interval of a bounded wait
+        await asyncio.sleep(0.005)  # deliberate sleep: the poll interval of a bounded wait
