@@ -1727,16 +1727,30 @@ class _Checker:
 
     def _check_refs(self, s: Struct) -> None:
         client, clock = s.client, s.clock
+        known = self.known.get(client, 0)
         for ref, what in (
             (s.origin, "origin"),
             (s.right_origin, "right origin"),
             (s.parent if isinstance(s.parent, tuple) else None, "parent"),
         ):
-            if ref is not None and ref[0] == client and ref[1] >= clock:
+            if ref is None:
+                continue
+            if ref[0] == client and ref[1] >= clock:
                 raise MalformedUpdateError(
                     f"item {client}:{clock} has {what} {ref[0]}:{ref[1]} that is not earlier on "
                     "its own client"
                 )
+            # S5 for every reference, not only those that decide the container: a
+            # right origin nobody has (its left neighbour being known) made yrs
+            # link the item next to another one, and the next export was refused.
+            # (The origin of a struct overlapping the known clocks is replaced.)
+            if (
+                self.strict
+                and not (what == "origin" and clock < known)
+                and not self._in_doc(*ref)
+                and self._find(*ref) is None
+            ):
+                raise _missing(s, what, ref)
 
     def _check_place(self, s: Struct, where: _Where, observed: dict[ContainerKey, int]) -> None:
         cls = _CONTENT_CLASS[s.kind]

@@ -689,3 +689,22 @@ def test_surrogate_pair_splits_survive_a_document_round_trip() -> None:
     fresh.import_yjs_update(room.export_yjs_update())
     del fresh.text("body")[1]
     assert str(fresh.text("body")) == "xy"
+
+
+def test_rule_every_reference_must_be_known() -> None:
+    # S5 for references that do not decide the container (found by the 1M-input
+    # fuzz run): a known origin and a right origin of a client nobody has.
+    base, index = _base_doc()
+    data = _update([_string(2, 0, "z", origin=_id_of(base, "t"), right_origin=(999, 5))])
+    with pytest.raises(y.MissingUpdatesError) as info:
+        y.validate_update(data, index=index)
+    assert (info.value.client, info.value.clock) == (999, 5)
+    y.validate_update(data)  # without a receiving state it cannot be judged
+    # A right origin inside the same update is fine.
+    ok = _update(
+        [
+            _string(3, 0, "q", origin=_id_of(base, "t")),
+            _string(2, 0, "z", origin=_id_of(base, "t"), right_origin=(3, 0)),
+        ]
+    )
+    y.validate_update(ok, index=index)
