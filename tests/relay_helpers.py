@@ -443,14 +443,14 @@ class _Owner:
 
     def __init__(self, peer_id: int) -> None:
         self.peer_id = peer_id
-        self.state = p.State.OPEN
+        self.closed = False
 
 
 def model_registry(foreign: dict[int, int]) -> p.WriterRegistry:
     """A writer registry in which ``client id -> peer id`` are owned by other connections."""
     registry = p.WriterRegistry()
     for client, peer_id in foreign.items():
-        registry.claim(_Owner(peer_id), [client])  # type: ignore[arg-type]
+        assert registry.declare(_Owner(peer_id), [client]) is None
     return registry
 
 
@@ -470,7 +470,8 @@ def y_model(
             break
         if isinstance(msg, y.SyncStep2 | y.SyncUpdate):
             try:
-                if parse_update(msg.update, limits).client_ids() & foreign:
+                writes = parse_update(msg.update, limits).state_vector_after()
+                if set(p.new_writes(writes, mirror.version)) & foreign:
                     break
                 mirror.import_yjs_update(msg.update)
             except InvalidUpdateError:
@@ -521,6 +522,9 @@ class ServerModel:
                 elif isinstance(ev, p.CatchUpNeeded) and ev.name in self.docs:
                     s.send_catch_up(ev.name, self.docs[ev.name].export_yjs_update(since=ev.since))
                 elif isinstance(ev, p.UpdateReceived) and ev.name in self.docs:
+                    known = self.docs[ev.name].version
+                    if not s.check_writers(p.new_writes(ev.writes, known)):
+                        continue
                     try:
                         self.docs[ev.name].import_yjs_update(ev.update)
                     except InvalidUpdateError as exc:

@@ -10,12 +10,14 @@ import pytest
 import zstandard
 
 from crdtsync import Doc, ErrorCode, ProtocolError
+from crdtsync._yupdate import UpdateLimits
 from crdtsync.errors import (
     AuthError,
     ConnectionClosedError,
     EpochMismatchError,
     ForbiddenWriterError,
     FrameTooLargeError,
+    LimitExceededError,
     LocalProtocolError,
     MalformedFrameError,
     ProtocolTimeoutError,
@@ -42,6 +44,7 @@ from crdtsync.sync.protocol import (
     State,
     UpdateReceived,
     WriterRegistry,
+    new_writes,
 )
 from crdtsync.version import Version
 
@@ -69,7 +72,10 @@ class Side:
                         ev.name, self.docs[ev.name].export_yjs_update(since=ev.since)
                     )
                 elif isinstance(ev, UpdateReceived):
-                    self.docs[ev.name].import_yjs_update(ev.update)
+                    doc = self.docs[ev.name]
+                    if not self.s.check_writers(new_writes(ev.writes, doc.version)):
+                        continue
+                    doc.import_yjs_update(ev.update)
                     self.s.ack(ev.name, ev.seq)
 
     def of(self, cls: type) -> list[Any]:
@@ -452,15 +458,97 @@ def test_forged_writer_is_rejected() -> None:
     assert str(relay_docs["d"].text("t")) == "vw", "the victim's later edits still arrive"
 
 
-def test_same_peer_reconnecting_takes_its_ids_over() -> None:
+def test_a_live_sessions_ids_are_not_taken_by_a_newcomer_with_its_peer_id() -> None:
+    """Bug A: the peer id in HELLO is public; declaring it must not take a live owner's ids."""
     registry = WriterRegistry()
     doc = Doc(peer_id=5)
     doc.text("t").insert(0, "x")
-    first = Pair({"d": doc}, {"d": Doc()}, registry=registry)
+    first = Pair({"d": doc}, {"d": Doc()}, registry=registry)  # peer id 1, writers [1]
     first.pump()
-    second = Pair({"d": doc}, {"d": Doc()}, registry=registry)  # same peer id 1
+    second = Pair({"d": doc}, {"d": Doc()}, registry=registry)  # the same peer id
     second.pump()
-    assert second.server.s.state is State.OPEN
+    assert isinstance(second.server.s.error, ForbiddenWriterError)
+    assert registry.owner(1) is first.server.s
+    # Once the relay has seen the first one go, the same peer gets in (a reconnect).
+    first.client.s.close()
+    first.pump()
+    assert registry.owner(1) is None
+    third = Pair({"d": doc}, {"d": Doc()}, registry=registry)
+    third.pump()
+    assert third.server.s.state is State.OPEN
+    assert registry.owner(1) is third.server.s
+
+
+def test_forwarding_known_structs_claims_nothing() -> None:
+    """Bug M: resending edits the server already has is no claim on their author's id."""
+    registry = WriterRegistry()
+    relay = {"d": Doc()}
+    author = Doc(peer_id=111)
+    author.text("t").insert(0, "by 111")
+    a = Pair({"d": author}, relay, registry=registry, client_id=111)
+    a.pump()
+    a.client.s.close()
+    a.pump()
+    # Another peer holding 111's edits (and its own) syncs while 111 is away.
+    holder = Doc(peer_id=222)
+    holder.import_yjs_update(author.export_yjs_update())
+    holder.text("t").insert(0, "[222] ")
+    b = Pair({"d": holder}, relay, registry=registry, client_id=222)
+    b.pump()
+    assert b.server.s.state is State.OPEN, b.server.s.error
+    assert registry.owner(111) is None, "known structs of 111 passed through: no claim"
+    # A peer that declared its ids forwards *new* structs of an absent author: allowed,
+    # and it still owns nothing but its own, so the author gets back in.
+    author.text("t").insert(6, "!")
+    holder.import_yjs_update(author.export_yjs_update())
+    holder.observe_updates(lambda u, o, local: None)
+    b.client.s.send_update("d", author.export_yjs_update(since=relay["d"].version))
+    b.pump()
+    assert b.server.s.state is State.OPEN, b.server.s.error
+    assert str(relay["d"].text("t")) == "[222] by 111!"
+    assert registry.owner(111) is None
+    back = Pair({"d": author}, relay, registry=registry, client_id=111)
+    back.pump()
+    assert back.server.s.state is State.OPEN, back.server.s.error
+    assert registry.owner(111) is back.server.s
+
+
+def test_read_only_accept_declares_nothing() -> None:
+    """Bug H: a read-only peer's HELLO writers are not bound to it."""
+    registry = WriterRegistry()
+    pair = Pair({"d": Doc()}, {"d": Doc()}, registry=registry, client_id=77)
+    pair.server.auto_accept = False
+    pair.pump()
+    pair.server.s.accept(declare=False)
+    pair.pump()
+    assert pair.server.s.state is State.OPEN
+    assert registry.owner(77) is None
+
+
+def test_hello_with_too_many_writers_is_refused() -> None:
+    """Bug N: HELLO writers are bounded; release costs only the owner's own ids."""
+    registry = WriterRegistry()
+    server = Session.server(2, registry=registry)
+    client = Session.client(9, writers=range(registry.max_per_owner + 1))
+    for f in client.data_to_send():
+        server.receive_data(f)
+    assert isinstance(server.error, LimitExceededError)
+    ok = Session.client(9, writers=range(1000, 1000 + registry.max_per_owner))
+    server2 = Session.server(2, registry=registry)
+    for f in ok.data_to_send():
+        server2.receive_data(f)
+    server2.events_received()
+    server2.accept()
+    assert len(registry) == registry.max_per_owner
+    others = [Session.server(3, registry=registry) for _ in range(50)]
+    for i, s in enumerate(others):
+        assert registry.declare(s, [5000 + i]) is None
+    s0 = others[0]
+    s0.close()
+    # release() goes through the owner's own ids only (an index, not a scan of all).
+    assert registry._ids.get(s0) is None
+    assert len(registry) == registry.max_per_owner + 49
+    assert registry.claim_writes(others[1], [5000]) is None  # freed
 
 
 def test_timers_with_a_fake_clock() -> None:
@@ -600,3 +688,99 @@ def test_awareness_bytes_are_y_protocols_compatible() -> None:
     gone = ours.set_local_state(None, now=1.0)
     theirs.apply_awareness_update(gone, "test")
     assert 42 not in theirs.states
+
+
+def test_unfinished_parts_share_one_budget_per_session() -> None:
+    """Bug I: PART reassembly is bounded per session, not per document."""
+    limits = UpdateLimits(max_update_bytes=10_000)
+    opts = SessionOptions(limits=limits)
+    names = [f"d{i}" for i in range(4)]
+    pair = Pair({n: Doc() for n in names}, {}, options=opts)
+    pair.pump()
+    assert all(pair.client.s.is_synced(n) for n in names)
+    c = pair.client.s
+    for n in names[:2]:
+        ch = c._docs[n]
+        c._send(m.Part(ch.local_chan, ch.send_seq + 1, b"x" * 4_000))  # 8,000 in all: fine
+    pair.pump()
+    assert pair.server.s.state is State.OPEN
+    ch = c._docs[names[2]]
+    c._send(m.Part(ch.local_chan, ch.send_seq + 1, b"x" * 4_000))  # 12,000 > 10,000
+    pair.pump()
+    assert isinstance(pair.server.s.error, FrameTooLargeError)
+    assert "this session" in str(pair.server.s.error)
+
+
+def test_finished_parts_return_their_budget() -> None:
+    limits = UpdateLimits(max_update_bytes=10_000)
+    opts = SessionOptions(limits=limits, max_frame=1_000, compress_min=1 << 30)
+    a = Doc()
+    pair = Pair({"d": a}, {}, options=opts)
+    pair.pump()
+    a.observe_updates(lambda u, o, local: local and pair.client.s.send_update("d", u))
+    for i in range(5):  # each ~4 KB, sent in PARTs of 1 KB: 20 KB in all, 4 KB at once
+        a.text("t").insert(0, "abcd" * 1000)
+        pair.pump()
+        assert pair.server.s.state is State.OPEN, (i, pair.server.s.error)
+    assert pair.server.s._parts_bytes == 0
+    assert len(str(pair.server.docs["d"].text("t"))) == 20_000
+
+
+def test_refused_documents_are_forgotten_and_bounded() -> None:
+    """Bug J: refused channels are not kept forever, and endless refusals close the session."""
+    opts = SessionOptions(max_refusals=300)
+    server = Session.server(2, options=opts)
+    client = Session.client(1)
+    for f in client.data_to_send():
+        server.receive_data(f)
+    server.events_received()
+    server.accept()
+    for f in server.data_to_send():
+        client.receive_data(f)
+    client.events_received()
+    for i in range(2_000):
+        client.open_doc(f"nope-{i}", b"", Version())
+        for f in client.data_to_send():
+            server.receive_data(f)
+        for ev in server.events_received():
+            if isinstance(ev, DocRequested):
+                server.refuse_doc(ev.name, AuthError("not yours"))
+        for f in server.data_to_send():
+            client.receive_data(f)
+        client.events_received()
+        if server.closed:
+            break
+    assert isinstance(server.error, LimitExceededError), server.error
+    assert i == 300
+    assert len(server._docs) <= protocol._MAX_REMEMBERED
+    assert len(server._dead_remote) <= protocol._MAX_REMEMBERED
+
+
+def test_closed_channels_are_remembered_only_up_to_a_bound() -> None:
+    server = Session.server(2, options=SessionOptions(max_refusals=10**6))
+    client = Session.client(1)
+    for f in client.data_to_send():
+        server.receive_data(f)
+    server.events_received()
+    server.accept()
+    for f in server.data_to_send():
+        client.receive_data(f)
+    client.events_received()
+    for i in range(3 * protocol._MAX_REMEMBERED):
+        client.open_doc(f"d{i}", b"", Version())
+        for f in client.data_to_send():
+            server.receive_data(f)
+        for ev in server.events_received():
+            if isinstance(ev, DocRequested):
+                server.refuse_doc(ev.name, AuthError("no"))
+        for f in server.data_to_send():
+            client.receive_data(f)
+        client.events_received()
+    assert server.state is State.OPEN
+    assert len(server._docs) <= protocol._MAX_REMEMBERED
+    assert len(server._dead_remote) <= protocol._MAX_REMEMBERED
+    # A late frame on a recently closed channel is still ignored, not an error.
+    last = client._docs[f"d{3 * protocol._MAX_REMEMBERED - 1}"]
+    assert last.local_chan is not None
+    server.receive_data(client._writer.frame(m.Ack(last.local_chan, 0)))
+    assert server.state is State.OPEN

@@ -202,6 +202,7 @@ class _YConn:
     address: str
     bucket: _Bucket
     clients: set[int] = field(default_factory=set)  # awareness client ids it announced
+    declared: bool = False  # its first presence message named its own client id
     t0: float = 0.0
     closed: bool = False
     # Bytes of frames written to its transport so far, and that count just after
@@ -644,7 +645,7 @@ class Relay:
             yc.closed = True
             self._yconns.discard(yc)
             state.yconns.discard(yc)
-            self.peer._registry.release(yc)  # type: ignore[arg-type]
+            self.peer._registry.release(yc)
             if yc.clients:
                 self.peer.remove_presence(room, yc.clients, yc)
             log.info(
@@ -712,16 +713,27 @@ class Relay:
                 self._error("read_only")
                 self._y_send(yc, y.encode_auth_denied("read-only access: update refused"))
             return
-        # Writer binding, as for crdtsync sessions: a client id another live
-        # connection writes under cannot be written from here.
+        # Writer binding, as for crdtsync sessions: new structs under a client id
+        # another live connection owns cannot be written from here (known ones,
+        # a resync or another tab's forwarded edit, claim nothing).
         parsed = parse_update(update, self._limits)
-        bad = self.peer._registry.claim(yc, parsed.client_ids())  # type: ignore[arg-type]
+        fresh = p.new_writes(parsed.state_vector_after(), doc.version)
+        bad = self.peer._registry.claim_writes(yc, fresh)
         if bad is not None:
             raise ForbiddenWriterError(f"client id {bad} belongs to another connection")
         self.peer.import_update(yc.room, update, origin=yc)
 
     def _y_awareness(self, yc: _YConn, data: bytes) -> None:
         entries = decode_awareness(data)
+        if not yc.declared and not yc.read_only:
+            # A client's first presence message is its own state (y-websocket
+            # sends it on connect): its client id is what it writes under. Later
+            # messages may echo other clients' states, so only the first counts,
+            # and ids another live connection owns are skipped, not refused.
+            yc.declared = True
+            self.peer._registry.declare(
+                yc, [c for c, _clock, state in entries if state is not None], strict=False
+            )
         for client, _clock, state in entries:
             if state is None:
                 yc.clients.discard(client)

@@ -1075,6 +1075,10 @@ class Peer:
                     ev.name, ReadOnlyError(f"read-only access to {ev.name!r}: update refused")
                 )
                 return
+            # Only structs new to us are a claim on their client ids: known ones
+            # passing through again (a resync, a forwarded edit) lock nobody out.
+            if ev.writes and not s.check_writers(p.new_writes(ev.writes, entry.doc.version)):
+                return
             try:
                 self._import(entry, ev.update, link)
             except InvalidUpdateError as exc:
@@ -1144,7 +1148,7 @@ class Peer:
             return
         g = grant if isinstance(grant, Grant) else Grant()
         link.grant = g
-        s.accept(writers=[self.peer_id], verify_writers=not g.relay)
+        s.accept(writers=[self.peer_id], verify_writers=not g.relay, declare=not g.read_only)
 
     def _on_doc_requested(self, link: _Link, ev: p.DocRequested) -> None:
         s = link.session

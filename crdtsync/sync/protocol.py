@@ -53,9 +53,10 @@ recovery story (``proofs/SYNC.md`` argues why it converges).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import zstandard
 
@@ -100,11 +101,15 @@ __all__ = [
     "SessionOptions",
     "State",
     "UpdateReceived",
+    "WriterOwner",
     "WriterRegistry",
+    "new_writes",
 ]
 
 MAX_NAME_BYTES = 1024  # document names on the wire, UTF-8
 _MAX_EPOCH_BYTES = 64
+# Closed channels (by name) and closed remote channel numbers a session remembers.
+_MAX_REMEMBERED = 1024
 # Frame bytes around an UPDATE's data: array head, type, chan, seq, enc, bytes head.
 _UPDATE_OVERHEAD = 32
 
@@ -185,6 +190,8 @@ class SessionOptions:
             (when that makes them smaller).
         verify_writers: check that every update from the peer writes only under
             client ids it owns (see :class:`WriterRegistry`).
+        max_refusals: documents the peer may ask for and be refused (or close)
+            on one session; past that it is probing, and the session closes.
     """
 
     max_frame: int = 1 << 20
@@ -196,6 +203,7 @@ class SessionOptions:
     max_docs: int = 100_000
     compress_min: int = 256
     verify_writers: bool = True
+    max_refusals: int = 1024
 
 
 # -- events ----------------------------------------------------------------------------
@@ -246,6 +254,11 @@ class UpdateReceived:
     name: str
     seq: int
     update: bytes
+    #: Client id -> clock after the update's last struct under it (filled in
+    #: when the session verifies writers). The shell passes the ids with new
+    #: structs (:func:`new_writes` against the document) to
+    #: :meth:`Session.check_writers` before it imports the update.
+    writes: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -295,51 +308,140 @@ Event: TypeAlias = (
 # -- writer ownership ------------------------------------------------------------------------
 
 
-class WriterRegistry:
-    """Which live session owns which client id, shared by the sessions of one peer.
+class WriterOwner(Protocol):
+    """What the registry asks of an owner: a session, or a y-protocols connection."""
 
-    A session that verifies writers claims the client ids its peer declares in
-    the handshake and every client id an update from it writes under. A claim
-    fails when another live session, from another peer id, owns the id: that is
-    a forged write (measured on pycrdt: 9 bytes under a victim's client id with
-    a high clock make a relay drop every later edit of the victim). A session
-    from the *same* peer id takes the ids over: it is that peer reconnecting
-    before its old session timed out.
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is over (its ids are free then)."""
+        ...
+
+
+#: Client ids one connection may own (declared, or written by a connection that
+#: declared none). A browser tab is one id and a Peer one per process: this is
+#: generous, and keeps a hostile HELLO from filling the registry.
+MAX_WRITERS = 1024
+
+
+class WriterRegistry:
+    """Which live connection owns which client id, shared by one relay's connections.
+
+    Two ways to own an id:
+
+    * *declared*: a crdtsync peer's handshake names the ids it writes under, and
+      a y-protocols client's first presence message names its own client id
+      (stock y-websocket sends it on connect). A write grant is needed.
+    * *written*: a connection that declared nothing owns the ids of the new
+      structs it writes (a y-protocols client that never announces presence).
+
+    No two live connections own one id: a declaration or a write of new structs
+    under an id another live connection owns is refused (a forged write: 9 bytes
+    under a victim's client id with a high clock make a relay drop every later
+    edit of the victim). A connection that declared its ids may forward others'
+    new structs under ids nobody owns (a mesh peer, a tab relaying another tab's
+    edits) and owns nothing by it, so the author can still declare its id when it
+    connects. Structs the relay already has are never a claim: forwarding known
+    history locks nobody out. A peer reconnecting before the relay noticed its
+    old connection die is refused until then, and retries with backoff: the
+    declared peer id is not a secret, so it cannot be what lets a newcomer take
+    a live connection's ids.
     """
 
-    def __init__(self) -> None:
-        # client id -> owning session.
-        self._owner: dict[int, Session] = {}
+    def __init__(self, max_per_owner: int = MAX_WRITERS) -> None:
+        self.max_per_owner = max_per_owner
+        # client id -> owning connection; owner -> its ids (release is O(own ids)).
+        self._owner: dict[int, WriterOwner] = {}
+        self._ids: dict[WriterOwner, set[int]] = {}
+        # Owners that declared ids (they do not own what they merely forward).
+        self._declared: set[WriterOwner] = set()
 
-    def claim(self, session: Session, client_ids: Iterable[int]) -> int | None:
-        """Bind ``client_ids`` to ``session``.
+    def _taken(self, owner: WriterOwner, cid: int) -> bool:
+        other = self._owner.get(cid)
+        return other is not None and other is not owner and not other.closed
+
+    def _bind(self, owner: WriterOwner, ids: list[int]) -> None:
+        mine = self._ids.setdefault(owner, set())
+        fresh = [c for c in ids if c not in mine]
+        if len(mine) + len(fresh) > self.max_per_owner:
+            raise LimitExceededError(
+                f"more than {self.max_per_owner} client ids for one connection"
+            )
+        for cid in fresh:
+            old = self._owner.get(cid)
+            if old is not None and old is not owner:
+                # A closed owner not yet released: its claim is void.
+                self._ids.get(old, set()).discard(cid)
+            self._owner[cid] = owner
+            mine.add(cid)
+
+    def declare(
+        self, owner: WriterOwner, client_ids: Iterable[int], *, strict: bool = True
+    ) -> int | None:
+        """Bind the ids a connection says it writes under.
+
+        Args:
+            owner: the connection.
+            client_ids: its ids.
+            strict: refuse all when one is taken (a handshake); if False, skip
+                taken ids (a presence message, which may echo other clients').
 
         Returns:
-            The first client id owned by another peer's live session (nothing is
-            bound then), or None.
+            With ``strict``, the first id another live connection owns (nothing
+            is bound then); otherwise None.
+
+        Raises:
+            LimitExceededError: more than ``max_per_owner`` ids.
+        """
+        ids = list(dict.fromkeys(client_ids))
+        taken = [c for c in ids if self._taken(owner, c)]
+        if taken and strict:
+            return taken[0]
+        free = [c for c in ids if c not in taken] if taken else ids
+        self._bind(owner, free)
+        self._declared.add(owner)
+        return None
+
+    def claim_writes(self, owner: WriterOwner, client_ids: Iterable[int]) -> int | None:
+        """Check, and for a connection that declared nothing bind, ids of new structs.
+
+        Returns:
+            The first id another live connection owns (nothing is bound), or None.
+
+        Raises:
+            LimitExceededError: more than ``max_per_owner`` ids.
         """
         ids = list(client_ids)
         for cid in ids:
-            owner = self._owner.get(cid)
-            if (
-                owner is not None
-                and owner is not session
-                and owner.state is not State.CLOSED
-                and owner.peer_id != session.peer_id
-            ):
+            if self._taken(owner, cid):
                 return cid
-        for cid in ids:
-            self._owner[cid] = session
+        if owner not in self._declared:
+            self._bind(owner, ids)
         return None
 
-    def release(self, session: Session) -> None:
-        """Forget every id ``session`` owns (it closed)."""
-        for cid in [c for c, s in self._owner.items() if s is session]:
-            del self._owner[cid]
+    def release(self, owner: WriterOwner) -> None:
+        """Forget every id ``owner`` owns (it closed)."""
+        self._declared.discard(owner)
+        for cid in self._ids.pop(owner, ()):
+            if self._owner.get(cid) is owner:
+                del self._owner[cid]
 
-    def owner(self, client_id: int) -> Session | None:
-        """The live session owning ``client_id``."""
-        return self._owner.get(client_id)
+    def owner(self, client_id: int) -> WriterOwner | None:
+        """The connection owning ``client_id`` (None if nobody, or if it closed)."""
+        owner = self._owner.get(client_id)
+        return None if owner is None or owner.closed else owner
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+
+def new_writes(writes: Mapping[int, int], known: Mapping[int, int]) -> list[int]:
+    """Client ids under which an update writes structs beyond ``known`` (a state vector).
+
+    Args:
+        writes: client id -> clock after the update's last struct for it.
+        known: what the receiving document has (``doc.version``).
+    """
+    return [c for c, end in writes.items() if end > known.get(c, 0)]
 
 
 # -- per-document channel ------------------------------------------------------------------
@@ -455,7 +557,14 @@ class Session:
         # checking only these keeps a session with many documents O(1) per frame.
         self._dirty: set[_Channel] = set()
         # Remote channels we closed: late frames on them are ignored, not errors.
-        self._dead_remote: set[int] = set()
+        # Only the latest are remembered (a frame that late is an error then), and
+        # closed channels are forgotten past a bound: a peer that opens and closes,
+        # or is refused, again and again must not grow the session.
+        self._dead_remote: OrderedDict[int, None] = OrderedDict()
+        self._closed_names: OrderedDict[str, None] = OrderedDict()
+        self._refused = 0
+        # Unfinished PART reassembly, all channels together: one budget per session.
+        self._parts_bytes = 0
         self._next_chan = 0
         # Protocol versions we speak, and the client's HELLO (server side).
         self._versions: tuple[int, ...] = m.PROTOCOL_VERSIONS
@@ -609,13 +718,22 @@ class Session:
 
     # -- shell-facing actions ------------------------------------------------------------
 
-    def accept(self, *, writers: Iterable[int] = (), verify_writers: bool | None = None) -> None:
+    def accept(
+        self,
+        *,
+        writers: Iterable[int] = (),
+        verify_writers: bool | None = None,
+        declare: bool = True,
+    ) -> None:
         """Server: accept the client after :class:`HelloReceived`; queues WELCOME.
 
         Args:
             writers: client ids we write under (declared to the client).
             verify_writers: override ``options.verify_writers`` for this peer
                 (False for a trusted relay or mesh peer that forwards others' edits).
+            declare: bind the client ids the peer declared to this session. False
+                for a read-only peer: it writes nothing, so it owns nothing (else
+                it could lock a writer out of its own id).
         """
         if self.state is not State.HELLO_RECEIVED:
             raise LocalProtocolError(f"accept() in state {self.state.value}")
@@ -624,12 +742,13 @@ class Session:
         hello = self._hello
         assert hello is not None
         assert self.version is not None
+        # Before WELCOME: a peer refused its ids never sees the session open.
+        if self.verify_writers and declare and not self._declare(hello.writers):
+            return
         self._send(
             m.Welcome(self.version, self.local_peer_id, tuple(writers), self.options.max_frame)
         )
         self.state = State.OPEN
-        if self.verify_writers and not self._claim(hello.writers):
-            return
         self._events.append(Opened(hello.peer_id, self.version))
         try:
             for chan, (name, epoch, version) in enumerate(hello.docs):
@@ -685,6 +804,11 @@ class Session:
         if ch is None or ch.state is DocState.CLOSED or self.state is not State.OPEN:
             return
         self._close_doc(ch, error, send=True)
+        self._refused += 1
+        if self._refused > self.options.max_refusals:
+            self._fail(
+                LimitExceededError(f"more than {self.options.max_refusals} documents refused")
+            )
 
     def send_catch_up(self, name: str, update: bytes) -> None:
         """Send the answer to :class:`CatchUpNeeded` (update number 1; may be empty)."""
@@ -725,6 +849,28 @@ class Session:
             assert ch.local_chan is not None
             self._send(m.Ack(ch.local_chan, seq))
             self._report_synced()
+
+    def check_writers(self, client_ids: Iterable[int]) -> bool:
+        """The shell found an update writing new structs under ``client_ids``.
+
+        Call it before importing the update (with :func:`new_writes` of
+        :attr:`UpdateReceived.writes` against the document). Ids another live
+        connection owns close the session with FORBIDDEN_WRITER.
+
+        Returns:
+            Whether the update may be imported.
+        """
+        if not self.verify_writers or self.state is State.CLOSED:
+            return self.state is not State.CLOSED
+        try:
+            bad = self.registry.claim_writes(self, client_ids)
+        except LimitExceededError as exc:
+            self._fail(exc)
+            return False
+        if bad is None:
+            return True
+        self._fail(ForbiddenWriterError(f"client id {bad} belongs to another connection"))
+        return False
 
     def reject_update(self, name: str, error: CrdtSyncError) -> None:
         """The shell could not import an update from the peer: close with INVALID_UPDATE."""
@@ -860,6 +1006,11 @@ class Session:
             )
         self.version = max(common)
         self.peer_id = msg.peer_id
+        if len(msg.writers) > self.registry.max_per_owner:
+            raise LimitExceededError(
+                f"HELLO declares {len(msg.writers)} client ids "
+                f"(at most {self.registry.max_per_owner})"
+            )
         if msg.max_frame:
             self._peer_max_frame = msg.max_frame
         for name, epoch, version in msg.docs:
@@ -880,7 +1031,7 @@ class Session:
         if msg.max_frame:
             self._peer_max_frame = msg.max_frame
         self.state = State.OPEN
-        if self.verify_writers and not self._claim(msg.writers):
+        if self.verify_writers and not self._declare(msg.writers):
             return
         self._events.append(Opened(msg.peer_id, msg.version))
         deferred, self._deferred = self._deferred, []
@@ -908,7 +1059,7 @@ class Session:
         ):
             # The answer to an offer we have closed since (DOC_ERROR crossed it):
             # not a new request. Close the peer's channel instead of pairing it.
-            self._dead_remote.add(msg.chan)
+            self._forget_remote(msg.chan)
             self._send(
                 m.DocError(
                     msg.name,
@@ -961,14 +1112,29 @@ class Session:
             )
         ch.state = DocState.CLOSED
         ch.unacked_since = None
+        if ch.parts is not None:
+            self._parts_bytes -= len(ch.parts)
         ch.parts = None
         if ch.remote_chan is not None:
             self._by_remote.pop(ch.remote_chan, None)
-            self._dead_remote.add(ch.remote_chan)
+            self._forget_remote(ch.remote_chan)
         if ch.local_chan is not None:
             self._by_local.pop(ch.local_chan, None)
         ch.synced = False
+        self._dirty.discard(ch)
+        self._closed_names[ch.name] = None
+        self._closed_names.move_to_end(ch.name)
+        while len(self._closed_names) > _MAX_REMEMBERED:
+            old, _ = self._closed_names.popitem(last=False)
+            gone = self._docs.get(old)
+            if gone is not None and gone.state is DocState.CLOSED:
+                del self._docs[old]
         self._events.append(DocClosed(ch.name, error))
+
+    def _forget_remote(self, chan: int) -> None:
+        self._dead_remote[chan] = None
+        while len(self._dead_remote) > _MAX_REMEMBERED:
+            self._dead_remote.popitem(last=False)
 
     def _remote_channel(self, chan: int) -> _Channel | None:
         ch = self._by_remote.get(chan)
@@ -991,10 +1157,14 @@ class Session:
         if ch.parts is None:
             ch.parts = bytearray()
         ch.parts += msg.data
-        if len(ch.parts) > self.options.limits.max_update_bytes:
-            raise FrameTooLargeError(
-                f"update on {ch.name!r} exceeds {self.options.limits.max_update_bytes} bytes"
-            )
+        self._parts_bytes += len(msg.data)
+        limit = self.options.limits.max_update_bytes
+        if len(ch.parts) > limit:
+            raise FrameTooLargeError(f"update on {ch.name!r} exceeds {limit} bytes")
+        if self._parts_bytes > limit:
+            # One budget for the whole session: a peer sends one update at a
+            # time, so unfinished ones on many documents are an attack on memory.
+            raise FrameTooLargeError(f"unfinished updates on this session exceed {limit} bytes")
 
     def _on_update(self, msg: m.Update) -> None:
         ch = self._remote_channel(msg.chan)
@@ -1006,6 +1176,7 @@ class Session:
             )
         data = msg.data
         if ch.parts is not None:
+            self._parts_bytes -= len(ch.parts)
             ch.parts += data
             data, ch.parts = bytes(ch.parts), None
         limit = self.options.limits.max_update_bytes
@@ -1015,16 +1186,17 @@ class Session:
             data = _unzstd(data, limit)
         elif msg.enc != m.ENC_RAW:
             raise MalformedFrameError(f"unknown update encoding {msg.enc}")
+        writes: dict[int, int] = {}
         if self.verify_writers:
             try:
                 parsed = parse_update(data, self.options.limits)
             except InvalidUpdateError as exc:
                 raise UpdateRejectedError(f"update for {ch.name!r} refused: {exc}") from None
-            self._claim(parsed.client_ids(), raising=True)
+            writes = parsed.state_vector_after()
         ch.recv_seq = msg.seq
         ch.synced = False  # until we acknowledge it
         self._dirty.add(ch)
-        self._events.append(UpdateReceived(ch.name, msg.seq, data))
+        self._events.append(UpdateReceived(ch.name, msg.seq, data, writes))
 
     def _on_ack(self, msg: m.Ack) -> None:
         ch = self._remote_channel(msg.chan)
@@ -1070,14 +1242,15 @@ class Session:
 
     # -- internals: errors and closing ---------------------------------------------------
 
-    def _claim(self, client_ids: Iterable[int], *, raising: bool = False) -> bool:
-        bad = self.registry.claim(self, client_ids)
+    def _declare(self, client_ids: Iterable[int]) -> bool:
+        try:
+            bad = self.registry.declare(self, client_ids)
+        except LimitExceededError as exc:
+            self._fail(exc)
+            return False
         if bad is None:
             return True
-        err = ForbiddenWriterError(f"client id {bad} belongs to another peer's session")
-        if raising:
-            raise err
-        self._fail(err)
+        self._fail(ForbiddenWriterError(f"client id {bad} belongs to another live connection"))
         return False
 
     def _queue_frame(self, frame: bytes) -> None:
