@@ -7,17 +7,23 @@ C, E, F, I, J, K, L), against an in-process relay on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import random
+import string
 from pathlib import Path
 
 import pytest
-from relay_helpers import RawSync, running_relay
+from relay_helpers import RawSync, YClient, errors, running_relay, stalled_y_client
 from waiting import eventually
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
-from crdtsync import Doc, ErrorCode
-from crdtsync.relay import mint_token
+from crdtsync import Doc, ErrorCode, ProtocolError
+from crdtsync.relay import Relay, mint_token
 from crdtsync.sync import messages as m
+from crdtsync.sync import yprotocol as y
 from crdtsync.version import Version
 
 SECRET = b"limits-test-secret-0123456789abcdef"
@@ -83,3 +89,83 @@ async def test_refused_rooms_are_not_remembered_without_bound(tmp_path: Path) ->
         assert _close_code(raw) == ErrorCode.LIMIT_EXCEEDED
         assert max(sizes, default=0) <= 1024
         await eventually(lambda: not relay.peer._links, what="the relay dropped the session")
+
+
+LIMIT = 256 << 10
+
+
+async def _big_room(relay: Relay, name: str = "big") -> None:
+    """A 200 KB room of incompressible text (the relay zstd-compresses crdtsync updates)."""
+    rnd = random.Random(1)
+    body = "".join(rnd.choices(string.ascii_letters + string.digits, k=200 << 10))
+    (await relay.peer.open(name)).text("body").insert(0, body)
+
+
+@pytest.mark.anyio
+async def test_repeated_sync_step1_without_reading_is_a_slow_consumer(tmp_path: Path) -> None:
+    """Bug B: each answer used to be exempt from max_send_queue (224x the limit queued)."""
+    async with running_relay(tmp_path, max_send_queue=LIMIT) as relay:
+        await _big_room(relay)
+        loop = asyncio.get_running_loop()
+        sock = await stalled_y_client(relay, "big")
+        frame = Frame(Opcode.BINARY, y.encode_sync_step1(Version())).serialize(
+            mask=True, extensions=[]
+        )
+        try:
+            for _ in range(40):  # 40 x 200 KB asked for, never read
+                await loop.sock_sendall(sock, frame)
+            await eventually(lambda: relay.connections == 0, what="the stalled client is dropped")
+            assert await errors(relay, "slow_consumer") == 1
+        finally:
+            sock.close()
+
+
+@pytest.mark.anyio
+async def test_one_large_answer_is_not_a_slow_consumer(tmp_path: Path) -> None:
+    """The other side of bug B: a room larger than max_send_queue is still joinable."""
+    async with running_relay(tmp_path, max_send_queue=64 << 10) as relay:
+        await _big_room(relay)
+        client = await YClient.open(relay.url, "big", max_queue=1)
+        await client.sync(timeout=20)
+        assert len(client.text()) == 200 << 10
+        assert await errors(relay, "slow_consumer") == 0
+        await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_reopening_a_document_without_reading_is_a_slow_consumer(tmp_path: Path) -> None:
+    """Bug B2: every re-open's catch-up used to be exempt; and the queue gauge missed it."""
+    async with running_relay(tmp_path, max_send_queue=LIMIT) as relay:
+        await _big_room(relay)
+        raw = await RawSync.open(relay.url, docs=[("big", Doc())], max_queue=1, max_size=None)
+        await raw.until(lambda: raw.session.is_synced("big"), 20)
+        peak = 0
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(60):  # bounded: 60 x 200 KB asked for, never read
+                raw.session.refuse_doc("big", ProtocolError("bye", code=ErrorCode.DOC_REFUSED))
+                raw.session.open_doc("big", b"", Version())
+                await raw.flush()
+                peak = max([peak, *relay.peer.send_queues()])
+                if relay.connections == 0:
+                    break
+        await eventually(lambda: relay.connections == 0, what="the client is dropped")
+        assert await errors(relay, "slow_consumer") == 1
+        assert peak < 4 * (LIMIT + (200 << 10)), peak
+        raw.ws.transport.abort()
+
+
+@pytest.mark.anyio
+async def test_queue_gauge_counts_frames_still_in_the_session(tmp_path: Path) -> None:
+    async with running_relay(tmp_path) as relay:
+        raw = await RawSync.open(relay.url, docs=[("q", Doc())])
+        await raw.until(lambda: raw.session.is_synced("q"))
+        (link,) = relay.peer._links
+        link.session._queue_frame(b"x" * 12345)  # queued, the writer not yet woken
+        text = relay.metrics.render()
+        line = next(
+            ln
+            for ln in text.splitlines()
+            if ln.startswith('crdtsync_relay_send_queue_bytes{stat="max"')
+        )
+        assert float(line.split()[-1]) >= 12345
+        await raw.aclose()

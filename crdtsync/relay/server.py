@@ -205,10 +205,12 @@ class _YConn:
     declared: bool = False  # its first presence message named its own client id
     t0: float = 0.0
     closed: bool = False
-    # Bytes of frames written to its transport so far, and that count just after
-    # its last sync step 2: until that answer has left the buffer it is not a
-    # backlog (a room larger than max_send_queue must still be joinable).
+    # Bytes of frames written to its transport so far, and where its latest sync
+    # step 2 lies in that count: until that answer has left the buffer it is not
+    # a backlog (a room larger than max_send_queue must still be joinable). Only
+    # the latest: a client asking again and again without reading gets no more.
     sent: int = 0
+    catch_up_start: int = 0
     catch_up_end: int = 0
 
     @property
@@ -312,7 +314,8 @@ class Relay:
 
     def _queue_depths(self) -> list[tuple[dict[str, str], float]]:
         depths = [_buffered(yc.ws) for yc in self._yconns]
-        depths += [c.buffered_amount for c in self._sync_conns.values()]
+        if self._peer is not None:  # frames still in sessions count too, not only sockets
+            depths += self._peer.send_queues()
         return [
             ({"stat": "sum"}, float(sum(depths))),
             ({"stat": "max"}, float(max(depths, default=0))),
@@ -783,6 +786,8 @@ class Relay:
                 size = _fanout([yc.ws for yc in live], message)
                 self._count_out("y", len(message), len(live))
                 for yc in live:
+                    if catch_up:
+                        yc.catch_up_start = yc.sent
                     yc.sent += size
                     if catch_up:
                         yc.catch_up_end = yc.sent
@@ -799,9 +804,10 @@ class Relay:
 
     def _check_queue(self, yc: _YConn) -> None:
         queued = _buffered(yc.ws)
-        # What is left of its last sync step 2 does not count: one answer, however
-        # large, is not a reader falling behind.
-        catch_up_left = max(0, yc.catch_up_end - (yc.sent - queued))
+        # What is left of its latest sync step 2 does not count: one answer,
+        # however large, is not a reader falling behind. The buffer holds the
+        # last ``queued`` bytes sent; the exempt part is its overlap with that answer.
+        catch_up_left = max(0, yc.catch_up_end - max(yc.catch_up_start, yc.sent - queued))
         if queued - catch_up_left > self.config.max_send_queue and not yc.closed:
             # Its close frame would wait behind what it is not reading: drop it.
             self._error("slow_consumer")

@@ -169,9 +169,17 @@ class _Link:
     grant: Grant | None = None
     # Set while _process runs: nested calls leave new events to the running loop.
     busy: bool = False
-    # Bytes of catch-up answers queued in the session and not yet taken by the
-    # writer: one answer, however large, is not a slow consumer's backlog.
-    catch_up: int = 0
+    # Catch-up answers not yet sent through, by document: (number, bytes). One
+    # answer per document, however large, is not a slow consumer's backlog; only
+    # the latest per document counts, so re-opening a document again and again
+    # (a client that never reads) does not make every copy exempt.
+    catch_ups: dict[str, tuple[int, int]] = field(default_factory=dict)
+    catch_up_seq: int = 0
+
+    @property
+    def catch_up(self) -> int:
+        """Bytes exempt from the send-queue limit."""
+        return sum(size for _, size in self.catch_ups.values())
 
 
 class _Supervisor:
@@ -840,6 +848,13 @@ class Peer:
         self._listeners.append(listener)
         return str(listener.address)
 
+    def send_queues(self) -> list[int]:
+        """Bytes waiting to go out on each connection: the session's and the transport's."""
+        return [
+            lk.session.bytes_to_send + int(getattr(lk.conn, "buffered_amount", 0))
+            for lk in self._links
+        ]
+
     def connections(self) -> list[tuple[str, int | None, bool]]:
         """``(address, remote peer id, open)`` of every current connection."""
         return [
@@ -959,10 +974,12 @@ class Peer:
                 frames = session.data_to_send()
                 # Catch-ups among these stay exempt until they have left (send()
                 # returns once the transport buffer drained below its mark).
-                taken = link.catch_up
+                taken = dict(link.catch_ups)
                 for frame in frames:
                     await link.conn.send(frame)
-                link.catch_up -= taken
+                for name, mark in taken.items():
+                    if link.catch_ups.get(name) == mark:
+                        del link.catch_ups[name]
                 if session.state is p.State.CLOSED:
                     return
         except TransportError:
@@ -1092,7 +1109,8 @@ class Peer:
                 return
             before = s.bytes_to_send
             s.send_catch_up(ev.name, entry.doc.export_yjs_update(since=ev.since))
-            link.catch_up += s.bytes_to_send - before
+            link.catch_up_seq += 1
+            link.catch_ups[ev.name] = (link.catch_up_seq, s.bytes_to_send - before)
             if entry.awareness.states:
                 s.send_awareness(ev.name, entry.awareness.full_update())
         elif isinstance(ev, p.DocRequested):
