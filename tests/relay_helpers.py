@@ -576,20 +576,21 @@ def split_frame(frame: bytes) -> tuple[bytes, bytes]:
 # -- clients that stop reading ---------------------------------------------------------------------
 
 
-async def stalled_y_client(relay: Relay, room: str) -> socket.socket:
-    """A y-protocols client that does the WebSocket handshake by hand, then never reads.
+async def raw_ws_socket(port: int, path: str, *, rcvbuf: int | None = None) -> socket.socket:
+    """A WebSocket handshake done by hand on a raw socket; returns the socket after it.
 
-    Its receive buffer is made tiny, so what the relay sends piles up on the
-    relay's side.
+    For clients that must do what no library would: never read, or send
+    frames the library refuses to send.
     """
     loop = asyncio.get_running_loop()
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.setblocking(False)
-    await loop.sock_connect(sock, ("127.0.0.1", relay.port))
+    await loop.sock_connect(sock, ("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
     request = (
-        f"GET /{room} HTTP/1.1\r\nHost: 127.0.0.1:{relay.port}\r\nUpgrade: websocket\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     await loop.sock_sendall(sock, request.encode())
@@ -601,6 +602,52 @@ async def stalled_y_client(relay: Relay, room: str) -> socket.socket:
             head += chunk
     assert head.startswith(b"HTTP/1.1 101"), head
     return sock
+
+
+async def read_close(sock: socket.socket, timeout: float = WAIT) -> int | None:
+    """Read server frames from a raw socket until a close frame; its code (None: EOF first)."""
+    loop = asyncio.get_running_loop()
+    buf = b""
+
+    async def need(n: int) -> bool:
+        nonlocal buf
+        while len(buf) < n:
+            try:
+                chunk = await loop.sock_recv(sock, 65536)
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            buf += chunk
+        return True
+
+    async with asyncio.timeout(timeout):
+        while True:
+            if not await need(2):
+                return None
+            opcode, length, at = buf[0] & 0x0F, buf[1] & 0x7F, 2
+            if length == 126:
+                if not await need(4):
+                    return None
+                length, at = int.from_bytes(buf[2:4], "big"), 4
+            elif length == 127:
+                if not await need(10):
+                    return None
+                length, at = int.from_bytes(buf[2:10], "big"), 10
+            if not await need(at + length):
+                return None
+            payload, buf = buf[at : at + length], buf[at + length :]
+            if opcode == 0x8:
+                return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+
+
+async def stalled_y_client(relay: Relay, room: str) -> socket.socket:
+    """A y-protocols client that does the WebSocket handshake by hand, then never reads.
+
+    Its receive buffer is made tiny, so what the relay sends piles up on the
+    relay's side.
+    """
+    return await raw_ws_socket(relay.port, f"/{room}", rcvbuf=4096)
 
 
 class PausableConnection:

@@ -15,8 +15,17 @@ import string
 from pathlib import Path
 
 import pytest
-from relay_helpers import RawSync, YClient, errors, running_relay, stalled_y_client
+from relay_helpers import (
+    RawSync,
+    YClient,
+    errors,
+    raw_ws_socket,
+    read_close,
+    running_relay,
+    stalled_y_client,
+)
 from waiting import eventually
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
@@ -24,6 +33,7 @@ from crdtsync import Doc, ErrorCode, ProtocolError
 from crdtsync.relay import Relay, mint_token
 from crdtsync.sync import messages as m
 from crdtsync.sync import yprotocol as y
+from crdtsync.sync.awareness import encode_awareness
 from crdtsync.version import Version
 
 SECRET = b"limits-test-secret-0123456789abcdef"
@@ -168,4 +178,87 @@ async def test_queue_gauge_counts_frames_still_in_the_session(tmp_path: Path) ->
             if ln.startswith('crdtsync_relay_send_queue_bytes{stat="max"')
         )
         assert float(line.split()[-1]) >= 12345
+        await raw.aclose()
+
+
+@pytest.mark.anyio
+async def test_empty_messages_count_against_the_rate_limit(tmp_path: Path) -> None:
+    """Bug E: the transport skipped empty messages before the relay's rate limit saw them."""
+    async with running_relay(tmp_path, max_msgs_per_sec=10, max_msgs_burst=50) as relay:
+        async with connect(relay.url, proxy=None, compression=None, ping_interval=None) as ws:
+            with contextlib.suppress(ConnectionClosed):
+                for _ in range(2_000):  # bounded
+                    await ws.send(b"")
+                await asyncio.wait_for(ws.wait_closed(), 10)
+            assert ws.close_code == 4529
+        assert await errors(relay, "rate_limited") == 1
+
+
+@pytest.mark.anyio
+async def test_rate_limit_counts_frames_not_messages(tmp_path: Path) -> None:
+    """Bug K: 5,000 AWARENESS frames packed into a few WebSocket messages."""
+    n = 5_000
+    async with running_relay(tmp_path, max_msgs_per_sec=10, max_msgs_burst=20) as relay:
+        raw = await RawSync.open(relay.url, docs=[("notes", Doc())])
+        await raw.until(lambda: raw.session.is_synced("notes"))
+        s = raw.session
+        for i in range(n):
+            s.send_awareness("notes", encode_awareness([(10_000 + i, 1, {"n": i})]))
+        blob = b"".join(s.data_to_send())
+        with contextlib.suppress(ConnectionClosed):
+            for i in range(0, len(blob), 100 << 10):
+                await raw.ws.send(blob[i : i + (100 << 10)])
+            await asyncio.wait_for(raw.ws.wait_closed(), 10)
+        assert raw.ws.close_code == 4529
+        assert len(relay.peer.presence("notes").states) < 100
+        assert await errors(relay, "rate_limited") == 1
+
+
+def test_frame_counter_reads_prefixes_across_message_boundaries() -> None:
+    from crdtsync.relay.server import _FrameCounter
+
+    writer = m.FrameWriter()
+    frames = [writer.frame(m.Ping()) for _ in range(3)]
+    frames.append(writer.frame(m.Awareness(0, b"x" * 300)))  # a 2-byte length prefix
+    blob = b"".join(frames)
+    for cut in range(len(blob) + 1):
+        counter = _FrameCounter()
+        assert counter.feed(blob[:cut]) + counter.feed(blob[cut:]) == 4, cut
+    counter = _FrameCounter()
+    assert sum(counter.feed(bytes([b])) for b in blob) == 4
+
+
+@pytest.mark.anyio
+async def test_unfinished_message_before_authentication_is_bounded(tmp_path: Path) -> None:
+    """Bug L: max_unauth_bytes counted only complete messages (an unfinished one held 1 MiB)."""
+    async with running_relay(
+        tmp_path, secret=SECRET, max_unauth_bytes=4096, handshake_timeout=10.0
+    ) as relay:
+        loop = asyncio.get_running_loop()
+        sock = await raw_ws_socket(relay.port, "/")
+        try:
+            chunk = os.urandom(64 << 10)
+            first = Frame(Opcode.BINARY, chunk, fin=False).serialize(mask=True, extensions=[])
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(sock, first)
+            # The relay refuses at the frame header (1009), before buffering 64 KiB.
+            head = await read_close(sock)
+            assert head == 1009, head
+            sock.close()  # rather than answer the close: the relay need not wait for us
+            await eventually(lambda: not relay._sync_conns, what="the relay let go")
+            assert await errors(relay, "unauthenticated_data") == 1
+        finally:
+            sock.close()
+        # Authenticated connections get their full max_frame back.
+        big = Doc()
+        rnd = random.Random(2)  # incompressible: the catch-up stays 64 KiB on the wire
+        big.text("body").insert(0, "".join(rnd.choices(string.ascii_letters, k=64 << 10)))
+        raw = await RawSync.open(
+            relay.url,
+            docs=[("notes", big)],
+            token=mint_token(SECRET, "notes", write=True, ttl=600),
+            max_size=None,
+        )
+        await raw.until(lambda: raw.session.is_synced("notes"))
+        assert len(str((await relay.peer.open("notes")).text("body"))) == 64 << 10
         await raw.aclose()

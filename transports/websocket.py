@@ -136,23 +136,46 @@ class WebSocketConnection:
             TransportError: the connection broke in another way.
         """
         while True:
-            try:
-                data = await self._ws.recv()
-            except ConnectionClosed as exc:
-                raise ConnectionClosedError(f"connection closed: {self._describe(exc)}") from None
-            except (WebSocketException, OSError, RuntimeError) as exc:
-                raise TransportError(f"receive failed: {exc}") from exc
-            if isinstance(data, str):
-                await self.close_with(CloseCode.UNSUPPORTED_DATA, "binary messages only")
-                raise ConnectionClosedError("the peer sent a text message (closed with 1003)")
+            data = await self.recv_message()
             if data:
-                return bytes(data)
+                return data
+
+    # -- extras for servers ---------------------------------------------------------------
+
+    async def recv_message(self) -> bytes:
+        """The next binary message, empty ones included.
+
+        For servers that meter what clients send: an empty message costs
+        nothing to send, so it must still count against a message-rate limit.
+
+        Raises:
+            ConnectionClosedError: as :meth:`recv`.
+            TransportError: as :meth:`recv`.
+        """
+        try:
+            data = await self._ws.recv()
+        except ConnectionClosed as exc:
+            raise ConnectionClosedError(f"connection closed: {self._describe(exc)}") from None
+        except (WebSocketException, OSError, RuntimeError) as exc:
+            raise TransportError(f"receive failed: {exc}") from exc
+        if isinstance(data, str):
+            await self.close_with(CloseCode.UNSUPPORTED_DATA, "binary messages only")
+            raise ConnectionClosedError("the peer sent a text message (closed with 1003)")
+        return bytes(data)
+
+    def limit_message_size(self, max_size: int | None) -> None:
+        """Refuse (close with 1009) any later message larger than ``max_size`` bytes.
+
+        websockets checks it as each frame header arrives, before buffering the
+        payload: so a server can hold an unauthenticated client to a few KiB
+        even while a message is unfinished, and lift the limit once it knows
+        who the client is.
+        """
+        self._ws.protocol.max_message_size = max_size
 
     async def close(self) -> None:
         """Close normally (1000) and wait for the closing handshake; idempotent."""
         await self.close_with(CloseCode.NORMAL_CLOSURE, "")
-
-    # -- extras for servers ---------------------------------------------------------------
 
     async def close_with(self, code: int, reason: str) -> None:
         """Close with WebSocket close ``code`` and ``reason``; idempotent.

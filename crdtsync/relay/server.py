@@ -127,13 +127,52 @@ class _Bucket:
         self.tokens = float(burst)
         self.last = now
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, n: int = 1) -> bool:
         self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
-        if self.tokens < 1.0:
+        if self.tokens < n:
             return False
-        self.tokens -= 1.0
+        self.tokens -= n
         return True
+
+
+class _FrameCounter:
+    """Counts crdtsync frames starting in a byte stream, across message boundaries.
+
+    The rate limit is per frame: one WebSocket message may carry any number of
+    frames (the session reads a stream), so counting messages would let a
+    client pack thousands of frames into one. Only the length prefixes are
+    read (``varuint(len) || body || 4-byte check``); the session validates
+    everything else.
+    """
+
+    __slots__ = ("_len", "_shift", "_skip")
+
+    def __init__(self) -> None:
+        self._skip = 0  # bytes of the current frame still to come
+        self._len = 0  # length prefix being read
+        self._shift = -1  # -1: between frames; else bits of the prefix read so far
+
+    def feed(self, data: bytes) -> int:
+        frames = 0
+        i, n = 0, len(data)
+        while i < n:
+            if self._skip:
+                step = min(self._skip, n - i)
+                self._skip -= step
+                i += step
+                continue
+            if self._shift < 0:
+                frames += 1
+                self._shift, self._len = 0, 0
+            b = data[i]
+            i += 1
+            self._len |= (b & 0x7F) << self._shift
+            self._shift += 7
+            if not b & 0x80 or self._shift > 35:
+                # A prefix longer than 5 bytes is malformed: the session says so.
+                self._skip, self._shift = self._len + 4, -1
+        return frames
 
 
 class _SyncConn:
@@ -143,10 +182,24 @@ class _SyncConn:
         self.relay = relay
         self.inner = inner
         self.address = address
-        self.authenticated = False
+        self._authenticated = False
         self.unauth_bytes = 0
         self.bucket = _Bucket(relay.config.max_msgs_per_sec, relay.config.max_msgs_burst, _now())
+        self.frames = _FrameCounter()
         self.t0 = 0.0  # when the message being processed arrived
+        # Until authenticated, no message (finished or not) may exceed what is
+        # left of max_unauth_bytes: websockets refuses it at the frame header.
+        inner.limit_message_size(relay.config.max_unauth_bytes)
+
+    @property
+    def authenticated(self) -> bool:
+        return self._authenticated
+
+    @authenticated.setter
+    def authenticated(self, value: bool) -> None:
+        self._authenticated = value
+        if value:
+            self.inner.limit_message_size(self.relay.config.max_frame)
 
     @property
     def remote_address(self) -> str:
@@ -161,21 +214,32 @@ class _SyncConn:
         self.relay._count_out("crdtsync", len(data))
 
     async def recv(self) -> bytes:
-        data: bytes = await self.inner.recv()
-        now = _now()
-        self.t0 = now
-        self.relay._count_in("crdtsync", len(data))
-        if not self.authenticated:
-            self.unauth_bytes += len(data)
-            if self.unauth_bytes > self.relay.config.max_unauth_bytes:
-                self.relay._error("unauthenticated_data")
-                await self.inner.close_with(1008, "too much data before authentication")
-                raise ConnectionClosedError("too much data before authentication")
-        if not self.bucket.take(now):
-            self.relay._error("rate_limited")
-            await self.inner.close_with(4529, "message rate limit exceeded")
-            raise ConnectionClosedError("message rate limit exceeded")
-        return data
+        while True:
+            try:
+                data: bytes = await self.inner.recv_message()
+            except ConnectionClosedError:
+                if self.inner.close_code == 1009 and not self.authenticated:
+                    self.relay._error("unauthenticated_data")
+                raise
+            now = _now()
+            self.t0 = now
+            self.relay._count_in("crdtsync", len(data))
+            if not self.authenticated:
+                self.unauth_bytes += len(data)
+                left = self.relay.config.max_unauth_bytes - self.unauth_bytes
+                if left < 0:
+                    self.relay._error("unauthenticated_data")
+                    await self.inner.close_with(1008, "too much data before authentication")
+                    raise ConnectionClosedError("too much data before authentication")
+                self.inner.limit_message_size(max(left, 1))
+            # Every message costs one token, an empty one too; a message carrying
+            # several frames costs one per frame.
+            if not self.bucket.take(now, max(1, self.frames.feed(data))):
+                self.relay._error("rate_limited")
+                await self.inner.close_with(4529, "message rate limit exceeded")
+                raise ConnectionClosedError("message rate limit exceeded")
+            if data:
+                return data
 
     async def close(self) -> None:
         if self.relay._draining:
