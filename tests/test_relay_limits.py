@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from relay_helpers import (
+    WAIT,
     RawSync,
     YClient,
     errors,
@@ -30,7 +31,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
 from crdtsync import Doc, ErrorCode, ProtocolError
-from crdtsync.relay import Relay, mint_token
+from crdtsync.relay import Relay, RelayConfig, mint_token
 from crdtsync.sync import messages as m
 from crdtsync.sync import yprotocol as y
 from crdtsync.sync.awareness import encode_awareness
@@ -262,3 +263,38 @@ async def test_unfinished_message_before_authentication_is_bounded(tmp_path: Pat
         await raw.until(lambda: raw.session.is_synced("notes"))
         assert len(str((await relay.peer.open("notes")).text("body"))) == 64 << 10
         await raw.aclose()
+
+
+@pytest.mark.anyio
+async def test_drain_does_not_wait_for_silent_clients_one_by_one(tmp_path: Path) -> None:
+    """Bug D: SIGTERM drain closed y-protocols connections serially (~2 s per silent one)."""
+    n = 6
+    relay = Relay(RelayConfig(port=0, data=str(tmp_path / "r.db")))
+    await relay.start()
+    silent = [await stalled_y_client(relay, f"room{i}") for i in range(n)]
+    good = await YClient.open(relay.url, "last")
+    await good.sync()
+    await eventually(lambda: relay.connections == n + 1, what="all connected")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    got: list[tuple[float, int | None]] = []
+
+    async def watch() -> None:
+        try:
+            while True:
+                await good.ws.recv()
+        except ConnectionClosed as exc:
+            got.append((loop.time() - t0, exc.rcvd.code if exc.rcvd else None))
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await relay.close()
+        took = loop.time() - t0
+        await asyncio.wait_for(watcher, WAIT)
+        ((_, code),) = got
+        assert code == 1001
+        # One deadline for all: serially this was about 2 s per silent client (12 s).
+        assert took < 2 * n, took
+    finally:
+        for sock in silent:
+            sock.close()

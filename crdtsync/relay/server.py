@@ -292,6 +292,12 @@ class _Room:
     idle_since: float | None = None
 
 
+# Seconds a graceful shutdown waits for clients to answer their close frames,
+# all together (websockets' own close timeout is 2 s per connection, but run at
+# once they overlap); whoever has not answered by then is cut off.
+_DRAIN_TIMEOUT = 3.0
+
+
 def _now() -> float:
     return time.monotonic()
 
@@ -493,12 +499,26 @@ class Relay:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush()  # what was stored goes out before the close frames
-        for yc in list(self._yconns):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(yc.ws.close(1001, "relay shutting down"), 3.0)
+        # Every connection at once, under one deadline: one after another, each
+        # client that never answers the close would cost the close timeout.
+        y_closing = asyncio.ensure_future(
+            asyncio.wait_for(
+                asyncio.gather(
+                    *(yc.ws.close(1001, "relay shutting down") for yc in list(self._yconns)),
+                    return_exceptions=True,
+                ),
+                _DRAIN_TIMEOUT,
+            )
+        )
         if self._peer is not None:
-            # Sends GOING_AWAY on every session; _SyncConn.close then closes with 1001.
+            # Sends GOING_AWAY on every session (_SyncConn.close then closes with
+            # 1001), under its own deadline, and closes the store: never cut short.
             await self._peer.close()
+        try:
+            await y_closing
+        except TimeoutError:
+            for yc in list(self._yconns):
+                self._drop(yc)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
@@ -735,6 +755,11 @@ class Relay:
                 self._error("rate_limited")
                 await ws.close(4529, "message rate limit exceeded")
                 return "rate limited"
+            # The room's current Doc, not the one it had when the client joined:
+            # adopting a peer's incarnation replaces it.
+            room = self._rooms.get(yc.room)
+            if room is not None:
+                doc = room.doc
             try:
                 msg = y.decode(message, max_payload=max_payload)
                 if isinstance(msg, y.SyncStep1):

@@ -452,7 +452,15 @@ class Peer:
         self._notify()
         return entry
 
-    def _forget(self, entry: _Entry) -> None:
+    def _forget(self, entry: _Entry, *, asking: _Link | None = None) -> None:
+        """Drop our incarnation of a document (we adopt a peer's instead).
+
+        Args:
+            entry: the document.
+            asking: the link whose request made us adopt: its channel is still
+                waiting for our answer (which opens it on the new incarnation),
+                so it is not refused with the others.
+        """
         # Its queued imports belong to this incarnation: store them before a new
         # one may replace it in the store.
         self.commit()
@@ -461,6 +469,8 @@ class Peer:
             entry.compacting.cancel()
         del self._docs[entry.name]
         for link in list(self._links):
+            if link is asking and link.session.doc_state(entry.name) is p.DocState.REMOTE:
+                continue
             link.session.refuse_doc(
                 entry.name, ProtocolError("document closed", code=ErrorCode.DOC_REFUSED)
             )
@@ -1189,7 +1199,7 @@ class Peer:
             # A document we never had: join the peer's incarnation.
             entry = self._open_sync(ev.name, ev.epoch if stored is None else None)
         elif entry.epoch != ev.epoch and self._should_adopt(entry, ev.epoch, ev.version):
-            self._forget(entry)
+            self._forget(entry, asking=link)
             entry = self._open_sync(ev.name, ev.epoch)
         if s.doc_state(ev.name) is p.DocState.REMOTE:
             s.open_doc(ev.name, entry.epoch, entry.doc.version)
