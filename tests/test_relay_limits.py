@@ -298,3 +298,57 @@ async def test_drain_does_not_wait_for_silent_clients_one_by_one(tmp_path: Path)
     finally:
         for sock in silent:
             sock.close()
+
+
+@pytest.mark.anyio
+async def test_presence_flood_from_one_connection_is_refused(tmp_path: Path) -> None:
+    """Bug C: one y client could add 10,000 presence states per message, kept forever."""
+    async with running_relay(tmp_path) as relay:
+        resident = await YClient.open(relay.url, "room")
+        await resident.sync()
+        await resident.set_presence({"user": "resident"})
+        atk = await YClient.open(relay.url, "room")
+        await atk.sync()
+        gone = [(1_000_000 + i, 1, None) for i in range(10_000)]  # removals of made-up ids
+        await atk.ws.send(y.encode_awareness(encode_awareness(gone)))
+        flood = [(2_000_000 + i, 1, {"c": i}) for i in range(10_000)]
+        await atk.ws.send(y.encode_awareness(encode_awareness(flood)))
+        code, _, _ = await atk.closed()
+        assert code == 1008
+        aw = relay.peer.presence("room")
+        assert set(aw.states) == {resident.doc.peer_id}
+        assert len(aw.meta) <= 2
+        await resident.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_echoing_client_leaving_does_not_remove_others_presence(tmp_path: Path) -> None:
+    """y-websocket re-sends every presence change it hears; the echo is not its own state."""
+    async with running_relay(tmp_path) as relay:
+        a = await YClient.open(relay.url, "room")
+        await a.sync()
+        await a.set_presence({"user": "a"})
+        b = await YClient.open(relay.url, "room")
+        await b.sync()
+        await b.pump_until(lambda: a.doc.peer_id in b.awareness.states)
+        await b.ws.send(y.encode_awareness(b.awareness.encode_update([a.doc.peer_id])))  # echo
+        await b.set_presence({"user": "b"})
+        aw = relay.peer.presence("room")
+        await eventually(lambda: b.doc.peer_id in aw.states)
+        await b.aclose()
+        await eventually(lambda: b.doc.peer_id not in aw.states, what="b's presence goes")
+        assert a.doc.peer_id in aw.states, "a is still here"
+        await a.aclose()
+
+
+@pytest.mark.anyio
+async def test_presence_flood_over_the_crdtsync_protocol_is_refused(tmp_path: Path) -> None:
+    async with running_relay(tmp_path) as relay:
+        raw = await RawSync.open(relay.url, docs=[("room", Doc())])
+        await raw.until(lambda: raw.session.is_synced("room"))
+        flood = [(3_000_000 + i, 1, {"c": i}) for i in range(300)]
+        raw.session.send_awareness("room", encode_awareness(flood))
+        await raw.flush()
+        await raw.closed()
+        assert _close_code(raw) == ErrorCode.LIMIT_EXCEEDED
+        assert not relay.peer.presence("room").states

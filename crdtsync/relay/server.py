@@ -60,6 +60,7 @@ from crdtsync.errors import (
     FrameTooLargeError,
     InvalidRoomError,
     InvalidUpdateError,
+    LimitExceededError,
     MalformedFrameError,
     ProtocolError,
     RoomNotAllowedError,
@@ -71,7 +72,14 @@ from crdtsync.store.memory import MemoryStore
 from crdtsync.sync import protocol as p
 from crdtsync.sync import yprotocol as y
 from crdtsync.sync.awareness import decode_awareness
-from crdtsync.sync.peer import Grant, HelloInfo, Peer, Status
+from crdtsync.sync.peer import (
+    MAX_PRESENCE_PER_CONNECTION,
+    Grant,
+    HelloInfo,
+    Peer,
+    Status,
+    presence_fits,
+)
 from crdtsync.transports.websocket import WebSocketConnection
 
 from .config import RelayConfig
@@ -784,7 +792,7 @@ class Relay:
                 self._error(kind)
                 await ws.close(1007 if kind == "invalid_update" else 1002, str(exc)[:120])
                 return f"{kind}: {exc}"
-            except ProtocolError as exc:  # a forged writer
+            except ProtocolError as exc:  # a forged writer, too many presence states
                 self._error(type(exc).__name__)
                 await ws.close(1008, str(exc)[:120])
                 return str(exc)
@@ -826,12 +834,14 @@ class Relay:
             self.peer._registry.declare(
                 yc, [c for c, _clock, state in entries if state is not None], strict=False
             )
-        for client, _clock, state in entries:
-            if state is None:
-                yc.clients.discard(client)
-            else:
-                yc.clients.add(client)
-        self.peer.apply_presence(yc.room, data, yc)
+        if not presence_fits(yc.clients, entries, self.peer.presence(yc.room)):
+            raise LimitExceededError(
+                f"more than {MAX_PRESENCE_PER_CONNECTION} presence states from one connection"
+            )
+        change = self.peer.apply_presence(yc.room, data, yc)
+        # Its own states are those it changed; echoes of others' stay theirs.
+        yc.clients.update(change.added + change.updated)
+        yc.clients.difference_update(change.removed)
 
     def _y_send(self, yc: _YConn, message: bytes, *, catch_up: bool = False) -> None:
         self._queue([yc], message, catch_up=catch_up)

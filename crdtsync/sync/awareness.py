@@ -16,7 +16,9 @@ where the JSON text ``null`` means "this client is gone".
 
 from __future__ import annotations
 
+import heapq
 import json
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,8 @@ __all__ = ["Awareness", "AwarenessChange", "decode_awareness", "encode_awareness
 #: Default time (seconds) after which a silent remote client is considered gone.
 DEFAULT_TIMEOUT = 30.0
 _MAX_ENTRIES = 10_000
+#: Present states one Awareness holds; entries adding more are ignored.
+MAX_STATES = 10_000
 _MAX_JSON_DEPTH = 32
 _MAX_ID = 2**53
 
@@ -152,9 +156,15 @@ class Awareness:
         self.timeout = timeout
         # client id -> current state (present clients only).
         self.states: dict[int, Any] = {}
-        # client id -> (clock, time of last update): kept after removal so that an
-        # old update cannot resurrect a removed state.
+        # client id -> (clock, time of last update): kept after removal, for
+        # ``timeout``, so that a late old update cannot resurrect a removed state
+        # (then forgotten: departed clients must not accumulate).
         self.meta: dict[int, tuple[int, float]] = {}
+        # (time of removal, client id), oldest first: when to forget meta entries.
+        self._removed: deque[tuple[float, int]] = deque()
+        # (expiry, client id) of present remote states, a heap with stale entries
+        # skipped lazily: the next expiry without scanning every state.
+        self._expiry: list[tuple[float, int]] = []
 
     @property
     def local_state(self) -> Any:
@@ -209,8 +219,10 @@ class Awareness:
         added: list[int] = []
         updated: list[int] = []
         removed: list[int] = []
+        self._forget_removed(now)
         for client, clock, state in entries:
-            current = self.meta[client][0] if client in self.meta else 0
+            known = self.meta.get(client)
+            current = known[0] if known is not None else 0
             present = client in self.states
             if not (current < clock or (current == clock and state is None and present)):
                 continue
@@ -218,10 +230,17 @@ class Awareness:
                 # Nobody removes us but us: outbid the removal with a newer clock.
                 self.meta[client] = (clock + 1, now)
                 continue
+            if state is None and known is None:
+                continue  # the removal of a client we never knew: nothing to keep
+            if state is not None and not present and len(self.states) >= MAX_STATES:
+                continue  # full: a newcomer waits for someone to leave
             if state is None:
                 self.states.pop(client, None)
+                self._removed.append((now, client))
             else:
                 self.states[client] = state
+                if client != self.client_id:
+                    self._push_expiry(now + self.timeout, client)
             self.meta[client] = (clock, now)
             if state is None:
                 if present:
@@ -232,6 +251,33 @@ class Awareness:
                 updated.append(client)
         return AwarenessChange(tuple(added), tuple(updated), tuple(removed))
 
+    def _push_expiry(self, when: float, client: int) -> None:
+        heapq.heappush(self._expiry, (when, client))
+        if len(self._expiry) > 2 * len(self.states) + 64:
+            # Mostly stale entries (clients that renewed since): rebuild.
+            self._expiry = [
+                (self.meta[c][1] + self.timeout, c) for c in self.states if c != self.client_id
+            ]
+            heapq.heapify(self._expiry)
+
+    def _next_expiry(self) -> float | None:
+        heap = self._expiry
+        while heap:
+            when, client = heap[0]
+            known = self.meta.get(client)
+            if client in self.states and known is not None and known[1] + self.timeout == when:
+                return when
+            heapq.heappop(heap)  # renewed or removed since
+        return None
+
+    def _forget_removed(self, now: float) -> None:
+        removed = self._removed
+        while removed and now >= removed[0][0] + self.timeout:
+            _, client = removed.popleft()
+            known = self.meta.get(client)
+            if client not in self.states and known is not None and now >= known[1] + self.timeout:
+                del self.meta[client]
+
     def remove(self, clients: Iterable[int], *, now: float) -> AwarenessChange:
         """Drop remote states (their peer disconnected). Our own is never dropped."""
         removed = []
@@ -240,16 +286,18 @@ class Awareness:
                 del self.states[c]
                 clock = self.meta[c][0]
                 self.meta[c] = (clock, now)
+                self._removed.append((now, c))
                 removed.append(c)
         return AwarenessChange(removed=tuple(removed))
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` next has something to do."""
-        deadlines = [
-            t + self.timeout
-            for c, (_, t) in self.meta.items()
-            if c in self.states and c != self.client_id
-        ]
+        deadlines = []
+        expiry = self._next_expiry()
+        if expiry is not None:
+            deadlines.append(expiry)
+        if self._removed:
+            deadlines.append(self._removed[0][0] + self.timeout)
         if self.local_state is not None:
             deadlines.append(self.meta[self.client_id][1] + self.timeout / 2)
         return min(deadlines) if deadlines else None
@@ -264,9 +312,10 @@ class Awareness:
         local = self.local_state
         if local is not None and now >= self.meta[self.client_id][1] + self.timeout / 2:
             renew = self.set_local_state(local, now=now)
-        stale = [
-            c
-            for c, (_, t) in self.meta.items()
-            if c != self.client_id and c in self.states and now >= t + self.timeout
-        ]
-        return renew, self.remove(stale, now=now)
+        stale = []
+        while (when := self._next_expiry()) is not None and now >= when:
+            _, client = heapq.heappop(self._expiry)
+            stale.append(client)
+        change = self.remove(stale, now=now)
+        self._forget_removed(now)
+        return renew, change

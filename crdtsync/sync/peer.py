@@ -30,7 +30,7 @@ import contextlib
 import os
 import random
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -281,6 +281,7 @@ class Peer:
         self._presence_sinks: list[Callable[[str, bytes, Any], None]] = []
         self._changed = asyncio.Event()
         self._presence_timer: asyncio.TimerHandle | None = None
+        self._presence_when = 0.0  # when it fires
         self._started = False
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -597,7 +598,7 @@ class Peer:
         entry = self._docs[name]
         data = entry.awareness.set_local_state(state, now=self._now())
         self._broadcast_presence(name, data, None)
-        self._schedule_presence()
+        self._schedule_presence(name)
 
     def on_presence(self, callback: Callable[[str, AwarenessChange], None]) -> Callable[[], None]:
         """Call ``callback(doc_name, change)`` when remote presence changes."""
@@ -628,7 +629,7 @@ class Peer:
         if change:
             self._broadcast_presence(name, data, origin)
             self._presence_changed(name, change)
-        self._schedule_presence()
+        self._schedule_presence(name)
         return change
 
     def remove_presence(self, name: str, clients: set[int], origin: Any) -> None:
@@ -711,13 +712,25 @@ class Peer:
             for cb in list(self._presence_cbs):
                 cb(name, change)
 
-    def _schedule_presence(self) -> None:
+    def _schedule_presence(self, name: str | None = None) -> None:
+        """Arm the presence timer; with ``name``, only that document's changed.
+
+        One document changing can only bring the timer earlier, so a presence
+        message costs that document's next deadline, not a scan of every room
+        (a timer that fires early does nothing and re-arms).
+        """
+        entry = self._docs.get(name) if name is not None else None
+        if entry is not None and self._presence_timer is not None:
+            when = entry.awareness.get_timer()
+            if when is None or when >= self._presence_when:
+                return
         if self._presence_timer is not None:
             self._presence_timer.cancel()
             self._presence_timer = None
         timers = [t for e in self._docs.values() if (t := e.awareness.get_timer()) is not None]
         if timers and not self._closed:
             when = min(timers)
+            self._presence_when = when
             self._presence_timer = self._get_loop().call_at(when, self._presence_tick, when)
 
     def _presence_tick(self, when: float) -> None:
@@ -1150,13 +1163,23 @@ class Peer:
             if entry is None:
                 return
             now = self._now()
-            change = entry.awareness.apply_entries(list(ev.entries), now=now)
             seen = link.presence.setdefault(ev.name, set())
-            seen.update(c for c, _, state in ev.entries if state is not None and c != self.peer_id)
+            if not presence_fits(seen, ev.entries, entry.awareness):
+                s.close(
+                    ErrorCode.LIMIT_EXCEEDED,
+                    f"more than {MAX_PRESENCE_PER_CONNECTION} presence states on {ev.name!r}",
+                )
+                return
+            change = entry.awareness.apply_entries(list(ev.entries), now=now)
+            # Only states this link changed are its own: a state it merely echoes
+            # (y-websocket re-sends every change it hears) stays its author's, and
+            # must not vanish when the echoing link closes.
+            seen.update(c for c in change.added + change.updated if c != self.peer_id)
+            seen.difference_update(change.removed)
             if change:
                 self._broadcast_presence(ev.name, ev.data, link)
                 self._presence_changed(ev.name, change)
-            self._schedule_presence()
+            self._schedule_presence(ev.name)
         elif isinstance(ev, p.DocClosed):
             self._on_doc_closed(link, ev)
         elif isinstance(ev, p.Closed):
@@ -1259,6 +1282,21 @@ class Peer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+#: Presence states one connection may bring into one document (a browser tab
+#: has one, a mesh peer forwards its LAN's).
+MAX_PRESENCE_PER_CONNECTION = 256
+
+
+def presence_fits(own: set[int], entries: Iterable[tuple[int, int, Any]], aw: Awareness) -> bool:
+    """Whether a connection owning presence states ``own`` may apply ``entries``.
+
+    Counted before applying: a message naming thousands of new clients is
+    refused whole instead of flooding everyone and then being undone.
+    """
+    new = {c for c, _, state in entries if state is not None and c not in aw.states}
+    return len(own | new) <= MAX_PRESENCE_PER_CONNECTION
 
 
 def _harmless(doc: Doc, update: bytes) -> bool:
