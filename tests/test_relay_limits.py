@@ -13,6 +13,7 @@ import os
 import random
 import string
 from pathlib import Path
+from typing import Any
 
 import pytest
 from relay_helpers import (
@@ -352,3 +353,45 @@ async def test_presence_flood_over_the_crdtsync_protocol_is_refused(tmp_path: Pa
         await raw.closed()
         assert _close_code(raw) == ErrorCode.LIMIT_EXCEEDED
         assert not relay.peer.presence("room").states
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/", "/room"])
+async def test_ping_flood_from_a_client_that_never_reads_is_bounded(
+    tmp_path: Path, path: str
+) -> None:
+    """Bug F: pongs to a client that pings and never reads piled up (16 MB), unauthenticated too."""
+    async with running_relay(
+        tmp_path,
+        secret=None if path != "/" else b"k" * 32,
+        max_send_queue=LIMIT,
+        max_msgs_per_sec=10,
+        max_msgs_burst=50,
+    ) as relay:
+        loop = asyncio.get_running_loop()
+        sock = await raw_ws_socket(relay.port, path, rcvbuf=4096)
+        burst = Frame(Opcode.PING, b"p" * 125).serialize(mask=True, extensions=[]) * 1000
+        peak = 0.0
+        try:
+            for _ in range(150):  # at most 150,000 pings (19 MB of pongs), bounded
+                try:
+                    await asyncio.wait_for(loop.sock_sendall(sock, burst), 2)
+                except TimeoutError:
+                    break  # the relay stopped reading from us: what the fix does
+                depth = max(
+                    [*(_transport_buffer(yc.ws) for yc in relay._yconns), *relay.peer.send_queues()]
+                )
+                peak = max(peak, depth)
+            depth = max(
+                [*(_transport_buffer(yc.ws) for yc in relay._yconns), *relay.peer.send_queues()]
+            )
+            peak = max(peak, depth)
+            # One read's worth of pongs past the limit at most (asyncio reads 256 KiB).
+            assert peak < LIMIT + (512 << 10), peak
+        finally:
+            sock.close()
+
+
+def _transport_buffer(ws: Any) -> int:
+    transport = ws.transport
+    return 0 if transport is None else int(transport.get_write_buffer_size())

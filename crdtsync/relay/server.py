@@ -263,6 +263,51 @@ class _SyncConn:
         self.inner.abort()
 
 
+class _RelayConnection(ServerConnection):
+    """A server connection that stops reading while its write buffer is over the limit.
+
+    websockets answers every PING with a PONG written straight to the socket,
+    whatever the buffer holds: a client that pings and never reads (before any
+    authentication, on either protocol) would grow the relay's memory without
+    bound, and no message limit sees control frames. Not reading from it until
+    it reads what we wrote pushes back on it through TCP instead.
+    """
+
+    #: Write-buffer bytes above which reading pauses (the relay's max_send_queue).
+    write_limit = 8 << 20
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._paused_for_writes = False
+        # websockets resumes reading when its message queue drains: not while
+        # we hold reading for the write buffer.
+        queue_resume = self.recv_messages.resume
+
+        def resume() -> None:
+            if not self._paused_for_writes:
+                queue_resume()
+
+        self.recv_messages.resume = resume
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        transport = self.transport
+        if (
+            not self._paused_for_writes
+            and transport is not None
+            and transport.get_write_buffer_size() > self.write_limit
+        ):
+            self._paused_for_writes = True
+            transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._paused_for_writes:
+            self._paused_for_writes = False
+            if not self.recv_messages.paused:
+                self.transport.resume_reading()
+
+
 @dataclass(eq=False)
 class _YConn:
     """A y-protocols connection in a room."""
@@ -468,6 +513,9 @@ class Relay:
                 ping_timeout=20.0,
                 close_timeout=2.0,
                 server_header="crdtsync-relay",
+                create_connection=type(
+                    "_RelayConnection", (_RelayConnection,), {"write_limit": cfg.max_send_queue}
+                ),
                 # asyncio's default backlog (100) makes a storm of joins wait 1 s for
                 # a SYN retry (measured: 200 clients at once, 0.8-1.2 s against 0.6 s).
                 backlog=1024,
