@@ -124,3 +124,14 @@ def test_timers_and_states_match_a_scan_of_everything(program: list[tuple[Any, .
     a.handle_timer(now + 20 * T)
     assert set(a.states) <= {a.client_id}
     assert set(a.meta) <= {a.client_id}
+
+
+def test_many_new_clients_in_one_update_rebuild_the_heap_safely() -> None:
+    """Found by the long relay fuzz run: the heap was rebuilt before a newcomer's clock was set."""
+    a = Awareness(1, timeout=T)
+    a.apply_entries([(c, 1, {}) for c in range(100, 400)], now=1.0)
+    a.apply_entries([(c, 2, None) for c in range(100, 350)], now=2.0)  # the heap keeps them
+    a.apply_entries([(c, 1, {"new": c}) for c in range(1000, 1010)], now=3.0)  # newcomers
+    assert len(a.states) == 60
+    assert len(a._expiry) <= 2 * len(a.states) + 64
+    assert a.get_timer() == 1.0 + T

@@ -784,3 +784,38 @@ def test_closed_channels_are_remembered_only_up_to_a_bound() -> None:
     assert last.local_chan is not None
     server.receive_data(client._writer.frame(m.Ack(last.local_chan, 0)))
     assert server.state is State.OPEN
+
+
+def test_an_update_before_garbage_in_the_same_read_is_still_checked_not_bound() -> None:
+    """Found by the long relay fuzz run: a shell and its model must agree on it.
+
+    The session closes on the garbage after a valid UPDATE; the update's event
+    is still delivered. check_writers must answer from the registry alone (a
+    closed session binds nothing), whether or not the update has structs.
+    """
+    registry = WriterRegistry()
+    a = Doc(peer_id=9)
+    a.text("t").insert(0, "abc")
+    pair = Pair({"d": a}, {"d": Doc()}, registry=registry, client_id=9)
+    pair.pump()
+    before = a.version
+    with a.transaction():
+        a.text("t").delete(0, 1)
+    delete_only = a.export_yjs_update(since=before)
+    a.text("t").insert(0, "x")
+    c = pair.client.s
+    c.send_update("d", delete_only)
+    c.send_update("d", a.export_yjs_update(since=before))
+    data = b"".join(c.data_to_send()) + b"\xfe" * 15
+    s = pair.server.s
+    s.receive_data(data)
+    assert s.closed
+    updates = [ev for ev in s.events_received() if isinstance(ev, UpdateReceived)]
+    assert len(updates) == 2
+    for ev in updates:
+        assert s.check_writers(new_writes(ev.writes, pair.server.docs["d"].version))
+    assert registry._ids.get(s) is None, "a closed session binds nothing"
+    # Another live connection's id is still refused.
+    other = Session.server(3, registry=registry)
+    assert registry.declare(other, [4242]) is None
+    assert not s.check_writers([4242])

@@ -234,6 +234,8 @@ class Awareness:
                 continue  # the removal of a client we never knew: nothing to keep
             if state is not None and not present and len(self.states) >= MAX_STATES:
                 continue  # full: a newcomer waits for someone to leave
+            # meta first: rebuilding the expiry heap reads it for every state.
+            self.meta[client] = (clock, now)
             if state is None:
                 self.states.pop(client, None)
                 self._removed.append((now, client))
@@ -241,7 +243,6 @@ class Awareness:
                 self.states[client] = state
                 if client != self.client_id:
                     self._push_expiry(now + self.timeout, client)
-            self.meta[client] = (clock, now)
             if state is None:
                 if present:
                     removed.append(client)

@@ -860,8 +860,14 @@ class Session:
         Returns:
             Whether the update may be imported.
         """
-        if not self.verify_writers or self.state is State.CLOSED:
-            return self.state is not State.CLOSED
+        if not self.verify_writers:
+            return True
+        if self.state is State.CLOSED:
+            # It failed later in the same batch (say, garbage after this frame):
+            # the update itself may still be imported, unacknowledged, but a
+            # closed session binds nothing (its ids were released).
+            ids = list(client_ids)
+            return all(self.registry.owner(c) in (None, self) for c in ids)
         try:
             bad = self.registry.claim_writes(self, client_ids)
         except LimitExceededError as exc:
