@@ -726,10 +726,9 @@ def test_finished_parts_return_their_budget() -> None:
     assert len(str(pair.server.docs["d"].text("t"))) == 20_000
 
 
-def test_refused_documents_are_forgotten_and_bounded() -> None:
-    """Bug J: refused channels are not kept forever, and endless refusals close the session."""
-    opts = SessionOptions(max_refusals=300)
-    server = Session.server(2, options=opts)
+def _open_sessions(options: SessionOptions) -> tuple[Session, Session]:
+    """A server and a client session, handshake done, frames moved by hand."""
+    server = Session.server(2, options=options)
     client = Session.client(1)
     for f in client.data_to_send():
         server.receive_data(f)
@@ -738,16 +737,27 @@ def test_refused_documents_are_forgotten_and_bounded() -> None:
     for f in server.data_to_send():
         client.receive_data(f)
     client.events_received()
+    return server, client
+
+
+def _ask_and_refuse(client: Session, server: Session, name: str) -> None:
+    """The client opens ``name``; the server refuses it; both read the other's frames."""
+    client.open_doc(name, b"", Version())
+    for f in client.data_to_send():
+        server.receive_data(f)
+    for ev in server.events_received():
+        if isinstance(ev, DocRequested):
+            server.refuse_doc(ev.name, AuthError("not yours"))
+    for f in server.data_to_send():
+        client.receive_data(f)
+    client.events_received()
+
+
+def test_refused_documents_are_forgotten_and_bounded() -> None:
+    """Bug J: refused channels are not kept forever, and endless refusals close the session."""
+    server, client = _open_sessions(SessionOptions(max_refusals=300))
     for i in range(2_000):
-        client.open_doc(f"nope-{i}", b"", Version())
-        for f in client.data_to_send():
-            server.receive_data(f)
-        for ev in server.events_received():
-            if isinstance(ev, DocRequested):
-                server.refuse_doc(ev.name, AuthError("not yours"))
-        for f in server.data_to_send():
-            client.receive_data(f)
-        client.events_received()
+        _ask_and_refuse(client, server, f"nope-{i}")
         if server.closed:
             break
     assert isinstance(server.error, LimitExceededError), server.error
@@ -757,25 +767,9 @@ def test_refused_documents_are_forgotten_and_bounded() -> None:
 
 
 def test_closed_channels_are_remembered_only_up_to_a_bound() -> None:
-    server = Session.server(2, options=SessionOptions(max_refusals=10**6))
-    client = Session.client(1)
-    for f in client.data_to_send():
-        server.receive_data(f)
-    server.events_received()
-    server.accept()
-    for f in server.data_to_send():
-        client.receive_data(f)
-    client.events_received()
+    server, client = _open_sessions(SessionOptions(max_refusals=10**6))
     for i in range(3 * protocol._MAX_REMEMBERED):
-        client.open_doc(f"d{i}", b"", Version())
-        for f in client.data_to_send():
-            server.receive_data(f)
-        for ev in server.events_received():
-            if isinstance(ev, DocRequested):
-                server.refuse_doc(ev.name, AuthError("no"))
-        for f in server.data_to_send():
-            client.receive_data(f)
-        client.events_received()
+        _ask_and_refuse(client, server, f"d{i}")
     assert server.state is State.OPEN
     assert len(server._docs) <= protocol._MAX_REMEMBERED
     assert len(server._dead_remote) <= protocol._MAX_REMEMBERED

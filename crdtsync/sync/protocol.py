@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
@@ -866,17 +866,8 @@ class Session:
             # It failed later in the same batch (say, garbage after this frame):
             # the update itself may still be imported, unacknowledged, but a
             # closed session binds nothing (its ids were released).
-            ids = list(client_ids)
-            return all(self.registry.owner(c) in (None, self) for c in ids)
-        try:
-            bad = self.registry.claim_writes(self, client_ids)
-        except LimitExceededError as exc:
-            self._fail(exc)
-            return False
-        if bad is None:
-            return True
-        self._fail(ForbiddenWriterError(f"client id {bad} belongs to another connection"))
-        return False
+            return all(self.registry.owner(c) in (None, self) for c in client_ids)
+        return self._bind_writers(self.registry.claim_writes, client_ids)
 
     def reject_update(self, name: str, error: CrdtSyncError) -> None:
         """The shell could not import an update from the peer: close with INVALID_UPDATE."""
@@ -1249,8 +1240,14 @@ class Session:
     # -- internals: errors and closing ---------------------------------------------------
 
     def _declare(self, client_ids: Iterable[int]) -> bool:
+        return self._bind_writers(self.registry.declare, client_ids)
+
+    def _bind_writers(
+        self, bind: Callable[[WriterOwner, Iterable[int]], int | None], client_ids: Iterable[int]
+    ) -> bool:
+        """Bind ids with the registry; a refusal or too many ids closes the session."""
         try:
-            bad = self.registry.declare(self, client_ids)
+            bad = bind(self, client_ids)
         except LimitExceededError as exc:
             self._fail(exc)
             return False
