@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import pycrdt
-from crdtsync.transports.memory import MemoryNetwork
 
 from crdtsync import Doc, Peer
+from crdtsync.transports.memory import MemoryNetwork
 
 REPO = Path(__file__).resolve().parents[1]
 TRACE = REPO.parent / "shared" / "traces" / "automerge-paper.json.gz"

@@ -7,58 +7,99 @@ Example:
     >>> b.import_update(a.export_update())
     >>> str(b.text("body"))
     'hello'
+
+Importing ``crdtsync`` is cheap: the names below are re-exported lazily (PEP 562),
+so ``import crdtsync`` loads neither pycrdt nor asyncio nor any optional
+dependency until a name that needs it is first used. ``docs/ARCHITECTURE.md``
+says which subpackage owns what.
 """
 
-from ._yupdate import UpdateLimits
-from .doc import DEFAULT_LIMITS, Change, ChangeEvent, Doc
-from .errors import (
-    AuthError,
-    ConnectionClosedError,
-    CrdtSyncError,
-    EngineError,
-    EpochMismatchError,
-    ErrorCode,
-    ForbiddenWriterError,
-    FrameTooLargeError,
-    InvalidOperationError,
-    InvalidRoomError,
-    InvalidUpdateError,
-    InvalidValueError,
-    LimitExceededError,
-    LocalProtocolError,
-    MalformedFrameError,
-    MalformedUpdateError,
-    PeerGoingAwayError,
-    ProtocolError,
-    ProtocolTimeoutError,
-    ReadOnlyError,
-    RoomNotAllowedError,
-    RootTypeError,
-    StoreError,
-    StoreLockedError,
-    TokenError,
-    TokenExpiredError,
-    TransportError,
-    UnexpectedMessageError,
-    UnknownMessageError,
-    UnsupportedVersionError,
-    UpdateLimitError,
-    UpdateRejectedError,
-    VersionMismatchError,
-)
-from .model import Container, Counter, List, Map, Register, Text
-from .store import MemoryStore, SQLiteStore, Store
-from .sync import Awareness, Backoff, Grant, HelloInfo, Peer, Session, SessionOptions, Status
-from .transports.base import Connection, Listener, Transport
-from .tree import Tree
-from .version import Version
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Public name -> the module that defines it. tests/test_exports.py pins this list.
+_EXPORTS: dict[str, str] = {
+    # the document model
+    "Doc": "crdtsync.model.doc",
+    "Change": "crdtsync.model.doc",
+    "ChangeEvent": "crdtsync.model.doc",
+    "DEFAULT_LIMITS": "crdtsync.model.doc",
+    "Container": "crdtsync.model.containers",
+    "Counter": "crdtsync.model.containers",
+    "List": "crdtsync.model.containers",
+    "Map": "crdtsync.model.containers",
+    "Register": "crdtsync.model.containers",
+    "Text": "crdtsync.model.containers",
+    "Tree": "crdtsync.model.tree",
+    # bytes and versions
+    "UpdateLimits": "crdtsync.format.yupdate",
+    "Version": "crdtsync.format.version",
+    # sync
+    "Awareness": "crdtsync.protocol.awareness",
+    "AwarenessChange": "crdtsync.protocol.awareness",
+    "Session": "crdtsync.protocol.session",
+    "SessionOptions": "crdtsync.protocol.session",
+    "Peer": "crdtsync.peer.peer",
+    "Backoff": "crdtsync.peer.peer",
+    "Grant": "crdtsync.peer.peer",
+    "HelloInfo": "crdtsync.peer.peer",
+    "Status": "crdtsync.peer.peer",
+    "YProvider": "crdtsync.peer.yprovider",
+    # seams
+    "Connection": "crdtsync.net",
+    "Listener": "crdtsync.net",
+    "Transport": "crdtsync.net",
+    "Store": "crdtsync.store.base",
+    "MemoryStore": "crdtsync.store.memory",
+    "SQLiteStore": "crdtsync.store.sqlite",
+    # errors
+    "AuthError": "crdtsync.errors",
+    "ConnectionClosedError": "crdtsync.errors",
+    "CrdtSyncError": "crdtsync.errors",
+    "EngineError": "crdtsync.errors",
+    "EpochMismatchError": "crdtsync.errors",
+    "ErrorCode": "crdtsync.errors",
+    "ForbiddenWriterError": "crdtsync.errors",
+    "FrameTooLargeError": "crdtsync.errors",
+    "InvalidOperationError": "crdtsync.errors",
+    "InvalidRoomError": "crdtsync.errors",
+    "InvalidUpdateError": "crdtsync.errors",
+    "InvalidValueError": "crdtsync.errors",
+    "LimitExceededError": "crdtsync.errors",
+    "LocalProtocolError": "crdtsync.errors",
+    "MalformedFrameError": "crdtsync.errors",
+    "MalformedUpdateError": "crdtsync.errors",
+    "MissingUpdatesError": "crdtsync.errors",
+    "PeerGoingAwayError": "crdtsync.errors",
+    "ProtocolError": "crdtsync.errors",
+    "ProtocolTimeoutError": "crdtsync.errors",
+    "ReadOnlyError": "crdtsync.errors",
+    "RoomNotAllowedError": "crdtsync.errors",
+    "RootTypeError": "crdtsync.errors",
+    "StoreError": "crdtsync.errors",
+    "StoreLockedError": "crdtsync.errors",
+    "TokenError": "crdtsync.errors",
+    "TokenExpiredError": "crdtsync.errors",
+    "TransportError": "crdtsync.errors",
+    "TreeCycleError": "crdtsync.errors",
+    "UnexpectedMessageError": "crdtsync.errors",
+    "UnknownMessageError": "crdtsync.errors",
+    "UnsupportedVersionError": "crdtsync.errors",
+    "UpdateLimitError": "crdtsync.errors",
+    "UpdateRejectedError": "crdtsync.errors",
+    "VersionMismatchError": "crdtsync.errors",
+}
+
+# Literal, so that type checkers read it; tests/test_exports.py checks it matches.
 __all__ = [
     "DEFAULT_LIMITS",
     "AuthError",
     "Awareness",
+    "AwarenessChange",
     "Backoff",
     "Change",
     "ChangeEvent",
@@ -87,6 +128,7 @@ __all__ = [
     "MalformedUpdateError",
     "Map",
     "MemoryStore",
+    "MissingUpdatesError",
     "Peer",
     "PeerGoingAwayError",
     "ProtocolError",
@@ -108,6 +150,7 @@ __all__ = [
     "Transport",
     "TransportError",
     "Tree",
+    "TreeCycleError",
     "UnexpectedMessageError",
     "UnknownMessageError",
     "UnsupportedVersionError",
@@ -116,5 +159,72 @@ __all__ = [
     "UpdateRejectedError",
     "Version",
     "VersionMismatchError",
+    "YProvider",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'crdtsync' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the real names, eagerly
+    from crdtsync.errors import (
+        AuthError,
+        ConnectionClosedError,
+        CrdtSyncError,
+        EngineError,
+        EpochMismatchError,
+        ErrorCode,
+        ForbiddenWriterError,
+        FrameTooLargeError,
+        InvalidOperationError,
+        InvalidRoomError,
+        InvalidUpdateError,
+        InvalidValueError,
+        LimitExceededError,
+        LocalProtocolError,
+        MalformedFrameError,
+        MalformedUpdateError,
+        MissingUpdatesError,
+        PeerGoingAwayError,
+        ProtocolError,
+        ProtocolTimeoutError,
+        ReadOnlyError,
+        RoomNotAllowedError,
+        RootTypeError,
+        StoreError,
+        StoreLockedError,
+        TokenError,
+        TokenExpiredError,
+        TransportError,
+        TreeCycleError,
+        UnexpectedMessageError,
+        UnknownMessageError,
+        UnsupportedVersionError,
+        UpdateLimitError,
+        UpdateRejectedError,
+        VersionMismatchError,
+    )
+    from crdtsync.format.version import Version
+    from crdtsync.format.yupdate import UpdateLimits
+    from crdtsync.model.containers import Container, Counter, List, Map, Register, Text
+    from crdtsync.model.doc import DEFAULT_LIMITS, Change, ChangeEvent, Doc
+    from crdtsync.model.tree import Tree
+    from crdtsync.net import Connection, Listener, Transport
+    from crdtsync.peer.peer import Backoff, Grant, HelloInfo, Peer, Status
+    from crdtsync.peer.yprovider import YProvider
+    from crdtsync.protocol.awareness import Awareness, AwarenessChange
+    from crdtsync.protocol.session import Session, SessionOptions
+    from crdtsync.store.base import Store
+    from crdtsync.store.memory import MemoryStore
+    from crdtsync.store.sqlite import SQLiteStore

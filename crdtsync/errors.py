@@ -10,6 +10,7 @@ The tree::
     CrdtSyncError
     ├── InvalidUpdateError (also ValueError)      bytes from outside were refused
     │   ├── MalformedUpdateError                   they do not parse, or break the format's rules
+    │   │   └── MissingUpdatesError                they depend on changes not received yet
     │   ├── UpdateLimitError                       they exceed a configured limit
     │   └── UnsupportedVersionError                a format version this release cannot read
     ├── InvalidValueError (also TypeError, ValueError)
@@ -72,6 +73,7 @@ __all__ = [
     "LocalProtocolError",
     "MalformedFrameError",
     "MalformedUpdateError",
+    "MissingUpdatesError",
     "PeerGoingAwayError",
     "ProtocolError",
     "ProtocolTimeoutError",
@@ -103,6 +105,25 @@ class InvalidUpdateError(CrdtSyncError, ValueError):
 
 class MalformedUpdateError(InvalidUpdateError):
     """The bytes do not parse, or they break a rule of the format."""
+
+
+class MissingUpdatesError(MalformedUpdateError):
+    """The update depends on changes the receiving document does not have yet.
+
+    Not hostile in itself (updates may arrive out of order), but pycrdt must not
+    see it: it integrates blocks past a clock gap (its state vector then lies and
+    the replicas diverge for good, or reading loops forever). Keep the update and
+    apply it after the missing ones, or re-sync with state vectors.
+
+    Attributes:
+        client: the client id of the first missing change.
+        clock: its clock.
+    """
+
+    def __init__(self, message: str, client: int = 0, clock: int = 0) -> None:
+        super().__init__(message)
+        self.client = client
+        self.clock = clock
 
 
 class UpdateLimitError(InvalidUpdateError):

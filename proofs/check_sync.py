@@ -1,6 +1,6 @@
 """Exhaustive small-scope check of the sync protocol (see SYNC.md).
 
-Runs the real :class:`crdtsync.sync.protocol.Session` and real documents, with a
+Runs the real :class:`crdtsync.protocol.session.Session` and real documents, with a
 minimal shell (the Peer's rules: accept, open, catch-up, import then ack,
 forward), and explores **every** interleaving of frame deliveries, frame
 losses, connection cuts, timeouts and reconnects up to a bound, by depth-first
@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crdtsync import Doc
-from crdtsync.sync import protocol as p
+from crdtsync.protocol import session as p
 
 NAME = "d"
 INF = 1e9
@@ -101,7 +101,7 @@ class World:
                 lambda update, origin, local, i=i: self._on_update(i, update, origin)
             )
 
-    # -- shell rules (what crdtsync.sync.peer.Peer does) ------------------------------------
+    # -- shell rules (what crdtsync.peer.peer.Peer does) ------------------------------------
 
     def sessions_of(self, peer: int) -> list[p.Session]:
         out = []

@@ -1,6 +1,6 @@
 """Exhaustive small-scope model check of the movable tree (see proofs/TREE.md).
 
-Part A -- the engine (``crdtsync.tree._TreeState``) against the specification,
+Part A -- the engine (``crdtsync.model.tree._TreeState``) against the specification,
 under every arrival schedule.
 
     A *history* is a sequence of ``n`` operations in timestamp order. In scope
@@ -67,7 +67,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crdtsync import Doc, InvalidOperationError
-from crdtsync.tree import ROOT, TRASH, _TreeState
+from crdtsync.model.tree import ROOT, TRASH, _TreeState
 
 Op = tuple[int, str, str, str]
 KEYS = ("a1", "a2")  # positions alternate: siblings also tie (ordered by node id)

@@ -23,7 +23,7 @@ seconds is killed and its input recorded as a hang.
 For each input the *target* runs:
 
 ``yupdate``
-    ``crdtsync._yupdate.validate_update(data, known_state=...)``; if it
+    ``crdtsync.format.yupdate.validate_update(data, known_state=...)``; if it
     accepts, the update is applied to a ``pycrdt.Doc`` holding the prior
     state, then the document is read back (``get_update``, ``get_state``, the
     known roots' ``to_py``).  A ``PanicException`` there is a failure of OUR
@@ -392,7 +392,7 @@ def mutate_bytes(rng: random.Random, data: bytes, other: bytes) -> bytes:
 
 def mutate_struct(rng: random.Random, data: bytes, prior: bytes) -> bytes | None:
     """A structure-aware mutation: parse, change one field, re-encode."""
-    from crdtsync import _yupdate as y
+    from crdtsync.format import yupdate as y
 
     try:
         p = y.parse_update(data)
@@ -589,7 +589,7 @@ def craft_gc_input(rng: random.Random, prior: bytes) -> bytes | None:
     prior (many of which the target deletes, so yrs has GC'd them), from type
     items and from the crafted items themselves; contents cover every class.
     """
-    from crdtsync import _yupdate as y
+    from crdtsync.format import yupdate as y
 
     try:
         pp = y.parse_update(prior)
@@ -727,8 +727,8 @@ def _export_problem(export: bytes, root_types: dict[str, int] | None = None) -> 
     must know no more and no less than it: an undeclared root takes the class
     of the first content it gets).
     """
-    from crdtsync import _yupdate as y
     from crdtsync.errors import InvalidUpdateError
+    from crdtsync.format import yupdate as y
 
     index = y.DocIndex(ROOT_TYPES if root_types is None else root_types)
     try:
@@ -748,7 +748,7 @@ def _make_doc(prior: bytes) -> Any:
 
 
 def _state_of(doc: Any) -> dict[int, int]:
-    from crdtsync import _yupdate as y
+    from crdtsync.format import yupdate as y
 
     sv = doc.get_state()
     # State vector: varuint n, n x (varuint client, varuint clock).
@@ -768,8 +768,8 @@ def target_yupdate(
     """Runs validate_update, then pycrdt.  Returns (verdict, reason)."""
     import pycrdt
 
-    from crdtsync import _yupdate as y
     from crdtsync.errors import InvalidUpdateError
+    from crdtsync.format import yupdate as y
 
     doc = _make_doc(prior)
     index = y.DocIndex(ROOT_TYPES)

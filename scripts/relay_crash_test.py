@@ -66,11 +66,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crdtsync.transports.websocket import WebSocketTransport
 from websockets.asyncio.client import connect as ws_connect
 
 from crdtsync import Doc, Peer
-from crdtsync.sync import yprotocol as y
+from crdtsync.protocol import yprotocol as y
+from crdtsync.transports.websocket import WebSocketTransport
 
 ROOMS = ("room-0", "room-1", "room-2")
 IDLE_ROOMS = ("idle-0", "idle-1")

@@ -24,18 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from crdtsync.transports.websocket import WebSocketTransport
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from crdtsync import Doc, InvalidRoomError, InvalidUpdateError, Peer, ProtocolError
-from crdtsync._yupdate import UpdateLimits, parse_update
+from crdtsync.format.yupdate import UpdateLimits, parse_update
+from crdtsync.peer.peer import Backoff
+from crdtsync.protocol import messages as m
+from crdtsync.protocol import session as p
+from crdtsync.protocol import yprotocol as y
+from crdtsync.protocol.awareness import Awareness, decode_awareness
+from crdtsync.protocol.session import SessionOptions
 from crdtsync.relay import Relay, RelayConfig, validate_room
-from crdtsync.sync import Backoff, SessionOptions
-from crdtsync.sync import messages as m
-from crdtsync.sync import protocol as p
-from crdtsync.sync import yprotocol as y
-from crdtsync.sync.awareness import Awareness, decode_awareness
+from crdtsync.transports.websocket import WebSocketTransport
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"

@@ -24,15 +24,15 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from crdtsync.transports.memory import Faults, MemoryNetwork
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from crdtsync import Doc, InvalidOperationError
-from crdtsync.store import MemoryStore
-from crdtsync.sync import Backoff, Grant, Peer, SessionOptions
-from crdtsync.sync.protocol import State
+from crdtsync.peer.peer import Backoff, Grant, Peer
+from crdtsync.protocol.session import SessionOptions, State
+from crdtsync.store.memory import MemoryStore
 from crdtsync.testing import VirtualTimeLoop, advance
+from crdtsync.transports.memory import Faults, MemoryNetwork
 
 DOCS = ("alpha", "beta", "gamma")
 OPTIONS = SessionOptions(

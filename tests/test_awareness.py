@@ -12,9 +12,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdtsync.sync import awareness as aw_mod
-from crdtsync.sync.awareness import Awareness
-from crdtsync.sync.peer import MAX_PRESENCE_PER_CONNECTION, presence_fits
+from crdtsync.peer.peer import MAX_PRESENCE_PER_CONNECTION, presence_fits
+from crdtsync.protocol import awareness as aw_mod
+from crdtsync.protocol.awareness import Awareness
 
 T = 30.0
 

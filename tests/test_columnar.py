@@ -1,4 +1,4 @@
-"""Tests of crdtsync._columnar: exact round trip, hostile input, size on real traces."""
+"""Tests of crdtsync.format.columnar: exact round trip, hostile input, size on real traces."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from conftest_traces import fuzz_module, trace_update
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crdtsync import _columnar as c
-from crdtsync import _yupdate as y
 from crdtsync.errors import InvalidUpdateError, MalformedUpdateError, UpdateLimitError
+from crdtsync.format import columnar as c
+from crdtsync.format import yupdate as y
 
 
 def _doc_update() -> bytes:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from crdtsync import Counter, Doc, List, Map, Register, Text
-from crdtsync.values import Value
+from crdtsync.model.values import Value
 
 N_SITES = 3
 DOCS = ("a", "b")  # several roots of each kind per document

@@ -9,8 +9,8 @@ import cbor2
 import pytest
 
 from crdtsync import Doc
-from crdtsync.doc import DEFAULT_LIMITS
-from crdtsync.encoding import FLAG_COMPACT, FLAG_SNAPSHOT, FORMAT_VERSION, unpack
+from crdtsync.format.envelope import FLAG_COMPACT, FLAG_SNAPSHOT, FORMAT_VERSION, unpack
+from crdtsync.model.doc import DEFAULT_LIMITS
 
 GOLDEN = Path(__file__).parent / "golden"
 NAMES = sorted({p.name.split(".")[0] for p in GOLDEN.glob("*.expected.cbor")})

@@ -29,7 +29,7 @@ from crdtsync import (
     UpdateLimitError,
     UpdateLimits,
 )
-from crdtsync.encoding import FLAG_ZSTD, pack
+from crdtsync.format.envelope import FLAG_ZSTD, pack
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -70,7 +70,7 @@ _CHILD = r"""
 import sys
 from pathlib import Path
 from crdtsync import Doc, CrdtSyncError, InvalidUpdateError
-from crdtsync.encoding import pack
+from crdtsync.format.envelope import pack
 sys.path.insert(0, sys.argv[2])
 from test_import_safety import sample_doc, snapshot, assert_still_usable
 data = Path(sys.argv[1]).read_bytes()

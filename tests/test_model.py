@@ -648,7 +648,7 @@ def test_lone_surrogates_are_refused_before_anything_is_written(edit: Any) -> No
 
 
 def test_presence_state_that_is_not_json_keeps_the_previous_one() -> None:
-    from crdtsync.sync.awareness import Awareness
+    from crdtsync.protocol.awareness import Awareness
 
     a = Awareness(1)
     a.set_local_state({"n": "ok"}, now=0.0)

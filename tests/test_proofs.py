@@ -19,7 +19,7 @@ def test_counter_register_exhaustive_small_scope() -> None:
 
 def test_model_check_detects_a_broken_register(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The check is not vacuous: a register that forgets concurrent values fails it."""
-    from crdtsync.model import Register
+    from crdtsync.model.containers import Register
 
     real = Register.conflicts.fget
     assert real is not None

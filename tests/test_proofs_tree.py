@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proofs"))
 
 import tree_model_check
 
-from crdtsync.tree import _TreeState
+from crdtsync.model.tree import _TreeState
 
 
 def test_tree_model_check_small_scope() -> None:

@@ -57,14 +57,15 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync import client as sync_client
 
 from crdtsync import AuthError, Doc, ErrorCode, Peer
-from crdtsync._yupdate import ParsedUpdate, UpdateLimits, encode_update
+from crdtsync.format.version import Version
+from crdtsync.format.yupdate import ParsedUpdate, UpdateLimits, encode_update
+from crdtsync.peer.peer import Status
+from crdtsync.protocol import messages as m
+from crdtsync.protocol import session as p
+from crdtsync.protocol import yprotocol as y
+from crdtsync.protocol.awareness import Awareness
+from crdtsync.protocol.session import SessionOptions
 from crdtsync.relay import Relay, RelayConfig, mint_token
-from crdtsync.sync import SessionOptions, Status
-from crdtsync.sync import messages as m
-from crdtsync.sync import protocol as p
-from crdtsync.sync import yprotocol as y
-from crdtsync.sync.awareness import Awareness
-from crdtsync.version import Version
 
 SECRET = b"relay-test-secret-0123456789abcdef"
 

@@ -14,8 +14,8 @@ from relay_helpers import YClient, room_state, running_relay, ws_peer
 from waiting import eventually
 
 from crdtsync import Doc
-from crdtsync.sync import yprotocol as y
-from crdtsync.version import Version
+from crdtsync.format.version import Version
+from crdtsync.protocol import yprotocol as y
 
 
 @pytest.fixture

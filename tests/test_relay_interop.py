@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crdtsync.transports.websocket import WebSocketTransport
 from nodeenv import ensure_node_modules
 
 from crdtsync import Doc, Peer
 from crdtsync.relay import Relay, RelayConfig, mint_token
+from crdtsync.transports.websocket import WebSocketTransport
 
 pytestmark = pytest.mark.anyio
 

@@ -31,11 +31,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
 from crdtsync import Doc, ErrorCode, ProtocolError
+from crdtsync.format.version import Version
+from crdtsync.protocol import messages as m
+from crdtsync.protocol import yprotocol as y
+from crdtsync.protocol.awareness import encode_awareness
 from crdtsync.relay import Relay, RelayConfig, mint_token
-from crdtsync.sync import messages as m
-from crdtsync.sync import yprotocol as y
-from crdtsync.sync.awareness import encode_awareness
-from crdtsync.version import Version
 
 SECRET = b"limits-test-secret-0123456789abcdef"
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Self
 
 import pytest
-from crdtsync.transports.websocket import WebSocketTransport
 from websockets.asyncio.client import connect as ws_connect
 
 from crdtsync import Doc, Peer
+from crdtsync.protocol import yprotocol as y
 from crdtsync.relay import Relay, RelayConfig
-from crdtsync.sync import yprotocol as y
+from crdtsync.transports.websocket import WebSocketTransport
 
 pytestmark = pytest.mark.anyio
 

@@ -17,10 +17,10 @@ from waiting import eventually
 from websockets.asyncio.client import connect
 
 from crdtsync import Doc, ErrorCode
+from crdtsync.protocol import messages as m
+from crdtsync.protocol import session as p
+from crdtsync.protocol import yprotocol as y
 from crdtsync.relay import mint_token
-from crdtsync.sync import messages as m
-from crdtsync.sync import protocol as p
-from crdtsync.sync import yprotocol as y
 
 SECRET = b"writers-test-secret-0123456789abcdef"
 

@@ -15,14 +15,14 @@ V.is_synced("d") was True, R never stored the edit.
 """
 
 from crdtsync import Doc, ErrorCode, ProtocolError
-from crdtsync.sync.protocol import (
+from crdtsync.format.version import Version
+from crdtsync.protocol.session import (
     CatchUpNeeded,
     DocRequested,
     HelloReceived,
     Session,
     UpdateReceived,
 )
-from crdtsync.version import Version
 
 R = Session.server(1)
 V = Session.client(2)
@@ -87,7 +87,7 @@ def test_ack_on_a_reopened_channel_is_not_taken_for_the_new_one() -> None:
 
 
 def test_sync_answers_field_round_trips_and_is_optional() -> None:
-    from crdtsync.sync import messages as m
+    from crdtsync.protocol import messages as m
 
     offer = m.Sync(3, "d", b"", b"\x00")
     answer = m.Sync(4, "d", b"", b"\x00", answers=3)

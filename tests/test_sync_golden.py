@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from crdtsync.errors import ErrorCode
-from crdtsync.sync import messages as m
+from crdtsync.protocol import messages as m
 
 GOLDEN = Path(__file__).parent / "golden" / "protocol"
 
@@ -68,8 +68,8 @@ def write_vectors() -> None:
 
 
 def test_update_payloads_are_valid() -> None:
-    from crdtsync._yupdate import parse_update
-    from crdtsync.version import Version
+    from crdtsync.format.version import Version
+    from crdtsync.format.yupdate import parse_update
 
     assert parse_update(_UPDATE).client_ids() == {7}
     assert Version.from_bytes(_VERSION) == Version({7: 7})

@@ -8,15 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crdtsync.transports.memory import Faults, MemoryNetwork
 from waiting import eventually
 
 from crdtsync import AuthError, Doc, EpochMismatchError, ErrorCode, InvalidOperationError, Peer
 from crdtsync.errors import StoreError
+from crdtsync.peer.peer import Backoff, Grant, HelloInfo, Status
+from crdtsync.protocol import messages as m
+from crdtsync.protocol.session import SessionOptions
 from crdtsync.store.memory import MemoryStore
-from crdtsync.sync import Backoff, Grant, HelloInfo, SessionOptions, Status
-from crdtsync.sync import messages as m
 from crdtsync.testing import advance, run_virtual
+from crdtsync.transports.memory import Faults, MemoryNetwork
 
 FAST = SessionOptions(handshake_timeout=2.0, ack_timeout=4.0, ping_interval=0.5, idle_timeout=2.0)
 QUICK = Backoff(initial=0.05, cap=1.0)

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proofs"))
 
 import check_sync
 
-from crdtsync.sync import protocol
+from crdtsync.protocol import session as protocol
 
 
 def test_two_sessions_one_loss_exhaustive() -> None:

@@ -10,7 +10,6 @@ import pytest
 import zstandard
 
 from crdtsync import Doc, ErrorCode, ProtocolError
-from crdtsync._yupdate import UpdateLimits
 from crdtsync.errors import (
     AuthError,
     ConnectionClosedError,
@@ -26,10 +25,12 @@ from crdtsync.errors import (
     UpdateRejectedError,
     VersionMismatchError,
 )
-from crdtsync.sync import awareness as aw_mod
-from crdtsync.sync import messages as m
-from crdtsync.sync import protocol
-from crdtsync.sync.protocol import (
+from crdtsync.format.version import Version
+from crdtsync.format.yupdate import UpdateLimits
+from crdtsync.protocol import awareness as aw_mod
+from crdtsync.protocol import messages as m
+from crdtsync.protocol import session as protocol
+from crdtsync.protocol.session import (
     AwarenessReceived,
     CatchUpNeeded,
     Closed,
@@ -46,7 +47,6 @@ from crdtsync.sync.protocol import (
     WriterRegistry,
     new_writes,
 )
-from crdtsync.version import Version
 
 
 class Side:
@@ -133,9 +133,8 @@ class Pair:
 
 
 def test_doctests() -> None:
-    from crdtsync.transports import memory as memory_transport
-
     from crdtsync.store import memory, sqlite
+    from crdtsync.transports import memory as memory_transport
 
     for mod in (protocol, aw_mod, memory, sqlite, memory_transport):
         result = doctest.testmod(mod)

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import asyncio
 
-from crdtsync.transports.memory import MemoryNetwork
-
 from crdtsync import Peer
-from crdtsync.sync import SessionOptions
+from crdtsync.protocol.session import SessionOptions
 from crdtsync.testing import run_virtual
+from crdtsync.transports.memory import MemoryNetwork
 
 
 def test_timer_fired_early_is_not_rearmed_forever() -> None:

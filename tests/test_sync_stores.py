@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from crdtsync import Peer, StoreError, StoreLockedError
-from crdtsync.store import MemoryStore, SQLiteStore, Store
+from crdtsync import MemoryStore, Peer, SQLiteStore, Store, StoreError, StoreLockedError
 from crdtsync.testing import check_store
 
 
@@ -57,7 +56,7 @@ def test_second_store_on_the_same_file_is_refused(tmp_path: Path) -> None:
             SQLiteStore(path)
         code = textwrap.dedent(
             f"""
-            from crdtsync.store import SQLiteStore
+            from crdtsync.store.sqlite import SQLiteStore
             from crdtsync.errors import StoreLockedError
             try:
                 SQLiteStore({str(path)!r})

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from crdtsync.transports import Connection, Listener, Transport
-from crdtsync.transports.memory import Faults, MemoryNetwork
 
 from crdtsync import ConnectionClosedError, TransportError
+from crdtsync.net import Connection, Listener, Transport
 from crdtsync.testing import advance, check_transport, run_virtual
+from crdtsync.transports.memory import Faults, MemoryNetwork
 
 
 @pytest.fixture

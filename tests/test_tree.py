@@ -13,13 +13,7 @@ import pytest
 
 from crdtsync import Doc, InvalidOperationError, InvalidValueError, Map, Tree
 from crdtsync.errors import TreeCycleError
-from crdtsync.tree import (
-    MAX_KEY,
-    _TreeState,
-    key_between,
-    parse_op,
-    valid_key,
-)
+from crdtsync.model.tree import MAX_KEY, _TreeState, key_between, parse_op, valid_key
 
 
 def sync(*docs: Doc) -> None:
@@ -260,7 +254,7 @@ def test_nested_trees() -> None:
 
 
 def test_save_and_load_rebuild_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from crdtsync import tree as tree_mod
+    from crdtsync.model import tree as tree_mod
 
     doc = Doc()
     t = doc.tree("t")
@@ -601,7 +595,13 @@ def test_between_handles_edge_keys() -> None:
 
 
 def test_integer_parts_step_exactly_across_lengths() -> None:
-    from crdtsync.tree import _SMALLEST_INT, _decrement_int, _increment_int, _int_part, _int_value
+    from crdtsync.model.tree import (
+        _SMALLEST_INT,
+        _decrement_int,
+        _increment_int,
+        _int_part,
+        _int_value,
+    )
 
     for step in (_increment_int, _decrement_int):
         x = "a0"

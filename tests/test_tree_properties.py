@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 
 from crdtsync import Doc, InvalidOperationError, InvalidUpdateError, Tree
 from crdtsync.errors import TreeCycleError
-from crdtsync.tree import ROOT, TRASH, _TreeState
+from crdtsync.model.tree import ROOT, TRASH, _TreeState
 
 N_SITES = 3
 NAME = "outline"

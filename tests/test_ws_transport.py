@@ -12,20 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crdtsync.transports import Connection, Listener, Transport
-from crdtsync.transports.websocket import (
-    WebSocketConnection,
-    WebSocketListener,
-    WebSocketTransport,
-)
 from tlsutil import self_signed_cert
 from waiting import eventually
 from websockets.asyncio.client import connect as raw_connect
 from websockets.exceptions import ConnectionClosed
 
 from crdtsync import ConnectionClosedError, Peer, TransportError
-from crdtsync.sync import Backoff
+from crdtsync.net import Connection, Listener, Transport
+from crdtsync.peer.peer import Backoff
 from crdtsync.testing import check_transport
+from crdtsync.transports.websocket import (
+    WebSocketConnection,
+    WebSocketListener,
+    WebSocketTransport,
+)
 
 LOCAL = "ws://127.0.0.1:0"
 STEP = 10.0  # seconds allowed for any single wait

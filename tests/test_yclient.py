@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crdtsync.transports.websocket import WebSocketConnection, WebSocketTransport
 from nodeenv import ensure_node_modules
 from waiting import eventually
 
@@ -35,11 +34,12 @@ from crdtsync import (
     TokenExpiredError,
     TransportError,
 )
-from crdtsync.sync import Awareness, Backoff, Status
-from crdtsync.sync import yprotocol as y
-from crdtsync.sync.awareness import decode_awareness, encode_awareness
-from crdtsync.sync.yclient import YProvider
-from crdtsync.version import Version
+from crdtsync.format.version import Version
+from crdtsync.peer.peer import Backoff, Status
+from crdtsync.peer.yprovider import YProvider
+from crdtsync.protocol import yprotocol as y
+from crdtsync.protocol.awareness import Awareness, decode_awareness, encode_awareness
+from crdtsync.transports.websocket import WebSocketConnection, WebSocketTransport
 
 STEP = 15.0  # seconds allowed for any single wait
 QUICK = Backoff(initial=0.02, factor=2.0, cap=0.2, jitter=0.0)

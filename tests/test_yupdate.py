@@ -1,4 +1,4 @@
-"""Tests of crdtsync._yupdate: strict v1 parsing, exact re-encoding, validation."""
+"""Tests of crdtsync.format.yupdate: strict v1 parsing, exact re-encoding, validation."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from conftest_traces import CORPUS, CRASHERS, fuzz_module, trace_update
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crdtsync import _yupdate as y
 from crdtsync.errors import InvalidUpdateError, MalformedUpdateError, UpdateLimitError
+from crdtsync.format import yupdate as y
 
 FUZZ_SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]

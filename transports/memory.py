@@ -31,8 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from crdtsync.errors import ConnectionClosedError, TransportError
-
-from .base import Connection, Handler
+from crdtsync.net import Connection, Handler
 
 __all__ = ["Faults", "MemoryNetwork", "MemoryTransport", "NetworkStats"]
 
@@ -157,7 +156,7 @@ class MemoryNetwork:
 
 
 class MemoryTransport:
-    """The :class:`~crdtsync.transports.base.Transport` of one host on a :class:`MemoryNetwork`."""
+    """The :class:`~crdtsync.net.Transport` of one host on a :class:`MemoryNetwork`."""
 
     def __init__(self, network: MemoryNetwork, host: str) -> None:
         self.network = network

@@ -51,8 +51,7 @@ from websockets.exceptions import (
 from websockets.frames import CloseCode
 
 from crdtsync.errors import ConnectionClosedError, TransportError
-
-from .base import Handler
+from crdtsync.net import Handler
 
 __all__ = ["WebSocketConnection", "WebSocketListener", "WebSocketTransport"]
 

@@ -1,15 +1,31 @@
 """The relay server: where peers that are not on one LAN meet (``crdtsync relay``).
 
-* :class:`Relay`: the server (crdtsync protocol and y-protocols on one port);
-* :class:`RelayConfig`: its settings and limits;
-* :func:`mint_token` / :func:`verify_token`: signed access tokens;
-* :func:`validate_room`: the room names the relay accepts.
+* :mod:`~crdtsync.relay.server`: :class:`~crdtsync.relay.server.Relay` (crdtsync
+  protocol and y-protocols on one port) and :func:`~crdtsync.relay.server.serve`;
+* :mod:`~crdtsync.relay.config`: :class:`~crdtsync.relay.config.RelayConfig`,
+  its settings and limits;
+* :mod:`~crdtsync.relay.tokens`: signed access tokens;
+* :mod:`~crdtsync.relay.names`: the room names the relay accepts.
+
+The names below are re-exported lazily, so ``import crdtsync.relay.tokens``
+(used by ``crdtsync token``) does not load the server and its dependencies.
 """
 
-from .config import RelayConfig
-from .names import validate_room
-from .server import CLOSE_CODES, Relay, serve
-from .tokens import TokenClaims, mint_token, verify_token
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "CLOSE_CODES": "crdtsync.relay.server",
+    "Relay": "crdtsync.relay.server",
+    "serve": "crdtsync.relay.server",
+    "RelayConfig": "crdtsync.relay.config",
+    "TokenClaims": "crdtsync.relay.tokens",
+    "mint_token": "crdtsync.relay.tokens",
+    "verify_token": "crdtsync.relay.tokens",
+    "validate_room": "crdtsync.relay.names",
+}
 
 __all__ = [
     "CLOSE_CODES",
@@ -21,3 +37,17 @@ __all__ = [
     "validate_room",
     "verify_token",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'crdtsync.relay' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+if TYPE_CHECKING:
+    from crdtsync.relay.config import RelayConfig
+    from crdtsync.relay.names import validate_room
+    from crdtsync.relay.server import CLOSE_CODES, Relay, serve
+    from crdtsync.relay.tokens import TokenClaims, mint_token, verify_token

@@ -3,12 +3,12 @@
 One process serves two protocols on one port:
 
 * ``ws://host:port`` (path ``/``): the crdtsync sync protocol (many documents per
-  connection, acknowledgements, presence), driven by a :class:`~crdtsync.sync.peer.Peer`
+  connection, acknowledgements, presence), driven by a :class:`~crdtsync.peer.peer.Peer`
   that owns the rooms and their store;
 * ``ws://host:port/<room>``: plain y-protocols, so that a stock y-websocket
   ``WebsocketProvider`` (a browser) edits the same document as Python peers.
 
-Both kinds of connection meet in the same :class:`~crdtsync.doc.Doc` per room, so
+Both kinds of connection meet in the same :class:`~crdtsync.model.doc.Doc` per room, so
 every update is validated once, written to the store, and only then sent on
 (crdtsync sessions acknowledge it only then). A relay restarted after ``kill -9``
 serves its rooms from the store.
@@ -51,8 +51,6 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State as WsState
 
-from crdtsync._yupdate import UpdateLimits, parse_update
-from crdtsync.doc import Doc
 from crdtsync.errors import (
     AuthError,
     ConnectionClosedError,
@@ -67,12 +65,9 @@ from crdtsync.errors import (
     StoreError,
     TokenError,
 )
-from crdtsync.store.base import Store
-from crdtsync.store.memory import MemoryStore
-from crdtsync.sync import protocol as p
-from crdtsync.sync import yprotocol as y
-from crdtsync.sync.awareness import decode_awareness
-from crdtsync.sync.peer import (
+from crdtsync.format.yupdate import UpdateLimits, parse_update
+from crdtsync.model.doc import Doc
+from crdtsync.peer.peer import (
     MAX_PRESENCE_PER_CONNECTION,
     Grant,
     HelloInfo,
@@ -80,12 +75,16 @@ from crdtsync.sync.peer import (
     Status,
     presence_fits,
 )
+from crdtsync.protocol import session as p
+from crdtsync.protocol import yprotocol as y
+from crdtsync.protocol.awareness import decode_awareness
+from crdtsync.relay.config import RelayConfig
+from crdtsync.relay.metrics import Registry
+from crdtsync.relay.names import room_from_path, validate_room
+from crdtsync.relay.tokens import TokenClaims, check_secret, verify_token
+from crdtsync.store.base import Store
+from crdtsync.store.memory import MemoryStore
 from crdtsync.transports.websocket import WebSocketConnection
-
-from .config import RelayConfig
-from .metrics import Registry
-from .names import room_from_path, validate_room
-from .tokens import TokenClaims, check_secret, verify_token
 
 __all__ = ["CLOSE_CODES", "Relay", "serve"]
 

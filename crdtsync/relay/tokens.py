@@ -42,8 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crdtsync.errors import InvalidOperationError, InvalidRoomError, TokenError, TokenExpiredError
-
-from .names import pattern_matches, validate_pattern, validate_room
+from crdtsync.relay.names import pattern_matches, validate_pattern, validate_room
 
 __all__ = [
     "MAX_TOKEN_LENGTH",

@@ -1,7 +1,7 @@
-"""Document stores: the :class:`Store` protocol, SQLite (default) and memory."""
+"""Document stores: the :class:`~crdtsync.store.base.Store` seam, SQLite (default) and memory.
 
-from .base import Store, StoredDoc
-from .memory import MemoryStore
-from .sqlite import SQLiteStore
-
-__all__ = ["MemoryStore", "SQLiteStore", "Store", "StoredDoc"]
+* :mod:`~crdtsync.store.base`: the seam and its rules (checked by
+  ``crdtsync.testing.check_store``);
+* :mod:`~crdtsync.store.memory`: :class:`~crdtsync.store.memory.MemoryStore`, for tests;
+* :mod:`~crdtsync.store.sqlite`: :class:`~crdtsync.store.sqlite.SQLiteStore`, the default.
+"""

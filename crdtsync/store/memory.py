@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 
 from crdtsync.errors import StoreError
-
-from .base import StoredDoc
+from crdtsync.store.base import StoredDoc
 
 __all__ = ["MemoryStore"]
 

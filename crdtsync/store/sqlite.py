@@ -38,8 +38,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from crdtsync.errors import StoreError, StoreLockedError
-
-from .base import StoredDoc
+from crdtsync.store.base import StoredDoc
 
 __all__ = ["SQLiteStore"]
 

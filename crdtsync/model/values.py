@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .errors import InvalidValueError
+from crdtsync.errors import InvalidValueError
 
 __all__ = ["MAX_VALUE_DEPTH", "Value", "check_key", "decode", "encode"]
 

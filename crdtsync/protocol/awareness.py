@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from crdtsync._yupdate import json_depth
 from crdtsync.errors import InvalidValueError, MalformedFrameError
+from crdtsync.format.yupdate import json_depth
 
 __all__ = ["Awareness", "AwarenessChange", "decode_awareness", "encode_awareness"]
 

@@ -1,6 +1,6 @@
 """The asyncio shell: a Peer owns documents, a store and connections.
 
-A :class:`Peer` moves bytes between transports and :class:`~crdtsync.sync.protocol.Session`
+A :class:`Peer` moves bytes between transports and :class:`~crdtsync.protocol.session.Session`
 objects and reacts to their events by reading and writing documents; the
 protocol itself lives in the session. What the shell adds:
 
@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
-from crdtsync import encoding
-from crdtsync.doc import Doc
 from crdtsync.errors import (
     AuthError,
     CrdtSyncError,
@@ -52,12 +50,13 @@ from crdtsync.errors import (
     TransportError,
     VersionMismatchError,
 )
+from crdtsync.format import envelope as encoding
+from crdtsync.format.version import Version
+from crdtsync.model.doc import Doc
+from crdtsync.protocol import session as p
+from crdtsync.protocol.awareness import Awareness, AwarenessChange, decode_awareness
 from crdtsync.store.base import Store, StoredDoc
 from crdtsync.store.memory import MemoryStore
-from crdtsync.version import Version
-
-from . import protocol as p
-from .awareness import Awareness, AwarenessChange, decode_awareness
 
 __all__ = ["Backoff", "Grant", "HelloInfo", "Peer", "Status"]
 

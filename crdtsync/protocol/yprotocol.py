@@ -15,7 +15,7 @@ checked against the data and a limit before anything is sliced, trailing bytes
 are refused, and a failure is a :class:`~crdtsync.errors.MalformedFrameError`
 (or :class:`~crdtsync.errors.FrameTooLargeError`), never an ``IndexError``. The
 update and awareness payloads themselves are only sliced here; the document and
-:func:`~crdtsync.sync.awareness.decode_awareness` validate them.
+:func:`~crdtsync.protocol.awareness.decode_awareness` validate them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from crdtsync.errors import FrameTooLargeError, InvalidUpdateError, MalformedFrameError
-from crdtsync.version import Version
+from crdtsync.format.version import Version
 
 __all__ = [
     "MSG_AUTH",

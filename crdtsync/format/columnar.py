@@ -4,7 +4,7 @@ Theory of operation
 ===================
 
 ``compact_encode(v1)`` parses the update with
-:func:`crdtsync._yupdate.parse_update` and rewrites it column by column, the
+:func:`crdtsync.format.yupdate.parse_update` and rewrites it column by column, the
 way Yjs' v2 encoding does, so that each column holds similar numbers that a
 general-purpose compressor squeezes well; ``compact_decode`` inverts it
 exactly: ``compact_decode(compact_encode(b)) == b`` for every update
@@ -71,7 +71,8 @@ from typing import cast
 
 import zstandard
 
-from crdtsync._yupdate import (
+from crdtsync.errors import InvalidUpdateError, MalformedUpdateError, UpdateLimitError
+from crdtsync.format.yupdate import (
     CONTENT_BINARY,
     CONTENT_DELETED,
     CONTENT_DOC,
@@ -99,7 +100,6 @@ from crdtsync._yupdate import (
     encode_update,
     parse_update,
 )
-from crdtsync.errors import InvalidUpdateError, MalformedUpdateError, UpdateLimitError
 
 __all__ = ["compact_decode", "compact_encode"]
 
@@ -392,7 +392,7 @@ def compact_encode(v1: bytes) -> bytes:
     """Re-encodes a v1 update into the compact columnar storage format.
 
     Args:
-        v1: a Yjs v1 update that :func:`~crdtsync._yupdate.parse_update`
+        v1: a Yjs v1 update that :func:`~crdtsync.format.yupdate.parse_update`
             accepts (with the default limits).
 
     Returns:
@@ -813,7 +813,7 @@ def _rebuild(cols: list[_Col], limits: UpdateLimits) -> ParsedUpdate:
 
 def _skip_any_end(col: _Col, count: int, limits: UpdateLimits) -> int:
     """End offset of ``count`` Any values in ``col`` (validated by _yupdate)."""
-    from crdtsync._yupdate import _Budget, _skip_any
+    from crdtsync.format.yupdate import _Budget, _skip_any
 
     try:
         return _skip_any(col.data, col.pos, count, limits, _Budget())

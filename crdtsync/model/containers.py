@@ -3,7 +3,7 @@ r"""The container types of a document: Map, List, Text, Counter, Register.
 Theory of operation
 -------------------
 Every container is a thin wrapper around one pycrdt shared type; pycrdt never
-leaks out of this module and :mod:`crdtsync.doc`. The mapping, which is also
+leaks out of this module and :mod:`crdtsync.model.doc`. The mapping, which is also
 what a Yjs client sees (``ydoc.getMap(name)`` and so on):
 
 ==========  ==========  ==============================================================
@@ -27,7 +27,7 @@ Register    Y.Map       ``str(client id) -> {"v": value, "t": [ms, counter]}``: 
 Nested counters, registers (and trees) are Y.Maps carrying the reserved key
 ``"\\x00k"`` naming their kind, which user map keys may not start with; root
 containers get their kind from the document's root registry instead (see
-:mod:`crdtsync.doc`), because writing a marker when a root is merely accessed
+:mod:`crdtsync.model.doc`), because writing a marker when a root is merely accessed
 would be an edit.
 
 A container constructed by the user (``Counter()``, ``Text("hi")``, ``Map({...})``)
@@ -42,13 +42,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import pycrdt
 
-from . import values
-from ._text_index import TextIndex
-from .errors import EngineError, InvalidOperationError, InvalidValueError
-from .values import check_key, check_text
+from crdtsync.errors import EngineError, InvalidOperationError, InvalidValueError
+from crdtsync.model import values
+from crdtsync.model.text_index import TextIndex
+from crdtsync.model.values import check_key, check_text
 
 if TYPE_CHECKING:
-    from .doc import Doc
+    from crdtsync.model.doc import Doc
 
 __all__ = [
     "KIND_KEY",
@@ -128,7 +128,7 @@ def to_engine(value: object, doc: Doc, depth: int = 0) -> Any:
     """Convert a user value into what pycrdt stores, checking it all first.
 
     dicts and lists become nested maps and lists; containers their preliminary
-    types; scalars are encoded by :mod:`crdtsync.values`. Nothing is written:
+    types; scalars are encoded by :mod:`crdtsync.model.values`. Nothing is written:
     a bad value anywhere raises before the caller touches the engine.
 
     Args:

@@ -60,7 +60,6 @@ from typing import Any, Protocol, TypeAlias
 
 import zstandard
 
-from crdtsync._yupdate import DEFAULT_LIMITS, UpdateLimits, parse_update
 from crdtsync.errors import (
     ConnectionClosedError,
     CrdtSyncError,
@@ -78,10 +77,10 @@ from crdtsync.errors import (
     UpdateRejectedError,
     VersionMismatchError,
 )
-from crdtsync.version import Version
-
-from . import messages as m
-from .awareness import decode_awareness
+from crdtsync.format.version import Version
+from crdtsync.format.yupdate import DEFAULT_LIMITS, UpdateLimits, parse_update
+from crdtsync.protocol import messages as m
+from crdtsync.protocol.awareness import decode_awareness
 
 __all__ = [
     "DOC_TRANSITIONS",

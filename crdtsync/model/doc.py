@@ -34,8 +34,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pycrdt
 
-from . import encoding
-from ._yupdate import (
+from crdtsync.errors import (
+    EngineError,
+    InvalidOperationError,
+    InvalidUpdateError,
+    InvalidValueError,
+    RootTypeError,
+    UpdateLimitError,
+)
+from crdtsync.format import envelope as encoding
+from crdtsync.format.version import Version
+from crdtsync.format.yupdate import (
     STRUCT_SKIP,
     TYPE_ARRAY,
     TYPE_MAP,
@@ -47,15 +56,7 @@ from ._yupdate import (
     parse_update,
     validate_update,
 )
-from .errors import (
-    EngineError,
-    InvalidOperationError,
-    InvalidUpdateError,
-    InvalidValueError,
-    RootTypeError,
-    UpdateLimitError,
-)
-from .model import (
+from crdtsync.model.containers import (
     KIND_KEY,
     Container,
     Counter,
@@ -66,11 +67,10 @@ from .model import (
     engine_error,
     kind_class,
 )
-from .values import check_text
-from .version import Version
+from crdtsync.model.values import check_text
 
 if TYPE_CHECKING:
-    from .tree import Tree
+    from crdtsync.model.tree import Tree
 
 __all__ = ["DEFAULT_LIMITS", "Change", "ChangeEvent", "Doc"]
 
@@ -292,7 +292,7 @@ class Doc:
 
     def tree(self, name: str) -> Tree:
         """The root movable tree called ``name``."""
-        from .tree import Tree
+        from crdtsync.model.tree import Tree
 
         return self._root(name, Tree)
 
@@ -721,7 +721,7 @@ class Doc:
                     self._pending.append(Change(path, kind))
 
     def _list_delta(self, ev: Any) -> builtins.list[dict[str, Any]]:
-        from .model import _plain
+        from crdtsync.model.containers import _plain
 
         out: builtins.list[dict[str, Any]] = []
         for op in ev.delta:

@@ -22,7 +22,7 @@ an unknown version: :class:`~crdtsync.errors.UnsupportedVersionError`.
 
 Everything here treats its input as hostile: sizes are checked before anything is
 buffered or decompressed, the CBOR is decoded without recursion by the same
-bounded decoder as sync frames (``crdtsync._cbor``; cbor2 only writes), and every
+bounded decoder as sync frames (``crdtsync.format.cbor``; cbor2 only writes), and every
 failure is one of our :class:`InvalidUpdateError`\\ s.
 """
 
@@ -35,10 +35,10 @@ from typing import Any
 import cbor2
 import zstandard
 
-from ._cbor import decode_cbor
-from ._columnar import compact_decode, compact_encode
-from ._yupdate import UpdateLimits
-from .errors import MalformedUpdateError, UnsupportedVersionError, UpdateLimitError
+from crdtsync.errors import MalformedUpdateError, UnsupportedVersionError, UpdateLimitError
+from crdtsync.format.cbor import decode_cbor
+from crdtsync.format.columnar import compact_decode, compact_encode
+from crdtsync.format.yupdate import UpdateLimits
 
 __all__ = [
     "FLAG_COMPACT",

@@ -1,6 +1,6 @@
-"""A y-websocket client: keep a :class:`~crdtsync.doc.Doc` in sync with one room.
+"""A y-websocket client: keep a :class:`~crdtsync.model.doc.Doc` in sync with one room.
 
-:class:`YProvider` speaks plain y-protocols (:mod:`crdtsync.sync.yprotocol`) to
+:class:`YProvider` speaks plain y-protocols (:mod:`crdtsync.protocol.yprotocol`) to
 any y-websocket server: the node ``@y/websocket-server``, pycrdt-websocket, or
 the crdtsync relay's ``/<room>`` endpoint. It behaves like y-websocket's
 ``WebsocketProvider``, so Yjs clients in the same room see a Python peer as one
@@ -48,7 +48,6 @@ from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
-from crdtsync.doc import Doc
 from crdtsync.errors import (
     AuthError,
     CrdtSyncError,
@@ -63,10 +62,10 @@ from crdtsync.errors import (
     TokenExpiredError,
     TransportError,
 )
-
-from . import yprotocol as y
-from .awareness import Awareness, AwarenessChange, decode_awareness
-from .peer import Backoff, Status
+from crdtsync.model.doc import Doc
+from crdtsync.peer.peer import Backoff, Status
+from crdtsync.protocol import yprotocol as y
+from crdtsync.protocol.awareness import Awareness, AwarenessChange, decode_awareness
 
 __all__ = ["YProvider"]
 

@@ -158,7 +158,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, Union, cast
 
-from crdtsync.errors import MalformedUpdateError, UpdateLimitError
+from crdtsync.errors import MalformedUpdateError, MissingUpdatesError, UpdateLimitError
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -1359,22 +1359,6 @@ class DocIndex:
         e = entries[i]
         entries[i] = _IndexEntry(e.end, e.where if keep_where else None, kind, None)
         return e.kind
-
-
-class MissingUpdatesError(MalformedUpdateError):
-    """The update depends on changes the receiving document does not have yet.
-
-    Not hostile in itself (updates may arrive out of order), but pycrdt 0.14.13
-    must not see it: it integrates blocks past a clock gap (its state vector
-    then lies and the replicas diverge for good, or reading loops forever).
-    Keep the update and apply it after the missing ones, or re-sync with state
-    vectors.  ``client`` and ``clock`` name the first missing change.
-    """
-
-    def __init__(self, message: str, client: int, clock: int) -> None:
-        super().__init__(message)
-        self.client = client
-        self.clock = clock
 
 
 def _missing(s: Struct, what: str, ref: ID) -> MissingUpdatesError:

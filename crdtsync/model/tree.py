@@ -84,7 +84,7 @@ specification. :class:`_Binding` ties one state to the tree's Y.Map: shallow
 observers queue what remote transactions add, and the next read folds the
 queue in -- so ``k`` imports in a row cost one undo/redo pass, and loading a
 saved document builds the tree once. A root tree's binding lives on its
-wrapper (which :class:`~crdtsync.doc.Doc` caches); a nested tree's binding
+wrapper (which :class:`~crdtsync.model.doc.Doc` caches); a nested tree's binding
 is found through its ``"\x00i"`` id, per document.
 """
 
@@ -100,11 +100,18 @@ from typing import TYPE_CHECKING, Any
 
 import pycrdt
 
-from .errors import InvalidOperationError, InvalidValueError, TreeCycleError
-from .model import KIND_KEY, Container, Map, engine_error, register_kind, to_engine
+from crdtsync.errors import InvalidOperationError, InvalidValueError, TreeCycleError
+from crdtsync.model.containers import (
+    KIND_KEY,
+    Container,
+    Map,
+    engine_error,
+    register_kind,
+    to_engine,
+)
 
 if TYPE_CHECKING:
-    from .doc import Doc
+    from crdtsync.model.doc import Doc
 
 __all__ = ["Tree"]
 

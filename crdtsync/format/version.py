@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from .errors import MalformedUpdateError, UpdateLimitError
+from crdtsync.errors import MalformedUpdateError, UpdateLimitError
 
 __all__ = ["Version"]
 

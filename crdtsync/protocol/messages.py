@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, TypeAlias
 
-from crdtsync._cbor import decode_cbor
 from crdtsync.errors import FrameTooLargeError, MalformedFrameError, UnknownMessageError
+from crdtsync.format.cbor import decode_cbor
 
 __all__ = [
     "MESSAGE_TYPES",

@@ -226,7 +226,7 @@ async def check_store(
 
 
 async def check_transport(factory: Callable[[], tuple[Any, Any, str]]) -> None:
-    """Check that a transport keeps the contract of ``crdtsync.transports.base``.
+    """Check that a transport keeps the contract of ``crdtsync.net``.
 
     Args:
         factory: returns ``(server transport, client transport, listen address)``;
@@ -309,7 +309,7 @@ async def check_transport(factory: Callable[[], tuple[Any, Any, str]]) -> None:
 
 
 async def _sync_over(server_t: Any, client_t: Any, address: str) -> None:
-    from crdtsync.sync.peer import Peer
+    from crdtsync.peer.peer import Peer
 
     async with Peer(transport=server_t) as server, Peer(transport=client_t) as client:
         target = await server.listen(address)
