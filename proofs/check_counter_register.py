@@ -19,7 +19,7 @@ Checked for every execution:
   the one among them with the greatest (HLC, writer) timestamp.
 
 Run ``python proofs/check_counter_register.py --length 5`` for the reported
-bound; ``tests/test_proofs.py`` runs ``--length 3`` in CI.
+bound; ``tests/proofs/test_counter_register.py`` runs ``--length 3`` in CI.
 """
 
 from __future__ import annotations

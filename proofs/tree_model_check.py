@@ -49,7 +49,7 @@ must end in the same tree, and every state passes the deep invariant check.
 Usage::
 
     python proofs/tree_model_check.py            # the bound reported in TREE.md
-    python proofs/tree_model_check.py --small    # the bound tests/test_proofs_tree.py runs
+    python proofs/tree_model_check.py --small    # the bound tests/proofs/test_tree_model.py runs
     python proofs/tree_model_check.py --scope moves 4 3   # one Part A scope
 """
 

@@ -1,7 +1,7 @@
 """Write the golden vectors in tests/golden/ (bytes written by this format version).
 
 Run only when adding vectors for a new format version: existing files must keep
-loading forever (tests/test_golden.py), so never regenerate old ones.
+loading forever (tests/format/test_golden.py), so never regenerate old ones.
 
 Usage: python scripts/make_golden.py
 """

@@ -1,4 +1,4 @@
-"""Rewrite tests/golden/protocol/*.bin from the messages in tests/test_sync_golden.py.
+"""Rewrite tests/golden/protocol/*.bin from the messages in tests/protocol/test_golden_frames.py.
 
 Only for a new protocol version: the existing vectors are what deployed peers speak.
 """
@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "protocol"))
 
-import test_sync_golden
+import test_golden_frames as test_sync_golden
 
 if __name__ == "__main__":
     test_sync_golden.write_vectors()

@@ -1,11 +1,11 @@
-"""Long run of the sync fault-injection state machine (tests/sync_machine.py).
+"""Long run of the sync fault-injection state machine (tests/helpers/sync_machine.py).
 
 Usage: python scripts/sync_schedules.py --schedules 10000 [--steps 30] [--seed N]
 
 Each schedule is one generated run of 3-5 peers with random edits, faults,
 partitions, cuts and restarts, ending with heal + convergence checks. Runs in
 batches so progress is printed; a failure is shrunk and printed by Hypothesis
-(add it to tests/test_sync_regressions.py as a fixture) and exits non-zero.
+(add it to tests/protocol/test_regressions.py as a fixture) and exits non-zero.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import sync_machine
+from helpers import sync_machine
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 

@@ -10,7 +10,7 @@ what happened comes out of :meth:`Session.events_received`, and time goes in
 through :meth:`Session.handle_timer` (with :meth:`Session.get_timer` saying when).
 The asyncio :class:`~crdtsync.Peer` is a thin shell that moves bytes between a
 transport and a session and reacts to events by reading and writing documents.
-Two sessions joined by a list are the whole test harness (``tests/test_sync_protocol.py``).
+Two sessions joined by a list are the whole test harness (``tests/protocol/test_session.py``).
 
 Session states (h11-style: every (state, message) pair not in
 :data:`TRANSITIONS` is a protocol error, never a silent fallthrough)::

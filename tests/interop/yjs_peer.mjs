@@ -1,4 +1,4 @@
-// A real Yjs replica for tests/test_yjs_interop.py.
+// A real Yjs replica for tests/interop/test_yjs_interop.py.
 // stdin: JSON {"updates": [base64 Yjs v1 updates], "edit": bool}
 // stdout: JSON {"body": text, "todos": array JSON, "settings": map JSON, "update": base64 of
 //               the replica's full state after its own edit, "events": n}

@@ -1,4 +1,4 @@
-// A stock y-websocket client (WebsocketProvider + yjs) driven by tests/test_yclient.py.
+// A stock y-websocket client (WebsocketProvider + yjs) driven by tests/peer/test_yprovider.py.
 // stdin: one JSON command per line; stdout: one JSON answer per command, in order.
 //   {"op": "insert", "index": i, "text": s}       edit ydoc.getText("body") (works offline too)
 //   {"op": "type", "text": s}                      append s one character per transaction

@@ -1,4 +1,4 @@
-// A stock y-websocket client (WebsocketProvider 3.1.0 + yjs) driven by tests/test_relay_interop.py
+// A stock y-websocket client (WebsocketProvider 3.1.0 + yjs) driven by tests/interop/test_relay_interop.py
 // against the crdtsync relay.
 //
 // stdin: one JSON command per line, each with an "id"; stdout: JSON lines, one answer per

@@ -1,4 +1,4 @@
-// The real y-websocket server (@y/websocket-server) for tests/test_yclient.py.
+// The real y-websocket server (@y/websocket-server) for tests/peer/test_yprovider.py.
 // Listens on 127.0.0.1, port from argv[2] (default 0: any free port), prints
 // {"port": N} as one JSON line on stdout once it accepts connections, and exits
 // when stdin closes (so it never outlives the test that started it).

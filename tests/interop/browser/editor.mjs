@@ -1,6 +1,6 @@
 // A plain browser editor on the stock y-websocket provider: a <textarea> bound to
 // ydoc.getText('body'), and a list of who else is in the room (awareness).
-// tests/test_relay_browser.py bundles it with esbuild and opens it in Debian's
+// tests/interop/test_relay_browser.py bundles it with esbuild and opens it in Debian's
 // chromium (Playwright), against the crdtsync relay, beside a Python Peer.
 //
 // URL parameters: relay (ws://host:port), room, token (optional), name (shown to others).
