@@ -1,8 +1,10 @@
-"""The one CBOR decoder for bytes from outside (sync frames and document envelopes).
+"""The one CBOR codec of crdtsync (sync frames and document envelopes).
 
-cbor2 decodes recursively and trusts declared lengths; this decoder walks the
-input iteratively with explicit bounds, so hostile bytes get a clear error
-instead of a deep recursion or a huge allocation.
+The decoder is for bytes from outside: general CBOR decoders recurse and trust
+declared lengths, while this one walks the input iteratively with explicit
+bounds, so hostile bytes get a clear error instead of a deep recursion or a huge
+allocation. The encoder writes the same subset, shortest forms only, so equal
+values always give equal bytes (the golden vectors depend on it).
 """
 
 from __future__ import annotations
@@ -10,9 +12,87 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from crdtsync.errors import CrdtSyncError
+from crdtsync.errors import CrdtSyncError, InvalidValueError
 
-__all__ = ["decode_cbor"]
+__all__ = ["decode_cbor", "encode_cbor", "write_head"]
+
+
+def write_head(out: bytearray, major: int, n: int) -> None:
+    """Append a CBOR head (major type and argument ``n``) in its shortest form.
+
+    Raises:
+        InvalidValueError: ``n`` does not fit in 64 bits.
+    """
+    mt = major << 5
+    if n < 24:
+        out.append(mt | n)
+    elif n < 0x100:
+        out += bytes((mt | 24, n))
+    elif n < 0x10000:
+        out.append(mt | 25)
+        out += n.to_bytes(2, "big")
+    elif n < 0x100000000:
+        out.append(mt | 26)
+        out += n.to_bytes(4, "big")
+    elif n < 0x10000000000000000:
+        out.append(mt | 27)
+        out += n.to_bytes(8, "big")
+    else:
+        raise InvalidValueError(f"integer {n} does not fit in CBOR")
+
+
+def encode_cbor(value: Any, *, max_depth: int = 16) -> bytes:
+    """Encode ``value`` (None, bool, int, float, bytes, str, list/tuple, dict) as CBOR.
+
+    Integers and lengths use their shortest form and floats 64 bits, so equal
+    values give equal bytes; dicts keep their order.
+
+    Raises:
+        InvalidValueError: another type, an integer beyond 64 bits, or nesting
+            deeper than ``max_depth``.
+    """
+    out = bytearray()
+    _encode(out, value, 0, max_depth)
+    return bytes(out)
+
+
+def _encode(out: bytearray, v: Any, depth: int, max_depth: int) -> None:
+    # Recursion is bounded by max_depth, and the values are our own, never input.
+    if depth > max_depth:
+        raise InvalidValueError(f"value nested deeper than {max_depth} for CBOR")
+    if v is None:
+        out.append(0xF6)
+    elif v is True:
+        out.append(0xF5)
+    elif v is False:
+        out.append(0xF4)
+    elif isinstance(v, int):
+        if v >= 0:
+            write_head(out, 0, v)
+        else:
+            write_head(out, 1, -1 - v)
+    elif isinstance(v, bytes | bytearray | memoryview):
+        b = bytes(v)
+        write_head(out, 2, len(b))
+        out += b
+    elif isinstance(v, str):
+        b = v.encode("utf-8")
+        write_head(out, 3, len(b))
+        out += b
+    elif isinstance(v, list | tuple):
+        write_head(out, 4, len(v))
+        for item in v:
+            _encode(out, item, depth + 1, max_depth)
+    elif isinstance(v, dict):
+        write_head(out, 5, len(v))
+        for k, item in v.items():
+            _encode(out, k, depth + 1, max_depth)
+            _encode(out, item, depth + 1, max_depth)
+    elif isinstance(v, float):
+        out.append(0xFB)
+        out += struct.pack(">d", v)
+    else:
+        raise InvalidValueError(f"cannot encode {type(v).__name__} in CBOR")
 
 
 def decode_cbor(

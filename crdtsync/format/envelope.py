@@ -22,7 +22,7 @@ an unknown version: :class:`~crdtsync.errors.UnsupportedVersionError`.
 
 Everything here treats its input as hostile: sizes are checked before anything is
 buffered or decompressed, the CBOR is decoded without recursion by the same
-bounded decoder as sync frames (``crdtsync.format.cbor``; cbor2 only writes), and every
+bounded codec as sync frames (``crdtsync.format.cbor``), and every
 failure is one of our :class:`InvalidUpdateError`\\ s.
 """
 
@@ -32,11 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cbor2
-import zstandard
-
 from crdtsync.errors import MalformedUpdateError, UnsupportedVersionError, UpdateLimitError
-from crdtsync.format.cbor import decode_cbor
+from crdtsync.format import zstd
+from crdtsync.format.cbor import decode_cbor, encode_cbor
 from crdtsync.format.columnar import compact_decode, compact_encode
 from crdtsync.format.yupdate import UpdateLimits
 
@@ -108,16 +106,14 @@ def pack(
         payload = compact_encode(update)
         flags |= FLAG_COMPACT
     elif len(update) >= _COMPRESS_MIN:
-        packed = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_content_size=True).compress(
-            update
-        )
+        packed = zstd.compress(update, level=_ZSTD_LEVEL)
         if len(packed) < len(update):
             payload = packed
             flags |= FLAG_ZSTD
     env: dict[int, Any] = {0: MAGIC, 1: FORMAT_VERSION, 2: flags, 3: payload}
     if held:
         env[4] = [bytes(h) for h in held]
-    return cbor2.dumps(env)
+    return encode_cbor(env)
 
 
 def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
@@ -181,20 +177,10 @@ def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
 
 
 def _unzstd(payload: bytes, limit: int) -> bytes:
-    try:
-        params = zstandard.get_frame_parameters(payload)
-    except zstandard.ZstdError as exc:
-        raise MalformedUpdateError(f"corrupt compressed payload: {exc}") from exc
-    size = params.content_size
-    if size in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
-        raise MalformedUpdateError("compressed payload does not declare its size")
-    if size > limit:
-        # Refused before allocating: a decompression bomb never inflates.
-        raise UpdateLimitError(f"payload would decompress to {size} bytes (limit {limit})")
-    try:
-        out = zstandard.ZstdDecompressor().decompress(payload, max_output_size=size)
-    except zstandard.ZstdError as exc:
-        raise MalformedUpdateError(f"corrupt compressed payload: {exc}") from exc
-    if len(out) != size:
-        raise MalformedUpdateError("compressed payload size does not match its header")
-    return out
+    return zstd.decompress(
+        payload,
+        limit,
+        what="compressed payload",
+        malformed=MalformedUpdateError,
+        too_large=UpdateLimitError,
+    )

@@ -12,18 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from crdtsync.errors import MalformedUpdateError, UpdateLimitError
+from crdtsync.format.varint import VarintError, read_varuint, write_varuint
 
 __all__ = ["Version"]
 
-_MAX_VARUINT_BYTES = 8  # 53 bits, the range JS clients can represent
+_MAX_VARUINT_BITS = 56  # 8 bytes: 53 bits is the range JS clients can represent
 _MAX_ENTRIES = 1_000_000
-
-
-def _write_varuint(out: bytearray, n: int) -> None:
-    while n > 0x7F:
-        out.append(0x80 | (n & 0x7F))
-        n >>= 7
-    out.append(n)
 
 
 class Version(Mapping[int, int]):
@@ -61,17 +55,12 @@ class Version(Mapping[int, int]):
 
         def read() -> int:
             nonlocal pos
-            result = shift = 0
-            for _ in range(_MAX_VARUINT_BYTES):
-                if pos >= len(data):
-                    raise MalformedUpdateError(f"state vector truncated at byte {pos}")
-                b = data[pos]
-                pos += 1
-                result |= (b & 0x7F) << shift
-                if b < 0x80:
-                    return result
-                shift += 7
-            raise MalformedUpdateError(f"state vector varint too long at byte {pos}")
+            try:
+                value, pos = read_varuint(data, pos, bits=_MAX_VARUINT_BITS)
+            except VarintError as exc:
+                what = "truncated" if exc.truncated else "varint too long"
+                raise MalformedUpdateError(f"state vector {what} at byte {exc.start}") from None
+            return value
 
         if not isinstance(data, bytes | bytearray | memoryview):
             raise MalformedUpdateError("a state vector is bytes")
@@ -90,10 +79,10 @@ class Version(Mapping[int, int]):
     def to_bytes(self) -> bytes:
         """Encode as a Yjs state vector (sorted by client id, so deterministic)."""
         out = bytearray()
-        _write_varuint(out, len(self._clocks))
+        write_varuint(out, len(self._clocks))
         for client in sorted(self._clocks):
-            _write_varuint(out, client)
-            _write_varuint(out, self._clocks[client])
+            write_varuint(out, client)
+            write_varuint(out, self._clocks[client])
         return bytes(out)
 
     def __getitem__(self, client: int) -> int:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crdtsync.errors import InvalidValueError, MalformedFrameError
+from crdtsync.format.varint import VarintError, read_varuint, write_varuint
 from crdtsync.format.yupdate import json_depth
 
 __all__ = ["Awareness", "AwarenessChange", "decode_awareness", "encode_awareness"]
@@ -37,13 +38,6 @@ _MAX_JSON_DEPTH = 32
 _MAX_ID = 2**53
 
 
-def _write_varuint(out: bytearray, n: int) -> None:
-    while n > 0x7F:
-        out.append(0x80 | (n & 0x7F))
-        n >>= 7
-    out.append(n)
-
-
 def encode_awareness(entries: Iterable[tuple[int, int, Any]]) -> bytes:
     """Encode ``(client id, clock, state)`` entries (``state`` None: removed).
 
@@ -51,13 +45,13 @@ def encode_awareness(entries: Iterable[tuple[int, int, Any]]) -> bytes:
     """
     items = list(entries)
     out = bytearray()
-    _write_varuint(out, len(items))
+    write_varuint(out, len(items))
     for client, clock, state in items:
-        _write_varuint(out, client)
-        _write_varuint(out, clock)
+        write_varuint(out, client)
+        write_varuint(out, clock)
         text = json.dumps(state, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         raw = text.encode("utf-8")
-        _write_varuint(out, len(raw))
+        write_varuint(out, len(raw))
         out += raw
     return bytes(out)
 
@@ -77,17 +71,12 @@ def decode_awareness(data: bytes) -> list[tuple[int, int, Any]]:
 
     def read_uint() -> int:
         nonlocal pos
-        result = shift = 0
-        for _ in range(8):
-            if pos >= n:
-                raise MalformedFrameError("awareness update truncated")
-            b = data[pos]
-            pos += 1
-            result |= (b & 0x7F) << shift
-            if b < 0x80:
-                return result
-            shift += 7
-        raise MalformedFrameError("awareness varuint too long")
+        try:
+            value, pos = read_varuint(data, pos, bits=56)
+        except VarintError as exc:
+            what = "update truncated" if exc.truncated else "varuint too long"
+            raise MalformedFrameError(f"awareness {what}") from None
+        return value
 
     count = read_uint()
     if count > _MAX_ENTRIES:

@@ -22,14 +22,14 @@ hostile input can only ever produce a :class:`~crdtsync.errors.MalformedFrameErr
 
 from __future__ import annotations
 
-import struct
 import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, TypeAlias
 
 from crdtsync.errors import FrameTooLargeError, MalformedFrameError, UnknownMessageError
-from crdtsync.format.cbor import decode_cbor
+from crdtsync.format.cbor import decode_cbor, encode_cbor, write_head
+from crdtsync.format.varint import VarintError, read_varuint, write_varuint
 
 __all__ = [
     "MESSAGE_TYPES",
@@ -63,7 +63,7 @@ ENC_ZSTD = 1
 
 _MAX_DEPTH = 16
 _MAX_ITEMS = 100_000
-_MAX_VARUINT_LEN = 5  # a frame length fits in 32 bits
+_MAX_VARUINT_BITS = 35  # 5 bytes: a frame length fits in 32 bits
 
 
 class MsgType(IntEnum):
@@ -215,74 +215,9 @@ MESSAGE_TYPES: dict[type[Any], MsgType] = {
 # -- CBOR subset --------------------------------------------------------------------------
 
 
-def _head(out: bytearray, major: int, n: int) -> None:
-    mt = major << 5
-    if n < 24:
-        out.append(mt | n)
-    elif n < 0x100:
-        out += bytes((mt | 24, n))
-    elif n < 0x10000:
-        out.append(mt | 25)
-        out += n.to_bytes(2, "big")
-    elif n < 0x100000000:
-        out.append(mt | 26)
-        out += n.to_bytes(4, "big")
-    elif n < 0x10000000000000000:
-        out.append(mt | 27)
-        out += n.to_bytes(8, "big")
-    else:
-        raise ValueError(f"integer {n} does not fit in CBOR")
-
-
-def _enc(out: bytearray, v: Any, depth: int) -> None:
-    if depth > _MAX_DEPTH:
-        raise ValueError("value nested too deeply for a frame")
-    if v is None:
-        out.append(0xF6)
-    elif v is True:
-        out.append(0xF5)
-    elif v is False:
-        out.append(0xF4)
-    elif isinstance(v, int):
-        if v >= 0:
-            _head(out, 0, v)
-        else:
-            _head(out, 1, -1 - v)
-    elif isinstance(v, bytes | bytearray | memoryview):
-        b = bytes(v)
-        _head(out, 2, len(b))
-        out += b
-    elif isinstance(v, str):
-        b = v.encode("utf-8")
-        _head(out, 3, len(b))
-        out += b
-    elif isinstance(v, list | tuple):
-        _head(out, 4, len(v))
-        for item in v:
-            _enc(out, item, depth + 1)
-    elif isinstance(v, dict):
-        _head(out, 5, len(v))
-        for k, item in v.items():
-            _enc(out, k, depth + 1)
-            _enc(out, item, depth + 1)
-    elif isinstance(v, float):
-        out.append(0xFB)
-        out += struct.pack(">d", v)
-    else:
-        raise ValueError(f"cannot encode {type(v).__name__} in a frame")
-
-
 def cbor_encode(value: Any) -> bytes:
-    """Encode ``value`` (None, bool, int, float, bytes, str, list/tuple, dict) as CBOR.
-
-    Integers and lengths use their shortest form, so equal values give equal bytes.
-
-    Raises:
-        ValueError: for other types, or nesting deeper than 16.
-    """
-    out = bytearray()
-    _enc(out, value, 0)
-    return bytes(out)
+    """Encode ``value`` as CBOR (see :func:`crdtsync.format.cbor.encode_cbor`), at most 16 deep."""
+    return encode_cbor(value, max_depth=_MAX_DEPTH)
 
 
 def cbor_decode(data: bytes) -> Any:
@@ -305,10 +240,10 @@ def encode_message(msg: Message) -> bytes:
     if isinstance(msg, Update):
         # The keystroke path: build the array directly (same bytes as the generic path).
         out = bytearray(b"\x85\x03")
-        _head(out, 0, msg.chan)
-        _head(out, 0, msg.seq)
-        _head(out, 0, msg.enc)
-        _head(out, 2, len(msg.data))
+        write_head(out, 0, msg.chan)
+        write_head(out, 0, msg.seq)
+        write_head(out, 0, msg.enc)
+        write_head(out, 2, len(msg.data))
         out += msg.data
         return bytes(out)
     return cbor_encode(_fields(msg))
@@ -488,11 +423,7 @@ class FrameWriter:
     def frame_body(self, body: bytes) -> bytes:
         """The wire bytes of an already-encoded body as the next frame."""
         out = bytearray()
-        n = len(body)
-        while n > 0x7F:
-            out.append(0x80 | (n & 0x7F))
-            n >>= 7
-        out.append(n)
+        write_varuint(out, len(body))
         out += body
         out += _check(self.index, body).to_bytes(4, "big")
         self.index += 1
@@ -527,21 +458,12 @@ class FrameReader:
                 dropped, duplicated or reordered frame).
         """
         buf = self.buffer
-        n = shift = 0
-        pos = 0
-        while True:
-            if pos >= len(buf):
-                if pos >= _MAX_VARUINT_LEN:
-                    raise MalformedFrameError("frame length prefix too long")
-                return None
-            b = buf[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-            if pos >= _MAX_VARUINT_LEN:
-                raise MalformedFrameError("frame length prefix too long")
+        try:
+            n, pos = read_varuint(buf, 0, bits=_MAX_VARUINT_BITS)
+        except VarintError as exc:
+            if exc.truncated:
+                return None  # wait for the rest of the prefix
+            raise MalformedFrameError("frame length prefix too long") from None
         if n > self.max_frame:
             raise FrameTooLargeError(f"frame of {n} bytes exceeds the limit of {self.max_frame}")
         end = pos + n + 4

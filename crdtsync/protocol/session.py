@@ -58,8 +58,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
-import zstandard
-
 from crdtsync.errors import (
     ConnectionClosedError,
     CrdtSyncError,
@@ -77,6 +75,7 @@ from crdtsync.errors import (
     UpdateRejectedError,
     VersionMismatchError,
 )
+from crdtsync.format import zstd
 from crdtsync.format.version import Version
 from crdtsync.format.yupdate import DEFAULT_LIMITS, UpdateLimits, parse_update
 from crdtsync.protocol import messages as m
@@ -969,7 +968,7 @@ class Session:
     def _send_update(self, ch: _Channel, update: bytes) -> None:
         enc, data = m.ENC_RAW, update
         if len(update) >= self.options.compress_min:
-            packed = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(update)
+            packed = zstd.compress(update, level=3)
             if len(packed) < len(update):
                 enc, data = m.ENC_ZSTD, packed
         ch.send_seq += 1
@@ -1288,19 +1287,10 @@ class Session:
 
 def _unzstd(data: bytes, limit: int) -> bytes:
     """Decompress one zstd frame that must declare a content size within ``limit``."""
-    try:
-        size = zstandard.get_frame_parameters(data).content_size
-    except zstandard.ZstdError as exc:
-        raise MalformedFrameError(f"corrupt compressed update: {exc}") from None
-    if size in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
-        raise MalformedFrameError("compressed update does not declare its size")
-    if size > limit:
-        # Refused before allocating: a decompression bomb never inflates.
-        raise FrameTooLargeError(f"update would decompress to {size} bytes (limit {limit})")
-    try:
-        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
-    except zstandard.ZstdError as exc:
-        raise MalformedFrameError(f"corrupt compressed update: {exc}") from None
-    if len(out) != size:
-        raise MalformedFrameError("compressed update size does not match its header")
-    return bytes(out)
+    return zstd.decompress(
+        data,
+        limit,
+        what="compressed update",
+        malformed=MalformedFrameError,
+        too_large=FrameTooLargeError,
+    )

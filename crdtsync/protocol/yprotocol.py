@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from crdtsync.errors import FrameTooLargeError, InvalidUpdateError, MalformedFrameError
+from crdtsync.format.varint import VarintError, read_varuint, write_varuint
 from crdtsync.format.version import Version
 
 __all__ = [
@@ -56,7 +57,7 @@ SYNC_STEP2 = 1
 SYNC_UPDATE = 2
 
 _AUTH_DENIED = 0
-_MAX_VARUINT_BYTES = 8  # lib0 varuints carry at most 53 bits
+_MAX_VARUINT_BITS = 56  # 8 bytes: lib0 varuints carry at most 53 bits
 _MAX_REASON = 1024
 
 
@@ -103,16 +104,9 @@ class QueryAwareness:
 YMessage = SyncStep1 | SyncStep2 | SyncUpdate | AwarenessMessage | AuthDenied | QueryAwareness
 
 
-def _write_varuint(out: bytearray, n: int) -> None:
-    while n > 0x7F:
-        out.append(0x80 | (n & 0x7F))
-        n >>= 7
-    out.append(n)
-
-
 def _with_bytes(prefix: bytes, payload: bytes) -> bytes:
     out = bytearray(prefix)
-    _write_varuint(out, len(payload))
+    write_varuint(out, len(payload))
     out += payload
     return bytes(out)
 
@@ -155,18 +149,12 @@ class _Reader:
         self.pos = 0
 
     def varuint(self) -> int:
-        result = shift = 0
-        data = self.data
-        for _ in range(_MAX_VARUINT_BYTES):
-            if self.pos >= len(data):
-                raise MalformedFrameError("y-protocols message truncated")
-            b = data[self.pos]
-            self.pos += 1
-            result |= (b & 0x7F) << shift
-            if b < 0x80:
-                return result
-            shift += 7
-        raise MalformedFrameError("y-protocols varuint too long")
+        try:
+            value, self.pos = read_varuint(self.data, self.pos, bits=_MAX_VARUINT_BITS)
+        except VarintError as exc:
+            what = "message truncated" if exc.truncated else "varuint too long"
+            raise MalformedFrameError(f"y-protocols {what}") from None
+        return value
 
     def var_bytes(self, limit: int) -> bytes:
         n = self.varuint()
