@@ -5,6 +5,8 @@
     crdtsync relay --host 127.0.0.1 --port 8765 --data relay.db --secret-file relay.key
     crdtsync token --secret-file relay.key --room notes --write --ttl 3600
     crdtsync secret --out relay.key
+    crdtsync cat notes.db                # the documents a store holds
+    crdtsync cat notes.db shopping       # one of them, as JSON
     crdtsync --version
 
 Every option of ``crdtsync relay`` is generated from the fields of
@@ -33,9 +35,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import dataclasses
 import errno
 import inspect
+import json
 import math
 import os
 import re
@@ -407,6 +411,57 @@ def _secret(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jsonable(value: object) -> object:
+    """``value`` with what JSON has no type for shown as text: bytes, inf, -inf."""
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # inf, -inf (NaN is never stored)
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _cat(args: argparse.Namespace) -> int:
+    """Print a stored document as JSON (or list the documents), without the writer's lock."""
+    from crdtsync.errors import StoreError
+    from crdtsync.model.doc import Doc
+    from crdtsync.store.sqlite import SQLiteStore
+
+    try:
+        store = SQLiteStore(args.store, readonly=True)
+    except StoreError as exc:
+        print(f"crdtsync cat: {exc}", file=sys.stderr)
+        return 1
+    with store:
+        try:
+            if args.doc is None:
+                for name in store.names():
+                    stored = store.load(name)
+                    assert stored is not None
+                    size = len(stored.snapshot or b"") + sum(len(u) for _, u in stored.updates)
+                    print(f"{name}\t{size} bytes\t{len(stored.updates)} log entries")
+                return 0
+            stored = store.load(args.doc)
+            if stored is None:
+                names = ", ".join(map(repr, store.names())) or "none"
+                print(
+                    f"crdtsync cat: no document {args.doc!r} in {args.store} (it holds: {names})",
+                    file=sys.stderr,
+                )
+                return 1
+            doc = Doc.load(stored.snapshot) if stored.snapshot is not None else Doc()
+            for _, update in stored.updates:
+                doc.import_yjs_update(update)
+        except CrdtSyncError as exc:
+            print(f"crdtsync cat: {args.store}: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(_jsonable(doc.to_py()), indent=2, ensure_ascii=False, allow_nan=False))
+    return 0
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     from crdtsync import __version__
 
@@ -456,7 +511,18 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         description="Write a new random secret (mode 0600; never overwrites), or print it.",
     )
     secret.add_argument("--out", metavar="FILE", help="file to create (default: print it)")
-    return parser, {"relay": relay, "token": token, "secret": secret}
+
+    cat = commands.add_parser(
+        "cat",
+        help="print a stored document as JSON (read-only)",
+        description=(
+            "Print a document of a SQLite store as JSON, or list the store's documents. "
+            "Read-only: works while a peer or relay has the store open."
+        ),
+    )
+    cat.add_argument("store", metavar="STORE", help="the store file (a peer's or relay's .db)")
+    cat.add_argument("doc", nargs="?", metavar="DOC", help="the document (default: list them)")
+    return parser, {"relay": relay, "token": token, "secret": secret, "cat": cat}
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -479,5 +545,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _token(commands["token"], args, env)
     if args.command == "secret":
         return _secret(args)
+    if args.command == "cat":
+        return _cat(args)
     parser.print_help(sys.stderr)
     return 2

@@ -25,6 +25,11 @@ another, gets :class:`~crdtsync.errors.StoreLockedError` at once instead of
 interleaving writes with the first. (SQLite's own ``locking_mode=EXCLUSIVE``
 would also exclude the other process, but only once the first transaction ran,
 and with a busy error rather than a clear one.)
+
+Readers: ``SQLiteStore(path, readonly=True)`` takes no lock and opens the file
+read-only, so it works while a Peer or relay holds the store (``crdtsync cat``).
+WAL gives it a consistent snapshot per call; every writing method raises
+:class:`~crdtsync.errors.StoreError`.
 """
 
 from __future__ import annotations
@@ -69,17 +74,30 @@ class SQLiteStore:
         1
 
     Args:
-        path: the database file (created if missing).
+        path: the database file (created if missing, unless ``readonly``).
+        readonly: open an existing store for reading only, without taking the
+            writer's lock (it may be in use by a Peer or a relay).
 
     Raises:
-        StoreLockedError: another store has the file open.
+        StoreLockedError: another store has the file open (not for ``readonly``).
         StoreError: the file is not a crdtsync store, or cannot be opened.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.path = Path(path)
+        # Whether writes are refused (and no lock is held).
+        self.readonly = readonly
+        self._mutex = threading.Lock()
+        if readonly:
+            self._lock_fd = -1
+            self._open_readonly()
+            self._closed = False
+            return
         # The lock file descriptor: held (flock) for the store's lifetime.
-        self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open store at {self.path}: {exc.strerror}") from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -88,8 +106,7 @@ class SQLiteStore:
                 f"{self.path} is open in another process (or another store object)"
             ) from None
         # One connection, used from the event loop and from compaction threads,
-        # serialized by the lock.
-        self._mutex = threading.Lock()
+        # serialized by the mutex.
         try:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -109,18 +126,46 @@ class SQLiteStore:
                     )
         except sqlite3.Error as exc:
             self._release()
-            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+            raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
         except StoreError:
             self._release()
             raise
         self._closed = False
 
+    def _open_readonly(self) -> None:
+        if not self.path.is_file():
+            raise StoreError(f"cannot open store at {self.path}: no such file")
+        try:
+            self._db = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=30.0,
+            )
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.Error as exc:
+            self._release()
+            raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
+        if row is None or row[0] != _SCHEMA_VERSION:
+            self._release()
+            found = "no schema" if row is None else f"schema {row[0]}"
+            raise StoreError(
+                f"{self.path}: not a crdtsync store this release reads ({found}, "
+                f"expected {_SCHEMA_VERSION})"
+            )
+
     def _release(self) -> None:
         db = getattr(self, "_db", None)
         if db is not None:
             db.close()
-        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-        os.close(self._lock_fd)
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+
+    def _check_writable(self, what: str) -> None:
+        if self.readonly:
+            raise StoreError(f"{what} on {self.path}: the store was opened read-only")
 
     def _txn(self) -> _Transaction:
         return _Transaction(self._db)
@@ -130,6 +175,10 @@ class SQLiteStore:
             if self._closed:
                 raise StoreError("the store is closed")
             try:
+                if self.readonly:
+                    # One read transaction: a consistent snapshot under WAL.
+                    with _ReadTransaction(self._db):
+                        return fn(self._db)
                 with self._txn():
                     return fn(self._db)
             except sqlite3.Error as exc:
@@ -155,6 +204,7 @@ class SQLiteStore:
 
     def create(self, name: str, epoch: bytes) -> None:
         """See :meth:`Store.create`."""
+        self._check_writable("create")
 
         def op(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM log WHERE name=?", (name,))
@@ -164,6 +214,7 @@ class SQLiteStore:
 
     def append(self, name: str, update: bytes) -> int:
         """See :meth:`Store.append`."""
+        self._check_writable("append")
 
         def op(db: sqlite3.Connection) -> int:
             try:
@@ -180,6 +231,7 @@ class SQLiteStore:
 
     def append_many(self, items: list[tuple[str, bytes]]) -> list[int]:
         """See :meth:`Store.append_many`: one transaction, one fsync."""
+        self._check_writable("append")
 
         def op(db: sqlite3.Connection) -> list[int]:
             seqs = []
@@ -198,6 +250,7 @@ class SQLiteStore:
 
     def compact(self, name: str, snapshot: bytes, upto: int) -> None:
         """See :meth:`Store.compact`."""
+        self._check_writable("compact")
 
         def op(db: sqlite3.Connection) -> None:
             cur = db.execute("UPDATE docs SET snapshot=? WHERE name=?", (bytes(snapshot), name))
@@ -209,6 +262,7 @@ class SQLiteStore:
 
     def delete(self, name: str) -> None:
         """See :meth:`Store.delete`."""
+        self._check_writable("delete")
 
         def op(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM log WHERE name=?", (name,))
@@ -237,6 +291,19 @@ class SQLiteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _ReadTransaction:
+    """``BEGIN`` ... ``COMMIT``: a deferred (read) transaction."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN")
+
+    def __exit__(self, *exc: object) -> None:
+        self._db.execute("COMMIT")
 
 
 class _Transaction:
