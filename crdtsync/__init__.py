@@ -1,6 +1,6 @@
 """crdtsync: local-first JSON-like documents that merge without conflicts.
 
-Example:
+Examples:
     >>> from crdtsync import Doc
     >>> a, b = Doc(), Doc()
     >>> a.text("body").insert(0, "hello")

@@ -69,7 +69,7 @@ class NetworkStats:
 class MemoryNetwork:
     """A set of hosts that can reach each other in memory.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> net = MemoryNetwork(seed=1)
         >>> async def main():

@@ -23,7 +23,7 @@ _MAX_ENTRIES = 1_000_000
 class Version(Mapping[int, int]):
     """An immutable state vector ``{client id: clock}``.
 
-    Example:
+    Examples:
         >>> v = Version({1: 3})
         >>> Version.from_bytes(v.to_bytes()) == v
         True

@@ -225,7 +225,7 @@ def _norm_index(index: int, length: int, *, insert: bool = False) -> int:
 class Map(Container):
     """A map from str keys to values; nested dicts and lists become nested containers.
 
-    Example:
+    Examples:
         >>> from crdtsync import Doc
         >>> m = Doc().map("settings")
         >>> m["size"] = 2**70
@@ -353,7 +353,7 @@ class Map(Container):
 class List(Container):
     """An ordered list of values, edited like a Python ``list``.
 
-    Example:
+    Examples:
         >>> from crdtsync import Doc
         >>> todos = Doc().list("todos")
         >>> todos.append({"title": "milk", "done": False})
@@ -509,7 +509,7 @@ def _eq(item: Any, value: Any) -> bool:
 class Text(Container):
     """Collaborative text, indexed by code point like a Python ``str``.
 
-    Example:
+    Examples:
         >>> from crdtsync import Doc
         >>> body = Doc().text("body")
         >>> body.insert(0, "héllo 😀")
@@ -718,7 +718,7 @@ class Text(Container):
 class Counter(Container):
     """A counter that adds up increments and decrements from every replica.
 
-    Example:
+    Examples:
         >>> from crdtsync import Doc
         >>> likes = Doc().counter("likes")
         >>> likes.increment(5); likes.decrement(2)
@@ -829,7 +829,7 @@ class Register(Container):
     its writer had seen, even when clocks are not. ``conflicts`` lists every
     value written concurrently, winner first, like Automerge's ``getConflicts``.
 
-    Example:
+    Examples:
         >>> from crdtsync import Doc
         >>> status = Doc().register("status")
         >>> status.set("draft")

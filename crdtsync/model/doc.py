@@ -193,7 +193,7 @@ class _Txn:
 class Doc:
     """A JSON-like CRDT document: named root containers that merge without conflicts.
 
-    Example:
+    Examples:
         >>> from crdtsync import Doc
         >>> a, b = Doc(), Doc()
         >>> a.list("todos").append({"title": "milk", "done": False})
@@ -391,7 +391,7 @@ class Doc:
         Args:
             origin: any object; observers see it as ``event.origin``.
 
-        Example:
+        Examples:
             >>> doc = Doc()
             >>> with doc.transaction(origin="bulk"):
             ...     doc.map("m")["a"] = 1

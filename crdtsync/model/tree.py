@@ -1096,7 +1096,7 @@ class Tree(Container):
     Node ids are strings. ``None`` as a parent means the top level (a tree is a
     forest: it can have many top-level nodes).
 
-    Example:
+    Examples:
         >>> from crdtsync import Doc
         >>> a, b = Doc(peer_id=1), Doc(peer_id=2)
         >>> t = a.tree("outline")

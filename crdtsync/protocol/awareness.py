@@ -123,7 +123,7 @@ class AwarenessChange:
 class Awareness:
     """The awareness states of one document, as seen by one client.
 
-    Example:
+    Examples:
         >>> a, b = Awareness(1), Awareness(2)
         >>> update = a.set_local_state({"user": "ann", "cursor": 3}, now=0.0)
         >>> b.apply_update(update, now=0.0)

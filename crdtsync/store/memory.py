@@ -13,7 +13,7 @@ __all__ = ["MemoryStore"]
 class MemoryStore:
     r"""A :class:`~crdtsync.store.base.Store` in a dict. "Durable" means "in this process".
 
-    Example:
+    Examples:
         >>> s = MemoryStore()
         >>> s.create("d", b"")
         >>> s.append("d", b"\\x00\\x00")

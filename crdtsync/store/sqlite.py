@@ -65,7 +65,7 @@ CREATE INDEX IF NOT EXISTS log_by_name ON log (name, seq);
 class SQLiteStore:
     r"""A :class:`~crdtsync.store.base.Store` in one SQLite file.
 
-    Example:
+    Examples:
         >>> import tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "notes.db")
         >>> with SQLiteStore(path) as store:
