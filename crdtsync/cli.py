@@ -43,6 +43,7 @@ import json
 import math
 import os
 import re
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -173,8 +174,18 @@ def _field_docs() -> dict[str, str]:
 
 
 def _plain(text: str) -> str:
-    """Docstring text for a terminal: no reST markup, and '%' escaped for argparse."""
+    """Docstring text for a terminal: no reST markup, '%' escaped for argparse.
+
+    A setting named in the text (``tls_key``) becomes its option (``--tls-key``):
+    a command-line user knows the options, not the Python field names.
+    """
     text = re.sub(r":\w+:`~?(?:[\w.]+\.)?(\w+)`", r"\1", text)
+    fields = {f.name for f in dataclasses.fields(RelayConfig)}
+    text = re.sub(
+        r"``(\w+)``",
+        lambda m: "--" + m.group(1).replace("_", "-") if m.group(1) in fields else m.group(1),
+        text,
+    )
     return text.replace("``", "").replace("%", "%%")
 
 
@@ -300,9 +311,20 @@ def _read_secret(parser: argparse.ArgumentParser, path: str) -> bytes:
     from crdtsync.relay.tokens import load_secret
 
     try:
-        return load_secret(path)
-    except (OSError, InvalidOperationError) as exc:
-        parser.error(f"secret file: {_one_line(exc)}")
+        secret = load_secret(path)
+    except InvalidOperationError as exc:
+        parser.error(_one_line(exc))  # it names the file already
+    except OSError as exc:
+        parser.error(f"cannot read secret file {path!r}: {exc.strerror or _one_line(exc)}")
+    mode = os.stat(path).st_mode
+    if mode & 0o077:
+        print(
+            f"crdtsync: warning: secret file {path!r} can be read by other users "
+            f"(mode {mode & 0o777:04o}); anyone who reads it can mint tokens. "
+            f"Fix with: chmod 600 {path}",
+            file=sys.stderr,
+        )
+    return secret
 
 
 def _relay_parser(prog: str = "crdtsync relay") -> argparse.ArgumentParser:
@@ -345,6 +367,14 @@ def _run_relay(config: RelayConfig) -> int:
     # server's dependencies loaded (and start fast).
     from crdtsync.relay import server
 
+    if config.secret is None:
+        print(
+            "crdtsync relay: warning: no --secret-file, so there is no authentication: "
+            "every room is open to anyone who can connect, to read and to write. "
+            "Make a secret with `crdtsync secret --out relay.key` and pass "
+            "--secret-file relay.key.",
+            file=sys.stderr,
+        )
     try:
         asyncio.run(server.serve(config))
     except KeyboardInterrupt:
@@ -360,6 +390,12 @@ def _run_relay(config: RelayConfig) -> int:
             where = f"{config.host}:{config.port}"
             reason = os.strerror(exc.errno)
             print(f"crdtsync relay: cannot listen on {where}: {reason}", file=sys.stderr)
+        elif isinstance(exc, socket.gaierror):
+            print(
+                f"crdtsync relay: cannot listen on {config.host}:{config.port}: "
+                f"the host {config.host!r} does not resolve ({exc.strerror})",
+                file=sys.stderr,
+            )
         elif isinstance(exc, ssl.SSLError):
             # OpenSSL's "[SSL] PEM lib" alone does not say which setting is wrong.
             detail = _one_line(exc)

@@ -17,10 +17,11 @@ class RelayConfig:
 
     Attributes:
         host: interface to listen on.
-        port: TCP port (0: any free port; ``Relay.port`` tells which).
-        data: SQLite file of the rooms (None: in memory, lost at exit).
-        secret: HMAC key of access tokens (None: no authentication).
-        tls_cert: PEM certificate chain; serve ``wss://`` when set with ``tls_key``.
+        port: TCP port (0: any free port, shown in the listening line).
+        data: SQLite file of the rooms (unset: rooms are kept in memory and lost at exit).
+        secret: HMAC key of access tokens (unset: no authentication, every room is open
+            to anyone who can connect).
+        tls_cert: PEM certificate chain; with ``tls_key``, the relay serves ``wss://``.
         tls_key: PEM private key.
         max_frame: largest WebSocket message accepted (bytes); a larger one closes
             the connection with 1009.

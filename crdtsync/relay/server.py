@@ -528,7 +528,8 @@ class Relay:
         self.url = f"{'wss' if tls else 'ws'}://{host}:{self.port}"
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         self._ready = True
-        log.info("listening", extra={"fields": {"url": self.url, "data": cfg.data}})
+        auth = "token" if cfg.secret is not None else "none"
+        log.info("listening", extra={"fields": {"url": self.url, "data": cfg.data, "auth": auth}})
         return self
 
     async def __aenter__(self) -> Relay:

@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 def secret_file(tmp_path: Path) -> Path:
     path = tmp_path / "relay.key"
     path.write_bytes(generate_secret() + b"\n")
+    path.chmod(0o600)  # as `crdtsync secret` writes it
     return path
 
 
@@ -389,9 +390,74 @@ def test_relay_start_failures_exit_1_with_one_line(
 ) -> None:
     fake_server["raise"] = error
     assert main(["relay", "--memory"], environ={}) == 1
-    err = capsys.readouterr().err
+    warning, err = capsys.readouterr().err.split("\n", 1)
+    assert "no authentication" in warning  # no --secret-file given
     assert err.startswith(message)
     assert err.count("\n") == 1
+
+
+def test_a_host_that_does_not_resolve_is_named(
+    fake_server: dict[str, Any], secret_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_server["raise"] = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    argv = [
+        "relay",
+        "--memory",
+        "--host",
+        "no-such-host.invalid",
+        "--secret-file",
+        str(secret_file),
+    ]
+    assert main(argv, environ={}) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "crdtsync relay: cannot listen on no-such-host.invalid:8765: the host "
+        "'no-such-host.invalid' does not resolve (Name or service not known)\n"
+    )
+
+
+def test_relay_without_a_secret_warns_that_every_room_is_open(
+    fake_server: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["relay", "--memory"], environ={}) == 0
+    err = capsys.readouterr().err
+    assert "no authentication" in err
+    assert "every room is open to anyone" in err
+
+
+def test_secret_file_problems_name_the_file_once(
+    fake_server: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = tmp_path / "short.key"
+    short.write_text("abcd\n")
+    short.chmod(0o600)
+    with pytest.raises(SystemExit):
+        main(["relay", "--memory", "--secret-file", str(short)], environ={})
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.count("short.key") == 1, err
+    assert "secret file: secret file" not in err
+
+
+def test_a_world_readable_secret_file_gets_a_warning(
+    fake_server: dict[str, Any], secret_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret_file.chmod(0o644)
+    assert main(["relay", "--memory", "--secret-file", str(secret_file)], environ={}) == 0
+    err = capsys.readouterr().err
+    assert "can be read by other users (mode 0644)" in err
+    assert f"chmod 600 {secret_file}" in err
+    secret_file.chmod(0o600)
+    assert main(["relay", "--memory", "--secret-file", str(secret_file)], environ={}) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_relay_help_uses_words_not_python_names(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["relay", "--help"])
+    out = capsys.readouterr().out
+    for python_name in ("None:", "Relay.port", "tls_key", "max_msgs_burst", "``"):
+        assert python_name not in out, python_name
+    assert "--tls-key" in out
 
 
 # -- crdtsync relay: the real server (needs crdtsync.relay.server.serve) ---------------------
@@ -447,6 +513,7 @@ def test_relay_subprocess_serves_healthz_and_exits_0_on_sigterm(tmp_path: Path) 
         reader.start()
         listening = _wait_for_event(lines, "listening", timeout=60)
         url = listening["url"]
+        assert listening["auth"] == "none"  # no --secret-file: the listening line says so
         assert url.startswith("ws://127.0.0.1:")
         port = int(url.rsplit(":", 1)[1].rstrip("/"))
         assert port != 0
@@ -466,12 +533,15 @@ def test_relay_subprocess_serves_healthz_and_exits_0_on_sigterm(tmp_path: Path) 
     assert (tmp_path / "r.db").exists()
 
 
-def test_relay_subprocess_port_in_use_exits_1(tmp_path: Path) -> None:
+def test_relay_subprocess_port_in_use_exits_1(tmp_path: Path, secret_file: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = run_cli("relay", "--port", str(port), "--data", str(tmp_path / "r.db"))
+        proc = run_cli(
+            "relay", "--port", str(port), "--data", str(tmp_path / "r.db"),
+            "--secret-file", str(secret_file),
+        )  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"crdtsync relay: cannot listen on 127.0.0.1:{port}")
     assert proc.stderr.count("\n") == 1
