@@ -12,6 +12,26 @@ clients unchanged::
     update = varuint count, count x (varuint client id, varuint clock, varstring JSON)
 
 where the JSON text ``null`` means "this client is gone".
+
+Budgets. A presence state comes from any connected client, read-only ones
+included, and every newcomer receives all of them at once, so presence is
+bounded at every level:
+
+* one state: at most :data:`MAX_STATE_BYTES` of JSON text and
+  :data:`MAX_STATE_VALUES` JSON values (a megabyte of ``[[],[],...]`` would
+  otherwise cost fifty times its size as Python objects); refused whole
+  (:class:`~crdtsync.errors.FrameTooLargeError`);
+* one :class:`Awareness` (a document's presence): at most ``max_states``
+  states and ``max_bytes`` of state *cost* (:func:`state_cost`: text bytes plus
+  :data:`VALUE_COST` per value, so it tracks memory, not just wire size); a state
+  that does not fit is ignored, like a newcomer when the room is full, and the
+  previous state of that client stays;
+* only JSON that can be sent on again is accepted: no ``NaN``, ``Infinity`` or
+  numbers that overflow to it (``1e999``), no lone surrogates (JSON text that a
+  browser's ``JSON.parse`` takes but UTF-8 cannot carry), so that relaying what
+  was accepted can never fail.
+
+The full-presence message a newcomer gets is cached until a state changes.
 """
 
 from __future__ import annotations
@@ -23,19 +43,85 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from crdtsync.errors import InvalidValueError, MalformedFrameError
+from crdtsync.errors import FrameTooLargeError, InvalidValueError, MalformedFrameError
 from crdtsync.format.varint import VarintError, read_varuint, write_varuint
 from crdtsync.format.yupdate import json_depth
 
-__all__ = ["Awareness", "AwarenessChange", "decode_awareness", "encode_awareness"]
+__all__ = [
+    "MAX_PRESENCE_BYTES",
+    "MAX_STATES",
+    "MAX_STATE_BYTES",
+    "MAX_STATE_VALUES",
+    "Awareness",
+    "AwarenessChange",
+    "decode_awareness",
+    "encode_awareness",
+    "split_awareness",
+    "state_cost",
+]
 
 #: Default time (seconds) after which a silent remote client is considered gone.
 DEFAULT_TIMEOUT = 30.0
 _MAX_ENTRIES = 10_000
 #: Present states one Awareness holds; entries adding more are ignored.
 MAX_STATES = 10_000
+#: Largest JSON text of one state, in bytes.
+MAX_STATE_BYTES = 64 << 10
+#: Most JSON values (objects, arrays, strings, numbers...) in one state.
+MAX_STATE_VALUES = 4096
+#: What one decoded JSON value costs in memory beyond its text, for budgets.
+VALUE_COST = 64
+#: Default budget of one Awareness: the sum of :func:`state_cost` of its states.
+MAX_PRESENCE_BYTES = 4 << 20
 _MAX_JSON_DEPTH = 32
 _MAX_ID = 2**53
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON a peer can be sent")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:20]} overflows a double")
+    return value
+
+
+def _check_state(state: Any, max_values: int) -> int:
+    """Count a decoded state's JSON values; refuse strings UTF-8 cannot carry.
+
+    Iterative (the depth is bounded anyway, by the JSON depth check).
+
+    Raises:
+        ValueError: a lone surrogate, or more than ``max_values`` values.
+    """
+    count = 0
+    stack = [state]
+    while stack:
+        v = stack.pop()
+        count += 1
+        if count > max_values:
+            raise ValueError(f"more than {max_values} JSON values")
+        if isinstance(v, str):
+            if not v.isascii():
+                v.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if not k.isascii():
+                    k.encode("utf-8")
+                stack.append(x)
+        elif isinstance(v, list):
+            stack.extend(v)
+    return count
+
+
+def state_cost(state: Any) -> int:
+    """What keeping ``state`` costs, for budgets: its JSON text plus a charge per value."""
+    if state is None:
+        return 0
+    text = json.dumps(state, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return len(text.encode("utf-8")) + VALUE_COST * _check_state(state, 1 << 62)
 
 
 def encode_awareness(entries: Iterable[tuple[int, int, Any]]) -> bytes:
@@ -56,16 +142,30 @@ def encode_awareness(entries: Iterable[tuple[int, int, Any]]) -> bytes:
     return bytes(out)
 
 
-def decode_awareness(data: bytes) -> list[tuple[int, int, Any]]:
+def decode_awareness(
+    data: bytes, *, max_state_bytes: int = MAX_STATE_BYTES
+) -> list[tuple[int, int, Any]]:
     """Decode an awareness update strictly.
+
+    Args:
+        data: the update (hostile).
+        max_state_bytes: largest JSON text of one state.
 
     Returns:
         ``(client id, clock, state)`` entries, ``state`` None for removals.
 
     Raises:
-        MalformedFrameError: truncated, trailing bytes, bad UTF-8 or JSON, JSON nested
-            deeper than 32, or more than 10,000 entries.
+        MalformedFrameError: truncated, trailing bytes, bad UTF-8 or JSON, JSON a
+            peer could not be sent (NaN, Infinity, 1e999, lone surrogates), JSON
+            nested deeper than 32, or more than 10,000 entries.
+        FrameTooLargeError: a state over ``max_state_bytes`` or
+            :data:`MAX_STATE_VALUES` values.
     """
+    return [(c, k, s) for c, k, s, _ in _decode(data, max_state_bytes)]
+
+
+def _decode(data: bytes, max_state_bytes: int) -> list[tuple[int, int, Any, int]]:
+    """:func:`decode_awareness`, with each state's :func:`state_cost`."""
     pos = 0
     n = len(data)
 
@@ -92,6 +192,8 @@ def decode_awareness(data: bytes) -> list[tuple[int, int, Any]]:
         pos += length
         if client >= _MAX_ID or clock >= _MAX_ID:
             raise MalformedFrameError("awareness client id or clock out of range")
+        if length > max_state_bytes:
+            raise FrameTooLargeError(f"awareness state of {length} bytes (limit {max_state_bytes})")
         try:
             text = bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
@@ -99,13 +201,85 @@ def decode_awareness(data: bytes) -> list[tuple[int, int, Any]]:
         if json_depth(text) > _MAX_JSON_DEPTH:
             raise MalformedFrameError("awareness state nested too deeply")
         try:
-            state = json.loads(text) if text else None
+            state = (
+                json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+                if text
+                else None
+            )
         except ValueError as exc:
             raise MalformedFrameError(f"awareness state is not JSON: {exc}") from None
-        out.append((client, clock, state))
+        cost = 0
+        if state is not None:
+            try:
+                values = _check_state(state, MAX_STATE_VALUES)
+            except UnicodeEncodeError:
+                raise MalformedFrameError(
+                    "awareness state holds a lone surrogate (not valid Unicode text)"
+                ) from None
+            except ValueError as exc:
+                raise FrameTooLargeError(f"awareness state holds {exc}") from None
+            cost = len(raw) + VALUE_COST * values
+        out.append((client, clock, state, cost))
     if pos != n:
         raise MalformedFrameError(f"{n - pos} trailing bytes after the awareness update")
     return out
+
+
+def split_awareness(data: bytes, max_bytes: int) -> list[bytes]:
+    """Split an awareness update into updates of at most ``max_bytes`` each, by entries.
+
+    A whole room's presence can be larger than one frame of the sync protocol;
+    its entries are independent, so they travel in several messages. An entry
+    larger than ``max_bytes`` on its own is left out (the per-state cap keeps
+    every accepted state far below any frame limit).
+
+    Raises:
+        MalformedFrameError: the bytes are not an awareness update.
+    """
+    if len(data) <= max_bytes:
+        return [data]
+    pos = 0
+
+    def read_uint() -> int:
+        nonlocal pos
+        try:
+            value, pos = read_varuint(data, pos, bits=56)
+        except VarintError:
+            raise MalformedFrameError("awareness update truncated") from None
+        return value
+
+    entries: list[bytes] = []
+    for _ in range(read_uint()):
+        start = pos
+        read_uint()
+        read_uint()
+        length = read_uint()  # (not `pos += read_uint()`: that reads pos before the call)
+        pos += length
+        if pos > len(data):
+            raise MalformedFrameError("awareness state overruns the update")
+        entries.append(data[start:pos])
+    parts: list[bytes] = []
+    batch: list[bytes] = []
+    size = 0
+    for entry in entries:
+        if len(entry) + 8 > max_bytes:
+            continue
+        if batch and size + len(entry) + 8 > max_bytes:
+            parts.append(_join(batch))
+            batch, size = [], 0
+        batch.append(entry)
+        size += len(entry)
+    if batch:
+        parts.append(_join(batch))
+    return parts
+
+
+def _join(entries: list[bytes]) -> bytes:
+    out = bytearray()
+    write_varuint(out, len(entries))
+    for e in entries:
+        out += e
+    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -136,13 +310,30 @@ class Awareness:
     Args:
         client_id: this client's id (the document's writer id).
         timeout: seconds after which a silent remote state is dropped.
+        max_states: most present states kept.
+        max_bytes: budget of the states kept, in :func:`state_cost` units.
     """
 
-    def __init__(self, client_id: int, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        client_id: int,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_states: int = MAX_STATES,
+        max_bytes: int = MAX_PRESENCE_BYTES,
+    ) -> None:
         # Our own id: remote updates may never remove our state.
         self.client_id = client_id
         # Silence after which a remote state is dropped.
         self.timeout = timeout
+        # Budgets: present states, and their total cost.
+        self.max_states = max_states
+        self.max_bytes = max_bytes
+        # client id -> cost of its present state (state_cost), and their sum.
+        self._costs: dict[int, int] = {}
+        self.total_cost = 0
+        # The full-presence message, until a state changes (newcomers ask often).
+        self._full: bytes | None = None
         # client id -> current state (present clients only).
         self.states: dict[int, Any] = {}
         # client id -> (clock, time of last update): kept after removal, for
@@ -174,16 +365,33 @@ class Awareness:
         clock = self.meta.get(self.client_id, (0, 0.0))[0] + 1
         if state is None:
             self.states.pop(self.client_id, None)
+            self._set_cost(self.client_id, 0)
         else:
             # Round-trip through JSON: what peers see is exactly what we keep.
             try:
-                text = json.dumps(state, allow_nan=False, ensure_ascii=False)
-                text.encode("utf-8")
+                text = json.dumps(state, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+                raw = text.encode("utf-8")
             except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
                 raise InvalidValueError(f"a presence state must be JSON text: {exc}") from None
-            self.states[self.client_id] = json.loads(text)
+            if len(raw) > MAX_STATE_BYTES:
+                raise InvalidValueError(
+                    f"a presence state of {len(raw)} bytes of JSON (limit {MAX_STATE_BYTES})"
+                )
+            value = json.loads(text)
+            try:
+                values = _check_state(value, MAX_STATE_VALUES)
+            except ValueError as exc:
+                raise InvalidValueError(f"a presence state holds {exc}") from None
+            self.states[self.client_id] = value
+            self._set_cost(self.client_id, len(raw) + VALUE_COST * values)
         self.meta[self.client_id] = (clock, now)
+        self._full = None
         return self.encode_update([self.client_id])
+
+    def _set_cost(self, client: int, cost: int) -> None:
+        self.total_cost += cost - self._costs.pop(client, 0)
+        if cost:
+            self._costs[client] = cost
 
     def encode_update(self, clients: Iterable[int]) -> bytes:
         """The awareness update carrying the current state of ``clients``."""
@@ -192,24 +400,34 @@ class Awareness:
         )
 
     def full_update(self) -> bytes:
-        """An update with every known present state (sent to a newly joined peer)."""
-        return self.encode_update(sorted(self.states))
+        """An update with every known present state (sent to a newly joined peer).
+
+        Cached until a state changes: bounded by ``max_bytes``, and computed once
+        however many newcomers (or presence queries) ask.
+        """
+        if self._full is None:
+            self._full = self.encode_update(sorted(self.states))
+        return self._full
 
     def apply_update(self, data: bytes, *, now: float) -> AwarenessChange:
         """Merge a remote awareness update (y-protocols rules).
 
         Raises:
             MalformedFrameError: the bytes are not an awareness update.
+            FrameTooLargeError: a state is over the per-state limits.
         """
-        return self.apply_entries(decode_awareness(data), now=now)
+        return self._apply(_decode(data, MAX_STATE_BYTES), now=now)
 
     def apply_entries(self, entries: list[tuple[int, int, Any]], *, now: float) -> AwarenessChange:
         """Merge decoded entries (see :func:`decode_awareness`)."""
+        return self._apply([(c, k, s, state_cost(s)) for c, k, s in entries], now=now)
+
+    def _apply(self, entries: list[tuple[int, int, Any, int]], *, now: float) -> AwarenessChange:
         added: list[int] = []
         updated: list[int] = []
         removed: list[int] = []
         self._forget_removed(now)
-        for client, clock, state in entries:
+        for client, clock, state, cost in entries:
             known = self.meta.get(client)
             current = known[0] if known is not None else 0
             present = client in self.states
@@ -221,15 +439,22 @@ class Awareness:
                 continue
             if state is None and known is None:
                 continue  # the removal of a client we never knew: nothing to keep
-            if state is not None and not present and len(self.states) >= MAX_STATES:
+            if state is not None and not present and len(self.states) >= self.max_states:
                 continue  # full: a newcomer waits for someone to leave
+            if state is not None and (
+                self.total_cost - self._costs.get(client, 0) + cost > self.max_bytes
+            ):
+                continue  # over the budget: the client keeps its previous state, if any
             # meta first: rebuilding the expiry heap reads it for every state.
             self.meta[client] = (clock, now)
+            self._full = None
             if state is None:
                 self.states.pop(client, None)
+                self._set_cost(client, 0)
                 self._removed.append((now, client))
             else:
                 self.states[client] = state
+                self._set_cost(client, cost)
                 if client != self.client_id:
                     self._push_expiry(now + self.timeout, client)
             if state is None:
@@ -274,6 +499,8 @@ class Awareness:
         for c in clients:
             if c != self.client_id and c in self.states:
                 del self.states[c]
+                self._set_cost(c, 0)
+                self._full = None
                 clock = self.meta[c][0]
                 self.meta[c] = (clock, now)
                 self._removed.append((now, c))

@@ -79,7 +79,7 @@ from crdtsync.format import zstd
 from crdtsync.format.version import Version
 from crdtsync.format.yupdate import DEFAULT_LIMITS, UpdateLimits, parse_update
 from crdtsync.protocol import messages as m
-from crdtsync.protocol.awareness import decode_awareness
+from crdtsync.protocol.awareness import decode_awareness, split_awareness
 
 __all__ = [
     "DOC_TRANSITIONS",
@@ -872,12 +872,17 @@ class Session:
         self._fail(UpdateRejectedError(f"update for {name!r} refused: {error}"))
 
     def send_awareness(self, name: str, data: bytes) -> bool:
-        """Send a y-protocols awareness update for ``name`` (False if not open here)."""
+        """Send a y-protocols awareness update for ``name`` (False if not open here).
+
+        An update larger than the peer's frame limit (a whole room's presence)
+        is sent as several, split between entries.
+        """
         ch = self._docs.get(name)
         if ch is None or ch.state is not DocState.OPEN or self.state is not State.OPEN:
             return False
         assert ch.local_chan is not None
-        self._send(m.Awareness(ch.local_chan, data))
+        for part in split_awareness(data, max(self._peer_max_frame - _UPDATE_OVERHEAD, 64)):
+            self._send(m.Awareness(ch.local_chan, part))
         return True
 
     def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
