@@ -17,9 +17,14 @@ says which subpackage owns what.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Quiet by default, like any library: an application that wants crdtsync's log
+# lines configures logging (logging.basicConfig(level=logging.DEBUG) shows them all).
+logging.getLogger("crdtsync").addHandler(logging.NullHandler())
 
 # Public name -> the module that defines it. tests/test_exports.py pins this list.
 _EXPORTS: dict[str, str] = {
