@@ -27,8 +27,9 @@ async def main(folder: str) -> None:
         editor_token = mint_token(secret, "team/notes", write=True, ttl=3600, subject="ana")
         viewer_token = mint_token(secret, "team/*", write=False, ttl=3600, subject="wall-screen")
 
-        async with Peer(store=f"{folder}/ana.db", transport=WebSocketTransport()) as ana, \
-                   Peer(store=f"{folder}/wall.db", transport=WebSocketTransport()) as wall:  # fmt: skip
+        ana = Peer(store=f"{folder}/ana.db", transport=WebSocketTransport())
+        wall = Peer(store=f"{folder}/wall.db", transport=WebSocketTransport())
+        async with ana, wall:
             refused = asyncio.Event()
             refusals: list[Status] = []
 

@@ -61,9 +61,9 @@ async def main(folder: str) -> None:
             assert await peer.wait_synced("journal", timeout=10)
             print("synced with the relay once it came up")
 
-        # The relay's own store now has the journal too.
-    async with Relay(RelayConfig(port=0, data=f"{folder}/relay.db")) as relay, \
-               Peer(store=f"{folder}/phone.db", transport=WebSocketTransport()) as phone:  # fmt: skip
+    # The relay's own store now has the journal too.
+    phone = Peer(store=f"{folder}/phone.db", transport=WebSocketTransport())
+    async with Relay(RelayConfig(port=0, data=f"{folder}/relay.db")) as relay, phone:
         mirror = await phone.open("journal")
         await phone.connect(relay.url)
         assert await phone.wait_synced("journal", timeout=10)
