@@ -39,13 +39,13 @@ The tree::
     │   └── InvalidRoomError                       a room (document) name the relay refuses (17)
     ├── StoreError                                 a document store failed (I/O, corruption)
     │   └── StoreLockedError                       another process has the store open
-    ├── KeyFileError                               a key file is missing, malformed or readable by others
-    ├── PairingError                               a pairing (invite) failed: wrong code, bad invite, timeout
+    ├── KeyFileError                               a key file is missing, malformed or not private
+    ├── PairingError                               a pairing failed: wrong code, bad invite, timeout
     └── TransportError (also OSError)              a connection could not be made or broke
         ├── ConnectionClosedError                  send or receive on a closed connection
-        ├── HandshakeError                         a LAN link's key exchange failed (wrong group key...)
-        │   └── PeerIdentityError                  the peer proved a key that is not the expected or allowed one
-        └── LinkFrameError                         a LAN frame was refused: tampered, replayed, cut or too large
+        ├── HandshakeError                         a LAN link's key exchange failed (group key...)
+        │   └── PeerIdentityError                  the peer's proven key is not the expected one
+        └── LinkFrameError                         a LAN frame refused: tampered, replayed, cut, big
 
 Errors split like h11's: ``InvalidUpdateError`` is the remote side's fault (the
 document is unchanged), the others are the caller's. Sync sessions split the same
@@ -69,9 +69,9 @@ __all__ = [
     "ErrorCode",
     "ForbiddenWriterError",
     "FrameTooLargeError",
+    "HandshakeError",
     "InvalidOperationError",
     "InvalidRoomError",
-    "HandshakeError",
     "InvalidUpdateError",
     "InvalidValueError",
     "KeyFileError",

@@ -26,11 +26,9 @@ def _load() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for path in sorted(VECTORS.glob("*.json")):
         data = json.loads(path.read_text())
-        assert data["source"] and data["licence"], f"{path.name} must name its source and licence"
-        for v in data["vectors"]:
-            v = dict(v)
-            v["_file"] = path.name
-            out.append(v)
+        assert data["source"], f"{path.name} must name its source"
+        assert data["licence"], f"{path.name} must name its licence"
+        out.extend({**v, "_file": path.name} for v in data["vectors"])
     return out
 
 
@@ -70,11 +68,13 @@ def test_published_vector(v: dict[str, Any]) -> None:
         wire = writer.write_message(payload)
         assert wire.hex() == m["ciphertext"], f"handshake message {i + 1} differs"
         assert reader.read_message(wire) == payload
-    assert init.complete and resp.complete
+    assert init.complete
+    assert resp.complete
     if "handshake_hash" in v:
         assert init.handshake_hash.hex() == v["handshake_hash"]
     assert init.handshake_hash == resp.handshake_hash
-    assert init.remote_static is not None and resp.remote_static is not None
+    assert init.remote_static is not None
+    assert resp.remote_static is not None
     i_send, i_recv = init.split()
     r_send, r_recv = resp.split()
     for i, m in enumerate(messages[3:]):

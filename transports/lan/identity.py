@@ -1,4 +1,4 @@
-"""Who a LAN peer is (its device key) and which group it belongs to (the group key).
+r"""Who a LAN peer is (its device key) and which group it belongs to (the group key).
 
 Two secrets, two files, both mode 0600 and refused when others can read them:
 
@@ -19,7 +19,7 @@ Two secrets, two files, both mode 0600 and refused when others can read them:
   derived value                                         use
   ====================================================  ==========================
   ``HMAC(group key, "crdtsync/lan/psk/v1")``            the Noise psk (32 bytes)
-  ``HMAC(group key, "crdtsync/lan/mdns/v1\\0" + day)``   the announced group tag
+  ``HMAC(group key, "crdtsync/lan/mdns/v1\0" + day)``   the announced group tag
   ====================================================  ==========================
 
   The **group tag** rotates every UTC day (``day`` is ``YYYY-MM-DD``) and is
@@ -51,8 +51,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PrivateFormat, PublicFormat
-from cryptography.hazmat.primitives.serialization import NoEncryption
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from crdtsync.errors import InvalidOperationError, KeyFileError
 
@@ -193,7 +197,9 @@ class DeviceIdentity:
 
     def __init__(self, private_key: bytes) -> None:
         if len(private_key) != _KEY_LEN:
-            raise InvalidOperationError(f"an X25519 private key is 32 bytes, not {len(private_key)}")
+            raise InvalidOperationError(
+                f"an X25519 private key is 32 bytes, not {len(private_key)}"
+            )
         # The key object; raw bytes are kept for the Noise handshake (which takes bytes).
         self._private = X25519PrivateKey.from_private_bytes(private_key)
         self._private_bytes = self._private.private_bytes(

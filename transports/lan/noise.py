@@ -293,7 +293,8 @@ class HandshakeState:
             mine, theirs = (e, rs) if self.initiator else (s, re)
         else:  # "se"
             mine, theirs = (s, re) if self.initiator else (e, rs)
-        assert mine is not None and theirs is not None  # the pattern orders keys first
+        assert mine is not None
+        assert theirs is not None
         self._symmetric.mix_key(_dh(mine, theirs))
 
     def write_message(self, payload: bytes = b"") -> bytes:
