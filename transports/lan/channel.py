@@ -223,7 +223,7 @@ class LinkCore:
             self._fail(
                 HandshakeError(
                     "the peer closed the connection after our last handshake message: "
-                    "it holds another group key"
+                    "it holds another group key (or the connection was cut)"
                 )
             )
         elif self._in:
