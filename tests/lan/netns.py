@@ -21,6 +21,7 @@ says why a lab cannot be built here (not root, no ``ip``, no namespaces), for
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -157,19 +158,10 @@ class Lab:
                 _ip("-n", self.switch, "link", "set", port, "up")
                 _ip("-n", self.router, "addr", "add", f"10.77.{b}.1/24", "dev", f"eth{b}")
                 _ip("-n", self.router, "link", "set", f"eth{b}", "up")
+            # /proc/sys/net is the namespace's own (no procps needed).
+            forward = "echo 1 > /proc/sys/net/ipv4/ip_forward"
             subprocess.run(
-                # /proc/sys/net is the namespace's own (no procps needed).
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.router,
-                    "sh",
-                    "-c",
-                    "echo 1 > /proc/sys/net/ipv4/ip_forward",
-                ],  # fmt: skip
-                check=True,
-                timeout=30,
+                ["ip", "netns", "exec", self.router, "sh", "-c", forward], check=True, timeout=30
             )
 
     def destroy(self) -> None:
@@ -178,10 +170,8 @@ class Lab:
             if proc.poll() is None:
                 proc.kill()
         for proc in self._procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)  # killed: it ends, unless stuck in the kernel
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream is not None:
                     stream.close()
