@@ -245,9 +245,9 @@ class FrameEditor:
                 del self._buf[:end]
                 self._handshakes -= 1
             else:
-                if len(self._buf) < 12:
+                if len(self._buf) < 13:
                     break
-                end = 12 + struct.unpack_from(">I", self._buf)[0]
+                end = 13 + struct.unpack_from(">I", self._buf)[0]
                 if len(self._buf) < end:
                     break
                 frame = bytes(self._buf[:end])

@@ -156,7 +156,7 @@ def test_frames_are_at_most_max_body() -> None:
     _shuttle(a, b)
     a.send(b"x" * (MAX_BODY * 2 + 1))
     wire = a.data_to_send()
-    assert len(wire) == 3 * (12 + 17) + MAX_BODY * 2 + 1
+    assert len(wire) == 3 * (13 + 16) + MAX_BODY * 2 + 1
     b.receive_data(wire)
     assert [len(e.data) for e in b.events_received() if isinstance(e, Data)] == [
         MAX_BODY,

@@ -132,3 +132,17 @@ def test_group_tags_rotate_daily_and_tolerate_skew() -> None:
     # A time in another zone names the UTC day.
     east = dt.timezone(dt.timedelta(hours=10))
     assert key.current_tag(dt.datetime(2026, 12, 7, 5, tzinfo=east)) == today
+
+
+def test_the_core_never_imports_the_lan_extra() -> None:
+    code = (
+        "import sys, crdtsync, crdtsync.transports, crdtsync.sync.peer, crdtsync.cli\n"
+        "bad = [m for m in ('cryptography', 'zeroconf', 'spake2', 'crdtsync.transports.lan')"
+        " if m in sys.modules]\n"
+        "print(bad)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

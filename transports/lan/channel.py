@@ -14,18 +14,20 @@ Wire format (all integers big-endian)::
     handshake, 3 messages    length (u16, at most 1024) + Noise message
                              Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s, prologue = the preamble,
                              psk = GroupKey.psk, payloads empty
-    then both ways, frames   length (u32, 17..65535: the ciphertext's size)
+    then both ways, frames   length (u32, 16..65535: the ciphertext's size)
                              counter (u64: the frame's number in its direction, from 0)
+                             type (u8)
                              ciphertext = ChaCha20-Poly1305(direction key, nonce = counter,
-                                          associated data = the 12 header bytes,
-                                          plaintext = type (u8) + body)
+                                          associated data = the 13 header bytes, plaintext = body)
 
-Frame types: ``DATA`` (0, body 1 to 65518 bytes: session bytes), ``CLOSE`` (1,
+Frame types: ``DATA`` (0, body 1 to 65519 bytes: session bytes), ``CLOSE`` (1,
 body a UTF-8 reason of at most 256 bytes: the link ends), ``READY`` (2, empty:
-the responder's first frame). The counter is the Noise nonce made explicit: a
-frame whose counter is not the next one is refused before decryption and named
-(``replayed`` when it goes back, ``skipped`` when it jumps ahead), and one whose
-header or ciphertext was altered fails authentication (``tampered``).
+the responder's first frame). The type travels in the clear but authenticated
+(it is associated data), so the body is encrypted in place, without a copy.
+The counter is the Noise nonce made explicit: a frame whose counter is not the
+next one is refused before decryption and named (``replayed`` when it goes
+back, ``skipped`` when it jumps ahead), and one whose header or ciphertext was
+altered fails authentication (``tampered``).
 
 States::
 
@@ -85,11 +87,10 @@ _MAGIC = b"CRDTLAN"
 PREAMBLE = _MAGIC + bytes([VERSION])
 #: Largest handshake message accepted (ours are at most 112 bytes).
 MAX_HANDSHAKE_MESSAGE = 1024
-_HEADER = struct.Struct(">IQ")
+_HEADER = struct.Struct(">IQB")
 _HS_LEN = struct.Struct(">H")
 #: Largest body of one frame: a Noise message is at most 65535 bytes.
-MAX_BODY = MAX_MESSAGE - TAGLEN - 1
-_MIN_CIPHERTEXT = TAGLEN + 1
+MAX_BODY = MAX_MESSAGE - TAGLEN
 _MAX_REASON = 256
 
 
@@ -190,12 +191,13 @@ class LinkCore:
         self._recv: CipherState | None = None
         # Bytes received not yet parsed; bytes to send; events not yet taken.
         self._in = bytearray()
-        self._out = bytearray()
+        self._out: list[bytes] = []
+        self._out_size = 0
         self._events: list[Event] = []
         # The responder reads the preamble first.
         self._need_preamble = not initiator
         if initiator:
-            self._out += PREAMBLE
+            self._queue(PREAMBLE)
             self._write_handshake()
 
     # -- the I/O-free surface ------------------------------------------------------
@@ -204,9 +206,14 @@ class LinkCore:
         """Feed bytes read from the socket (never raises for bad input)."""
         if self.state is State.CLOSED or not data:
             return
-        self._in += data
         try:
-            self._parse()
+            if self.state is not State.HANDSHAKE and not self._in:
+                # The common case: frames straight from the chunk read, no copy
+                # into the buffer (only an unfinished frame at its end is kept).
+                self._frames(data)
+            else:
+                self._in += data
+                self._parse()
         except (TransportError, LocalProtocolError) as exc:
             self._fail(exc if isinstance(exc, TransportError) else HandshakeError(str(exc)))
 
@@ -241,8 +248,9 @@ class LinkCore:
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the socket, in order (empty when there are none)."""
-        out = bytes(self._out)
+        out = b"".join(self._out)
         self._out.clear()
+        self._out_size = 0
         return out
 
     def events_received(self) -> list[Event]:
@@ -266,7 +274,7 @@ class LinkCore:
             raise LocalProtocolError("send() before the link is open")
         view = memoryview(data)
         for start in range(0, len(view), MAX_BODY):
-            self._seal(FrameType.DATA, bytes(view[start : start + MAX_BODY]))
+            self._seal(FrameType.DATA, view[start : start + MAX_BODY])
 
     def close(self, reason: str = "") -> None:
         """End the link: a CLOSE frame goes out when keys exist. Idempotent."""
@@ -280,7 +288,7 @@ class LinkCore:
     @property
     def buffered(self) -> int:
         """Bytes queued by the core and not yet taken by :meth:`data_to_send`."""
-        return len(self._out)
+        return self._out_size
 
     # -- internals ------------------------------------------------------------------------
 
@@ -296,21 +304,26 @@ class LinkCore:
     def _finish(self, error: TransportError | None, reason: str) -> None:
         self.state = State.CLOSED
         self.error = error
-        self._in.clear()
+        # A new buffer, not clear(): a view of the old one may still be alive in a traceback.
+        self._in = bytearray()
         self._events.append(Closed(error, reason))
 
     def _who(self) -> str:
         return self.remote.fingerprint if self.remote is not None else "(unauthenticated peer)"
 
-    def _seal(self, ftype: FrameType, body: bytes) -> None:
+    def _queue(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+
+    def _seal(self, ftype: FrameType, body: bytes | memoryview) -> None:
         assert self._send is not None
-        header = _HEADER.pack(len(body) + 1 + TAGLEN, self._send.n)
-        self._out += header
-        self._out += self._send.encrypt_with_ad(header, bytes([ftype]) + body)
+        header = _HEADER.pack(len(body) + TAGLEN, self._send.n, ftype)
+        self._queue(header)
+        self._queue(self._send.encrypt_with_ad(header, body))
 
     def _write_handshake(self) -> None:
         message = self._hs.write_message(b"")
-        self._out += _HS_LEN.pack(len(message)) + message
+        self._queue(_HS_LEN.pack(len(message)) + message)
 
     def _parse(self) -> None:
         if self._need_preamble:
@@ -337,9 +350,23 @@ class LinkCore:
             message = bytes(self._in[_HS_LEN.size : _HS_LEN.size + size])
             del self._in[: _HS_LEN.size + size]
             self._handshake_step(message)
-        while self.state in (State.CONFIRMING, State.OPEN) and len(self._in) >= _HEADER.size:
-            if not self._frame():
-                return
+        if self.state is not State.CLOSED:
+            self._frames(self._in)
+
+    def _frames(self, buf: bytes | bytearray) -> None:
+        """Parse the frames in ``buf`` (the buffer, or a chunk just read); keep the rest."""
+        pos = 0
+        while self.state in (State.CONFIRMING, State.OPEN) and len(buf) - pos >= _HEADER.size:
+            end = self._frame(buf, pos)
+            if end is None:
+                break
+            pos = end
+        if self.state is State.CLOSED:
+            return
+        if buf is self._in:
+            del self._in[:pos]  # once per call, however many frames
+        else:
+            self._in = bytearray(memoryview(buf)[pos:])
 
     def _handshake_step(self, message: bytes) -> None:
         payload = self._hs.read_message(message)
@@ -383,15 +410,15 @@ class LinkCore:
         self.state = State.OPEN
         self._events.append(Opened(self.remote))
 
-    def _frame(self) -> bool:
-        """Parse one frame if it is all here; False when more bytes are needed."""
+    def _frame(self, buf: bytes | bytearray, pos: int) -> int | None:
+        """Parse the frame at ``buf[pos:]``: where it ends, or None if it is not all here."""
         assert self._recv is not None
-        length, counter = _HEADER.unpack_from(self._in)
+        length, counter, ftype = _HEADER.unpack_from(buf, pos)
         if length > MAX_MESSAGE:
             raise LinkFrameError(
                 "too-large", f"a frame of {length} bytes is over the limit of {MAX_MESSAGE}"
             )
-        if length < _MIN_CIPHERTEXT:
+        if length < TAGLEN:
             raise LinkFrameError("malformed", f"a frame of {length} bytes is too short")
         expected = self._recv.n
         if counter < expected:
@@ -403,18 +430,23 @@ class LinkCore:
             raise LinkFrameError(
                 "skipped", f"frame {counter} arrived where frame {expected} was due (reordered)"
             )
-        end = _HEADER.size + length
-        if len(self._in) < end:
-            return False
-        header = bytes(self._in[: _HEADER.size])
-        ciphertext = bytes(self._in[_HEADER.size : end])
-        del self._in[:end]
-        plain = self._recv.decrypt_with_ad(header, ciphertext)
-        ftype, body = plain[0], plain[1:]
+        end: int = pos + _HEADER.size + length
+        if len(buf) < end:
+            return None
+        header = bytes(buf[pos : pos + _HEADER.size])
+        # Decrypted straight from the buffer. Both views are released explicitly,
+        # even when decryption fails (a traceback would keep them alive, and the
+        # buffer could not be resized while they are).
+        with memoryview(buf) as view:
+            ciphertext = view[pos + _HEADER.size : end]
+            try:
+                body = self._recv.decrypt_with_ad(header, ciphertext)
+            finally:
+                ciphertext.release()
         if self.state is State.CONFIRMING:
             if ftype == FrameType.READY and not body:
                 self._open()
-                return True
+                return end
             if ftype == FrameType.CLOSE:
                 reason = body.decode("utf-8", "replace")
                 raise HandshakeError(f"the peer refused the link: {reason}")
@@ -426,4 +458,4 @@ class LinkCore:
             self._finish(None, reason or "closed by the peer")
         else:
             raise LinkFrameError("malformed", f"unexpected frame type {ftype} ({len(body)} bytes)")
-        return True
+        return end

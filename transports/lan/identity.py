@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as _dt
 import hashlib
 import hmac
 import logging
 import os
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,11 +155,16 @@ def _read_private(path: Path, what: str) -> str:
 
 
 def _write_private(path: Path, text: str, what: str) -> None:
-    """Create ``path`` with ``text``, mode 0600; never replaces an existing file."""
+    """Create ``path`` with ``text``, mode 0600; never replaces an existing file.
+
+    The file appears complete or not at all: it is written under a temporary
+    name and then hard-linked into place (``link`` fails if the name exists), so
+    a process that starts at the same moment never reads half a key.
+    """
+    if path.exists():
+        raise KeyFileError(f"{what} {path} exists; not overwriting it")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        raise KeyFileError(f"{what} {path} exists; not overwriting it") from None
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
     except OSError as exc:
         raise KeyFileError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
     try:
@@ -166,9 +173,14 @@ def _write_private(path: Path, text: str, what: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        raise KeyFileError(f"{what} {path} exists; not overwriting it") from None
     except OSError as exc:
-        path.unlink(missing_ok=True)
         raise KeyFileError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def _b64decode(text: str, *, urlsafe: bool) -> bytes:

@@ -50,7 +50,7 @@ __all__ = ["LanAddress", "LanConnection", "LanListener", "LanTransport", "parse_
 
 logger = logging.getLogger("crdtsync.lan")
 
-_READ_SIZE = 64 << 10
+_READ_SIZE = 256 << 10
 _FINGERPRINT = re.compile(r"[a-z2-7]{32}")
 
 

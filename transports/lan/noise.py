@@ -127,15 +127,15 @@ class CipherState:
             raise TransportError("the link's nonces are used up; it must be re-established")
         return b"\x00\x00\x00\x00" + self.n.to_bytes(8, "little")
 
-    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | memoryview) -> bytes:
         """Encrypt with nonce ``n`` and associated data ``ad``, then count one more."""
         if self._aead is None:
-            return plaintext
+            return bytes(plaintext)
         out = self._aead.encrypt(self._nonce(), plaintext, ad)
         self.n += 1
         return out
 
-    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes | memoryview) -> bytes:
         """Decrypt with nonce ``n``; the nonce advances only on success.
 
         Raises:
@@ -143,7 +143,7 @@ class CipherState:
                 ``ad`` is not what was encrypted.
         """
         if self._aead is None:
-            return ciphertext
+            return bytes(ciphertext)
         try:
             out = self._aead.decrypt(self._nonce(), ciphertext, ad)
         except InvalidTag:
