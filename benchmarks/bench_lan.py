@@ -142,9 +142,8 @@ async def main() -> None:
     print(f"| Noise XXpsk3 handshake, no sockets (median of {args.handshakes}) | {raw:.2f} ms |")
     print(f"| LAN link connect on 127.0.0.1, median | {p50:.2f} ms |")
     print(f"| LAN link connect on 127.0.0.1, p99 | {p99:.2f} ms |")
-    print(
-        f"| encrypted link throughput ({args.megabytes} MiB, best of {args.runs}) | {lan:.0f} MiB/s |"
-    )
+    what = f"encrypted link throughput ({args.megabytes} MiB, best of {args.runs})"
+    print(f"| {what} | {lan:.0f} MiB/s |")
     print(f"| plain TCP, same asyncio streams | {tcp:.0f} MiB/s |")
     print(f"| ratio encrypted / plain | {lan / tcp:.2f} |")
 
