@@ -29,7 +29,7 @@ PROXY = str(HERE / "proxy.py")
 WAIT = 60.0  # seconds allowed for a whole lab to reach what a test waits for
 
 _why = unavailable()
-pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_why is not None, reason=_why or "")]
 
 
 class Node:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+from crdtsync.transports import Connection, Transport
 from crdtsync.transports.lan import (
     DeviceIdentity,
     GroupKey,
@@ -73,6 +74,7 @@ async def serving(transport: LanTransport) -> AsyncIterator[Server]:
 
 
 async def test_check_transport(group: GroupKey) -> None:
+    assert isinstance(LanTransport(DeviceIdentity.generate(), group), Transport)
     await check_transport(
         lambda: (
             LanTransport(DeviceIdentity.generate(), group),
@@ -92,6 +94,8 @@ async def test_both_ends_know_who_the_other_is(
             f"lan://{bob.fingerprint}@{addr.host}:{addr.port}"
         )
         conn = await asyncio.wait_for(server.accepted.get(), STEP)
+        assert isinstance(client, Connection)
+        assert isinstance(conn, Connection)
         assert client.remote_identity.public_key == bob.public_key
         assert client.remote_identity.fingerprint == bob.fingerprint
         assert conn.remote_identity.fingerprint == alice.fingerprint
