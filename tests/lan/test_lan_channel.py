@@ -218,3 +218,16 @@ def test_a_flipped_bit_anywhere_is_never_delivered(data: st.DataObject) -> None:
     assert want.startswith(delivered)
     assert b2.state is State.CLOSED
     assert b2.error is not None
+
+
+def test_hellos_cross_under_the_group_keys() -> None:
+    a = LinkCore(initiator=True, identity=A, group=GROUP, hello=b"from a")
+    b = LinkCore(initiator=False, identity=B, group=GROUP, hello=b"from b" * 40)
+    _shuttle(a, b)
+    (ea,), (eb,) = a.events_received(), b.events_received()
+    assert isinstance(ea, Opened)
+    assert ea.hello == b"from b" * 40
+    assert isinstance(eb, Opened)
+    assert eb.hello == b"from a"
+    with pytest.raises(LocalProtocolError):
+        LinkCore(initiator=True, identity=A, group=GROUP, hello=b"x" * 257)

@@ -87,10 +87,10 @@ async def test_check_transport(group: GroupKey) -> None:
 async def test_both_ends_know_who_the_other_is(
     group: GroupKey, alice: DeviceIdentity, bob: DeviceIdentity
 ) -> None:
-    async with serving(LanTransport(bob, group)) as server:
+    async with serving(LanTransport(bob, group, hello=b"bob-1")) as server:
         addr = parse_address(server.address)
         # Naming the right fingerprint works the same as naming none.
-        client = await LanTransport(alice, group).connect(
+        client = await LanTransport(alice, group, hello=b"alice-7").connect(
             f"lan://{bob.fingerprint}@{addr.host}:{addr.port}"
         )
         conn = await asyncio.wait_for(server.accepted.get(), STEP)
@@ -100,6 +100,8 @@ async def test_both_ends_know_who_the_other_is(
         assert client.remote_identity.fingerprint == bob.fingerprint
         assert conn.remote_identity.fingerprint == alice.fingerprint
         assert client.handshake_hash == conn.handshake_hash
+        assert client.remote_hello == b"bob-1"
+        assert conn.remote_hello == b"alice-7"
         assert client.remote_address == f"lan://127.0.0.1:{addr.port}"
         await client.close()
 

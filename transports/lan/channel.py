@@ -13,7 +13,8 @@ Wire format (all integers big-endian)::
     initiator -> responder   preamble: b"CRDTLAN" + version (1 byte, = 1)
     handshake, 3 messages    length (u16, at most 1024) + Noise message
                              Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s, prologue = the preamble,
-                             psk = GroupKey.psk, payloads empty
+                             psk = GroupKey.psk; payloads empty but message 3's,
+                             which is the initiator's hello (0 to 256 bytes)
     then both ways, frames   length (u32, 16..65535: the ciphertext's size)
                              counter (u64: the frame's number in its direction, from 0)
                              type (u8)
@@ -21,13 +22,19 @@ Wire format (all integers big-endian)::
                                           associated data = the 13 header bytes, plaintext = body)
 
 Frame types: ``DATA`` (0, body 1 to 65519 bytes: session bytes), ``CLOSE`` (1,
-body a UTF-8 reason of at most 256 bytes: the link ends), ``READY`` (2, empty:
-the responder's first frame). The type travels in the clear but authenticated
+body a UTF-8 reason of at most 256 bytes: the link ends), ``READY`` (2, body
+the responder's hello, 0 to 256 bytes: the responder's first frame). The type travels in the clear but authenticated
 (it is associated data), so the body is encrypted in place, without a copy.
 The counter is the Noise nonce made explicit: a frame whose counter is not the
 next one is refused before decryption and named (``replayed`` when it goes
 back, ``skipped`` when it jumps ahead), and one whose header or ciphertext was
 altered fails authentication (``tampered``).
+
+A **hello** is a few opaque bytes each side hands the other during the
+handshake (``LinkCore(hello=...)``, :attr:`Opened.hello`), for the layer above:
+e.g. a per-process incarnation id, so that a restarted peer's new link can
+replace its old one at once. Both hellos travel under keys that include the
+group psk (message 3's payload, the READY body), so no non-member reads them.
 
 States::
 
@@ -67,6 +74,7 @@ from .noise import MAX_MESSAGE, TAGLEN, CipherState, HandshakeState
 __all__ = [
     "MAX_BODY",
     "MAX_HANDSHAKE_MESSAGE",
+    "MAX_HELLO",
     "PREAMBLE",
     "VERSION",
     "Closed",
@@ -85,7 +93,9 @@ VERSION = 1
 _MAGIC = b"CRDTLAN"
 #: What the initiator sends first (also the Noise prologue).
 PREAMBLE = _MAGIC + bytes([VERSION])
-#: Largest handshake message accepted (ours are at most 112 bytes).
+#: Largest hello (see the module docstring).
+MAX_HELLO = 256
+#: Largest handshake message accepted (ours are at most 112 + 256 bytes).
 MAX_HANDSHAKE_MESSAGE = 1024
 _HEADER = struct.Struct(">IQB")
 _HS_LEN = struct.Struct(">H")
@@ -113,9 +123,15 @@ class State(enum.Enum):
 
 @dataclass(frozen=True)
 class Opened:
-    """The handshake finished: ``remote`` proved its key and the group key."""
+    """The handshake finished: ``remote`` proved its key and the group key.
+
+    Attributes:
+        remote: the peer's proven device key.
+        hello: the peer's hello bytes (empty if it sent none).
+    """
 
     remote: RemoteIdentity
+    hello: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -155,7 +171,11 @@ class LinkCore:
             sent; raises :class:`PeerIdentityError` to refuse the peer (a
             fingerprint that does not match its announcement, a device not on
             the allow-list). A peer reaching itself is always refused.
+        hello: bytes for the peer's :attr:`Opened.hello` (at most 256).
         ephemeral: a fixed ephemeral private key, for tests only.
+
+    Raises:
+        LocalProtocolError: a hello over 256 bytes.
     """
 
     def __init__(
@@ -165,10 +185,15 @@ class LinkCore:
         identity: DeviceIdentity,
         group: GroupKey,
         verify: Verify | None = None,
+        hello: bytes = b"",
         ephemeral: bytes | None = None,
     ) -> None:
-        # Which end we are.
+        if len(hello) > MAX_HELLO:
+            raise LocalProtocolError(f"a hello is at most {MAX_HELLO} bytes")
+        # Which end we are; what we tell the peer; what it told us.
         self.initiator = initiator
+        self._hello = bytes(hello)
+        self._remote_hello = b""
         self._identity = identity
         self._verify = verify
         self._hs = HandshakeState(
@@ -321,8 +346,8 @@ class LinkCore:
         self._queue(header)
         self._queue(self._send.encrypt_with_ad(header, body))
 
-    def _write_handshake(self) -> None:
-        message = self._hs.write_message(b"")
+    def _write_handshake(self, payload: bytes = b"") -> None:
+        message = self._hs.write_message(payload)
         self._queue(_HS_LEN.pack(len(message)) + message)
 
     def _parse(self) -> None:
@@ -370,8 +395,12 @@ class LinkCore:
 
     def _handshake_step(self, message: bytes) -> None:
         payload = self._hs.read_message(message)
-        if payload:
-            raise HandshakeError("handshake payloads must be empty in link version 1")
+        if self._hs.complete:  # message 3: the initiator's hello
+            if len(payload) > MAX_HELLO:
+                raise HandshakeError(f"a hello of {len(payload)} bytes is over {MAX_HELLO}")
+            self._remote_hello = payload
+        elif payload:
+            raise HandshakeError("handshake messages 1 and 2 carry no payload in link version 1")
         rs = self._hs.remote_static
         carries_static = (self.initiator and self._hs.my_turn) or self._hs.complete
         if carries_static and self.remote is None:
@@ -391,12 +420,12 @@ class LinkCore:
                     raise PeerIdentityError(str(exc)) from exc
             self.remote = remote
         if self.initiator:
-            self._write_handshake()
+            self._write_handshake(self._hello)
             self._split()
             self.state = State.CONFIRMING
         elif self._hs.complete:
             self._split()
-            self._seal(FrameType.READY, b"")
+            self._seal(FrameType.READY, self._hello)
             self._open()
         else:
             self._write_handshake()
@@ -408,7 +437,7 @@ class LinkCore:
     def _open(self) -> None:
         assert self.remote is not None
         self.state = State.OPEN
-        self._events.append(Opened(self.remote))
+        self._events.append(Opened(self.remote, self._remote_hello))
 
     def _frame(self, buf: bytes | bytearray, pos: int) -> int | None:
         """Parse the frame at ``buf[pos:]``: where it ends, or None if it is not all here."""
@@ -444,7 +473,8 @@ class LinkCore:
             finally:
                 ciphertext.release()
         if self.state is State.CONFIRMING:
-            if ftype == FrameType.READY and not body:
+            if ftype == FrameType.READY and len(body) <= MAX_HELLO:
+                self._remote_hello = body
                 self._open()
                 return end
             if ftype == FrameType.CLOSE:

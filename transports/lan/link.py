@@ -38,12 +38,13 @@ from urllib.parse import urlsplit
 from crdtsync.errors import (
     ConnectionClosedError,
     HandshakeError,
+    LocalProtocolError,
     PeerIdentityError,
     TransportError,
 )
 
 from ..base import Handler  # noqa: TID252 (transports/ installs as crdtsync.transports)
-from .channel import Closed, Data, LinkCore, Opened
+from .channel import MAX_HELLO, Closed, Data, LinkCore, Opened
 from .identity import DeviceIdentity, GroupKey, RemoteIdentity
 
 __all__ = ["LanAddress", "LanConnection", "LanListener", "LanTransport", "parse_address"]
@@ -146,8 +147,9 @@ class LanConnection:
         self._write_limit = write_limit
         # Data received and not yet returned by recv().
         self._pending: collections.deque[bytes] = collections.deque()
-        # Set once the core said Opened / Closed.
+        # Set once the core said Opened / Closed (with the peer's hello).
         self._opened = False
+        self._remote_hello = b""
         self._closed: Closed | None = None
         # Called once when the link ends (the transport forgets it).
         self._on_close = on_close
@@ -187,6 +189,11 @@ class LanConnection:
         """The device key the peer proved in the handshake."""
         assert self._core.remote is not None  # only handed out once open
         return self._core.remote
+
+    @property
+    def remote_hello(self) -> bytes:
+        """The hello bytes the peer's transport sent (``LanTransport(hello=...)``)."""
+        return self._remote_hello
 
     @property
     def handshake_hash(self) -> bytes:
@@ -287,6 +294,7 @@ class LanConnection:
         for event in self._core.events_received():
             if isinstance(event, Opened):
                 self._opened = True
+                self._remote_hello = event.hello
             elif isinstance(event, Data):
                 self._pending.append(event.data)
             else:
@@ -357,6 +365,9 @@ class LanTransport:
         write_limit: bytes buffered for writing before ``send`` waits.
         max_handshakes: handshakes a listener runs at once; connections beyond
             are closed at once (a flood of TCP connections costs little).
+        hello: up to 256 bytes every link hands the peer in the handshake
+            (:attr:`LanConnection.remote_hello`), for the layer above: e.g. an
+            incarnation id, so that a restarted peer's link replaces its old one.
     """
 
     def __init__(
@@ -369,8 +380,12 @@ class LanTransport:
         connect_timeout: float = 10.0,
         write_limit: int = 256 << 10,
         max_handshakes: int = 64,
+        hello: bytes = b"",
     ) -> None:
+        if len(hello) > MAX_HELLO:
+            raise LocalProtocolError(f"a hello is at most {MAX_HELLO} bytes")
         self.identity = identity
+        self.hello = bytes(hello)
         self.group = group
         self._allowed: frozenset[str] | None = None if allowed is None else frozenset(allowed)
         self.handshake_timeout = handshake_timeout
@@ -456,6 +471,7 @@ class LanTransport:
             identity=self.identity,
             group=self.group,
             verify=self._verifier(where.fingerprint, shown),
+            hello=self.hello,
         )
         conn = await LanConnection.establish(
             core,
@@ -498,6 +514,7 @@ class LanTransport:
                 identity=self.identity,
                 group=self.group,
                 verify=self._verifier(None, remote),
+                hello=self.hello,
             )
             self._handshaking += 1
             try:
