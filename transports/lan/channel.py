@@ -23,8 +23,9 @@ Wire format (all integers big-endian)::
 
 Frame types: ``DATA`` (0, body 1 to 65519 bytes: session bytes), ``CLOSE`` (1,
 body a UTF-8 reason of at most 256 bytes: the link ends), ``READY`` (2, body
-the responder's hello, 0 to 256 bytes: the responder's first frame). The type travels in the clear but authenticated
-(it is associated data), so the body is encrypted in place, without a copy.
+the responder's hello, 0 to 256 bytes: the responder's first frame). The type
+travels in the clear but authenticated (it is associated data), so the body is
+encrypted in place, without a copy.
 The counter is the Noise nonce made explicit: a frame whose counter is not the
 next one is refused before decryption and named (``replayed`` when it goes
 back, ``skipped`` when it jumps ahead), and one whose header or ciphertext was
