@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import signal
 import sys
 from typing import Any
@@ -40,7 +41,11 @@ async def main() -> None:
     parser.add_argument("--ip", required=True, help="this host's interface address")
     parser.add_argument("--link", action="store_true", help="link to every member heard of")
     parser.add_argument("--peer", action="append", default=[], help="a manual lan:// address")
+    parser.add_argument("--jitter", type=float, default=0.0, help="wait up to this long first")
     args = parser.parse_args()
+    if args.jitter:
+        # A random start, as machines on a LAN come up (part of what the lab tests).
+        await asyncio.sleep(random.uniform(0, args.jitter))
 
     me = DeviceIdentity.load_or_create(args.identity)
     group = GroupKey.load(args.key_file)
