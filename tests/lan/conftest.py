@@ -1,20 +1,16 @@
-"""Fixtures of the LAN tests: an asyncio backend, keys, and the shared helpers' folder."""
+"""Fixtures of the LAN tests: an asyncio backend, keys, and a garbage check per test.
+
+The helpers beside these tests (``netns.py``, ``proxy.py``, ``lab_nodes.py``)
+import by their bare names: pytest puts this folder on ``sys.path``.
+"""
 
 from __future__ import annotations
 
 import gc
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-# tests/ (waiting.py, ...) importable when tests/lan runs on its own.
-_TESTS = str(Path(__file__).resolve().parents[1])
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
-
-from crdtsync.transports.lan import DeviceIdentity, GroupKey  # noqa: E402
+from crdtsync.transports.lan import DeviceIdentity, GroupKey
 
 
 @pytest.fixture
