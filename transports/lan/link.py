@@ -202,7 +202,7 @@ class LanConnection:
         return self._core.handshake_hash
 
     async def send(self, data: bytes) -> None:
-        """Send ``data`` (in frames of at most 65518 bytes); waits while the buffer is full.
+        """Send ``data`` (in frames of at most 65519 bytes); waits while the buffer is full.
 
         Raises:
             ConnectionClosedError: the link is closed.
