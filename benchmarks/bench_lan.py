@@ -11,7 +11,7 @@ server share a core: the figures are what one core does for both ends).
   and the raw Noise handshake alone (``HandshakeState`` pair, no sockets).
 * Throughput: ``--megabytes`` MiB sent in 64 KiB ``send`` calls, received and
   counted on the other end, over (a) a LAN link (ChaCha20-Poly1305 frames of at
-  most 65518 bytes) and (b) the same asyncio streams without the link (plain
+  most 65519 bytes) and (b) the same asyncio streams without the link (plain
   TCP). Best of ``--runs``; the ratio is encrypted / plain.
 """
 
