@@ -7,6 +7,9 @@
     crdtsync secret --out relay.key
     crdtsync cat notes.db                # the documents a store holds
     crdtsync cat notes.db shopping       # one of them, as JSON
+    crdtsync lan-key --out team.key
+    crdtsync lan-invite --key-file team.key [--code --listen 0.0.0.0:0]
+    crdtsync lan-join --out team.key (--invite STRING | --code 4081-7723 --address HOST:PORT)
     crdtsync --version
 
 Every option of ``crdtsync relay`` is generated from the fields of
@@ -498,6 +501,148 @@ def _cat(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- LAN group keys and pairing (the `lan` extra) --------------------------------------
+
+
+def _lan(name: str) -> Any:
+    """A module of crdtsync.transports.lan, or exit 1 saying which extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"crdtsync.transports.lan.{name}")
+    except ImportError as exc:
+        print(
+            f"crdtsync: the LAN commands need the lan extra (pip install 'crdtsync[lan]'): {exc}",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+
+
+def _lan_key(args: argparse.Namespace) -> int:
+    group = _lan("identity").GroupKey.generate()
+    if args.out is None:
+        sys.stdout.write(group.encode())
+        return 0
+    try:
+        group.save(args.out)  # mode 0600; never replaces a key devices already hold
+    except CrdtSyncError as exc:
+        print(f"crdtsync lan-key: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _lan_invite(args: argparse.Namespace) -> int:
+    try:
+        group = _lan("identity").GroupKey.load(args.key_file)
+    except CrdtSyncError as exc:
+        print(f"crdtsync lan-invite: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    pairing = _lan("pairing")
+    if not args.code:
+        print(pairing.make_invite(group))
+        print(
+            "Give this invite only to the new device, over a channel you trust; "
+            "accept it there with: crdtsync lan-join --out team.key --invite INVITE",
+            file=sys.stderr,
+        )
+        return 0
+    host, _, port = args.listen.rpartition(":")
+
+    async def invite() -> str:
+        server = await pairing.serve_pairing(group, host.strip("[]") or "0.0.0.0", int(port))
+        print(f"code: {server.code}", flush=True)
+        print(f"address: {server.address}", flush=True)
+        print(
+            f"On the new device: crdtsync lan-join --out team.key --code {server.code} "
+            f"--address HOST:{server.address.rpartition(':')[2]}  "
+            f"(HOST: this device's LAN address; one attempt, then the code is spent)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return str(await server.wait(args.timeout))
+
+    try:
+        who = asyncio.run(invite())
+    except CrdtSyncError as exc:
+        print(f"crdtsync lan-invite: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    print(f"joined: {who}")
+    return 0
+
+
+def _lan_join(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if (args.invite is None) == (args.code is None):
+        parser.error("give --invite, or --code with --address")
+    if args.code is not None and args.address is None:
+        parser.error("--code needs --address (printed by crdtsync lan-invite --code)")
+    pairing = _lan("pairing")
+    try:
+        if args.invite is not None:
+            group = pairing.read_invite(args.invite)
+        else:
+            group = asyncio.run(pairing.join_pairing(args.address, args.code))
+        group.save(args.out)
+    except CrdtSyncError as exc:
+        print(f"crdtsync lan-join: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    print(f"joined the group: key written to {args.out}")
+    return 0
+
+
+def _listen_address(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
+    return text
+
+
+def _add_lan_commands(
+    commands: Any,  # argparse's _SubParsersAction (a private type)
+) -> dict[str, argparse.ArgumentParser]:
+    lan_key = commands.add_parser(
+        "lan-key",
+        help="make a new LAN group key",
+        description="Write a new random LAN group key (mode 0600; never overwrites), or print it.",
+    )
+    lan_key.add_argument("--out", metavar="FILE", help="file to create (default: print it)")
+
+    invite = commands.add_parser(
+        "lan-invite",
+        help="invite a device into a LAN group",
+        description=(
+            "Print an invite string carrying the group key, or with --code listen "
+            "and show a short code that one new device can use once (SPAKE2)."
+        ),
+    )
+    invite.add_argument("--key-file", type=_file, required=True, metavar="FILE")
+    invite.add_argument("--code", action="store_true", help="pair with a short code instead")
+    invite.add_argument(
+        "--listen",
+        type=_listen_address,
+        default="0.0.0.0:0",
+        metavar="HOST:PORT",
+        help="where to wait for the new device (with --code; default: 0.0.0.0:0)",
+    )
+    invite.add_argument(
+        "--timeout",
+        type=_number(zero=False),
+        default=600.0,
+        metavar="SECONDS",
+        help="how long the code stays valid (default: 600)",
+    )
+
+    join = commands.add_parser(
+        "lan-join",
+        help="join a LAN group with an invite or a code",
+        description="Accept an invite string, or a code shown by lan-invite --code.",
+    )
+    join.add_argument("--out", required=True, metavar="FILE", help="group key file to create")
+    join.add_argument("--invite", metavar="INVITE", help="the invite string")
+    join.add_argument("--code", metavar="CODE", help="the code shown on the inviting device")
+    join.add_argument("--address", metavar="HOST:PORT", help="the inviting device's address")
+    return {"lan-key": lan_key, "lan-invite": invite, "lan-join": join}
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     from crdtsync import __version__
 
@@ -558,7 +703,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     cat.add_argument("store", metavar="STORE", help="the store file (a peer's or relay's .db)")
     cat.add_argument("doc", nargs="?", metavar="DOC", help="the document (default: list them)")
-    return parser, {"relay": relay, "token": token, "secret": secret, "cat": cat}
+    lan = _add_lan_commands(commands)
+    return parser, {"relay": relay, "token": token, "secret": secret, "cat": cat, **lan}
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -583,5 +729,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _secret(args)
     if args.command == "cat":
         return _cat(args)
+    if args.command == "lan-key":
+        return _lan_key(args)
+    if args.command == "lan-invite":
+        return _lan_invite(args)
+    if args.command == "lan-join":
+        return _lan_join(commands["lan-join"], args)
     parser.print_help(sys.stderr)
     return 2

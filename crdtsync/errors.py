@@ -40,8 +40,13 @@ The tree::
     │   └── InvalidRoomError                       a room (document) name the relay refuses (17)
     ├── StoreError                                 a document store failed (I/O, corruption)
     │   └── StoreLockedError                       another process has the store open
+    ├── KeyFileError                               a key file is missing, malformed or not private
+    ├── PairingError                               a pairing failed: wrong code, bad invite, timeout
     └── TransportError (also OSError)              a connection could not be made or broke
-        └── ConnectionClosedError                  send or receive on a closed connection
+        ├── ConnectionClosedError                  send or receive on a closed connection
+        ├── HandshakeError                         a LAN link's key exchange failed (group key...)
+        │   └── PeerIdentityError                  the peer's proven key is not the expected one
+        └── LinkFrameError                         a LAN frame refused: tampered, replayed, cut, big
 
 Errors split like h11's: ``InvalidUpdateError`` is the remote side's fault (the
 document is unchanged), the others are the caller's. Sync sessions split the same
@@ -65,16 +70,21 @@ __all__ = [
     "ErrorCode",
     "ForbiddenWriterError",
     "FrameTooLargeError",
+    "HandshakeError",
     "InvalidOperationError",
     "InvalidRoomError",
     "InvalidUpdateError",
     "InvalidValueError",
+    "KeyFileError",
     "LimitExceededError",
+    "LinkFrameError",
     "LocalProtocolError",
     "MalformedFrameError",
     "MalformedUpdateError",
     "MissingUpdatesError",
+    "PairingError",
     "PeerGoingAwayError",
+    "PeerIdentityError",
     "ProtocolError",
     "ProtocolTimeoutError",
     "ReadOnlyError",
@@ -347,3 +357,45 @@ class TransportError(CrdtSyncError, OSError):
 
 class ConnectionClosedError(TransportError):
     """Sending or receiving on a connection that is closed."""
+
+
+class KeyFileError(CrdtSyncError):
+    """A key file (LAN device identity, group key) is missing, malformed, or readable by others."""
+
+
+class PairingError(CrdtSyncError):
+    """A pairing attempt failed: a wrong code, a malformed invite, or no answer in time."""
+
+
+class HandshakeError(TransportError):
+    """A LAN link's authenticated key exchange failed before any session byte.
+
+    The usual causes: the two sides hold different group keys, the other side is
+    not a crdtsync LAN peer (or a different link version), a handshake message
+    was tampered with, or the handshake did not finish in time.
+    """
+
+
+class PeerIdentityError(HandshakeError):
+    """The peer proved a device key that is not the one expected or allowed.
+
+    Raised when the key does not match the fingerprint its announcement (or a
+    ``lan://FINGERPRINT@host:port`` address) claimed, when the key is not on the
+    allow-list, or when a peer reached itself.
+    """
+
+
+class LinkFrameError(TransportError):
+    """A frame on an established LAN link was refused, and the link closed.
+
+    Attributes:
+        kind: ``"tampered"`` (fails authentication), ``"replayed"`` (a counter
+            already seen: a replay, or frames reordered), ``"skipped"`` (a counter
+            ahead of the next one: frames dropped or reordered), ``"truncated"``
+            (the stream ended inside a frame), ``"too-large"`` (over the frame
+            size limit) or ``"malformed"`` (an unknown frame type or bad layout).
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind

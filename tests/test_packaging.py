@@ -57,6 +57,8 @@ def test_wheel_maps_transports_under_the_package(tmp_path: Path) -> None:
     assert "crdtsync/transports/memory.py" in names
     assert "crdtsync/transports/websocket.py" in names
     assert not [n for n in names if n.startswith("crdtsync/_") and not n.startswith("crdtsync/__")]
+    for module in ("__init__", "identity", "noise", "channel", "link", "discovery", "pairing"):
+        assert f"crdtsync/transports/lan/{module}.py" in names, module
     assert not [n for n in names if n.startswith("transports/")], "no top-level transports package"
     assert "crdtsync/protocol/session.py" in names
     assert "crdtsync/net.py" in names
@@ -74,7 +76,7 @@ def test_wheel_maps_transports_under_the_package(tmp_path: Path) -> None:
     site = next(Path(p) for p in sys.path if p.endswith("site-packages"))
     code = (
         "import sys; sys.path = [p for p in sys.path if 'crdtsync' not in p]; "
-        "import crdtsync.transports.memory as m, crdtsync; "
+        "import crdtsync.transports.memory as m, crdtsync, crdtsync.transports.lan.link; "
         "print(m.__file__); print(crdtsync.__file__)\n"
         "try:\n    import transports\n"
         "except ModuleNotFoundError:\n    print('no top-level transports')"
@@ -91,7 +93,7 @@ def test_wheel_maps_transports_under_the_package(tmp_path: Path) -> None:
 
 def test_editable_install_has_crdtsync_transports_only(tmp_path: Path) -> None:
     code = (
-        "import crdtsync.transports, crdtsync.transports.memory\n"
+        "import crdtsync.transports, crdtsync.transports.memory, crdtsync.transports.lan\n"
         "print(crdtsync.transports.__file__)\n"
         "try:\n    import transports\n"
         "except ModuleNotFoundError:\n    print('no top-level transports')"
