@@ -185,6 +185,8 @@ def _parser_for(field: dataclasses.Field[Any]) -> tuple[Callable[[str], Any], st
         return _file, "FILE"
     if name in ("tls_cert", "tls_key"):
         return _file, "FILE"
+    if kind == "bool":
+        return _flag, "BOOL"
     if name == "idle_unload":
         return _number(zero=True), "SECONDS"
     if kind == "int":
