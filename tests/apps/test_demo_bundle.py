@@ -50,7 +50,9 @@ def test_dependencies_are_pinned_exactly() -> None:
 
 def test_one_yjs_in_the_lockfile_and_in_the_bundle() -> None:
     lock = json.loads((WEB / "package-lock.json").read_text())
-    copies = [p for p in lock["packages"] if p == "node_modules/yjs" or p.endswith("/node_modules/yjs")]
+    copies = [
+        p for p in lock["packages"] if p == "node_modules/yjs" or p.endswith("/node_modules/yjs")
+    ]
     assert copies == ["node_modules/yjs"]
     bundle = (STATIC / "app.js").read_text(encoding="utf-8")
     # Yjs marks the global object when it loads and warns when a second copy does;
@@ -63,8 +65,10 @@ def test_shipped_files() -> None:
     assert {p.name for p in STATIC.iterdir()} == SHIPPED
     html = (STATIC / "index.html").read_text()
     # No inline script or style: the page's Content-Security-Policy refuses them.
-    assert "<script" in html and 'src="app.js"' in html
-    assert "<style" not in html and "style=" not in html
+    assert "<script" in html
+    assert 'src="app.js"' in html
+    assert "<style" not in html
+    assert "style=" not in html
     assert html.count("<script") == 1
     licenses = (STATIC / "licenses.txt").read_text()
     for package in ("yjs", "y-websocket", "y-codemirror.next", "@codemirror/view", "lib0"):
@@ -74,7 +78,9 @@ def test_shipped_files() -> None:
 def test_rebuild_from_the_lockfile_gives_the_same_bytes(tmp_path: Path) -> None:
     npm, node = shutil.which("npm"), shutil.which("node")
     if npm is None or node is None:
-        pytest.skip("npm and node are needed to rebuild the bundle (the shipped one is checked above)")
+        pytest.skip(
+            "npm and node are needed to rebuild the bundle (the shipped one is checked above)"
+        )
     work = tmp_path / "web"
     shutil.copytree(WEB, work, ignore=shutil.ignore_patterns("node_modules"))
     subprocess.run(

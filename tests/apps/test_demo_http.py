@@ -63,7 +63,8 @@ def test_every_file_with_its_type_and_the_policy(path: str) -> None:
 def test_head_has_the_headers_and_no_body() -> None:
     get = demo_page().answer("GET", "/demo/app.js")
     head = demo_page().answer("HEAD", "/demo/app.js")
-    assert get is not None and head is not None
+    assert get is not None
+    assert head is not None
     assert head.status == 200
     assert head.body == b""
     assert headers(head) == headers(get)
@@ -146,14 +147,16 @@ def test_connect_src_is_the_pages_own_host(host: str | None, tls: bool, connect:
 
 
 def test_an_incomplete_install_is_refused() -> None:
-    with pytest.raises(InvalidOperationError, match="app.js"):
+    with pytest.raises(InvalidOperationError, match=r"app\.js"):
         DemoPage({"index.html": b"", "app.css": b""})
 
 
 # -- through the relay ---------------------------------------------------------------------------
 
 
-def raw_request(port: int, method: str, path: str, host: str | None = None) -> tuple[int, dict[str, str], bytes]:
+def raw_request(
+    port: int, method: str, path: str, host: str | None = None
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.putrequest(method, path, skip_host=host is not None)
