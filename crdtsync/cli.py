@@ -1,10 +1,12 @@
-"""The ``crdtsync`` command: run a relay, mint access tokens, make a secret.
+"""The ``crdtsync`` command: run a relay, mint access tokens, make a secret, edit together.
 
 ::
 
     crdtsync relay --host 127.0.0.1 --port 8765 --data relay.db --secret-file relay.key
     crdtsync token --secret-file relay.key --room notes --write --ttl 3600
     crdtsync secret --out relay.key
+    crdtsync demo [--tui]                  # relay + demo page + links (crdtsync.apps.demo)
+    crdtsync edit notes --relay ws://127.0.0.1:8765 --token TOKEN   # terminal editor
     crdtsync --version
 
 Every option of ``crdtsync relay`` is generated from the fields of
@@ -458,7 +460,24 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         description="Write a new random secret (mode 0600; never overwrites), or print it.",
     )
     secret.add_argument("--out", metavar="FILE", help="file to create (default: print it)")
-    return parser, {"relay": relay, "token": token, "secret": secret}
+
+    from crdtsync.apps.demo import command as apps
+
+    demo = commands.add_parser(
+        "demo",
+        help="edit together: a relay with a demo page, links for two browsers and a terminal",
+        description="Start a relay that serves the collaborative-editing demo page; print "
+        "two links and the terminal editor's command. Ctrl-C stops it.",
+    )
+    apps.add_demo_arguments(demo)
+    edit = commands.add_parser(
+        "edit",
+        help="edit a room's text in the terminal",
+        description="The terminal editor on doc.text('body') of a relay room "
+        "(needs pip install 'crdtsync[apps]').",
+    )
+    apps.add_edit_arguments(edit)
+    return parser, {"relay": relay, "token": token, "secret": secret, "demo": demo, "edit": edit}
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -481,5 +500,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _token(commands["token"], args, env)
     if args.command == "secret":
         return _secret(args)
+    if args.command in ("demo", "edit"):
+        from crdtsync.apps.demo import command as apps
+
+        return apps.run_demo(args) if args.command == "demo" else apps.run_edit(args, dict(env))
     parser.print_help(sys.stderr)
     return 2
