@@ -1,4 +1,4 @@
-"""``crdtsync demo`` for real: a subprocess prints its links, serves the page, syncs, stops on Ctrl-C.
+"""``crdtsync demo`` for real: it prints its links, serves the page, syncs, stops on Ctrl-C.
 
 Every wait is for a line of output or a condition, bounded by a timeout.
 """
