@@ -183,6 +183,8 @@ class TextBinding:
         self.reloads = 0
         # The presence state last sent.
         self._published: dict[str, Any] | None = None
+        # The caret offset the last local edit left (None: the caret moved since).
+        self._typed_to: int | None = None
 
     # -- the document ------------------------------------------------------------------
 
@@ -303,12 +305,22 @@ class TextBinding:
         if "\n" in text or "\r" in text:
             assert self.undo_manager is not None
             self.undo_manager.stop_capturing()
+        # Where typing leaves the caret: a selection change elsewhere is a jump.
+        self._typed_to = start + len(text)
         self.shown = self.shown[:start] + text + self.shown[end:]
         self.map = LineMap(self.shown)
         if not self._agrees():
             self.reload()
         self.publish_presence()
         self._on_changed()
+
+    def selection_moved(self) -> None:
+        """The user moved the caret: a jump (not typing) ends the current undo step."""
+        anchor, head = self.selection_offsets()
+        if self.undo_manager is not None and (anchor, head) != (self._typed_to, self._typed_to):
+            self.undo_manager.stop_capturing()
+            self._typed_to = None
+        self.publish_presence()
 
     def undo(self) -> None:
         """Undo this editor's last step (in the document; the widget follows)."""
@@ -420,6 +432,8 @@ class EditorApp(App[None]):
         name: the name others see (default: the login name).
         peer: the Peer to sync with (default: a new one in memory on the WebSocket
             transport; tests pass their own).
+        capture_timeout: seconds of typing one undo step groups (a jump of the
+            caret or a new line always starts a new step).
     """
 
     TITLE = "crdtsync edit"
@@ -440,6 +454,7 @@ class EditorApp(App[None]):
         token: str | None = None,
         name: str | None = None,
         peer: Peer | None = None,
+        capture_timeout: float = 0.5,
     ) -> None:
         super().__init__()
         self.room = room
@@ -452,7 +467,9 @@ class EditorApp(App[None]):
         self.area = EditorArea(
             soft_wrap=True, tab_behavior="indent", show_line_numbers=True, id="editor"
         )
-        self.binding = TextBinding(self.area, self.person, on_changed=self.refresh_status)
+        self.binding = TextBinding(
+            self.area, self.person, on_changed=self.refresh_status, capture_timeout=capture_timeout
+        )
         self.area.binding = self.binding
         self._connecting: asyncio.Task[None] | None = None
         self._unsubscribe: list[Callable[[], None]] = []
@@ -513,8 +530,9 @@ class EditorApp(App[None]):
             self.binding.attach(doc)
 
     def _on_status(self, status: Status) -> None:
-        if status.kind == "error" and status.doc not in (None, self.room):
-            return
+        if status.kind == "error" and status.doc == self.room:
+            # The relay refused the room (the token does not name it, say).
+            self.state = f"refused: {status.reason}"
         self.refresh_status()
 
     def _on_presence(self, name: str, change: AwarenessChange) -> None:
@@ -524,7 +542,7 @@ class EditorApp(App[None]):
     def on_text_area_selection_changed(self, message: TextArea.SelectionChanged) -> None:
         """The caret moved: tell the others."""
         if not self.binding.applying:
-            self.binding.publish_presence()
+            self.binding.selection_moved()
 
     def refresh_status(self) -> None:
         """Redraw the status lines."""

@@ -128,7 +128,8 @@ async def test_remote_inserts_before_the_caret_keep_it_on_its_character(tmp_path
 async def test_undo_and_redo_act_on_the_document_and_only_on_own_edits(tmp_path: Path) -> None:
     async with room(tmp_path) as (relay, _peer, doc, token):
         body = doc.text("body")
-        app = EditorApp(ROOM, relay.url, token=token, name="tom")
+        # Undo steps end only at caret jumps (not after a time): the test knows them.
+        app = EditorApp(ROOM, relay.url, token=token, name="tom", capture_timeout=600)
         async with app.run_test(size=(100, 30)) as pilot:
             await synced(app)
             await pilot.press(*"mine ")
@@ -231,3 +232,17 @@ def test_line_map_is_exact_for_every_line_break() -> None:
             assert m.location(m.index((row, col))) == (row, col)
     assert LineMap("x\n").lines == ["x", ""]
     assert LineMap("").lines == [""]
+
+
+async def test_refusals_show_in_the_status_line(tmp_path: Path) -> None:
+    async with running_relay(tmp_path, secret=SECRET) as relay:
+        forged = mint_token(b"not-the-relay-secret-0123456789ab", ROOM, write=True, ttl=60)
+        app = EditorApp(ROOM, relay.url, token=forged, name="tom")
+        async with app.run_test(size=(100, 30)):
+            await eventually(lambda: app.state.startswith("refused"), what="the bad token")
+            assert "refused" in str(app.query_one("#status").render())
+        other_room = mint_token(SECRET, "elsewhere", write=True, ttl=60)
+        app = EditorApp(ROOM, relay.url, token=other_room, name="tom")
+        async with app.run_test(size=(100, 30)):
+            await eventually(lambda: app.state.startswith("refused"), what="the room refusal")
+            assert str((await relay.peer.open(ROOM)).text("body")) == ""

@@ -1,4 +1,4 @@
-"""Smoke test of the real ``crdtsync edit`` command in a terminal (tmux), on a ``crdtsync demo`` relay.
+"""Smoke test of the real ``crdtsync edit`` in a terminal (tmux), on a ``crdtsync demo`` relay.
 
 tmux gives the editor a real pseudo-terminal: keys go in with ``send-keys``, the
 screen comes out with ``capture-pane``. A Python peer in the same room checks what

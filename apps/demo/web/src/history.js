@@ -1,7 +1,8 @@
 // Versions of the text as this tab saw them: every update the document received (typed
 // here or arriving from the relay) is kept in arrival order, which is always a causal
 // order, so replaying a prefix of them into a fresh Y.Doc gives the document exactly as it
-// was at that moment. Bursts of updates (less than GAP_MS apart) make one version.
+// was at that moment. Bursts of updates by the same people (less than GAP_MS apart) make
+// one version.
 // Restoring a version writes the difference as one new edit, which syncs and can be
 // undone like typing.
 import * as Y from 'yjs';
@@ -25,6 +26,8 @@ export class History {
     this.ends = [];
     this.cache = new Map();
     this.listeners = new Set();
+    // Who wrote the latest update that wrote something (client ids, sorted).
+    this.writers = '';
     session.doc.on('update', (update) => this.record(update));
   }
 
@@ -34,7 +37,11 @@ export class History {
     const clients = new Set([...meta.to].filter(([c, clock]) => clock > (meta.from.get(c) ?? 0)).map(([c]) => c));
     const last = this.entries[this.entries.length - 1];
     this.entries.push({ update, time, clients });
-    if (last && time - last.time < GAP_MS && this.ends.length) {
+    // A new version after a pause, or when someone else starts writing.
+    const writers = [...clients].sort().join(' ');
+    const otherWriters = writers !== '' && this.writers !== '' && writers !== this.writers;
+    if (writers !== '') this.writers = writers;
+    if (last && time - last.time < GAP_MS && !otherWriters && this.ends.length) {
       this.ends[this.ends.length - 1] = this.entries.length - 1;
     } else {
       this.ends.push(this.entries.length - 1);

@@ -93,6 +93,9 @@ function openPane(name) {
       },
       people: () => [...people.children].map((c) => c.textContent),
       carets: () => [...root.querySelectorAll('.rc-caret')].map((c) => c.dataset.name),
+      caretPositions: () =>
+        [...root.querySelectorAll('.rc-caret')].map((c) => ({ name: c.dataset.name, pos: view.posAtDOM(c) })),
+      cursor: () => view.state.selection.main.head,
       setOnline: (on) => session.setOnline(on),
       undo: () => undoManager.undo() !== null,
     },
