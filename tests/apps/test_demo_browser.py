@@ -29,7 +29,7 @@ from demo_browser import DemoPage, chromium, keep_screenshot, open_page
 from relay_helpers import YClient, running_relay, ws_peer
 from waiting import eventually
 
-from crdtsync.apps.editor import EditorApp
+from crdtsync.apps.editor import EditorApp, color_for
 from crdtsync.positions import relative_position
 from crdtsync.relay import Relay, mint_token
 from crdtsync.relay.tokens import generate_secret
@@ -108,7 +108,7 @@ async def test_two_pages_and_a_peer_type_concurrently_into_one_paragraph(tmp_pat
         peer.set_presence(
             "notes",
             {
-                "user": {"name": "carol", "color": "#2b8a3e"},
+                "user": {"name": "carol", "color": color_for("carol")},
                 "cursor": {"anchor": caret, "head": caret},
             },
         )

@@ -1,6 +1,6 @@
 // The demo page: one or two editors on one room of the relay that serves this page, who is
 // here, connection state, an offline switch, edit counters and a version history.
-// See apps/demo/README.md for the layout of the code, and docs/DEMO.md for the whole demo.
+// See apps/demo/README.md for the layout of the code and docs/DEMO.md for the whole demo.
 import { safeColor, safeName, slotFor } from './colors.js';
 import { createEditor } from './editor.js';
 import { History } from './history.js';
