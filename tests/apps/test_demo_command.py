@@ -129,3 +129,15 @@ async def test_the_page_of_a_demo_relay_reaches_a_room_named_demo(tmp_path: Path
         finally:
             await other.ws.close()
         assert await demo.stop() == 0
+
+
+def test_edit_refuses_a_bad_room_or_relay(capsys: pytest.CaptureFixture[str]) -> None:
+    from crdtsync.cli import main
+
+    assert main(["edit", "../x", "--relay", "ws://127.0.0.1:1"]) == 2
+    assert "room name" in capsys.readouterr().err
+    assert main(["edit", "notes", "--relay", "http://127.0.0.1:1"]) == 2
+    assert "ws://" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["edit", "notes"])
+    assert exc.value.code == 2

@@ -128,3 +128,36 @@ async def test_crdtsync_edit_in_a_real_terminal(tmp_path: Path, tmux: Tmux) -> N
             tmux("send-keys", "-t", "edit", "C-q")
             await eventually(lambda: not tmux.alive(), what="the editor to quit")
         assert await demo.stop() == 0
+
+
+async def test_crdtsync_demo_tui_opens_the_editor_and_stops_with_it(
+    tmp_path: Path, tmux: Tmux
+) -> None:
+    from crdtsync.relay import mint_token
+    from crdtsync.relay.tokens import load_secret
+
+    data = tmp_path / "data"
+    command = shlex.join(
+        [sys.executable, "-m", "crdtsync", "demo", "--tui", "--port", "0", "--data", str(data)]
+        + ["--name", "dora"]
+    )
+    tmux("new-session", "-d", "-s", "edit", "-x", "100", "-y", "24", "-e", "TERM=xterm-256color")
+    # Run through the shell of the session, so its last words stay on screen after it ends.
+    tmux("send-keys", "-t", "edit", "-l", command + "; echo demo-exit=$?")
+    tmux("send-keys", "-t", "edit", "Enter")
+    await eventually(
+        lambda: "synced" in tmux.screen() and "dora" in tmux.screen(),
+        timeout=30,
+        what="the demo's editor",
+    )
+    url = next(word for word in tmux.screen().split() if word.startswith("ws://127.0.0.1:"))
+    token = mint_token(load_secret(data / "relay.key"), "notes", write=True, ttl=60)
+    async with ws_peer() as peer:
+        doc = await peer.open("notes")
+        await peer.connect(url, token=token)
+        tmux("send-keys", "-t", "edit", "-l", "from the demo's own editor")
+        await eventually(lambda: str(doc.text("body")) == "from the demo's own editor")
+    # Quitting the editor stops the demo, cleanly.
+    tmux("send-keys", "-t", "edit", "C-q")
+    await eventually(lambda: "demo-exit=0" in tmux.screen(), timeout=30, what="a clean exit")
+    assert "crdtsync demo: stopped" in tmux.screen()

@@ -3,10 +3,11 @@
 ``crdtsync demo`` starts a relay on 127.0.0.1 that also serves the demo page
 (:mod:`crdtsync.apps.demo.http`), with its rooms in an SQLite file in a data folder
 (printed; kept between runs, with the relay's secret, so earlier links keep
-working), mints access tokens, and prints two links (``ana`` and ``bob``) and the
-command that opens the terminal editor on the same room. ``--tui`` opens the
-terminal editor right there, in the same process. Ctrl-C (or quitting the
-editor) stops everything: connections are closed, the store is flushed.
+working, and the relay's warnings in ``relay.log``), mints access tokens, and
+prints two links (``ana`` and ``bob``) and the command that opens the terminal
+editor on the same room. ``--tui`` opens the terminal editor right there, in the
+same process. Ctrl-C (or quitting the editor) stops everything: connections are
+closed, the store is flushed.
 
 ``crdtsync edit ROOM --relay ws://HOST:PORT [--token TOKEN] [--name NAME]`` opens
 the terminal editor (:mod:`crdtsync.apps.editor`) on a room of any crdtsync relay.
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import shlex
 import signal
@@ -151,6 +153,22 @@ _NO_TEXTUAL = "{cmd}: the terminal editor needs Textual: pip install 'crdtsync[a
 
 
 async def _demo(args: argparse.Namespace, folder: Path, secret: bytes, out: TextIO) -> int:
+    # The relay's warnings go to a file in the data folder: the terminal is for the
+    # links (and, with --tui, for the editor, which a log line would garble).
+    handler = logging.FileHandler(folder / "relay.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("crdtsync")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    try:
+        return await _serve_demo(args, folder, secret, out)
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+async def _serve_demo(args: argparse.Namespace, folder: Path, secret: bytes, out: TextIO) -> int:
     from crdtsync.relay import Relay, RelayConfig, mint_token
 
     config = RelayConfig(
