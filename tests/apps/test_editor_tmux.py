@@ -137,10 +137,8 @@ async def test_crdtsync_demo_tui_opens_the_editor_and_stops_with_it(
     from crdtsync.relay.tokens import load_secret
 
     data = tmp_path / "data"
-    command = shlex.join(
-        [sys.executable, "-m", "crdtsync", "demo", "--tui", "--port", "0", "--data", str(data)]
-        + ["--name", "dora"]
-    )
+    demo = ["demo", "--tui", "--port", "0", "--data", str(data), "--name", "dora"]
+    command = shlex.join([sys.executable, "-m", "crdtsync", *demo])
     tmux("new-session", "-d", "-s", "edit", "-x", "100", "-y", "24", "-e", "TERM=xterm-256color")
     # Run through the shell of the session, so its last words stay on screen after it ends.
     tmux("send-keys", "-t", "edit", "-l", command + "; echo demo-exit=$?")
