@@ -266,6 +266,31 @@ async def test_the_terminal_editor_and_a_page_edit_together(tmp_path: Path) -> N
             await clean(ana)
 
 
+async def test_refusals_show_on_the_page(tmp_path: Path) -> None:
+    async with (
+        running_relay(tmp_path, secret=SECRET, demo=True) as relay,
+        chromium() as browser,
+    ):
+        (await relay.peer.open("notes")).text("body").insert(0, "secret text")
+        forged = mint_token(b"not-the-relay-secret-0123456789ab", "notes", write=True, ttl=60)
+        context = await browser.new_context()
+        page = await context.new_page()
+        await page.goto(f"{http(relay)}/demo/#room=notes&name=eve&token={forged}")
+        await page.wait_for_function(
+            "window.demo && window.demo.panes()[0].state === 'refused'", timeout=20_000
+        )
+        state = await page.locator(".pane .state").first.text_content()
+        assert state is not None
+        assert state.startswith("refused (4401")
+        assert await page.evaluate("window.demo.panes()[0].text()") == ""
+        # A room name the relay would refuse is refused by the page itself (a new
+        # fragment reloads the page).
+        await page.goto(f"{http(relay)}/demo/#room=../x&name=eve")
+        await page.wait_for_function(
+            "document.getElementById('panes').textContent.includes('not valid')", timeout=20_000
+        )
+
+
 # -- the relay killed under open pages ---------------------------------------------------------
 
 
