@@ -47,7 +47,6 @@ import contextlib
 import getpass
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from textual.app import App, ComposeResult
@@ -136,13 +135,6 @@ class LineMap:
         row, col = location
         row = max(0, min(row, len(self.lines) - 1))
         return self.starts[row] + max(0, min(col, len(self.lines[row])))
-
-
-@dataclass
-class Peers:
-    """Who else is in the room, for the status line: ``[(name, color, "line:col" | "")]``."""
-
-    others: list[tuple[str, str, str]]
 
 
 class TextBinding:
@@ -356,8 +348,13 @@ class TextBinding:
             self._published = state
             self.publish(state)
 
-    def others(self, states: Mapping[int, Any]) -> Peers:
-        """The other people in ``states`` (presence by client id) and where their carets are."""
+    def others(self, states: Mapping[int, Any]) -> list[tuple[str, str, str]]:
+        """The other people in ``states`` (presence by client id): ``(name, colour, where)``.
+
+        ``where`` is the caret's ``line:column`` when its relative position resolves
+        in this text, else empty. Presence is another client's data: anything
+        malformed is skipped.
+        """
         out = []
         own = self.doc.peer_id if self.doc is not None else None
         for client, state in states.items():
@@ -377,7 +374,7 @@ class TextBinding:
                     where = f"{row + 1}:{col + 1}"
             out.append((name, color_for(name), where))
         out.sort()
-        return Peers(out)
+        return out
 
 
 def _after_delete(offset: int, pos: int, n: int) -> int:
@@ -567,7 +564,7 @@ class EditorApp(App[None]):
         )
         others = []
         if peer is not None and self.room in peer.docs():
-            for who, color, where in self.binding.others(peer.presence(self.room).states).others:
+            for who, color, where in self.binding.others(peer.presence(self.room).states):
                 others.append(f"[{color}]●[/] {_markup(who)}" + (f" {where}" if where else ""))
         self.query_one("#people", Static).update(
             "here: " + ("  ".join(others) if others else "nobody else yet")

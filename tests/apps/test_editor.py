@@ -165,10 +165,13 @@ async def test_line_breaks_textual_would_rewrite_are_kept(tmp_path: Path) -> Non
             app.area.move_cursor((2, 1))  # after "c"
             await pilot.press("Y")
             await eventually(lambda: str(body) == "a\u2028bX\r\ncY")
-            # The peer writes around the \r\n: the editor's rows follow.
+            # The peer writes inside the \r\n: the widget cannot place that insert on
+            # its rows, disagrees with the document, and is reloaded from it.
+            reloads = app.binding.reloads
             body.insert(len("a\u2028bX\r"), "Z")  # splits the \r\n into \r Z \n: four rows
             await eventually(lambda: text_of(app) == "a\u2028bX\rZ\ncY")
             assert list(app.area.document.lines) == ["a", "bX", "Z", "cY"]
+            assert app.binding.reloads == reloads + 1
             # Deleting a line break that is two characters joins the rows, and the
             # document loses exactly those two.
             body.delete(len("a\u2028bX\rZ"), 1)
@@ -209,7 +212,7 @@ async def test_presence_name_colour_and_caret(tmp_path: Path) -> None:
             )
             await eventually(
                 lambda: (
-                    app.binding.others(peer_states(app)).others
+                    app.binding.others(peer_states(app))
                     == [("py", color_for("py"), f"1:{len(str(body)) + 1}")]
                 )
             )
