@@ -106,7 +106,7 @@ _EXPORTS: dict[str, str] = {
 
 # Literal, so that type checkers read it; tests/test_exports.py checks it matches.
 __all__ = [
-    "__version__",
+    "DEFAULT_LIMITS",
     "AuthError",
     "Awareness",
     "AwarenessChange",
@@ -118,7 +118,6 @@ __all__ = [
     "Container",
     "Counter",
     "CrdtSyncError",
-    "DEFAULT_LIMITS",
     "Doc",
     "EngineError",
     "EpochMismatchError",
@@ -176,6 +175,7 @@ __all__ = [
     "Version",
     "VersionMismatchError",
     "YProvider",
+    "__version__",
 ]
 
 

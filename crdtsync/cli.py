@@ -1,4 +1,4 @@
-"""The ``crdtsync`` command: run a relay, mint access tokens, make a secret.
+"""The ``crdtsync`` command: run a relay, mint access tokens, make a secret, edit together.
 
 ::
 
@@ -10,6 +10,8 @@
     crdtsync lan-key --out team.key
     crdtsync lan-invite --key-file team.key [--code --listen 0.0.0.0:0]
     crdtsync lan-join --out team.key (--invite STRING | --code 4081-7723 --address HOST:PORT)
+    crdtsync demo [--tui]                  # relay + demo page + links (crdtsync.apps.demo)
+    crdtsync edit notes --relay ws://127.0.0.1:8765 --token TOKEN   # terminal editor
     crdtsync --version
 
 Every option of ``crdtsync relay`` is generated from the fields of
@@ -203,6 +205,8 @@ def _parser_for(field: dataclasses.Field[Any]) -> tuple[Callable[[str], Any], st
         return _file, "FILE"
     if name in ("tls_cert", "tls_key"):
         return _file, "FILE"
+    if kind == "bool":
+        return _flag, "BOOL"
     if name == "idle_unload":
         return _number(zero=True), "SECONDS"
     if kind == "int":
@@ -704,7 +708,26 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     cat.add_argument("store", metavar="STORE", help="the store file (a peer's or relay's .db)")
     cat.add_argument("doc", nargs="?", metavar="DOC", help="the document (default: list them)")
     lan = _add_lan_commands(commands)
-    return parser, {"relay": relay, "token": token, "secret": secret, "cat": cat, **lan}
+    from crdtsync.apps.demo import command as apps
+
+    demo = commands.add_parser(
+        "demo",
+        help="edit together: a relay with a demo page, links for two browsers and a terminal",
+        description="Start a relay that serves the collaborative-editing demo page; print "
+        "two links and the terminal editor's command. Ctrl-C stops it.",
+    )
+    apps.add_demo_arguments(demo)
+    edit = commands.add_parser(
+        "edit",
+        help="edit a room's text in the terminal",
+        description="The terminal editor on doc.text('body') of a relay room "
+        "(needs pip install 'crdtsync[apps]').",
+    )
+    apps.add_edit_arguments(edit)
+    return parser, {
+        "relay": relay, "token": token, "secret": secret, "cat": cat, "demo": demo, "edit": edit,
+        **lan,
+    }  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -735,5 +758,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _lan_invite(args)
     if args.command == "lan-join":
         return _lan_join(commands["lan-join"], args)
+    if args.command in ("demo", "edit"):
+        from crdtsync.apps.demo import command as apps
+
+        return apps.run_demo(args) if args.command == "demo" else apps.run_edit(args, dict(env))
     parser.print_help(sys.stderr)
     return 2

@@ -70,7 +70,10 @@ from crdtsync.model.containers import (
 from crdtsync.model.values import check_text
 
 if TYPE_CHECKING:
+    from collections.abc import Hashable, Iterable
+
     from crdtsync.model.tree import Tree
+    from crdtsync.model.undo import UndoManager
 
 __all__ = ["DEFAULT_LIMITS", "Change", "ChangeEvent", "Doc"]
 
@@ -405,6 +408,44 @@ class Doc:
 
     def _write(self, container: Container | None = None) -> _Txn:
         return _Txn(self, None, container)
+
+    def undo_manager(
+        self,
+        containers: Iterable[Container],
+        *,
+        origins: Iterable[Hashable] | None = None,
+        capture_timeout: float = 0.5,
+    ) -> UndoManager:
+        """Undo and redo of this replica's own edits to ``containers``.
+
+        See :class:`crdtsync.undo.UndoManager` for what is recorded and how.
+        """
+        from .undo import UndoManager
+
+        return UndoManager(self, containers, origins=origins, capture_timeout=capture_timeout)
+
+    def _engine_write(self, origin: Any, write: Callable[[], bool]) -> bool:
+        """Run an engine call that makes its own transaction (undo, redo) as a local edit.
+
+        Observers see it as a local transaction from ``origin``; text offset
+        caches are invalidated, as after an import.
+        """
+        if self._depth:
+            raise InvalidOperationError("undo and redo cannot run inside a transaction")
+        self._origin = origin
+        self._depth += 1
+        try:
+            done = write()
+        except BaseException as exc:
+            if _is_panic(exc):
+                raise EngineError(f"the CRDT engine failed: {exc}") from None
+            raise
+        finally:
+            self._depth -= 1
+            self._text_epoch += 1
+        if self._queue:
+            self._deliver()
+        return bool(done)
 
     def _hlc_tick(self, seen: tuple[int, int]) -> tuple[int, int]:
         """Next hybrid-logical-clock timestamp, after both our last one and ``seen``."""

@@ -39,6 +39,8 @@ class RelayConfig:
         idle_unload: seconds a room stays in memory after its last client left.
         compact_every: fold a room's update log into its snapshot after this many updates.
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
+        demo: also serve the collaborative-editing demo page over plain HTTP under
+            ``/demo/`` (``crdtsync demo`` turns it on; a production relay leaves it off).
     """
 
     host: str = "127.0.0.1"
@@ -59,3 +61,4 @@ class RelayConfig:
     idle_unload: float = 30.0
     compact_every: int = 1000
     log_level: str = "info"
+    demo: bool = False

@@ -46,6 +46,7 @@ from urllib.parse import parse_qsl
 
 from websockets.asyncio.server import Server, ServerConnection, broadcast
 from websockets.asyncio.server import serve as ws_serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
@@ -613,7 +614,23 @@ class Relay:
             resp = _text(connection, HTTPStatus.OK, self.metrics.render())
             resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return resp
-        if request.headers.get("Upgrade", "").lower() != "websocket":
+        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        # -- the demo page (crdtsync demo), only with RelayConfig.demo. The lead moves this
+        # -- block when the relay is split into modules; the page itself is in crdtsync.apps.
+        if self.config.demo and not upgrade:
+            from crdtsync.relay.demo import demo_page
+
+            page = demo_page().answer(
+                request.method,
+                request.path,
+                host=request.headers.get("Host"),
+                tls=bool(self.config.tls_cert and self.config.tls_key),
+            )
+            if page is not None:
+                headers = Headers([*page.headers, ("Connection", "close")])
+                return Response(page.status.value, page.status.phrase, headers, page.body)
+        # -- end of the demo page block
+        if not upgrade:
             return _text(connection, HTTPStatus.NOT_FOUND, "not found\n")
         return None
 

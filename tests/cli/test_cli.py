@@ -231,6 +231,7 @@ def sample_values(tmp_path: Path) -> dict[str, tuple[str, Any]]:
         "idle_unload": ("0", 0.0),
         "compact_every": ("5", 5),
         "log_level": ("DEBUG", "debug"),
+        "demo": ("yes", True),
     }
 
 
