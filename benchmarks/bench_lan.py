@@ -24,10 +24,9 @@ import os
 import statistics
 import time
 
+from crdtsync.errors import TransportError
 from crdtsync.transports.lan import DeviceIdentity, GroupKey, LanConnection, LanTransport
 from crdtsync.transports.lan.noise import HandshakeState
-
-from crdtsync.errors import TransportError
 
 CHUNK = 64 << 10
 
