@@ -92,7 +92,7 @@ def _load() -> tuple[ModuleType | None, str]:
         return None, "pure Python (crdtsync._native is not built)"
     build = str(_native.BUILD)
     logger.debug("using %s", build)
-    return _native, f"native ({build})"
+    return _native, f"native Rust core ({build})"
 
 
 _NATIVE_MODULE: ModuleType | None

@@ -329,7 +329,7 @@ fn _panic_for_tests(py: Python<'_>, message: String) -> PyResult<()> {
 /// How this module was built (shown by `crdtsync --version`).
 fn build_info() -> String {
     format!(
-        "crdtsync-native {} ({} build)",
+        "crdtsync-native {}, {} build",
         env!("CARGO_PKG_VERSION"),
         if cfg!(debug_assertions) { "debug" } else { "release" }
     )
