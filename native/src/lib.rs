@@ -62,7 +62,11 @@ where
     F: FnOnce() -> Result<T, Error> + Send,
 {
     let guarded = move || catch_unwind(AssertUnwindSafe(f));
-    let outcome = if detach { py.detach(guarded) } else { guarded() };
+    let outcome = if detach {
+        py.detach(guarded)
+    } else {
+        guarded()
+    };
     match outcome {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(to_py_err(py, e)),
@@ -119,7 +123,8 @@ struct PyUpdate {
 
 fn text<'py>(py: Python<'py>, data: &[u8], span: update::Span) -> PyResult<Bound<'py, PyAny>> {
     // The parser checked the UTF-8.
-    let s = std::str::from_utf8(span.get(data)).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let s =
+        std::str::from_utf8(span.get(data)).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(s.into_pyobject(py)?.into_any())
 }
 
@@ -183,17 +188,22 @@ impl PyUpdate {
                             None => py.None().into_bound(py),
                             Some(n) => text(py, data, *n)?,
                         };
-                        PyTuple::new(py, [type_ref.into_pyobject(py)?.into_any(), name])?
-                            .into_any()
+                        PyTuple::new(py, [type_ref.into_pyobject(py)?.into_any(), name])?.into_any()
                     }
                     Content::Any { n, raw } => PyTuple::new(
                         py,
-                        [n.into_pyobject(py)?.into_any(), PyBytes::new(py, raw.get(data)).into_any()],
+                        [
+                            n.into_pyobject(py)?.into_any(),
+                            PyBytes::new(py, raw.get(data)).into_any(),
+                        ],
                     )?
                     .into_any(),
                     Content::Doc { guid, options } => PyTuple::new(
                         py,
-                        [text(py, data, *guid)?, PyBytes::new(py, options.get(data)).into_any()],
+                        [
+                            text(py, data, *guid)?,
+                            PyBytes::new(py, options.get(data)).into_any(),
+                        ],
                     )?
                     .into_any(),
                 };
@@ -226,15 +236,22 @@ impl PyUpdate {
 #[pyfunction]
 fn parse_update(py: Python<'_>, data: &[u8], limits: &Bound<'_, PyAny>) -> PyResult<PyUpdate> {
     let limits = limits_from(py, limits)?;
-    let parsed = run(py, data.len() >= DETACH_BYTES, || update::parse_update(data, &limits))?;
-    Ok(PyUpdate { data: data.to_vec(), parsed })
+    let parsed = run(py, data.len() >= DETACH_BYTES, || {
+        update::parse_update(data, &limits)
+    })?;
+    Ok(PyUpdate {
+        data: data.to_vec(),
+        parsed,
+    })
 }
 
 /// Checks a v1 update like `parse_update` without keeping the result.
 #[pyfunction]
 fn check_update(py: Python<'_>, data: &[u8], limits: &Bound<'_, PyAny>) -> PyResult<()> {
     let limits = limits_from(py, limits)?;
-    run(py, data.len() >= DETACH_BYTES, || update::parse_update(data, &limits).map(|_| ()))
+    run(py, data.len() >= DETACH_BYTES, || {
+        update::parse_update(data, &limits).map(|_| ())
+    })
 }
 
 /// `_columnar.compact_encode` (parsing `v1` under `limits`).
@@ -245,7 +262,9 @@ fn compact_encode<'py>(
     limits: &Bound<'_, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let limits = limits_from(py, limits)?;
-    let out = run(py, v1.len() >= DETACH_BYTES, || columnar::compact_encode(v1, &limits))?;
+    let out = run(py, v1.len() >= DETACH_BYTES, || {
+        columnar::compact_encode(v1, &limits)
+    })?;
     Ok(PyBytes::new(py, &out))
 }
 
@@ -265,7 +284,9 @@ fn compact_decode<'py>(
 /// `encoding._unzstd`: one zstd frame declaring its size, at most `limit`.
 #[pyfunction]
 fn zstd_unframe<'py>(py: Python<'py>, payload: &[u8], limit: u64) -> PyResult<Bound<'py, PyBytes>> {
-    let out = run(py, payload.len() >= DETACH_BYTES, || codec::zstd_unframe(payload, limit))?;
+    let out = run(py, payload.len() >= DETACH_BYTES, || {
+        codec::zstd_unframe(payload, limit)
+    })?;
     Ok(PyBytes::new(py, &out))
 }
 
@@ -278,7 +299,9 @@ fn read_varuint(py: Python<'_>, data: &[u8], pos: usize, bits: u32) -> PyResult<
     if pos > data.len() {
         return Err(PyValueError::new_err("pos beyond the data"));
     }
-    run(py, false, || varint::read_varuint(data, pos, bits, "varuint"))
+    run(py, false, || {
+        varint::read_varuint(data, pos, bits, "varuint")
+    })
 }
 
 /// Reads a lib0 signed varint: `(value, new_pos)`.
@@ -314,7 +337,11 @@ fn json_valid(text: &[u8]) -> PyResult<bool> {
         return Err(PyValueError::new_err("text must be UTF-8"));
     }
     Python::attach(|py| {
-        let digits: i64 = py.import("sys")?.getattr("get_int_max_str_digits")?.call0()?.extract()?;
+        let digits: i64 = py
+            .import("sys")?
+            .getattr("get_int_max_str_digits")?
+            .call0()?
+            .extract()?;
         Ok(json::is_valid_json(text, digits.max(0) as u64))
     })
 }
@@ -323,7 +350,9 @@ fn json_valid(text: &[u8]) -> PyResult<bool> {
 /// becomes a crdtsync error instead of an abort or a BaseException.
 #[pyfunction]
 fn _panic_for_tests(py: Python<'_>, message: String) -> PyResult<()> {
-    run(py, false, move || -> Result<(), Error> { panic!("{}", message) })
+    run(py, false, move || -> Result<(), Error> {
+        panic!("{}", message)
+    })
 }
 
 /// How this module was built (shown by `crdtsync --version`).
@@ -331,7 +360,11 @@ fn build_info() -> String {
     format!(
         "crdtsync-native {}, {} build",
         env!("CARGO_PKG_VERSION"),
-        if cfg!(debug_assertions) { "debug" } else { "release" }
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     )
 }
 

@@ -52,7 +52,10 @@ pub fn lzma_compress(data: &[u8], dict_log: u32) -> Vec<u8> {
 }
 
 fn corrupt_lzma(e: impl std::fmt::Debug) -> Error {
-    Error::new(ErrorKind::Malformed, format!("compact update: corrupt LZMA data: {e:?}"))
+    Error::new(
+        ErrorKind::Malformed,
+        format!("compact update: corrupt LZMA data: {e:?}"),
+    )
 }
 
 /// Decodes a raw LZMA2 stream of exactly `size` bytes, never producing more.
@@ -106,7 +109,10 @@ pub fn lzma_decompress(payload: &[u8], dict_log: u32, size: usize) -> Result<Vec
     }
     out.truncate(filled);
     if !eof && filled == size {
-        return Err(Error::new(ErrorKind::Malformed, "compact update: more data than announced"));
+        return Err(Error::new(
+            ErrorKind::Malformed,
+            "compact update: more data than announced",
+        ));
     }
     if filled != size {
         return Err(Error::new(
@@ -126,7 +132,8 @@ pub fn zstd_compress(data: &[u8], level: i32) -> Vec<u8> {
         .expect("zstd level");
     cctx.set_parameter(zstd_safe::CParameter::ContentSizeFlag(true))
         .expect("zstd content size flag");
-    cctx.compress2(&mut out, data).expect("zstd compression into a bound-sized buffer");
+    cctx.compress2(&mut out, data)
+        .expect("zstd compression into a bound-sized buffer");
     out
 }
 
@@ -157,7 +164,10 @@ const ZSTD_MAGIC_SKIPPABLE_MASK: u32 = 0xFFFF_FFF0;
 /// `.content_size`): `Ok(None)` when the header does not say.
 fn frame_content_size(payload: &[u8]) -> Result<Option<u64>> {
     let bad = |what: &str| {
-        Error::new(ErrorKind::Malformed, format!("corrupt compressed payload: {what}"))
+        Error::new(
+            ErrorKind::Malformed,
+            format!("corrupt compressed payload: {what}"),
+        )
     };
     if payload.len() >= 4 {
         let magic = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
@@ -243,7 +253,9 @@ mod tests {
 
     #[test]
     fn lzma_round_trip_and_bounds() {
-        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8 ^ (i / 1000) as u8).collect();
+        let data: Vec<u8> = (0..50_000u32)
+            .map(|i| (i % 251) as u8 ^ (i / 1000) as u8)
+            .collect();
         let packed = lzma_compress(&data, 16);
         assert!(packed.len() < data.len());
         assert_eq!(lzma_decompress(&packed, 16, data.len()).unwrap(), data);
@@ -266,8 +278,14 @@ mod tests {
         assert_eq!(zstd_unframe(&packed, data.len() as u64).unwrap(), data);
         let e = zstd_unframe(&packed, data.len() as u64 - 1).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Limit);
-        assert_eq!(zstd_unframe(b"junk", 100).unwrap_err().kind, ErrorKind::Malformed);
-        assert_eq!(zstd_unframe(&packed[..20], 1 << 20).unwrap_err().kind, ErrorKind::Malformed);
+        assert_eq!(
+            zstd_unframe(b"junk", 100).unwrap_err().kind,
+            ErrorKind::Malformed
+        );
+        assert_eq!(
+            zstd_unframe(&packed[..20], 1 << 20).unwrap_err().kind,
+            ErrorKind::Malformed
+        );
     }
 
     #[test]

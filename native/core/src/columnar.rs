@@ -16,10 +16,10 @@ use crate::codec::{lzma_compress, lzma_decompress, zstd_compress, zstd_read};
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits::Limits;
 use crate::update::{
-    parse_update, skip_any, utf16_len, Content, ParsedUpdate, Parent, Struct,
-    CONTENT_ANY, CONTENT_BINARY, CONTENT_DELETED, CONTENT_DOC, CONTENT_EMBED, CONTENT_FORMAT,
-    CONTENT_JSON, CONTENT_STRING, CONTENT_TYPE, HAS_ORIGIN, HAS_PARENT_SUB, HAS_RIGHT_ORIGIN,
-    STRUCT_GC, STRUCT_SKIP,
+    parse_update, skip_any, utf16_len, Content, Parent, ParsedUpdate, Struct, CONTENT_ANY,
+    CONTENT_BINARY, CONTENT_DELETED, CONTENT_DOC, CONTENT_EMBED, CONTENT_FORMAT, CONTENT_JSON,
+    CONTENT_STRING, CONTENT_TYPE, HAS_ORIGIN, HAS_PARENT_SUB, HAS_RIGHT_ORIGIN, STRUCT_GC,
+    STRUCT_SKIP,
 };
 use crate::varint::{varuint_len, write_varuint};
 
@@ -59,7 +59,13 @@ const LZMA_MAX_DICT_LOG: u32 = 26;
 type Ref = (u64, i64);
 
 /// `_columnar._remember`: updates the MRU lists after an item.
-fn remember(mru: &mut Vec<Ref>, rmru: &mut Vec<Ref>, last: Ref, origin: Option<Ref>, right: Option<Ref>) {
+fn remember(
+    mru: &mut Vec<Ref>,
+    rmru: &mut Vec<Ref>,
+    last: Ref,
+    origin: Option<Ref>,
+    right: Option<Ref>,
+) {
     if let Some(i) = mru.iter().position(|x| *x == last) {
         mru.remove(i);
     }
@@ -123,7 +129,11 @@ fn implied_deletes(structs: impl Iterator<Item = (u8, i64, i64)>) -> Vec<(i64, i
 }
 
 fn dict_log(size: usize) -> u32 {
-    let bits = if size == 0 { 1 } else { usize::BITS - (size - 1).leading_zeros() };
+    let bits = if size == 0 {
+        1
+    } else {
+        usize::BITS - (size - 1).leading_zeros()
+    };
     bits.clamp(LZMA_MIN_DICT_LOG, LZMA_MAX_DICT_LOG)
 }
 
@@ -223,7 +233,9 @@ impl<'a> Encoder<'a> {
                             self.client(COL_PARENT, *c);
                             self.ref_clock(COL_PARENT, *c, *k as i64, None);
                         }
-                        Parent::Inherited => unreachable!("parsed items without origins have a parent"),
+                        Parent::Inherited => {
+                            unreachable!("parsed items without origins have a parent")
+                        }
                     }
                     if s.info & HAS_PARENT_SUB != 0 {
                         let key = s.parent_sub.expect("parent_sub flag with a key").get(data);
@@ -243,7 +255,9 @@ impl<'a> Encoder<'a> {
                 .find(|(c, _)| c == client)
                 .map(|(_, structs)| {
                     implied_deletes(
-                        structs.iter().map(|s| (s.kind, s.clock as i64, s.end() as i64)),
+                        structs
+                            .iter()
+                            .map(|s| (s.kind, s.clock as i64, s.end() as i64)),
                     )
                 })
                 .unwrap_or_default();
@@ -493,7 +507,10 @@ fn decompress(codec_byte: u8, payload: &[u8], size: usize) -> Result<Vec<u8>> {
         _ => return Err(malformed(format!("unknown codec {codec}"))),
     };
     if block.len() != size {
-        return Err(malformed(format!("{} bytes decompressed, {size} announced", block.len())));
+        return Err(malformed(format!(
+            "{} bytes decompressed, {size} announced",
+            block.len()
+        )));
     }
     Ok(block)
 }
@@ -595,7 +612,11 @@ struct Rebuild<'a, 'l> {
 
 impl<'a, 'l> Rebuild<'a, 'l> {
     fn new(slices: &[&'a [u8]], limits: &'l Limits) -> Self {
-        let cols = slices.iter().zip(COLUMN_NAMES).map(|(s, name)| Col::new(s, name)).collect();
+        let cols = slices
+            .iter()
+            .zip(COLUMN_NAMES)
+            .map(|(s, name)| Col::new(s, name))
+            .collect();
         let cap = limits.max_update_bytes;
         Rebuild {
             cols,
@@ -604,7 +625,13 @@ impl<'a, 'l> Rebuild<'a, 'l> {
             keys: Vec::new(),
             last_clock: HashMap::new(),
             out: Out {
-                buf: Vec::with_capacity(slices.iter().map(|s| s.len()).sum::<usize>().min(cap as usize)),
+                buf: Vec::with_capacity(
+                    slices
+                        .iter()
+                        .map(|s| s.len())
+                        .sum::<usize>()
+                        .min(cap as usize),
+                ),
                 size: 0,
                 cap,
                 unencodable: false,
@@ -616,7 +643,9 @@ impl<'a, 'l> Rebuild<'a, 'l> {
         let idx = self.cols[col].uint(32)?;
         while idx >= self.clients.len() as u64 {
             if idx > self.clients.len() as u64 {
-                return Err(self.cols[col].fail(format!("client index {idx} refers ahead of the table")));
+                return Err(
+                    self.cols[col].fail(format!("client index {idx} refers ahead of the table"))
+                );
             }
             let c = self.cols[COL_CLIENTS].uint(64)?;
             self.clients.push(c);
@@ -629,7 +658,9 @@ impl<'a, 'l> Rebuild<'a, 'l> {
         if idx == self.keys.len() as u64 {
             let n = self.cols[COL_KEYS].uint(32)?;
             if n > self.limits.max_key_bytes {
-                return Err(limit_error(format!("key of {n} bytes exceeds max_key_bytes")));
+                return Err(limit_error(format!(
+                    "key of {n} bytes exceeds max_key_bytes"
+                )));
             }
             let k = self.cols[COL_KEYS].text(n)?;
             self.keys.push(k);
@@ -654,7 +685,10 @@ impl<'a, 'l> Rebuild<'a, 'l> {
         let col = &self.cols[COL_MISC];
         let mut budget = 0u64;
         skip_any(col.data, col.pos, count, self.limits, &mut budget).map_err(|e| {
-            Error::new(ErrorKind::Malformed, format!("compact update: column misc: {}", e.message))
+            Error::new(
+                ErrorKind::Malformed,
+                format!("compact update: column misc: {}", e.message),
+            )
         })
     }
 
@@ -732,7 +766,9 @@ impl<'a, 'l> Rebuild<'a, 'l> {
                     if info & HAS_RIGHT_ORIGIN != 0 {
                         right = Some(if rsel == SEL_AFTER_ORIGIN {
                             let Some(o) = origin else {
-                                return Err(self.cols[COL_INFO].fail("right origin after a missing origin"));
+                                return Err(
+                                    self.cols[COL_INFO].fail("right origin after a missing origin")
+                                );
                             };
                             (o.0, o.1 + 1)
                         } else if rsel == SEL_EXPLICIT {
@@ -742,8 +778,9 @@ impl<'a, 'l> Rebuild<'a, 'l> {
                         } else if (rsel as usize) < rmru.len() {
                             rmru[rsel as usize]
                         } else {
-                            return Err(self.cols[COL_INFO]
-                                .fail(format!("right origin selector {rsel} beyond the MRU list")));
+                            return Err(self.cols[COL_INFO].fail(format!(
+                                "right origin selector {rsel} beyond the MRU list"
+                            )));
                         });
                     }
                 }
@@ -798,7 +835,11 @@ impl<'a, 'l> Rebuild<'a, 'l> {
                     return Err(self.cols[COL_DELETES].fail(format!("client {cl} appears twice")));
                 }
                 let ranges = implied_deletes(
-                    gc_deleted.get(&cl).map(|v| v.iter().copied()).into_iter().flatten(),
+                    gc_deleted
+                        .get(&cl)
+                        .map(|v| v.iter().copied())
+                        .into_iter()
+                        .flatten(),
                 );
                 self.out.put(cl);
                 self.out.put(ranges.len() as u64);
@@ -920,5 +961,155 @@ impl<'a, 'l> Rebuild<'a, 'l> {
             }
             _ => Err(self.cols[COL_INFO].fail(format!("unknown content ref {kind}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_update() -> Vec<u8> {
+        // client 5: a root-map entry "k" = Any [1, "x"], a text root with
+        // "héllo", a continuation, a Deleted item; a delete set.
+        let mut u = vec![1, 4, 5, 0];
+        u.extend([
+            0x28,
+            1,
+            1,
+            b'm',
+            1,
+            b'k',
+            1,
+            ANY_ARRAY_TAG,
+            2,
+            0x7d,
+            1,
+            0x77,
+            1,
+            b'x',
+        ]);
+        u.extend([4, 1, 1, b't', 6]);
+        u.extend("héllo".as_bytes());
+        u.extend([0x84, 5, 5, 2, b'!', b'?']);
+        u.extend([0x81, 5, 7, 3]);
+        u.extend([1, 5, 1, 8, 3]);
+        u
+    }
+
+    const ANY_ARRAY_TAG: u8 = 117;
+
+    #[test]
+    fn round_trip() {
+        let v1 = sample_update();
+        let l = Limits::default();
+        parse_update(&v1, &l).unwrap();
+        let packed = compact_encode(&v1, &l).unwrap();
+        assert_eq!(packed[0], VERSION);
+        assert_eq!(compact_decode(&packed, &l).unwrap(), v1);
+    }
+
+    #[test]
+    fn implied_delete_set_costs_one_byte() {
+        let ranges = implied_deletes(
+            [
+                (0u8, 0i64, 2i64),
+                (1, 2, 5),
+                (4, 5, 6),
+                (1, 6, 7),
+                (10, 7, 9),
+                (1, 9, 10),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(ranges, vec![(0, 5), (6, 1), (9, 1)]);
+    }
+
+    #[test]
+    fn header_errors() {
+        let l = Limits::default();
+        assert_eq!(
+            compact_decode(&[], &l).unwrap_err().kind,
+            ErrorKind::Malformed
+        );
+        assert_eq!(
+            compact_decode(&[2, 0, 0], &l).unwrap_err().kind,
+            ErrorKind::Malformed
+        );
+        // codec 3, a dictionary size on a non-LZMA codec, a bad dictionary size
+        for codec in [3u8, 4, 1 | (5 << 2), 1 | (27 << 2)] {
+            assert_eq!(
+                compact_decode(&[1, codec, 0], &l).unwrap_err().kind,
+                ErrorKind::Malformed
+            );
+        }
+        // a size above the limit is refused before anything else
+        let mut big = vec![1, 0];
+        write_varuint(&mut big, l.max_update_bytes + 1);
+        assert_eq!(compact_decode(&big, &l).unwrap_err().kind, ErrorKind::Limit);
+    }
+
+    /// A column block whose `n` Deleted items all name one `key_len`-byte root.
+    fn key_bomb(key_len: usize, n: usize) -> Vec<u8> {
+        let mut cols: Vec<Vec<u8>> = vec![Vec::new(); N_COLUMNS];
+        cols[COL_CLIENTS] = vec![1];
+        cols[COL_BLOCKS] = vec![1, 0];
+        write_varuint(&mut cols[COL_BLOCKS], n as u64);
+        cols[COL_BLOCKS].push(0);
+        cols[COL_INFO] = vec![CONTENT_DELETED; n];
+        cols[COL_PARENT] = [1u8, 0].repeat(n);
+        write_varuint(&mut cols[COL_KEYS], key_len as u64);
+        cols[COL_KEYS].extend(std::iter::repeat(b'k').take(key_len));
+        cols[COL_LENGTHS] = vec![1; n];
+        cols[COL_DELETES] = vec![0];
+        let mut block = vec![N_COLUMNS as u8];
+        for c in &cols {
+            write_varuint(&mut block, c.len() as u64);
+            block.extend_from_slice(c);
+        }
+        let mut out = vec![VERSION, CODEC_STORED];
+        write_varuint(&mut out, block.len() as u64);
+        out.extend(block);
+        out
+    }
+
+    #[test]
+    fn key_bomb_is_refused_within_the_budget() {
+        let mut l = Limits::default();
+        // fits: decodes
+        l.max_update_bytes = 1 << 20;
+        let v1 = compact_decode(&key_bomb(100, 50), &l).unwrap();
+        assert!(v1.len() > 5000);
+        // 64 KiB x 2000 = 128 MiB of output against a 1 MiB budget
+        let e = compact_decode(&key_bomb(65536, 2000), &l).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Limit);
+        assert!(
+            e.message.contains("rebuilt update exceeds"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn negative_clock_from_the_mru_is_malformed() {
+        // A zero-length String at clock 0 puts (client, -1) in the MRU list;
+        // the next item's origin selects it: Python's encoder cannot write it.
+        let mut cols: Vec<Vec<u8>> = vec![Vec::new(); N_COLUMNS];
+        cols[COL_CLIENTS] = vec![1];
+        cols[COL_BLOCKS] = vec![1, 0, 2, 0];
+        cols[COL_INFO] = vec![CONTENT_STRING, 0x80 | CONTENT_STRING, 0];
+        cols[COL_PARENT] = vec![1, 0];
+        cols[COL_KEYS] = vec![1, b't'];
+        cols[COL_LENGTHS] = vec![0, 1];
+        cols[COL_TEXT] = vec![b'a'];
+        cols[COL_DELETES] = vec![0];
+        let mut block = vec![N_COLUMNS as u8];
+        for c in &cols {
+            write_varuint(&mut block, c.len() as u64);
+            block.extend_from_slice(c);
+        }
+        let mut data = vec![VERSION, CODEC_STORED, block.len() as u8];
+        data.extend(block);
+        let e = compact_decode(&data, &Limits::default()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Malformed);
     }
 }

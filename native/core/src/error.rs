@@ -22,7 +22,10 @@ pub struct Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into() }
+        Error {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -38,10 +41,16 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// A malformed-update error at a byte offset (the wording of `_yupdate._malformed`).
 pub fn malformed(msg: impl fmt::Display, pos: usize) -> Error {
-    Error::new(ErrorKind::Malformed, format!("malformed update at byte {pos}: {msg}"))
+    Error::new(
+        ErrorKind::Malformed,
+        format!("malformed update at byte {pos}: {msg}"),
+    )
 }
 
 /// A limit error at a byte offset (the wording of `_yupdate._limit`).
 pub fn limit(msg: impl fmt::Display, pos: usize) -> Error {
-    Error::new(ErrorKind::Limit, format!("update exceeds a limit at byte {pos}: {msg}"))
+    Error::new(
+        ErrorKind::Limit,
+        format!("update exceeds a limit at byte {pos}: {msg}"),
+    )
 }

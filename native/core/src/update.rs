@@ -78,7 +78,10 @@ impl Span {
     #[inline]
     pub fn new(start: usize, end: usize) -> Self {
         // Inputs are at most max_update_bytes, refused above u32 by the parser.
-        Span { start: start as u32, end: end as u32 }
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
     }
     #[inline]
     pub fn get<'a>(&self, data: &'a [u8]) -> &'a [u8] {
@@ -180,7 +183,10 @@ fn read_str(
     }
     let end = pos + n as usize;
     if end > data.len() {
-        return Err(malformed(format!("truncated {what} ({n} bytes announced)"), start));
+        return Err(malformed(
+            format!("truncated {what} ({n} bytes announced)"),
+            start,
+        ));
     }
     check_utf8(data, pos, end, what)?;
     Ok((Span::new(pos, end), end))
@@ -244,13 +250,22 @@ pub fn skip_any(
         }
         top.0 -= 1;
         if top.1 {
-            let (_, p) = read_str(data, pos, limits.max_key_bytes, "Any object key", "max_key_bytes")?;
+            let (_, p) = read_str(
+                data,
+                pos,
+                limits.max_key_bytes,
+                "Any object key",
+                "max_key_bytes",
+            )?;
             pos = p;
         }
         *any_values += 1;
         if *any_values > limits.max_any_values {
             return Err(limit(
-                format!("more than max_any_values={} Any values", limits.max_any_values),
+                format!(
+                    "more than max_any_values={} Any values",
+                    limits.max_any_values
+                ),
                 pos,
             ));
         }
@@ -262,8 +277,13 @@ pub fn skip_any(
         pos += 1;
         match tag {
             ANY_STRING => {
-                let (_, p) =
-                    read_str(data, pos, limits.max_string_bytes, "Any string", "max_string_bytes")?;
+                let (_, p) = read_str(
+                    data,
+                    pos,
+                    limits.max_string_bytes,
+                    "Any string",
+                    "max_string_bytes",
+                )?;
                 pos = p;
             }
             ANY_FLOAT32 => pos += 4,
@@ -314,7 +334,10 @@ fn check_json(data: &[u8], span: Span, pos: usize, limits: &Limits, what: &str) 
     let text = span.get(data);
     if json_depth(text) >= limits.max_any_depth {
         return Err(limit(
-            format!("{what} JSON nested deeper than max_any_depth={}", limits.max_any_depth),
+            format!(
+                "{what} JSON nested deeper than max_any_depth={}",
+                limits.max_any_depth
+            ),
             pos,
         ));
     }
@@ -349,7 +372,10 @@ fn parse(data: &[u8], limits: &Limits) -> Result<ParsedUpdate> {
     let (num_clients, mut pos) = read_varuint(data, 0, U32, "number of clients")?;
     if num_clients > limits.max_clients {
         return Err(limit(
-            format!("{num_clients} client blocks exceed max_clients={}", limits.max_clients),
+            format!(
+                "{num_clients} client blocks exceed max_clients={}",
+                limits.max_clients
+            ),
             0,
         ));
     }
@@ -368,7 +394,10 @@ fn parse(data: &[u8], limits: &Limits) -> Result<ParsedUpdate> {
         let (clock0, p) = read_varuint(data, p, U32, "clock")?;
         pos = p;
         if num_structs == 0 {
-            return Err(malformed(format!("client {client} has a block with no struct"), block_pos));
+            return Err(malformed(
+                format!("client {client} has a block with no struct"),
+                block_pos,
+            ));
         }
         if !seen.insert(client) {
             return Err(malformed(
@@ -486,7 +515,9 @@ fn parse(data: &[u8], limits: &Limits) -> Result<ParsedUpdate> {
                         pos = p;
                         if slen > max_str {
                             return Err(limit(
-                                format!("string of {slen} bytes exceeds max_string_bytes={max_str}"),
+                                format!(
+                                    "string of {slen} bytes exceeds max_string_bytes={max_str}"
+                                ),
                                 cpos,
                             ));
                         }
@@ -520,7 +551,10 @@ fn parse(data: &[u8], limits: &Limits) -> Result<ParsedUpdate> {
                         let apos = pos;
                         pos = skip_any(data, pos, l, limits, &mut any_values)?;
                         length = l;
-                        content = Content::Any { n: l as u32, raw: Span::new(apos, pos) };
+                        content = Content::Any {
+                            n: l as u32,
+                            raw: Span::new(apos, pos),
+                        };
                     }
                     CONTENT_TYPE => {
                         let (type_ref, p) = read_varuint(data, pos, U32, "type ref")?;
@@ -534,7 +568,10 @@ fn parse(data: &[u8], limits: &Limits) -> Result<ParsedUpdate> {
                         } else if type_ref > TYPE_XML_TEXT {
                             return Err(malformed(format!("unknown type ref {type_ref}"), cpos));
                         }
-                        content = Content::Type { type_ref: type_ref as u32, name };
+                        content = Content::Type {
+                            type_ref: type_ref as u32,
+                            name,
+                        };
                         length = 1;
                     }
                     CONTENT_BINARY => {
@@ -542,7 +579,9 @@ fn parse(data: &[u8], limits: &Limits) -> Result<ParsedUpdate> {
                         pos = p;
                         if blen > max_str {
                             return Err(limit(
-                                format!("binary of {blen} bytes exceeds max_string_bytes={max_str}"),
+                                format!(
+                                    "binary of {blen} bytes exceeds max_string_bytes={max_str}"
+                                ),
                                 cpos,
                             ));
                         }
@@ -612,12 +651,18 @@ fn parse(data: &[u8], limits: &Limits) -> Result<ParsedUpdate> {
                             read_str(data, pos, max_key, "subdocument guid", "max_key_bytes")?;
                         let opos = p;
                         pos = skip_any(data, p, 1, limits, &mut any_values)?;
-                        content = Content::Doc { guid, options: Span::new(opos, pos) };
+                        content = Content::Doc {
+                            guid,
+                            options: Span::new(opos, pos),
+                        };
                         length = 1;
                     }
                 }
                 if length == 0 {
-                    return Err(malformed(format!("zero-length {} item", kind_name(kind)), spos));
+                    return Err(malformed(
+                        format!("zero-length {} item", kind_name(kind)),
+                        spos,
+                    ));
                 }
                 st = Struct {
                     client,
@@ -649,7 +694,10 @@ fn parse(data: &[u8], limits: &Limits) -> Result<ParsedUpdate> {
     pos = p;
     if num_ds > limits.max_clients {
         return Err(limit(
-            format!("{num_ds} delete-set clients exceed max_clients={}", limits.max_clients),
+            format!(
+                "{num_ds} delete-set clients exceed max_clients={}",
+                limits.max_clients
+            ),
             ds_pos,
         ));
     }
@@ -668,15 +716,24 @@ fn parse(data: &[u8], limits: &Limits) -> Result<ParsedUpdate> {
         let (nranges, p) = read_varuint(data, p, U32, "number of delete ranges")?;
         pos = p;
         if !ds_seen.insert(client) {
-            return Err(malformed(format!("client {client} appears twice in the delete set"), cpos));
+            return Err(malformed(
+                format!("client {client} appears twice in the delete set"),
+                cpos,
+            ));
         }
         if nranges == 0 {
-            return Err(malformed(format!("client {client} has no delete range"), cpos));
+            return Err(malformed(
+                format!("client {client} has no delete range"),
+                cpos,
+            ));
         }
         total_ranges += nranges;
         if total_ranges > limits.max_delete_ranges {
             return Err(limit(
-                format!("more than max_delete_ranges={} delete ranges", limits.max_delete_ranges),
+                format!(
+                    "more than max_delete_ranges={} delete ranges",
+                    limits.max_delete_ranges
+                ),
                 cpos,
             ));
         }
@@ -695,7 +752,10 @@ fn parse(data: &[u8], limits: &Limits) -> Result<ParsedUpdate> {
             let (rlen, p) = read_varuint(data, p, U32, "delete range length")?;
             pos = p;
             if rlen == 0 {
-                return Err(malformed(format!("empty delete range for client {client}"), rpos));
+                return Err(malformed(
+                    format!("empty delete range for client {client}"),
+                    rpos,
+                ));
             }
             if !first && rclock < prev_end {
                 return Err(malformed(
@@ -716,9 +776,15 @@ fn parse(data: &[u8], limits: &Limits) -> Result<ParsedUpdate> {
         delete_set.push((client, ranges));
     }
     if pos != n {
-        return Err(malformed(format!("{} trailing bytes after the delete set", n - pos), pos));
+        return Err(malformed(
+            format!("{} trailing bytes after the delete set", n - pos),
+            pos,
+        ));
     }
-    Ok(ParsedUpdate { clients, delete_set })
+    Ok(ParsedUpdate {
+        clients,
+        delete_set,
+    })
 }
 
 /// Serializes a parsed update back to v1 bytes (`_yupdate.encode_update`);
@@ -818,5 +884,128 @@ pub fn write_delete_set(out: &mut Vec<u8>, ds: &[(u64, Vec<(u32, u32)>)]) {
             write_varuint(out, clock as u64);
             write_varuint(out, len as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    /// pycrdt 0.14.13: a map (an int and a nested Any), a text with an emoji,
+    /// a format span and a deletion, an array with bytes and a nested map.
+    const SAMPLE: &str = "010b07002801016d0178017c3f8000002801016d0179017601016175057c3f8000007c\
+        402000007e78770173040101740168810702018107030184070407f09f988020796f46070204626f6c6404\
+        74727565c60703070404626f6c64046e756c6c0801016101740362696e87070c012800070d016b01770176\
+        0107010302";
+
+    fn sample() -> Vec<u8> {
+        (0..SAMPLE.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&SAMPLE[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn kind_of(data: &[u8], limits: &Limits) -> Option<ErrorKind> {
+        parse_update(data, limits).err().map(|e| e.kind)
+    }
+
+    #[test]
+    fn parses_and_round_trips() {
+        let data = sample();
+        let p = parse_update(&data, &Limits::default()).unwrap();
+        assert_eq!(p.clients.len(), 1);
+        assert_eq!(p.clients[0].0, 7);
+        assert_eq!(p.struct_count(), 11);
+        assert_eq!(p.delete_set, vec![(7, vec![(3, 2)])]);
+        // the emoji String counts 2 UTF-16 units
+        let emoji = &p.clients[0].1.iter().find(|s| {
+            matches!(s.content, Content::String(t) if t.get(&data).starts_with("\u{1F600}".as_bytes()))
+        });
+        assert_eq!(emoji.unwrap().length, 5);
+        assert_eq!(encode_update(&p, &data), data);
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_refused() {
+        let data = sample();
+        for cut in 0..data.len() {
+            assert_eq!(
+                kind_of(&data[..cut], &Limits::default()),
+                Some(ErrorKind::Malformed),
+                "{cut}"
+            );
+        }
+        let mut longer = data.clone();
+        longer.push(0);
+        assert_eq!(
+            kind_of(&longer, &Limits::default()),
+            Some(ErrorKind::Malformed)
+        );
+    }
+
+    #[test]
+    fn structural_rules() {
+        let l = Limits::default();
+        // a client block with no struct
+        assert_eq!(kind_of(&[1, 0, 1, 0, 0, 0], &l), Some(ErrorKind::Malformed));
+        // two blocks for client 1 (GC structs of length 1)
+        assert_eq!(
+            kind_of(&[2, 1, 1, 0, 0, 1, 1, 1, 5, 0, 1, 0], &l),
+            Some(ErrorKind::Malformed)
+        );
+        // zero-length GC
+        assert_eq!(
+            kind_of(&[1, 1, 1, 0, 0, 0, 0], &l),
+            Some(ErrorKind::Malformed)
+        );
+        // a valid GC, then an unsorted delete set
+        assert_eq!(kind_of(&[1, 1, 1, 0, 0, 3, 0], &l), None);
+        assert_eq!(
+            kind_of(&[0, 1, 1, 2, 5, 1, 2, 1], &l),
+            Some(ErrorKind::Malformed)
+        );
+        assert_eq!(kind_of(&[0, 1, 1, 2, 2, 1, 5, 1], &l), None);
+        // content ref 0 with flags, and refs above 9
+        assert_eq!(
+            kind_of(&[1, 1, 1, 0, 0x20, 1, 0], &l),
+            Some(ErrorKind::Malformed)
+        );
+        assert_eq!(
+            kind_of(&[1, 1, 1, 0, 11, 1, 0], &l),
+            Some(ErrorKind::Malformed)
+        );
+    }
+
+    #[test]
+    fn limits_are_limit_errors() {
+        let data = sample();
+        let tight = |f: fn(&mut Limits)| {
+            let mut l = Limits::default();
+            f(&mut l);
+            kind_of(&data, &l)
+        };
+        assert_eq!(tight(|l| l.max_update_bytes = 10), Some(ErrorKind::Limit));
+        assert_eq!(tight(|l| l.max_structs = 10), Some(ErrorKind::Limit));
+        assert_eq!(tight(|l| l.max_key_bytes = 1), Some(ErrorKind::Limit));
+        assert_eq!(tight(|l| l.max_any_depth = 2), Some(ErrorKind::Limit));
+        assert_eq!(tight(|l| l.max_any_values = 3), Some(ErrorKind::Limit));
+        assert_eq!(tight(|l| l.max_clock = 5), Some(ErrorKind::Limit));
+        assert_eq!(tight(|l| l.max_string_bytes = 2), Some(ErrorKind::Limit));
+        assert_eq!(tight(|l| l.max_structs = 11), None);
+    }
+
+    #[test]
+    fn deep_any_is_a_limit_not_a_stack_overflow() {
+        // an Any array nested 100,000 deep: [[[...]]]
+        let depth = 100_000;
+        let mut data = vec![1, 1, 1, 0, 8, 1, 1, b'a', 1];
+        data.extend(std::iter::repeat([ANY_ARRAY, 1]).take(depth).flatten());
+        data.push(ANY_NULL);
+        data.push(0);
+        assert_eq!(kind_of(&data, &Limits::default()), Some(ErrorKind::Limit));
+        let mut l = Limits::default();
+        l.max_any_depth = u64::MAX;
+        assert_eq!(kind_of(&data, &l), None);
     }
 }

@@ -44,12 +44,18 @@ fn read_varuint_slow(data: &[u8], start: usize, bits: u32, what: &str) -> Result
                 return Err(malformed(format!("non-canonical varuint ({what})"), start));
             }
             if value >> bits != 0 {
-                return Err(malformed(format!("varuint overflows {bits} bits ({what})"), start));
+                return Err(malformed(
+                    format!("varuint overflows {bits} bits ({what})"),
+                    start,
+                ));
             }
             return Ok((value as u64, pos));
         }
         if shift >= bits + 7 {
-            return Err(malformed(format!("varuint overflows {bits} bits ({what})"), start));
+            return Err(malformed(
+                format!("varuint overflows {bits} bits ({what})"),
+                start,
+            ));
         }
     }
 }
@@ -139,7 +145,17 @@ mod tests {
 
     #[test]
     fn round_trip_and_length() {
-        for v in [0u64, 1, 127, 128, 300, 1 << 31, u32::MAX as u64, 1 << 53, u64::MAX] {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            1 << 31,
+            u32::MAX as u64,
+            1 << 53,
+            u64::MAX,
+        ] {
             let b = enc(v);
             assert_eq!(b.len(), varuint_len(v), "{v}");
             assert_eq!(read_varuint(&b, 0, 64, "x").unwrap(), (v, b.len()));
@@ -148,13 +164,25 @@ mod tests {
 
     #[test]
     fn bounds_are_exact() {
-        assert_eq!(read_varuint(&enc(u32::MAX as u64), 0, 32, "x").unwrap().0, u32::MAX as u64);
-        assert_eq!(read_varuint(&enc(1 << 32), 0, 32, "x").unwrap_err().kind, ErrorKind::Malformed);
+        assert_eq!(
+            read_varuint(&enc(u32::MAX as u64), 0, 32, "x").unwrap().0,
+            u32::MAX as u64
+        );
+        assert_eq!(
+            read_varuint(&enc(1 << 32), 0, 32, "x").unwrap_err().kind,
+            ErrorKind::Malformed
+        );
         // Six bytes are read for 32 bits before "overflow" (like _yupdate).
         let six = [0x80, 0x80, 0x80, 0x80, 0x80, 0x01];
-        assert!(read_varuint(&six, 0, 32, "x").unwrap_err().message.contains("overflows"));
+        assert!(read_varuint(&six, 0, 32, "x")
+            .unwrap_err()
+            .message
+            .contains("overflows"));
         let seven = [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01];
-        assert!(read_varuint(&seven, 0, 32, "x").unwrap_err().message.contains("overflows"));
+        assert!(read_varuint(&seven, 0, 32, "x")
+            .unwrap_err()
+            .message
+            .contains("overflows"));
         let long64 = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01];
         assert_eq!(read_varuint(&long64, 0, 64, "x").unwrap().0, u64::MAX);
         let over64 = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02];
@@ -173,7 +201,18 @@ mod tests {
 
     #[test]
     fn signed_varints() {
-        for v in [0i64, 1, -1, 63, -63, 64, -64, 1 << 40, -(1 << 52), (1 << 53) - 1] {
+        for v in [
+            0i64,
+            1,
+            -1,
+            63,
+            -63,
+            64,
+            -64,
+            1 << 40,
+            -(1 << 52),
+            (1 << 53) - 1,
+        ] {
             let mut b = Vec::new();
             write_varint(&mut b, v);
             assert_eq!(read_varint(&b, 0).unwrap(), (v, b.len()), "{v}");
