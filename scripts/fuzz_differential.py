@@ -79,7 +79,7 @@ from crdtsync.errors import InvalidUpdateError  # noqa: E402
 
 CRASHERS = REPO / "tests" / "fixtures" / "crashers"
 SHARED = REPO.parent / "shared"
-TRACES = ("automerge-paper", "seph-blog1", "friendsforever")
+TRACES = ("automerge-paper", "seph-blog1", "friendsforever_flat")
 
 #: Limit sets an update input is checked under (each tighter than the default
 #: in every field, so an input one accepts is one the default accepts).
