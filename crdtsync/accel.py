@@ -87,7 +87,8 @@ def _load() -> tuple[ModuleType | None, str]:
             f"crdtsync._native is not available ({exc}); using the pure-Python path, "
             "which is correct but much slower (install with a Rust toolchain to build it)"
         )
-        logger.warning(msg)
+        # (info, not warning: the warning below is what unconfigured logging shows)
+        logger.info(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
         return None, "pure Python (crdtsync._native is not built)"
     build = str(_native.BUILD)
