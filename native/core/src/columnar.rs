@@ -563,10 +563,21 @@ struct Out {
 }
 
 impl Out {
+    /// Counts `n` more bytes; true if they are within the budget (and room
+    /// for them is reserved, never more than the budget in all).
     #[inline]
     fn fits(&mut self, n: usize) -> bool {
         self.size += n as u64;
-        self.size <= self.cap
+        if self.size > self.cap {
+            return false;
+        }
+        let need = self.buf.len() + n;
+        if need > self.buf.capacity() {
+            // Grow by doubling like Vec would, but never past the budget.
+            let want = (self.buf.capacity() * 2).max(need).min(self.cap as usize);
+            self.buf.reserve_exact(want - self.buf.len());
+        }
+        true
     }
     #[inline]
     fn put(&mut self, v: u64) {
