@@ -428,3 +428,28 @@ def test_version_names_the_path(pure: bool) -> None:
         assert out[1] == f"formats: pure Python ({accel.PURE_PYTHON_ENV} is set)"
     elif _native_module is not None:
         assert out[1].startswith("formats: native Rust core (crdtsync-native ")
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_facade_on_each_path(pure: bool) -> None:
+    """Whatever path this process uses, each path is exercised in a fresh one."""
+    code = (
+        "import sys\n"
+        "from crdtsync import accel, _columnar, _yupdate\n"
+        "v1 = open(sys.argv[1], 'rb').read()\n"
+        "assert accel.parse_update(v1) == _yupdate.parse_update(v1)\n"
+        "packed = accel.compact_encode(v1)\n"
+        "assert packed == _columnar.compact_encode(v1)\n"
+        "assert accel.compact_decode(packed) == v1\n"
+        "print(accel.NATIVE)\n"
+    )
+    env = {**os.environ, accel.PURE_PYTHON_ENV: "1" if pure else "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(GOLDEN / "v1-all-types.yjs.bin")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=True,
+    )
+    assert out.stdout.strip() == str(not pure and _native_module is not None)
