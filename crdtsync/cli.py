@@ -649,11 +649,17 @@ def _add_lan_commands(
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     from crdtsync import __version__
+    from crdtsync.format.accel import PATH
 
     parser = argparse.ArgumentParser(
-        prog="crdtsync", description="Local-first documents that sync: relay and tools."
+        prog="crdtsync",
+        description="Local-first documents that sync: relay and tools.",
+        # (keeps the line break of --version)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"crdtsync {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"crdtsync {__version__}\nformats: {PATH}"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     relay = commands.add_parser(

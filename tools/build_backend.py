@@ -9,10 +9,18 @@ all see ``crdtsync`` (and nothing else: no top-level ``transports``). Edits to
 existing files show at once; a new module needs ``pip install -e .`` again
 (``scripts/check`` reinstalls on every run). Pass
 ``--config-settings editable_mode=lenient`` to choose otherwise.
+
+setuptools-rust builds the optional Rust extension (``crdtsync._native``) in
+place, next to the sources, in every editable mode; strict mode's link tree does
+not pick it up, so :func:`build_editable` links it in (nothing to link when the
+build was skipped for want of a Rust toolchain).
 """
 
 from __future__ import annotations
 
+import os
+import zipfile
+from pathlib import Path
 from typing import Any
 
 from setuptools import build_meta as _setuptools
@@ -35,4 +43,22 @@ def build_editable(
     """PEP 660 editable wheel, in setuptools' strict mode unless told otherwise."""
     settings = dict(config_settings or {})
     settings.setdefault("editable_mode", "strict")
-    return _setuptools.build_editable(wheel_directory, settings, metadata_directory)
+    name = _setuptools.build_editable(wheel_directory, settings, metadata_directory)
+    if settings["editable_mode"] == "strict":
+        _link_extensions(Path(wheel_directory) / name)
+    return name
+
+
+def _link_extensions(wheel: Path) -> None:
+    """Link the in-place built extension modules into the strict link tree."""
+    with zipfile.ZipFile(wheel) as zf:
+        pth = [n for n in zf.namelist() if n.startswith("__editable__") and n.endswith(".pth")]
+        if not pth:
+            return
+        tree = Path(zf.read(pth[0]).decode().strip().splitlines()[0])
+    source = Path(__file__).resolve().parents[1] / "crdtsync"
+    for ext in source.glob("_native*.so"):
+        link = tree / "crdtsync" / ext.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(ext, link)

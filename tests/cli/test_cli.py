@@ -182,11 +182,15 @@ def test_version_and_no_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0
-    assert capsys.readouterr().out.strip() == f"crdtsync {crdtsync.__version__}"
+    from crdtsync.format.accel import PATH
+
+    version, formats = capsys.readouterr().out.strip().splitlines()
+    assert version == f"crdtsync {crdtsync.__version__}"
+    assert formats == f"formats: {PATH}"
     assert main([], environ={}) == 2
     assert "relay" in capsys.readouterr().err
     proc = run_cli("--version")
-    assert proc.stdout.strip() == f"crdtsync {crdtsync.__version__}"
+    assert proc.stdout.splitlines()[0] == f"crdtsync {crdtsync.__version__}"
 
 
 # -- crdtsync relay: configuration --------------------------------------------------------
