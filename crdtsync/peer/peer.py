@@ -302,17 +302,17 @@ class Guest:
         """The document's current version (state vector).
 
         Raises:
-            DocNotOpenError: the document was unloaded.
+            DocNotOpenError: the document was unloaded, or the guest left.
         """
-        return self._port.entry(self.name).doc.version
+        return self._entry().doc.version
 
     def catch_up(self, since: Version) -> bytes:
         """What a replica at version ``since`` lacks: the answer to its sync step 1.
 
         Raises:
-            DocNotOpenError: the document was unloaded.
+            DocNotOpenError: the document was unloaded, or the guest left.
         """
-        return self._port.entry(self.name).doc.export_yjs_update(since=since)
+        return self._entry().doc.export_yjs_update(since=since)
 
     def write(self, update: bytes, writes: Mapping[int, int], session: WriterCheck) -> Admission:
         """Admit and import an update the guest sent.

@@ -1,7 +1,9 @@
-"""Acceptance suites for stores and transports, and a virtual-time event loop.
+"""Acceptance suites for stores, transports and room backends, and a virtual-time event loop.
 
-Every :class:`~crdtsync.store.base.Store` and every transport runs the same
-suite, like automerge-repo's adapter tests and ``trio.testing.check_two_way_stream``::
+Every :class:`~crdtsync.store.base.Store`, every transport and every relay room
+backend (:mod:`crdtsync.relay.backend`: ``check_room_backend``, loaded on first
+use) runs the same suite, like automerge-repo's adapter tests and
+``trio.testing.check_two_way_stream``::
 
     import asyncio
     from crdtsync.testing import check_store, check_transport
@@ -9,7 +11,7 @@ suite, like automerge-repo's adapter tests and ``trio.testing.check_two_way_stre
     asyncio.run(check_store(MyStore.temporary, reopen=MyStore.reopen))
     asyncio.run(check_transport(lambda: (server_transport, client_transport, "ws://127.0.0.1:0")))
 
-Both are coroutines, so they run inside whatever loop the caller's tests use,
+All are coroutines, so they run inside whatever loop the caller's tests use,
 and each step is bounded by a timeout: a broken adapter fails, it never hangs.
 
 :class:`VirtualTimeLoop` is an asyncio loop whose clock jumps to the next timer
@@ -22,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import selectors
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from crdtsync.errors import ConnectionClosedError, StoreError, TransportError
 from crdtsync.net import (
@@ -35,7 +37,28 @@ from crdtsync.net import (
 )
 from crdtsync.store.base import Store
 
-__all__ = ["VirtualTimeLoop", "advance", "check_store", "check_transport", "run_virtual"]
+__all__ = [
+    "VirtualTimeLoop",
+    "advance",
+    "check_room_backend",
+    "check_store",
+    "check_transport",
+    "run_virtual",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The room-backend suite needs the model, the peer and the relay: loaded on use,
+    # so that checking a store or a transport does not import them.
+    if name == "check_room_backend":
+        from crdtsync.testing.rooms import check_room_backend
+
+        return check_room_backend
+    raise AttributeError(f"module 'crdtsync.testing' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from crdtsync.testing.rooms import check_room_backend
 
 _T = TypeVar("_T")
 _STEP = 10.0  # seconds allowed for any single step of a suite
@@ -304,8 +327,8 @@ async def check_transport(factory: TransportFactory) -> None:
         client2, server2 = await pair()
         await _step(client2.send(b"two"), "send on the second connection")
         await _step(client.send(b"one"), "send on the first connection")
-        assert await _step(server2.recv(), "recv two") == b"two"
-        assert await _step(server.recv(), "recv one") == b"one"
+        assert await _recv_exactly(server2, 3, "recv two") == b"two"
+        assert await _recv_exactly(server, 3, "recv one") == b"one"
 
         if Ability.MESSAGES in declared:
             await _check_messages(client, server)
@@ -348,6 +371,14 @@ async def check_transport(factory: TransportFactory) -> None:
 
     # A sync session runs over it end to end.
     await _step(_sync_over(server_t, client_t, address), "two peers sync over the transport")
+
+
+async def _recv_exactly(conn: Connection, n: int, what: str) -> bytes:
+    """Read ``n`` bytes, however the transport chunks them (a stream may split anything)."""
+    got = bytearray()
+    while len(got) < n:
+        got += await _step(conn.recv(), what)
+    return bytes(got)
 
 
 async def _check_messages(sender: Connection, receiver: Connection) -> None:
