@@ -46,7 +46,7 @@ _EXPORTS: dict[str, str] = {
     "Peer": "crdtsync.peer.peer",
     "Backoff": "crdtsync.peer.peer",
     "Grant": "crdtsync.peer.peer",
-    "Guest": "crdtsync.peer.peer",
+    "Guest": "crdtsync.peer.guests",
     "HelloInfo": "crdtsync.peer.peer",
     "Status": "crdtsync.peer.peer",
     "YProvider": "crdtsync.peer.yprovider",
@@ -248,7 +248,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real names, eagerly
     from crdtsync.model.doc import DEFAULT_LIMITS, Change, ChangeEvent, Doc
     from crdtsync.model.tree import Tree
     from crdtsync.net import Ability, Connection, Listener, MessageConnection, Transport
-    from crdtsync.peer.peer import Backoff, Grant, Guest, HelloInfo, Peer, Status
+    from crdtsync.peer.guests import Guest
+    from crdtsync.peer.peer import Backoff, Grant, HelloInfo, Peer, Status
     from crdtsync.peer.yprovider import YProvider
     from crdtsync.protocol.awareness import Awareness, AwarenessChange
     from crdtsync.protocol.session import Session, SessionOptions

@@ -23,9 +23,10 @@ protocol itself lives in the session. What the shell adds:
   :meth:`Store.compact` folds the log in one transaction, while edits go on.
 * **Guests.** Connections of another protocol (the relay's y-protocols clients)
   take part in a document through :meth:`Peer.join`, which hands out a
-  :class:`Guest`; :meth:`Peer.watch` tells a :class:`DocWatcher` of every
-  transaction and presence update, with where it came from, so such a front end
-  can send them on. Guests and sessions go through the same write policy
+  :class:`~crdtsync.peer.guests.Guest`; :meth:`Peer.watch` tells a
+  :class:`~crdtsync.peer.guests.DocWatcher` of every transaction and presence
+  update, with where it came from, so such a front end can send them on
+  (:mod:`crdtsync.peer.guests`). Guests and sessions go through the same write policy
   (:mod:`crdtsync.peer.policy`) and the same writer registry (:attr:`Peer.writers`).
 
 Failures of background tasks (a connection's reader or writer, a compaction, a
@@ -41,10 +42,10 @@ import logging
 import os
 import random
 import secrets
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from crdtsync.errors import (
@@ -68,22 +69,14 @@ from crdtsync.format import envelope as encoding
 from crdtsync.format.version import Version
 from crdtsync.model.doc import Doc
 from crdtsync.net import Connection, FlowConnection, Listener, Transport, has_flow_control
-from crdtsync.peer.policy import Admission, WriterCheck, admit
+from crdtsync.peer.guests import DocWatcher, Entries, Guest, GuestPort, Origin
+from crdtsync.peer.policy import Admission, admit
 from crdtsync.protocol import session as p
 from crdtsync.protocol.awareness import Awareness, AwarenessChange
 from crdtsync.store.base import Store, StoredDoc
 from crdtsync.store.memory import MemoryStore
 
-__all__ = [
-    "Backoff",
-    "DocWatcher",
-    "Grant",
-    "Guest",
-    "HelloInfo",
-    "Origin",
-    "Peer",
-    "Status",
-]
+__all__ = ["Backoff", "Grant", "HelloInfo", "Peer", "Status"]
 
 log = logging.getLogger("crdtsync.peer")
 
@@ -224,158 +217,6 @@ class _Supervisor:
         self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
-#: Where an update or a presence update came from, as a :class:`DocWatcher` hears
-#: it: a :class:`Guest`, the :class:`~crdtsync.net.Connection` of a crdtsync
-#: session (what the transport made, or what ``serve`` was given), or None (a
-#: local edit, a presence expiry).
-Origin: TypeAlias = "Guest | Connection | None"
-
-
-class DocWatcher(Protocol):
-    """What :meth:`Peer.watch` tells a front end for guests (the relay's y-protocols side).
-
-    Both calls come synchronously from inside the transaction or presence
-    change, after the sessions were given it. An update from a session or a
-    guest may not be stored yet (imports are group-committed, see the module
-    docs): a watcher sends it on only after :meth:`Peer.commit`.
-    """
-
-    def updated(self, name: str, update: bytes, origin: Origin) -> None:
-        """A transaction of ``name``: its own update (a local edit, a session's, a guest's)."""
-        ...
-
-    def presence(self, name: str, data: bytes, origin: Origin) -> None:
-        """A presence (awareness) update of ``name`` being sent on (not back to ``origin``)."""
-        ...
-
-
-_Entries = tuple[tuple[int, int, Any], ...]
-
-
-@dataclass(frozen=True)
-class _GuestPort:
-    """What a :class:`Guest` may do to its Peer: the Peer's own methods, handed over at join."""
-
-    entry: Callable[[str], _Entry]
-    import_update: Callable[[_Entry, bytes, Guest], None]
-    take_presence: Callable[[_Entry, set[int], bytes, _Entries, Guest], AwarenessChange]
-    leave: Callable[[Guest], None]
-
-
-class Guest:
-    """A connection of another protocol taking part in one document of a :class:`Peer`.
-
-    The relay makes one for each y-protocols client (``crdtsync.relay.yconn``).
-    Made by :meth:`Peer.join`; the document stays loaded while a guest is in it
-    (:meth:`Peer.users` counts guests). What a guest writes passes the same write
-    policy as a session's updates (:func:`~crdtsync.peer.policy.admit`), is
-    stored, sent to every session carrying the document, and told to watchers
-    (:meth:`Peer.watch`) with the guest as its origin. The document is looked up
-    by name at every call: a re-opened incarnation (an adopted epoch) is the one
-    a guest writes to.
-
-    Attributes:
-        name: the document.
-        grant: what the guest may do (``read_only``; ``check`` and ``docs`` are
-            the caller's to apply before joining).
-        address: who it is, for logs.
-        clients: presence client ids this guest added or changed (its own); they
-            are removed when it leaves.
-    """
-
-    def __init__(self, port: _GuestPort, name: str, grant: Grant, address: str) -> None:
-        self._port = port
-        self.name = name
-        self.grant = grant
-        self.address = address
-        self.clients: set[int] = set()
-        # Whether leave() was called.
-        self._left = False
-
-    @property
-    def left(self) -> bool:
-        """Whether the guest left (nothing it does reaches the document any more)."""
-        return self._left
-
-    @property
-    def version(self) -> Version:
-        """The document's current version (state vector).
-
-        Raises:
-            DocNotOpenError: the document was unloaded, or the guest left.
-        """
-        return self._entry().doc.version
-
-    def catch_up(self, since: Version) -> bytes:
-        """What a replica at version ``since`` lacks: the answer to its sync step 1.
-
-        Raises:
-            DocNotOpenError: the document was unloaded, or the guest left.
-        """
-        return self._entry().doc.export_yjs_update(since=since)
-
-    def write(self, update: bytes, writes: Mapping[int, int], session: WriterCheck) -> Admission:
-        """Admit and import an update the guest sent.
-
-        Args:
-            update: a raw Yjs update.
-            writes: its client ids and end clocks, as ``session`` parsed them.
-            session: the guest's protocol session (binds client ids).
-
-        Returns:
-            ``WRITE`` (imported: stored, or queued for the group commit, and sent
-            on), ``NOTHING_NEW`` (nothing to import), ``READ_ONLY`` (refused: tell
-            the guest) or ``FORBIDDEN`` (refused: the session closed itself).
-
-        Raises:
-            InvalidUpdateError: the update was refused (the document is unchanged).
-            StoreError: it could not be stored.
-            DocNotOpenError: the document was unloaded, or the guest left.
-        """
-        entry = self._entry()
-        verdict = admit(entry.doc, update, writes, read_only=self.grant.read_only, session=session)
-        if verdict is Admission.WRITE:
-            self._port.import_update(entry, update, self)
-        return verdict
-
-    def apply_presence(self, data: bytes, entries: _Entries) -> AwarenessChange:
-        """Apply a presence update the guest sent, and send it on.
-
-        Args:
-            data: the awareness update's bytes (sent on unchanged).
-            entries: the same, decoded (``decode_awareness``).
-
-        Raises:
-            LimitExceededError: it would give this guest more than
-                ``MAX_PRESENCE_PER_CONNECTION`` states (nothing applied).
-            DocNotOpenError: the document was unloaded, or the guest left.
-        """
-        return self._port.take_presence(self._entry(), self.clients, data, entries, self)
-
-    @property
-    def present(self) -> int:
-        """How many presence states the document holds (everyone's)."""
-        return len(self._entry().awareness.states)
-
-    def presence_update(self) -> bytes:
-        """Everyone's presence states in the document, as one awareness update."""
-        return self._entry().awareness.full_update()
-
-    def leave(self) -> None:
-        """The guest's connection ended: its presence states are removed. Idempotent."""
-        if not self._left:
-            self._left = True
-            self._port.leave(self)
-
-    def _entry(self) -> _Entry:
-        if self._left:
-            raise DocNotOpenError(f"the guest left {self.name!r}")
-        return self._port.entry(self.name)
-
-    def __repr__(self) -> str:
-        return f"<Guest {self.address} in {self.name!r}{' (left)' if self._left else ''}>"
-
-
 class Peer:
     """A replica of many documents: stored durably, synced over connections.
 
@@ -472,8 +313,16 @@ class Peer:
         # Guests by document, and who is told of every transaction and presence update.
         self._guests: dict[str, set[Guest]] = {}
         self._watchers: list[DocWatcher] = []
-        self._guest_port = _GuestPort(
-            self._entry, self._import, self._take_presence, self._guest_left
+        self._guest_port = GuestPort(
+            doc=lambda name: self._entry(name).doc,
+            awareness=lambda name: self._entry(name).awareness,
+            import_update=lambda name, update, guest: self._import(
+                self._entry(name), update, guest
+            ),
+            take_presence=lambda name, own, data, entries, guest: self._take_presence(
+                self._entry(name), own, data, entries, guest
+            ),
+            leave=self._guest_left,
         )
         self._changed = asyncio.Event()
         self._presence_timer: asyncio.TimerHandle | None = None
@@ -835,7 +684,7 @@ class Peer:
                 watcher.presence(name, data, source)
 
     def _take_presence(
-        self, entry: _Entry, own: set[int], data: bytes, entries: _Entries, origin: _Link | Guest
+        self, entry: _Entry, own: set[int], data: bytes, entries: Entries, origin: _Link | Guest
     ) -> AwarenessChange:
         """Apply presence from a session or a guest owning the states ``own``; send it on.
 

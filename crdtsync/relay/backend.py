@@ -34,7 +34,8 @@ from typing import Protocol
 
 from crdtsync.format.version import Version
 from crdtsync.net import Connection
-from crdtsync.peer.peer import DocWatcher, Grant, HelloInfo, Peer, Status
+from crdtsync.peer.guests import DocWatcher
+from crdtsync.peer.peer import Grant, HelloInfo, Peer, Status
 from crdtsync.peer.policy import Admission, WriterCheck
 from crdtsync.protocol.awareness import AwarenessChange
 from crdtsync.protocol.session import SessionOptions, WriterRegistry

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 
 from crdtsync.errors import StoreError
-from crdtsync.peer.peer import Origin
+from crdtsync.peer.guests import Origin
 from crdtsync.protocol import yprotocol as y
 from crdtsync.relay.backend import RoomBackend
 from crdtsync.relay.config import RelayConfig
@@ -52,6 +52,7 @@ class Rooms:
         # Room name -> its y-protocols clients; and each client by its guest.
         self._members: dict[str, set[YConnection]] = {}
         self._by_guest: dict[object, YConnection] = {}
+        self._count = 0  # clients in all rooms (asked at every new connection)
         # Sends waiting for the backend's group commit, in order.
         self._outbox: list[_Send] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -63,19 +64,28 @@ class Rooms:
 
     def add(self, yc: YConnection) -> None:
         """A y-protocols client joined its room."""
-        self._members.setdefault(yc.room, set()).add(yc)
+        members = self._members.setdefault(yc.room, set())
+        if yc not in members:
+            members.add(yc)
+            self._count += 1
         self._by_guest[yc.guest] = yc
         self._idle_since.pop(yc.room, None)
 
     def remove(self, yc: YConnection) -> None:
         """A y-protocols client left (its guest leaves separately)."""
         members = self._members.get(yc.room)
-        if members is not None:
+        if members is not None and yc in members:
             members.discard(yc)
+            self._count -= 1
             if not members:
                 del self._members[yc.room]
         if self._by_guest.get(yc.guest) is yc:
             del self._by_guest[yc.guest]
+
+    @property
+    def count(self) -> int:
+        """How many y-protocols clients there are, in all rooms."""
+        return self._count
 
     def connections(self) -> list[YConnection]:
         """Every y-protocols client of every room."""

@@ -54,6 +54,7 @@ import asyncio
 import contextlib
 import signal
 import ssl
+from dataclasses import replace
 from functools import partial
 from http import HTTPStatus
 from urllib.parse import parse_qsl
@@ -149,24 +150,26 @@ class Relay:
         self._closed = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
         self._limits = UpdateLimits(max_update_bytes=config.max_update)
-        cfg = config
-        # Every y-protocols connection's session limits (writers: see _serve_y).
-        self._y_options = ys.YSessionOptions(
-            max_payload=cfg.max_update,
-            rate=cfg.max_msgs_per_sec,
-            burst=cfg.max_msgs_burst,
+        # Every y-protocols connection's session limits. A client granted writes
+        # has its updates parsed and its client ids bound (its first presence
+        # message declares them); a read-only one writes nothing, so it owns
+        # nothing and is not parsed (its updates are refused by the write policy).
+        self._y_writer = ys.YSessionOptions(
+            max_payload=config.max_update,
+            rate=config.max_msgs_per_sec,
+            burst=config.max_msgs_burst,
             verify_writers=True,
             declare_presence=True,
             limits=self._limits,
         )
+        self._y_reader = replace(self._y_writer, verify_writers=False, declare_presence=False)
         self.port = 0
         self.url = ""
         #: The relay's metrics (``/metrics``).
         self.metrics = RelayMetrics(self._connection_counts, lambda: self.rooms, self._queues)
 
     def _connection_counts(self) -> tuple[int, int]:
-        ys_count = len(self._rooms.connections()) if self._rooms is not None else 0
-        return len(self._sync_conns), ys_count
+        return len(self._sync_conns), self._rooms.count if self._rooms is not None else 0
 
     def _queues(self) -> list[int]:
         depths = self._rooms.queue_depths() if self._rooms is not None else []
@@ -492,15 +495,7 @@ class Relay:
         backend, rooms = self.backend, self._rooms
         assert rooms is not None  # started
         guest = await backend.join(room, grant=Grant(read_only=read_only), address=address)
-        options = self._y_options
-        if read_only:
-            # A read-only client writes nothing, so it owns nothing and is not parsed.
-            options = ys.YSessionOptions(
-                max_payload=options.max_payload,
-                rate=options.rate,
-                burst=options.burst,
-                limits=options.limits,
-            )
+        options = self._y_reader if read_only else self._y_writer
         session = ys.YSession.server(now=now(), options=options, registry=backend.writers)
         yc = YConnection(
             ws,

@@ -19,7 +19,8 @@ from crdtsync.format.version import Version
 from crdtsync.format.yupdate import parse_update
 from crdtsync.model.doc import Doc
 from crdtsync.net import Connection
-from crdtsync.peer.peer import Grant, HelloInfo, Origin, Peer
+from crdtsync.peer.guests import Origin
+from crdtsync.peer.peer import Grant, HelloInfo, Peer
 from crdtsync.peer.policy import Admission
 from crdtsync.protocol.awareness import decode_awareness, encode_awareness
 from crdtsync.protocol.session import SessionOptions

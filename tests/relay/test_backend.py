@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from crdtsync.peer.peer import DocWatcher, Peer
+from crdtsync.peer.guests import DocWatcher
+from crdtsync.peer.peer import Peer
 from crdtsync.relay.backend import BackendSettings, RoomBackend, peer_backend
 from crdtsync.testing import check_room_backend
 
