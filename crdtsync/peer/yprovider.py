@@ -415,8 +415,17 @@ class YProvider:
             stopping.cancel()
             if not connecting.done():
                 connecting.cancel()
+        if not connecting.done():
+            # close() came first: let the cancelled connect finish (a cancel is not
+            # immediate), without raising here what it ends with.
+            await asyncio.wait({connecting})
         if connecting.cancelled():
             return None
+        exc = connecting.exception()
+        if exc is not None:
+            if self._closed and isinstance(exc, TransportError):
+                return None  # it failed while we were closing anyway
+            raise exc
         conn = connecting.result()
         if self._closed:
             await self._close_quietly(conn)

@@ -331,3 +331,34 @@ def test_errors_are_in_the_tree() -> None:
     ):
         assert issubclass(cls, CrdtSyncError)
         assert cls.__name__ in sys.modules["crdtsync.errors"].__doc__  # type: ignore[operator]
+
+
+class _HangingTransport:
+    """Keeps message boundaries, and never finishes connecting."""
+
+    abilities = Ability.MESSAGES
+
+    async def connect(self, address: str) -> Any:
+        await asyncio.Event().wait()
+
+    async def listen(self, address: str, handler: Any) -> Listener:
+        raise NotImplementedError
+
+
+@pytest.mark.anyio
+async def test_closing_a_provider_while_it_connects_ends_cleanly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Regression: close() cancelled the pending connect and read its result before
+    # the cancellation had happened (InvalidStateError), which the old catch-all
+    # reported as a failed attempt; now the loop must just end.
+    statuses: list[Status] = []
+    with caplog.at_level(logging.ERROR, logger="crdtsync"):
+        p = YProvider(Doc(), "ws://hang", "r", transport=_HangingTransport())
+        p.on_status(statuses.append)
+        await p.start()
+        await asyncio.sleep(0)  # deliberate sleep: let the loop start connecting
+        await asyncio.wait_for(p.close(), STEP)
+    assert p.error is None
+    assert not [s for s in statuses if s.kind == "error"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
