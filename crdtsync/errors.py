@@ -17,10 +17,12 @@ The tree::
     │                                              a value cannot be stored (set, object, NaN, ...)
     ├── RootTypeError (also TypeError)             a root name is already used with another type
     ├── InvalidOperationError (also ValueError)    a local edit that cannot be done (cycle...)
-    │   └── TreeCycleError                         a tree move would put a node under itself
+    │   ├── TreeCycleError                         a tree move would put a node under itself
+    │   └── DocNotOpenError (also KeyError)        a document that is not open (``Peer.presence``)
     ├── EngineError                                pycrdt failed in a way validation did not foresee
     ├── ProtocolError                              a sync session failed; ``.code`` is the wire code
     │   ├── LocalProtocolError                     this side misused the session API (code 1)
+    │   │   └── InvalidAuthError (also ValueError) an ``auth`` value a handshake cannot carry
     │   ├── MalformedFrameError                    a frame that does not decode (code 2)
     │   ├── FrameTooLargeError                     a frame or reassembled update over the limit (3)
     │   ├── UnknownMessageError                    a message type this version does not know (4)
@@ -35,6 +37,7 @@ The tree::
     │   ├── EpochMismatchError                     different incarnations of a document (10)
     │   ├── ProtocolTimeoutError (also TimeoutError)   no handshake, ack or keepalive in time (11)
     │   ├── LimitExceededError                     too many documents, chunks or pending bytes (12)
+    │   │   └── RateLimitError                     more messages than the rate limit allows
     │   ├── PeerGoingAwayError                     the peer closed the session normally (13)
     │   ├── ReadOnlyError                          an update over a read-only grant (16)
     │   └── InvalidRoomError                       a room (document) name the relay refuses (17)
@@ -42,11 +45,15 @@ The tree::
     │   └── StoreLockedError                       another process has the store open
     ├── KeyFileError                               a key file is missing, malformed or not private
     ├── PairingError                               a pairing failed: wrong code, bad invite, timeout
-    └── TransportError (also OSError)              a connection could not be made or broke
-        ├── ConnectionClosedError                  send or receive on a closed connection
-        ├── HandshakeError                         a LAN link's key exchange failed (group key...)
-        │   └── PeerIdentityError                  the peer's proven key is not the expected one
-        └── LinkFrameError                         a LAN frame refused: tampered, replayed, cut, big
+    ├── TransportError (also OSError)              a connection could not be made or broke
+    │   ├── ConnectionClosedError                  send or receive on a closed connection
+    │   ├── ConnectTimeoutError (also TimeoutError)    no handshake in time (``Peer.connect``)
+    │   ├── UnsupportedAddressError (also ValueError)  no transport handles the address's scheme
+    │   ├── HandshakeError                         a LAN link's key exchange failed (group key...)
+    │   │   └── PeerIdentityError                  the peer's proven key is not the expected one
+    │   └── LinkFrameError                         a LAN frame refused: tampered, replayed, cut, big
+    ├── UnsupportedTransportError (also TypeError) a transport lacks an ability the caller needs
+    └── MissingDependencyError (also ImportError)  an optional extra is not installed (``.extra``)
 
 Errors split like h11's: ``InvalidUpdateError`` is the remote side's fault (the
 document is unchanged), the others are the caller's. Sync sessions split the same
@@ -63,14 +70,17 @@ from enum import IntEnum
 
 __all__ = [
     "AuthError",
+    "ConnectTimeoutError",
     "ConnectionClosedError",
     "CrdtSyncError",
+    "DocNotOpenError",
     "EngineError",
     "EpochMismatchError",
     "ErrorCode",
     "ForbiddenWriterError",
     "FrameTooLargeError",
     "HandshakeError",
+    "InvalidAuthError",
     "InvalidOperationError",
     "InvalidRoomError",
     "InvalidUpdateError",
@@ -81,12 +91,14 @@ __all__ = [
     "LocalProtocolError",
     "MalformedFrameError",
     "MalformedUpdateError",
+    "MissingDependencyError",
     "MissingUpdatesError",
     "PairingError",
     "PeerGoingAwayError",
     "PeerIdentityError",
     "ProtocolError",
     "ProtocolTimeoutError",
+    "RateLimitError",
     "ReadOnlyError",
     "RoomNotAllowedError",
     "RootTypeError",
@@ -98,6 +110,8 @@ __all__ = [
     "TreeCycleError",
     "UnexpectedMessageError",
     "UnknownMessageError",
+    "UnsupportedAddressError",
+    "UnsupportedTransportError",
     "UnsupportedVersionError",
     "UpdateLimitError",
     "UpdateRejectedError",
@@ -158,6 +172,14 @@ class InvalidOperationError(CrdtSyncError, ValueError):
 
 class TreeCycleError(InvalidOperationError):
     """A tree move would make a node its own ancestor; nothing was written."""
+
+
+class DocNotOpenError(InvalidOperationError, KeyError):
+    """The document is not open on this peer (open it first with ``Peer.open``)."""
+
+    def __str__(self) -> str:
+        # KeyError's str() is the repr of its argument; this is a sentence.
+        return str(self.args[0]) if self.args else ""
 
 
 class EngineError(CrdtSyncError):
@@ -221,6 +243,14 @@ class LocalProtocolError(ProtocolError):
     """This side used the session API wrongly (e.g. sent before the handshake)."""
 
     code = ErrorCode.PROTOCOL_ERROR
+
+
+class InvalidAuthError(LocalProtocolError, ValueError):
+    """An ``auth`` value a handshake cannot carry (not CBOR-encodable, or nested too deeply).
+
+    Raised where the value is given (``Peer(auth=...)``, ``Session.client``), never
+    later from a reconnect in the background.
+    """
 
 
 class MalformedFrameError(ProtocolError):
@@ -291,6 +321,10 @@ class LimitExceededError(ProtocolError):
     """Too many documents, pending chunks or unacknowledged bytes."""
 
     code = ErrorCode.LIMIT_EXCEEDED
+
+
+class RateLimitError(LimitExceededError):
+    """A connection sent more messages than its rate limit allows (y-protocols: close 4529)."""
 
 
 class PeerGoingAwayError(ProtocolError):
@@ -399,3 +433,38 @@ class LinkFrameError(TransportError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class ConnectTimeoutError(TransportError, TimeoutError):
+    """No handshake completed within the time ``Peer.connect`` was given.
+
+    The peer keeps trying in the background (being offline is normal for a
+    local-first app); ``except TimeoutError`` catches it too.
+    """
+
+
+class UnsupportedAddressError(TransportError, ValueError):
+    """No transport handles this address: an unknown scheme, or one needing an explicit transport.
+
+    Raised at once by ``Peer.connect`` and ``Peer.listen``, never retried.
+    """
+
+
+class UnsupportedTransportError(CrdtSyncError, TypeError):
+    """A transport lacks an ability the caller needs (see ``crdtsync.net.Ability``).
+
+    ``YProvider`` needs connections that keep message boundaries: y-protocols
+    messages carry no length of their own.
+    """
+
+
+class MissingDependencyError(CrdtSyncError, ImportError):
+    """An optional dependency is not installed; the message says which extra installs it.
+
+    Attributes:
+        extra: the name of the extra, as in ``pip install 'crdtsync[websocket]'``.
+    """
+
+    def __init__(self, message: str, *, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra

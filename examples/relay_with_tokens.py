@@ -16,7 +16,6 @@ import tempfile
 from crdtsync import Peer, Status
 from crdtsync.relay import Relay, RelayConfig, mint_token
 from crdtsync.relay.tokens import generate_secret
-from crdtsync.transports.websocket import WebSocketTransport
 
 
 async def main(folder: str) -> None:
@@ -27,8 +26,8 @@ async def main(folder: str) -> None:
         editor_token = mint_token(secret, "team/notes", write=True, ttl=3600, subject="ana")
         viewer_token = mint_token(secret, "team/*", write=False, ttl=3600, subject="wall-screen")
 
-        ana = Peer(store=f"{folder}/ana.db", transport=WebSocketTransport())
-        wall = Peer(store=f"{folder}/wall.db", transport=WebSocketTransport())
+        ana = Peer(store=f"{folder}/ana.db")
+        wall = Peer(store=f"{folder}/wall.db")
         async with ana, wall:
             refused = asyncio.Event()
             refusals: list[Status] = []

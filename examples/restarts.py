@@ -20,7 +20,6 @@ import tempfile
 
 from crdtsync import Peer
 from crdtsync.relay import Relay, RelayConfig
-from crdtsync.transports.websocket import WebSocketTransport
 
 
 async def child(store: str) -> None:
@@ -49,7 +48,7 @@ async def main(folder: str) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
 
-    async with Peer(store=store, transport=WebSocketTransport()) as peer:
+    async with Peer(store=store) as peer:
         doc = await peer.open("journal")
         print("after the restart:", doc.to_py())
         doc.list("entries").append("written offline")
@@ -62,7 +61,7 @@ async def main(folder: str) -> None:
             print("synced with the relay once it came up")
 
     # The relay's own store now has the journal too.
-    phone = Peer(store=f"{folder}/phone.db", transport=WebSocketTransport())
+    phone = Peer(store=f"{folder}/phone.db")
     async with Relay(RelayConfig(port=0, data=f"{folder}/relay.db")) as relay, phone:
         mirror = await phone.open("journal")
         await phone.connect(relay.url)

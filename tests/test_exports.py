@@ -11,21 +11,23 @@ import crdtsync
 
 # Pinned: adding a name is a decision (update this list); removing one breaks users.
 PUBLIC = {
-    "AuthError", "Awareness", "AwarenessChange", "Backoff", "Change", "ChangeEvent",
-    "Connection", "ConnectionClosedError", "Container", "Counter", "CrdtSyncError",
-    "DEFAULT_LIMITS", "Doc", "EngineError", "EpochMismatchError", "ErrorCode",
-    "ForbiddenWriterError", "FrameTooLargeError", "Grant", "HandshakeError", "HelloInfo",
-    "KeyFileError", "LinkFrameError", "PairingError", "PeerIdentityError",
-    "InvalidOperationError", "InvalidRoomError", "InvalidUpdateError", "InvalidValueError",
-    "LimitExceededError", "List", "Listener", "LocalProtocolError", "MalformedFrameError",
-    "MalformedUpdateError", "Map", "MemoryStore", "MissingUpdatesError", "Peer",
-    "PeerGoingAwayError", "ProtocolError", "ProtocolTimeoutError", "ReadOnlyError",
-    "Register", "RoomNotAllowedError", "RootTypeError", "SQLiteStore", "Session",
-    "SessionOptions", "Status", "Store", "StoreError", "StoreLockedError", "Text",
-    "TokenError", "TokenExpiredError", "Transport", "TransportError", "Tree",
-    "TreeCycleError", "UnexpectedMessageError", "UnknownMessageError",
-    "UnsupportedVersionError", "UpdateLimitError", "UpdateLimits", "UpdateRejectedError",
-    "Version", "VersionMismatchError", "YProvider", "__version__",
+    "Ability", "AuthError", "Awareness", "AwarenessChange", "Backoff", "Change", "ChangeEvent",
+    "ConnectTimeoutError", "Connection", "ConnectionClosedError", "Container", "Counter",
+    "CrdtSyncError", "DEFAULT_LIMITS", "Doc", "DocNotOpenError", "EngineError",
+    "EpochMismatchError", "ErrorCode", "ForbiddenWriterError", "FrameTooLargeError", "Grant",
+    "Guest", "HandshakeError", "HelloInfo", "InvalidAuthError", "InvalidOperationError",
+    "InvalidRoomError", "InvalidUpdateError", "InvalidValueError", "KeyFileError",
+    "LimitExceededError", "LinkFrameError", "List", "Listener", "LocalProtocolError",
+    "MalformedFrameError", "MalformedUpdateError", "Map", "MemoryStore", "MessageConnection",
+    "MissingDependencyError", "MissingUpdatesError", "PairingError", "Peer",
+    "PeerGoingAwayError", "PeerIdentityError", "ProtocolError", "ProtocolTimeoutError",
+    "RateLimitError", "ReadOnlyError", "Register", "RoomNotAllowedError", "RootTypeError",
+    "SQLiteStore", "Session", "SessionOptions", "Status", "Store", "StoreError",
+    "StoreLockedError", "Text", "TokenError", "TokenExpiredError", "Transport",
+    "TransportError", "Tree", "TreeCycleError", "UnexpectedMessageError", "UnknownMessageError",
+    "UnsupportedAddressError", "UnsupportedTransportError", "UnsupportedVersionError",
+    "UpdateLimitError", "UpdateLimits", "UpdateRejectedError", "Version",
+    "VersionMismatchError", "YProvider", "__version__",
 }  # fmt: skip
 
 

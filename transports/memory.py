@@ -20,6 +20,10 @@ virtual-time loop of ``crdtsync.testing``):
 is silently lost (like a pulled cable: no EOF, the sessions notice by their
 timeouts) and new connections across groups are refused; :meth:`MemoryNetwork.heal`
 ends it.
+
+Memory connections are byte pipes and declare no optional ability
+(:class:`~crdtsync.net.Ability`): a fault may cut a ``send`` short, so message
+boundaries are not promised, and there is no write buffer to see or drop.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from crdtsync.errors import ConnectionClosedError, TransportError
-from crdtsync.net import Connection, Handler
+from crdtsync.net import Ability, Connection, Handler
 
 __all__ = ["Faults", "MemoryNetwork", "MemoryTransport", "NetworkStats"]
 
@@ -162,6 +166,11 @@ class MemoryTransport:
         self.network = network
         self.host = host
 
+    @property
+    def abilities(self) -> Ability:
+        """None: memory connections are plain byte pipes."""
+        return Ability(0)
+
     async def connect(self, address: str) -> Connection:
         """See :meth:`Transport.connect`."""
         return await self.network._connect(self.host, address)
@@ -221,6 +230,10 @@ class _MemoryConnection:
         self._drain_at: float | None = None
         # A chunk held back by a reorder fault.
         self._held: bytes | None = None
+
+    @property
+    def abilities(self) -> Ability:
+        return Ability(0)
 
     @property
     def remote_address(self) -> str:

@@ -27,6 +27,9 @@ What the wrapper adds to a raw ``websockets`` connection:
   :attr:`WebSocketConnection.buffered_amount` and :meth:`WebSocketConnection.abort`.
 * **No compression.** permessage-deflate costs CPU on both ends and memory per
   connection, and crdtsync already compresses what is worth it.
+
+Declared abilities (:class:`~crdtsync.net.Ability`): ``MESSAGES`` (one ``send``
+is one message), ``FLOW`` (``buffered_amount``, ``abort``) and ``CLOSE_CODES``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl as _ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -51,7 +55,7 @@ from websockets.exceptions import (
 from websockets.frames import CloseCode
 
 from crdtsync.errors import ConnectionClosedError, TransportError
-from crdtsync.net import Handler
+from crdtsync.net import Ability
 
 __all__ = ["WebSocketConnection", "WebSocketListener", "WebSocketTransport"]
 
@@ -60,6 +64,8 @@ __all__ = ["WebSocketConnection", "WebSocketListener", "WebSocketTransport"]
 _MAX_QUEUE = (4, 1)
 #: Close code for an abnormal end without any close frame (RFC 6455 7.1.5).
 _ABNORMAL = 1006
+#: What every WebSocket connection can do beyond a byte pipe.
+ABILITIES = Ability.MESSAGES | Ability.FLOW | Ability.CLOSE_CODES
 
 
 def _format_peer(addr: Any) -> str:
@@ -99,12 +105,15 @@ class WebSocketConnection:
         self._query: dict[str, str] = query
 
     def _peer_sockname(self) -> Any:
-        try:
-            return self._ws.remote_address
-        except Exception:  # the transport may already be gone
-            return None
+        # The transport's peer name: None once the socket is gone.
+        return self._ws.transport.get_extra_info("peername")
 
     # -- Connection ------------------------------------------------------------------
+
+    @property
+    def abilities(self) -> Ability:
+        """``MESSAGES | FLOW | CLOSE_CODES``: see :mod:`crdtsync.net`."""
+        return ABILITIES
 
     @property
     def remote_address(self) -> str:
@@ -139,10 +148,10 @@ class WebSocketConnection:
             if data:
                 return data
 
-    # -- extras for servers ---------------------------------------------------------------
+    # -- declared abilities (MESSAGES, FLOW, CLOSE_CODES) and extras for servers -------------
 
     async def recv_message(self) -> bytes:
-        """The next binary message, empty ones included.
+        """The next binary message, empty ones included (:class:`~crdtsync.net.MessageConnection`).
 
         For servers that meter what clients send: an empty message costs
         nothing to send, so it must still count against a message-rate limit.
@@ -193,9 +202,7 @@ class WebSocketConnection:
         :class:`ConnectionClosedError`.
         """
         self._aborted = True
-        transport = getattr(self._ws, "transport", None)
-        if transport is not None:
-            transport.abort()
+        self._ws.transport.abort()
 
     @property
     def close_code(self) -> int | None:
@@ -233,8 +240,8 @@ class WebSocketConnection:
     @property
     def buffered_amount(self) -> int:
         """Bytes accepted by ``send`` and not yet written to the socket."""
-        transport = getattr(self._ws, "transport", None)
-        if transport is None or transport.is_closing():
+        transport = self._ws.transport
+        if transport.is_closing():
             return 0
         return int(transport.get_write_buffer_size())
 
@@ -353,6 +360,11 @@ class WebSocketTransport:
             "write_limit": self.write_limit,
         }
 
+    @property
+    def abilities(self) -> Ability:
+        """``MESSAGES | FLOW | CLOSE_CODES``: see :mod:`crdtsync.net`."""
+        return ABILITIES
+
     async def connect(self, address: str) -> WebSocketConnection:
         """Connect to a ``ws://`` or ``wss://`` URL (path and query are sent as given).
 
@@ -392,7 +404,9 @@ class WebSocketTransport:
             raise TransportError(f"cannot connect to {shown}: {exc}") from None
         return WebSocketConnection(ws, remote=shown)
 
-    async def listen(self, address: str, handler: Handler) -> WebSocketListener:
+    async def listen(
+        self, address: str, handler: Callable[[WebSocketConnection], Awaitable[None]]
+    ) -> WebSocketListener:
         """Accept WebSocket connections at ``ws://host:port`` (port 0: any free port).
 
         ``handler`` runs for each connection (any path); the connection is

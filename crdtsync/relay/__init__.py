@@ -1,7 +1,14 @@
 """The relay server: where peers that are not on one LAN meet (``crdtsync relay``).
 
 * :mod:`~crdtsync.relay.server`: :class:`~crdtsync.relay.server.Relay` (crdtsync
-  protocol and y-protocols on one port) and :func:`~crdtsync.relay.server.serve`;
+  protocol and y-protocols on one port: lifecycle, HTTP, routing) and
+  :func:`~crdtsync.relay.server.serve`;
+* :mod:`~crdtsync.relay.backend`: the seam to where rooms live
+  (:class:`~crdtsync.relay.backend.RoomBackend`; a Peer by default);
+* :mod:`~crdtsync.relay.rooms`, :mod:`~crdtsync.relay.yconn`,
+  :mod:`~crdtsync.relay.limits`, :mod:`~crdtsync.relay.metrics`,
+  :mod:`~crdtsync.relay.logs`: the rooms' y-protocols clients and fan-out, one
+  y-protocols connection, connection limits, ``/metrics``, JSON logs;
 * :mod:`~crdtsync.relay.config`: :class:`~crdtsync.relay.config.RelayConfig`,
   its settings and limits;
 * :mod:`~crdtsync.relay.tokens`: signed access tokens;

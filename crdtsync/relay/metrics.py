@@ -1,8 +1,9 @@
-"""A small Prometheus registry: counters, gauges and histograms with labels.
+"""The relay's metrics: a small Prometheus registry, and the relay's series on it.
 
 The relay exposes ``/metrics`` in the Prometheus text format (version 0.0.4).
 A dependency-free registry is enough for a dozen series, and keeps the hot path
-to a dict lookup and an addition.
+to a dict lookup and an addition. :class:`RelayMetrics` registers the series
+``docs/RELAY.md`` lists and is what every relay module counts with.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 
-__all__ = ["Counter", "Gauge", "Histogram", "Registry"]
+__all__ = ["Counter", "Gauge", "Histogram", "Registry", "RelayMetrics"]
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -154,3 +155,99 @@ class Registry:
             out += m.header()
             out += m._lines()
         return "\n".join(out) + "\n"
+
+
+#: Buckets of the propagation histogram (seconds).
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+
+
+class RelayMetrics:
+    """The relay's series (``docs/RELAY.md``, "Metrics"), and the calls that count them.
+
+    Args:
+        connections: returns the open connections, ``(crdtsync, y-protocols)``.
+        rooms: returns how many rooms are loaded.
+        queues: returns the bytes waiting to be sent on each connection.
+    """
+
+    def __init__(
+        self,
+        connections: Callable[[], tuple[int, int]],
+        rooms: Callable[[], int],
+        queues: Callable[[], list[int]],
+    ) -> None:
+        r = self.registry = Registry()
+
+        def open_connections() -> list[tuple[dict[str, str], float]]:
+            sync, y = connections()
+            return [({"protocol": "crdtsync"}, float(sync)), ({"protocol": "y"}, float(y))]
+
+        def queue_depths() -> list[tuple[dict[str, str], float]]:
+            depths = queues()
+            return [
+                ({"stat": "sum"}, float(sum(depths))),
+                ({"stat": "max"}, float(max(depths, default=0))),
+            ]
+
+        r.gauge("crdtsync_relay_connections", "Open connections by protocol.", open_connections)
+        #: Connections accepted, by protocol.
+        self.connections_total = r.counter(
+            "crdtsync_relay_connections_total", "Connections accepted, by protocol."
+        )
+        r.gauge("crdtsync_relay_rooms", "Rooms loaded in memory.", lambda: [({}, float(rooms()))])
+        self._msgs_in = r.counter(
+            "crdtsync_relay_messages_received_total", "WebSocket messages received."
+        )
+        self._bytes_in = r.counter("crdtsync_relay_bytes_received_total", "Bytes received.")
+        self._msgs_out = r.counter("crdtsync_relay_messages_sent_total", "WebSocket messages sent.")
+        self._bytes_out = r.counter("crdtsync_relay_bytes_sent_total", "Bytes sent.")
+        #: Updates stored and sent on, by the protocol they came from.
+        self.updates = r.counter(
+            "crdtsync_relay_updates_total", "Updates stored and sent on, by origin protocol."
+        )
+        self._errors = r.counter("crdtsync_relay_errors_total", "Errors, by kind.")
+        #: Idle rooms unloaded.
+        self.unloaded = r.counter("crdtsync_relay_rooms_unloaded_total", "Idle rooms unloaded.")
+        r.gauge(
+            "crdtsync_relay_send_queue_bytes",
+            "Bytes waiting to be sent: sum and largest over connections.",
+            queue_depths,
+        )
+        #: From receiving an update to having stored it and queued it everywhere.
+        self.latency = r.histogram(
+            "crdtsync_relay_propagation_seconds",
+            "From receiving an update to having stored it and queued it to every other "
+            "connection in the room.",
+            LATENCY_BUCKETS,
+        )
+
+    def count_in(self, protocol: str, n: int) -> None:
+        """One message of ``n`` bytes received on ``protocol`` (``crdtsync``, ``y``)."""
+        self._msgs_in.inc(protocol=protocol)
+        self._bytes_in.inc(n, protocol=protocol)
+
+    def count_out(self, protocol: str, n: int, messages: int = 1) -> None:
+        """``messages`` messages of ``n`` bytes each sent on ``protocol``."""
+        self._msgs_out.inc(messages, protocol=protocol)
+        self._bytes_out.inc(n * messages, protocol=protocol)
+
+    def error(self, kind: str) -> None:
+        """Count an error of ``kind`` (``docs/RELAY.md`` lists them)."""
+        self._errors.inc(kind=kind)
+
+    def render(self) -> str:
+        """The Prometheus text exposition of every series."""
+        return self.registry.render()

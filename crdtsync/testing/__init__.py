@@ -1,7 +1,9 @@
-"""Acceptance suites for stores and transports, and a virtual-time event loop.
+"""Acceptance suites for stores, transports and room backends, and a virtual-time event loop.
 
-Every :class:`~crdtsync.store.base.Store` and every transport runs the same
-suite, like automerge-repo's adapter tests and ``trio.testing.check_two_way_stream``::
+Every :class:`~crdtsync.store.base.Store`, every transport and every relay room
+backend (:mod:`crdtsync.relay.backend`: ``check_room_backend``, loaded on first
+use) runs the same suite, like automerge-repo's adapter tests and
+``trio.testing.check_two_way_stream``::
 
     import asyncio
     from crdtsync.testing import check_store, check_transport
@@ -9,7 +11,7 @@ suite, like automerge-repo's adapter tests and ``trio.testing.check_two_way_stre
     asyncio.run(check_store(MyStore.temporary, reopen=MyStore.reopen))
     asyncio.run(check_transport(lambda: (server_transport, client_transport, "ws://127.0.0.1:0")))
 
-Both are coroutines, so they run inside whatever loop the caller's tests use,
+All are coroutines, so they run inside whatever loop the caller's tests use,
 and each step is bounded by a timeout: a broken adapter fails, it never hangs.
 
 :class:`VirtualTimeLoop` is an asyncio loop whose clock jumps to the next timer
@@ -22,12 +24,41 @@ from __future__ import annotations
 import asyncio
 import selectors
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from crdtsync.errors import ConnectionClosedError, StoreError, TransportError
+from crdtsync.net import (
+    Ability,
+    Connection,
+    Transport,
+    has_close_codes,
+    has_flow_control,
+    keeps_messages,
+)
 from crdtsync.store.base import Store
 
-__all__ = ["VirtualTimeLoop", "advance", "check_store", "check_transport", "run_virtual"]
+__all__ = [
+    "VirtualTimeLoop",
+    "advance",
+    "check_room_backend",
+    "check_store",
+    "check_transport",
+    "run_virtual",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The room-backend suite needs the model, the peer and the relay: loaded on use,
+    # so that checking a store or a transport does not import them.
+    if name == "check_room_backend":
+        from crdtsync.testing.rooms import check_room_backend
+
+        return check_room_backend
+    raise AttributeError(f"module 'crdtsync.testing' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from crdtsync.testing.rooms import check_room_backend
 
 _T = TypeVar("_T")
 _STEP = 10.0  # seconds allowed for any single step of a suite
@@ -225,8 +256,21 @@ async def check_store(
 # -- transports ---------------------------------------------------------------------------
 
 
-async def check_transport(factory: Callable[[], tuple[Any, Any, str]]) -> None:
-    """Check that a transport keeps the contract of ``crdtsync.net``.
+#: Builds ``(server transport, client transport, listen address)`` for check_transport.
+TransportFactory = Callable[[], tuple[Transport[Connection], Transport[Connection], str]]
+
+
+async def check_transport(factory: TransportFactory) -> None:
+    """Check that a transport keeps the contract of ``crdtsync.net``, and its declared abilities.
+
+    Every transport: bytes arrive complete and in order both ways whatever the
+    chunking, connections are independent, a close delivers what was sent
+    before it and then ends ``recv``, ``send`` after close fails, connecting to
+    a closed listener fails, and two Peers sync over it. Then each ability the
+    transport declares (``abilities``, the same on every connection it makes and
+    accepts): ``MESSAGES`` (each send arrives as exactly one recv, empty
+    messages through ``recv_message``), ``FLOW`` (``buffered_amount``; ``abort``
+    ends both ends) and ``CLOSE_CODES`` (the peer reads the code and reason sent).
 
     Args:
         factory: returns ``(server transport, client transport, listen address)``;
@@ -236,19 +280,32 @@ async def check_transport(factory: Callable[[], tuple[Any, Any, str]]) -> None:
         AssertionError: with what went wrong.
     """
     server_t, client_t, address = factory()
-    accepted: asyncio.Queue[Any] = asyncio.Queue()
-    finished: dict[int, asyncio.Event] = {}
+    declared = client_t.abilities
+    assert server_t.abilities == declared, (
+        f"client and server transports declare different abilities: "
+        f"{declared!r} and {server_t.abilities!r}"
+    )
+    accepted: asyncio.Queue[Connection] = asyncio.Queue()
+    finished: list[asyncio.Event] = []
 
-    async def handler(conn: Any) -> None:
+    async def handler(conn: Connection) -> None:
         done = asyncio.Event()
-        finished[id(conn)] = done
+        finished.append(done)
         await accepted.put(conn)
         await done.wait()
 
-    listener = await _step(server_t.listen(address, handler), "listen")
-    try:
+    async def pair() -> tuple[Connection, Connection]:
         client = await _step(client_t.connect(listener.address), "connect")
         server = await _step(accepted.get(), "accept")
+        for end in (client, server):
+            assert end.abilities == declared, (
+                f"a connection declares {end.abilities!r}, its transport {declared!r}"
+            )
+        return client, server
+
+    listener = await _step(server_t.listen(address, handler), "listen")
+    try:
+        client, server = await pair()
 
         # Bytes arrive complete and in order, both ways, whatever the chunking.
         chunks = [bytes([i % 256]) * (1 + (i * 7919) % 3000) for i in range(100)] + [
@@ -267,12 +324,15 @@ async def check_transport(factory: Callable[[], tuple[Any, Any, str]]) -> None:
             assert bytes(got) == want, "bytes were lost, changed or reordered"
 
         # A second connection is independent of the first.
-        client2 = await _step(client_t.connect(listener.address), "second connect")
-        server2 = await _step(accepted.get(), "second accept")
+        client2, server2 = await pair()
         await _step(client2.send(b"two"), "send on the second connection")
         await _step(client.send(b"one"), "send on the first connection")
-        assert await _step(server2.recv(), "recv two") == b"two"
-        assert await _step(server.recv(), "recv one") == b"one"
+        assert await _recv_exactly(server2, 3, "recv two") == b"two"
+        assert await _recv_exactly(server, 3, "recv one") == b"one"
+
+        if Ability.MESSAGES in declared:
+            await _check_messages(client, server)
+            await _check_messages(server, client)
 
         # Close: what was sent first still arrives, then recv ends; send fails.
         await _step(client.send(b"last words"), "send before close")
@@ -293,8 +353,13 @@ async def check_transport(factory: Callable[[], tuple[Any, Any, str]]) -> None:
             else:
                 raise AssertionError("send on a closed connection must raise ConnectionClosedError")
         await _step(client2.close(), "close the second connection")
+
+        if Ability.FLOW in declared:
+            await _check_flow(*await pair())
+        if Ability.CLOSE_CODES in declared:
+            await _check_close_codes(*await pair())
     finally:
-        for ev in finished.values():
+        for ev in finished:
             ev.set()
         await listener.close()
     try:
@@ -308,7 +373,79 @@ async def check_transport(factory: Callable[[], tuple[Any, Any, str]]) -> None:
     await _step(_sync_over(server_t, client_t, address), "two peers sync over the transport")
 
 
-async def _sync_over(server_t: Any, client_t: Any, address: str) -> None:
+async def _recv_exactly(conn: Connection, n: int, what: str) -> bytes:
+    """Read ``n`` bytes, however the transport chunks them (a stream may split anything)."""
+    got = bytearray()
+    while len(got) < n:
+        got += await _step(conn.recv(), what)
+    return bytes(got)
+
+
+async def _check_messages(sender: Connection, receiver: Connection) -> None:
+    """A transport declaring MESSAGES: each send is one recv, exactly; empty ones too."""
+    assert keeps_messages(sender)
+    assert keeps_messages(receiver)
+    sizes = [1, 2, 3, 100, 4096, 65_537, 1 << 20, 7]
+    messages = [bytes([n % 251]) * n for n in sizes]
+    for message in messages:
+        await _step(sender.send(message), "send a message")
+    for message in messages:
+        got = await _step(receiver.recv(), "recv a message")
+        assert got == message, (
+            f"a transport declaring MESSAGES split or joined messages: sent {len(message)} "
+            f"bytes, received {len(got)}"
+        )
+    await _step(sender.send(b""), "send an empty message")
+    await _step(sender.send(b"after"), "send a message after the empty one")
+    assert await _step(receiver.recv_message(), "recv_message an empty message") == b"", (
+        "recv_message must return an empty message as sent"
+    )
+    assert await _step(receiver.recv_message(), "recv_message") == b"after"
+
+
+async def _check_flow(client: Connection, server: Connection) -> None:
+    """A transport declaring FLOW: buffered_amount is a count; abort ends both ends."""
+    assert has_flow_control(client)
+    assert has_flow_control(server)
+    for end in (client, server):
+        amount = end.buffered_amount
+        assert isinstance(amount, int), f"buffered_amount {amount!r}"
+        assert amount >= 0, f"buffered_amount {amount!r}"
+    client.abort()
+    for end, what in ((server, "the other end"), (client, "the aborted end")):
+        try:
+            while True:
+                await _step(end.recv(), f"recv on {what} after abort")
+        except ConnectionClosedError:
+            pass
+    try:
+        await _step(client.send(b"x"), "send after abort")
+    except ConnectionClosedError:
+        pass
+    else:
+        raise AssertionError("send on an aborted connection must raise ConnectionClosedError")
+
+
+async def _check_close_codes(client: Connection, server: Connection) -> None:
+    """A transport declaring CLOSE_CODES: the code and reason sent are the ones read."""
+    assert has_close_codes(client)
+    assert has_close_codes(server)
+    assert client.close_code is None, "close_code must be None while open"
+    assert server.close_code is None, "close_code must be None while open"
+    await _step(client.close_with(4321, "check"), "close_with")
+    try:
+        while True:
+            await _step(server.recv(), "recv until the close")
+    except ConnectionClosedError:
+        pass
+    for end in (server, client):
+        assert end.close_code == 4321, f"close_code {end.close_code!r}, sent 4321"
+        assert end.close_reason == "check", f"close_reason {end.close_reason!r}"
+
+
+async def _sync_over(
+    server_t: Transport[Connection], client_t: Transport[Connection], address: str
+) -> None:
     from crdtsync.peer.peer import Peer
 
     async with Peer(transport=server_t) as server, Peer(transport=client_t) as client:

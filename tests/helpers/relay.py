@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 
 from crdtsync import Doc, InvalidRoomError, InvalidUpdateError, Peer, ProtocolError
 from crdtsync.format.yupdate import UpdateLimits, parse_update
+from crdtsync.net import Ability
 from crdtsync.peer.peer import Backoff
 from crdtsync.protocol import messages as m
 from crdtsync.protocol import session as p
@@ -652,7 +653,12 @@ async def stalled_y_client(relay: Relay, room: str) -> socket.socket:
 
 
 class PausableConnection:
-    """A WebSocket connection whose reader can be paused (it then stops reading the socket)."""
+    """A WebSocket connection whose reader can be paused (it then stops reading the socket).
+
+    A plain byte pipe: it declares no optional ability.
+    """
+
+    abilities = Ability(0)
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -676,6 +682,8 @@ class PausableConnection:
 
 class PausableTransport(WebSocketTransport):
     """A WebSocket transport whose connections can stop reading (slow consumers)."""
+
+    abilities = Ability(0)  # type: ignore[assignment]  # its connections are PausableConnections
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(ping_interval=None, **kw)

@@ -20,6 +20,7 @@ from helpers.relay import (
     RawSync,
     YClient,
     errors,
+    parse_metrics,
     raw_ws_socket,
     read_close,
     running_relay,
@@ -211,7 +212,7 @@ async def test_rate_limit_counts_frames_not_messages(tmp_path: Path) -> None:
 
 
 def test_frame_counter_reads_prefixes_across_message_boundaries() -> None:
-    from crdtsync.relay.server import _FrameCounter
+    from crdtsync.protocol.limits import FrameCounter as _FrameCounter
 
     writer = m.FrameWriter()
     frames = [writer.frame(m.Ping()) for _ in range(3)]
@@ -241,7 +242,7 @@ async def test_unfinished_message_before_authentication_is_bounded(tmp_path: Pat
             head = await read_close(sock)
             assert head == 1009, head
             sock.close()  # rather than answer the close: the relay need not wait for us
-            await eventually(lambda: not relay._sync_conns, what="the relay let go")
+            await eventually(lambda: relay.connections == 0, what="the relay let go")
             assert await errors(relay, "unauthenticated_data") == 1
         finally:
             sock.close()
@@ -382,4 +383,5 @@ async def test_ping_flood_from_a_client_that_never_reads_is_bounded(
 
 def _largest_queue(relay: Relay) -> float:
     """What the relay's send-queue gauge reports as the largest queue."""
-    return {labels["stat"]: value for labels, value in relay._queue_depths()}["max"]
+    metrics = parse_metrics(relay.metrics.render())
+    return metrics.get("crdtsync_relay_send_queue_bytes", stat="max")

@@ -105,8 +105,8 @@ async def test_read_only_connections_claim_no_client_id(tmp_path: Path) -> None:
             await ws.send(f)
         s.receive_data(await ws.recv())
         assert s.state is p.State.OPEN, s.error
-        assert relay.peer._registry.owner(x) is not None
-        assert not isinstance(relay.peer._registry.owner(x), p.Session)
+        assert relay.peer.writers.owner(x) is not None
+        assert not isinstance(relay.peer.writers.owner(x), p.Session)
         await victim.edit(lambda d: d.text("body").insert(0, "my first edit"))
         await eventually(lambda: _text(relay) == "my first edit", what="the writer's edit arrives")
         # A read-only y client announcing the writer's id claims nothing either.
@@ -153,7 +153,7 @@ async def test_a_tab_forwarding_another_tabs_edit_does_not_lock_its_author_out(
         await a.aclose()
         await b.sync()  # B's step 2 carries A's edit too
         await eventually(lambda: _text(relay) == "[B] typed in tab A")
-        assert relay.peer._registry.owner(a_id) is None, "forwarding claims nothing"
+        assert relay.peer.writers.owner(a_id) is None, "forwarding claims nothing"
         a2 = await YClient.open(relay.url, "notes", client_id=a_id)
         a2.doc = a.doc
         await a2.set_presence({"tab": "A"})
@@ -194,5 +194,5 @@ async def test_hello_writers_are_bounded(tmp_path: Path) -> None:
         s.receive_data(await ws.recv())
         assert s.state is p.State.CLOSED
         assert s.close_code == ErrorCode.LIMIT_EXCEEDED
-        assert len(relay.peer._registry) == 0
+        assert len(relay.peer.writers) == 0
         await ws.close()

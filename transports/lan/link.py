@@ -42,7 +42,7 @@ from crdtsync.errors import (
     PeerIdentityError,
     TransportError,
 )
-from crdtsync.net import Handler
+from crdtsync.net import Ability, Handler
 
 from .channel import MAX_HELLO, Closed, Data, LinkCore, Opened
 from .identity import DeviceIdentity, GroupKey, RemoteIdentity
@@ -178,6 +178,11 @@ class LanConnection:
         return conn
 
     # -- Connection ----------------------------------------------------------------------
+
+    @property
+    def abilities(self) -> Ability:
+        """``FLOW``: a server can see a slow reader's write buffer and drop it."""
+        return Ability.FLOW
 
     @property
     def remote_address(self) -> str:
@@ -396,6 +401,11 @@ class LanTransport:
         self._links: set[LanConnection] = set()
         # Handshakes running on accepted connections.
         self._handshaking = 0
+
+    @property
+    def abilities(self) -> Ability:
+        """``FLOW``, like each of its connections."""
+        return Ability.FLOW
 
     # -- the allow-list ----------------------------------------------------------------
 

@@ -1,0 +1,214 @@
+"""What bounds a connection to the relay before any protocol sees its bytes.
+
+* :class:`SyncConnection`: a crdtsync-protocol connection as the backend's
+  sessions see it: every WebSocket message, and every crdtsync frame in it,
+  costs a token of the connection's :class:`~crdtsync.protocol.limits.TokenBucket`
+  (close 4529 when empty); before the handshake is accepted, no message may
+  exceed what is left of ``max_unauth_bytes`` (refused at its frame header:
+  1009; in all above it: 1008). It declares ``Ability.FLOW``, so the Peer sees
+  its write buffer and drops it when it reads too slowly.
+* :class:`ReadPausingConnection`: the websockets server connection the relay
+  runs on: it stops reading from a client whose write buffer is over
+  ``max_send_queue``, so a client that pings and never reads waits on TCP
+  instead of growing the relay's memory.
+
+The y-protocols side's limits (message rate, payload size, writers) are in its
+sans-I/O session, :class:`~crdtsync.protocol.ysession.YSession`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from websockets.asyncio.messages import Assembler
+from websockets.asyncio.server import ServerConnection
+
+from crdtsync.errors import ConnectionClosedError
+from crdtsync.net import Ability
+from crdtsync.protocol.limits import FrameCounter, TokenBucket
+from crdtsync.protocol.ysession import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_RATE_LIMITED
+from crdtsync.relay.config import RelayConfig
+from crdtsync.relay.logs import log
+from crdtsync.relay.metrics import RelayMetrics
+from crdtsync.transports.websocket import WebSocketConnection
+
+__all__ = ["ReadPausingConnection", "SyncConnection", "now"]
+
+
+def now() -> float:
+    """The relay's clock (monotonic seconds)."""
+    return time.monotonic()
+
+
+class SyncConnection:
+    """A crdtsync-protocol connection as the backend sees it: metered and limited.
+
+    Args:
+        inner: the WebSocket connection.
+        address: the client's ``host:port``.
+        config: the limits.
+        metrics: where messages, bytes and errors are counted.
+        draining: whether the relay is shutting down (a close is then 1001).
+    """
+
+    def __init__(
+        self,
+        inner: WebSocketConnection,
+        address: str,
+        config: RelayConfig,
+        metrics: RelayMetrics,
+        draining: Callable[[], bool],
+    ) -> None:
+        self._inner = inner
+        self._address = address
+        self._config = config
+        self._metrics = metrics
+        self._draining = draining
+        self._authenticated = False
+        # Bytes received before the handshake was accepted.
+        self.unauth_bytes = 0
+        self._bucket = TokenBucket(config.max_msgs_per_sec, config.max_msgs_burst, now())
+        self._frames = FrameCounter()
+        # When the message being processed arrived (propagation latency).
+        self.t0 = 0.0
+        # Until authenticated, no message (finished or not) may exceed what is
+        # left of max_unauth_bytes: websockets refuses it at the frame header.
+        inner.limit_message_size(config.max_unauth_bytes)
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the handshake was accepted (the message limit is lifted then)."""
+        return self._authenticated
+
+    def authenticate(self) -> None:
+        """The handshake was accepted: messages up to ``max_frame`` from now on."""
+        self._authenticated = True
+        self._inner.limit_message_size(self._config.max_frame)
+
+    # -- Connection ----------------------------------------------------------------------
+
+    @property
+    def abilities(self) -> Ability:
+        """``FLOW``: the Peer reads ``buffered_amount`` and aborts slow consumers."""
+        return Ability.FLOW
+
+    @property
+    def remote_address(self) -> str:
+        """The client's ``host:port``."""
+        return self._address
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes in the socket's write buffer."""
+        return self._inner.buffered_amount
+
+    async def send(self, data: bytes) -> None:
+        """Send one frame batch as one message. Raises ConnectionClosedError once closed."""
+        await self._inner.send(data)
+        self._metrics.count_out("crdtsync", len(data))
+
+    async def recv(self) -> bytes:
+        """The next non-empty message, once it passed the limits.
+
+        Raises:
+            ConnectionClosedError: the connection closed, or a limit closed it.
+        """
+        config, metrics = self._config, self._metrics
+        while True:
+            try:
+                data = await self._inner.recv_message()
+            except ConnectionClosedError:
+                if self._inner.close_code == 1009 and not self._authenticated:
+                    metrics.error("unauthenticated_data")
+                raise
+            t = now()
+            self.t0 = t
+            metrics.count_in("crdtsync", len(data))
+            if not self._authenticated:
+                self.unauth_bytes += len(data)
+                left = config.max_unauth_bytes - self.unauth_bytes
+                if left < 0:
+                    metrics.error("unauthenticated_data")
+                    await self._inner.close_with(
+                        CLOSE_POLICY, "too much data before authentication"
+                    )
+                    raise ConnectionClosedError("too much data before authentication")
+                self._inner.limit_message_size(max(left, 1))
+            # Every message costs one token, an empty one too; a message carrying
+            # several frames costs one per frame.
+            if not self._bucket.take(t, max(1, self._frames.feed(data))):
+                metrics.error("rate_limited")
+                await self._inner.close_with(CLOSE_RATE_LIMITED, "message rate limit exceeded")
+                raise ConnectionClosedError("message rate limit exceeded")
+            if data:
+                return data
+
+    async def close(self) -> None:
+        """Close (1001 while the relay drains, else 1000)."""
+        if self._draining():
+            await self._inner.close_with(CLOSE_GOING_AWAY, "relay shutting down")
+        else:
+            await self._inner.close()
+
+    def abort(self) -> None:
+        """Drop the connection now. The Peer does it only to slow consumers: counted so."""
+        self._metrics.error("slow_consumer")
+        log.warning("slow consumer", extra={"fields": {"remote": self._address}})
+        self._inner.abort()
+
+
+class ReadPausingConnection(ServerConnection):
+    """A server connection that stops reading while its write buffer is over the limit.
+
+    websockets answers every PING with a PONG written straight to the socket,
+    whatever the buffer holds: a client that pings and never reads (before any
+    authentication, on either protocol) would grow the relay's memory without
+    bound, and no message limit sees control frames. Not reading from it until
+    it reads what we wrote pushes back on it through TCP instead.
+
+    Use a subclass with ``write_limit`` set (:meth:`with_limit`).
+    """
+
+    #: Write-buffer bytes above which reading pauses (the relay's max_send_queue).
+    write_limit = 8 << 20
+
+    @classmethod
+    def with_limit(cls, limit: int) -> type[ReadPausingConnection]:
+        """A subclass pausing reads above ``limit`` bytes (for ``serve(create_connection=)``)."""
+        return type("ReadPausingConnection", (cls,), {"write_limit": limit})
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Set up, with our own resume callback for the incoming message queue."""
+        super().connection_made(transport)
+        self._paused_for_writes = False
+        # websockets resumes reading when its message queue drains: not while we
+        # hold reading for the write buffer. The queue takes pause/resume
+        # callbacks; it gets ours (same limits as websockets gave it).
+        self.recv_messages = Assembler(
+            self.max_queue_high,
+            self.max_queue_low,
+            pause=self.transport.pause_reading,
+            resume=self._resume_for_queue,
+        )
+
+    def _resume_for_queue(self) -> None:
+        if not self._paused_for_writes:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        """Read, and stop reading once the write buffer is over the limit."""
+        super().data_received(data)
+        transport = self.transport
+        if not self._paused_for_writes and transport.get_write_buffer_size() > self.write_limit:
+            self._paused_for_writes = True
+            transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The buffer drained below its low mark: read again (unless the queue is full)."""
+        super().resume_writing()
+        if self._paused_for_writes:
+            self._paused_for_writes = False
+            if not self.recv_messages.paused:
+                self.transport.resume_reading()
