@@ -73,7 +73,7 @@ from psycopg.conninfo import conninfo_to_dict
 from crdtsync.errors import StoreError, StoreLockedError
 from crdtsync.store.base import StoredDoc
 
-__all__ = ["PostgresStore", "WriteFence", "encode_name"]
+__all__ = ["OperationWatchdog", "PostgresStore", "WriteFence", "encode_name"]
 
 _log = logging.getLogger("crdtsync.store.postgres")
 
@@ -198,7 +198,7 @@ class PostgresStore:
         self._rmutex = threading.Lock()
         self._writer: psycopg.Connection[Any] | None = None
         self._reader: psycopg.Connection[Any] | None = None
-        self._watchdog = _Watchdog(timeout)
+        self._watchdog = OperationWatchdog(timeout)
         try:
             with self._wmutex:
                 self._writer_conn()
@@ -213,12 +213,15 @@ class PostgresStore:
             conn = psycopg.connect(**self._params)
         except psycopg.Error as exc:
             raise StoreError(f"cannot reach {self.where}: {_first_line(exc)}") from None
+        token = self._watchdog.arm(conn)
         try:
             # Acknowledged means in the WAL on disk, whatever the server's default.
             conn.execute("SET synchronous_commit TO on")
         except psycopg.Error as exc:
             conn.close()
             raise StoreError(f"cannot set up a connection to {self.where}: {exc}") from None
+        finally:
+            self._watchdog.disarm(token)
         return conn
 
     def _writer_conn(self) -> psycopg.Connection[Any]:
@@ -516,12 +519,18 @@ def _first_line(exc: BaseException) -> str:
     return text.split("\n", 1)[0] if text else type(exc).__name__
 
 
-class _Watchdog:
-    """Shuts down the socket of an operation that overran its time.
+class OperationWatchdog:
+    """Shuts down the socket of a database operation that overran its time.
 
-    One thread per store; arming and disarming cost a lock each. The blocked
-    call then fails inside libpq with a broken connection, which the store
-    discards (the next call reconnects).
+    A silent network (a partition that drops packets, a proxy that holds
+    them) leaves a blocking libpq call waiting for ever: keepalives are
+    answered by whatever holds the connection. One watchdog thread per owner;
+    :meth:`arm` and :meth:`disarm` cost a lock each. The blocked call then fails
+    inside libpq with a broken connection, which its owner discards (the next
+    call reconnects).
+
+    Args:
+        timeout: seconds an operation may take.
     """
 
     def __init__(self, timeout: float) -> None:
@@ -547,6 +556,7 @@ class _Watchdog:
             self._armed.pop(token, None)
 
     def stop(self) -> None:
+        """End the watchdog thread."""
         with self._cond:
             self._stopped = True
             self._cond.notify()

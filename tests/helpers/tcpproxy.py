@@ -50,6 +50,7 @@ class TcpProxy:
         self._open.set()
         self._reset = False
         self._conns: set[_Pair] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         # Accepted, forwarded and refused connection counts (for assertions).
         self.accepted = 0
         self.refused = 0
@@ -67,6 +68,10 @@ class TcpProxy:
             self._server.close()
         for pair in list(self._conns):
             pair.abort()
+        # Every connection's task ends once aborted: wait for them, leave none behind.
+        tasks = [t for t in self._tasks if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -101,6 +106,10 @@ class TcpProxy:
             _abort(writer)
             return
         self.accepted += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         pair = _Pair(writer)
         self._conns.add(pair)
         try:
@@ -138,6 +147,11 @@ class TcpProxy:
                     return
                 writer.write(data)
                 await writer.drain()
+            # A partition holds the end of a connection too (no FIN crosses it).
+            if not self._open.is_set():
+                await pair.wait(self._open)
+            if pair.aborted:
+                return
             with contextlib.suppress(OSError):
                 if writer.can_write_eof():
                     writer.write_eof()

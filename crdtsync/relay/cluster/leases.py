@@ -56,7 +56,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from crdtsync.errors import StoreError, StoreLockedError
-from crdtsync.store.postgres import encode_name
+from crdtsync.store.postgres import OperationWatchdog, encode_name
 
 __all__ = ["Lease", "LeaseFence", "Leases", "Owner", "decode_event", "notify_channel"]
 
@@ -195,7 +195,8 @@ class Leases:
         url: this node's URL, where other nodes proxy its rooms' clients to.
         ttl: seconds a heartbeat keeps the node (and so its leases) alive.
         schema: the PostgreSQL schema shared with the store.
-        timeout: seconds to connect.
+        timeout: seconds to connect, and for any one operation (a silent
+            network fails it after that long instead of hanging).
         node_id: this node's id (default: a random one; a restarted process is
             a new node).
 
@@ -241,6 +242,7 @@ class Leases:
         # room -> epoch: what this node holds, as far as it knows (the fence's view).
         self._held: dict[str, int] = {}
         self._held_lock = threading.Lock()
+        self._watchdog = OperationWatchdog(timeout)
         self._closed = False
         self._registered = False
 
@@ -255,6 +257,10 @@ class Leases:
         self._conn = None
         try:
             conn = psycopg.connect(**self._params)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot reach {self._where}: {_first_line(exc)}") from None
+        token = self._watchdog.arm(conn)
+        try:
             conn.execute("SET synchronous_commit TO on")
             self._create_tables(conn)
             if self._registered:
@@ -262,7 +268,13 @@ class Leases:
                 params = {"id": self.node_id, "ttl": self.ttl}
                 conn.execute(self._sql["heartbeat"], params)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot reach {self._where}: {_first_line(exc)}") from None
+            conn.close()
+            raise StoreError(f"cannot set up {self._where}: {_first_line(exc)}") from None
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            self._watchdog.disarm(token)
         self._conn = conn
         return conn
 
@@ -279,19 +291,36 @@ class Leases:
                     f"this release reads {_SCHEMA_VERSION}"
                 )
 
-    def _txn(self, what: str, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+    def _txn(
+        self, what: str, fn: Callable[[psycopg.Connection[Any]], _T], *, retry: bool = False
+    ) -> _T:
+        """Run ``fn`` in one transaction.
+
+        With ``retry`` (idempotent work only) a kept connection found broken is
+        replaced and ``fn`` runs once more.
+        """
         with self._mutex:
-            conn = self._connection()
-            try:
-                with conn.transaction():
-                    return fn(conn)
-            except psycopg.Error as exc:
-                if conn.broken or isinstance(exc, psycopg.OperationalError):
-                    conn.close()
+            for attempt in (1, 2):
+                reused = self._conn is not None and not self._conn.closed
+                conn = self._connection()
+                token = self._watchdog.arm(conn)
+                try:
+                    with conn.transaction():
+                        return fn(conn)
+                except psycopg.Error as exc:
+                    if conn.broken or isinstance(exc, psycopg.OperationalError):
+                        conn.close()
+                        if retry and reused and attempt == 1:
+                            continue
+                        raise StoreError(
+                            f"{what} failed: lost {self._where}: {_first_line(exc)}"
+                        ) from None
                     raise StoreError(
-                        f"{what} failed: lost {self._where}: {_first_line(exc)}"
+                        f"{what} failed in {self._where}: {_first_line(exc)}"
                     ) from None
-                raise StoreError(f"{what} failed in {self._where}: {_first_line(exc)}") from None
+                finally:
+                    self._watchdog.disarm(token)
+            raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Close the connection (the node's session ends: other nodes see it dead)."""
@@ -300,6 +329,7 @@ class Leases:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        self._watchdog.stop()
 
     # -- the node -------------------------------------------------------------------
 
@@ -311,7 +341,7 @@ class Leases:
                 self._sql["register"], {"id": self.node_id, "url": self.url, "ttl": self.ttl}
             )
 
-        self._txn("register", op)
+        self._txn("register", op, retry=True)
         self._registered = True
 
     def heartbeat(self) -> dict[str, int]:
@@ -336,7 +366,7 @@ class Leases:
             rows = conn.execute(self._sql["held"], (self.node_id,)).fetchall()
             return {bytes(r[0]).decode("utf-8"): int(r[1]) for r in rows}
 
-        held = self._txn("heartbeat", op)
+        held = self._txn("heartbeat", op, retry=True)
         if held is None:
             with self._held_lock:
                 self._held.clear()
@@ -426,7 +456,7 @@ class Leases:
                 return None
             return Owner(room, int(row[0]), str(row[2]), int(row[1]))
 
-        return self._txn("owner", op)
+        return self._txn("owner", op, retry=True)
 
     def release(self, room: str) -> bool:
         """Give ``room`` up (after its last write): another node may take it at once.
