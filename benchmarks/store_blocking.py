@@ -34,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from crdtsync.relay.cluster.leases import Leases
 from crdtsync.store.base import Store
 from crdtsync.store.postgres import PostgresStore
 from crdtsync.store.sqlite import SQLiteStore
@@ -134,9 +135,21 @@ def main() -> None:
         dsn = server.create_database("bench")
     tmp = tempfile.mkdtemp(prefix="crdtsync-bench-")
     try:
+        leases: list[Leases] = []
+
+        def fenced(tag: str) -> Store:
+            # A cluster node's store: every write checks the room's lease epoch.
+            node = Leases(dsn, "ws://bench:1", schema=f"fenced_{tag}")
+            node.register()
+            for room in ("bench", "lag"):
+                node.acquire(room)
+            leases.append(node)
+            return PostgresStore(dsn, schema=f"fenced_{tag}", fence=node.fence)
+
         makers: dict[str, Callable[[str], Store]] = {
             "SQLite": lambda tag: SQLiteStore(Path(tmp) / f"{tag}.db"),
             "PostgreSQL": lambda tag: PostgresStore(dsn, schema=f"bench_{tag}"),
+            "PG fenced": fenced,
         }
         print("Part 1: one call on the loop thread blocks it for (us, median / p99):")
         rows: dict[str, dict[str, tuple[float, float]]] = {}
@@ -171,6 +184,8 @@ def main() -> None:
                     f"p99 {r['lag p99 us']:>7.0f} us  max {r['lag max us']:>7.0f} us"
                 )
     finally:
+        for node in leases:
+            node.close()
         if server is not None:
             server.destroy()
         import shutil

@@ -156,8 +156,10 @@ class Lease:
     Attributes:
         room: the room (document) name.
         epoch: the lease epoch (grows at every change of owner; fences writes).
-        fresh: True when this acquisition changed the owner (load the room from
-            the store now), False when the node already held it.
+        fresh: True when this acquisition changed the owner: load the room from
+            the store now, after this returned, and discard any copy in memory
+            (another node may have written it since). False when the node
+            already held it without a break (its copy is current).
     """
 
     room: str
