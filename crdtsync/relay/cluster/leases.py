@@ -239,7 +239,10 @@ class Leases:
         s = sql.Identifier(schema)
         self._sql = {k: sql.SQL(v).format(s=s) for k, v in _Q.items()}
         self._channel = notify_channel(schema)
-        self._mutex = threading.Lock()
+        # One transaction at a time on the connection; re-entered so that a
+        # method's transaction and its update of what the node holds happen
+        # together (a heartbeat never judges an acquisition half done).
+        self._mutex = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
         # room -> epoch: what this node holds, as far as it knows (the fence's view).
         self._held: dict[str, int] = {}
@@ -368,15 +371,15 @@ class Leases:
             rows = conn.execute(self._sql["held"], (self.node_id,)).fetchall()
             return {bytes(r[0]).decode("utf-8"): int(r[1]) for r in rows}
 
-        held = self._txn("heartbeat", op, retry=True)
-        if held is None:
+        with self._mutex:
+            held = self._txn("heartbeat", op, retry=True)
             with self._held_lock:
-                self._held.clear()
-            raise StoreLockedError(f"node {self.node_id:x} is no longer registered")
-        with self._held_lock:
-            for room, epoch in list(self._held.items()):
-                if held.get(room) != epoch:
-                    del self._held[room]
+                if held is None:
+                    self._held.clear()
+                    raise StoreLockedError(f"node {self.node_id:x} is no longer registered")
+                for room, epoch in list(self._held.items()):
+                    if held.get(room) != epoch:
+                        del self._held[room]
         return dict(held)
 
     def unregister(self) -> None:
@@ -388,9 +391,10 @@ class Leases:
                 self._notify(conn, bytes(room), int(epoch), None)
             conn.execute(self._sql["unregister"], (self.node_id,))
 
-        with self._held_lock:
-            self._held.clear()
-        self._txn("unregister", op)
+        with self._mutex:
+            with self._held_lock:
+                self._held.clear()
+            self._txn("unregister", op)
 
     def forget_dead_nodes(self, older_than: float = 86400.0) -> int:
         """Delete node rows dead for ``older_than`` seconds that own no room."""
@@ -438,14 +442,14 @@ class Leases:
             self._notify(conn, key, int(taken[0]), self.node_id)
             return Lease(room, int(taken[0]))
 
-        result = self._txn("acquire", op)
-        if isinstance(result, Lease):
-            # Only after the commit: the fence must never allow an epoch not yet stored.
+        with self._mutex:
+            result = self._txn("acquire", op)
             with self._held_lock:
-                self._held[room] = result.epoch
-        else:
-            with self._held_lock:
-                self._held.pop(room, None)
+                if isinstance(result, Lease):
+                    # Only after the commit: never an epoch the database does not hold.
+                    self._held[room] = result.epoch
+                else:
+                    self._held.pop(room, None)
         return result
 
     def owner(self, room: str) -> Owner | None:
@@ -466,19 +470,20 @@ class Leases:
         Returns:
             False if this node did not hold it (any more).
         """
-        with self._held_lock:
-            epoch = self._held.pop(room, None)
-        if epoch is None:
-            return False
         key = encode_name(room)
+        with self._mutex:
+            with self._held_lock:
+                epoch = self._held.pop(room, None)
+            if epoch is None:
+                return False
 
-        def op(conn: psycopg.Connection[Any]) -> bool:
-            row = conn.execute(self._sql["release"], (key, self.node_id, epoch)).fetchone()
-            if row is not None:
-                self._notify(conn, key, epoch, None)
-            return row is not None
+            def op(conn: psycopg.Connection[Any]) -> bool:
+                row = conn.execute(self._sql["release"], (key, self.node_id, epoch)).fetchone()
+                if row is not None:
+                    self._notify(conn, key, epoch, None)
+                return row is not None
 
-        return self._txn("release", op)
+            return self._txn("release", op)
 
     def held(self) -> dict[str, int]:
         """The rooms this node believes it holds, with their epochs."""
