@@ -444,6 +444,19 @@ class PostgresStore:
             if self._closed:
                 return
             self._closed = True
+            writer = self._writer
+            if writer is not None and not writer.closed and not writer.broken:
+                # Released now, not when the server gets round to ending the
+                # session: a store reopened right after close() must find it free.
+                shared = self._fence is not None
+                fn = "pg_advisory_unlock_shared" if shared else "pg_advisory_unlock"
+                token = self._watchdog.arm(writer)
+                try:
+                    writer.execute(f"SELECT {fn}(%s, %s)", (_LOCK_CLASS, self._lock_key))
+                except psycopg.Error as exc:
+                    _log.warning("could not release the store lock in %s: %s", self.where, exc)
+                finally:
+                    self._watchdog.disarm(token)
             for conn in (self._writer, self._reader):
                 if conn is not None:
                     conn.close()

@@ -80,6 +80,18 @@ def test_a_second_store_on_the_same_schema_is_refused(pg_dsn: str) -> None:
         assert s.names() == ["d"]
 
 
+def test_close_releases_the_lock_before_it_returns(pg_dsn: str) -> None:
+    # Found by the full run: closing only the connection frees the lock when the
+    # server ends the session, a moment later; a reopen right away was refused.
+    for i in range(20):
+        with PostgresStore(pg_dsn) as s:
+            s.create(f"d{i}", b"")
+    with PostgresStore(pg_dsn, fence=_Refuse("x")) as shared:
+        shared.create("shared", b"")
+    with PostgresStore(pg_dsn) as s:
+        assert len(s.names()) == 21
+
+
 def test_the_lock_of_a_killed_process_is_released(pg_dsn: str) -> None:
     code = textwrap.dedent(
         f"""

@@ -30,6 +30,19 @@ def wait_until(pred: Callable[[], bool], timeout: float = 60.0, what: str = "") 
         time.sleep(0.02)  # deliberate: the poll interval of a bounded wait
 
 
+def expire(dsn: str, node: Node) -> None:
+    """End ``node``'s lease now, as if its TTL had run out on the database's clock.
+
+    Deterministic where waiting for a TTL would be timing-dependent on a loaded
+    machine; the real TTL path has tests of its own (and the partition tests).
+    """
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(
+            "UPDATE crdtsync.nodes SET expires_at = now() - interval '1 second' WHERE id = %s",
+            (node.leases.node_id,),
+        )
+
+
 class Node:
     """A test node: its leases and its fenced store, on one database."""
 
@@ -97,8 +110,9 @@ def test_two_nodes_race_for_rooms_and_exactly_one_wins_each(nodes: Callable[...,
 
 
 def test_an_expired_lease_is_taken_over_with_a_higher_epoch(nodes: Callable[..., Node]) -> None:
-    a = nodes("a", ttl=1.0)
+    a = nodes("a", ttl=3.0)
     b = nodes("b")
+    a.leases.heartbeat()
     assert isinstance(a.leases.acquire("r"), Lease)
     # Alive (A's session is open and its heartbeat fresh): B is sent to A.
     taken = b.leases.acquire("r")
@@ -115,8 +129,8 @@ def test_an_expired_lease_is_taken_over_with_a_higher_epoch(nodes: Callable[...,
     assert a.leases.acquire("r") == Owner("r", b.leases.node_id, "ws://b.test:1234", 2)
 
 
-def test_a_stale_owner_writes_nothing(nodes: Callable[..., Node]) -> None:
-    a = nodes("a", ttl=1.0)
+def test_a_stale_owner_writes_nothing(nodes: Callable[..., Node], pg_dsn: str) -> None:
+    a = nodes("a")
     b = nodes("b")
     rooms = [f"r{i}" for i in range(5)]
     for room in rooms:
@@ -124,7 +138,8 @@ def test_a_stale_owner_writes_nothing(nodes: Callable[..., Node]) -> None:
         a.store.create(room, b"")
         a.store.append(room, b"a1")
     # A pauses past its lease (no heartbeat, no write), and B takes every room.
-    wait_until(lambda: all(b.leases.owner(r) is None for r in rooms), what="A's leases to expire")
+    expire(pg_dsn, a)
+    assert all(b.leases.owner(r) is None for r in rooms)
     for room in rooms:
         lease = b.leases.acquire(room)
         assert isinstance(lease, Lease)
@@ -161,7 +176,7 @@ def test_a_write_in_flight_and_a_takeover_are_serialized(
     nodes: Callable[..., Node], pg_dsn: str
 ) -> None:
     """A write that passed the fence commits before the takeover can: the new owner sees it."""
-    a = nodes("a", ttl=1.0)
+    a = nodes("a")
     b = nodes("b")
     assert isinstance(a.leases.acquire("r"), Lease)
     a.store.create("r", b"")
@@ -181,7 +196,8 @@ def test_a_write_in_flight_and_a_takeover_are_serialized(
         with ThreadPoolExecutor(2) as pool:
             write = pool.submit(paused.append, "r", b"in-flight")
             assert checked.wait(60)
-            wait_until(lambda: b.leases.owner("r") is None, what="A's lease to expire")
+            expire(pg_dsn, a)  # A's lease runs out while its write is in flight
+            assert b.leases.owner("r") is None
             take = pool.submit(b.leases.acquire, "r")
             # B's takeover waits on the row lock A's write holds.
             wait_until(lambda: _waiting_on_lock(pg_dsn, f"crdtsync-node-{b.leases.node_id:x}"))
@@ -250,13 +266,14 @@ def test_a_node_killed_with_sigkill_is_seen_dead_without_waiting_for_its_ttl(
 
 
 def test_an_expired_node_that_nobody_replaced_may_renew_and_write_again(
-    nodes: Callable[..., Node],
+    nodes: Callable[..., Node], pg_dsn: str
 ) -> None:
-    a = nodes("a", ttl=1.0)
+    a = nodes("a")
     b = nodes("b")
     assert isinstance(a.leases.acquire("r"), Lease)
     a.store.create("r", b"")
-    wait_until(lambda: b.leases.owner("r") is None, what="A's lease to expire")
+    expire(pg_dsn, a)
+    assert b.leases.owner("r") is None
     with pytest.raises(StoreLockedError):
         a.store.append("r", b"while-expired")
     # The refusal made A drop the room locally; the heartbeat shows the
@@ -274,14 +291,15 @@ def test_clock_skew_of_nodes_is_irrelevant(
     nodes: Callable[..., Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Expiry is judged on the database's clock: a node whose clock is hours off changes nothing."""
-    a = nodes("a", ttl=2.0)
+    a = nodes("a", ttl=3.0)
     real_time, real_mono = time.time, time.monotonic
     # B's clock is two hours ahead: by its own reckoning A expired long ago.
     monkeypatch.setattr(time, "time", lambda: real_time() + 7200)
-    b = nodes("b", ttl=2.0)
+    b = nodes("b", ttl=3.0)
+    a.leases.heartbeat()
     assert isinstance(a.leases.acquire("r"), Lease)
     assert isinstance(b.leases.acquire("r"), Owner)
-    # A's clock two hours behind: its heartbeats still renew for 2 s of the database's time.
+    # A's clock two hours behind: its heartbeats still renew for 3 s of the database's time.
     monkeypatch.setattr(time, "time", lambda: real_time() - 7200)
     a.leases.heartbeat()
     assert isinstance(b.leases.acquire("r"), Owner)

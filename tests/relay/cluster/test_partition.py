@@ -31,8 +31,8 @@ async def test_a_black_hole_partition_fails_writes_in_bounded_time_and_fences_th
     dsn = pg_own_server.create_database("p")
     async with TcpProxy("127.0.0.1", pg_own_server.port) as proxy:
         far = dsn.replace(f":{pg_own_server.port}/", f":{proxy.port}/")
-        # A's lease (12 s) outlives the failing calls (1 s each) by far.
-        a = Leases(far, "ws://a.test:1", ttl=12.0, timeout=1.0)
+        # A's lease (15 s) outlives the failing calls (1 s each, a few of them) by far.
+        a = Leases(far, "ws://a.test:1", ttl=15.0, timeout=1.0)
         b = Leases(dsn, "ws://b.test:1", ttl=60.0)
         # (the proxy runs on this loop: everything that talks through it runs in threads)
         a_store = await asyncio.to_thread(PostgresStore, far, fence=a.fence, timeout=1.0)
