@@ -42,7 +42,7 @@ The tree::
     │   ├── ReadOnlyError                          an update over a read-only grant (16)
     │   └── InvalidRoomError                       a room (document) name the relay refuses (17)
     ├── StoreError                                 a document store failed (I/O, corruption)
-    │   └── StoreLockedError                       another process has the store open
+    │   └── StoreLockedError                       another writer holds the store (or the document)
     ├── KeyFileError                               a key file is missing, malformed or not private
     ├── PairingError                               a pairing failed: wrong code, bad invite, timeout
     ├── TransportError (also OSError)              a connection could not be made or broke
@@ -382,7 +382,13 @@ class StoreError(CrdtSyncError):
 
 
 class StoreLockedError(StoreError):
-    """Another process (or another store object) has the store file open."""
+    """Someone else is the writer: stop writing, and load again before writing more.
+
+    Raised when a store opens while another store (any process) writes the
+    same file or schema, and, for stores shared by several writers (the nodes
+    of a relay cluster on PostgreSQL), by a write to a document this writer no
+    longer holds: the write was fenced and stored nothing.
+    """
 
 
 class TransportError(CrdtSyncError, OSError):

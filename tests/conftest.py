@@ -15,3 +15,8 @@ import pytest
 def anyio_backend() -> str:
     """Async tests (``pytest.mark.anyio``) run on asyncio, the loop crdtsync's shells use."""
     return "asyncio"
+
+
+# PostgreSQL fixtures (pg_server, pg_dsn, pg_own_server): a server in a temp dir,
+# started only when a test asks for one (tests/helpers/postgres.py).
+from helpers.postgres import pg_dsn, pg_own_server, pg_server  # noqa: E402, F401

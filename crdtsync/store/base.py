@@ -19,6 +19,22 @@ Rules every implementation follows (``crdtsync.testing.check_store`` checks them
   second ``close`` do nothing; ``compact`` with an ``upto`` already folded only
   replaces the snapshot.
 * Bytes are opaque: a store never interprets snapshots or updates.
+* One writer per document: the Peer assumes nobody else appends to or compacts
+  a document it holds (``compact``'s ``upto`` covers the log it knows). A store
+  enforces it one of two ways, and says so with
+  :class:`~crdtsync.errors.StoreLockedError` either way: a single-writer store
+  (SQLite, or PostgreSQL without a fence) refuses to *open* while another
+  store writes the same file or schema; a shared store (the nodes of a relay
+  cluster on one PostgreSQL schema) opens alongside the others and refuses a
+  *write* to a document whose ownership (the room lease) this writer lost,
+  storing nothing. Either way the caller must stop writing that document and
+  load it again before it writes more.
+* A write that raised may still have been stored (a connection lost after the
+  commit left): callers may write the same update again, and duplicates of a
+  Yjs update are harmless. A write that returned is never lost.
+* Synchronous, and each write waits for durability: see
+  :class:`~crdtsync.store.worker.StoreWorker` for running them off the event
+  loop with group commit.
 """
 
 from __future__ import annotations
@@ -67,6 +83,7 @@ class Store(Protocol):
             The update's log sequence number (increasing, never reused).
 
         Raises:
+            StoreLockedError: another writer holds ``name`` (a shared store); nothing stored.
             StoreError: there is no document ``name``, or the write failed.
         """
         ...
@@ -81,6 +98,7 @@ class Store(Protocol):
             Their log sequence numbers, in order.
 
         Raises:
+            StoreLockedError: another writer holds one of the documents; nothing stored.
             StoreError: a document is missing, or the write failed.
         """
         ...
