@@ -106,7 +106,7 @@ def keystroke_section(runs: int, count: int = 200, seed: int = 7) -> dict[str, A
         writer = crdtsync.Doc(peer_id=2)
         writer.import_yjs_update(base)
         ups: list[bytes] = []
-        writer.observe_updates(lambda u, _o, local: ups.append(u) if local else None)
+        writer.observe_updates(lambda u, _o, local, ups=ups: ups.append(u) if local else None)
         rng = random.Random(seed)
         text = writer.text(traces.TEXT)
         for _ in range(count):
@@ -237,7 +237,7 @@ def concurrent_section(runs: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for engine in ("crdtsync", "pycrdt"):
         final: list[str] = []
-        t = best(lambda engine=engine: final.append(replay_concurrent(engine, data)), runs)
+        t = best(lambda e=engine, f=final: f.append(replay_concurrent(e, data)), runs)
         assert final[-1] == data["endContent"], f"{engine} replay does not reach endContent"
         out[engine + " s"] = t
     return out
