@@ -2109,6 +2109,8 @@ class IndexUpdate:
                     f"lie after its origin {origin[0]}:{origin[1]} in the document (replicas "
                     "would place it differently)"
                 )
+        if nl is not None or nr is not None:
+            self._check_known_between(s, origin, ro, nl, nr)
         self._check_place(s, key, sub is not None)
         # Place it (Item::integrate).
         left = index._clean_end(origin) if nl is not None else None
@@ -2195,6 +2197,53 @@ class IndexUpdate:
                 self._doom(prev.client, prev.clock, prev.end)
         if isinstance(key, tuple) and key in self.doomed_types:
             self._doom(client, start, s.end)
+
+    def _check_known_between(
+        self,
+        s: Struct,
+        origin: ID | None,
+        ro: ID | None,
+        nl: _Node | None,
+        nr: _Node | None,
+    ) -> None:
+        """S9: nothing the writer provably knew lies between its origin and right origin.
+
+        An honest writer's origin and right origin are neighbours in its list,
+        and it holds their dependencies (Yjs and yrs integrate an item only
+        after its origin and right origin): the right origin's own origin lies
+        at or before the origin, and the origin's own right origin at or after
+        the right origin.  (A missing origin is the list's start, a missing
+        right origin its end.)
+        """
+        index = self.index
+        seq = cast(_Seq, (nl or nr).seq)  # type: ignore[union-attr]
+        # (A GC'd origin or right origin has no place to compare with.)
+        if nr is not None and (nl is not None or origin is None):
+            assert ro is not None
+            ro_origin = nr.origin if ro[1] == nr.clock else (ro[0], ro[1] - 1)
+            if ro_origin is not None:
+                q = index._live_at(ro_origin)
+                if q is not None and q.seq is seq and (
+                    nl is None or not _at_or_before(q, ro_origin[1], nl, cast(ID, origin)[1])
+                ):
+                    raise MalformedUpdateError(
+                        f"item {s.client}:{s.clock}: the origin {ro_origin[0]}:{ro_origin[1]} of "
+                        f"its right origin {ro[0]}:{ro[1]} lies after its own origin "
+                        f"{_fmt_id(origin)}, so its writer knew an item between them"
+                    )
+        if nl is not None and (nr is not None or ro is None):
+            assert origin is not None
+            o_right = nl.right_origin
+            if o_right is not None:
+                q = index._live_at(o_right)
+                if q is not None and q.seq is seq and (
+                    nr is None or not _at_or_before(nr, cast(ID, ro)[1], q, o_right[1])
+                ):
+                    raise MalformedUpdateError(
+                        f"item {s.client}:{s.clock}: the right origin {o_right[0]}:{o_right[1]} "
+                        f"of its origin {origin[0]}:{origin[1]} lies before its own right origin "
+                        f"{_fmt_id(ro)}, so its writer knew an item between them"
+                    )
 
     def _doom(self, client: int, start: int, end: int) -> None:
         self.deletions.append((client, start, end))
@@ -2354,6 +2403,17 @@ class IndexUpdate:
                     lists.remove(seq)
                     if not lists:
                         del index._lists_of[seq.key]
+
+
+def _at_or_before(a: _Node, a_clock: int, b: _Node, b_clock: int) -> bool:
+    """Whether clock ``a_clock`` of run ``a`` is at or before ``b_clock`` of run ``b`` (one list)."""
+    if a is b:
+        return a_clock <= b_clock
+    return a.label < b.label
+
+
+def _fmt_id(ref: ID | None) -> str:
+    return "(none)" if ref is None else f"{ref[0]}:{ref[1]}"
 
 
 def _unlink(node: _Node) -> None:
