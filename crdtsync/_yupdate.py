@@ -2100,16 +2100,17 @@ class IndexUpdate:
                         "container (or in another map entry list) than the one it lands in"
                     )
         # S8: the right origin lies after the origin in document order.
+        after = True
         if nl is not None and nr is not None:
             assert origin is not None and ro is not None
             after = ro[1] > origin[1] if nl is nr else nr.label > nl.label
-            if not after:
+            if not after and not self._split_free(ro, nr):
                 raise MalformedUpdateError(
                     f"item {client}:{s.clock} has right origin {ro[0]}:{ro[1]} that does not "
                     f"lie after its origin {origin[0]}:{origin[1]} in the document (replicas "
                     "would place it differently)"
                 )
-        if nl is not None or nr is not None:
+        if after and (nl is not None or nr is not None):
             self._check_known_between(s, origin, ro, nl, nr)
         self._check_place(s, key, sub is not None)
         # Place it (Item::integrate).
@@ -2197,6 +2198,30 @@ class IndexUpdate:
                 self._doom(prev.client, prev.clock, prev.end)
         if isinstance(key, tuple) and key in self.doomed_types:
             self._doom(client, start, s.end)
+
+    def _split_free(self, ro: ID, nr: _Node) -> bool:
+        """Whether no yrs replica can hold ``ro`` in one block with the clock before it.
+
+        yrs squashes a block into the one before only when its origin is that
+        block's last clock and their right origins are equal, and splits only
+        where something refers; so a clock whose origin is not the clock
+        before it (or whose right origin differs from that clock's) starts a
+        block everywhere.  Then placing an item whose right origin lies at or
+        before its origin splits no block, its origin's block stays whole, and
+        yrs places it the same way on every replica: after its origin, by the
+        conflict scan (which never meets the right origin).  Otherwise a
+        replica that holds both clocks in one block splits it there and links
+        the item after the wrong half (how the 12-byte update of issue 18
+        diverges); Yjs's UndoManager emits such items too.
+        """
+        client, clock = ro
+        if clock == 0:
+            return True
+        own = nr.origin if clock == nr.clock else (client, clock - 1)
+        if own != (client, clock - 1):
+            return True
+        prev = self.index._node_at(client, clock - 1)
+        return prev is not None and prev.right_origin != nr.right_origin
 
     def _check_known_between(
         self,

@@ -32,6 +32,9 @@ the attacker saw):
 ``adjacent``        R = O.right: what honest writers do (control).
 ``ro-left-same``    R lies left of O, both of one client.
 ``ro-left-cross``   R lies left of O, of different clients.
+``ro-left-boundary`` R lies left of O and starts a block on every replica (its
+                    origin is not the clock before it): the sub-shape S8 lets
+                    through, since yrs splits nothing to place it.
 ``skip-tombstone``  R lies right of O, and only deleted items the attacker
                     read lie between them.
 ``skip-live``       R lies right of O with live items the attacker read between.
@@ -41,6 +44,10 @@ the attacker saw):
 ``random-pair``     O and R any two elements (or none), in any order.
 ``chain``           two crafted items in one update, the second next to the first
                     (each pair picked as in ``random-pair``).
+``map-stale``       a map entry whose origin is an older entry of its key, not
+                    the key's value the attacker read (honest writers take the value).
+``map-ro``          a map entry with a right origin in its key's list (honest
+                    writers never give map entries one).
 
 The figures ``docs/SECURITY.md`` reports come from this script (see there for
 the command lines).  A sample of it runs in the tests
@@ -75,6 +82,7 @@ SHAPES = (
     "adjacent",
     "ro-left-same",
     "ro-left-cross",
+    "ro-left-boundary",
     "skip-tombstone",
     "skip-live",
     "start-known",
@@ -82,8 +90,11 @@ SHAPES = (
     "ro-equal",
     "random-pair",
     "chain",
+    "map-stale",
+    "map-ro",
 )
-ROOTS = {"t": y.TYPE_TEXT, "a": y.TYPE_ARRAY}
+ROOTS = {"t": y.TYPE_TEXT, "a": y.TYPE_ARRAY, "m": y.TYPE_MAP}
+KEYS = ("k1", "k2")
 ATTACKER = 9
 
 
@@ -113,6 +124,7 @@ class _Writer:
         self.doc = pycrdt.Doc(client_id=client)
         self.text = self.doc.get("t", type=pycrdt.Text)
         self.array = self.doc.get("a", type=pycrdt.Array)
+        self.map = self.doc.get("m", type=pycrdt.Map)
         self.log: list[bytes] = []
         self._quiet = False
         self.doc.observe(self._on)
@@ -124,7 +136,10 @@ class _Writer:
     def edit(self, rng: random.Random) -> None:
         with self.doc.transaction():
             for _ in range(rng.randint(1, 2)):
-                if rng.random() < 0.7:
+                r = rng.random()
+                if r < 0.15:
+                    self.map[rng.choice(KEYS)] = rng.randrange(100)
+                elif r < 0.7:
                     n = len(self.text)  # ASCII only: bytes are characters
                     if n and rng.random() < 0.35:
                         i = rng.randrange(n)
@@ -153,11 +168,13 @@ class _Writer:
 # --------------------------------------------------------------------------
 
 
-def _elements(index: y.DocIndex, root: str) -> list[tuple[int, int, bool]]:
-    """(client, clock, deleted) of every element of a root's sequence, in document order."""
+def _elements(
+    index: y.DocIndex, root: str, key: str | None = None
+) -> list[tuple[int, int, bool]]:
+    """(client, clock, deleted) of every element of a list, in document order."""
     deleted = index.delete_set()
     out = []
-    for client, clock, end in index.order(root):
+    for client, clock, end in index.order(root, key):
         ranges = deleted.get(client, [])
         for k in range(clock, end):
             dead = any(a <= k < a + n for a, n in ranges)
@@ -165,14 +182,36 @@ def _elements(index: y.DocIndex, root: str) -> list[tuple[int, int, bool]]:
     return out
 
 
+def _boundary(index: y.DocIndex, ref: tuple[int, int]) -> bool:
+    """Whether no replica can hold ``ref`` in one block with the clock before it."""
+    hit = index.lookup(*ref)
+    if hit is None or ref[1] == 0:
+        return True
+    node = hit[1]
+    own = node.origin if ref[1] == node.clock else (ref[0], ref[1] - 1)
+    if own != (ref[0], ref[1] - 1):
+        return True
+    prev = index.lookup(ref[0], ref[1] - 1)
+    return prev is not None and prev[1].right_origin != node.right_origin
+
+
 def _pick(
-    rng: random.Random, shape: str, elems: list[tuple[int, int, bool]]
+    rng: random.Random,
+    shape: str,
+    elems: list[tuple[int, int, bool]],
+    index: y.DocIndex | None = None,
 ) -> tuple[tuple[int, int] | None, tuple[int, int] | None] | None:
     """(origin, right origin) of the shape, among a sequence's elements, or None."""
     n = len(elems)
     ids = [(c, k) for c, k, _ in elems]
     cands: list[tuple[tuple[int, int] | None, tuple[int, int] | None]] = []
-    if shape == "adjacent":
+    if shape == "ro-left-boundary":
+        assert index is not None
+        for i in range(n):
+            for j in range(max(0, i - 8), i):
+                if _boundary(index, ids[j]):
+                    cands.append((ids[i], ids[j]))
+    elif shape == "adjacent":
         cands = [(None, ids[0])] if n else []
         cands += [(ids[i], ids[i + 1] if i + 1 < n else None) for i in range(n)]
     elif shape in ("ro-left-same", "ro-left-cross"):
@@ -195,6 +234,11 @@ def _pick(
         cands = [(ids[i], None) for i in range(n - 1)]
     elif shape == "ro-equal":
         cands = [(ids[i], ids[i]) for i in range(n)]
+    elif shape == "map-stale":
+        cands = [(ids[i], None) for i in range(n - 1)]
+    elif shape == "map-ro":
+        pool_m: list[tuple[int, int] | None] = [None, *ids]
+        cands = [(rng.choice(pool_m), ids[i]) for i in range(n) for _ in range(2)]
     elif shape in ("random-pair", "chain"):
         pool: list[tuple[int, int] | None] = [None, *ids]
         cands = [(rng.choice(pool), rng.choice(pool)) for _ in range(8)]
@@ -209,8 +253,20 @@ def craft(
     """One crafted update of ``shape`` against a writer's state: (update, next clock)."""
     index = y.DocIndex(ROOTS)
     index.record(y.parse_update(snapshot))
+    if shape.startswith("map-"):
+        key = rng.choice(KEYS)
+        picked_m = _pick(rng, shape, _elements(index, "m", key))
+        if picked_m is None:
+            return None
+        origin, right = picked_m
+        info = y.CONTENT_ANY | (y.HAS_ORIGIN if origin else 0) | (y.HAS_RIGHT_ORIGIN if right else 0)
+        st = y.Struct(
+            ATTACKER, clock, 1, y.CONTENT_ANY, info, origin, right, None, None,
+            y.AnyContent(1, b"\x7d\x63"),
+        )
+        return y.encode_update(y.ParsedUpdate({ATTACKER: [st]}, {})), clock + 1
     root = "t" if rng.random() < 0.75 else "a"
-    picked = _pick(rng, shape, _elements(index, root))
+    picked = _pick(rng, shape, _elements(index, root), index)
     if picked is None:
         return None
     structs = []
@@ -245,11 +301,14 @@ def craft(
 
 
 def _content(doc: crdtsync.Doc) -> tuple[str, list[Any]]:
-    return str(doc.text("t")), doc.list("a").to_py()
+    return str(doc.text("t")), [doc.list("a").to_py(), doc.map("m").to_py()]
 
 
 def _raw_content(doc: pycrdt.Doc) -> tuple[str, list[Any]]:
-    return str(doc.get("t", type=pycrdt.Text)), list(doc.get("a", type=pycrdt.Array).to_py())
+    return str(doc.get("t", type=pycrdt.Text)), [
+        list(doc.get("a", type=pycrdt.Array).to_py()),
+        dict(doc.get("m", type=pycrdt.Map).to_py()),
+    ]
 
 
 def run_session(seed: int, index: int, shape: str, raw: bool = False) -> SessionResult:
@@ -323,7 +382,7 @@ def run_session(seed: int, index: int, shape: str, raw: bool = False) -> Session
         res.split_acceptance = True
     by_set: dict[frozenset[int], set[tuple[str, str]]] = {}
     for acc, content in zip(accepted, contents, strict=True):
-        by_set.setdefault(acc, set()).add((content[0], json.dumps(content[1])))
+        by_set.setdefault(acc, set()).add((content[0], json.dumps(content[1], sort_keys=True)))
     if any(len(v) > 1 for v in by_set.values()):
         res.diverged = True
         res.detail = repr(sorted(by_set.items(), key=lambda kv: len(kv[0]))[-1][1])
@@ -348,7 +407,7 @@ def run_session(seed: int, index: int, shape: str, raw: bool = False) -> Session
                         except Exception:  # noqa: BLE001 - raw pycrdt refusing is a result here
                             pass
             c = _raw_content(d)
-            raw_contents.add((c[0], json.dumps(c[1])))
+            raw_contents.add((c[0], json.dumps(c[1], sort_keys=True)))
         res.raw_diverged = len(raw_contents) > 1
     return res
 
