@@ -508,6 +508,53 @@ def _read_varuint(data: bytes, pos: int, bits: int, what: str) -> tuple[int, int
             raise _malformed(f"varuint overflows {bits} bits ({what})", start)
 
 
+def _read_id(data: bytes, pos: int, what: str) -> tuple[ID, int]:
+    """Reads an ID (u64 client, u32 clock); returns (ID, new pos).
+
+    The hot path of the parser: anything unusual (truncation, a
+    non-canonical or oversized varuint) is re-read by :func:`_read_varuint`,
+    which reports it.
+    """
+    try:
+        b = data[pos]
+        p = pos + 1
+        client = b & 0x7F
+        if b >= 0x80:
+            shift = 7
+            while True:
+                b = data[p]
+                p += 1
+                client |= (b & 0x7F) << shift
+                if b < 0x80:
+                    break
+                shift += 7
+                if shift > 63:
+                    raise IndexError
+            if b == 0 or client >> 64:
+                raise IndexError
+        b = data[p]
+        p += 1
+        clock = b & 0x7F
+        if b >= 0x80:
+            shift = 7
+            while True:
+                b = data[p]
+                p += 1
+                clock |= (b & 0x7F) << shift
+                if b < 0x80:
+                    break
+                shift += 7
+                if shift > 28:
+                    raise IndexError
+            if b == 0 or clock >> 32:
+                raise IndexError
+        return (client, clock), p
+    except IndexError:
+        client, p = _read_varuint(data, pos, _U64, what + " client")
+        clock, p = _read_varuint(data, p, _U32, what + " clock")
+        return (client, clock), p
+
+
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
     """Reads a lib0 signed varint (magnitude <= 53 bits); returns (value, new pos)."""
     start = pos
@@ -776,13 +823,9 @@ def _parse(data: bytes, limits: UpdateLimits) -> ParsedUpdate:
                 parent: Parent = None
                 parent_sub: str | None = None
                 if info & HAS_ORIGIN:
-                    oc, pos = rv(data, pos, _U64, "origin client")
-                    ok, pos = rv(data, pos, _U32, "origin clock")
-                    origin = (oc, ok)
+                    origin, pos = _read_id(data, pos, "origin")
                 if info & HAS_RIGHT_ORIGIN:
-                    rc, pos = rv(data, pos, _U64, "right origin client")
-                    rk, pos = rv(data, pos, _U32, "right origin clock")
-                    right_origin = (rc, rk)
+                    right_origin, pos = _read_id(data, pos, "right origin")
                 if not info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN):
                     ppos = pos
                     if pos >= n:
@@ -792,9 +835,7 @@ def _parse(data: bytes, limits: UpdateLimits) -> ParsedUpdate:
                     if pflag == 1:
                         parent, pos = rs(data, pos, max_key, "root type name", "max_key_bytes")
                     elif pflag == 0:
-                        pc, pos = rv(data, pos, _U64, "parent client")
-                        pk, pos = rv(data, pos, _U32, "parent clock")
-                        parent = (pc, pk)
+                        parent, pos = _read_id(data, pos, "parent")
                     else:
                         raise _malformed(f"parent info flag must be 0 or 1, got {pflag}", ppos)
                     if info & HAS_PARENT_SUB:
@@ -1062,15 +1103,26 @@ def decode_any(raw: bytes, count: int) -> list[object]:
 # --------------------------------------------------------------------------
 
 
+_SMALL = [bytes((i,)) for i in range(0x80)]
+
+
 def _varuint_bytes(value: int) -> bytes:
     if value < 0x80:
-        return bytes((value,))
+        return _SMALL[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def _put_varuint(out: bytearray, value: int) -> None:
+    """Appends a varuint to ``out``."""
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
 
 
 def encode_update(parsed: ParsedUpdate) -> bytes:
@@ -1088,7 +1140,13 @@ def encode_update(parsed: ParsedUpdate) -> bytes:
     """
     out = bytearray()
     w = out.extend
-    vu = _varuint_bytes
+
+    def vu(value: int) -> bytes | tuple[int]:
+        # (appended by w: a 1-tuple of a small int extends by one byte)
+        if value < 0x80:
+            return (value,)
+        return _varuint_bytes(value)
+
     w(vu(len(parsed.clients)))
     for client, structs in parsed.clients.items():
         w(vu(len(structs)))
@@ -1587,13 +1645,16 @@ class DocIndex:
         return None if node is None else (node.clock, node)
 
     def _node_at(self, client: int, clock: int) -> _Node | None:
-        starts = self._starts.get(client)
-        if not starts:
+        nodes = self._nodes.get(client)
+        if not nodes:
             return None
-        i = bisect_right(starts, clock) - 1
+        node = nodes[-1]  # most references are to a client's latest run
+        if clock >= node.clock:
+            return node if clock < node.end else None
+        i = bisect_right(self._starts[client], clock) - 1
         if i < 0:
             return None
-        node = self._nodes[client][i]
+        node = nodes[i]
         return node if clock < node.end else None
 
     def _live_at(self, ref: ID) -> _Node | None:
@@ -1750,16 +1811,18 @@ class DocIndex:
             _label_for(tail)
         return tail
 
-    def _clean_end(self, ref: ID) -> _Node | None:
+    def _clean_end(self, ref: ID, node: _Node | None = None) -> _Node | None:
         """The live run ending at ``ref`` (split there), or None if ``ref`` is GC'd."""
-        node = self._live_at(ref)
+        if node is None or not node.clock <= ref[1] < node.end:
+            node = self._live_at(ref)
         if node is not None and ref[1] + 1 < node.end:
             self._split(node, ref[1] + 1)
         return node
 
-    def _clean_start(self, ref: ID) -> _Node | None:
+    def _clean_start(self, ref: ID, node: _Node | None = None) -> _Node | None:
         """The live run starting at ``ref`` (split there), or None if ``ref`` is GC'd."""
-        node = self._live_at(ref)
+        if node is None or not node.clock <= ref[1] < node.end:
+            node = self._live_at(ref)
         if node is not None and ref[1] > node.clock:
             node = self._split(node, ref[1])
         return node
@@ -1876,6 +1939,8 @@ class IndexUpdate:
         self.doomed_types: set[ID] = set()
         self.formatting = False
         self.done = False
+        # (container, map entry?, content kind) already checked by S4 in this update
+        self.placed: set[tuple[ContainerKey, bool, int]] = set()
 
     # -- phase A: check and integrate the structs ----------------------------
 
@@ -1899,20 +1964,32 @@ class IndexUpdate:
         """S2 and S5: references point backwards on their client, and exist."""
         state = self.index.state
         strict = self.strict
-        find = self._find
+        # Clocks the update provides, per client: up to its end when it has no
+        # Skip (its structs are contiguous); else ask _find.
+        ends: dict[int, int] = {}
+        for c, ss in self.parsed.clients.items():
+            if all(x.kind != STRUCT_SKIP for x in ss):
+                ends[c] = ss[-1].clock + ss[-1].length
+
+        def find(rc: int, rk: int) -> object:
+            end = ends.get(rc)
+            if end is not None:
+                return True if rk < end else None
+            return self._find(rc, rk)
         for client, structs in self.parsed.clients.items():
             known = state.get(client, 0)
             for s in structs:
+                send = s.clock + s.length
                 if s.kind == STRUCT_SKIP:
-                    if s.end > known and strict:
+                    if send > known and strict:
                         raise MissingUpdatesError(
                             f"Skip struct at {client}:{s.clock}: the update has a gap",
                             client,
                             max(s.clock, known),
-                            (client, s.end - 1),
+                            (client, send - 1),
                         )
                     continue
-                if s.end <= known:
+                if send <= known:
                     continue
                 if s.clock > known:
                     if strict:
@@ -1927,7 +2004,7 @@ class IndexUpdate:
                         f"client {client} has a clock gap before {s.clock} (the index has {known})"
                     )
                 tail = s.clock < known
-                known = s.end
+                known = send
                 if s.kind == STRUCT_GC:
                     continue
                 for ref, what in (
@@ -1973,7 +2050,23 @@ class IndexUpdate:
                 s = clients[latest][pos[latest]]
                 pos[latest] += 1
             while True:
-                missing = self._missing_dependency(s, state)
+                # yrs's missing_dependency: the client of the first reference
+                # not integrated yet (known clocks and GC/Skip need none)
+                missing = None
+                if s.kind != STRUCT_GC and s.kind != STRUCT_SKIP:
+                    known = state.get(s.client, 0)
+                    if s.clock + s.length > known:
+                        ref = s.origin
+                        if ref is not None and s.clock >= known and ref[1] >= state.get(ref[0], 0):
+                            missing = ref[0]
+                        else:
+                            ref = s.right_origin
+                            if ref is not None and ref[1] >= state.get(ref[0], 0):
+                                missing = ref[0]
+                            else:
+                                pa = s.parent
+                                if pa.__class__ is tuple and pa[1] >= state.get(pa[0], 0):
+                                    missing = pa[0]
                 if missing is None:
                     break
                 # yrs switches to the missing client's next struct, unless that
@@ -1992,25 +2085,6 @@ class IndexUpdate:
                 s = clients[missing][pos[missing]]
                 pos[missing] += 1
             self._integrate(s)
-
-    @staticmethod
-    def _missing_dependency(s: Struct, state: Mapping[int, int]) -> int | None:
-        """The client of the first reference not integrated yet (yrs's ``missing_dependency``)."""
-        if s.kind in (STRUCT_GC, STRUCT_SKIP):
-            return None
-        known = state.get(s.client, 0)
-        if s.end <= known:
-            return None
-        ref = s.origin
-        if ref is not None and s.clock >= known and ref[1] >= state.get(ref[0], 0):
-            return ref[0]
-        ref = s.right_origin
-        if ref is not None and ref[1] >= state.get(ref[0], 0):
-            return ref[0]
-        p = s.parent
-        if isinstance(p, tuple) and p[1] >= state.get(p[0], 0):
-            return p[0]
-        return None
 
     def _splits_pair(self, client: int, clock: int) -> bool:
         """Whether a split before ``client:clock`` falls inside a surrogate pair (S7)."""
@@ -2033,11 +2107,12 @@ class IndexUpdate:
         index = self.index
         client = s.client
         known = index.state.get(client, 0)
-        if s.end <= known or s.kind == STRUCT_SKIP:
+        send = s.clock + s.length
+        if send <= known or s.kind == STRUCT_SKIP:
             return  # yrs already has these clocks (or the struct carries nothing)
         start = max(s.clock, known)
         if s.kind == STRUCT_GC:
-            self._gc_run(client, start, s.end)
+            self._gc_run(client, start, send)
             return
         tail = s.clock < known
         origin = (client, known - 1) if tail else s.origin
@@ -2055,6 +2130,9 @@ class IndexUpdate:
             )
         nl = index._live_at(origin) if origin is not None else None
         nr = index._live_at(ro) if ro is not None else None
+        # (a live run is in a list)
+        lseq = nl.seq if nl is not None else None
+        rseq = nr.seq if nr is not None else None
         # The parent, as yrs's repair decides it.
         key: ContainerKey | None
         p = s.parent
@@ -2072,33 +2150,30 @@ class IndexUpdate:
                     )
                 else:
                     key = p
-        elif nl is not None:
-            key = cast(_Seq, nl.seq).key
-        elif nr is not None:
-            key = cast(_Seq, nr.seq).key
+        elif lseq is not None:
+            key = lseq.key
+        elif rseq is not None:
+            key = rseq.key
         else:
             key = None
         if key is None:
-            self._gc_run(client, start, s.end)
+            self._gc_run(client, start, send)
             return
         # yrs takes the map key from a neighbour when one has it.
         sub = s.parent_sub if p is not None else None
-        if nr is not None and cast(_Seq, nr.seq).sub is not None:
-            sub = cast(_Seq, nr.seq).sub
-        if nl is not None and cast(_Seq, nl.seq).sub is not None:
-            sub = cast(_Seq, nl.seq).sub
+        if rseq is not None and rseq.sub is not None:
+            sub = rseq.sub
+        if lseq is not None and lseq.sub is not None:
+            sub = lseq.sub
         # Neighbours that are not GC'd live in the list the item lands in:
         # yrs links the item between them whatever their lists (a neighbour in
         # another container, map key or kind of list corrupts both lists).
-        for nb, ref, what in ((nl, origin, "origin"), (nr, ro, "right origin")):
-            if nb is not None:
-                seq = cast(_Seq, nb.seq)
-                if seq.key != key or seq.sub != sub:
-                    assert ref is not None
-                    raise MalformedUpdateError(
-                        f"item {client}:{s.clock} has {what} {ref[0]}:{ref[1]} in another "
-                        "container (or in another map entry list) than the one it lands in"
-                    )
+        for nseq, ref, what in ((lseq, origin, "origin"), (rseq, ro, "right origin")):
+            if nseq is not None and (nseq.key != key or nseq.sub != sub):
+                raise MalformedUpdateError(
+                    f"item {client}:{s.clock} has {what} {_fmt_id(ref)} in another "
+                    "container (or in another map entry list) than the one it lands in"
+                )
         # S8: the right origin lies after the origin in document order.
         after = True
         if nl is not None and nr is not None:
@@ -2112,13 +2187,22 @@ class IndexUpdate:
                 )
         if after and (nl is not None or nr is not None):
             self._check_known_between(s, origin, ro, nl, nr)
-        self._check_place(s, key, sub is not None)
+        kind = s.kind
+        placed = (key, sub is not None, kind)
+        if placed not in self.placed:
+            self._check_place(s, key, sub is not None)
+            self.placed.add(placed)
         # Place it (Item::integrate).
-        left = index._clean_end(origin) if nl is not None else None
-        right = index._clean_start(ro) if nr is not None else None
-        seq, created = index._seq(key, sub)
-        if created:
-            self.new_seqs.append(seq)
+        left = index._clean_end(origin, nl) if origin is not None and nl is not None else None
+        right = index._clean_start(ro, nr) if ro is not None and nr is not None else None
+        if lseq is not None:
+            seq = lseq
+        elif rseq is not None:
+            seq = rseq
+        else:
+            seq, created = index._seq(key, sub)
+            if created:
+                self.new_seqs.append(seq)
         if left is None:
             conflict = right is None or right.left is not None
         else:
@@ -2146,7 +2230,6 @@ class IndexUpdate:
                     else:
                         break
                 o = o.right
-        kind = s.kind
         if (
             left is not None
             and sub is None
@@ -2157,18 +2240,18 @@ class IndexUpdate:
             and left.right_origin == ro
             and origin == (client, start - 1)
         ):
-            left.end = s.end  # typed on: squash (yrs's try_squash)
+            left.end = send  # typed on: squash (yrs's try_squash)
             node = left
         else:
             node = _Node(
                 client,
                 start,
-                s.end,
+                send,
                 kind,
                 origin,
                 ro,
                 seq,
-                cast(TypeContent, s.content).type_ref if kind == CONTENT_TYPE else None,
+                s.content.type_ref if isinstance(s.content, TypeContent) else None,
             )
             if left is not None:
                 nxt = left.right
@@ -2182,9 +2265,11 @@ class IndexUpdate:
                 nxt.left = node
             _label_for(node)
             index._append(node)
-        self._set_state(client, s.end)
+        if client not in self.old_state:
+            self.old_state[client] = known
+        index.state[client] = send
         if kind == CONTENT_DELETED:
-            self.deletions.append((client, start, s.end))
+            self.deletions.append((client, start, send))
         elif kind == CONTENT_TYPE:
             self.new_types.append((client, start))
         elif kind == CONTENT_FORMAT:
@@ -2192,12 +2277,12 @@ class IndexUpdate:
         # Deletions yrs makes while integrating (Item::integrate / needs_deletion).
         if sub is not None:
             if node.right is not None:
-                self._doom(client, start, s.end)  # not the key's value: deleted at once
+                self._doom(client, start, send)  # not the key's value: deleted at once
             elif node.left is not None:
                 prev = node.left  # the key's previous value
                 self._doom(prev.client, prev.clock, prev.end)
         if isinstance(key, tuple) and key in self.doomed_types:
-            self._doom(client, start, s.end)
+            self._doom(client, start, send)
 
     def _split_free(self, ro: ID, nr: _Node) -> bool:
         """Whether no yrs replica can hold ``ro`` in one block with the clock before it.
@@ -2246,7 +2331,7 @@ class IndexUpdate:
         if nr is not None and (nl is not None or origin is None):
             assert ro is not None
             ro_origin = nr.origin if ro[1] == nr.clock else (ro[0], ro[1] - 1)
-            if ro_origin is not None:
+            if ro_origin is not None and ro_origin != origin:
                 q = index._live_at(ro_origin)
                 if q is not None and q.seq is seq and (
                     nl is None or not _at_or_before(q, ro_origin[1], nl, cast(ID, origin)[1])
@@ -2259,7 +2344,7 @@ class IndexUpdate:
         if nl is not None and (nr is not None or ro is None):
             assert origin is not None
             o_right = nl.right_origin
-            if o_right is not None:
+            if o_right is not None and o_right != ro:
                 q = index._live_at(o_right)
                 if q is not None and q.seq is seq and (
                     nr is None or not _at_or_before(nr, cast(ID, ro)[1], q, o_right[1])
