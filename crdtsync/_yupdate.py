@@ -1300,7 +1300,6 @@ _GC = _Where("", False)
 _UNKNOWN = _Where("?", False)
 
 
-
 class MissingUpdatesError(MalformedUpdateError):
     """The update depends on changes the receiving document does not have yet.
 
@@ -1430,7 +1429,7 @@ class _Node:
         "type_ref",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - built in the hot loop, positional is cheaper
         self,
         client: int,
         clock: int,
@@ -1690,22 +1689,29 @@ class DocIndex:
         return out
 
     def check_invariants(self) -> None:
-        """Checks the invariants above (for tests and fuzzers; O(document))."""
+        """Checks the invariants above (for tests and fuzzers; O(document)).
+
+        Raises:
+            AssertionError: an invariant does not hold.
+        """
         for client, nodes in self._nodes.items():
             starts = self._starts[client]
-            assert [n.clock for n in nodes] == starts, client
+            _expect([n.clock for n in nodes] == starts, f"run starts of client {client}")
             clock = 0
             for n in nodes:
-                assert n.clock == clock and n.end > n.clock, (client, n)
+                _expect(n.clock == clock, f"gap or overlap at {n}")
+                _expect(n.end > n.clock, f"empty run {n}")
                 clock = n.end
-            assert clock == self.state.get(client, 0), (client, clock)
+            _expect(clock == self.state.get(client, 0), f"state of client {client}")
         for (key, sub), seq in self._seqs.items():
-            assert seq.key == key and seq.sub == sub
+            _expect(seq.key == key, f"list {key!r}")
+            _expect(seq.sub == sub, f"list {key!r}/{sub!r}")
             prev: _Node | None = None
             node = seq.start
             while node is not None:
-                assert node.seq is seq and node.left is prev, node
-                assert prev is None or prev.label < node.label, (prev, node)
+                _expect(node.seq is seq, f"{node} in another list")
+                _expect(node.left is prev, f"{node}: broken left link")
+                _expect(prev is None or prev.label < node.label, f"labels at {node}")
                 prev, node = node, node.right
 
     # -- recording ------------------------------------------------------------
@@ -1757,7 +1763,9 @@ class DocIndex:
         """
         if data == self._last_diff:
             return
-        parsed = parse_update(data, replace(limits, max_update_bytes=max(limits.max_update_bytes, len(data))))
+        parsed = parse_update(
+            data, replace(limits, max_update_bytes=max(limits.max_update_bytes, len(data)))
+        )
         self.record(parsed)
         self._last_diff = data if not parsed.clients else None
 
@@ -1864,7 +1872,7 @@ class DocIndex:
                     self._gc_inside((client, t))
 
     def _gc_inside(self, container: ID) -> None:
-        """yrs (``Item::gc``) turns everything inside a deleted type into GC, recursively."""
+        """Yrs (``Item::gc``) turns everything inside a deleted type into GC, recursively."""
         stack: list[ContainerKey] = [container]
         while stack:
             key = stack.pop()
@@ -1976,6 +1984,7 @@ class IndexUpdate:
             if end is not None:
                 return True if rk < end else None
             return self._find(rc, rk)
+
         for client, structs in self.parsed.clients.items():
             known = state.get(client, 0)
             for s in structs:
@@ -2053,7 +2062,7 @@ class IndexUpdate:
                 # yrs's missing_dependency: the client of the first reference
                 # not integrated yet (known clocks and GC/Skip need none)
                 missing = None
-                if s.kind != STRUCT_GC and s.kind != STRUCT_SKIP:
+                if s.kind != STRUCT_GC and s.kind != STRUCT_SKIP:  # noqa: PLR1714 - fastest
                     known = state.get(s.client, 0)
                     if s.clock + s.length > known:
                         ref = s.origin
@@ -2177,7 +2186,8 @@ class IndexUpdate:
         # S8: the right origin lies after the origin in document order.
         after = True
         if nl is not None and nr is not None:
-            assert origin is not None and ro is not None
+            assert origin is not None
+            assert ro is not None
             after = ro[1] > origin[1] if nl is nr else nr.label > nl.label
             if not after and not self._split_free(ro, nr):
                 raise MalformedUpdateError(
@@ -2333,8 +2343,10 @@ class IndexUpdate:
             ro_origin = nr.origin if ro[1] == nr.clock else (ro[0], ro[1] - 1)
             if ro_origin is not None and ro_origin != origin:
                 q = index._live_at(ro_origin)
-                if q is not None and q.seq is seq and (
-                    nl is None or not _at_or_before(q, ro_origin[1], nl, cast(ID, origin)[1])
+                if (
+                    q is not None
+                    and q.seq is seq
+                    and (nl is None or not _at_or_before(q, ro_origin[1], nl, cast(ID, origin)[1]))
                 ):
                     raise MalformedUpdateError(
                         f"item {s.client}:{s.clock}: the origin {ro_origin[0]}:{ro_origin[1]} of "
@@ -2346,8 +2358,10 @@ class IndexUpdate:
             o_right = nl.right_origin
             if o_right is not None and o_right != ro:
                 q = index._live_at(o_right)
-                if q is not None and q.seq is seq and (
-                    nr is None or not _at_or_before(nr, cast(ID, ro)[1], q, o_right[1])
+                if (
+                    q is not None
+                    and q.seq is seq
+                    and (nr is None or not _at_or_before(nr, cast(ID, ro)[1], q, o_right[1]))
                 ):
                     raise MalformedUpdateError(
                         f"item {s.client}:{s.clock}: the right origin {o_right[0]}:{o_right[1]} "
@@ -2515,8 +2529,13 @@ class IndexUpdate:
                         del index._lists_of[seq.key]
 
 
+def _expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise AssertionError(f"DocIndex invariant broken: {what}")
+
+
 def _at_or_before(a: _Node, a_clock: int, b: _Node, b_clock: int) -> bool:
-    """Whether clock ``a_clock`` of run ``a`` is at or before ``b_clock`` of run ``b`` (one list)."""
+    """Whether clock ``a_clock`` of run ``a`` lies at or before ``b_clock`` of run ``b``."""
     if a is b:
         return a_clock <= b_clock
     return a.label < b.label

@@ -503,7 +503,7 @@ class Doc:
         parsed = parse_update(data, self._limits)
         self._last_parse = (data, parsed)
         known = self.version
-        return [c for c, end in parsed.state_vector_after().items() if end > known.get(c)]
+        return [c for c, end in parsed.state_vector_after().items() if end > (known.get(c) or 0)]
 
     def save(self) -> bytes:
         """The full history in the compact encoding, for :meth:`load`."""
@@ -828,7 +828,9 @@ class Doc:
                     continue  # applied or dropped meanwhile (also waited elsewhere)
                 try:
                     parsed = parse_update(entry.update, self._limits)
-                    clients.update(self._integrate(entry.update, parsed, entry.origin, self._limits))
+                    clients.update(
+                        self._integrate(entry.update, parsed, entry.origin, self._limits)
+                    )
                 except MissingUpdatesError as exc:
                     entry.needs = [exc.needs]
                     self._add_held(entry)

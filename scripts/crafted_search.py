@@ -57,6 +57,7 @@ the command lines).  A sample of it runs in the tests
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import random
@@ -104,7 +105,9 @@ class SessionResult:
 
     shape: str
     crafted: int = 0  # crafted updates made
-    crafted_refused: int = 0  # crafted updates not taken (refused, or held and dropped), all replicas
+    crafted_refused: int = (
+        0  # crafted updates not taken (refused, or held and dropped), all replicas
+    )
     honest_refused: int = 0  # refusals of honest updates (a bug)
     diverged: bool = False  # replicas with the same accepted updates differ
     newcomer_diverged: bool = False  # an export does not load as what it came from
@@ -168,9 +171,7 @@ class _Writer:
 # --------------------------------------------------------------------------
 
 
-def _elements(
-    index: y.DocIndex, root: str, key: str | None = None
-) -> list[tuple[int, int, bool]]:
+def _elements(index: y.DocIndex, root: str, key: str | None = None) -> list[tuple[int, int, bool]]:
     """(client, clock, deleted) of every element of a list, in document order."""
     deleted = index.delete_set()
     out = []
@@ -247,9 +248,7 @@ def _pick(
     return rng.choice(cands)
 
 
-def craft(
-    rng: random.Random, shape: str, snapshot: bytes, clock: int
-) -> tuple[bytes, int] | None:
+def craft(rng: random.Random, shape: str, snapshot: bytes, clock: int) -> tuple[bytes, int] | None:
     """One crafted update of ``shape`` against a writer's state: (update, next clock)."""
     index = y.DocIndex(ROOTS)
     index.record(y.parse_update(snapshot))
@@ -259,9 +258,19 @@ def craft(
         if picked_m is None:
             return None
         origin, right = picked_m
-        info = y.CONTENT_ANY | (y.HAS_ORIGIN if origin else 0) | (y.HAS_RIGHT_ORIGIN if right else 0)
+        info = (
+            y.CONTENT_ANY | (y.HAS_ORIGIN if origin else 0) | (y.HAS_RIGHT_ORIGIN if right else 0)
+        )
         st = y.Struct(
-            ATTACKER, clock, 1, y.CONTENT_ANY, info, origin, right, None, None,
+            ATTACKER,
+            clock,
+            1,
+            y.CONTENT_ANY,
+            info,
+            origin,
+            right,
+            None,
+            None,
             y.AnyContent(1, b"\x7d\x63"),
         )
         return y.encode_update(y.ParsedUpdate({ATTACKER: [st]}, {})), clock + 1
@@ -290,7 +299,11 @@ def craft(
         # The next one of a chain: next to this one, on either side.
         mine = (ATTACKER, clock + rng.randrange(length))
         other = _pick(rng, "random-pair", _elements(index, root))
-        picked = (mine, other[1]) if other and rng.random() < 0.5 else (other[0] if other else None, mine)
+        picked = (
+            (mine, other[1])
+            if other and rng.random() < 0.5
+            else (other[0] if other else None, mine)
+        )
         clock += length
     return y.encode_update(y.ParsedUpdate({ATTACKER: structs}, {})), clock
 
@@ -402,10 +415,9 @@ def run_session(seed: int, index: int, shape: str, raw: bool = False) -> Session
                     if _ready(parsed[i], _state(d)):
                         waiting.remove(i)
                         progress = True
-                        try:
+                        # raw pycrdt refusing an update is a result here
+                        with contextlib.suppress(Exception):
                             d.apply_update(updates[i])
-                        except Exception:  # noqa: BLE001 - raw pycrdt refusing is a result here
-                            pass
             c = _raw_content(d)
             raw_contents.add((c[0], json.dumps(c[1], sort_keys=True)))
         res.raw_diverged = len(raw_contents) > 1
