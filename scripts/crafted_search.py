@@ -113,6 +113,7 @@ class SessionResult:
     newcomer_diverged: bool = False  # an export does not load as what it came from
     split_acceptance: bool = False  # replicas disagree on accepting a crafted update
     raw_diverged: bool | None = None  # the same with raw pycrdt (--raw)
+    raw_newcomer_diverged: bool = False  # a raw newcomer differs from a raw replica
     detail: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -420,6 +421,12 @@ def run_session(seed: int, index: int, shape: str, raw: bool = False) -> Session
                             d.apply_update(updates[i])
             c = _raw_content(d)
             raw_contents.add((c[0], json.dumps(c[1], sort_keys=True)))
+            # A newcomer loading this replica's state (what a relay sends).
+            fresh = pycrdt.Doc(client_id=4000 + _r)
+            with contextlib.suppress(Exception):
+                fresh.apply_update(d.get_update())
+            if _raw_content(fresh) != c:
+                res.raw_newcomer_diverged = True
         res.raw_diverged = len(raw_contents) > 1
     return res
 
@@ -455,11 +462,11 @@ def _ready(parsed: y.ParsedUpdate, state: dict[int, int]) -> bool:
 # --------------------------------------------------------------------------
 
 
-def _work(args: tuple[int, int, int, bool]) -> list[dict[str, Any]]:
-    seed, start, stop, raw = args
+def _work(args: tuple[int, int, int, bool, tuple[str, ...]]) -> list[dict[str, Any]]:
+    seed, start, stop, raw, shapes = args
     out = []
     for i in range(start, stop):
-        shape = SHAPES[i % len(SHAPES)]
+        shape = shapes[i % len(shapes)]
         r = run_session(seed, i, shape, raw)
         out.append(
             {
@@ -472,6 +479,7 @@ def _work(args: tuple[int, int, int, bool]) -> list[dict[str, Any]]:
                 "newcomer_diverged": r.newcomer_diverged,
                 "split_acceptance": r.split_acceptance,
                 "raw_diverged": r.raw_diverged,
+                "raw_newcomer_diverged": r.raw_newcomer_diverged,
                 "notes": r.notes[:3],
                 "detail": r.detail[:300],
             }
@@ -484,16 +492,19 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     table: dict[str, dict[str, Any]] = {}
     for shape in SHAPES:
         rs = [r for r in rows if r["shape"] == shape and r["crafted"]]
+        if not rs:
+            continue
         n = len(rs)
         c: Counter[str] = Counter()
         for r in rs:
             for key in ("diverged", "newcomer_diverged", "split_acceptance"):
                 c[key] += bool(r[key])
             c["raw_diverged"] += bool(r["raw_diverged"])
+            c["raw_newcomer_diverged"] += bool(r.get("raw_newcomer_diverged"))
             c["refused_sessions"] += r["crafted_refused"] > 0
             c["honest_refused"] += r["honest_refused"] > 0
         table[shape] = {"sessions": n, **dict(c)}
-        for key in ("diverged", "newcomer_diverged", "raw_diverged"):
+        for key in ("diverged", "newcomer_diverged", "raw_diverged", "raw_newcomer_diverged"):
             table[shape][key + "_rate"] = c[key] / n if n else 0.0
     return table
 
@@ -505,11 +516,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--raw", action="store_true", help="also deliver to raw pycrdt replicas")
     ap.add_argument("--json", type=Path, help="write the per-shape table (and failures) here")
+    ap.add_argument("--shapes", nargs="*", choices=SHAPES, help="only these shapes")
     args = ap.parse_args(argv)
+    shapes = tuple(args.shapes or SHAPES)
     t0 = time.monotonic()
     chunk = 200
     jobs = [
-        (args.seed, s, min(args.sessions, s + chunk), args.raw)
+        (args.seed, s, min(args.sessions, s + chunk), args.raw, shapes)
         for s in range(0, args.sessions, chunk)
     ]
     rows: list[dict[str, Any]] = []
@@ -525,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(rows)} sessions, seed {args.seed}, {time.monotonic() - t0:.0f} s")
     cols = ["sessions", "refused_sessions", "diverged", "newcomer_diverged", "split_acceptance"]
     if args.raw:
-        cols.append("raw_diverged")
+        cols += ["raw_diverged", "raw_newcomer_diverged"]
     print("shape".ljust(16) + "".join(c.rjust(18) for c in cols))
     for shape, row in table.items():
         print(shape.ljust(16) + "".join(str(row.get(c, 0)).rjust(18) for c in cols))
