@@ -113,8 +113,9 @@ S2  same-client origin / right origin / parent IDs point to earlier clocks;
 S3  an explicit parent ID names a Type item (or a deleted/GC'd one);
 S4  every content lands in a container that can hold it (text contents only in
     Text/XmlText, values only in Array/XmlFragment/XmlElement or map entries);
-S5  with a known receiving state: no clock gap, no Skip, no reference to a
-    change that is neither in the document nor in the update
+S5  with a known receiving state: no clock gap, no Skip reaching past the
+    known clocks, no reference to a change that is neither in the document
+    nor in the update
     (:class:`MissingUpdatesError`; pycrdt 0.14.13 integrates past gaps and
     diverges);
 S6  an item's left and right origins differ (yrs places such an item
@@ -122,17 +123,27 @@ S6  an item's left and right origins differ (yrs places such an item
 S7  nothing splits a String between the two UTF-16 units of a character
     outside the BMP: no origin, right origin, delete-set boundary or known
     state falls inside a surrogate pair (yrs splits the string at another
-    place than the clock, and the document's own export is then broken).
+    place than the clock, and the document's own export is then broken);
+S8  (with an index) an item's right origin lies after its origin in the
+    list they share, unless it starts a block on every replica (yrs
+    otherwise places the item by splitting blocks, differently on replicas
+    that hold their blocks differently: issue 18's 12-byte update);
+S9  (with an index) nothing the writer provably knew lies between its
+    origin and right origin: the right origin's own origin lies at or
+    before the origin, the origin's own right origin at or after the right
+    origin (``docs/SECURITY.md`` argues S8 and S9 and measures what is left).
 
 Where an item lands is decided the way yrs decides it (``Item::repair``): an
 explicit parent (the item becomes GC if that parent is deleted or GC'd), else
 the container of its origin, or of its right origin when the origin is GC'd,
-and GC when both are; followed iteratively through the update and, for IDs the
-receiver already has, through a :class:`DocIndex` of the receiving document.
-Only with such an index is the guarantee complete: an update that passes
-``validate_update(data, index=...)`` can be applied to that document by pycrdt
-without panicking, hanging, crashing or corrupting it.  Without one,
-references into the document cannot be checked.
+and GC when both are.  With a :class:`DocIndex` of the receiving document an
+update is checked and integrated in one pass, in yrs's order and by yrs's
+placement rules (see the index's own docstring for its data and invariants):
+an update that passes ``validate_update(data, index=...)`` or
+:meth:`DocIndex.begin` can be applied to that document by pycrdt without
+panicking, hanging, crashing or corrupting it, and places its items as every
+other replica does.  Without an index, references into the document cannot
+be checked.
 
 Deletions and garbage collection
 --------------------------------
@@ -141,12 +152,14 @@ type item into ContentDeleted and everything inside it (recursively) into GC.
 A remote item whose origin is such a GC'd child is attached next to its right
 origin instead, possibly in another container (a String landing in an Array
 that way makes reading it loop forever).  The index therefore applies delete
-sets too (:meth:`DocIndex.record` after the structs of the same update, as
-yrs does; deletions beyond the known clocks wait like yrs's pending delete
-set), and it must see the local ones: they do not move the state vector, so
-the owner calls :meth:`DocIndex.record_diff` with ``get_update(index.state)``
-before every validation, and after integrating a remote update (yrs deletes
-the losing value of a concurrently written map key by itself).
+sets too, at the commit of each update (after its structs, as yrs does,
+including the deletions yrs makes by itself: a map key's overwritten value,
+items landing in a type deleted meanwhile); deletions beyond the known clocks
+wait like yrs's pending delete set.  It must see the document's own changes:
+a local deletion does not move the state vector but changes where later remote
+items land, so the owner records each local transaction's update
+(:meth:`DocIndex.record`, as ``crdtsync.Doc`` does from pycrdt's transaction
+events) or a state-vector diff (:meth:`DocIndex.record_diff`).
 """
 
 from __future__ import annotations
@@ -508,7 +521,9 @@ def _read_varuint(data: bytes, pos: int, bits: int, what: str) -> tuple[int, int
             raise _malformed(f"varuint overflows {bits} bits ({what})", start)
 
 
-def _read_id(data: bytes, pos: int, what: str) -> tuple[ID, int]:
+def _read_id(
+    data: bytes, pos: int, what: str, names: tuple[str, str] | None = None
+) -> tuple[ID, int]:
     """Reads an ID (u64 client, u32 clock); returns (ID, new pos).
 
     The hot path of the parser: anything unusual (truncation, a
@@ -550,8 +565,9 @@ def _read_id(data: bytes, pos: int, what: str) -> tuple[ID, int]:
                 raise IndexError
         return (client, clock), p
     except IndexError:
-        client, p = _read_varuint(data, pos, _U64, what + " client")
-        clock, p = _read_varuint(data, p, _U32, what + " clock")
+        cname, kname = names or (what + " client", what + " clock")
+        client, p = _read_varuint(data, pos, _U64, cname)
+        clock, p = _read_varuint(data, p, _U32, kname)
         return (client, clock), p
 
 
@@ -770,7 +786,10 @@ def _parse(data: bytes, limits: UpdateLimits) -> ParsedUpdate:
     clients: dict[int, list[Struct]] = {}
     total_structs = 0
     pos = 0
-    num_clients, pos = rv(data, pos, _U32, "number of clients")
+    if n and data[0] < 0x80:
+        num_clients, pos = data[0], 1
+    else:
+        num_clients, pos = rv(data, pos, _U32, "number of clients")
     if num_clients > limits.max_clients:
         raise _limit(f"{num_clients} client blocks exceed max_clients={limits.max_clients}", 0)
     # A client block takes at least 4 bytes (count, client, clock, one info byte).
@@ -778,9 +797,12 @@ def _parse(data: bytes, limits: UpdateLimits) -> ParsedUpdate:
         raise _malformed(f"{num_clients} client blocks announced, more than the bytes left", 0)
     for _ in range(num_clients):
         block_pos = pos
-        num_structs, pos = rv(data, pos, _U32, "number of structs")
-        client, pos = rv(data, pos, _U64, "client id")
-        clock, pos = rv(data, pos, _U32, "clock")
+        if pos < n and data[pos] < 0x80:
+            num_structs = data[pos]
+            pos += 1
+        else:
+            num_structs, pos = rv(data, pos, _U32, "number of structs")
+        (client, clock), pos = _read_id(data, pos, "block", ("client id", "clock"))
         if num_structs == 0:
             raise _malformed(f"client {client} has a block with no struct", block_pos)
         if client in clients:
@@ -953,6 +975,8 @@ def _parse(data: bytes, limits: UpdateLimits) -> ParsedUpdate:
     # Delete set.
     ds_pos = pos
     delete_set: dict[int, list[tuple[int, int]]] = {}
+    if pos == n - 1 and data[pos] == 0:  # no delete set: the common case
+        return ParsedUpdate(clients, delete_set, ds_pos)
     num_ds, pos = rv(data, pos, _U32, "number of delete-set clients")
     if num_ds > limits.max_clients:
         raise _limit(f"{num_ds} delete-set clients exceed max_clients={limits.max_clients}", ds_pos)

@@ -10,9 +10,12 @@ A root is registered in the transaction of its first edit, never when it is
 merely accessed: accessing is not an edit, and two replicas that imported the
 same updates must be equal whichever roots each looked at.
 
-Bytes from outside take one path: envelope (``encoding.unpack``), then the full
-Yjs v1 validator (``_yupdate.validate_update``), and only then pycrdt, inside a
-transaction whose origin marks it remote. pycrdt's Rust panics are
+Bytes from outside take one path: envelope (``encoding.unpack``), one parse
+(the compact decoder's own, or ``_yupdate.parse_update``), the validator's one
+pass that checks every rule and integrates the update into the document's
+index (``_yupdate.DocIndex.begin``), and only then pycrdt, inside a
+transaction whose origin marks it remote. Updates that arrive ahead of what
+they depend on are held, within budgets, until it arrives. pycrdt's Rust panics are
 ``BaseException``\\ s; they are translated into :class:`EngineError` at the one
 place pycrdt is called.
 

@@ -363,3 +363,26 @@ def test_snapshot_flag_round_trip() -> None:
         Doc.load(pack(doc.export_yjs_update(), compact=True, snapshot=True)).to_py() == doc.to_py()
     )
     assert FLAG_SNAPSHOT
+
+
+# --------------------------------------------------------------------------
+# One parse for the writer check and the import
+# --------------------------------------------------------------------------
+
+
+def test_new_writers_then_import_parses_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = Doc(peer_id=11)
+    a.text("t").insert(0, "hello")
+    b = Doc(peer_id=12)
+    b.import_yjs_update(a.export_yjs_update())
+    v = b.version
+    b.text("t").insert(5, "!")
+    update = b.export_yjs_update()  # holds 11's known clocks and 12's new ones
+    doc = Doc(peer_id=13)
+    doc.import_yjs_update(a.export_yjs_update())
+    calls = _count_parses(monkeypatch)
+    assert doc.new_writers(update) == [12]
+    doc.import_yjs_update(update)
+    assert calls["n"] == 1
+    assert str(doc.text("t")) == "hello!"
+    assert doc.new_writers(b.export_yjs_update(since=v)) == []
