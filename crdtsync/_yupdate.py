@@ -1164,95 +1164,107 @@ def encode_update(parsed: ParsedUpdate) -> bytes:
     """
     out = bytearray()
     w = out.extend
+    ap = out.append
+    vb = _varuint_bytes
+    ids: dict[int, bytes] = {}  # varuints of client ids (a few, repeated)
 
-    def vu(value: int) -> bytes | tuple[int]:
-        # (appended by w: a 1-tuple of a small int extends by one byte)
-        if value < 0x80:
-            return (value,)
-        return _varuint_bytes(value)
+    def cid(client: int) -> bytes:
+        b = ids.get(client)
+        if b is None:
+            b = ids[client] = vb(client)
+        return b
 
-    w(vu(len(parsed.clients)))
+    w(vb(len(parsed.clients)))
     for client, structs in parsed.clients.items():
-        w(vu(len(structs)))
-        w(vu(client))
-        w(vu(structs[0].clock if structs else 0))
+        w(vb(len(structs)))
+        w(cid(client))
+        w(vb(structs[0].clock if structs else 0))
         for s in structs:
             info = s.info
-            out.append(info)
+            ap(info)
             kind = s.kind
-            if kind in (STRUCT_GC, STRUCT_SKIP):
-                w(vu(s.length))
+            if kind == STRUCT_GC or kind == STRUCT_SKIP:  # noqa: PLR1714 - fastest
+                w(vb(s.length))
                 continue
             if info & HAS_ORIGIN:
-                assert s.origin is not None
-                w(vu(s.origin[0]))
-                w(vu(s.origin[1]))
+                oc, ok = cast(ID, s.origin)
+                w(cid(oc))
+                if ok < 0x80:
+                    ap(ok)
+                else:
+                    w(vb(ok))
             if info & HAS_RIGHT_ORIGIN:
-                assert s.right_origin is not None
-                w(vu(s.right_origin[0]))
-                w(vu(s.right_origin[1]))
+                rc, rk = cast(ID, s.right_origin)
+                w(cid(rc))
+                if rk < 0x80:
+                    ap(rk)
+                else:
+                    w(vb(rk))
             if not info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN):
                 p = s.parent
                 if isinstance(p, str):
-                    out.append(1)
+                    ap(1)
                     b = p.encode()
-                    w(vu(len(b)))
+                    w(vb(len(b)))
                     w(b)
                 else:
                     assert p is not None
-                    out.append(0)
-                    w(vu(p[0]))
-                    w(vu(p[1]))
+                    ap(0)
+                    w(cid(p[0]))
+                    w(vb(p[1]))
                 if info & HAS_PARENT_SUB:
                     assert s.parent_sub is not None
                     b = s.parent_sub.encode()
-                    w(vu(len(b)))
+                    w(vb(len(b)))
                     w(b)
             c = s.content
             if kind == CONTENT_STRING:
-                assert isinstance(c, str)
-                b = c.encode()
-                w(vu(len(b)))
+                b = cast(str, c).encode()
+                n = len(b)
+                if n < 0x80:
+                    ap(n)
+                else:
+                    w(vb(n))
                 w(b)
             elif kind == CONTENT_DELETED:
-                w(vu(s.length))
+                w(vb(s.length))
             elif kind == CONTENT_ANY:
                 assert isinstance(c, AnyContent)
-                w(vu(c.n))
+                w(vb(c.n))
                 w(c.raw)
             elif kind == CONTENT_TYPE:
                 assert isinstance(c, TypeContent)
-                w(vu(c.type_ref))
+                w(vb(c.type_ref))
                 if c.name is not None:
                     b = c.name.encode()
-                    w(vu(len(b)))
+                    w(vb(len(b)))
                     w(b)
             elif kind == CONTENT_BINARY:
                 assert isinstance(c, bytes)
-                w(vu(len(c)))
+                w(vb(len(c)))
                 w(c)
             elif kind == CONTENT_FORMAT:
                 assert isinstance(c, FormatContent)
                 for text in c:
                     b = text.encode()
-                    w(vu(len(b)))
+                    w(vb(len(b)))
                     w(b)
             elif kind == CONTENT_EMBED:
                 assert isinstance(c, str)
                 b = c.encode()
-                w(vu(len(b)))
+                w(vb(len(b)))
                 w(b)
             elif kind == CONTENT_JSON:
                 json_texts = cast(tuple[str, ...], c)
-                w(vu(len(json_texts)))
+                w(vb(len(json_texts)))
                 for text in json_texts:
                     b = text.encode()
-                    w(vu(len(b)))
+                    w(vb(len(b)))
                     w(b)
             elif kind == CONTENT_DOC:
                 assert isinstance(c, DocContent)
                 b = c.guid.encode()
-                w(vu(len(b)))
+                w(vb(len(b)))
                 w(b)
                 w(c.options_raw)
             else:
