@@ -1183,7 +1183,7 @@ def encode_update(parsed: ParsedUpdate) -> bytes:
             info = s.info
             ap(info)
             kind = s.kind
-            if kind == STRUCT_GC or kind == STRUCT_SKIP:  # noqa: PLR1714 - fastest
+            if kind in (STRUCT_GC, STRUCT_SKIP):
                 w(vb(s.length))
                 continue
             if info & HAS_ORIGIN:
