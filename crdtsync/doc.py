@@ -630,8 +630,20 @@ class Doc:
     def _record_local(self) -> None:
         local, self._local = self._local, []
         limits = self._document_limits()
-        for update in local:
-            self._index.record(parse_update(update, limits))
+        try:
+            for update in local:
+                self._index.record(parse_update(update, limits))
+        except InvalidUpdateError as exc:
+            # The engine's own transaction did not fit the index: a bug in the
+            # index. Rebuild it from the engine's state rather than check later
+            # updates against a wrong one (and rather than fail the user's edit).
+            log.error("the validator's index lost track of a local change (%s); rebuilding", exc)
+            self._rebuild_index()
+
+    def _rebuild_index(self) -> None:
+        index = DocIndex(self._index.root_types)
+        index.record_diff(bytes(self._y.get_update()), self._document_limits())
+        self._index = index
 
     def _apply(
         self,
