@@ -1968,7 +1968,7 @@ class IndexUpdate:
         self.parsed = parsed
         self.limits = limits
         self.strict = strict
-        self.starts = {c: [s.clock for s in ss] for c, ss in parsed.clients.items()}
+        self._starts: dict[int, list[int]] | None = None  # struct clocks, built on demand
         self.pair_splits = _update_pair_splits(parsed)
         # Undo log: state before (per client touched), observed classes set,
         # lists created.
@@ -1995,7 +1995,9 @@ class IndexUpdate:
         self._check_delete_set()
 
     def _find(self, client: int, clock: int) -> Struct | None:
-        starts = self.starts.get(client)
+        if self._starts is None:
+            self._starts = {c: [s.clock for s in ss] for c, ss in self.parsed.clients.items()}
+        starts = self._starts.get(client)
         if not starts:
             return None
         i = bisect_right(starts, clock) - 1
@@ -2077,6 +2079,13 @@ class IndexUpdate:
     def _integrate_all(self) -> None:
         """The structs in the order of yrs's ``BlockPicker`` (update.rs)."""
         clients = self.parsed.clients
+        if len(clients) == 1:
+            # One client (every keystroke): its structs in order; what they
+            # depend on elsewhere is in the document (checked by the prepass).
+            for structs in clients.values():
+                for s in structs:
+                    self._integrate(s)
+            return
         order = sorted(clients)  # a stack: the highest client id first
         pos = dict.fromkeys(clients, 0)
         taken: set[int] = set()  # clients that have been the "latest" one
