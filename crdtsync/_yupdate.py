@@ -131,7 +131,9 @@ S8  (with an index) an item's right origin lies after its origin in the
 S9  (with an index) nothing the writer provably knew lies between its
     origin and right origin: the right origin's own origin lies at or
     before the origin, the origin's own right origin at or after the right
-    origin (``docs/SECURITY.md`` argues S8 and S9 and measures what is left).
+    origin;
+S10 (with an index) a map entry has no right origin (``docs/SECURITY.md``
+    argues S8-S10 and measures what is left).
 
 Where an item lands is decided the way yrs decides it (``Item::repair``): an
 explicit parent (the item becomes GC if that parent is deleted or GC'd), else
@@ -2228,6 +2230,14 @@ class IndexUpdate:
                     f"item {client}:{s.clock} has {what} {_fmt_id(ref)} in another "
                     "container (or in another map entry list) than the one it lands in"
                 )
+        # S10: a map entry has no right origin: Yjs and yrs write a key's new
+        # value after its current one, with nothing to its right (typeMapSet,
+        # MapRef::insert, and an undo manager's redo of an entry alike).
+        if sub is not None and ro is not None:
+            raise MalformedUpdateError(
+                f"item {client}:{s.clock} is an entry of map key {sub!r} with a right origin "
+                f"{ro[0]}:{ro[1]} (map entries have none)"
+            )
         # S8: the right origin lies after the origin in document order.
         after = True
         if nl is not None and nr is not None:
@@ -3006,7 +3016,19 @@ def check_semantics(
         holds, so every replica sees the right origin after the origin.  An
         item whose right origin lies before (or at) its origin is placed by
         yrs depending on how it happens to have split its blocks: replicas
-        that received the same updates in another order diverge.
+        that received the same updates in another order diverge.  Except
+        when the right origin starts a block on every replica (its origin is
+        not the clock before it, or their right origins differ): then yrs
+        splits nothing and places the item alike everywhere.
+    S9  With an index: nothing the writer provably knew lies between its
+        origin and right origin.  Yjs and yrs integrate an item only after
+        its origin and right origin, so the writer held the right origin's
+        own origin (which must lie at or before the origin) and the origin's
+        own right origin (at or after the right origin); with no origin,
+        the right origin's origin must not be in the list, with no right
+        origin, the origin's right origin must not be.
+    S10 With an index: a map entry has no right origin (honest writers put
+        a key's new value after its current one, with nothing to its right).
 
     Args:
         parsed: the update.

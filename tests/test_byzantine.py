@@ -129,6 +129,23 @@ def test_known_item_between_origin_and_right_origin_is_refused() -> None:
     assert str(doc.text("t")) == "aZXbc"
 
 
+def test_map_entry_with_a_right_origin_is_refused() -> None:
+    """S10: a key's value is written after the current one, with nothing to its right."""
+    a = pycrdt.Doc(client_id=1)
+    m = a.get("m", type=pycrdt.Map)
+    m["k"] = 1  # 1:0
+    m["k"] = 2  # 1:1, origin 1:0
+    doc = Doc()
+    doc.import_yjs_update(a.get_update())
+    any_ = y.AnyContent(1, b"\x7d\x07")
+    bad = y.Struct(9, 0, 1, y.CONTENT_ANY, y.CONTENT_ANY | 0xC0, (1, 0), (1, 1), None, None, any_)
+    with pytest.raises(MalformedUpdateError, match="map entries have none"):
+        doc.import_yjs_update(y.encode_update(y.ParsedUpdate({9: [bad]}, {})))
+    good = y.Struct(9, 0, 1, y.CONTENT_ANY, y.CONTENT_ANY | 0x80, (1, 1), None, None, None, any_)
+    doc.import_yjs_update(y.encode_update(y.ParsedUpdate({9: [good]}, {})))
+    assert doc.map("m").to_py() == {"k": 7}
+
+
 # --------------------------------------------------------------------------
 # The crafted-update search: a sample, which must find nothing
 # --------------------------------------------------------------------------
