@@ -322,7 +322,7 @@ def test_concurrent_trace_replicas_refuse_nothing_and_converge() -> None:
     assert final == data["endContent"]
 
 
-@pytest.mark.parametrize("name", ["friendsforever_flat", "seph-blog1"])
+@pytest.mark.parametrize("name", ["friendsforever_flat", "seph-blog1", "automerge-paper"])
 def test_sequential_trace_split_among_replicas_refuses_nothing(name: str) -> None:
     """A real trace typed by three replicas at once, synced late and out of order."""
     sys.path.insert(0, str(REPO / "benchmarks"))
