@@ -712,7 +712,8 @@ class Doc:
         if self._event_deletes is not None:
             # yrs deleted formatting items of its own accord (redundant ones).
             ds, self._event_deletes = self._event_deletes, None
-            self._index.record_deletes(parse_update(b"\x00" + ds).delete_set)
+            deletes = parse_update(b"\x00" + ds, self._document_limits()).delete_set
+            self._index.record_deletes(deletes)
         if later:
             self._hold(held_update, origin, _first_needs(later), n_later)
         if self._observers:
