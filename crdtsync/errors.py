@@ -142,12 +142,17 @@ class MissingUpdatesError(MalformedUpdateError):
     Attributes:
         client: the client id of the first missing change.
         clock: its clock.
+        needs: ``(client, clock)`` the document must hold for the update to
+            become applicable (what a holder of early updates indexes them by).
     """
 
-    def __init__(self, message: str, client: int = 0, clock: int = 0) -> None:
+    def __init__(
+        self, message: str, client: int = 0, clock: int = 0, needs: tuple[int, int] | None = None
+    ) -> None:
         super().__init__(message)
         self.client = client
         self.clock = clock
+        self.needs: tuple[int, int] = needs if needs is not None else (client, clock)
 
 
 class UpdateLimitError(InvalidUpdateError):

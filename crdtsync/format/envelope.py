@@ -35,8 +35,8 @@ from typing import Any
 from crdtsync.errors import MalformedUpdateError, UnsupportedVersionError, UpdateLimitError
 from crdtsync.format import zstd
 from crdtsync.format.cbor import decode_cbor, encode_cbor
-from crdtsync.format.columnar import compact_decode, compact_encode
-from crdtsync.format.yupdate import UpdateLimits
+from crdtsync.format.columnar import compact_decode_parsed, compact_encode
+from crdtsync.format.yupdate import ParsedUpdate, UpdateLimits
 
 __all__ = [
     "FLAG_COMPACT",
@@ -68,12 +68,17 @@ _MAX_CBOR_ITEMS = 10_000
 
 @dataclass(frozen=True)
 class Envelope:
-    """A decoded envelope: the v1 update and what the flags said about it."""
+    """A decoded envelope: the v1 update and what the flags said about it.
+
+    ``parsed`` is the compact decoder's parse of ``update`` (for the
+    validator, which then parses nothing again); None for other payloads.
+    """
 
     update: bytes
     flags: int
     version: int
     held: tuple[bytes, ...] = ()
+    parsed: ParsedUpdate | None = None
 
     @property
     def snapshot(self) -> bool:
@@ -121,7 +126,8 @@ def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
 
     Args:
         data: envelope bytes from anywhere.
-        limits: size limits to enforce.
+        limits: size limits to enforce (``Doc.load`` passes limits whose
+            ``max_update_bytes`` is the document limit, ``max_document_bytes``).
 
     Returns:
         The envelope.
@@ -162,8 +168,9 @@ def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
         raise MalformedUpdateError("envelope payload is missing or not bytes")
     if flags & FLAG_COMPACT and flags & FLAG_ZSTD:
         raise MalformedUpdateError("envelope flags combine compact and zstd")
+    parsed = None
     if flags & FLAG_COMPACT:
-        update = compact_decode(payload, limits)
+        update, parsed = compact_decode_parsed(payload, limits)
     elif flags & FLAG_ZSTD:
         update = _unzstd(payload, limits.max_update_bytes)
     else:
@@ -173,7 +180,7 @@ def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
         raise MalformedUpdateError("envelope field 4 (held updates) must be a list of bytes")
     if sum(len(h) for h in held) > limits.max_update_bytes:
         raise UpdateLimitError("held updates exceed the update size limit")
-    return Envelope(update=update, flags=flags, version=version, held=tuple(held))
+    return Envelope(update=update, flags=flags, version=version, held=tuple(held), parsed=parsed)
 
 
 def _unzstd(payload: bytes, limit: int) -> bytes:
