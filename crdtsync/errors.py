@@ -29,7 +29,7 @@ The tree::
     │   ├── UnexpectedMessageError                 a message not allowed in the current state (5)
     │   ├── VersionMismatchError                   no protocol version in common (6)
     │   ├── AuthError                              the auth hook refused the peer (7)
-    │   │   ├── TokenError                         an access token is missing, forged or malformed (18)
+    │   │   ├── TokenError                         a token missing, forged or malformed (18)
     │   │   │   └── TokenExpiredError              an access token is past its expiry (19)
     │   │   └── RoomNotAllowedError                the token does not name this room (20)
     │   ├── UpdateRejectedError                    an update failed validation (8)
@@ -71,6 +71,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 __all__ = [
+    "REFINES",
     "AuthError",
     "ConnectTimeoutError",
     "ConnectionClosedError",
@@ -100,7 +101,6 @@ __all__ = [
     "PeerIdentityError",
     "ProtocolError",
     "ProtocolTimeoutError",
-    "REFINES",
     "RateLimitError",
     "ReadOnlyError",
     "RoomNotAllowedError",
