@@ -67,8 +67,10 @@ from websockets.http11 import Request, Response
 
 from crdtsync.errors import (
     AuthError,
+    CrdtSyncError,
     InvalidRoomError,
     LocalProtocolError,
+    ReadOnlyError,
     RoomNotAllowedError,
     TokenError,
 )
@@ -429,13 +431,13 @@ class Relay:
         secret = self.config.secret
         if secret is not None:
             token = info.auth.get("token") if isinstance(info.auth, dict) else None
-            if not isinstance(token, str):
-                self.metrics.error("auth")
-                raise TokenError("this relay needs an access token")
             try:
+                if not isinstance(token, str):
+                    raise TokenError("this relay needs an access token")
                 claims = verify_token(secret, token)
-            except TokenError:
+            except TokenError as exc:
                 self.metrics.error("auth")
+                _log_refusal(exc, info.address, "crdtsync", rooms=info.docs)
                 raise
         conn = self._sync_conns.get(info.address)
         if conn is not None:
@@ -453,24 +455,33 @@ class Relay:
         )
         return Grant(
             relay=False,
-            check=partial(self._check_room, claims),
+            check=partial(self._check_room, claims, info.address),
             read_only=claims is not None and not claims.write,
         )
 
-    def _check_room(self, claims: TokenClaims | None, name: str) -> None:
+    def _check_room(self, claims: TokenClaims | None, address: str, name: str) -> None:
         try:
             validate_room(name)
-        except InvalidRoomError:
+        except InvalidRoomError as exc:
             self.metrics.error("invalid_room")
+            _log_refusal(exc, address, "crdtsync", room=name)
             raise
         if claims is not None and not claims.allows(name):
             self.metrics.error("room_not_allowed")
-            raise RoomNotAllowedError(f"the token does not allow room {name!r}")
+            refusal = RoomNotAllowedError(f"the token does not allow room {name!r}")
+            _log_refusal(refusal, address, "crdtsync", room=name, subject=claims.subject)
+            raise refusal
 
     def _on_status(self, status: Status) -> None:
-        if status.kind == "error" and status.error is not None:
-            kind = "crdtsync_" + type(status.error).__name__
+        err = status.error
+        if status.kind == "error" and err is not None:
+            kind = "crdtsync_" + type(err).__name__
             self.metrics.error(kind)
+            if isinstance(err, AuthError | InvalidRoomError) and not err.from_peer:
+                return  # a refusal of ours, logged where it was decided (_authorize, _check_room)
+            if isinstance(err, ReadOnlyError) and not err.from_peer:
+                _log_refusal(err, status.address or "", "crdtsync", room=status.doc)
+                return
             log.warning(
                 "session error",
                 extra={
@@ -507,6 +518,9 @@ class Relay:
                     raise RoomNotAllowedError(f"the token does not allow room {room!r}")
         except (AuthError, InvalidRoomError) as exc:
             self.metrics.error("invalid_room" if isinstance(exc, InvalidRoomError) else "auth")
+            # The room as asked for: its path without the query (which holds the token).
+            asked = raw_path.partition("?")[0]
+            _log_refusal(exc, address, "y", room=asked, subject=claims.subject if claims else None)
             await _refuse(ws, exc)
             return
         read_only = claims is not None and not claims.write
@@ -552,6 +566,32 @@ class Relay:
                 "disconnected",
                 extra={"fields": {"remote": address, "protocol": "y", "reason": reason}},
             )
+
+
+def _log_refusal(
+    error: CrdtSyncError,
+    remote: str,
+    protocol: str,
+    *,
+    room: str | None = None,
+    rooms: tuple[str, ...] = (),
+    subject: str | None = None,
+) -> None:
+    """Log one refusal, on either protocol: who, which room, why (never the token).
+
+    Room names come from the client: the JSON lines escape them, and they are cut
+    short (a HELLO may name thousands).
+    """
+    fields: dict[str, object] = {
+        "remote": remote,
+        "protocol": protocol,
+        "room": None if room is None else room[:200],
+        "rooms": [name[:200] for name in rooms[:16]] or None,
+        "error": type(error).__name__,
+        "reason": str(error),
+        "subject": subject,
+    }
+    log.warning("refused", extra={"fields": fields})
 
 
 async def _refuse(ws: ServerConnection, error: AuthError | InvalidRoomError) -> None:
