@@ -1309,13 +1309,22 @@ class Peer:
         self, sup: _Supervisor, generation: int
     ) -> tuple[CrdtSyncError | None, bool]:
         """One connection attempt, to its end: why it ended, and whether it opened."""
+        log.debug("connecting to %s (attempt %d)", sup.shown, sup.attempt + 1)
+        try:
+            conn = await sup.transport.connect(sup.address)
+        except TransportError as exc:
+            sup.last_error, sup.last_reason = exc, str(exc)
+            self._status(Status("disconnected", sup.address, reason=str(exc), error=exc))
+            return exc, False
         auth = sup.auth
-        if sup.token is not None:
+        if sup.token is not None and not self._closed and sup.generation == generation:
+            # Asked once connected, so a provider is not called in vain while offline.
             limit = self._options.handshake_timeout
             try:
                 async with asyncio.timeout(limit):
                     auth = {"token": await fetch_token(sup.token)}
             except Exception as exc:  # the application's provider: reported, then retried
+                await _close_quietly(conn)
                 reason = (
                     f"the token provider did not answer within {limit:g} s"
                     if isinstance(exc, TimeoutError)
@@ -1326,13 +1335,6 @@ class Peer:
                 log.warning("%s: %s", sup.shown, reason, exc_info=err is None)
                 self._status(Status("error", sup.address, reason=reason, error=err))
                 return err, False
-        log.debug("connecting to %s (attempt %d)", sup.shown, sup.attempt + 1)
-        try:
-            conn = await sup.transport.connect(sup.address)
-        except TransportError as exc:
-            sup.last_error, sup.last_reason = exc, str(exc)
-            self._status(Status("disconnected", sup.address, reason=str(exc), error=exc))
-            return exc, False
         if self._closed or sup.generation != generation:
             await _close_quietly(conn)
             return None, False

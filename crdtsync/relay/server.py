@@ -507,6 +507,7 @@ class Relay:
         self, ws: ServerConnection, address: str, raw_path: str, query: dict[str, str]
     ) -> None:
         claims: TokenClaims | None = None
+        room: str | None = None
         try:
             room = room_from_path(raw_path)
             if self.config.secret is not None:
@@ -518,8 +519,8 @@ class Relay:
                     raise RoomNotAllowedError(f"the token does not allow room {room!r}")
         except (AuthError, InvalidRoomError) as exc:
             self.metrics.error("invalid_room" if isinstance(exc, InvalidRoomError) else "auth")
-            # The room as asked for: its path without the query (which holds the token).
-            asked = raw_path.partition("?")[0]
+            # A bad name is logged as its path, without the query (which holds the token).
+            asked = room if room is not None else raw_path.partition("?")[0]
             _log_refusal(exc, address, "y", room=asked, subject=claims.subject if claims else None)
             await _refuse(ws, exc)
             return
