@@ -18,7 +18,7 @@ protocol itself lives in the session. What the shell adds:
   echo). This makes any connected graph of peers converge, not only stars.
 * **Reconnection.** ``connect(address)`` keeps the connection up for the Peer's
   lifetime, retrying with capped exponential backoff and jitter, and asking a
-  token provider (:mod:`crdtsync.peer.tokens`) for a token before every attempt.
+  token provider (:mod:`crdtsync.peer.tokens`) for a token at every connection.
   A refusal that retrying cannot fix (a bad or expired token, a wrong room) is
   raised by ``connect`` when it answers the first handshake; later, it stops the
   reconnecting (status ``stopped``), and :meth:`Peer.wait_synced` returns it at once.
@@ -1106,8 +1106,8 @@ class Peer:
                 ``mem://`` needs ``transport=MemoryNetwork(...).transport(host)``).
             timeout: seconds to wait for the first handshake (None: no limit).
             token: an access token (``crdtsync token``), or a token provider: a
-                function or async function returning one, asked again before
-                every connection attempt (:mod:`crdtsync.peer.tokens`). Sent in
+                function or async function returning one, asked again at every
+                connection, before its handshake (:mod:`crdtsync.peer.tokens`). Sent in
                 the handshake as ``{"token": token}``, instead of the Peer's
                 ``auth``. When a server refuses a token as expired, the provider
                 is asked once more at once; only a refusal of that one stops.
@@ -1612,7 +1612,7 @@ class Peer:
             if self._announce and s.doc_state(name) is p.DocState.NONE and self._shares(name, link):
                 s.open_doc(name, entry.epoch, entry.doc.version)
         if not link.outbound:
-            log.debug("%s connected (peer %d)", link.address, ev.peer_id)
+            log.debug("accepted %s (peer %d)", shown_address(link.address), ev.peer_id)
         for sup in self._supervisors.values():
             if sup.link is link:
                 log.info("connected to %s (peer %d)", sup.shown, ev.peer_id)
@@ -1733,7 +1733,7 @@ class Peer:
         if link.outbound and link.opened:
             log.info("disconnected from %s: %s", shown_address(link.address), _said(reason))
         else:
-            log.debug("%s: closed: %s", shown_address(link.address), _said(reason))
+            log.debug("connection with %s ended: %s", shown_address(link.address), _said(reason))
         self._status(
             Status("disconnected", link.address, link.session.peer_id, reason=reason, error=err)
         )

@@ -3,10 +3,14 @@
 ``Peer.connect(url, token=...)`` and ``YProvider(..., token=...)`` take a
 :data:`TokenSource`: a token string, or a *token provider*, a function (plain or
 ``async``) that returns one, as Hocuspocus' provider takes ``token``. A provider
-is asked again before every connection attempt, so a long-lived client keeps
-working across token expiries: when the server refuses a token as expired, the
-client asks its provider once more at once, and gives up (reporting
-:class:`~crdtsync.errors.TokenExpiredError`) only if the new token is refused too.
+is asked again for every connection (a ``Peer`` asks once the transport is
+connected, just before the handshake, so not in vain while offline; a
+``YProvider`` before connecting, since the token is part of its URL), so a
+long-lived client keeps working across token expiries: when the server refuses
+a token as expired, the client asks its provider once more at once, and gives
+up (reporting :class:`~crdtsync.errors.TokenExpiredError`) only if the new token
+is refused too. A provider that raises is reported (an ``error`` status and a
+WARNING log) and asked again at the next attempt, after the backoff.
 
     async def fresh_token() -> str:            # e.g. ask your auth service
         return await auth_service.token_for("notes")
