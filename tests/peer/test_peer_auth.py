@@ -24,6 +24,7 @@ from helpers.waiting import eventually
 
 from crdtsync import (
     AuthError,
+    ConnectionClosedError,
     ConnectTimeoutError,
     CrdtSyncError,
     InvalidRoomError,
@@ -418,3 +419,22 @@ async def test_the_peer_logs_connects_handshakes_refusals_and_reconnects(
     assert secret_token not in text
     for record in caplog.records:  # nowhere in the crdtsync hierarchy
         assert secret_token not in record.getMessage()
+
+
+@pytest.mark.anyio
+async def test_disconnect_and_close_end_a_connect_that_waits_forever() -> None:
+    """``connect(timeout=None)`` to an address nobody answers ends when told to stop."""
+    url = f"ws://127.0.0.1:{free_port()}"
+    async with ws_peer() as peer:
+        waiting = asyncio.ensure_future(peer.connect(url, timeout=None))
+        await asyncio.sleep(0)  # let connect() start its attempts
+        await peer.disconnect(url)
+        with pytest.raises(ConnectionClosedError, match="disconnect"):
+            await asyncio.wait_for(waiting, WAIT)
+    peer = ws_peer()
+    await peer.start()
+    waiting = asyncio.ensure_future(peer.connect(url, timeout=None))
+    await asyncio.sleep(0)  # let connect() start its attempts
+    await peer.close()
+    with pytest.raises(ConnectionClosedError, match="closed"):
+        await asyncio.wait_for(waiting, WAIT)
