@@ -110,6 +110,9 @@ CLOSE_CODES: dict[int, str] = {
     ys.CLOSE_RATE_LIMITED: "message rate limit exceeded (reconnect later)",
 }
 
+# Room refusals logged per crdtsync connection (the metrics count them all).
+_MAX_ROOM_REFUSALS_LOGGED = 16
+
 # Seconds a graceful shutdown waits for clients to answer their close frames,
 # all together (websockets' own close timeout is 2 s per connection, but run at
 # once they overlap); whoever has not answered by then is cut off.
@@ -148,6 +151,8 @@ class Relay:
         self._rooms: Rooms | None = None
         self._server: Server | None = None
         self._sync_conns: dict[str, SyncConnection] = {}
+        # Room refusals logged per crdtsync connection (one HELLO may name a thousand).
+        self._rooms_refused: dict[str, int] = {}
         self._ready = False
         self._draining = False
         self._closed = asyncio.Event()
@@ -424,6 +429,7 @@ class Relay:
             await self.backend.serve(conn)
         finally:
             self._sync_conns.pop(address, None)
+            self._rooms_refused.pop(address, None)
 
     def _authorize(self, info: HelloInfo) -> Grant:
         """The backend's hook for crdtsync handshakes: check the token, grant its rooms."""
@@ -464,13 +470,28 @@ class Relay:
             validate_room(name)
         except InvalidRoomError as exc:
             self.metrics.error("invalid_room")
-            _log_refusal(exc, address, "crdtsync", room=name)
+            self._log_room_refusal(exc, address, name, None)
             raise
         if claims is not None and not claims.allows(name):
             self.metrics.error("room_not_allowed")
             refusal = RoomNotAllowedError(f"the token does not allow room {name!r}")
-            _log_refusal(refusal, address, "crdtsync", room=name, subject=claims.subject)
+            self._log_room_refusal(refusal, address, name, claims.subject)
             raise refusal
+
+    def _log_room_refusal(
+        self, error: CrdtSyncError, address: str, room: str, subject: str | None
+    ) -> None:
+        """Log a room refused on a crdtsync session: the first ones of each connection."""
+        count = self._rooms_refused.get(address, 0) + 1
+        self._rooms_refused[address] = count
+        if count <= _MAX_ROOM_REFUSALS_LOGGED:
+            _log_refusal(error, address, "crdtsync", room=room, subject=subject)
+            if count == _MAX_ROOM_REFUSALS_LOGGED:
+                fields = {"remote": address, "protocol": "crdtsync", "logged": count}
+                log.warning(
+                    "further room refusals of this connection are not logged",
+                    extra={"fields": fields},
+                )
 
     def _on_status(self, status: Status) -> None:
         err = status.error
@@ -480,7 +501,7 @@ class Relay:
             if isinstance(err, AuthError | InvalidRoomError) and not err.from_peer:
                 return  # a refusal of ours, logged where it was decided (_authorize, _check_room)
             if isinstance(err, ReadOnlyError) and not err.from_peer:
-                _log_refusal(err, status.address or "", "crdtsync", room=status.doc)
+                self._log_room_refusal(err, status.address or "", status.doc or "", None)
                 return
             log.warning(
                 "session error",

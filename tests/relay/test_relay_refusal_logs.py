@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.relay import WAIT, YClient, running_relay, ws_peer, y_refusal
+from helpers.relay import WAIT, YClient, errors, running_relay, ws_peer, y_refusal
 from helpers.waiting import eventually
 
 from crdtsync import AuthError, InvalidRoomError, ReadOnlyError
@@ -139,3 +139,20 @@ async def test_every_refusal_is_logged_on_both_protocols_without_the_token(
             assert part not in text, "a token reached the log"
     # Each refusal is one line, not a "refused" and a "session error" for the same thing.
     assert '"session error"' not in text
+
+
+@pytest.mark.anyio
+async def test_room_refusals_of_one_connection_are_logged_up_to_a_bound(
+    tmp_path: Path, relay_log: io.StringIO
+) -> None:
+    """One HELLO may name a thousand rooms: the first 16 refusals are logged, all counted."""
+    async with running_relay(tmp_path, secret=SECRET) as relay, ws_peer() as peer:
+        for i in range(40):
+            await peer.open(f"room-{i}")
+        with pytest.raises(AuthError):
+            await peer.connect(relay.url, token=token("notes"))
+        assert await errors(relay, "room_not_allowed") == 40
+    lines = [r for r in refusals(relay_log) if r["error"] == "RoomNotAllowedError"]
+    assert len(lines) == 16
+    assert len({line["remote"] for line in lines}) == 1
+    assert "further room refusals of this connection are not logged" in relay_log.getvalue()
