@@ -58,6 +58,6 @@ async def fetch_token(source: TokenSource) -> str:
         value = await value
     if not isinstance(value, str):
         raise InvalidAuthError(
-            f"the token provider returned a {type(value).__name__}, not a string"
+            f"the token provider returned {type(value).__name__} instead of a string"
         )
     return value

@@ -27,6 +27,8 @@ from crdtsync import (
     ConnectionClosedError,
     ConnectTimeoutError,
     CrdtSyncError,
+    Doc,
+    InvalidAuthError,
     InvalidRoomError,
     Peer,
     ReadOnlyError,
@@ -37,6 +39,7 @@ from crdtsync import (
     TokenExpiredError,
     TransportError,
     UnsupportedAddressError,
+    YProvider,
 )
 from crdtsync.relay import mint_token, verify_token
 
@@ -438,3 +441,23 @@ async def test_disconnect_and_close_end_a_connect_that_waits_forever() -> None:
     await peer.close()
     with pytest.raises(ConnectionClosedError, match="closed"):
         await asyncio.wait_for(waiting, WAIT)
+
+
+@pytest.mark.anyio
+async def test_a_token_that_is_neither_a_string_nor_a_function_is_refused_where_given(
+    tmp_path: Path,
+) -> None:
+    async with running_relay(tmp_path, secret=SECRET) as relay, ws_peer() as peer:
+        with pytest.raises(InvalidAuthError):
+            await peer.connect(relay.url, token=b"bytes")  # type: ignore[arg-type]
+        with pytest.raises(InvalidAuthError):
+            YProvider(Doc(), relay.url, "notes", token=42)  # type: ignore[arg-type]
+        # A provider that returns something else: reported, and asked again.
+        answers: list[object] = [42, token()]
+        statuses = Statuses(peer)
+        await peer.open("notes")
+        await peer.connect(relay.url, token=lambda: answers.pop(0))  # type: ignore[arg-type, return-value]
+        assert await peer.wait_synced("notes", WAIT)
+        [bad] = [s for s in statuses.seen if "token provider" in s.reason]
+        assert isinstance(bad.error, InvalidAuthError)
+        assert "returned int instead of a string" in bad.reason
