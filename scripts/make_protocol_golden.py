@@ -1,4 +1,4 @@
-"""Write missing tests/golden/protocol/*.bin from the messages in tests/protocol/test_golden_frames.py.
+"""Write the missing tests/golden/protocol/*.bin from tests/protocol/test_golden_frames.py.
 
 Existing vectors are never rewritten: they are what deployed peers speak. A new
 message, field or code gets a new vector (a new name in ``EXPECTED``).

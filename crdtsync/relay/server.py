@@ -610,7 +610,7 @@ def _log_refusal(
         "room": None if room is None else room[:200],
         "rooms": [name[:200] for name in rooms[:16]] or None,
         "error": type(error).__name__,
-        "reason": str(error),
+        "reason": str(error)[:300],
         "subject": subject,
     }
     log.warning("refused", extra={"fields": fields})
