@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "Guest": "crdtsync.peer.guests",
     "HelloInfo": "crdtsync.peer.peer",
     "Status": "crdtsync.peer.peer",
+    "SyncResult": "crdtsync.peer.peer",
     "YProvider": "crdtsync.peer.yprovider",
     # seams
     "Ability": "crdtsync.net",
@@ -177,6 +178,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreLockedError",
+    "SyncResult",
     "Text",
     "TokenError",
     "TokenExpiredError",
@@ -269,7 +271,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real names, eagerly
     from crdtsync.model.tree import Tree
     from crdtsync.net import Ability, Connection, Listener, MessageConnection, Transport
     from crdtsync.peer.guests import Guest
-    from crdtsync.peer.peer import Backoff, Grant, HelloInfo, Peer, Status
+    from crdtsync.peer.peer import Backoff, Grant, HelloInfo, Peer, Status, SyncResult
     from crdtsync.peer.yprovider import YProvider
     from crdtsync.protocol.awareness import Awareness, AwarenessChange
     from crdtsync.protocol.session import Session, SessionOptions

@@ -23,7 +23,7 @@ PUBLIC = {
     "PeerGoingAwayError", "PeerIdentityError", "ProtocolError", "ProtocolTimeoutError",
     "RateLimitError", "ReadOnlyError", "Register", "RoomNotAllowedError", "RootTypeError",
     "SQLiteStore", "Session", "SessionOptions", "Status", "Store", "StoreError",
-    "StoreLockedError", "Text", "TokenError", "TokenExpiredError", "Transport",
+    "StoreLockedError", "SyncResult", "Text", "TokenError", "TokenExpiredError", "Transport",
     "TransportError", "Tree", "TreeCycleError", "UnexpectedMessageError", "UnknownMessageError",
     "UnsupportedAddressError", "UnsupportedTransportError", "UnsupportedVersionError",
     "UpdateLimitError", "UpdateLimits", "UpdateRejectedError", "Version",

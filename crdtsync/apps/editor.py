@@ -530,6 +530,9 @@ class EditorApp(App[None]):
         if status.kind == "error" and status.doc == self.room:
             # The relay refused the room (the token does not name it, say).
             self.state = f"refused: {status.reason}"
+        elif status.kind == "stopped":
+            # The relay refused the connection for good (an expired token, say).
+            self.state = f"refused: {status.reason}"
         self.refresh_status()
 
     def _on_presence(self, name: str, change: AwarenessChange) -> None:
