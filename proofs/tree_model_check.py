@@ -145,7 +145,8 @@ def clone(st: _TreeState) -> _TreeState:
     c.order = {k: list(v) for k, v in st.order.items()}
     c.log = list(st.log)
     c.seen = set(st.seen)
-    c.born = dict(st.born)
+    c.floor = st.floor
+    c.last = dict(st.last)
     c.clock = st.clock
     c.trashed = st.trashed
     return c
@@ -157,7 +158,8 @@ def same(a: _TreeState, b: _TreeState) -> bool:
         and a.pos == b.pos
         and a.log == b.log
         and a.seen == b.seen
-        and a.born == b.born
+        and a.floor == b.floor
+        and a.last == b.last
         and a.clock == b.clock
         and a.trashed == b.trashed
         and {k: v for k, v in a.kids.items() if v} == {k: v for k, v in b.kids.items() if v}
@@ -327,7 +329,7 @@ def shape(doc: Doc) -> str:
     t = doc.tree("t")
     b = t._binding()
     assert b is not None
-    b.state.check(deep=True)
+    b.check(deep=True)
     return repr([(n, t.parent(n), t.children(n)) for n in t]) + repr(t.children())
 
 

@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 
 from crdtsync import Doc, InvalidOperationError, InvalidUpdateError, Tree
 from crdtsync.errors import TreeCycleError
-from crdtsync.model.tree import ROOT, TRASH, _TreeState
+from crdtsync.model.tree import ROOT, TRASH, _Stale, _TreeState, node_ts
 
 N_SITES = 3
 NAME = "outline"
@@ -208,7 +208,8 @@ class TreeReplicas(RuleBasedStateMachine):
         for doc in self.sites[1:]:
             assert doc.version == first.version, "replicas saw different updates"
             assert tree_of(doc).to_py() == tree_of(first).to_py(), "replicas' trees differ"
-            assert state_of(doc).log == state_of(first).log, "replicas' logs differ"
+            assert state_of(doc).parent == state_of(first).parent, "replicas' trees differ"
+            assert state_of(doc).pos == state_of(first).pos, "replicas' positions differ"
         fresh = Doc.load(first.save())
         assert tree_of(fresh).to_py() == tree_of(first).to_py()
         assert fresh.to_py() == first.to_py()
@@ -221,7 +222,9 @@ class TreeReplicas(RuleBasedStateMachine):
             st_ = state_of(doc)
             # Single parent (a dict), no cycle, children lists consistent, and
             # the incremental state equal to the fold of its operations.
-            st_.check(deep=True)
+            b = tree_of(doc)._binding()
+            assert b is not None
+            b.check(deep=True)
             t = tree_of(doc)
             live = [n for n in st_.parent if st_.top(n) == ROOT]
             walked = list(t)
@@ -266,7 +269,7 @@ def _cycle_blind_do(self: _TreeState, op: tuple[int, str, str, str]) -> None:
     t, n, p, k = op
     old = self.parent.get(n)
     if old is None:
-        if self.born.get(n) != t or (p not in (ROOT, TRASH) and p not in self.parent):
+        if node_ts(n) != t or (p not in (ROOT, TRASH) and p not in self.parent):
             self.log.append((t, n, p, k, None, ""))
             return
         self._place(n, p, k)
@@ -299,14 +302,16 @@ def test_the_machine_catches_a_missing_cycle_check(monkeypatch: pytest.MonkeyPat
 def test_the_machine_catches_arrival_order_dependence(monkeypatch: pytest.MonkeyPatch) -> None:
     """An engine that applies late operations on top instead of undo/redo diverges."""
 
-    def no_undo(self: _TreeState, new: list[Any]) -> bool:
+    def no_undo(self: _TreeState, new: list[Any], old: Any = None, trim: bool = True) -> bool:
         known = {e[0] for e in self.log}
         fresh = sorted(op for op in set(new) if op[0] not in known)
+        if fresh and fresh[0][0] < self.floor:
+            raise _Stale  # as the real engine: the binding reads everything again
         for op in fresh:
             self.clock = max(self.clock, op[0] >> 64)
-            n = op[1]
-            if int(n.partition(":")[2]) << 64 | int(n.partition(":")[0]) == op[0]:
-                self.born[n] = op[0]
+            w = op[0] & ((1 << 64) - 1)
+            self.last[w] = max(self.last.get(w, 0), op[0] >> 64)
+            self.seen.add(op[0])
             log = self.log
             self.log = []
             self._do(op)

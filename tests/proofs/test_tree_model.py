@@ -49,15 +49,13 @@ def test_model_check_detects_a_missing_cycle_check(monkeypatch: pytest.MonkeyPat
 def test_model_check_detects_arrival_order_dependence(monkeypatch: pytest.MonkeyPatch) -> None:
     """An engine that forgets to undo later operations before applying an older one fails it."""
 
-    def no_undo(self: _TreeState, new: list[Any]) -> bool:
+    def no_undo(self: _TreeState, new: list[Any], old: Any = None, trim: bool = True) -> bool:
         fresh = sorted(op for op in set(new) if op[0] not in self.seen)
         for op in fresh:
             self.seen.add(op[0])
             self.clock = max(self.clock, op[0] >> 64)
-            n = op[1]
-            c, _, lam = n.partition(":")
-            if int(lam) << 64 | int(c) == op[0]:
-                self.born[n] = op[0]
+            w = op[0] & ((1 << 64) - 1)
+            self.last[w] = max(self.last.get(w, 0), op[0] >> 64)
             log, self.log = self.log, []
             self._do(op)
             self.log = sorted(log + self.log)
