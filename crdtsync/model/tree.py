@@ -1682,12 +1682,15 @@ def tree_changes(
                 continue
             keys = data.setdefault(owner + ":" + dkey[1:], {})
             if len(path) == 2:
+                # (A concurrent write that lost changes nothing visible: no keys.)
                 for k, ch in ev.keys.items():
                     keys.setdefault(k, str(ch.get("action")))
             else:
                 keys.setdefault(str(path[2]), "update")
         live = b.state.live
-        out += [TreeChange("data", n, keys=keys) for n, keys in sorted(data.items()) if live(n)]
+        out += [
+            TreeChange("data", n, keys=keys) for n, keys in sorted(data.items()) if keys and live(n)
+        ]
         return tuple(out)
     except Exception:  # a bug: say so, and let observers read the tree whole
         _log.exception("could not describe a tree change; reporting it as unknown")
