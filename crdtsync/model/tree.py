@@ -729,7 +729,15 @@ class _TreeState:
             if lam < sigma and lam >= clock - HORIZON:
                 sigma = lam
         keep = max(clock - HORIZON, min(sigma, clock - WINDOW))
-        t = (keep + 1) << 64  # operations at clocks up to `keep` are dropped
+        self.truncate_at((keep + 1) << 64)  # operations at clocks up to `keep` go
+        self.trim_at = len(self.log) + (WINDOW >> 2)
+
+    def truncate_at(self, t: int) -> None:
+        """Drop the log entries below timestamp ``t``.
+
+        Any ``t`` is safe: correctness never depends on where the floor is, only
+        on :meth:`integrate` refusing what arrives below it.
+        """
         log = self.log
         if t > self.floor:
             i = bisect_left(log, (t,))
@@ -739,7 +747,6 @@ class _TreeState:
                     seen.discard(e[0])
                 del log[:i]
             self.floor = t
-        self.trim_at = len(log) + (WINDOW >> 2)
 
     # -- reading --------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import sys
+from bisect import bisect_left
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,33 @@ import tree_model_check
 
 from crdtsync.model.tree import _TreeState
 
+# Part C at the CI bound: batches integrated exactly above a floor, and refused below it.
+TRUNCATED, REFUSED = 13_504, 17_536
+
 
 def test_tree_model_check_small_scope() -> None:
     stats = tree_model_check.check(tree_model_check.SMALL)
     assert stats.histories == 64 + 6144
     assert stats.transitions == 403_520
     assert stats.duplicates == 198_656
-    assert stats.executions == 100
+    assert (stats.truncated, stats.refused) == (TRUNCATED, REFUSED)
+    assert stats.executions == 2 * 100  # under both truncation policies
+
+
+def test_model_check_detects_a_floor_that_lets_old_operations_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Truncating the log but still accepting operations below it gives wrong trees."""
+
+    def forgetful(self: _TreeState, t: int) -> None:
+        i = bisect_left(self.log, (t,))
+        for e in self.log[:i]:
+            self.seen.discard(e[0])
+        del self.log[:i]  # ...and the floor stays where it was
+
+    monkeypatch.setattr(_TreeState, "truncate_at", forgetful)
+    with pytest.raises(AssertionError):
+        tree_model_check.part_c("moves", 2, 2, tree_model_check.Stats())
 
 
 def test_model_check_detects_a_missing_cycle_check(monkeypatch: pytest.MonkeyPatch) -> None:
