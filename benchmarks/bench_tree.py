@@ -274,7 +274,7 @@ def key_lengths(n_nodes: int, n_ops: int) -> dict[str, Any]:
         lt.mov_to(lids[n], k, lp)
     b = t._binding()
     assert b is not None
-    ours = [len(k) for k in b.state.pos.values()]
+    ours = [len(k) for k in b.state.positions.values() if k]
     theirs = [len(lt.fractional_index(x)) // 2 for x in lids if not lt.is_node_deleted(x)]
     assert [ids.index(x) for x in t.children(None)] == [
         next(i for i, y in enumerate(lids) if (y.peer, y.counter) == (x.peer, x.counter))

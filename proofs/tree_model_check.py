@@ -160,11 +160,9 @@ def engine(ops: Sequence[Op]) -> _TreeState:
 def clone(st: _TreeState) -> _TreeState:
     c = _TreeState()
     c.parent = dict(st.parent)
-    c.pos = dict(st.pos)
     c.kids = {k: dict(v) for k, v in st.kids.items()}
     c.order = {k: list(v) for k, v in st.order.items()}
     c.log = list(st.log)
-    c.seen = set(st.seen)
     c.floor = st.floor
     c.last = dict(st.last)
     c.clock = st.clock
@@ -175,9 +173,7 @@ def clone(st: _TreeState) -> _TreeState:
 def same(a: _TreeState, b: _TreeState) -> bool:
     return (
         a.parent == b.parent
-        and a.pos == b.pos
         and a.log == b.log
-        and a.seen == b.seen
         and a.floor == b.floor
         and a.last == b.last
         and a.clock == b.clock
@@ -190,7 +186,7 @@ def matches_spec(st: _TreeState, ops: Sequence[Op]) -> None:
     parent, pos = spec(ops)
     assert_forest(parent)
     assert st.parent == parent, (ops, st.parent, parent)
-    assert st.pos == pos, (ops, st.pos, pos)
+    assert {n: k for n, k in st.positions.items() if k} == pos, (ops, st.positions, pos)
     for p in {ROOT, *parent}:
         if p != TRASH:
             want = [n for _, n in sorted((pos[n], n) for n, q in parent.items() if q == p)]
@@ -333,7 +329,7 @@ def check_truncation(ops: list[Op], stats: Stats) -> None:
                     else:
                         raise AssertionError(("accepted below the floor", subsets[mask], f))
                     assert st.parent == base.parent
-                    assert st.pos == base.pos
+                    assert st.kids == base.kids
                     assert st.log == base.log
                 else:
                     st.integrate(subsets[b], trim=False)

@@ -33,78 +33,86 @@ from typing import Any
 
 import pycrdt
 
-__all__ = ["Change", "observe_entries", "put_entry"]
+__all__ = ["Change", "changed_entries", "entry_writer", "observe_entries"]
 
 #: One changed entry of a Y.Map: ``(key, action, new value if it is a str)``;
 #: ``action`` is ``"add"``, ``"update"`` or ``"delete"``.
 Change = tuple[str, str, "str | None"]
 
 
-def put_entry(
-    ydoc: pycrdt.Doc[Any], container: pycrdt.Map[Any], key: str, value: str, map_key: str | None
-) -> None:
-    """Set ``container[key] = value``, and an empty Y.Map at ``map_key`` if given.
+def entry_writer(
+    ydoc: pycrdt.Doc[Any], container: pycrdt.Map[Any]
+) -> Callable[[str, str, str | None], None]:
+    """A function ``put(key, value, map_key)`` that sets ``container[key] = value``.
 
-    Inside an open pycrdt transaction the entries join it; otherwise they are
-    written and committed in a bare engine transaction of their own (nobody
-    observes the document then, so there is nothing else to do).
+    With ``map_key``, it also puts an empty Y.Map there. Inside an open pycrdt
+    transaction the entries join it; otherwise they are written and committed
+    in a bare engine transaction of their own (nobody observes the document
+    then, so there is nothing else to do). The engine handles are looked up
+    once, here, not on every write.
 
     Private names: ``Doc._txn`` (the open transaction, if any), its ``_txn`` (the
-    engine transaction), ``Doc._doc.create_transaction()``, and the engine map's
-    ``insert`` and ``insert_map_prelim``.
+    engine transaction), ``Doc._doc.create_transaction()``, the engine
+    transaction's ``commit`` and ``drop``, and the engine map's ``insert`` and
+    ``insert_map_prelim``.
 
-    Raises:
-        BaseException: whatever the engine raises (a panic is a ``BaseException``);
-            the caller translates it.
+    ``put`` raises whatever the engine raises (a panic is a ``BaseException``);
+    the caller translates it.
     """
     raw = container.integrated
-    open_txn = ydoc._txn
-    if open_txn is not None:
-        txn = open_txn._txn
-        raw.insert(txn, key, value)
-        if map_key is not None:
-            raw.insert_map_prelim(txn, map_key)
-        return
-    txn = ydoc._doc.create_transaction()
-    try:
-        raw.insert(txn, key, value)
-        if map_key is not None:
-            raw.insert_map_prelim(txn, map_key)
-        txn.commit()
-    finally:
-        txn.drop()
+    insert = raw.insert
+    engine = ydoc._doc
+
+    def put(key: str, value: str, map_key: str | None) -> None:
+        open_txn = ydoc._txn
+        if open_txn is not None:
+            txn = open_txn._txn
+            insert(txn, key, value)
+            if map_key is not None:
+                raw.insert_map_prelim(txn, map_key)
+            return
+        txn = engine.create_transaction()
+        try:
+            insert(txn, key, value)
+            if map_key is not None:
+                raw.insert_map_prelim(txn, map_key)
+            txn.commit()
+        finally:
+            txn.drop()
+
+    return put
 
 
-def observe_entries(
-    container: pycrdt.Map[Any],
-    wanted: Callable[[], bool],
-    callback: Callable[[list[Change] | None], None],
-) -> Any:
-    """Call ``callback(changes)`` after every transaction that changed ``container``'s entries.
+def observe_entries(container: pycrdt.Map[Any], callback: Callable[[Any], None]) -> Any:
+    """Call ``callback(event)`` after every transaction that changed ``container``'s entries.
 
-    Shallow: changes inside nested containers are not reported. ``wanted()`` is
-    asked first, and nothing else is done when it says no (the tree's own
-    writes). ``changes`` lists the changed keys; it is ``None`` if the event
-    could not be read (the caller then reads the whole container again). The
-    callback must not raise.
+    Shallow: changes inside nested containers are not reported. The callback
+    gets the engine's event as is, so that it can ignore it at no cost (the
+    tree's own writes); it reads it with :func:`changed_entries` only. It must
+    not raise.
 
-    Private names: the engine map's ``observe`` and its event's ``keys``.
+    Private names: the engine map's ``observe``.
 
     Returns:
         The subscription: dropping it unsubscribes.
     """
+    return container.integrated.observe(callback)
 
-    def on_event(event: Any) -> None:
-        if not wanted():
-            return
-        try:
-            changes: list[Change] | None = []
-            assert changes is not None
-            for k, ch in event.keys.items():
-                new = ch.get("newValue")
-                changes.append((k, ch.get("action"), new if type(new) is str else None))
-        except Exception:  # an event we cannot read: the caller reads everything again
-            changes = None
-        callback(changes)
 
-    return container.integrated.observe(on_event)
+def changed_entries(event: Any) -> list[Change] | None:
+    """The changed keys of an event from :func:`observe_entries`.
+
+    Returns:
+        ``[(key, action, new value if it is a str)]``, or ``None`` if the event
+        could not be read (the caller then reads the whole container again).
+
+    Private names: the engine event's ``keys``.
+    """
+    try:
+        changes: list[Change] = []
+        for k, ch in event.keys.items():
+            new = ch.get("newValue")
+            changes.append((k, ch.get("action"), new if type(new) is str else None))
+    except Exception:  # an event we cannot read: the caller reads everything again
+        return None
+    return changes

@@ -64,7 +64,6 @@ def _pub(p: str) -> str | None:
 
 def shape_changes(
     parent: Mapping[str, str],
-    pos: Mapping[str, str],
     kids: Mapping[str, Mapping[str, str]],
     old: Mapping[str, tuple[str | None, str]],
 ) -> list[TreeChange]:
@@ -72,7 +71,6 @@ def shape_changes(
 
     Args:
         parent: node -> parent (``ROOT``, ``TRASH`` or a node), now.
-        pos: node -> position key, now (nodes not in the trash).
         kids: parent -> {child: position key}, now.
         old: for every node whose place may have changed, its place before:
             ``(parent, pos)``, parent ``None`` if the node did not exist, pos
@@ -85,8 +83,13 @@ def shape_changes(
         before its children arrive), then the deletions of the topmost nodes
         of the parts that disappear.
     """
+
+    def pos_of(n: str) -> str:
+        p = parent.get(n)
+        return "" if p is None or p == TRASH else kids[p][n]
+
     changed = {
-        n for n, (p, k) in old.items() if parent.get(n) != p or (k != pos.get(n, "") and p != TRASH)
+        n for n, (p, k) in old.items() if parent.get(n) != p or (p != TRASH and k != pos_of(n))
     }
     if not changed:
         return []
@@ -171,8 +174,8 @@ def shape_changes(
         return lst
 
     out: list[TreeChange] = []
-    for n in sorted([*moves, *created], key=lambda m: (new_depth(m), pos[m], m)):
-        p, k = parent[n], pos[n]
+    for n in sorted([*moves, *created], key=lambda m: (new_depth(m), pos_of(m), m)):
+        p, k = parent[n], pos_of(n)
         if n in created:
             dst = children(p)
             i = bisect_left(dst, (k, n))

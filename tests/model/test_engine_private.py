@@ -16,7 +16,7 @@ from typing import Any
 import pycrdt
 import pytest
 
-from crdtsync.model._engine_private import Change, observe_entries, put_entry
+from crdtsync.model._engine_private import Change, changed_entries, entry_writer, observe_entries
 
 PYCRDT = importlib.metadata.version("pycrdt")
 
@@ -47,13 +47,13 @@ def updates_of(doc: pycrdt.Doc[Any]) -> tuple[list[bytes], Any]:
     return got, sub
 
 
-def test_put_entry_commits_its_own_transaction() -> None:
+def test_entry_writer_commits_its_own_transaction() -> None:
     doc, c = container()
     base = doc.get_update()
     got, _sub = updates_of(doc)
-    with relying_on("put_entry"):
-        put_entry(doc, c, "1", " 2 a0", "d1")
-        put_entry(doc, c, "2", "1 - ", None)
+    with relying_on("entry_writer"):
+        entry_writer(doc, c)("1", " 2 a0", "d1")
+        entry_writer(doc, c)("2", "1 - ", None)
         assert c["1"] == " 2 a0"
         assert c["2"] == "1 - "
         assert isinstance(c["d1"], pycrdt.Map)
@@ -67,24 +67,24 @@ def test_put_entry_commits_its_own_transaction() -> None:
         }
 
 
-def test_put_entry_joins_an_open_transaction() -> None:
+def test_entry_writer_joins_an_open_transaction() -> None:
     doc, c = container()
     got, _sub = updates_of(doc)
-    with relying_on("put_entry"), doc.transaction(origin="edit"):
-        put_entry(doc, c, "1", " 2 a0", None)
+    with relying_on("entry_writer"), doc.transaction(origin="edit"):
+        entry_writer(doc, c)("1", " 2 a0", None)
         c["x"] = "public"  # the same transaction
-        put_entry(doc, c, "3", " 2 a1", "d3")
-    with relying_on("put_entry"):
+        entry_writer(doc, c)("3", " 2 a1", "d3")
+    with relying_on("entry_writer"):
         assert len(got) == 1
         assert set(c.keys()) == {"1", "3", "d3", "x"}
 
 
-def test_put_entry_lets_engine_errors_through() -> None:
+def test_entry_writer_lets_engine_errors_through() -> None:
     doc, c = container()
-    with relying_on("put_entry"), pytest.raises(TypeError):
-        put_entry(doc, c, "1", object(), None)  # type: ignore[arg-type]
-    with relying_on("put_entry"):
-        put_entry(doc, c, "1", "ok", None)  # the failed one left no transaction open
+    with relying_on("entry_writer"), pytest.raises(TypeError):
+        entry_writer(doc, c)("1", object(), None)  # type: ignore[arg-type]
+    with relying_on("entry_writer"):
+        entry_writer(doc, c)("1", "ok", None)  # the failed one left no transaction open
         assert c["1"] == "ok"
 
 
@@ -94,9 +94,8 @@ def test_observe_entries_reports_added_and_changed_keys() -> None:
     remote.apply_update(doc.get_update())
     rc = remote.get("t", type=pycrdt.Map)["7"]
     seen: list[list[Change] | None] = []
-    wanted = [True]
     with relying_on("observe_entries"):
-        sub = observe_entries(c, lambda: wanted[0], seen.append)
+        sub = observe_entries(c, lambda ev: seen.append(changed_entries(ev)))
         before = remote.get_state()
         with remote.transaction():
             rc["5"] = "1 2 a0"
@@ -110,11 +109,14 @@ def test_observe_entries_reports_added_and_changed_keys() -> None:
         rc["5"] = "changed"
         doc.apply_update(remote.get_update(before))
         assert seen[-1] == [("5", "update", "changed")]
-        wanted[0] = False  # the filter is asked first
-        c["8"] = "ours"
-        assert len(seen) == 2
-        wanted[0] = True
+        c["8"] = "ours"  # local writes are reported too (the tree skips them itself)
+        assert seen[-1] == [("8", "add", "ours")]
         del sub
         gc.collect()
         c["9"] = "after unsubscribing"
-        assert len(seen) == 2
+        assert len(seen) == 3
+
+
+def test_changed_entries_of_an_unreadable_event_is_none() -> None:
+    with relying_on("changed_entries"):
+        assert changed_entries(object()) is None

@@ -486,7 +486,7 @@ def test_concurrent_inserts_at_one_index_are_ordered_the_same_everywhere() -> No
     assert order[-1] == last
     assert sorted(order[1:-1]) == sorted(new)
     assert b.tree("t").children() == c.tree("t").children() == order
-    keys = [state(a.tree("t")).pos[n] for n in order]
+    keys = [state(a.tree("t")).key_of(n) for n in order]
     assert len(set(keys)) == len(keys)  # the jitter kept the keys apart
 
 
@@ -591,8 +591,8 @@ def test_appends_and_prepends_stay_short() -> None:
     for _ in range(2000):
         t.create(index=0)
     st = state(t)
-    assert max(len(k) for k in st.pos.values()) <= 6
-    assert t.children() == [n for _, n in sorted((st.pos[n], n) for n in t.children())]
+    assert max(len(k) for k in st.positions.values()) <= 6
+    assert t.children() == [n for _, n in sorted((st.key_of(n), n) for n in t.children())]
 
 
 def test_runs_of_inserts_into_one_gap_stay_short() -> None:
@@ -607,7 +607,7 @@ def test_runs_of_inserts_into_one_gap_stay_short() -> None:
     for _ in range(500):
         t.create(None, 1)
     st = state(t)
-    assert max(len(st.pos[n]) for n in t.children()) <= 16
+    assert max(len(st.key_of(n)) for n in t.children()) <= 16
     assert t.children()[0] == first
 
 
@@ -799,7 +799,7 @@ def test_state_check_catches_corruption() -> None:
     with pytest.raises(AssertionError, match=r"cycle|kids|fold"):
         st.check()
     st.parent[a] = ""
-    st.pos[b] = "zz"
+    st.kids[a][b] = "zz"
     with pytest.raises(AssertionError):
         st.check()
 
