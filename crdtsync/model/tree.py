@@ -951,13 +951,14 @@ def _ref_of(s: str, owner: str) -> str | None:
     return s if sep else owner + ":" + seq
 
 
-def parse_op(owner: str, key: str, value: object) -> _Op | None:
+def parse_op(owner: str, key: str, value: object, wid: int | None = None) -> _Op | None:
     """The operation stored at ``key`` in ``owner``'s container, or ``None`` if malformed.
 
     Args:
         owner: the container's key (the writer id, canonical decimal).
         key: the entry's key (the Lamport clock, canonical decimal).
         value: the entry: ``"<node> <parent> <pos>"``.
+        wid: ``int(owner)``, if the caller has it already.
     """
     if type(value) is not str or len(value) > _MAX_OP or _CANON(key) is None:
         return None
@@ -968,14 +969,23 @@ def parse_op(owner: str, key: str, value: object) -> _Op | None:
     if lam > MAX_LAMPORT or lam == 0:
         return None
     n, p, k = m.groups()
-    node = owner + ":" + key if n is None else _ref_of(n, owner)
-    if node is None:
-        return None
+    # (A reference shorter than 16 characters cannot hold a 16-digit clock,
+    # the only kind that can exceed MAX_LAMPORT: no need to look closer.)
+    if n is None:
+        node: str | None = owner + ":" + key
+    elif len(n) < 16:
+        node = n if ":" in n else owner + ":" + n
+    else:
+        node = _ref_of(n, owner)
+        if node is None:
+            return None
     if p is None:
         parent = ROOT
     elif p == "-":
         parent = TRASH
         k = ""
+    elif len(p) < 16:
+        parent = p if ":" in p else owner + ":" + p
     else:
         ref = _ref_of(p, owner)
         if ref is None:
@@ -983,12 +993,14 @@ def parse_op(owner: str, key: str, value: object) -> _Op | None:
         parent = ref
     if parent != TRASH:
         # The regular expression checked the characters; now the shape.
-        n_int = _int_len(k[:1] or "0")
+        o = ord(k[0]) if k else 0
+        n_int = o - 95 if 97 <= o <= 122 else 92 - o if 65 <= o <= 90 else 0  # _int_len
         if n_int == 0 or len(k) < n_int or len(k) > MAX_KEY or k == _SMALLEST_INT:
             return None
         if len(k) > n_int and k[-1] == "0":
             return None
-    return (lam << 64 | int(owner), node, parent, k)
+    assert node is not None
+    return (lam << 64 | (int(owner) if wid is None else wid), node, parent, k)
 
 
 def _read_container(owner: str, cont: pycrdt.Map[Any], out: list[_Op]) -> None:
@@ -1003,9 +1015,10 @@ def _read_container(owner: str, cont: pycrdt.Map[Any], out: list[_Op]) -> None:
             raise  # a real exit (KeyboardInterrupt), not a panic
     if type(entries) is not dict:
         entries = {k: cont.get(k) for k in cont.keys()}  # noqa: SIM118 - pycrdt Map
+    wid = int(owner)
     for k, v in entries.items():
         if type(v) is str:
-            op = parse_op(owner, k, v)
+            op = parse_op(owner, k, v, wid)
             if op is not None:
                 out.append(op)
 
