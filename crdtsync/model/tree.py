@@ -112,6 +112,7 @@ import re
 import secrets
 import weakref
 from bisect import bisect_left, insort
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -401,6 +402,11 @@ def node_ts(node: str) -> int:
     """The timestamp of the operation that creates ``node`` (a valid node id)."""
     client, _, seq = node.partition(":")
     return int(seq) << 64 | int(client)
+
+
+# Where the fold writes the undo records nobody will need: appending to it is
+# a no-op in C.
+_DISCARD: deque[_Entry] = deque(maxlen=0)
 
 
 def _logged(log: list[_Entry], t: int) -> bool:
@@ -721,7 +727,21 @@ class _TreeState:
             redo += fresh
             redo.sort()
         do = self._do
-        for op in redo:
+        start = 0
+        if trim:
+            # Operations below where the log will be truncated need no undo
+            # record: fold them without one (a rebuild is mostly these).
+            f = self._floor_for(clock)
+            if redo[0][0] < f:
+                self.truncate_at(f)  # the part of the log not undone
+                start = bisect_left(redo, (f,))
+                self.log = _DISCARD  # type: ignore[assignment]
+                try:
+                    for op in redo[:start]:
+                        do(op)
+                finally:
+                    self.log = log
+        for op in redo[start:] if start else redo:
             do(op)
         if trim:
             self.truncate()
@@ -739,14 +759,17 @@ class _TreeState:
         longer holds it back. An operation that arrives below the floor anyway
         raises :class:`_Stale` in :meth:`integrate`, and the binding rebuilds.
         """
-        clock = self.clock
+        self.truncate_at(self._floor_for(self.clock))
+        self.trim_at = len(self.log) + (WINDOW >> 2)
+
+    def _floor_for(self, clock: int) -> int:
+        """The timestamp below which :meth:`truncate` drops the log (see there)."""
         sigma = clock
         for lam in self.last.values():
             if lam < sigma and lam >= clock - HORIZON:
                 sigma = lam
         keep = max(clock - HORIZON, min(sigma, clock - WINDOW))
-        self.truncate_at((keep + 1) << 64)  # operations at clocks up to `keep` go
-        self.trim_at = len(self.log) + (WINDOW >> 2)
+        return (keep + 1) << 64  # operations at clocks up to `keep` go
 
     def truncate_at(self, t: int) -> None:
         """Drop the log entries below timestamp ``t``.

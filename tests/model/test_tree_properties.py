@@ -251,6 +251,24 @@ TreeReplicas.TestCase.settings = settings(
 test_tree_replicas = TreeReplicas.TestCase
 
 
+def test_tree_replicas_with_the_log_truncated_hard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same machine with a log that keeps almost nothing: late operations
+    keep arriving below the floor and force rebuilds; everything still holds."""
+    from crdtsync.model import tree as tree_mod
+
+    monkeypatch.setattr(tree_mod, "WINDOW", 2)
+    monkeypatch.setattr(tree_mod, "HORIZON", 6)
+    run_state_machine_as_test(
+        TreeReplicas,
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+
+
 # -- the checks are not vacuous ------------------------------------------------------------
 
 _BROKEN = settings(
