@@ -25,7 +25,8 @@ Register    Y.Map       ``str(client id) -> {"v": value, "t": [ms, counter]}``: 
 ==========  ==========  ==============================================================
 
 Nested counters, registers (and trees) are Y.Maps carrying the reserved key
-``"\\x00k"`` naming their kind, which user map keys may not start with; root
+``"\\x00k"`` naming their kind (every kind is listed in
+:mod:`crdtsync.model.kinds`), which user map keys may not start with; root
 containers get their kind from the document's root registry instead (see
 :mod:`crdtsync.model.doc`), because writing a marker when a root is merely accessed
 would be an edit.
