@@ -1584,18 +1584,32 @@ class Tree(Container):
             self._next(st, wid)  # raises
         t = lam << 64 | wid
         order = st.order
-        lst = order.get(p) if index is None else None
+        lst = order.get(p) if index is None or index == 0 else None
+        key = None
         if lst:
-            # Appending after the last sibling (key_for's common case).
-            lk, ln = lst[-1]
-            if ln == node:
-                return  # already the last child: nothing to write
-            o = ord(lk[0])
-            n = o - 95 if o > 96 else 92 - o  # length of the integer part
+            # Appending after the last sibling, or prepending before the first
+            # (key_for's common cases): step the integer part's last digit.
             h = (((wid ^ lam) * 0x9E3779B97F4A7C15) & _M64) >> 40  # _jitter(t)
-            d = _VAL[lk[n - 1]] + 1 + h % SPREAD
-            key = lk[: n - 1] + _DIGITS[d] if d < 62 else key_between(lk, None, h)
-        else:
+            if index is None:
+                lk, ln = lst[-1]
+                if ln == node:
+                    return  # already the last child: nothing to write
+                o = ord(lk[0])
+                n = o - 95 if o > 96 else 92 - o  # length of the integer part
+                d = _VAL[lk[n - 1]] + 1 + h % SPREAD
+                key = lk[: n - 1] + _DIGITS[d] if d < 62 else key_between(lk, None, h)
+            else:
+                fk, fn = lst[0]
+                if fn == node:
+                    return  # already the first child: nothing to write
+                o = ord(fk[0])
+                n = o - 95 if o > 96 else 92 - o
+                d = _VAL[fk[n - 1]] - 1 - h % SPREAD
+                if d >= 0:
+                    key = fk[: n - 1] + _DIGITS[d]
+                    if key == _SMALLEST_INT:
+                        key = None  # not a valid key: key_for goes below it
+        if key is None:
             found = st.key_for(p, node, index, t, node)
             if found is None:
                 return  # already there: nothing to write

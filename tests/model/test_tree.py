@@ -817,3 +817,28 @@ def test_tree_changes_reported_as_tree_events() -> None:
         outline.move(n, parent=None, index=0)
     assert len(events) == 1
     assert [(c.path, c.kind) for c in events[0].changes] == [(("outline",), "tree")]
+
+
+def test_moves_place_nodes_where_key_for_would() -> None:
+    """Tree.move inlines key_for's append and prepend cases: same keys, always."""
+    rng = random.Random(11)
+    t = Doc(peer_id=3).tree("t")
+    nodes = [t.create() for _ in range(30)]
+    for _ in range(2000):
+        st = state(t)
+        node = rng.choice(nodes)
+        parent = rng.choice([None, None, *nodes])
+        index = rng.choice([None, 0, 0, 1])
+        p = "" if parent is None else parent
+        lam = st.clock + 1
+        try:
+            expected = st.key_for(p, node, index, lam << 64 | 3, node)
+        except InvalidOperationError:
+            expected = None
+        try:
+            t.move(node, parent, index)
+        except InvalidOperationError:
+            continue
+        if expected is not None:
+            assert st.key_of(node) == expected
+    check(t)
