@@ -842,3 +842,33 @@ def test_moves_place_nodes_where_key_for_would() -> None:
         if expected is not None:
             assert st.key_of(node) == expected
     check(t)
+
+
+def test_what_the_document_tells_its_containers() -> None:
+    """The named methods the tree uses instead of Doc's private state."""
+    doc = Doc()
+    t = doc.tree("t")
+    assert doc.root_name(t) == "t"
+    assert doc.root_name(Tree()) is None
+    assert not doc.in_transaction
+    with doc.transaction():
+        assert doc.in_transaction
+        assert not doc.importing  # a local transaction
+        with doc.edit(t):
+            t.create()
+    assert not doc.in_transaction
+    assert doc.roots() == {"t": "tree"}  # edit() registered the root with its first edit
+    assert not doc.observed
+    doc.observe_updates(lambda *_: None)
+    assert doc.observed
+    # importing is what the tree's observers ask: remote operations are folded,
+    # local ones (already applied) are not folded twice.
+    other = Doc()
+    other.import_update(doc.export_update())
+    ot = other.tree("t")
+    ot.children()
+    n = t.create()
+    other.import_update(doc.export_update(since=other.version))
+    assert ot.children() == t.children()
+    assert n in ot
+    check(ot)
