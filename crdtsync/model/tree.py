@@ -148,6 +148,9 @@ _ABSENT = "\x00"  # undo record: the node did not exist before this operation
 #: Longest position key accepted (and generated): a key this long takes some
 #: 24,000 inserts at one spot between the same two neighbours.
 MAX_KEY = 4096
+#: Sibling lists longer than this are kept sorted (``_TreeState.order``); shorter
+#: ones are sorted when needed.
+_FEW = 8
 #: Largest Lamport clock (JavaScript's safe integers, so Yjs clients can read it).
 MAX_LAMPORT = 2**53
 _MAX_OP = 3 * 42 + MAX_KEY  # two references, separators and a key
@@ -785,14 +788,20 @@ class _TreeState:
     # -- reading --------------------------------------------------------------------------
 
     def sorted_kids(self, p: str) -> list[tuple[str, str]]:
-        """``[(pos, child)]`` of ``p`` in order (a cached list: do not modify)."""
+        """``[(pos, child)]`` of ``p`` in order (maybe a cached list: do not modify).
+
+        Only the lists of parents with more than :data:`_FEW` children are kept
+        (in ``order``): sorting a few is cheaper than keeping them sorted, and
+        every structure a move touches is a cache miss on a large tree.
+        """
         lst = self.order.get(p)
         if lst is None:
             d = self.kids.get(p)
             if not d:
                 return []
             lst = sorted([(k, n) for n, k in d.items()])
-            self.order[p] = lst
+            if len(lst) > _FEW:
+                self.order[p] = lst
         return lst
 
     def top(self, n: str) -> str:
@@ -1070,7 +1079,6 @@ class _Binding:
         "prefix",
         "put",
         "rebuild",
-        "refs",
         "scan",
         "state",
         "subs",
@@ -1092,8 +1100,6 @@ class _Binding:
         self.wid = int(writer)
         self.wkey = writer
         self.prefix = writer + ":"
-        # How this writer refers to each node it has written about (see ref).
-        self.refs: dict[str, str] = {}
         # This writer's container, once known, and the function that writes
         # one entry into it.
         self.own: pycrdt.Map[Any] | None = None
@@ -1584,29 +1590,41 @@ class Tree(Container):
             self._next(st, wid)  # raises
         t = lam << 64 | wid
         order = st.order
-        lst = order.get(p) if index is None or index == 0 else None
         key = None
-        if lst:
+        lk = ""
+        if index is None or index == 0:
+            lst = order.get(p)
+            if lst is None:
+                dk = st.kids.get(p)
+                if dk and node not in dk:
+                    if len(dk) > _FEW:
+                        lst = st.sorted_kids(p)
+                    else:  # a few siblings, none of them the node: their extreme key
+                        lk = max(dk.values()) if index is None else min(dk.values())
+            if lst:
+                if index is None:
+                    lk, ln = lst[-1]
+                    if ln == node:
+                        return  # already the last child: nothing to write
+                else:
+                    lk, ln = lst[0]
+                    if ln == node:
+                        return  # already the first child: nothing to write
+        if lk:
             # Appending after the last sibling, or prepending before the first
             # (key_for's common cases): step the integer part's last digit.
             h = (((wid ^ lam) * 0x9E3779B97F4A7C15) & _M64) >> 40  # _jitter(t)
             if index is None:
-                lk, ln = lst[-1]
-                if ln == node:
-                    return  # already the last child: nothing to write
                 o = ord(lk[0])
                 n = o - 95 if o > 96 else 92 - o  # length of the integer part
                 d = _VAL[lk[n - 1]] + 1 + h % SPREAD
                 key = lk[: n - 1] + _DIGITS[d] if d < 62 else key_between(lk, None, h)
             else:
-                fk, fn = lst[0]
-                if fn == node:
-                    return  # already the first child: nothing to write
-                o = ord(fk[0])
+                o = ord(lk[0])
                 n = o - 95 if o > 96 else 92 - o
-                d = _VAL[fk[n - 1]] - 1 - h % SPREAD
+                d = _VAL[lk[n - 1]] - 1 - h % SPREAD
                 if d >= 0:
-                    key = fk[: n - 1] + _DIGITS[d]
+                    key = lk[: n - 1] + _DIGITS[d]
                     if key == _SMALLEST_INT:
                         key = None  # not a valid key: key_for goes below it
         if key is None:
@@ -1614,14 +1632,11 @@ class Tree(Container):
             if found is None:
                 return  # already there: nothing to write
             key = found
-        refs = b.refs
-        rn = refs.get(node)
-        if rn is None:
-            rn = refs[node] = b.ref(node)
-        rp = refs.get(p)
-        if rp is None:
-            rp = refs[p] = b.ref(p)
-        entry = f"{rn} {rp} {key}"
+        pre = b.prefix  # (a node of ours is referred to by its clock alone)
+        entry = (
+            f"{node[len(pre) :] if node.startswith(pre) else node} "
+            f"{p[len(pre) :] if p.startswith(pre) else p} {key}"
+        )
         doc = self._doc
         assert doc is not None
         put = b.put
