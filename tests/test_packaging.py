@@ -38,7 +38,6 @@ def test_wheel_maps_transports_under_the_package(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "crdtsync/transports/__init__.py" in names
     assert "crdtsync/transports/memory.py" in names
-    assert "crdtsync/crdtsync/net.py" in names
     assert not [n for n in names if n.startswith("transports/")], "no top-level transports package"
     assert "crdtsync/protocol/session.py" in names
     assert "crdtsync/net.py" in names
