@@ -22,7 +22,7 @@ PUBLIC = {
     "Register", "RoomNotAllowedError", "RootTypeError", "SQLiteStore", "Session",
     "SessionOptions", "Status", "Store", "StoreError", "StoreLockedError", "Text",
     "TokenError", "TokenExpiredError", "Transport", "TransportError", "Tree",
-    "TreeCycleError", "UnexpectedMessageError", "UnknownMessageError",
+    "TreeChange", "TreeCycleError", "UnexpectedMessageError", "UnknownMessageError",
     "UnsupportedVersionError", "UpdateLimitError", "UpdateLimits", "UpdateRejectedError",
     "Version", "VersionMismatchError", "YProvider", "__version__",
 }  # fmt: skip
