@@ -52,6 +52,7 @@ CHROMIUM_ARGS = [
 ]
 
 
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The editor page, bundled, served over HTTP on 127.0.0.1; yields its base URL."""

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.anyio
 SECRET = b"interop-test-secret-0123456789abcdef"
 
 
+
 @pytest.fixture(scope="module")
 def script() -> Path:
     return ensure_node_modules() / "yws_relay_peer.mjs"

@@ -29,6 +29,7 @@ def make(net: MemoryNetwork, host: str, **kw: Any) -> Peer:
     return Peer(transport=net.transport(host), seed=hash(host) % 1000, **kw)
 
 
+
 def test_two_peers_sync_both_ways_with_status_events() -> None:
     async def main() -> None:
         net = MemoryNetwork()

@@ -45,6 +45,7 @@ STEP = 15.0  # seconds allowed for any single wait
 QUICK = Backoff(initial=0.02, factor=2.0, cap=0.2, jitter=0.0)
 
 
+
 @pytest.fixture(scope="module")
 def interop() -> Path:
     return ensure_node_modules()

@@ -70,6 +70,7 @@ from crdtsync.relay import Relay, RelayConfig, mint_token
 SECRET = b"relay-test-secret-0123456789abcdef"
 
 
+
 def token(room: str = "notes", *, write: bool = True, **kw: Any) -> str:
     kw.setdefault("ttl", 600)
     return mint_token(SECRET, room, write=write, **kw)

@@ -40,6 +40,7 @@ from crdtsync.relay import Relay, RelayConfig, mint_token
 SECRET = b"limits-test-secret-0123456789abcdef"
 
 
+
 def _close_code(raw: RawSync) -> int | None:
     return next((msg.code for msg in raw.messages if isinstance(msg, m.Close)), None)
 

@@ -24,6 +24,7 @@ from crdtsync.transports.websocket import WebSocketTransport
 pytestmark = pytest.mark.anyio
 
 
+
 class UnloadGate:
     """Holds the relay's unload compaction until released; tells when the unload ended."""
 

@@ -25,6 +25,7 @@ from crdtsync.relay import mint_token
 SECRET = b"writers-test-secret-0123456789abcdef"
 
 
+
 def tok(write: bool = True) -> str:
     return mint_token(SECRET, "notes", write=write, ttl=600)
 

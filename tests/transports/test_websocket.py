@@ -31,6 +31,7 @@ LOCAL = "ws://127.0.0.1:0"
 STEP = 10.0  # seconds allowed for any single wait
 
 
+
 async def wait_until(cond: Callable[[], bool], what: str, timeout: float = STEP) -> None:
     """Poll ``cond`` until it holds; fail after ``timeout`` seconds."""
     await eventually(cond, timeout, what)
