@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "Register": "crdtsync.model.containers",
     "Text": "crdtsync.model.containers",
     "Tree": "crdtsync.model.tree",
+    "TreeChange": "crdtsync.model.tree_events",
     # bytes and versions
     "UpdateLimits": "crdtsync.format.yupdate",
     "Version": "crdtsync.format.version",
@@ -185,6 +186,7 @@ __all__ = [
     "Transport",
     "TransportError",
     "Tree",
+    "TreeChange",
     "TreeCycleError",
     "UnexpectedMessageError",
     "UnknownMessageError",
@@ -269,6 +271,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real names, eagerly
     from crdtsync.model.containers import Container, Counter, List, Map, Register, Text
     from crdtsync.model.doc import DEFAULT_LIMITS, Change, ChangeEvent, Doc
     from crdtsync.model.tree import Tree
+    from crdtsync.model.tree_events import TreeChange
     from crdtsync.net import Ability, Connection, Listener, MessageConnection, Transport
     from crdtsync.peer.guests import Guest
     from crdtsync.peer.peer import Backoff, Grant, HelloInfo, Peer, Status, SyncResult
