@@ -22,7 +22,7 @@ from crdtsync.transports.lan.discovery import (
     StaticDiscovery,
     ZeroconfDiscovery,
 )
-from crdtsync.transports.lan.testing import check_discovery
+from crdtsync.testing import check_discovery
 
 pytestmark = pytest.mark.anyio
 LOOPBACK = ["127.0.0.1"]
