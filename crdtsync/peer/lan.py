@@ -73,6 +73,7 @@ from crdtsync.errors import (
     ForbiddenWriterError,
     HandshakeError,
     LimitExceededError,
+    LinkFrameError,
     LocalProtocolError,
     PeerIdentityError,
     TransportError,
@@ -254,6 +255,8 @@ class LanLink:
     initiator: bytes = b""
     # The check of its session's handshake (what the Peer's binder returns).
     check: IdentityCheck | None = None
+    # Whether its session's handshake arrived and passed the check.
+    opened: bool = False
 
     @property
     def closed(self) -> bool:
@@ -558,15 +561,20 @@ class LanManager:
         try:
             taken = self._devices.declare(self._device(fingerprint), [peer_id])
         except LimitExceededError as exc:
-            return ForbiddenWriterError(f"device {fingerprint} declared too many client ids: {exc}")
+            return ForbiddenWriterError(
+                f"forged writer: device {fingerprint} declared too many client ids: {exc}"
+            )
         if taken is None:
             return None
         other = self.device_of(taken)
         return ForbiddenWriterError(
-            f"device {fingerprint} declares client id {taken}, which belongs to device {other}"
+            f"forged writer: device {fingerprint} declares client id {taken}, "
+            f"which belongs to device {other}"
         )
 
-    def _checker(self, device: str, address: str, hello: LanHello) -> IdentityCheck:
+    def _checker(
+        self, device: str, address: str, hello: LanHello, link: LanLink | None = None
+    ) -> IdentityCheck:
         """The check of a session on a link of ``device``: it must claim what the hello declared."""
 
         def check(peer_id: int, writers: tuple[int, ...]) -> Grant:
@@ -585,6 +593,11 @@ class LanManager:
                 )
                 self._report("refused", device, address, str(error), error, peer_id=peer_id)
                 raise error
+            if link is not None:
+                link.opened = True
+                member = self._members.get(device)
+                if member is not None:
+                    member.attempt = 0  # a working link: the backoff starts over
             # A member of the group: it forwards the others' edits (a mesh).
             return Grant(relay=True)
 
@@ -612,29 +625,28 @@ class LanManager:
 
     # -- links ------------------------------------------------------------------------------
 
-    def _adopt(self, conn: LanConnection, *, outbound: bool, address: str) -> LanLink | None:
-        """Decide about a new authenticated link; None when it is refused (and being closed)."""
+    def _adopt(self, conn: LanConnection, *, outbound: bool, address: str) -> LanLink | str:
+        """Decide about a new authenticated link: the link kept, or why it is refused.
+
+        A refused link is the caller's to close, with the reason (the peer reads it).
+        """
         device = conn.remote_identity.fingerprint
         if self._stopping:
-            self._close(conn, "leaving the group")
-            return None
+            return "leaving the group"
         try:
             hello = LanHello.decode(conn.remote_hello)
         except HandshakeError as exc:
             self._report("refused", device, address, str(exc), exc)
-            self._close(conn, "malformed hello")
-            return None
+            return "malformed hello"
         forged = self._claim(device, hello.peer_id)
         if forged is not None:
             self._report("refused", device, address, str(forged), forged, peer_id=hello.peer_id)
-            self._close(conn, "forged writer: that client id belongs to another device")
-            return None
+            return "forged writer: that client id belongs to another device"
         member = self._members.get(device)
         if member is None:
             if len(self._members) >= self.options.max_members:
                 self._report("refused", device, address, "too many devices known")
-                self._close(conn, "too many devices")
-                return None
+                return "too many devices"
             member = self._member(device)
         if hello.incarnation in member.retired:
             self._report(
@@ -644,8 +656,7 @@ class LanManager:
                 "a link from an incarnation its newer one replaced (two processes share "
                 "one device identity?)",
             )
-            self._close(conn, "this incarnation was replaced")
-            return None
+            return "this incarnation was replaced"
         initiator = self.identity.public_key if outbound else conn.remote_identity.public_key
         link = LanLink(conn, device, hello, outbound, address, initiator)
         for old in list(member.links):
@@ -670,24 +681,22 @@ class LanManager:
                 self._unlink(old, "duplicate link (the other one is kept)")
             else:
                 log.debug("LAN: %s linked twice; keeping the link %s", device, old.address)
-                self._close(conn, "duplicate link (the other one is kept)")
-                return None
+                return "duplicate link (the other one is kept)"
         if not member.links and len(self.links()) >= self.options.max_links:
             self._report("refused", device, address, "too many links")
-            self._close(conn, "too many links")
-            return None
+            return "too many links"
         taken = self.peer.writers.declare(link, [hello.peer_id])
         if taken is not None:
             error = ForbiddenWriterError(
-                f"device {device} declares client id {taken}, owned by another live connection"
+                f"forged writer: device {device} declares client id {taken}, "
+                "owned by another live connection"
             )
             self._report("refused", device, address, str(error), error, peer_id=hello.peer_id)
-            self._close(conn, "forged writer: that client id is in use")
-            return None
+            return "forged writer: that client id is in use"
         if member.incarnation is not None and member.incarnation != hello.incarnation:
             member.retired = [*member.retired, member.incarnation][-_RETIRED:]
         member.incarnation = hello.incarnation
-        link.check = self._checker(device, address, hello)
+        link.check = self._checker(device, address, hello, link)
         was_active = self._active(member)
         member.links.append(link)
         self._by_conn[conn] = link
@@ -698,7 +707,6 @@ class LanManager:
         member.lost_since = None
         if not was_active:
             self._remesh()
-        member.attempt = 0
         member.next_at = None
         self._report(
             "linked",
@@ -716,11 +724,18 @@ class LanManager:
             member.links.remove(link)
         link.conn.abort()
 
-    def _close(self, conn: LanConnection, reason: str) -> None:
-        self._spawn(conn.close(reason), "closing a refused LAN link")
-
     def _ended(self, link: LanLink) -> None:
         """A link's session is over."""
+        error = link.conn.error
+        if isinstance(error, LinkFrameError):
+            # A tampered, replayed, reordered or cut frame: the link refused it.
+            self._report(
+                "refused",
+                link.device,
+                link.address,
+                f"frame refused ({error.kind}): {error}",
+                error,
+            )
         self._by_conn.pop(link.conn, None)
         self.peer.writers.release(link)
         member = self._members.get(link.device)
@@ -735,7 +750,8 @@ class LanManager:
         """An inbound link whose handshake succeeded: adopt it and run its session."""
         assert isinstance(conn, LanConnection)  # our own transport accepted it
         link = self._adopt(conn, outbound=False, address=conn.remote_address)
-        if link is None:
+        if isinstance(link, str):
+            await conn.close(link)
             return
         try:
             await self.peer.serve(conn)
@@ -749,6 +765,17 @@ class LanManager:
             pass  # the Peer is closing
         finally:
             self._ended(link)
+        member = self._members.get(link.device)
+        if not link.opened and member is not None and not self._stopping:
+            # It closed the link before its session opened (it refused us): a failure
+            # of that address like any other, so that it is dropped if it goes on.
+            error = link.conn.error or TransportError(
+                f"{link.device} closed the link before its session opened"
+            )
+            self._failed(member, link.address, error)
+            delay = self.options.backoff.delay(member.attempt, self._rng)
+            member.next_at = asyncio.get_running_loop().time() + delay
+            member.attempt += 1
 
     # -- members and the mesh -------------------------------------------------------------
 
@@ -896,7 +923,9 @@ class LanManager:
                 self._failed(member, address, exc)
                 continue
             link = self._adopt(conn, outbound=True, address=address)
-            if link is not None:
+            if isinstance(link, str):
+                await conn.close(link)
+            else:
                 self._spawn(self._outbound(link), f"LAN link to {address}")
             return
         if member.lost_since is not None:
@@ -968,7 +997,9 @@ class LanManager:
                 self._static.append(named)
                 self._remesh()
             link = self._adopt(conn, outbound=True, address=named)
-            if link is not None:
+            if isinstance(link, str):
+                await conn.close(link)
+            else:
                 self._spawn(self._outbound(link), f"LAN link to {named}")
             # From now on the member (known by its fingerprint) is dialed at `named`.
             self._manual.pop(manual.address, None)

@@ -8,10 +8,14 @@ scheme      transport
             against the system's trusted CAs)
 ``mem``     none by default: in-memory addresses live on one ``MemoryNetwork``,
             so pass ``transport=network.transport(host)``
+``lan``     the ``LanTransport`` that ``Peer.start_lan`` registers (with
+            ``Peer.set_transport``): it holds the device key and the group
+            key, so there is no default
 other       none: :class:`~crdtsync.errors.UnsupportedAddressError` at once
 =========== ===================================================================
 
-An explicit ``transport=`` always wins over this table.
+A transport registered for the scheme (``Peer.set_transport``) wins over the
+Peer's own ``transport=``, which wins over this table.
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ def transport_for_scheme(scheme: str, address: str) -> Transport[Connection]:
     """
     if scheme in ("ws", "wss"):
         return websocket_transport()
+    if scheme == "lan":
+        raise UnsupportedAddressError(
+            f"{address!r}: lan:// addresses need the LAN started first: "
+            "await peer.start_lan(group_key)"
+        )
     if scheme == "mem":
         raise UnsupportedAddressError(
             f"{address!r}: mem:// addresses live on a MemoryNetwork; give the Peer "
