@@ -545,8 +545,12 @@ class LanManager:
         self.peer.report(Status(kind, address, peer_id, None, reason, error, device))
 
     def _on_refused(self, remote: str, error: TransportError) -> None:
-        if not self._stopping:
+        if self._stopping:
+            return
+        if _is_refusal(error):
             self._report("refused", None, remote, f"inbound link refused: {error}", error)
+        else:  # a port scan, a peer that died mid-handshake: logged by the link already
+            log.debug("LAN: inbound link from %s failed: %s", remote, error)
 
     # -- identity binding -----------------------------------------------------------------
 
@@ -935,7 +939,7 @@ class LanManager:
             member.attempt += 1
 
     def _failed(self, member: _Member, address: str, exc: TransportError) -> None:
-        if isinstance(exc, HandshakeError):
+        if _is_refusal(exc):
             # Another group key, the wrong device at an announced address, off the allow-list.
             self._report("refused", member.fingerprint, address, str(exc), exc)
         else:
@@ -965,7 +969,7 @@ class LanManager:
             try:
                 conn = await self.transport.connect(manual.address)
             except TransportError as exc:
-                if isinstance(exc, HandshakeError):
+                if _is_refusal(exc):
                     self._report("refused", None, manual.address, str(exc), exc)
                 manual.failures += 1
                 if manual.failures == o.max_failures:
@@ -1020,6 +1024,20 @@ class LanManager:
             log.error("%s failed: %r", what, exc, exc_info=exc)
             error = exc if isinstance(exc, CrdtSyncError) else None
             self.peer.report(Status("error", reason=f"{what} failed: {exc}", error=error))
+
+
+def _is_refusal(error: TransportError) -> bool:
+    """Whether a failed handshake was a refusal (a status), not a dead or foreign peer.
+
+    Refusals: the key proven is not the one expected or allowed
+    (``PeerIdentityError``), the other side holds another group key, or it
+    refused us in a CLOSE frame. Not: a timeout, a connection cut before the
+    keys were exchanged, something that is not a crdtsync peer.
+    """
+    if isinstance(error, PeerIdentityError):
+        return True
+    text = str(error)
+    return isinstance(error, HandshakeError) and ("group key" in text or "refused" in text)
 
 
 def _host(address: LanAddress) -> str:
