@@ -184,7 +184,9 @@ class PeerNode:
 
     @property
     def address(self) -> str:
-        return str(self.last("address"))
+        """Where it listens (its ``ready`` line)."""
+        ready = self.first("ready")
+        return "" if ready is None else str(ready["address"])
 
     @property
     def links(self) -> set[str]:

@@ -5,9 +5,10 @@ It opens one document, starts the LAN on the given interfaces, and reports on
 stdout, one JSON object a line (``t`` is ``time.time()`` everywhere, so that
 the test can compare moments across processes)::
 
+    {"starting": true, "t": ...}                   (just before start_lan)
     {"ready": FINGERPRINT, "address": "lan://10.77.0.2:40000", "peer_id": 123, "t": ...}
     {"status": "linked", "device": FP, "address": ..., "reason": ..., "t": ...}
-    {"links": [FP, ...], "t": ...}                 (whenever the set of linked devices changes)
+    {"links": [FP, ...], "connections": 2, "t": ...}   (when the linked devices change)
     {"state": {"count": 3, "digest": "..."}, "t": ...}    (after changes, at most every 50 ms)
 
 and takes commands on stdin, one JSON object a line::
@@ -56,6 +57,7 @@ async def main() -> None:
     parser.add_argument("--interface", action="append", default=[])
     parser.add_argument("--static", action="append", default=[])
     parser.add_argument("--jitter", type=float, default=0.0, help="wait up to this long first")
+    parser.add_argument("--no-zeroconf", action="store_true", help="static addresses only")
     parser.add_argument("--relay", help="also sync through this relay")
     parser.add_argument("--token")
     args = parser.parse_args()
@@ -72,12 +74,12 @@ async def main() -> None:
         links: set[str] = set()
         dirty = asyncio.Event()
 
-        def report_links() -> None:
+        def report_links(force: bool = False) -> None:
             nonlocal links
             now = peer.lan.linked() if peer.lan is not None else set()
-            if now != links:
+            if now != links or force:
                 links = now
-                emit(links=sorted(now))
+                emit(links=sorted(now), connections=len(peer.connections()))
 
         def on_status(status: Status) -> None:
             emit(
@@ -88,6 +90,7 @@ async def main() -> None:
             )
             report_links()
 
+        emit(starting=True)
         # Before start_lan: links and updates may come while it starts.
         peer.on_status(on_status)
         peer.watch(_Watcher(dirty))
@@ -97,6 +100,7 @@ async def main() -> None:
             interfaces=args.interface or None,
             static=args.static,
             identity=identity,
+            zeroconf=not args.no_zeroconf,
             options=OPTIONS,
         )
         peer.on_open(lambda name, new: dirty.set())
@@ -134,7 +138,7 @@ async def main() -> None:
                         if i % 50 == 49:
                             await asyncio.sleep(0)  # let the links breathe
                 if command.get("report"):
-                    emit(links=sorted(lan.linked()))
+                    report_links(force=True)
                     state()
                 if command.get("stop"):
                     break
