@@ -8,12 +8,14 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from crdtsync.transports.lan import GroupKey
 from helpers.netns import Lab
 
 NODE = str(Path(__file__).parent / "lan_node.py")
@@ -248,3 +250,163 @@ def wait_peers(
             raise AssertionError(f"timed out waiting for {what}:\n" + "\n".join(report))
         time.sleep(0.05)  # deliberate: polling other processes' output, bounded by timeout
     return time.monotonic() - start
+
+
+# -- whole-lab scenarios (scripts/lan_lab_repeat.py, benchmarks/bench_lan.py) -----------------
+
+
+def _converged(nodes: list[PeerNode], count: int) -> bool:
+    states = [n.state for n in nodes]
+    return all(s["count"] == count for s in states) and len({s["digest"] for s in states}) == 1
+
+
+def lab_converge(hosts: int, jitter: float, edits: int) -> float:
+    """Real Peers in ``hosts`` namespaces, started with jitter, each appending ``edits`` items.
+
+    Returns:
+        Seconds from the first process start until every host is linked with
+        every other and every document is the same (checked afterwards: one
+        connection per pair).
+    """
+    with tempfile.TemporaryDirectory() as folder, Lab(hosts) as lab:
+        tmp = Path(folder)
+        key = tmp / "team.key"
+        GroupKey.generate().save(key)
+        t0 = time.time()
+        nodes = [
+            PeerNode(
+                f"h{i}",
+                key,
+                tmp / f"h{i}.db",
+                "--interface",
+                lab.address(i),
+                "--jitter",
+                str(jitter),
+                lab=lab,
+                host=i,
+            )
+            for i in range(hosts)
+        ]
+        try:
+            wait_peers(lambda: all(n.ready for n in nodes), "every host ready", nodes)
+            for i, node in enumerate(nodes):
+                node.send(append=edits, tag=f"h{i}")
+            fps = {n.fingerprint for n in nodes}
+
+            def done() -> bool:
+                linked = all(n.links == fps - {n.fingerprint} for n in nodes)
+                return linked and _converged(nodes, edits * hosts)
+
+            wait_peers(done, "every host linked with every other, every document the same", nodes)
+            finished = max(float(n.last("t")) for n in nodes)
+            for node in nodes:
+                node.send(report=True)
+            wait_peers(
+                lambda: all(n.last("connections") == hosts - 1 for n in nodes),
+                "one connection per pair",
+                nodes,
+            )
+            return finished - t0
+        finally:
+            for n in nodes:
+                n.stop()
+
+
+def lab_partition_heal(edits: int, hosts: int = 5, hold: float = 0.0) -> tuple[float, float]:
+    """A partition {0..2} | {3..}, ``edits`` appended on each side, then the heal.
+
+    The partition lasts until both sides converged, and at least ``hold`` seconds.
+
+    Returns:
+        (seconds from the heal until every document is the same, seconds the
+        partition lasted).
+    """
+    with tempfile.TemporaryDirectory() as folder, Lab(hosts, bridges=2) as lab:
+        tmp = Path(folder)
+        key = tmp / "team.key"
+        GroupKey.generate().save(key)
+        nodes = [
+            PeerNode(f"h{i}", key, tmp / f"h{i}.db", "--interface", lab.address(i), lab=lab, host=i)
+            for i in range(hosts)
+        ]
+        try:
+            wait_peers(lambda: all(n.ready for n in nodes), "every host ready", nodes)
+            fps = {n.fingerprint for n in nodes}
+            wait_peers(
+                lambda: all(n.links == fps - {n.fingerprint} for n in nodes), "a full mesh", nodes
+            )
+            cut = time.monotonic()
+            for host in range(3, hosts):
+                lab.move(host, 1)
+            left, right = nodes[:3], nodes[3:]
+            left[0].send(append=edits, tag="left")
+            right[0].send(append=edits, tag="right")
+            wait_peers(lambda: _converged(left, edits), "the left side", nodes, timeout=120)
+            wait_peers(lambda: _converged(right, edits), "the right side", nodes, timeout=120)
+            time.sleep(max(0.0, cut + hold - time.monotonic()))  # deliberate: the partition lasts
+            healed = time.monotonic()
+            for host in range(3, hosts):
+                lab.move(host, 0)
+            waited = wait_peers(
+                lambda: _converged(nodes, 2 * edits), "converged after the heal", nodes, timeout=120
+            )
+            return waited, healed - cut
+        finally:
+            for n in nodes:
+                n.stop()
+
+
+def lab_restart_relink(hosts: int = 5) -> tuple[float, float]:
+    """SIGKILL one of ``hosts`` linked Peers, restart it (same identity and store).
+
+    Returns:
+        (seconds from its ``start_lan`` call until every other peer linked with
+        it again, the same from its process start).
+    """
+    with tempfile.TemporaryDirectory() as folder, Lab(hosts) as lab:
+        tmp = Path(folder)
+        key = tmp / "team.key"
+        GroupKey.generate().save(key)
+
+        def start(i: int, name: str) -> PeerNode:
+            return PeerNode(
+                name,
+                key,
+                tmp / f"h{i}.db",
+                "--interface",
+                lab.address(i),
+                "--identity",
+                str(tmp / f"h{i}.identity"),
+                lab=lab,
+                host=i,
+            )
+
+        nodes = [start(i, f"h{i}") for i in range(hosts)]
+        try:
+            wait_peers(lambda: all(n.ready for n in nodes), "every host ready", nodes)
+            fps = {n.fingerprint for n in nodes}
+            wait_peers(
+                lambda: all(n.links == fps - {n.fingerprint} for n in nodes), "a full mesh", nodes
+            )
+            victim = nodes.pop()
+            fp = victim.fingerprint
+            victim.kill()
+            wait_peers(lambda: all(fp not in n.links for n in nodes), "the link seen gone", nodes)
+            again = start(hosts - 1, "restarted")
+            others = list(nodes)
+            nodes.append(again)
+            wait_peers(lambda: all(fp in n.links for n in others), "relinked", nodes)
+            linked = max(
+                min(
+                    s["t"]
+                    for s in n.statuses("linked")
+                    if s["device"] == fp and s["t"] > again.started
+                )
+                for n in others
+            )
+            starting = again.first("starting")
+            assert starting is not None
+            return linked - float(starting["t"]), linked - again.started
+        finally:
+            for n in nodes:
+                n.stop()
