@@ -65,7 +65,7 @@ import random
 import secrets
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from crdtsync.errors import (
     AuthError,
@@ -116,6 +116,8 @@ _INCARNATION_BYTES = 16
 _HELLO_LEN = len(_HELLO_MAGIC) + 1 + _INCARNATION_BYTES + 8
 # Incarnations of one device remembered as retired (a bound: one per restart).
 _RETIRED = 16
+# Devices in the client-id binding table (beyond: the oldest absent one is forgotten).
+_MAX_DEVICES = 4096
 
 
 # -- the hello ------------------------------------------------------------------------------
@@ -379,6 +381,41 @@ class LanManager:
         self._stopping = False
         self._started = False
 
+    @classmethod
+    def for_peer(
+        cls,
+        peer: Peer,
+        group_key: GroupKeyLike,
+        *,
+        store: str | os.PathLike[str] | None,
+        identity: DeviceIdentity | None = None,
+        **kwargs: Any,
+    ) -> LanManager:
+        """The manager ``Peer.start_lan`` makes (not started).
+
+        Args:
+            peer: the Peer.
+            group_key: the group key, or its file's path.
+            store: the Peer's store file: the device identity is kept beside
+                it (None: a new identity, for this run only).
+            identity: this device's key pair, instead of the store's.
+            kwargs: the other arguments of :class:`LanManager`.
+
+        Raises:
+            KeyFileError: a key or identity file is missing, malformed or not private.
+        """
+        group = load_group(group_key)
+        if identity is None and store is not None:
+            identity = DeviceIdentity.for_store(store)
+        elif identity is None:
+            identity = DeviceIdentity.generate()
+            log.warning(
+                "LAN: no store file to keep a device identity beside: this run is "
+                "device %s, a new one each run",
+                identity.fingerprint,
+            )
+        return cls(peer, group, identity, **kwargs)
+
     # -- public ---------------------------------------------------------------------------
 
     @property
@@ -412,6 +449,14 @@ class LanManager:
     def members(self) -> set[str]:
         """Fingerprints of the devices we know an address of (lost ones excluded)."""
         return {fp for fp, m in self._members.items() if self._active(m)}
+
+    def known(self) -> set[str]:
+        """Fingerprints of every device remembered.
+
+        Members, lost ones still probed, and devices known only by a link they
+        made (forgotten ``probe_for`` seconds after they were last seen).
+        """
+        return set(self._members)
 
     def neighbours(self) -> frozenset[str]:
         """The devices this one dials under the mesh rule, in its current view."""
@@ -555,10 +600,29 @@ class LanManager:
     # -- identity binding -----------------------------------------------------------------
 
     def _device(self, fingerprint: str) -> _Device:
-        device = self._device_owners.get(fingerprint)
+        """The device's entry in the binding table (the most recently used last)."""
+        device = self._device_owners.pop(fingerprint, None)
         if device is None:
-            device = self._device_owners[fingerprint] = _Device(fingerprint)
+            device = _Device(fingerprint)
+            if len(self._device_owners) >= _MAX_DEVICES:
+                self._evict_device()
+        self._device_owners[fingerprint] = device
         return device
+
+    def _evict_device(self) -> None:
+        """Forget the bindings of the device least recently seen that has no link now.
+
+        A member can make as many device keys as it likes, each a handshake: the
+        table is bounded, and what is forgotten is the oldest absent device's ids
+        (they could be claimed again by another device from then on).
+        """
+        linked = self.linked() | {self.fingerprint}
+        for fp, device in self._device_owners.items():
+            if fp not in linked:
+                del self._device_owners[fp]
+                self._devices.release(device)
+                log.info("LAN: forgetting the client ids of device %s (table full)", fp)
+                return
 
     def _claim(self, fingerprint: str, peer_id: int) -> ForbiddenWriterError | None:
         """Bind ``peer_id`` to the device (first come); the error when another device has it."""
@@ -748,6 +812,9 @@ class LanManager:
         if link in member.links:
             member.links.remove(link)
             member.next_at = None  # dial again under the grace rule
+        if not member.links and not member.addresses and member.lost_since is None:
+            # Known only by the link it made to us: nothing to dial, forgotten in time.
+            member.lost_since = asyncio.get_running_loop().time()
         member.wake.set()
 
     async def _accepted(self, conn: Connection) -> None:
@@ -927,11 +994,13 @@ class LanManager:
                 self._failed(member, address, exc)
                 continue
             link = self._adopt(conn, outbound=True, address=address)
-            if isinstance(link, str):
-                await conn.close(link)
-            else:
+            if not isinstance(link, str):
                 self._spawn(self._outbound(link), f"LAN link to {address}")
-            return
+                return
+            await conn.close(link)
+            if any(not lk.closed for lk in member.links):
+                return  # a duplicate of the link kept
+            break  # refused by our own rules: not the address's fault, but wait all the same
         if member.lost_since is not None:
             member.next_at = loop.time() + o.probe_interval
         else:

@@ -1201,29 +1201,19 @@ class Peer:
         if self._lan is not None:
             raise LocalProtocolError("the LAN is started already (stop_lan() first)")
         try:
-            from crdtsync.peer.lan import LanManager, load_group
-            from crdtsync.transports.lan import DeviceIdentity
+            from crdtsync.peer.lan import LanManager
         except ImportError as exc:
             if (exc.name or "").startswith("crdtsync"):
                 raise  # our own module missing: a broken install, not a missing extra
             raise MissingDependencyError(
                 f"LAN sync needs the lan extra: pip install 'crdtsync[lan]' ({exc})", extra="lan"
             ) from exc
-        group = load_group(group_key)
-        if identity is None:
-            if isinstance(self._store_spec, str | os.PathLike):
-                identity = DeviceIdentity.for_store(self._store_spec)
-            else:
-                identity = DeviceIdentity.generate()
-                log.warning(
-                    "LAN: no store file to keep a device identity beside: this run is "
-                    "device %s, a new one each run",
-                    identity.fingerprint,
-                )
-        manager = LanManager(
+        store = self._store_spec if isinstance(self._store_spec, str | os.PathLike) else None
+        self._lan = LanManager.for_peer(
             self,
-            group,
-            identity,
+            group_key,
+            store=store,
+            identity=identity,
             interfaces=interfaces,
             port=port,
             allowed=allowed,
@@ -1231,13 +1221,12 @@ class Peer:
             zeroconf=zeroconf,
             options=options,
         )
-        self._lan = manager
         try:
-            await manager.start()
+            await self._lan.start()
         except BaseException:
             self._lan = None
             raise
-        return manager
+        return self._lan
 
     async def stop_lan(self) -> None:
         """Stop the LAN: goodbye announced, links closed, ``lan://`` unregistered. Idempotent."""

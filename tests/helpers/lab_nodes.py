@@ -136,13 +136,23 @@ class PeerNode:
             lab.popen(host, argv, **kwargs) if lab is not None else subprocess.Popen(argv, **kwargs)
         )
         self.lines: list[dict[str, Any]] = []
+        self.errors: list[str] = []
         self._q: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_errors, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self._q.put(json.loads(line))
+            try:
+                self._q.put(json.loads(line))
+            except ValueError:
+                self.errors.append(f"(stdout, not JSON) {line}")
+
+    def _read_errors(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.errors.append(line)
 
     def drain(self) -> None:
         while True:
@@ -222,9 +232,8 @@ class PeerNode:
                     stream.close()
 
     def stderr(self) -> str:
-        if self.proc.poll() is None or self.proc.stderr is None or self.proc.stderr.closed:
-            return ""
-        return self.proc.stderr.read()[-3000:]
+        """The end of what it wrote on stderr so far."""
+        return "".join(self.errors)[-3000:]
 
 
 def wait_peers(
@@ -240,13 +249,17 @@ def wait_peers(
     while not cond():
         for n in nodes:
             if n.proc.poll() is not None:
-                err = n.proc.stderr.read() if n.proc.stderr else ""
-                raise AssertionError(f"{n.name} exited {n.proc.returncode}: {err[-3000:]}")
+                time.sleep(0.2)  # deliberate: let the reader thread take its last words
+                raise AssertionError(f"{n.name} exited {n.proc.returncode}: {n.stderr()}")
         if time.monotonic() > deadline:
+            for n in nodes:
+                with contextlib.suppress(ProcessLookupError):
+                    n.proc.send_signal(signal.SIGUSR1)  # its stacks, to stderr
+            time.sleep(1.0)  # deliberate: the stacks take a moment to be written
             report = []
             for n in nodes:
                 n.drain()
-                report.append(f"{n.name}: {n.lines[-40:]}")
+                report.append(f"{n.name}: {n.lines[-40:]}\n{n.name} stderr: {n.stderr()}")
             raise AssertionError(f"timed out waiting for {what}:\n" + "\n".join(report))
         time.sleep(0.05)  # deliberate: polling other processes' output, bounded by timeout
     return time.monotonic() - start

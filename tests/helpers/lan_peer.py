@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import hashlib
 import json
 import random
@@ -61,6 +62,8 @@ async def main() -> None:
     parser.add_argument("--relay", help="also sync through this relay")
     parser.add_argument("--token")
     args = parser.parse_args()
+    # A test that times out sends SIGUSR1 first: every thread's stack goes to stderr.
+    faulthandler.register(signal.SIGUSR1)
     if args.jitter:
         # A random start, as machines on a LAN come up (part of what the lab tests).
         await asyncio.sleep(random.uniform(0, args.jitter))

@@ -636,3 +636,27 @@ async def test_a_forged_writer_via_peer_connect_is_refused_too(tmp_path: Path) -
             with pytest.raises((TransportError, ConnectionClosedError, TimeoutError)):
                 await forger.connect(t.bare_address(), timeout=2.0)
             assert "notes" not in forger.docs()
+
+
+async def test_devices_seen_only_inbound_are_forgotten_and_the_binding_table_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crdtsync.peer.lan as lan_mod
+
+    monkeypatch.setattr(lan_mod, "_MAX_DEVICES", 3)  # this device and 2 others
+    key = GroupKey.generate()
+    forgetful = LanOptions(probe_interval=0.1, probe_for=0.5)
+    async with nodes(tmp_path, ["t"], key, zeroconf=False, options=forgetful) as (t,):
+        devices = [DeviceIdentity.generate() for _ in range(3)]
+        for i, device in enumerate(devices):
+            conn = await _raw_member(key, t.bare_address(), hello_peer_id=1000 + i, identity=device)
+            await eventually(lambda d=device: d.fingerprint in t.lan.linked(), WAIT, "linked")
+            await conn.close()
+            await eventually(lambda d=device: d.fingerprint not in t.lan.linked(), WAIT, "gone")
+        # The first device's binding made room for the third's (oldest absent first).
+        assert t.lan.device_of(1000) is None
+        assert t.lan.device_of(1001) == devices[1].fingerprint
+        assert t.lan.device_of(1002) == devices[2].fingerprint
+        assert t.lan.device_of(t.peer.peer_id) == t.fp  # our own is never forgotten
+        # Devices that only ever linked to us are forgotten once gone for probe_for.
+        await eventually(lambda: not t.lan.known(), WAIT, "forgotten")
