@@ -727,39 +727,48 @@ class LanManager:
             return "this incarnation was replaced"
         initiator = self.identity.public_key if outbound else conn.remote_identity.public_key
         link = LanLink(conn, device, hello, outbound, address, initiator)
-        for old in list(member.links):
-            if old.hello.incarnation != hello.incarnation:
+        # Decide first, act after: a link refused below must not have cost the old one.
+        replaced: list[tuple[LanLink, str]] = []
+        for old in member.links:
+            if old.closed:
+                replaced.append((old, ""))  # ending already: nothing to report
+            elif old.hello.incarnation != hello.incarnation:
                 # The device restarted: its new link replaces the old one now,
                 # however long the old one would take to time out.
-                self._unlink(old, "replaced by the device's new incarnation")
-                self._report(
-                    "replaced",
-                    device,
-                    address,
-                    f"new incarnation {hello.incarnation.hex()[:8]} replaces "
-                    f"{old.hello.incarnation.hex()[:8]} (link {old.address} closed)",
-                    peer_id=hello.peer_id,
+                replaced.append(
+                    (
+                        old,
+                        f"new incarnation {hello.incarnation.hex()[:8]} replaces "
+                        f"{old.hello.incarnation.hex()[:8]} (link {old.address} closed)",
+                    )
                 )
             elif old.initiator == initiator:
                 # The same side dialed again: it gave the old link up.
-                self._unlink(old, "replaced by a newer link from the same side")
-                self._report("replaced", device, address, f"a newer link replaces {old.address}")
+                replaced.append((old, f"a newer link replaces {old.address}"))
             elif initiator > old.initiator:
                 log.debug("LAN: %s linked twice; keeping the link %s", device, address)
-                self._unlink(old, "duplicate link (the other one is kept)")
+                replaced.append((old, ""))
             else:
                 log.debug("LAN: %s linked twice; keeping the link %s", device, old.address)
                 return "duplicate link (the other one is kept)"
-        if not member.links and len(self.links()) >= self.options.max_links:
+        others = sum(1 for lk in self.links() if lk.device != device)
+        if others >= self.options.max_links:
             self._report("refused", device, address, "too many links")
             return "too many links"
-        taken = self.peer.writers.declare(link, [hello.peer_id])
-        if taken is not None:
+        owner = self.peer.writers.owner(hello.peer_id)
+        if owner is not None and all(owner is not old for old, _ in replaced):
             error = ForbiddenWriterError(
-                f"forged writer: device {device} declares client id {taken}, "
+                f"forged writer: device {device} declares client id {hello.peer_id}, "
                 "owned by another live connection"
             )
             self._report("refused", device, address, str(error), error, peer_id=hello.peer_id)
+            return "forged writer: that client id is in use"
+        for old, why in replaced:
+            self._unlink(old)
+            if why:
+                self._report("replaced", device, address, why, peer_id=hello.peer_id)
+        if self.peer.writers.declare(link, [hello.peer_id]) is not None:
+            # Unreachable: its only other owner was closed just above.
             return "forged writer: that client id is in use"
         if member.incarnation is not None and member.incarnation != hello.incarnation:
             member.retired = [*member.retired, member.incarnation][-_RETIRED:]
@@ -785,7 +794,7 @@ class LanManager:
         )
         return link
 
-    def _unlink(self, link: LanLink, reason: str) -> None:
+    def _unlink(self, link: LanLink) -> None:
         """Drop a link now (its session ends; nothing waits for a timeout)."""
         member = self._members.get(link.device)
         if member is not None and link in member.links:
@@ -871,7 +880,7 @@ class LanManager:
                         log.info(
                             "LAN: %s is not a neighbour any more: closing our link", link.device
                         )
-                        self._unlink(link, "not a neighbour")
+                        self._unlink(link)
             member.wake.set()
 
     def _allowed(self, fingerprint: str) -> bool:
