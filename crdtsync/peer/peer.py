@@ -33,6 +33,16 @@ protocol itself lives in the session. What the shell adds:
   (:mod:`crdtsync.peer.guests`). Guests and sessions go through the same write policy
   (:mod:`crdtsync.peer.policy`) and the same writer registry (:attr:`Peer.writers`).
 
+* **Several transports.** The address's scheme picks the transport:
+  :meth:`Peer.set_transport` registers one for a scheme (``start_lan`` does for
+  ``lan://``), else the Peer's own ``transport=``, else the defaults of
+  :mod:`crdtsync.peer.schemes` (``ws://``, ``wss://``). LAN and relay links
+  carry the same sessions, so either alone suffices to converge.
+* **Identities.** A connection that declares ``Ability.IDENTITY`` proved a key;
+  :meth:`Peer.bind_identities` installs who checks what its session may claim
+  (its peer id, the client ids it writes under) before the session opens. The
+  LAN manager (:meth:`Peer.start_lan`, :mod:`crdtsync.peer.lan`) is one.
+
 Failures of background tasks (a connection's reader or writer, a compaction, a
 reconnect loop) are never dropped: they are logged under ``crdtsync.peer`` and
 reported as ``error`` statuses. The ``crdtsync.peer`` logger also tells, at DEBUG,
@@ -48,10 +58,10 @@ import logging
 import os
 import random
 import secrets
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from urllib.parse import urlsplit
 
 from crdtsync.errors import (
@@ -67,6 +77,7 @@ from crdtsync.errors import (
     InvalidUpdateError,
     LimitExceededError,
     LocalProtocolError,
+    MissingDependencyError,
     ProtocolError,
     ReadOnlyError,
     StoreError,
@@ -78,7 +89,15 @@ from crdtsync.errors import (
 from crdtsync.format import envelope as encoding
 from crdtsync.format.version import Version
 from crdtsync.model.doc import Doc
-from crdtsync.net import Connection, FlowConnection, Listener, Transport, has_flow_control
+from crdtsync.net import (
+    Connection,
+    FlowConnection,
+    IdentityConnection,
+    Listener,
+    Transport,
+    has_flow_control,
+    has_identity,
+)
 from crdtsync.peer.guests import DocWatcher, Entries, Guest, GuestPort, Origin
 from crdtsync.peer.policy import Admission, admit
 from crdtsync.peer.schemes import check_sync_address, shown_address
@@ -88,7 +107,20 @@ from crdtsync.protocol.awareness import Awareness, AwarenessChange
 from crdtsync.store.base import Store, StoredDoc
 from crdtsync.store.memory import MemoryStore
 
-__all__ = ["Backoff", "Grant", "HelloInfo", "Peer", "Status", "SyncResult"]
+if TYPE_CHECKING:
+    from crdtsync.peer.lan import GroupKeyLike, LanManager, LanOptions
+    from crdtsync.transports.lan import DeviceIdentity
+
+__all__ = [
+    "Backoff",
+    "Grant",
+    "HelloInfo",
+    "IdentityBinder",
+    "IdentityCheck",
+    "Peer",
+    "Status",
+    "SyncResult",
+]
 
 log = logging.getLogger("crdtsync.peer")
 
@@ -159,20 +191,49 @@ class Status:
             ``TokenExpiredError``, ``AuthError``...); ``connect`` again, with a new
             token, to retry. A refused document is an ``error`` with ``doc`` set
             (``RoomNotAllowedError``, ``ReadOnlyError``, ``InvalidRoomError``).
+            The LAN manager adds ``"discovered"`` (a device was announced),
+            ``"linked"`` (an authenticated link to it is up), ``"replaced"``
+            (its restarted incarnation's link replaced the old one),
+            ``"refused"`` (another group key, an identity mismatch, a forged
+            writer id, a refused frame, a device off the allow-list) and
+            ``"dropped"`` (an address that kept failing).
         address: the remote address (for inbound connections, what the transport
             says of the peer).
         peer_id: the remote peer id, when known.
         doc: the document concerned (``synced`` and document errors).
         reason: a readable reason.
-        error: the error, for ``error`` and abnormal ``disconnected``.
+        error: the error, for ``error``, ``refused`` and abnormal ``disconnected``.
+        device: the fingerprint of the device's key, when it proved one.
     """
 
-    kind: Literal["connected", "synced", "disconnected", "error", "stopped"]
+    kind: Literal[
+        "connected",
+        "synced",
+        "disconnected",
+        "error",
+        "stopped",
+        "discovered",
+        "linked",
+        "replaced",
+        "refused",
+        "dropped",
+    ]
     address: str | None = None
     peer_id: int | None = None
     doc: str | None = None
     reason: str = ""
     error: CrdtSyncError | None = None
+    device: str | None = None
+
+
+#: What a session on an identity connection may claim: called with the peer id
+#: and the writer ids its handshake declares, returns what it is granted, and
+#: raises a :class:`ProtocolError` (its code goes to the peer) to refuse it.
+IdentityCheck: TypeAlias = Callable[[int, tuple[int, ...]], Grant]
+#: Called with each connection that declares ``Ability.IDENTITY`` before its
+#: session sends a byte; returns the check of its handshake, or raises a
+#: :class:`CrdtSyncError` to refuse the connection (it is closed).
+IdentityBinder: TypeAlias = Callable[[IdentityConnection], IdentityCheck]
 
 
 @dataclass(frozen=True)
@@ -233,6 +294,8 @@ class _Link:
     grant: Grant | None = None
     # Set while _process runs: nested calls leave new events to the running loop.
     busy: bool = False
+    # What its proven identity lets its session claim (Peer.bind_identities), or None.
+    check: IdentityCheck | None = None
     # Catch-up answers not yet sent through, by document: (number, bytes). One
     # answer per document, however large, is not a slow consumer's backlog; only
     # the latest per document counts, so re-opening a document again and again
@@ -364,6 +427,11 @@ class Peer:
         self._transport = transport
         # Transports picked by address scheme (no transport given), made on first use.
         self._default_transports: dict[str, Transport[Connection]] = {}
+        # Transports registered for a scheme (set_transport): they win over both.
+        self._scheme_transports: dict[str, Transport[Connection]] = {}
+        # Who checks sessions on identity connections (bind_identities), and the LAN.
+        self._binder: IdentityBinder | None = None
+        self._lan: LanManager | None = None
         self.peer_id: int = peer_id if peer_id is not None else 1 + secrets.randbelow(2**53 - 2)
         self._auth = auth
         self._authorize = authorize
@@ -436,6 +504,8 @@ class Peer:
         """Close every connection (GOING_AWAY), finish compactions, close the store."""
         if self._closed:
             return
+        if self._lan is not None:
+            await self._lan.stop_linking()  # no new LAN link; the open ones close below
         self._closed = True
         for lst in self._listeners:
             await lst.close()
@@ -452,6 +522,8 @@ class Peer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(deadline - loop.time()):
                     await changed.wait()
+        if self._lan is not None:
+            await self.stop_lan()  # discovery's goodbye, listeners
         # Compactions finish (their thread would run on anyway, and the store must
         # not close under it); everything else is cancelled. A task's failure was
         # logged and reported when it ended (_task_done): here it is only awaited.
@@ -969,6 +1041,14 @@ class Peer:
         for cb in list(self._status_cbs):
             cb(status)
 
+    def report(self, status: Status) -> None:
+        """Tell every ``on_status`` callback of ``status``.
+
+        For components that run links on this Peer and have their own events
+        to report (the LAN manager's ``discovered``, ``linked``, ``refused``...).
+        """
+        self._status(status)
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
@@ -1185,11 +1265,32 @@ class Peer:
             self._process(link)
         sup.wake.set()
 
+    def set_transport(self, scheme: str, transport: Transport[Connection] | None) -> None:
+        """Use ``transport`` for every address of ``scheme`` (None: stop doing so).
+
+        A transport registered here wins over the Peer's ``transport=`` and over
+        the defaults (:mod:`crdtsync.peer.schemes`), for that scheme only: one
+        Peer holds a LAN transport for ``lan://`` and the WebSocket one for
+        ``ws://`` together. Connections already made keep their transport.
+
+        Args:
+            scheme: the address scheme, without ``://`` (``"lan"``).
+            transport: the transport, or None to remove the registration.
+        """
+        key = scheme.lower()
+        if transport is None:
+            self._scheme_transports.pop(key, None)
+        else:
+            self._scheme_transports[key] = transport
+
     def _transport_for(self, address: str) -> Transport[Connection]:
-        """The transport for ``address``: the Peer's own, else the one its scheme names."""
+        """The transport for ``address``: registered for its scheme, the Peer's own, a default."""
+        scheme = urlsplit(address).scheme.lower()
+        registered = self._scheme_transports.get(scheme)
+        if registered is not None:
+            return registered
         if self._transport is not None:
             return self._transport
-        scheme = urlsplit(address).scheme.lower()
         transport = self._default_transports.get(scheme)
         if transport is None:
             from crdtsync.peer.schemes import transport_for_scheme
@@ -1251,6 +1352,100 @@ class Peer:
         listener = await self._transport_for(address).listen(address, self._accept)
         self._listeners.append(listener)
         return str(listener.address)
+
+    # -- LAN -------------------------------------------------------------------------------
+
+    async def start_lan(
+        self,
+        group_key: GroupKeyLike,
+        *,
+        interfaces: Sequence[str] | None = None,
+        port: int = 0,
+        allowed: Iterable[str] | None = None,
+        static: Iterable[str] = (),
+        identity: DeviceIdentity | None = None,
+        zeroconf: bool = True,
+        options: LanOptions | None = None,
+    ) -> LanManager:
+        """Sync with the other devices of a LAN group directly: no relay, no internet.
+
+        Listens for authenticated links, announces this device and browses for
+        the others (zeroconf), links with them as they come and go (full mesh
+        up to 6 devices, a bounded connected mesh beyond), and binds each link's
+        session to its device key. ``lan://`` addresses go to the LAN transport
+        from then on, next to ``ws://`` ones: LAN and relay links work together.
+        The rules are in :mod:`crdtsync.peer.lan` and ``docs/LAN.md``::
+
+            async with Peer(store="notes.db") as peer:
+                doc = await peer.open("notes")
+                await peer.start_lan(group_key=GroupKey.load("team.key"))
+
+        Args:
+            group_key: the group key (``crdtsync lan-key``), or its file's path.
+            interfaces: IPv4 addresses of the interfaces to listen, announce and
+                browse on (None: every interface; tests pass ``["127.0.0.1"]``).
+            port: the TCP port to listen on (0: any free one).
+            allowed: fingerprints of the devices allowed to link (None: every
+                device that proves the group key).
+            static: ``lan://[FINGERPRINT@]host:port`` addresses to link with by
+                hand (devices that multicast does not reach).
+            identity: this device's key pair (default: the one kept beside the
+                store, ``<store>.lan-identity``, made on first use; a Peer
+                without a store file gets a new one per run).
+            zeroconf: announce and browse with mDNS (False: ``static`` only).
+            options: the LAN manager's settings (:class:`~crdtsync.peer.lan.LanOptions`).
+
+        Returns:
+            The LAN manager: its links, members, ``add(address)``, ``set_allowed``.
+
+        Raises:
+            MissingDependencyError: the ``lan`` extra is not installed.
+            KeyFileError: the group key or identity file is missing, malformed or
+                readable by other users.
+            LocalProtocolError: the LAN is started already, or the peer is closed.
+            TransportError: the port cannot be bound, or zeroconf cannot start.
+        """
+        self._check_open()
+        if self._lan is not None:
+            raise LocalProtocolError("the LAN is started already (stop_lan() first)")
+        try:
+            from crdtsync.peer.lan import LanManager
+        except ImportError as exc:
+            if (exc.name or "").startswith("crdtsync"):
+                raise  # our own module missing: a broken install, not a missing extra
+            raise MissingDependencyError(
+                f"LAN sync needs the lan extra: pip install 'crdtsync[lan]' ({exc})", extra="lan"
+            ) from exc
+        store = self._store_spec if isinstance(self._store_spec, str | os.PathLike) else None
+        self._lan = LanManager.for_peer(
+            self,
+            group_key,
+            store=store,
+            identity=identity,
+            interfaces=interfaces,
+            port=port,
+            allowed=allowed,
+            static=static,
+            zeroconf=zeroconf,
+            options=options,
+        )
+        try:
+            await self._lan.start()
+        except BaseException:
+            self._lan = None
+            raise
+        return self._lan
+
+    async def stop_lan(self) -> None:
+        """Stop the LAN: goodbye announced, links closed, ``lan://`` unregistered. Idempotent."""
+        manager, self._lan = self._lan, None
+        if manager is not None:
+            await manager.close()
+
+    @property
+    def lan(self) -> LanManager | None:
+        """The LAN manager ``start_lan`` made, or None."""
+        return self._lan
 
     def send_queues(self) -> list[int]:
         """Bytes waiting to go out on each connection.
@@ -1338,20 +1533,13 @@ class Peer:
         if self._closed or sup.generation != generation:
             await _close_quietly(conn)
             return None, False
-        session = p.Session.client(
-            self.peer_id,
-            docs=[
-                (n, e.epoch, e.doc.version) for n, e in self._docs.items() if self._share is None
-            ],
-            auth=auth,
-            writers=[self.peer_id],
-            now=self._now(),
-            options=self._options,
-            registry=self._registry,
-        )
-        # We chose this server: it may relay other peers' edits to us.
-        session.verify_writers = False
-        link = _Link(session, conn, sup.address, outbound=True, flow=_flow(conn))
+        try:
+            check = self._bind_or_close(conn)
+        except CrdtSyncError as exc:  # the identity binder refused the connection
+            sup.last_error, sup.last_reason = exc, str(exc)
+            return exc, False
+        session = self._client_session(auth, check)
+        link = _Link(session, conn, sup.address, outbound=True, flow=_flow(conn), check=check)
         sup.link = link
         try:
             await self._run(link)
@@ -1385,23 +1573,118 @@ class Peer:
         self._status(Status("stopped", sup.address, reason=reason, error=error))
         self._notify()
 
+    def _client_session(self, auth: object, check: IdentityCheck | None) -> p.Session:
+        """A client session (its HELLO queued) for a connection we made."""
+        session = p.Session.client(
+            self.peer_id,
+            # A session whose peer's identity is still to be checked names no
+            # document in its HELLO: they are opened once the check passed.
+            docs=[
+                (n, e.epoch, e.doc.version)
+                for n, e in self._docs.items()
+                if self._share is None and check is None
+            ],
+            auth=auth,
+            writers=[self.peer_id],
+            now=self._now(),
+            options=self._options,
+            registry=self._registry,
+        )
+        # We chose this server: it may relay other peers' edits to us.
+        session.verify_writers = False
+        return session
+
     async def serve(self, conn: Connection) -> None:
         """Run the server side of the sync protocol on an accepted connection.
 
-        For servers that accept connections themselves (the relay); ``listen``
-        does this for every connection its transport accepts. Returns when the
-        session ends. Updates and presence it brings reach watchers with ``conn``
-        as their origin.
+        For servers that accept connections themselves (the relay, the LAN
+        manager); ``listen`` does this for every connection its transport
+        accepts. Returns when the session ends. Updates and presence it brings
+        reach watchers with ``conn`` as their origin. A connection declaring
+        ``Ability.IDENTITY`` goes through the identity binder first
+        (:meth:`bind_identities`): refused, it is closed at once.
         """
         await self._accept(conn)
+
+    async def attach(self, conn: Connection, *, auth: object = None) -> None:
+        """Run the client side of the sync protocol on a connection the caller made.
+
+        For components that make their own connections and decide themselves
+        whether to make another when one ends (the LAN manager); ``connect``
+        does this and reconnects. Returns when the session ends.
+
+        Args:
+            conn: the open connection (closed when the session ends).
+            auth: the payload of our handshake (default: none).
+
+        Raises:
+            LocalProtocolError: the peer is closed or not started.
+            CrdtSyncError: the identity binder refused the connection (it is closed).
+        """
+        self._check_open()
+        check = self._bind_or_close(conn)
+        p.check_auth(auth)
+        link = _Link(
+            self._client_session(auth, check),
+            conn,
+            str(conn.remote_address),
+            outbound=True,
+            flow=_flow(conn),
+            check=check,
+        )
+        await self._run(link)
+
+    def bind_identities(self, binder: IdentityBinder | None) -> None:
+        """Check the sessions of every connection that declares ``Ability.IDENTITY``.
+
+        ``binder(conn)`` runs before the connection's session sends anything;
+        it raises to refuse the connection, or returns the check of what the
+        session may claim: called with the peer id and writer ids the peer's
+        handshake declares, before we accept it (inbound) or open any document
+        on it (outbound); it returns the peer's :class:`Grant` or raises a
+        :class:`ProtocolError`, which closes the session with its code. An
+        outbound session to be checked names no document in its HELLO: nothing
+        of any document goes to a peer that is refused.
+
+        Args:
+            binder: the binder, or None to stop checking (sessions running keep theirs).
+        """
+        self._binder = binder
+
+    def _bind_or_close(self, conn: Connection) -> IdentityCheck | None:
+        """The identity check of a new connection; a refused one is aborted (then re-raised)."""
+        binder = self._binder
+        if binder is None or not has_identity(conn):
+            return None
+        try:
+            return binder(conn)
+        except CrdtSyncError:
+            flow = _flow(conn)
+            if flow is not None:
+                flow.abort()
+            else:
+                self._spawn(_close_quietly(conn), f"closing {conn.remote_address}")
+            raise
 
     async def _accept(self, conn: Connection) -> None:
         if self._closed:
             return
+        try:
+            check = self._bind_or_close(conn)
+        except CrdtSyncError as exc:
+            log.debug("connection from %s refused by the identity binder: %s", conn, exc)
+            return
         session = p.Session.server(
             self.peer_id, now=self._now(), options=self._options, registry=self._registry
         )
-        link = _Link(session, conn, str(conn.remote_address), outbound=False, flow=_flow(conn))
+        link = _Link(
+            session,
+            conn,
+            str(conn.remote_address),
+            outbound=False,
+            flow=_flow(conn),
+            check=check,
+        )
         await self._run(link)
 
     async def _run(self, link: _Link) -> None:
@@ -1606,6 +1889,13 @@ class Peer:
 
     def _on_opened(self, link: _Link, ev: p.Opened) -> None:
         s = link.session
+        if link.outbound and link.check is not None:
+            # Before any document is opened on it (none was named in our HELLO).
+            try:
+                link.check(ev.peer_id, ev.writers)
+            except ProtocolError as exc:
+                s.close(exc.code, exc.reason)
+                return
         link.opened = True
         self._status(Status("connected", link.address, ev.peer_id))
         for name, entry in list(self._docs.items()):
@@ -1640,7 +1930,14 @@ class Peer:
     def _on_hello(self, link: _Link, ev: p.HelloReceived) -> None:
         s = link.session
         grant: bool | Grant = True
-        if self._authorize is not None:
+        if link.check is not None:
+            # Its identity decides (the authorize hook is for tokens and the like).
+            try:
+                grant = link.check(ev.peer_id, ev.writers)
+            except ProtocolError as exc:
+                s.reject(exc)
+                return
+        elif self._authorize is not None:
             try:
                 grant = self._authorize(HelloInfo(ev.peer_id, ev.auth, ev.docs, link.address))
             except AuthError as exc:

@@ -8,12 +8,16 @@ scheme      transport
             against the system's trusted CAs)
 ``mem``     none by default: in-memory addresses live on one ``MemoryNetwork``,
             so pass ``transport=network.transport(host)``
+``lan``     the ``LanTransport`` that ``Peer.start_lan`` registers (with
+            ``Peer.set_transport``): it holds the device key and the group
+            key, so there is no default
 ``http``    none: the relay's HTTP endpoints are probes and metrics; it syncs
 ``https``   over ``ws://`` / ``wss://`` on the same port
 other       none: :class:`~crdtsync.errors.UnsupportedAddressError` at once
 =========== ===================================================================
 
-An explicit ``transport=`` always wins over this table.
+A transport registered for the scheme (``Peer.set_transport``) wins over the
+Peer's own ``transport=``, which wins over this table.
 
 :func:`check_sync_address` refuses what a ``Peer`` can never sync with whatever
 the transport: a ``ws://host:port/<room>`` URL is the relay's y-protocols
@@ -97,6 +101,11 @@ def transport_for_scheme(scheme: str, address: str) -> Transport[Connection]:
         raise UnsupportedAddressError(
             f"{shown_address(address)!r} is an HTTP URL: peers sync over WebSocket, "
             f"{ws}:// (the relay serves both on one port)"
+        )
+    if scheme == "lan":
+        raise UnsupportedAddressError(
+            f"{shown_address(address)!r}: lan:// addresses need the LAN started first: "
+            "await peer.start_lan(group_key)"
         )
     if scheme == "mem":
         raise UnsupportedAddressError(

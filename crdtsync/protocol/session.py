@@ -205,10 +205,17 @@ class HelloReceived:
 
 @dataclass(frozen=True)
 class Opened:
-    """The handshake completed."""
+    """The handshake completed.
+
+    Attributes:
+        peer_id: the peer's id.
+        version: the protocol version agreed.
+        writers: the client ids the peer declared it writes under.
+    """
 
     peer_id: int
     version: int
+    writers: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -750,7 +757,7 @@ class Session:
             m.Welcome(self.version, self.local_peer_id, tuple(writers), self.options.max_frame)
         )
         self.state = State.OPEN
-        self._events.append(Opened(hello.peer_id, self.version))
+        self._events.append(Opened(hello.peer_id, self.version, tuple(hello.writers)))
         try:
             for chan, (name, epoch, version) in enumerate(hello.docs):
                 self._on_sync(m.Sync(chan, name, epoch, version))
@@ -1036,7 +1043,7 @@ class Session:
         self.state = State.OPEN
         if self.verify_writers and not self._declare(msg.writers):
             return
-        self._events.append(Opened(msg.peer_id, msg.version))
+        self._events.append(Opened(msg.peer_id, msg.version, tuple(msg.writers)))
         deferred, self._deferred = self._deferred, []
         for d in deferred:
             self._send(d)
