@@ -279,11 +279,11 @@ async def test_refusals_show_on_the_page(tmp_path: Path) -> None:
         assert state.startswith("refused (4401")
         assert await page.evaluate("window.demo.panes()[0].text()") == ""
         # A room name the relay would refuse is refused by the page itself (a new
-        # fragment reloads the page).
+        # fragment reloads the page). A locator waits through that reload; a
+        # wait_for_function polling across it can land in the reloading page, where
+        # its string predicate is an eval the page's CSP refuses.
         await page.goto(f"{http(relay)}/demo/#room=../x&name=eve")
-        await page.wait_for_function(
-            "document.getElementById('panes').textContent.includes('not valid')", timeout=20_000
-        )
+        await page.locator("#panes", has_text="not valid").wait_for(timeout=20_000)
 
 
 # -- the relay killed under open pages ---------------------------------------------------------
