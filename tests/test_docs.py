@@ -194,7 +194,12 @@ def named_paths(path: Path) -> list[tuple[int, str]]:
 
 @pytest.mark.parametrize(
     "path",
-    [*FILES, REPO / "CHANGELOG.md", REPO / "benchmarks" / "README.md", REPO / "proofs" / "README.md"],
+    [
+        *FILES,
+        REPO / "CHANGELOG.md",
+        REPO / "benchmarks" / "README.md",
+        REPO / "proofs" / "README.md",
+    ],
     ids=lambda p: str(p.relative_to(REPO)),
 )
 def test_named_paths_exist(path: Path) -> None:
