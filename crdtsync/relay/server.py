@@ -78,7 +78,13 @@ from crdtsync.format.yupdate import UpdateLimits
 from crdtsync.peer.peer import Grant, HelloInfo, Peer, Status
 from crdtsync.protocol import ysession as ys
 from crdtsync.protocol.session import SessionOptions
-from crdtsync.relay.backend import BackendFactory, BackendSettings, RoomBackend, peer_backend
+from crdtsync.relay.backend import (
+    BackendFactory,
+    BackendSettings,
+    ClusterHooks,
+    RoomBackend,
+    peer_backend,
+)
 from crdtsync.relay.config import RelayConfig
 from crdtsync.relay.limits import ReadPausingConnection, SyncConnection, now
 from crdtsync.relay.logs import log, setup_logging
@@ -133,6 +139,8 @@ class Relay:
         store: a store to use instead of ``config.data`` (tests).
         backend: makes the backend where rooms live (default:
             :func:`~crdtsync.relay.backend.peer_backend`, a Peer on the store).
+        cluster: the node's side of a relay cluster (``crdtsync.relay.cluster.node``):
+            where y-protocols rooms are served, readiness, extra metrics.
     """
 
     def __init__(
@@ -141,12 +149,14 @@ class Relay:
         *,
         store: Store | None = None,
         backend: BackendFactory | None = None,
+        cluster: ClusterHooks | None = None,
     ) -> None:
         if config.secret is not None:
             check_secret(config.secret)  # fail at start, not at every connection
         self.config = config
         self._store_arg = store
         self._backend_factory: BackendFactory = backend or peer_backend
+        self._cluster = cluster
         self._backend: RoomBackend | None = None
         self._rooms: Rooms | None = None
         self._server: Server | None = None
@@ -330,6 +340,30 @@ class Relay:
         """Return once the relay has stopped."""
         await self._closed.wait()
 
+    async def drop_rooms(self, rooms: set[str] | None, reason: str) -> None:
+        """Close the connections of ``rooms`` (None: all) so their clients reconnect.
+
+        A cluster node calls it when it lost rooms: y-protocols clients of those
+        rooms are closed with 1013 (try again later); crdtsync sessions may carry
+        any room, so every one is closed (their peers reconnect and resend what
+        was not acknowledged).
+        """
+        closing: list[asyncio.Future[object]] = []
+        if self._rooms is not None:
+            for yc in self._rooms.connections():
+                if rooms is None or yc.room in rooms:
+                    closing.append(
+                        asyncio.ensure_future(yc.ws.close(ys.CLOSE_TRY_AGAIN_LATER, reason))
+                    )
+        for conn in list(self._sync_conns.values()):
+            closing.append(asyncio.ensure_future(conn.close()))
+        if closing:
+            fields = {"count": len(closing), "reason": reason}
+            log.info("dropping connections", extra={"fields": fields})
+            _, pending = await asyncio.wait(closing, timeout=_DRAIN_TIMEOUT)
+            for fut in pending:
+                fut.cancel()
+
     @property
     def connections(self) -> int:
         """Open connections (both protocols)."""
@@ -366,11 +400,15 @@ class Relay:
         if path == "/healthz":
             return _text(connection, HTTPStatus.OK, "ok\n")
         if path == "/readyz":
-            if self._ready and not self._draining:
+            cluster_ready = self._cluster is None or self._cluster.ready()
+            if self._ready and not self._draining and cluster_ready:
                 return _text(connection, HTTPStatus.OK, "ready\n")
             return _text(connection, HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
         if path == "/metrics":
-            resp = _text(connection, HTTPStatus.OK, self.metrics.render())
+            text = self.metrics.render()
+            if self._cluster is not None:
+                text += self._cluster.metrics()
+            resp = _text(connection, HTTPStatus.OK, text)
             resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return resp
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
@@ -545,6 +583,8 @@ class Relay:
             _log_refusal(exc, address, "y", room=asked, subject=claims.subject if claims else None)
             await _refuse(ws, exc)
             return
+        if self._cluster is not None and await self._cluster.route_y(ws, room, raw_path, address):
+            return  # served by the room's owner, through this node
         read_only = claims is not None and not claims.write
         backend, rooms = self.backend, self._rooms
         assert rooms is not None  # started
@@ -651,7 +691,13 @@ async def serve(config: RelayConfig) -> None:
     line means it accepts connections.
     """
     setup_logging(config.log_level)
-    relay = Relay(config)
+    if config.store is not None:
+        # A node of a relay cluster on PostgreSQL (needs the crdtsync[postgres] extra).
+        from crdtsync.relay.cluster.node import ClusterNode
+
+        relay = ClusterNode(config).relay
+    else:
+        relay = Relay(config)
     await relay.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
