@@ -80,6 +80,7 @@ from crdtsync.errors import (
     MissingDependencyError,
     ProtocolError,
     ReadOnlyError,
+    RoomMovedError,
     StoreError,
     TokenExpiredError,
     TransportError,
@@ -308,6 +309,9 @@ class _Link:
     # Documents the peer refused on this session (a token for another room, a
     # read-only grant...), by name: why they cannot sync here (wait_synced).
     refusals: dict[str, ProtocolError] = field(default_factory=dict)
+    # Documents another node of a relay cluster serves (RoomMovedError), by name:
+    # its URL. Offered here again when some connection closes (a failover).
+    moved: dict[str, str] = field(default_factory=dict)
 
     @property
     def catch_up(self) -> int:
@@ -2001,6 +2005,10 @@ class Peer:
                 return
         if link.awaiting is not None:
             link.awaiting.discard(ev.name)
+        if err.from_peer and isinstance(err, RoomMovedError) and link.outbound:
+            self._follow(link, ev.name, err)
+            self._notify()
+            return
         if err.from_peer and _is_refusal(err):
             link.refusals[ev.name] = err
             level = logging.WARNING if link.outbound else logging.DEBUG
@@ -2017,7 +2025,39 @@ class Peer:
             self._status(Status("error", link.address, s.peer_id, ev.name, err.reason, err))
         self._notify()
 
+    def _follow(self, link: _Link, name: str, err: RoomMovedError) -> None:
+        """A relay node says another node serves ``name``: connect there too.
+
+        Every connection offers every document, so the owner's connection carries
+        it and the others refuse it; the token (or auth) is the one given for
+        ``link``'s address.
+        """
+        location = _moved_to(err.reason)
+        if location is None:
+            log.warning("%r moved, to an address we cannot use: %s", name, _said(err.reason))
+            return
+        link.moved[name] = location
+        sup = self._supervisors.get(link.address)
+        if location in self._supervisors or sup is None or self._closed:
+            return
+        log.info("%r is served by %s: connecting there", name, shown_address(location))
+        self._spawn(self.connect(location, token=sup.token, wait=False), f"connect to {location}")
+
+    def _reoffer_moved(self, closed: _Link) -> None:
+        """A connection closed: offer the documents other nodes refused as moved again."""
+        for link in list(self._links):
+            if link is closed or link.session.state is not p.State.OPEN or not link.moved:
+                continue
+            moved, link.moved = link.moved, {}
+            for name in moved:
+                entry = self._docs.get(name)
+                if entry is not None and link.session.doc_state(name) is p.DocState.CLOSED:
+                    link.session.open_doc(name, entry.epoch, entry.doc.version)
+            self._kick(link)
+
     def _on_closed(self, link: _Link, ev: p.Closed) -> None:
+        if link.outbound:
+            self._reoffer_moved(link)
         for name, clients in link.presence.items():
             self._remove_presence(name, clients, link)
         link.presence.clear()
@@ -2059,6 +2099,13 @@ def _said(text: str, limit: int = 300) -> str:
     """Text a peer sent (a reason), safe in a log line: no line breaks or control characters."""
     text = text[:limit]
     return text if text.isprintable() else repr(text)
+
+
+def _moved_to(reason: str) -> str | None:
+    """The node URL a :class:`RoomMovedError`'s reason ends with (``ws://`` or ``wss://``)."""
+    words = reason.split()
+    last = words[-1] if words else ""
+    return last if last.startswith(("ws://", "wss://")) else None
 
 
 def _is_refusal(err: ProtocolError) -> bool:

@@ -130,7 +130,8 @@ class NodeProcess:
         )
 
     async def _read_stdout(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         while line := await self.proc.stdout.readline():
             try:
                 event = json.loads(line)
@@ -143,7 +144,8 @@ class NodeProcess:
                 fut.set_result(str(event["url"]))
 
     async def _read_stderr(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
+        assert self.proc is not None
+        assert self.proc.stderr is not None
         while chunk := await self.proc.stderr.read(65536):
             self.stderr += chunk
             del self.stderr[:-65536]

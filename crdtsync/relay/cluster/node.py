@@ -195,7 +195,7 @@ class ClusterNode:
             self.rooms_taken += 1
             if room in self._loaded():
                 # A copy of an earlier lease of ours: someone may have written since.
-                await self._unload({room}, "room reloaded")
+                await self._unload({room}, "room reloaded", forget=False)
         return result
 
     def _own_for_session(self, room: str) -> None:
@@ -219,8 +219,12 @@ class ClusterNode:
         if result.fresh:
             self.rooms_taken += 1
             if room in self._loaded():
-                self._spawn(self._unload({room}, "room reloaded"))
-                raise RoomMovedError(f"room {room!r} is being reloaded: try again at {self.url}")
+                # A copy of an earlier lease of ours is still loaded: unload it (and close
+                # the sessions: their peers reconnect and get a fresh load).
+                self._spawn(self._unload({room}, "room reloaded", forget=False))
+                raise ProtocolError(
+                    f"room {room!r} is being reloaded", code=ErrorCode.INTERNAL_ERROR
+                )
 
     async def route_y(self, ws: ServerConnection, room: str, target: str, address: str) -> bool:
         """See :meth:`crdtsync.relay.backend.ClusterHooks.route_y`."""
@@ -265,12 +269,16 @@ class ClusterNode:
         await ws.close(ys.CLOSE_TRY_AGAIN_LATER, "the room's owner cannot be reached")
         return True
 
-    async def _unload(self, rooms: set[str] | None, reason: str) -> None:
-        """Drop ``rooms`` (None: all): fence them, close their connections, unload them."""
+    async def _unload(self, rooms: set[str] | None, reason: str, *, forget: bool = True) -> None:
+        """Drop ``rooms`` (None: all): fence them, close their connections, unload them.
+
+        ``forget=False`` keeps the leases (a stale copy of a room held again is unloaded).
+        """
         names = set(self._loaded()) if rooms is None else set(rooms)
         if rooms is None:
             names |= set(self.leases.held())
-        self.leases.forget(names)
+        if forget:
+            self.leases.forget(names)
         await self.relay.drop_rooms(None if rooms is None else names, reason)
         peer = self._peer
         if peer is not None:
