@@ -107,6 +107,7 @@ from crdtsync.protocol import session as p
 from crdtsync.protocol.awareness import Awareness, AwarenessChange
 from crdtsync.store.base import Store, StoredDoc
 from crdtsync.store.memory import MemoryStore
+from crdtsync.store.worker import StoreWorker
 
 if TYPE_CHECKING:
     from crdtsync.peer.lan import GroupKeyLike, LanManager, LanOptions
@@ -400,6 +401,13 @@ class Peer:
             replicas). False: only answer the documents a peer asks for, so a
             server never tells a client which other documents exist (the relay).
         seed: seed of the jitter and epoch generator (tests).
+        async_commits: commit on a worker thread
+            (:class:`~crdtsync.store.worker.StoreWorker`, group commit) instead of
+            on the event loop: a commit no longer stalls every connection (a
+            server on a networked store, such as a relay cluster node on
+            PostgreSQL). Frames that acknowledge or forward updates still leave
+            only once those are stored; a local edit is durable once ``await
+            flush()`` returns, not when the edit call returns.
 
     Raises:
         InvalidAuthError: ``auth`` cannot travel in a handshake (also a ValueError).
@@ -420,6 +428,7 @@ class Peer:
         max_send_queue: int | None = None,
         announce: bool = True,
         seed: int | None = None,
+        async_commits: bool = False,
     ) -> None:
         p.check_auth(auth)  # now, not in a reconnect loop in the background
         # Where documents live; we close it only if we opened it.
@@ -447,6 +456,10 @@ class Peer:
         # Imported updates waiting for the group commit, oldest first.
         self._pending: list[tuple[_Entry, bytes]] = []
         self._commit_handle: asyncio.Handle | None = None
+        # With async_commits: the worker thread that commits (made by start()).
+        self._async_commits = async_commits
+        self._worker: StoreWorker | None = None
+        self._failures_seen = 0  # the last worker failure handled (_not_stored)
         self._announce = announce
         self._rng = random.Random(seed)
         self._registry = p.WriterRegistry()
@@ -495,6 +508,8 @@ class Peer:
 
                 assert not isinstance(self._store_spec, Store)
                 self._store = SQLiteStore(self._store_spec)
+            if self._async_commits:
+                self._worker = StoreWorker(self._store)
             self._started = True
         return self
 
@@ -554,6 +569,8 @@ class Peer:
             self._commit_handle.cancel()
             self._commit_handle = None
         try:
+            if self._worker is not None:
+                await self._worker.close()  # what is queued is stored first
             self.commit()  # whatever was imported and not yet stored
         finally:
             if self._owns_store:
@@ -699,7 +716,9 @@ class Peer:
         """Every transaction of an open document: store it, then send it on."""
         if self._docs.get(entry.name) is not entry:
             return
-        if local:
+        if local and self._worker is not None:
+            self._submit(entry, update)
+        elif local:
             # Durable before the edit call returns: a raise here reaches the editor.
             # Imports queued before it are committed first, so the log keeps order.
             self.commit()
@@ -744,10 +763,69 @@ class Peer:
 
     def _defer(self, entry: _Entry, update: bytes) -> None:
         """Queue an imported update for the next group commit."""
+        if self._worker is not None:
+            self._submit(entry, update)
+            return
         self._pending.append((entry, update))
         entry.log_count += 1
         if self._commit_handle is None and not self._closed:
             self._commit_handle = self._get_loop().call_soon(self._commit_soon)
+
+    def _submit(self, entry: _Entry, update: bytes) -> None:
+        """Queue an update on the store worker (async_commits)."""
+        assert self._worker is not None
+        entry.log_count += 1
+        self._worker.submit(entry.name, update, on_stored=partial(_stored, entry))
+
+    async def durable(self, since: int = 0) -> tuple[int, dict[str, StoreError]]:
+        """Wait until every update imported or made so far is stored.
+
+        Args:
+            since: the mark of a previous call: report failures after it only.
+
+        Returns:
+            A mark for the next call, and the documents whose updates could not
+            be stored since ``since`` (with why): nothing that forwards those
+            may be sent. Without ``async_commits`` the commit is made now and a
+            failure raises instead.
+
+        Raises:
+            StoreError: the store failed (without ``async_commits``).
+        """
+        if self._worker is None:
+            self.commit()
+            return 0, {}
+        ticket = self._worker.ticket
+        failures = await self._worker.durable(ticket, since=since)
+        new = [f for f in failures if f.ticket > self._failures_seen]
+        if new:
+            # Once per failure, whoever asks first.
+            self._failures_seen = max(f.ticket for f in new)
+            self._not_stored({f.name for f in new})
+        return ticket, {f.name: f.error for f in failures}
+
+    def _not_stored(self, names: set[str]) -> None:
+        """Updates of ``names`` could not be stored (async_commits): drop those documents.
+
+        The copy in memory holds updates the store lacks; the peers that sent
+        them hold them too. Every session carrying such a document is closed
+        and the document is unloaded, so that the peers' resends, at their
+        reconnection, are imported into a fresh load and stored again.
+        """
+        for link in list(self._links):
+            s = link.session
+            if s.state is not p.State.CLOSED and any(
+                not name or s.doc_state(name) is not p.DocState.NONE for name in names
+            ):
+                s.close(ErrorCode.INTERNAL_ERROR, "an update could not be stored")
+                self._process(link)
+        for name in names:
+            entry = self._docs.get(name) if name else None
+            if entry is not None:
+                self._forget(entry)
+            elif not name:
+                for other in list(self._docs.values()):
+                    self._forget(other)
 
     def _commit_soon(self) -> None:
         self._commit_handle = None
@@ -765,6 +843,9 @@ class Peer:
         :meth:`flush`). On failure the batch stays queued: nothing that depends
         on it can be sent until a commit succeeds.
 
+        With ``async_commits`` the worker commits on its own: this does nothing
+        (``await durable()`` waits for it).
+
         Raises:
             StoreError: the store failed.
         """
@@ -780,6 +861,10 @@ class Peer:
         try:
             # The state and the log position are taken together, synchronously: the
             # snapshot holds exactly the log up to `upto` (held updates included).
+            # (With the worker, updates queued during the wait are in the state but
+            # past `upto`: replayed again at load, which is harmless.)
+            if self._worker is not None:
+                await self._worker.durable(self._worker.ticket)
             self.commit()
             update = entry.doc.export_yjs_update()
             held = entry.doc.held_updates()
@@ -797,8 +882,16 @@ class Peer:
 
         Appends are synchronous (a change is stored before the edit call returns),
         so this only waits for running compactions, which leaves the store in
-        its smallest form.
+        its smallest form. With ``async_commits`` it first waits for the worker.
+
+        Raises:
+            StoreError: an update made or imported before the call could not be stored.
         """
+        if self._worker is not None:
+            _, failed = await self.durable()
+            if failed:
+                name, err = next(iter(failed.items()))
+                raise StoreError(f"{name!r} could not be stored: {err}")
         self.commit()
         for entry in list(self._docs.values()):
             if entry.compacting is not None:
@@ -1728,18 +1821,33 @@ class Peer:
     async def _write_loop(self, link: _Link) -> None:
         """The only writer of a connection: frames go out in session order."""
         session = link.session
+        stored = self._worker.ticket if self._worker is not None else 0
         try:
             while True:
                 await link.wakeup.wait()
                 link.wakeup.clear()
                 # Group commit: the queued frames may acknowledge or forward
                 # imported updates; they go out only once those are stored.
+                frames: list[bytes] = []
                 try:
-                    self.commit()
+                    if self._worker is not None:
+                        # The frames first, then wait for everything submitted before
+                        # they were made (the worker commits off the loop meanwhile).
+                        frames = session.data_to_send()
+                        stored, failed = await self.durable(stored)
+                        mine = [
+                            err
+                            for name, err in failed.items()
+                            if not name or session.doc_state(name) is not p.DocState.NONE
+                        ]
+                        if mine:
+                            raise mine[0]
+                    else:
+                        self.commit()
+                        frames = session.data_to_send()
                 except StoreError as exc:
                     self._status(Status("error", link.address, reason=str(exc), error=exc))
                     return  # nothing is sent; closing the connection makes the peer resend
-                frames = session.data_to_send()
                 # Catch-ups among these stay exempt until they have left (send()
                 # returns once the transport buffer drained below its mark).
                 taken = dict(link.catch_ups)
@@ -2099,6 +2207,11 @@ def _said(text: str, limit: int = 300) -> str:
     """Text a peer sent (a reason), safe in a log line: no line breaks or control characters."""
     text = text[:limit]
     return text if text.isprintable() else repr(text)
+
+
+def _stored(entry: _Entry, seq: int) -> None:
+    """The worker stored an update of ``entry`` as log entry ``seq``."""
+    entry.last_seq = max(entry.last_seq, seq)
 
 
 def _moved_to(reason: str) -> str | None:

@@ -46,7 +46,7 @@ from crdtsync.errors import (
     StoreLockedError,
 )
 from crdtsync.net import Connection
-from crdtsync.peer.guests import DocWatcher
+from crdtsync.peer.guests import DocWatcher, Origin
 from crdtsync.peer.peer import Grant, HelloInfo, Peer, Status
 from crdtsync.protocol import ysession as ys
 from crdtsync.protocol.session import WriterRegistry
@@ -154,6 +154,8 @@ class ClusterNode:
             compact_every=settings.compact_every,
             max_send_queue=settings.max_send_queue,
             announce=False,
+            # Commits on the store's worker thread (group commit), never on the loop.
+            async_commits=True,
         )
         await peer.start()
         self._peer = peer
@@ -295,6 +297,19 @@ class ClusterNode:
                     "fields": {"count": len(names), "reason": reason, "rooms": sorted(names)[:16]}
                 },
             )
+
+    def store_failed(self, failed: dict[str, StoreError]) -> None:
+        """Updates of rooms in ``failed`` could not be stored: close those rooms' connections.
+
+        A fenced room (the lease is lost) is dropped for good; after any other
+        failure (the database is down) its clients reconnect and resend.
+        """
+        fenced = {name for name, err in failed.items() if isinstance(err, StoreLockedError)}
+        if fenced:
+            self._spawn(self._unload(fenced, "writes fenced: the lease is lost"))
+        others = set(failed) - fenced
+        if others:
+            self._spawn(self.relay.drop_rooms(others, "store failure"))
 
     def _spawn(self, coro: object) -> None:
         assert asyncio.iscoroutine(coro)
@@ -468,8 +483,22 @@ class ClusterBackend:
         return await self._peer.join(name, grant=grant, address=address)
 
     def watch(self, watcher: DocWatcher) -> Callable[[], None]:
-        """See :meth:`crdtsync.relay.backend.RoomBackend.watch`."""
-        return self._peer.watch(watcher)
+        """See :meth:`crdtsync.relay.backend.RoomBackend.watch`.
+
+        The Peer commits on its worker thread, so the relay's ``commit()`` has
+        nothing to wait for: instead ``watcher`` hears of each transaction (and,
+        to keep their order, each presence update) only once everything imported
+        before it is stored. What could not be stored is never passed on, and
+        the connections of its room are closed (their clients resend it).
+        """
+        durable = _DurableWatcher(watcher, self._peer, self._node.store_failed)
+        unwatch = self._peer.watch(durable)
+
+        def stop() -> None:
+            unwatch()
+            durable.close()
+
+        return stop
 
     def on_status(self, callback: Callable[[Status], None]) -> Callable[[], None]:
         """See :meth:`crdtsync.relay.backend.RoomBackend.on_status`."""
@@ -503,3 +532,63 @@ class ClusterBackend:
     def send_queues(self) -> list[int]:
         """See :meth:`crdtsync.relay.backend.RoomBackend.send_queues`."""
         return self._peer.send_queues()
+
+
+class _DurableWatcher:
+    """A :class:`~crdtsync.peer.guests.DocWatcher` that passes events on once stored."""
+
+    def __init__(
+        self,
+        inner: DocWatcher,
+        peer: Peer,
+        failed: Callable[[dict[str, StoreError]], None],
+    ) -> None:
+        self._inner = inner
+        self._peer = peer
+        self._failed = failed
+        self._queue: list[tuple[bool, str, bytes, Origin]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._mark = 0
+        self._closed = False
+
+    def updated(self, name: str, update: bytes, origin: Origin) -> None:
+        self._push((True, name, update, origin))
+
+    def presence(self, name: str, data: bytes, origin: Origin) -> None:
+        self._push((False, name, data, origin))
+
+    def _push(self, item: tuple[bool, str, bytes, Origin]) -> None:
+        if self._closed:
+            return
+        self._queue.append(item)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._deliver())
+            self._task.add_done_callback(self._delivered)
+
+    async def _deliver(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            self._mark, failed = await self._peer.durable(self._mark)
+            if failed:
+                self._failed(failed)
+            for is_update, name, data, origin in batch:
+                if name in failed or "" in failed:
+                    continue
+                if is_update:
+                    self._inner.updated(name, data, origin)
+                else:
+                    self._inner.presence(name, data, origin)
+
+    def _delivered(self, task: asyncio.Task[None]) -> None:
+        self._task = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("passing stored updates on failed", exc_info=exc)
+        if self._queue and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._deliver())
+            self._task.add_done_callback(self._delivered)
+
+    def close(self) -> None:
+        self._closed = True
+        self._queue.clear()
+        if self._task is not None:
+            self._task.cancel()
