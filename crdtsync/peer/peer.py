@@ -313,6 +313,7 @@ class _Link:
     # Documents another node of a relay cluster serves (RoomMovedError), by name:
     # its URL. Offered here again when some connection closes (a failover).
     moved: dict[str, str] = field(default_factory=dict)
+    moved_tries: dict[str, int] = field(default_factory=dict)
 
     @property
     def catch_up(self) -> int:
@@ -2146,10 +2147,38 @@ class Peer:
             return
         link.moved[name] = location
         sup = self._supervisors.get(link.address)
-        if location in self._supervisors or sup is None or self._closed:
+        if sup is None or self._closed:
             return
-        log.info("%r is served by %s: connecting there", name, shown_address(location))
-        self._spawn(self.connect(location, token=sup.token, wait=False), f"connect to {location}")
+        there = self._supervisors.get(location)
+        if there is None:
+            log.info("%r is served by %s: connecting there", name, shown_address(location))
+            self._spawn(
+                self.connect(location, token=sup.token, wait=False), f"connect to {location}"
+            )
+        elif there.link is not None and there.link.session.state is p.State.OPEN:
+            return  # served there (or about to be)
+        # Not connected there (yet, or any more: the owner may be dead and its lease
+        # about to go): ask here again after a backoff.
+        tries = link.moved_tries.get(name, 0)
+        link.moved_tries[name] = tries + 1
+        delay = self._backoff.delay(min(tries, 8), self._rng)
+        self._get_loop().call_later(delay, self._reoffer_one, link, name)
+
+    def _reoffer_one(self, link: _Link, name: str) -> None:
+        """Offer ``name`` on ``link`` again (a node said it moved; see ``_follow``)."""
+        entry = self._docs.get(name)
+        s = link.session
+        if (
+            self._closed
+            or entry is None
+            or link not in self._links
+            or s.state is not p.State.OPEN
+            or link.moved.pop(name, None) is None
+            or s.doc_state(name) is not p.DocState.CLOSED
+        ):
+            return
+        s.open_doc(name, entry.epoch, entry.doc.version)
+        self._kick(link)
 
     def _reoffer_moved(self, closed: _Link) -> None:
         """A connection closed: offer the documents other nodes refused as moved again."""

@@ -132,7 +132,11 @@ class NodeProcess:
     async def _read_stdout(self) -> None:
         assert self.proc is not None
         assert self.proc.stdout is not None
+        keep = os.environ.get("CRDTSYNC_NODE_LOG_DIR")
         while line := await self.proc.stdout.readline():
+            if keep:  # for debugging a failing run: every node's log lines, kept
+                with open(Path(keep) / f"{self.name}-{self.port}.log", "ab") as f:
+                    f.write(line)
             try:
                 event = json.loads(line)
             except ValueError:
