@@ -461,6 +461,8 @@ class Peer:
         self._async_commits = async_commits
         self._worker: StoreWorker | None = None
         self._failures_seen = 0  # the last worker failure handled (_not_stored)
+        # Relay cluster nodes connected to because a room moved there (ROOM_MOVED).
+        self._followed: set[str] = set()
         self._announce = announce
         self._rng = random.Random(seed)
         self._registry = p.WriterRegistry()
@@ -1163,6 +1165,8 @@ class Peer:
             return False
         for sup in self._supervisors.values():
             if sup.link is None or sup.link.session.state is not p.State.OPEN:
+                if sup.address in self._followed:
+                    continue  # a relay node a room moved to, still connecting
                 return False
         carrying = self._carrying(name)
         return bool(carrying) and all(link.session.is_synced(name) for link in carrying)
@@ -2152,6 +2156,7 @@ class Peer:
         there = self._supervisors.get(location)
         if there is None:
             log.info("%r is served by %s: connecting there", name, shown_address(location))
+            self._followed.add(location)
             self._spawn(
                 self.connect(location, token=sup.token, wait=False), f"connect to {location}"
             )
@@ -2195,6 +2200,11 @@ class Peer:
     def _on_closed(self, link: _Link, ev: p.Closed) -> None:
         if link.outbound:
             self._reoffer_moved(link)
+            if link.address in self._followed and not self._closed:
+                # A node we only went to because a room moved there is gone: stop
+                # retrying it (a room that moves there again brings us back).
+                self._followed.discard(link.address)
+                self._spawn(self.disconnect(link.address), f"disconnect {link.address}")
         for name, clients in link.presence.items():
             self._remove_presence(name, clients, link)
         link.presence.clear()
