@@ -2122,6 +2122,10 @@ class Peer:
             self._follow(link, ev.name, err)
             self._notify()
             return
+        if err.from_peer and err.code == ErrorCode.INTERNAL_ERROR and link.outbound:
+            # The server could not take the document now (its store is down): ask
+            # again after a backoff, on the same connection.
+            self._retry_later(link, ev.name, "")
         if err.from_peer and _is_refusal(err):
             link.refusals[ev.name] = err
             level = logging.WARNING if link.outbound else logging.DEBUG
@@ -2164,6 +2168,11 @@ class Peer:
             return  # served there (or about to be)
         # Not connected there (yet, or any more: the owner may be dead and its lease
         # about to go): ask here again after a backoff.
+        self._retry_later(link, name, location)
+
+    def _retry_later(self, link: _Link, name: str, location: str) -> None:
+        """Offer ``name`` on ``link`` again after a backoff (``_reoffer_one``)."""
+        link.moved[name] = location
         tries = link.moved_tries.get(name, 0)
         link.moved_tries[name] = tries + 1
         delay = self._backoff.delay(min(tries, 8), self._rng)
