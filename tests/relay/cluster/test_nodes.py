@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from helpers.cluster import NodeProcess, metric
 from helpers.postgres import PgServer
@@ -180,3 +181,35 @@ async def test_a_hundred_rooms_spread_over_three_nodes(
             await reader.sync(30)
             assert reader.text() == room
             await reader.aclose()
+
+
+async def test_sigterm_drains_and_hands_the_rooms_over_at_once(
+    pg_server: PgServer, pg_dsn: str, tmp_path: Path
+) -> None:
+    async with cluster(pg_dsn, tmp_path, n=2, lease_ttl=3600.0) as (leaving, staying):
+        assert await asyncio.to_thread(leaving.http, "/healthz") == (200, "ok\n")
+        a = await YClient.open(leaving.url, "d", token=token("d"))
+        await a.sync(30)
+        await a.edit(lambda doc: doc.text("body").insert(0, "kept"))
+        b = await YClient.open(staying.url, "d", token=token("d"))  # proxied
+        await b.sync(30)
+        assert b.text() == "kept"
+        assert await leaving.terminate() == 0
+        # Its clients were closed (1001 directly; the proxied one with what the owner said).
+        code, _, _ = await a.closed(30)
+        assert code == 1001
+        code, _, _ = await b.closed(30)
+        assert code is not None
+        # The room was released, not left to a TTL (an hour here): the other node
+        # takes it at once and serves it from the database.
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT owner FROM crdtsync.leases WHERE room = %s", (b"d",)
+            ).fetchone()
+        assert row == (None,)
+        c = await YClient.open(staying.url, "d", token=token("d"))
+        await c.sync(30)
+        assert c.text() == "kept"
+        await c.aclose()
+        _, text = await asyncio.to_thread(staying.http, "/metrics")
+        assert metric(text, "crdtsync_cluster_rooms_owned") == 1
