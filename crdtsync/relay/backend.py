@@ -35,6 +35,7 @@ from typing import Protocol
 from websockets.asyncio.server import ServerConnection
 
 from crdtsync.format.version import Version
+from crdtsync.model.doc import Doc
 from crdtsync.net import Connection
 from crdtsync.peer.guests import DocWatcher
 from crdtsync.peer.peer import Grant, HelloInfo, Peer, Status
@@ -147,6 +148,10 @@ class RoomBackend(Protocol):
 
     def on_status(self, callback: Callable[[Status], None]) -> Callable[[], None]:
         """Call ``callback`` on crdtsync sessions' connected / disconnected / error."""
+        ...
+
+    def on_open(self, callback: Callable[[str, Doc], None]) -> Callable[[], None]:
+        """Call ``callback(name, doc)`` whenever a room is loaded (or replaced)."""
         ...
 
     def docs(self) -> list[str]:

@@ -86,6 +86,7 @@ from crdtsync.relay.backend import (
     peer_backend,
 )
 from crdtsync.relay.config import RelayConfig
+from crdtsync.relay.hooks import AuthRequest, HookRunner, RelayHooks
 from crdtsync.relay.limits import ReadPausingConnection, SyncConnection, now
 from crdtsync.relay.logs import log, setup_logging
 from crdtsync.relay.metrics import RelayMetrics
@@ -141,6 +142,7 @@ class Relay:
             :func:`~crdtsync.relay.backend.peer_backend`, a Peer on the store).
         cluster: the node's side of a relay cluster (``crdtsync.relay.cluster.node``):
             where y-protocols rooms are served, readiness, extra metrics.
+        hooks: the application's extension points (:mod:`crdtsync.relay.hooks`).
     """
 
     def __init__(
@@ -150,6 +152,7 @@ class Relay:
         store: Store | None = None,
         backend: BackendFactory | None = None,
         cluster: ClusterHooks | None = None,
+        hooks: RelayHooks | None = None,
     ) -> None:
         if config.secret is not None:
             check_secret(config.secret)  # fail at start, not at every connection
@@ -157,6 +160,8 @@ class Relay:
         self._store_arg = store
         self._backend_factory: BackendFactory = backend or peer_backend
         self._cluster = cluster
+        self._hooks = hooks
+        self._hook_runner: HookRunner | None = None
         self._backend: RoomBackend | None = None
         self._rooms: Rooms | None = None
         self._server: Server | None = None
@@ -235,6 +240,12 @@ class Relay:
         self._backend = backend
         self._rooms = Rooms(backend, cfg, self.metrics)
         backend.on_status(self._on_status)
+        if self._hooks is not None:
+            runner = HookRunner(self._hooks, backend.commit, lambda _: self.metrics.error("hook"))
+            self._hook_runner = runner
+            backend.watch(runner)
+            loaded = self._hooks.loaded
+            backend.on_open(lambda name, _doc: runner.call("loaded", loaded, name))
         tls: ssl.SSLContext | None = None
         try:
             if cfg.tls_cert and cfg.tls_key:
@@ -333,6 +344,8 @@ class Relay:
                 log.warning("the server did not finish closing in 5 s")
         if rooms is not None:
             rooms.close()
+        if self._hook_runner is not None:
+            self._hook_runner.flush()
         log.info("stopped", extra={"fields": {}})
         self._closed.set()
 
@@ -483,6 +496,17 @@ class Relay:
                 self.metrics.error("auth")
                 _log_refusal(exc, info.address, "crdtsync", rooms=info.docs)
                 raise
+        self._authenticate_hook(
+            AuthRequest(
+                "crdtsync",
+                info.address,
+                tuple(info.docs),
+                claims.subject if claims else None,
+                claims is not None and not claims.write,
+                info.auth,
+            ),
+            rooms=info.docs,
+        )
         conn = self._sync_conns.get(info.address)
         if conn is not None:
             conn.authenticate()
@@ -502,6 +526,23 @@ class Relay:
             check=partial(self._check_room, claims, info.address),
             read_only=claims is not None and not claims.write,
         )
+
+    def _authenticate_hook(self, request: AuthRequest, rooms: tuple[str, ...] = ()) -> None:
+        """Ask the ``authenticate`` hook; refuse (AuthError) unless it says yes.
+
+        Fails closed: a hook that raises refuses the connection (logged, counted).
+        """
+        hook = self._hooks.authenticate if self._hooks is not None else None
+        if hook is None or self._hook_runner is None:
+            return
+        # An exception is logged and counted by the runner, and reads as a refusal.
+        if self._hook_runner.call("authenticate", hook, request) is True:
+            return
+        refusal = AuthError("refused by the relay's authenticate hook")
+        if request.protocol == "crdtsync":  # (the y-protocols side counts and logs its own)
+            self.metrics.error("auth")
+            _log_refusal(refusal, request.address, request.protocol, rooms=rooms)
+        raise refusal
 
     def _check_room(self, claims: TokenClaims | None, address: str, name: str) -> None:
         try:
@@ -576,6 +617,11 @@ class Relay:
                 claims = verify_token(self.config.secret, token)
                 if not claims.allows(room):
                     raise RoomNotAllowedError(f"the token does not allow room {room!r}")
+            params = {k: v for k, v in query.items() if k != "token"}
+            subject = claims.subject if claims else None
+            read_only = claims is not None and not claims.write
+            request = AuthRequest("y", address, (room,), subject, read_only, params)
+            self._authenticate_hook(request)
         except (AuthError, InvalidRoomError) as exc:
             self.metrics.error("invalid_room" if isinstance(exc, InvalidRoomError) else "auth")
             # A bad name is logged as its path, without the query (which holds the token).

@@ -45,6 +45,7 @@ from crdtsync.errors import (
     StoreError,
     StoreLockedError,
 )
+from crdtsync.model.doc import Doc
 from crdtsync.net import Connection
 from crdtsync.peer.guests import DocWatcher, Origin
 from crdtsync.peer.peer import Grant, HelloInfo, Peer, Status
@@ -503,6 +504,10 @@ class ClusterBackend:
     def on_status(self, callback: Callable[[Status], None]) -> Callable[[], None]:
         """See :meth:`crdtsync.relay.backend.RoomBackend.on_status`."""
         return self._peer.on_status(callback)
+
+    def on_open(self, callback: Callable[[str, Doc], None]) -> Callable[[], None]:
+        """See :meth:`crdtsync.relay.backend.RoomBackend.on_open`."""
+        return self._peer.on_open(callback)
 
     def docs(self) -> list[str]:
         """See :meth:`crdtsync.relay.backend.RoomBackend.docs`."""
