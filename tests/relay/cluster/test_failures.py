@@ -113,7 +113,9 @@ async def test_a_paused_owner_is_fenced_and_its_clients_reconnect_to_the_new_own
         _, text = await asyncio.to_thread(old.http, "/metrics")
         assert metric(text, "crdtsync_cluster_rooms_lost_total") >= 1
         assert metric(text, "crdtsync_cluster_rooms_owned") == 0
-        # A client of the old node now reaches the new owner through it.
+        # Ready again after its next heartbeat (a load balancer waits for that), a
+        # client of the old node reaches the new owner through it.
+        await until(lambda: ready(old), what="the old owner ready again")
         d = await YClient.open(old.url, "s")
         await d.sync(30)
         assert d.text() == "after;before;"
