@@ -48,6 +48,21 @@ CLIENTS = 5
 WAIT = 60.0
 
 
+class TimedYClient(YClient):
+    """A YClient that notes when each message arrived (the text after it)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.arrivals: list[tuple[float, str]] = []
+
+    async def handle(self, msg: Any) -> None:
+        await super().handle(msg)
+        self.arrivals.append((time.perf_counter(), self.text()))
+
+    def arrived(self, token: str) -> float | None:
+        return next((t for t, text in self.arrivals if token in text), None)
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -132,8 +147,8 @@ async def proxy_part(nodes: list[NodeProcess], samples: int) -> dict[str, Any]:
     owner, other = nodes[0], nodes[1]
     sender = await YClient.open(owner.url, "proxy-cost")
     await sender.sync(WAIT)
-    local = await YClient.open(owner.url, "proxy-cost")
-    proxied = await YClient.open(other.url, "proxy-cost")
+    local = await TimedYClient.open(owner.url, "proxy-cost")
+    proxied = await TimedYClient.open(other.url, "proxy-cost")
     for yc in (local, proxied):
         await yc.sync(WAIT)
         yc.follow()
@@ -142,16 +157,16 @@ async def proxy_part(nodes: list[NodeProcess], samples: int) -> dict[str, Any]:
         token = f"p{k};"
         t0 = time.perf_counter()
         await sender.edit(lambda d, token=token: d.text("body").insert(0, token))
-        pending = {"owner": local, "proxied": proxied}
         deadline = time.monotonic() + WAIT
-        while pending:
-            for name, yc in list(pending.items()):
-                if token in yc.text():
-                    lat[name].append(time.perf_counter() - t0)
-                    del pending[name]
+        while not (token in local.text() and token in proxied.text()):
             if time.monotonic() > deadline:
                 raise AssertionError("proxy sample not delivered")
-            await asyncio.sleep(0.0005)  # deliberate: polls the followers' state
+            await asyncio.sleep(0.005)  # deliberate: polls; the times come from arrivals
+        for name, yc in (("owner", local), ("proxied", proxied)):
+            arrived = yc.arrived(token)
+            assert arrived is not None
+            lat[name].append(arrived - t0)
+            yc.arrivals.clear()
     for yc in (local, proxied):
         await yc.unfollow()
     for yc in (sender, local, proxied):
