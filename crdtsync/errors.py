@@ -40,7 +40,8 @@ The tree::
     │   │   └── RateLimitError                     more messages than the rate limit allows
     │   ├── PeerGoingAwayError                     the peer closed the session normally (13)
     │   ├── ReadOnlyError                          an update over a read-only grant (16)
-    │   └── InvalidRoomError                       a room (document) name the relay refuses (17)
+    │   ├── InvalidRoomError                       a room (document) name the relay refuses (17)
+    │   └── RoomMovedError                         another cluster node owns the room (21)
     ├── StoreError                                 a document store failed (I/O, corruption)
     │   └── StoreLockedError                       another writer holds the store (or the document)
     ├── KeyFileError                               a key file is missing, malformed or not private
@@ -103,6 +104,7 @@ __all__ = [
     "ProtocolTimeoutError",
     "RateLimitError",
     "ReadOnlyError",
+    "RoomMovedError",
     "RoomNotAllowedError",
     "RootTypeError",
     "StoreError",
@@ -220,6 +222,7 @@ class ErrorCode(IntEnum):
     TOKEN_INVALID = 18
     TOKEN_EXPIRED = 19
     ROOM_NOT_ALLOWED = 20
+    ROOM_MOVED = 21
 
 
 #: Codes that refine an older one, and the code a peer that predates them reads.
@@ -415,6 +418,16 @@ class InvalidRoomError(ProtocolError, ValueError):
     code = ErrorCode.INVALID_ROOM
 
 
+class RoomMovedError(ProtocolError):
+    """Another node of the relay cluster owns the room; the reason names its URL.
+
+    A node sends it (``DOC_ERROR``) for a document of a crdtsync session that it
+    does not own and cannot take; the session stays up for its other documents.
+    """
+
+    code = ErrorCode.ROOM_MOVED
+
+
 _BY_CODE: dict[ErrorCode, type[ProtocolError]] = {
     ErrorCode.NO_ERROR: PeerGoingAwayError,
     ErrorCode.MALFORMED_FRAME: MalformedFrameError,
@@ -435,6 +448,7 @@ _BY_CODE: dict[ErrorCode, type[ProtocolError]] = {
     ErrorCode.TOKEN_INVALID: TokenError,
     ErrorCode.TOKEN_EXPIRED: TokenExpiredError,
     ErrorCode.ROOM_NOT_ALLOWED: RoomNotAllowedError,
+    ErrorCode.ROOM_MOVED: RoomMovedError,
 }
 
 

@@ -80,6 +80,7 @@ from crdtsync.errors import (
     MissingDependencyError,
     ProtocolError,
     ReadOnlyError,
+    RoomMovedError,
     StoreError,
     TokenExpiredError,
     TransportError,
@@ -106,6 +107,7 @@ from crdtsync.protocol import session as p
 from crdtsync.protocol.awareness import Awareness, AwarenessChange
 from crdtsync.store.base import Store, StoredDoc
 from crdtsync.store.memory import MemoryStore
+from crdtsync.store.worker import StoreWorker
 
 if TYPE_CHECKING:
     from crdtsync.peer.lan import GroupKeyLike, LanManager, LanOptions
@@ -308,6 +310,10 @@ class _Link:
     # Documents the peer refused on this session (a token for another room, a
     # read-only grant...), by name: why they cannot sync here (wait_synced).
     refusals: dict[str, ProtocolError] = field(default_factory=dict)
+    # Documents another node of a relay cluster serves (RoomMovedError), by name:
+    # its URL. Offered here again when some connection closes (a failover).
+    moved: dict[str, str] = field(default_factory=dict)
+    moved_tries: dict[str, int] = field(default_factory=dict)
 
     @property
     def catch_up(self) -> int:
@@ -396,6 +402,13 @@ class Peer:
             replicas). False: only answer the documents a peer asks for, so a
             server never tells a client which other documents exist (the relay).
         seed: seed of the jitter and epoch generator (tests).
+        async_commits: commit on a worker thread
+            (:class:`~crdtsync.store.worker.StoreWorker`, group commit) instead of
+            on the event loop: a commit no longer stalls every connection (a
+            server on a networked store, such as a relay cluster node on
+            PostgreSQL). Frames that acknowledge or forward updates still leave
+            only once those are stored; a local edit is durable once ``await
+            flush()`` returns, not when the edit call returns.
 
     Raises:
         InvalidAuthError: ``auth`` cannot travel in a handshake (also a ValueError).
@@ -416,6 +429,7 @@ class Peer:
         max_send_queue: int | None = None,
         announce: bool = True,
         seed: int | None = None,
+        async_commits: bool = False,
     ) -> None:
         p.check_auth(auth)  # now, not in a reconnect loop in the background
         # Where documents live; we close it only if we opened it.
@@ -443,6 +457,12 @@ class Peer:
         # Imported updates waiting for the group commit, oldest first.
         self._pending: list[tuple[_Entry, bytes]] = []
         self._commit_handle: asyncio.Handle | None = None
+        # With async_commits: the worker thread that commits (made by start()).
+        self._async_commits = async_commits
+        self._worker: StoreWorker | None = None
+        self._failures_seen = 0  # the last worker failure handled (_not_stored)
+        # Relay cluster nodes connected to because a room moved there (ROOM_MOVED).
+        self._followed: set[str] = set()
         self._announce = announce
         self._rng = random.Random(seed)
         self._registry = p.WriterRegistry()
@@ -491,6 +511,8 @@ class Peer:
 
                 assert not isinstance(self._store_spec, Store)
                 self._store = SQLiteStore(self._store_spec)
+            if self._async_commits:
+                self._worker = StoreWorker(self._store)
             self._started = True
         return self
 
@@ -550,6 +572,8 @@ class Peer:
             self._commit_handle.cancel()
             self._commit_handle = None
         try:
+            if self._worker is not None:
+                await self._worker.close()  # what is queued is stored first
             self.commit()  # whatever was imported and not yet stored
         finally:
             if self._owns_store:
@@ -695,7 +719,9 @@ class Peer:
         """Every transaction of an open document: store it, then send it on."""
         if self._docs.get(entry.name) is not entry:
             return
-        if local:
+        if local and self._worker is not None:
+            self._submit(entry, update)
+        elif local:
             # Durable before the edit call returns: a raise here reaches the editor.
             # Imports queued before it are committed first, so the log keeps order.
             self.commit()
@@ -740,10 +766,69 @@ class Peer:
 
     def _defer(self, entry: _Entry, update: bytes) -> None:
         """Queue an imported update for the next group commit."""
+        if self._worker is not None:
+            self._submit(entry, update)
+            return
         self._pending.append((entry, update))
         entry.log_count += 1
         if self._commit_handle is None and not self._closed:
             self._commit_handle = self._get_loop().call_soon(self._commit_soon)
+
+    def _submit(self, entry: _Entry, update: bytes) -> None:
+        """Queue an update on the store worker (async_commits)."""
+        assert self._worker is not None
+        entry.log_count += 1
+        self._worker.submit(entry.name, update, on_stored=partial(_stored, entry))
+
+    async def durable(self, since: int = 0) -> tuple[int, dict[str, StoreError]]:
+        """Wait until every update imported or made so far is stored.
+
+        Args:
+            since: the mark of a previous call: report failures after it only.
+
+        Returns:
+            A mark for the next call, and the documents whose updates could not
+            be stored since ``since`` (with why): nothing that forwards those
+            may be sent. Without ``async_commits`` the commit is made now and a
+            failure raises instead.
+
+        Raises:
+            StoreError: the store failed (without ``async_commits``).
+        """
+        if self._worker is None:
+            self.commit()
+            return 0, {}
+        ticket = self._worker.ticket
+        failures = await self._worker.durable(ticket, since=since)
+        new = [f for f in failures if f.ticket > self._failures_seen]
+        if new:
+            # Once per failure, whoever asks first.
+            self._failures_seen = max(f.ticket for f in new)
+            self._not_stored({f.name for f in new})
+        return ticket, {f.name: f.error for f in failures}
+
+    def _not_stored(self, names: set[str]) -> None:
+        """Updates of ``names`` could not be stored (async_commits): drop those documents.
+
+        The copy in memory holds updates the store lacks; the peers that sent
+        them hold them too. Every session carrying such a document is closed
+        and the document is unloaded, so that the peers' resends, at their
+        reconnection, are imported into a fresh load and stored again.
+        """
+        for link in list(self._links):
+            s = link.session
+            if s.state is not p.State.CLOSED and any(
+                not name or s.doc_state(name) is not p.DocState.NONE for name in names
+            ):
+                s.close(ErrorCode.INTERNAL_ERROR, "an update could not be stored")
+                self._process(link)
+        for name in names:
+            entry = self._docs.get(name) if name else None
+            if entry is not None:
+                self._forget(entry)
+            elif not name:
+                for other in list(self._docs.values()):
+                    self._forget(other)
 
     def _commit_soon(self) -> None:
         self._commit_handle = None
@@ -761,6 +846,9 @@ class Peer:
         :meth:`flush`). On failure the batch stays queued: nothing that depends
         on it can be sent until a commit succeeds.
 
+        With ``async_commits`` the worker commits on its own: this does nothing
+        (``await durable()`` waits for it).
+
         Raises:
             StoreError: the store failed.
         """
@@ -776,6 +864,10 @@ class Peer:
         try:
             # The state and the log position are taken together, synchronously: the
             # snapshot holds exactly the log up to `upto` (held updates included).
+            # (With the worker, updates queued during the wait are in the state but
+            # past `upto`: replayed again at load, which is harmless.)
+            if self._worker is not None:
+                await self._worker.durable(self._worker.ticket)
             self.commit()
             update = entry.doc.export_yjs_update()
             held = entry.doc.held_updates()
@@ -793,8 +885,16 @@ class Peer:
 
         Appends are synchronous (a change is stored before the edit call returns),
         so this only waits for running compactions, which leaves the store in
-        its smallest form.
+        its smallest form. With ``async_commits`` it first waits for the worker.
+
+        Raises:
+            StoreError: an update made or imported before the call could not be stored.
         """
+        if self._worker is not None:
+            _, failed = await self.durable()
+            if failed:
+                name, err = next(iter(failed.items()))
+                raise StoreError(f"{name!r} could not be stored: {err}")
         self.commit()
         for entry in list(self._docs.values()):
             if entry.compacting is not None:
@@ -1065,6 +1165,8 @@ class Peer:
             return False
         for sup in self._supervisors.values():
             if sup.link is None or sup.link.session.state is not p.State.OPEN:
+                if sup.address in self._followed:
+                    continue  # a relay node a room moved to, still connecting
                 return False
         carrying = self._carrying(name)
         return bool(carrying) and all(link.session.is_synced(name) for link in carrying)
@@ -1724,18 +1826,33 @@ class Peer:
     async def _write_loop(self, link: _Link) -> None:
         """The only writer of a connection: frames go out in session order."""
         session = link.session
+        stored = self._worker.ticket if self._worker is not None else 0
         try:
             while True:
                 await link.wakeup.wait()
                 link.wakeup.clear()
                 # Group commit: the queued frames may acknowledge or forward
                 # imported updates; they go out only once those are stored.
+                frames: list[bytes] = []
                 try:
-                    self.commit()
+                    if self._worker is not None:
+                        # The frames first, then wait for everything submitted before
+                        # they were made (the worker commits off the loop meanwhile).
+                        frames = session.data_to_send()
+                        stored, failed = await self.durable(stored)
+                        mine = [
+                            err
+                            for name, err in failed.items()
+                            if not name or session.doc_state(name) is not p.DocState.NONE
+                        ]
+                        if mine:
+                            raise mine[0]
+                    else:
+                        self.commit()
+                        frames = session.data_to_send()
                 except StoreError as exc:
                     self._status(Status("error", link.address, reason=str(exc), error=exc))
                     return  # nothing is sent; closing the connection makes the peer resend
-                frames = session.data_to_send()
                 # Catch-ups among these stay exempt until they have left (send()
                 # returns once the transport buffer drained below its mark).
                 taken = dict(link.catch_ups)
@@ -2001,6 +2118,14 @@ class Peer:
                 return
         if link.awaiting is not None:
             link.awaiting.discard(ev.name)
+        if err.from_peer and isinstance(err, RoomMovedError) and link.outbound:
+            self._follow(link, ev.name, err)
+            self._notify()
+            return
+        if err.from_peer and err.code == ErrorCode.INTERNAL_ERROR and link.outbound:
+            # The server could not take the document now (its store is down): ask
+            # again after a backoff, on the same connection.
+            self._retry_later(link, ev.name, "")
         if err.from_peer and _is_refusal(err):
             link.refusals[ev.name] = err
             level = logging.WARNING if link.outbound else logging.DEBUG
@@ -2017,7 +2142,78 @@ class Peer:
             self._status(Status("error", link.address, s.peer_id, ev.name, err.reason, err))
         self._notify()
 
+    def _follow(self, link: _Link, name: str, err: RoomMovedError) -> None:
+        """A relay node says another node serves ``name``: connect there too.
+
+        Every connection offers every document, so the owner's connection carries
+        it and the others refuse it; the token (or auth) is the one given for
+        ``link``'s address.
+        """
+        location = _moved_to(err.reason)
+        if location is None:
+            log.warning("%r moved, to an address we cannot use: %s", name, _said(err.reason))
+            return
+        link.moved[name] = location
+        sup = self._supervisors.get(link.address)
+        if sup is None or self._closed:
+            return
+        there = self._supervisors.get(location)
+        if there is None:
+            log.info("%r is served by %s: connecting there", name, shown_address(location))
+            self._followed.add(location)
+            self._spawn(
+                self.connect(location, token=sup.token, wait=False), f"connect to {location}"
+            )
+        elif there.link is not None and there.link.session.state is p.State.OPEN:
+            return  # served there (or about to be)
+        # Not connected there (yet, or any more: the owner may be dead and its lease
+        # about to go): ask here again after a backoff.
+        self._retry_later(link, name, location)
+
+    def _retry_later(self, link: _Link, name: str, location: str) -> None:
+        """Offer ``name`` on ``link`` again after a backoff (``_reoffer_one``)."""
+        link.moved[name] = location
+        tries = link.moved_tries.get(name, 0)
+        link.moved_tries[name] = tries + 1
+        delay = self._backoff.delay(min(tries, 8), self._rng)
+        self._get_loop().call_later(delay, self._reoffer_one, link, name)
+
+    def _reoffer_one(self, link: _Link, name: str) -> None:
+        """Offer ``name`` on ``link`` again (a node said it moved; see ``_follow``)."""
+        entry = self._docs.get(name)
+        s = link.session
+        if (
+            self._closed
+            or entry is None
+            or link not in self._links
+            or s.state is not p.State.OPEN
+            or link.moved.pop(name, None) is None
+            or s.doc_state(name) is not p.DocState.CLOSED
+        ):
+            return
+        s.open_doc(name, entry.epoch, entry.doc.version)
+        self._kick(link)
+
+    def _reoffer_moved(self, closed: _Link) -> None:
+        """A connection closed: offer the documents other nodes refused as moved again."""
+        for link in list(self._links):
+            if link is closed or link.session.state is not p.State.OPEN or not link.moved:
+                continue
+            moved, link.moved = link.moved, {}
+            for name in moved:
+                entry = self._docs.get(name)
+                if entry is not None and link.session.doc_state(name) is p.DocState.CLOSED:
+                    link.session.open_doc(name, entry.epoch, entry.doc.version)
+            self._kick(link)
+
     def _on_closed(self, link: _Link, ev: p.Closed) -> None:
+        if link.outbound:
+            self._reoffer_moved(link)
+            if link.address in self._followed and not self._closed:
+                # A node we only went to because a room moved there is gone: stop
+                # retrying it (a room that moves there again brings us back).
+                self._followed.discard(link.address)
+                self._spawn(self.disconnect(link.address), f"disconnect {link.address}")
         for name, clients in link.presence.items():
             self._remove_presence(name, clients, link)
         link.presence.clear()
@@ -2059,6 +2255,18 @@ def _said(text: str, limit: int = 300) -> str:
     """Text a peer sent (a reason), safe in a log line: no line breaks or control characters."""
     text = text[:limit]
     return text if text.isprintable() else repr(text)
+
+
+def _stored(entry: _Entry, seq: int) -> None:
+    """The worker stored an update of ``entry`` as log entry ``seq``."""
+    entry.last_seq = max(entry.last_seq, seq)
+
+
+def _moved_to(reason: str) -> str | None:
+    """The node URL a :class:`RoomMovedError`'s reason ends with (``ws://`` or ``wss://``)."""
+    words = reason.split()
+    last = words[-1] if words else ""
+    return last if last.startswith(("ws://", "wss://")) else None
 
 
 def _is_refusal(err: ProtocolError) -> bool:

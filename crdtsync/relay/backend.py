@@ -32,7 +32,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from websockets.asyncio.server import ServerConnection
+
 from crdtsync.format.version import Version
+from crdtsync.model.doc import Doc
 from crdtsync.net import Connection
 from crdtsync.peer.guests import DocWatcher
 from crdtsync.peer.peer import Grant, HelloInfo, Peer, Status
@@ -41,7 +44,14 @@ from crdtsync.protocol.awareness import AwarenessChange
 from crdtsync.protocol.session import SessionOptions, WriterRegistry
 from crdtsync.store.base import Store
 
-__all__ = ["BackendFactory", "BackendSettings", "RoomBackend", "RoomGuest", "peer_backend"]
+__all__ = [
+    "BackendFactory",
+    "BackendSettings",
+    "ClusterHooks",
+    "RoomBackend",
+    "RoomGuest",
+    "peer_backend",
+]
 
 #: Decoded awareness entries: ``(client id, clock, state or None)``.
 Entries = tuple[tuple[int, int, object], ...]
@@ -140,6 +150,10 @@ class RoomBackend(Protocol):
         """Call ``callback`` on crdtsync sessions' connected / disconnected / error."""
         ...
 
+    def on_open(self, callback: Callable[[str, Doc], None]) -> Callable[[], None]:
+        """Call ``callback(name, doc)`` whenever a room is loaded (or replaced)."""
+        ...
+
     def docs(self) -> list[str]:
         """The rooms loaded in memory."""
         ...
@@ -168,6 +182,33 @@ class RoomBackend(Protocol):
 
     def send_queues(self) -> list[int]:
         """Bytes waiting to be sent on each crdtsync session's connection."""
+        ...
+
+
+class ClusterHooks(Protocol):
+    """What a relay asks the node of a cluster (``crdtsync.relay.cluster.node.ClusterNode``)."""
+
+    async def route_y(self, ws: ServerConnection, room: str, target: str, address: str) -> bool:
+        """Serve a y-protocols client of ``room`` elsewhere if it must be.
+
+        Args:
+            ws: the accepted (and authenticated) client connection.
+            room: the room.
+            target: the request target (path and query, as the client sent them).
+            address: the client's address.
+
+        Returns:
+            False: this node owns the room, serve the client here. True: the
+            connection was served (proxied to the owner, or refused) and is over.
+        """
+        ...
+
+    def ready(self) -> bool:
+        """Whether the node may take traffic (database reachable, lease valid)."""
+        ...
+
+    def metrics(self) -> str:
+        """The node's own metrics, in Prometheus text format (appended to ``/metrics``)."""
         ...
 
 

@@ -39,6 +39,13 @@ class RelayConfig:
         idle_unload: seconds a room stays in memory after its last client left.
         compact_every: fold a room's update log into its snapshot after this many updates.
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
+        store: a ``postgresql://`` URL: run as a node of a relay cluster whose rooms
+            live in that database (unset: a single relay on ``data``), see docs/CLUSTER.md.
+        node_url: with ``store``, the URL the other nodes reach this node at
+            (``ws://10.0.0.5:8765``; default: the address it listens on).
+        lease_ttl: with ``store``, seconds a node's heartbeat keeps its rooms
+            (failover time after a pause or a partition; a killed node is
+            replaced without waiting for it).
         demo: also serve the collaborative-editing demo page over plain HTTP under
             ``/demo/`` (``crdtsync demo`` turns it on; a production relay leaves it off).
     """
@@ -61,4 +68,7 @@ class RelayConfig:
     idle_unload: float = 30.0
     compact_every: int = 1000
     log_level: str = "info"
+    store: str | None = None
+    node_url: str | None = None
+    lease_ttl: float = 10.0
     demo: bool = False

@@ -78,8 +78,15 @@ from crdtsync.format.yupdate import UpdateLimits
 from crdtsync.peer.peer import Grant, HelloInfo, Peer, Status
 from crdtsync.protocol import ysession as ys
 from crdtsync.protocol.session import SessionOptions
-from crdtsync.relay.backend import BackendFactory, BackendSettings, RoomBackend, peer_backend
+from crdtsync.relay.backend import (
+    BackendFactory,
+    BackendSettings,
+    ClusterHooks,
+    RoomBackend,
+    peer_backend,
+)
 from crdtsync.relay.config import RelayConfig
+from crdtsync.relay.hooks import AuthRequest, HookRunner, RelayHooks
 from crdtsync.relay.limits import ReadPausingConnection, SyncConnection, now
 from crdtsync.relay.logs import log, setup_logging
 from crdtsync.relay.metrics import RelayMetrics
@@ -133,6 +140,9 @@ class Relay:
         store: a store to use instead of ``config.data`` (tests).
         backend: makes the backend where rooms live (default:
             :func:`~crdtsync.relay.backend.peer_backend`, a Peer on the store).
+        cluster: the node's side of a relay cluster (``crdtsync.relay.cluster.node``):
+            where y-protocols rooms are served, readiness, extra metrics.
+        hooks: the application's extension points (:mod:`crdtsync.relay.hooks`).
     """
 
     def __init__(
@@ -141,12 +151,17 @@ class Relay:
         *,
         store: Store | None = None,
         backend: BackendFactory | None = None,
+        cluster: ClusterHooks | None = None,
+        hooks: RelayHooks | None = None,
     ) -> None:
         if config.secret is not None:
             check_secret(config.secret)  # fail at start, not at every connection
         self.config = config
         self._store_arg = store
         self._backend_factory: BackendFactory = backend or peer_backend
+        self._cluster = cluster
+        self._hooks = hooks
+        self._hook_runner: HookRunner | None = None
         self._backend: RoomBackend | None = None
         self._rooms: Rooms | None = None
         self._server: Server | None = None
@@ -225,6 +240,12 @@ class Relay:
         self._backend = backend
         self._rooms = Rooms(backend, cfg, self.metrics)
         backend.on_status(self._on_status)
+        if self._hooks is not None:
+            runner = HookRunner(self._hooks, backend.commit, lambda _: self.metrics.error("hook"))
+            self._hook_runner = runner
+            backend.watch(runner)
+            loaded = self._hooks.loaded
+            backend.on_open(lambda name, _doc: runner.call("loaded", loaded, name))
         tls: ssl.SSLContext | None = None
         try:
             if cfg.tls_cert and cfg.tls_key:
@@ -323,12 +344,38 @@ class Relay:
                 log.warning("the server did not finish closing in 5 s")
         if rooms is not None:
             rooms.close()
+        if self._hook_runner is not None:
+            self._hook_runner.flush()
         log.info("stopped", extra={"fields": {}})
         self._closed.set()
 
     async def wait_closed(self) -> None:
         """Return once the relay has stopped."""
         await self._closed.wait()
+
+    async def drop_rooms(self, rooms: set[str] | None, reason: str) -> None:
+        """Close the connections of ``rooms`` (None: all) so their clients reconnect.
+
+        A cluster node calls it when it lost rooms: y-protocols clients of those
+        rooms are closed with 1013 (try again later); crdtsync sessions may carry
+        any room, so every one is closed (their peers reconnect and resend what
+        was not acknowledged).
+        """
+        closing: list[asyncio.Future[object]] = []
+        if self._rooms is not None:
+            for yc in self._rooms.connections():
+                if rooms is None or yc.room in rooms:
+                    closing.append(
+                        asyncio.ensure_future(yc.ws.close(ys.CLOSE_TRY_AGAIN_LATER, reason))
+                    )
+        for conn in list(self._sync_conns.values()):
+            closing.append(asyncio.ensure_future(conn.close()))
+        if closing:
+            fields = {"count": len(closing), "reason": reason}
+            log.info("dropping connections", extra={"fields": fields})
+            _, pending = await asyncio.wait(closing, timeout=_DRAIN_TIMEOUT)
+            for fut in pending:
+                fut.cancel()
 
     @property
     def connections(self) -> int:
@@ -366,11 +413,15 @@ class Relay:
         if path == "/healthz":
             return _text(connection, HTTPStatus.OK, "ok\n")
         if path == "/readyz":
-            if self._ready and not self._draining:
+            cluster_ready = self._cluster is None or self._cluster.ready()
+            if self._ready and not self._draining and cluster_ready:
                 return _text(connection, HTTPStatus.OK, "ready\n")
             return _text(connection, HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
         if path == "/metrics":
-            resp = _text(connection, HTTPStatus.OK, self.metrics.render())
+            text = self.metrics.render()
+            if self._cluster is not None:
+                text += self._cluster.metrics()
+            resp = _text(connection, HTTPStatus.OK, text)
             resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return resp
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
@@ -445,6 +496,17 @@ class Relay:
                 self.metrics.error("auth")
                 _log_refusal(exc, info.address, "crdtsync", rooms=info.docs)
                 raise
+        self._authenticate_hook(
+            AuthRequest(
+                "crdtsync",
+                info.address,
+                tuple(info.docs),
+                claims.subject if claims else None,
+                claims is not None and not claims.write,
+                info.auth,
+            ),
+            rooms=info.docs,
+        )
         conn = self._sync_conns.get(info.address)
         if conn is not None:
             conn.authenticate()
@@ -464,6 +526,23 @@ class Relay:
             check=partial(self._check_room, claims, info.address),
             read_only=claims is not None and not claims.write,
         )
+
+    def _authenticate_hook(self, request: AuthRequest, rooms: tuple[str, ...] = ()) -> None:
+        """Ask the ``authenticate`` hook; refuse (AuthError) unless it says yes.
+
+        Fails closed: a hook that raises refuses the connection (logged, counted).
+        """
+        hook = self._hooks.authenticate if self._hooks is not None else None
+        if hook is None or self._hook_runner is None:
+            return
+        # An exception is logged and counted by the runner, and reads as a refusal.
+        if self._hook_runner.call("authenticate", hook, request) is True:
+            return
+        refusal = AuthError("refused by the relay's authenticate hook")
+        if request.protocol == "crdtsync":  # (the y-protocols side counts and logs its own)
+            self.metrics.error("auth")
+            _log_refusal(refusal, request.address, request.protocol, rooms=rooms)
+        raise refusal
 
     def _check_room(self, claims: TokenClaims | None, address: str, name: str) -> None:
         try:
@@ -538,6 +617,11 @@ class Relay:
                 claims = verify_token(self.config.secret, token)
                 if not claims.allows(room):
                     raise RoomNotAllowedError(f"the token does not allow room {room!r}")
+            params = {k: v for k, v in query.items() if k != "token"}
+            subject = claims.subject if claims else None
+            read_only = claims is not None and not claims.write
+            request = AuthRequest("y", address, (room,), subject, read_only, params)
+            self._authenticate_hook(request)
         except (AuthError, InvalidRoomError) as exc:
             self.metrics.error("invalid_room" if isinstance(exc, InvalidRoomError) else "auth")
             # A bad name is logged as its path, without the query (which holds the token).
@@ -545,6 +629,8 @@ class Relay:
             _log_refusal(exc, address, "y", room=asked, subject=claims.subject if claims else None)
             await _refuse(ws, exc)
             return
+        if self._cluster is not None and await self._cluster.route_y(ws, room, raw_path, address):
+            return  # served by the room's owner, through this node
         read_only = claims is not None and not claims.write
         backend, rooms = self.backend, self._rooms
         assert rooms is not None  # started
@@ -651,7 +737,13 @@ async def serve(config: RelayConfig) -> None:
     line means it accepts connections.
     """
     setup_logging(config.log_level)
-    relay = Relay(config)
+    if config.store is not None:
+        # A node of a relay cluster on PostgreSQL (needs the crdtsync[postgres] extra).
+        from crdtsync.relay.cluster.node import ClusterNode
+
+        relay = ClusterNode(config).relay
+    else:
+        relay = Relay(config)
     await relay.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

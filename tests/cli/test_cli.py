@@ -235,6 +235,9 @@ def sample_values(tmp_path: Path) -> dict[str, tuple[str, Any]]:
         "idle_unload": ("0", 0.0),
         "compact_every": ("5", 5),
         "log_level": ("DEBUG", "debug"),
+        "store": ("postgresql://db/app", "postgresql://db/app"),
+        "node_url": ("ws://10.0.0.5:8765", "ws://10.0.0.5:8765"),
+        "lease_ttl": ("2.5", 2.5),
         "demo": ("yes", True),
     }
 

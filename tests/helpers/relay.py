@@ -62,7 +62,8 @@ async def running_relay(tmp_path: Path, **options: Any) -> AsyncIterator[Relay]:
     options.setdefault("port", 0)
     options.setdefault("host", "127.0.0.1")
     options.setdefault("data", str(tmp_path / "r.db"))
-    relay = Relay(RelayConfig(**options))
+    hooks = options.pop("hooks", None)
+    relay = Relay(RelayConfig(**options), hooks=hooks)
     await relay.start()
     try:
         yield relay

@@ -117,11 +117,11 @@ _Q = {
         "INSERT INTO {s}.leases (room, owner, epoch, acquired_at) VALUES (%s, %s, 1, now()) "
         "ON CONFLICT (room) DO NOTHING RETURNING epoch"
     ),
-    "lock_lease": (
-        "SELECT l.owner, l.epoch, n.url, COALESCE(" + _ALIVE + ", false) "
-        "FROM {s}.leases l LEFT JOIN {s}.nodes n ON n.id = l.owner "
-        "WHERE l.room = %s FOR UPDATE OF l"
-    ),
+    # The row lock alone: a join in a locking query is re-evaluated, after waiting
+    # for a concurrent takeover, with the joined rows of its first snapshot (the
+    # previous owner's), so the owner is looked up by the next statement instead.
+    "lock_lease": "SELECT owner, epoch FROM {s}.leases WHERE room = %s FOR UPDATE",
+    "node_alive": "SELECT n.url, " + _ALIVE + " FROM {s}.nodes n WHERE n.id = %s",
     "me_alive": "SELECT " + _ALIVE + " FROM {s}.nodes n WHERE n.id = %s",
     "take_lease": (
         "UPDATE {s}.leases SET owner = %s, epoch = epoch + 1, acquired_at = now() "
@@ -432,7 +432,14 @@ class Leases:
                 return Lease(room, 1)
             locked = conn.execute(self._sql["lock_lease"], (key,)).fetchone()
             assert locked is not None  # the row exists: the insert conflicted on it
-            owner, epoch, url, alive = locked
+            owner, epoch = locked
+            url, alive = None, False
+            if owner is not None:
+                # A new statement, so a new snapshot: taken after the row lock was
+                # granted, it sees the owner a concurrent takeover committed.
+                found = conn.execute(self._sql["node_alive"], (owner,)).fetchone()
+                if found is not None:
+                    url, alive = found
             if owner == self.node_id and alive:
                 return Lease(room, int(epoch), fresh=False)
             if owner is not None and alive:

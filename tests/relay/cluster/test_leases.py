@@ -109,6 +109,39 @@ def test_two_nodes_race_for_rooms_and_exactly_one_wins_each(nodes: Callable[...,
     assert (again.epoch, again.fresh) == (1, False)
 
 
+def test_two_nodes_racing_to_take_over_a_dead_owners_rooms_never_both_win(
+    nodes: Callable[..., Node], pg_dsn: str
+) -> None:
+    # The takeover race: both lock the row; the second must see the first's takeover
+    # (a locking query with a join re-checks the joined rows of its first snapshot:
+    # it saw the dead owner, and took the room from the live winner; found by the
+    # kill -9 runs of scripts/cluster_kill.py).
+    dead, a, b = nodes("dead"), nodes("a"), nodes("b")
+    rooms = [f"room-{i}" for i in range(40)]
+    for room in rooms:
+        assert isinstance(dead.leases.acquire(room), Lease)
+    expire(pg_dsn, dead)
+    barrier = threading.Barrier(2)
+
+    def race(node: Node) -> list[Lease | Owner]:
+        out = []
+        for room in rooms:
+            barrier.wait(30)
+            out.append(node.leases.acquire(room))
+        return out
+
+    with ThreadPoolExecutor(2) as pool:
+        ra, rb = pool.map(race, [a, b])
+    for room, x, y in zip(rooms, ra, rb, strict=True):
+        winners = [r for r in (x, y) if isinstance(r, Lease)]
+        assert len(winners) == 1, (room, x, y)
+        assert winners[0].epoch == 2
+        loser = y if isinstance(x, Lease) else x
+        assert isinstance(loser, Owner)
+        assert loser.epoch == 2
+    assert not set(a.leases.held()) & set(b.leases.held())
+
+
 def test_an_expired_lease_is_taken_over_with_a_higher_epoch(nodes: Callable[..., Node]) -> None:
     a = nodes("a", ttl=3.0)
     b = nodes("b")
