@@ -35,7 +35,7 @@ import logging
 import os
 import warnings
 from types import ModuleType
-from typing import Any, cast
+from typing import Any, Protocol, TypeAlias, cast
 
 from crdtsync.format.yupdate import (
     CONTENT_ANY,
@@ -58,8 +58,11 @@ from crdtsync.format.yupdate import (
 __all__ = [
     "NATIVE",
     "PATH",
+    "NativeUpdate",
+    "Parsed",
     "check_update",
     "compact_decode",
+    "compact_decode_parsed",
     "compact_encode",
     "native_module",
     "parse_update",
@@ -106,6 +109,22 @@ PATH: str
 _NATIVE_MODULE, PATH = _load()
 #: True when the Rust core is in use.
 NATIVE: bool = _NATIVE_MODULE is not None
+
+
+class NativeUpdate(Protocol):
+    """A ``crdtsync._native.Update``: a v1 update parsed into Rust (and its bytes)."""
+
+    def writes(self) -> dict[int, int]:
+        """Client id -> clock after its last struct that is not a Skip."""
+        ...
+
+    def is_empty(self) -> bool:
+        """Whether it carries neither structs nor deletions."""
+        ...
+
+
+#: A parsed update: the Python parser's, or the Rust one's (which stays in Rust).
+Parsed: TypeAlias = ParsedUpdate | NativeUpdate
 
 
 def native_module() -> ModuleType | None:
@@ -178,6 +197,33 @@ def compact_decode(data: bytes, limits: UpdateLimits = DEFAULT_LIMITS) -> bytes:
 
         return py_decode(data, limits)
     return bytes(_NATIVE_MODULE.compact_decode(_as_bytes(data, "compact data"), limits))
+
+
+def compact_decode_parsed(
+    data: bytes, limits: UpdateLimits = DEFAULT_LIMITS, *, native: bool | None = None
+) -> tuple[bytes, Parsed]:
+    """:func:`crdtsync.format.columnar.compact_decode_parsed`, the parse kept on its side.
+
+    On the native path the parse is a :class:`NativeUpdate` (it stays in Rust
+    for the native checker); on the Python path a ``ParsedUpdate``.
+
+    Args:
+        data: the compact bytes.
+        limits: limits of the rebuilt update.
+        native: which decoder (None: the one in use).
+
+    Raises:
+        MalformedUpdateError: the data is corrupt or truncated.
+        UpdateLimitError: the data would exceed a limit.
+    """
+    if native is None:
+        native = _NATIVE_MODULE is not None
+    if not native or _NATIVE_MODULE is None:
+        from crdtsync.format.columnar import compact_decode_parsed as py_decode
+
+        return py_decode(data, limits)
+    v1, parsed = _NATIVE_MODULE.compact_decode_parsed(_as_bytes(data, "compact data"), limits)
+    return bytes(v1), cast(NativeUpdate, parsed)
 
 
 def unzstd(payload: bytes, limit: int) -> bytes:

@@ -14,11 +14,11 @@ use std::collections::HashMap;
 
 use crate::codec::{lzma_compress, lzma_decompress, zstd_compress, zstd_read};
 use crate::error::{Error, ErrorKind, Result};
-use crate::limits::Limits;
 use crate::json::{is_valid_json, json_depth};
+use crate::limits::Limits;
 use crate::update::{
-    encode_update_remapped, parse_update, skip_any, utf16_len, Content, Parent, ParsedUpdate,
-    Span, Struct, CONTENT_ANY, CONTENT_BINARY, CONTENT_DELETED, CONTENT_DOC, CONTENT_EMBED,
+    encode_update_remapped, parse_update, skip_any, utf16_len, Content, Parent, ParsedUpdate, Span,
+    Struct, CONTENT_ANY, CONTENT_BINARY, CONTENT_DELETED, CONTENT_DOC, CONTENT_EMBED,
     CONTENT_FORMAT, CONTENT_JSON, CONTENT_MASK, CONTENT_STRING, CONTENT_TYPE, HAS_ORIGIN,
     HAS_PARENT_SUB, HAS_RIGHT_ORIGIN, STRUCT_GC, STRUCT_SKIP, TYPE_XML_ELEMENT, TYPE_XML_HOOK,
     TYPE_XML_TEXT,
@@ -750,7 +750,10 @@ impl<'a, 'l> Rebuild<'a, 'l> {
     fn skip_any_end(&mut self, count: u64) -> Result<usize> {
         let col = &self.cols[COL_MISC];
         skip_any(col.data, col.pos, count, self.limits, &mut self.any_values).map_err(|e| {
-            Error::new(e.kind, format!("compact update: column misc: {}", e.message))
+            Error::new(
+                e.kind,
+                format!("compact update: column misc: {}", e.message),
+            )
         })
     }
 
@@ -779,7 +782,9 @@ impl<'a, 'l> Rebuild<'a, 'l> {
             let info_left = self.cols[COL_INFO].left();
             let nstructs = self.cols[COL_BLOCKS].count_in(1, Some(info_left))?;
             if nstructs == 0 {
-                return Err(self.cols[COL_BLOCKS].fail(format!("client {cl} has a block with no struct")));
+                return Err(
+                    self.cols[COL_BLOCKS].fail(format!("client {cl} has a block with no struct"))
+                );
             }
             total += nstructs;
             if total > self.limits.max_structs {
@@ -828,8 +833,9 @@ impl<'a, 'l> Rebuild<'a, 'l> {
                 }
                 let kind = info & CONTENT_MASK;
                 if kind == STRUCT_GC || kind > CONTENT_DOC {
-                    return Err(self.cols[COL_INFO]
-                        .fail(format!("unknown content ref {kind} (info byte {info:#04x})")));
+                    return Err(self.cols[COL_INFO].fail(format!(
+                        "unknown content ref {kind} (info byte {info:#04x})"
+                    )));
                 }
                 let mut origin: Option<Mref> = None;
                 let mut right: Option<Mref> = None;
@@ -872,7 +878,9 @@ impl<'a, 'l> Rebuild<'a, 'l> {
                                 );
                             };
                             if o.1 as u64 + 1 >= 1 << 32 {
-                                return Err(self.cols[COL_INFO].fail("right origin clock out of range"));
+                                return Err(
+                                    self.cols[COL_INFO].fail("right origin clock out of range")
+                                );
                             }
                             (o.0, o.1 + 1)
                         } else if rsel == SEL_EXPLICIT {
