@@ -22,18 +22,19 @@ turned off (``CRDTSYNC_PURE_PYTHON``, see :mod:`crdtsync.format.accel`).
 any disagreement: accept or refuse (and the error class), the bytes for the
 engine, and the index state (:meth:`Checker.snapshot`).
 
-One update at a time goes through :meth:`Checker.prepare` (its deletions of
+One update at a time goes through :meth:`Checker.begin` (its deletions of
 clocks the document does not have yet are split off into a delete-only
-update to hold, as ``Doc`` does), :meth:`Checker.begin` (check and
-integrate), then :meth:`Checker.commit` once pycrdt applied the bytes of
-``prepare``, or :meth:`Checker.rollback` if it failed.
+update to hold, as ``Doc`` does; then the checks and the integration), then
+:meth:`Checker.commit` once pycrdt applied the bytes ``begin`` returned, or
+:meth:`Checker.rollback` if it failed. ``begin`` is one call into Rust on the
+native path for an update with nothing to split off (every keystroke).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import Any, NamedTuple, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias, cast
 
 from crdtsync.format import accel
 from crdtsync.format.accel import NativeUpdate, Parsed
@@ -50,34 +51,33 @@ from crdtsync.format.yupdate import (
 )
 
 __all__ = [
+    "Began",
     "Checker",
+    "HoldBudget",
     "NativeChecker",
     "NativeUpdate",
     "Parsed",
-    "Prepared",
     "PyChecker",
     "new_checker",
 ]
 
 
-class Prepared(NamedTuple):
-    """An update ready for :meth:`Checker.begin`.
+#: What :meth:`Checker.begin` returns: ``(engine, formatting, later,
+#: later_ranges, needs)``: the bytes to hand pycrdt (the update, or the update
+#: without the deletions split off); whether yrs may delete formatting items of
+#: its own accord while applying them (their deletions must then be recorded
+#: from the engine's transaction event); a delete-only v1 update of the
+#: deletions of clocks the document does not have yet, to hold (or None), how
+#: many ranges it deletes, and the first missing clock of each of its clients.
+Began: TypeAlias = tuple[bytes, bool, bytes | None, int, tuple[tuple[int, int], ...]]
 
-    Attributes:
-        engine: the bytes to hand pycrdt (the update, or the update without
-            the deletions split off into ``later``).
-        parsed: what ``begin`` integrates.
-        later: a delete-only v1 update of the deletions of clocks the
-            document does not have yet (to hold), or None.
-        later_ranges: how many ranges ``later`` deletes.
-        needs: for ``later``: the first missing clock of each of its clients.
-    """
+#: Called with ``(later_ranges, later)`` before an update whose deletions are
+#: split off is begun; raises (an ``UpdateLimitError``) to refuse it.
+HoldBudget: TypeAlias = Callable[[int, bytes], None]
 
-    engine: bytes
-    parsed: Parsed
-    later: bytes | None = None
-    later_ranges: int = 0
-    needs: tuple[tuple[int, int], ...] = ()
+
+def _no_budget(ranges: int, later: bytes) -> None:
+    """A :data:`HoldBudget` that refuses nothing."""
 
 
 class Checker(ABC):
@@ -112,15 +112,28 @@ class Checker(ABC):
         """Declares a root's type (the first declaration stays)."""
 
     @abstractmethod
-    def prepare(self, update: bytes, parsed: Parsed) -> Prepared:
-        """Splits off the deletions of clocks the document will not have after the update."""
-
-    @abstractmethod
-    def begin(self, prepared: Prepared, limits: UpdateLimits) -> None:
+    def begin(
+        self,
+        update: bytes,
+        parsed: Parsed,
+        limits: UpdateLimits,
+        budget: HoldBudget = _no_budget,
+    ) -> Began:
         """Checks the update against the document and integrates its structs.
 
-        On refusal the index is unchanged; otherwise :meth:`commit` or
+        Deletions of clocks the document will not have after the update's
+        structs are split off first (``budget`` may refuse holding them). On
+        refusal the index is unchanged; otherwise :meth:`commit` or
         :meth:`rollback` must follow.
+
+        Args:
+            update: the update's bytes.
+            parsed: its parse (:meth:`parse`).
+            limits: ``max_pending_deletes`` bounds the index's pending deletions.
+            budget: called before anything is begun when deletions are split off.
+
+        Returns:
+            See :data:`Began`.
 
         Raises:
             MissingUpdatesError: a dependency is neither here nor in the update.
@@ -142,8 +155,13 @@ class Checker(ABC):
         """Undoes the open update."""
 
     @abstractmethod
-    def record_local(self, update: bytes, limits: UpdateLimits) -> None:
-        """Records a local transaction's update (already applied by pycrdt)."""
+    def record_local(self, updates: Sequence[bytes], limits: UpdateLimits) -> None:
+        """Records local transactions' updates (already applied by pycrdt), in order.
+
+        Raises:
+            InvalidUpdateError: one does not fit the index (those before it are
+                recorded; a bug: rebuild the index).
+        """
 
     @abstractmethod
     def record_diff(self, data: bytes, limits: UpdateLimits) -> None:
@@ -217,30 +235,34 @@ class PyChecker(Checker):
         """See :meth:`Checker.set_root_type`."""
         self.index.root_types.setdefault(name, type_ref)
 
-    def prepare(self, update: bytes, parsed: Parsed) -> Prepared:
-        """See :meth:`Checker.prepare`."""
-        p = _py(parsed)
-        if not p.delete_set:
-            return Prepared(update, p)
-        now, later = split_deletes(p, self.index.state)
-        if not later:
-            return Prepared(update, p)
-        engine = (
-            update[: p.ds_pos] + encode_delete_set(now)
-            if p.ds_pos >= 0
-            else encode_update(ParsedUpdate(p.clients, now))
-        )
-        return Prepared(
-            engine,
-            ParsedUpdate(p.clients, now, -1),
-            encode_update(ParsedUpdate({}, later)),
-            sum(len(r) for r in later.values()),
-            tuple((client, ranges[0][0]) for client, ranges in later.items()),
-        )
-
-    def begin(self, prepared: Prepared, limits: UpdateLimits) -> None:
+    def begin(
+        self,
+        update: bytes,
+        parsed: Parsed,
+        limits: UpdateLimits,
+        budget: HoldBudget = _no_budget,
+    ) -> Began:
         """See :meth:`Checker.begin`."""
-        self._txn = self.index.begin(_py(prepared.parsed), limits)
+        p = _py(parsed)
+        engine = update
+        later_update: bytes | None = None
+        n_later = 0
+        needs: tuple[tuple[int, int], ...] = ()
+        if p.delete_set:
+            now, later = split_deletes(p, self.index.state)
+            if later:
+                engine = (
+                    update[: p.ds_pos] + encode_delete_set(now)
+                    if p.ds_pos >= 0
+                    else encode_update(ParsedUpdate(p.clients, now))
+                )
+                later_update = encode_update(ParsedUpdate({}, later))
+                n_later = sum(len(r) for r in later.values())
+                needs = tuple((client, ranges[0][0]) for client, ranges in later.items())
+                budget(n_later, later_update)
+                p = ParsedUpdate(p.clients, now, -1)
+        txn = self._txn = self.index.begin(p, limits)
+        return engine, self.index.formatting or txn.formatting, later_update, n_later, needs
 
     @property
     def formatting(self) -> bool:
@@ -261,9 +283,10 @@ class PyChecker(Checker):
         if txn is not None:
             txn.rollback()
 
-    def record_local(self, update: bytes, limits: UpdateLimits) -> None:
+    def record_local(self, updates: Sequence[bytes], limits: UpdateLimits) -> None:
         """See :meth:`Checker.record_local`."""
-        self.index.record(parse_update(update, limits))
+        for update in updates:
+            self.index.record(parse_update(update, limits))
 
     def record_diff(self, data: bytes, limits: UpdateLimits) -> None:
         """See :meth:`Checker.record_diff`."""
@@ -362,24 +385,29 @@ class NativeChecker(Checker):
         self._mod: Any = mod
         self.index: Any = mod.DocIndex(dict(root_types or {}))
         self._root_types: dict[str, int] = dict(root_types or {})
+        self._parse: Any = mod.parse_update
         # UpdateLimits read once into the Rust struct (two objects in turn: a
         # Doc's update limits and its document limits).
-        self._limits_a: tuple[UpdateLimits | None, Any] = (None, None)
-        self._limits_b: tuple[UpdateLimits | None, Any] = (None, None)
+        self._key_a: UpdateLimits | None = None
+        self._native_a: Any = None
+        self._key_b: UpdateLimits | None = None
+        self._native_b: Any = None
 
     def _native_limits(self, limits: UpdateLimits) -> Any:
-        if limits is self._limits_a[0]:
-            return self._limits_a[1]
-        if limits is self._limits_b[0]:
-            return self._limits_b[1]
+        if limits is self._key_a:
+            return self._native_a
+        if limits is self._key_b:
+            return self._native_b
         native = self._mod.Limits(limits)
-        self._limits_b = self._limits_a
-        self._limits_a = (limits, native)
+        self._key_b, self._native_b = self._key_a, self._native_a
+        self._key_a, self._native_a = limits, native
         return native
 
     def parse(self, data: bytes, limits: UpdateLimits) -> NativeUpdate:
         """See :meth:`Checker.parse`."""
-        return cast(NativeUpdate, self._mod.parse_update(data, self._native_limits(limits)))
+        if limits is self._key_a:
+            return self._parse(data, self._native_a)  # type: ignore[no-any-return]
+        return self._parse(data, self._native_limits(limits))  # type: ignore[no-any-return]
 
     def writes(self, parsed: Parsed) -> dict[int, int]:
         """See :meth:`Checker.writes`."""
@@ -398,16 +426,24 @@ class NativeChecker(Checker):
         self._root_types.setdefault(name, type_ref)
         self.index.set_root_type(name, type_ref)
 
-    def prepare(self, update: bytes, parsed: Parsed) -> Prepared:
-        """See :meth:`Checker.prepare`."""
-        engine, later, n_later, needs = self.index.prepare(parsed)
-        if later is None:
-            return Prepared(update, parsed)
-        return Prepared(engine, parsed, later, n_later, tuple(needs))
-
-    def begin(self, prepared: Prepared, limits: UpdateLimits) -> None:
+    def begin(
+        self,
+        update: bytes,
+        parsed: Parsed,
+        limits: UpdateLimits,
+        budget: HoldBudget = _no_budget,
+    ) -> Began:
         """See :meth:`Checker.begin`."""
-        self.index.begin(prepared.parsed, self._native_limits(limits))
+        native_limits = self._native_a if limits is self._key_a else self._native_limits(limits)
+        # One call when nothing is split off: the formatting flag; else the split
+        # (engine, later, ranges, needs) and nothing begun yet.
+        got = self.index.begin(parsed, native_limits)
+        if got is True or got is False:
+            return update, got, None, 0, ()
+        engine, later, n_later, needs = got
+        budget(n_later, later)
+        formatting = self.index.begin(parsed, native_limits, split=True)
+        return engine, bool(formatting), later, n_later, tuple(needs)
 
     @property
     def formatting(self) -> bool:
@@ -416,15 +452,15 @@ class NativeChecker(Checker):
 
     def commit(self) -> list[int]:
         """See :meth:`Checker.commit`."""
-        return cast(list[int], self.index.commit())
+        return self.index.commit()  # type: ignore[no-any-return]
 
     def rollback(self) -> None:
         """See :meth:`Checker.rollback`."""
         self.index.rollback()
 
-    def record_local(self, update: bytes, limits: UpdateLimits) -> None:
+    def record_local(self, updates: Sequence[bytes], limits: UpdateLimits) -> None:
         """See :meth:`Checker.record_local`."""
-        self.index.record(update, self._native_limits(limits))
+        self.index.record(updates, self._native_limits(limits))
 
     def record_diff(self, data: bytes, limits: UpdateLimits) -> None:
         """See :meth:`Checker.record_diff`."""

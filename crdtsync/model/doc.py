@@ -97,6 +97,7 @@ _TYPE_REFS: dict[Any, int] = {
 }
 
 _C = TypeVar("_C", bound=Container)
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,10 @@ class Doc:
         self._local: builtins.list[bytes] = []
         # Our own import's engine transaction is running (its event is not local).
         self._importing = False
+        # Whether imports run in an engine transaction whose origin marks them
+        # remote: needed once an undo manager watches this document (pycrdt's
+        # would otherwise record imports made without an origin as local edits).
+        self._engine_origins = False
         # Whether that transaction's delete set must reach the index (yrs may
         # delete redundant formatting items of its own accord), and the set.
         self._want_event_deletes = False
@@ -463,6 +468,10 @@ class Doc:
 
         return UndoManager(self, containers, origins=origins, capture_timeout=capture_timeout)
 
+    def _watched_by_undo(self) -> None:
+        """An undo manager now watches this document: imports carry a remote origin."""
+        self._engine_origins = True
+
     def _engine_write(self, origin: Any, write: Callable[[], bool]) -> bool:
         """Run an engine call that makes its own transaction (undo, redo) as a local edit.
 
@@ -632,9 +641,11 @@ class Doc:
                 budget for held updates (``UpdateLimits.max_held_*``,
                 ``max_pending_deletes``).
         """
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise InvalidUpdateError(f"updates are bytes, not {type(data).__name__}")
-        self._apply(bytes(data), origin)
+        if type(data) is not bytes:
+            if not isinstance(data, _BYTES_LIKE):
+                raise InvalidUpdateError(f"updates are bytes, not {type(data).__name__}")
+            data = bytes(data)
+        self._apply(data, origin)
 
     @property
     def pending(self) -> int:
@@ -687,8 +698,7 @@ class Doc:
         limits = self._whole
         checker = self._checker
         try:
-            for update in local:
-                checker.record_local(update, limits)
+            checker.record_local(local, limits)
         except InvalidUpdateError as exc:
             # The engine's own transaction did not fit the index: a bug in the
             # index. Rebuild it from the engine's state rather than check later
@@ -755,10 +765,8 @@ class Doc:
         of them on every later update, and leave them out of :meth:`save`.
         """
         checker = self._checker
-        prepared = checker.prepare(update, parsed)
-        later = prepared.later
-        if later is not None:
-            n_later = prepared.later_ranges
+
+        def budget(n_later: int, later: bytes) -> None:
             if self._held_deletes + n_later > limits.max_pending_deletes:
                 raise UpdateLimitError(
                     f"the update deletes {n_later} ranges of changes this document does "
@@ -766,10 +774,12 @@ class Doc:
                     f"max_pending_deletes={limits.max_pending_deletes}"
                 )
             self._check_hold_budget(len(later), origin)
-        checker.begin(prepared, limits)
-        self._want_event_deletes = checker.formatting
+
+        engine, self._want_event_deletes, later, n_later, needs = checker.begin(
+            update, parsed, limits, budget
+        )
         try:
-            self._engine_apply(prepared.engine, origin)
+            self._engine_apply(engine, origin)
         except BaseException:
             checker.rollback()
             raise
@@ -781,7 +791,7 @@ class Doc:
             ds, self._event_deletes = self._event_deletes, None
             checker.record_delete_set(ds, self._whole)
         if later is not None:
-            self._hold(later, origin, builtins.list(prepared.needs), n_later)
+            self._hold(later, origin, builtins.list(needs), n_later)
         if self._observers:
             created = self._watch_new_roots()
             if created:
@@ -799,24 +809,46 @@ class Doc:
 
     def _engine_apply(self, update: bytes, origin: Any) -> None:
         """Hands validated bytes to pycrdt, in a transaction marked remote."""
-        outermost = self._depth == 0
-        # Hold delivery until roots that this update created are known, so the
-        # event can say so.
+        if self._depth:
+            self._engine_apply_nested(update, origin)
+            return
+        # The common case, kept short (one pycrdt transaction, its origin marking
+        # it remote for observers and undo managers). Delivery waits for the
+        # caller, so the event can name the roots this update created.
+        remote = _Remote(origin)
+        self._depth = 1
+        self._importing = True
+        self._origin = remote
+        try:
+            if self._engine_origins:
+                with self._y.transaction(origin=remote):
+                    self._y.apply_update(update)
+            else:
+                self._y.apply_update(update)
+        except BaseException as exc:
+            if _is_panic(exc):
+                raise EngineError(f"the CRDT engine failed: {exc}") from None
+            if isinstance(exc, Exception):
+                # Validation should make this unreachable; never let an engine
+                # error type escape as if it were ours to document.
+                raise EngineError(f"the CRDT engine refused a validated update: {exc}") from exc
+            raise
+        finally:
+            self._depth = 0
+            self._importing = False
+            self._text_epoch += 1
+
+    def _engine_apply_nested(self, update: bytes, origin: Any) -> None:
+        """:meth:`_engine_apply` inside an open transaction of ours."""
         self._depth += 1
-        self._importing = outermost
         try:
             with _Txn(self, _Remote(origin)):
-                if outermost:
-                    self._origin = _Remote(origin)
                 try:
                     self._y.apply_update(update)
                 except Exception as exc:
-                    # Validation should make this unreachable; never let an engine
-                    # error type escape as if it were ours to document.
                     raise EngineError(f"the CRDT engine refused a validated update: {exc}") from exc
         finally:
             self._depth -= 1
-            self._importing = False
             self._text_epoch += 1
 
     # -- held updates --------------------------------------------------------------------
@@ -1051,32 +1083,41 @@ class Doc:
 
     def _on_transaction(self, event: Any) -> None:
         # Runs inside pycrdt's commit: only package; delivery happens after it.
+        update = b""  # the transaction's update, read from the engine at most once
         if self._index_live:
             if self._importing:
                 if self._want_event_deletes:
                     self._event_deletes = bytes(event.delete_set)
             else:
-                self._local.append(bytes(event.update))
+                update = bytes(event.update)
+                self._local.append(update)
                 if len(self._local) >= _LOCAL_BATCH:
                     self._record_local()
-        changes, self._pending = self._pending, []
+        if not self._observed:
+            return  # nobody observes: nothing to package
+        if self._pending:
+            changes, self._pending = self._pending, []
+        else:
+            changes = []
         origin = self._origin
         local = not isinstance(origin, _Remote)
         if not local:
             origin = origin.origin
         ev = ChangeEvent(origin, local, tuple(changes)) if (changes and self._observers) else None
         if ev is not None or self._update_observers:
-            update = bytes(event.update) if self._update_observers else b""
-            self._queue.append((ev, update, origin, local))
+            if self._update_observers and not update:
+                update = bytes(event.update)
+            self._queue.append((ev, update if self._update_observers else b"", origin, local))
 
     def _deliver(self) -> None:
-        while self._queue:
-            ev, update, origin, local = self._queue.pop(0)
+        queue = self._queue
+        while queue:
+            ev, update, origin, local = queue.pop(0)
             if ev is not None:
-                for cb in list(self._observers):
+                for cb in tuple(self._observers):
                     cb(ev)
             if update:
-                for ucb in list(self._update_observers):
+                for ucb in tuple(self._update_observers):
                     ucb(update, origin, local)
 
     def _subscribe_transactions(self) -> None:

@@ -493,14 +493,6 @@ impl PyDocIndex {
     }
 }
 
-/// `(engine_update, later_update, later_ranges, needs)` of `DocIndex.prepare`.
-type PrepareResult<'py> = (
-    Option<Bound<'py, PyBytes>>,
-    Option<Bound<'py, PyBytes>>,
-    usize,
-    Vec<(u64, u32)>,
-);
-
 fn key_view<'py>(py: Python<'py>, k: &KeyView) -> PyResult<Bound<'py, PyAny>> {
     match k {
         KeyView::Root(name) => Ok(String::from_utf8_lossy(name).into_pyobject(py)?.into_any()),
@@ -642,64 +634,59 @@ impl PyDocIndex {
         self.inner.pending_deletes
     }
 
-    /// The delete set cut where the document's clocks will end after the
-    /// update's structs: `(engine_update, later_update, later_ranges, needs)`, where
-    /// `engine_update` is the update with only the applicable deletions
-    /// (None: the update as it is), `later_update` a delete-only update of
-    /// the rest (None when there is none) and `needs` the first missing clock
-    /// of each of its clients.
-    fn prepare<'py>(
-        &self,
+    /// Checks `update` against the document and integrates its structs
+    /// (`DocIndex.begin`). Then `commit()` once the engine applied it, or
+    /// `rollback()`.
+    ///
+    /// Deletions of clocks the document will not have after the update's
+    /// structs are split off (as `crdtsync.Doc` holds them): when there are
+    /// some and `split` is false, nothing is begun and the split is returned,
+    /// `(engine_update, later_update, later_ranges, needs)`: the update with
+    /// only the applicable deletions, a delete-only update of the rest, its
+    /// range count and the first missing clock of each of its clients (the
+    /// caller checks its budgets, then calls again with `split=True`, which
+    /// begins with the applicable deletions). Otherwise returns whether a
+    /// Format item was ever integrated (this update included): yrs may then
+    /// delete formatting items of its own accord.
+    #[pyo3(signature = (update, limits, split=false, strict=true))]
+    fn begin<'py>(
+        &mut self,
         py: Python<'py>,
         update: &Bound<'py, PyUpdate>,
-    ) -> PyResult<PrepareResult<'py>> {
-        let u = update.get();
-        if u.parsed.delete_set.is_empty() {
-            return Ok((None, None, 0, Vec::new()));
-        }
-        let split = self.inner.split_deletes(&u.parsed);
-        if split.later.is_empty() {
-            return Ok((None, None, 0, Vec::new()));
-        }
-        // What a holder of the delete-only update waits for: the first
-        // missing clock of each of its clients.
-        let needs: Vec<(u64, u32)> = split.later.iter().map(|(c, r)| (*c, r[0].0)).collect();
-        let mut engine = u.data[..u.parsed.ds_pos].to_vec();
-        update::write_delete_set(&mut engine, &split.now);
-        let mut later = vec![0u8];
-        update::write_delete_set(&mut later, &split.later);
-        Ok((
-            Some(PyBytes::new(py, &engine)),
-            Some(PyBytes::new(py, &later)),
-            split.later_ranges(),
-            needs,
-        ))
-    }
-
-    /// Checks `update` against the document and integrates its structs
-    /// (`DocIndex.begin`), with the applicable part of its delete set (see
-    /// `prepare`). Then `commit()` once the engine applied it, or
-    /// `rollback()`.
-    #[pyo3(signature = (update, limits, strict=true))]
-    fn begin(
-        &mut self,
-        py: Python<'_>,
-        update: &Bound<'_, PyUpdate>,
-        limits: &Bound<'_, PyAny>,
+        limits: &Bound<'py, PyAny>,
+        split: bool,
         strict: bool,
-    ) -> PyResult<()> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let limits = limits_from(py, limits)?;
         let u = update.get();
+        let mut now = None;
+        if !u.parsed.delete_set.is_empty() {
+            let cut = self.inner.split_deletes(&u.parsed);
+            if !cut.later.is_empty() {
+                if !split {
+                    let mut engine = u.data[..u.parsed.ds_pos].to_vec();
+                    update::write_delete_set(&mut engine, &cut.now);
+                    let mut later = vec![0u8];
+                    update::write_delete_set(&mut later, &cut.later);
+                    let needs: Vec<(u64, u32)> =
+                        cut.later.iter().map(|(c, r)| (*c, r[0].0)).collect();
+                    let out = (
+                        PyBytes::new(py, &engine),
+                        PyBytes::new(py, &later),
+                        cut.later_ranges(),
+                        needs,
+                    );
+                    return Ok(out.into_pyobject(py)?.into_any());
+                }
+                now = Some(cut.now);
+            }
+        }
         let detach = u.data.len() >= DETACH_BYTES;
-        self.guarded(py, detach, |ix| {
-            let now = if u.parsed.delete_set.is_empty() {
-                None
-            } else {
-                let split = ix.split_deletes(&u.parsed);
-                (!split.later.is_empty()).then_some(split.now)
-            };
-            ix.begin(&u.data, &u.parsed, now, &limits, strict)
-        })
+        let formatting = self.guarded(py, detach, |ix| {
+            ix.begin(&u.data, &u.parsed, now, &limits, strict)?;
+            Ok(ix.formatting || ix.open_formatting())
+        })?;
+        Ok(pyo3::types::PyBool::new(py, formatting).to_owned().into_any())
     }
 
     /// Records the open update's deletions; returns the clients whose clocks moved.
@@ -715,14 +702,22 @@ impl PyDocIndex {
         })
     }
 
-    /// Records an update the engine applied (a local transaction's), parsed
-    /// under `limits`.
-    fn record(&mut self, py: Python<'_>, data: &[u8], limits: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Records updates the engine applied (local transactions'), in order, each
+    /// parsed under `limits`. On an error, those before it stay recorded.
+    fn record(
+        &mut self,
+        py: Python<'_>,
+        updates: Vec<Vec<u8>>,
+        limits: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let limits = limits_from(py, limits)?;
-        let detach = data.len() >= DETACH_BYTES;
+        let detach = updates.iter().map(|u| u.len()).sum::<usize>() >= DETACH_BYTES;
         self.guarded(py, detach, |ix| {
-            let parsed = update::parse_update(data, &limits)?;
-            ix.record(data, &parsed).map(|_| ())
+            for data in &updates {
+                let parsed = update::parse_update(data, &limits)?;
+                ix.record(data, &parsed)?;
+            }
+            Ok(())
         })
     }
 

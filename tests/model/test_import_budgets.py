@@ -410,11 +410,11 @@ def test_index_is_rebuilt_if_a_local_change_does_not_fit(
     real = cls.record_local
     failures = {"n": 1}
 
-    def flaky(self: checker_module.Checker, update: bytes, limits: y.UpdateLimits) -> None:
+    def flaky(self: checker_module.Checker, updates: list[bytes], limits: y.UpdateLimits) -> None:
         if self is target and failures["n"]:
             failures["n"] -= 1
             raise MalformedUpdateError("simulated index bug")
-        real(self, update, limits)
+        real(self, updates, limits)
 
     monkeypatch.setattr(cls, "record_local", flaky)
     doc.text("t").insert(0, "abc")

@@ -34,6 +34,9 @@ use crate::update::{
 
 /// "No run / no list / no client".
 const NONE: u32 = u32::MAX;
+/// The client of a reference whose client the index does not know (it holds
+/// nothing and equals no stored reference).
+const UNKNOWN: u32 = u32::MAX - 1;
 
 /// Order labels are below `2**LABEL_BITS` (the rest of the `u64` holds the
 /// kind and type ref).
@@ -163,7 +166,9 @@ struct ClientData {
     id: u64,
     /// Next clock (the state vector's entry).
     state: u32,
-    /// Arena indexes of its runs, sorted by clock, covering `[0, state)`.
+    /// First clocks of its runs, sorted (what lookups bisect: contiguous).
+    starts: Vec<u32>,
+    /// Arena indexes of those runs, covering `[0, state)`.
     runs: Vec<u32>,
     /// The delete set: sorted, disjoint, merged `(start, end)`.
     deleted: Vec<(u32, u32)>,
@@ -269,6 +274,8 @@ struct Txn {
     doomed_types: HashSet<(u32, u32)>,
     formatting: bool,
     placed: HashSet<(Key, bool, u8)>,
+    /// The last placement checked (consecutive items mostly share it).
+    last_placed: Option<(Key, bool, u8)>,
     /// The delete set applied at commit.
     delete_set: Vec<(u64, Vec<(u32, u32)>)>,
     /// Table sizes when the update began (everything past them is undone).
@@ -397,6 +404,7 @@ impl DocIndex {
             + self.free_lists.capacity() * 4;
         for c in &self.clients {
             n += c.runs.capacity() * 4
+                + c.starts.capacity() * 4
                 + c.deleted.capacity() * 8
                 + c.types.capacity() * 4
                 + c.pending.capacity() * 8
@@ -532,6 +540,7 @@ impl DocIndex {
             doomed_types: HashSet::new(),
             formatting: false,
             placed: HashSet::new(),
+            last_placed: None,
             delete_set: delete_set.unwrap_or_else(|| parsed.delete_set.clone()),
             n_clients: self.clients.len(),
             n_names: self.names.strings.len(),
@@ -684,17 +693,6 @@ impl DocIndex {
         (!r.is_none()).then(|| (self.clients[r.c as usize].id, r.k))
     }
 
-    /// An ID as a stored reference (interning its client).
-    fn ref_of(&mut self, id: Option<Id>) -> Ref {
-        match id {
-            None => Ref::NIL,
-            Some((c, k)) => Ref {
-                c: self.intern_client(c),
-                k,
-            },
-        }
-    }
-
     fn new_run(&mut self, run: Run) -> u32 {
         if let Some(i) = self.free_runs.pop() {
             self.runs[i as usize] = run;
@@ -708,17 +706,17 @@ impl DocIndex {
     /// The run holding `clock` of client number `c`.
     #[inline]
     fn node_at(&self, c: u32, clock: u32) -> Option<u32> {
-        let runs = &self.clients[c as usize].runs;
-        let &last = runs.last()?;
-        let r = &self.runs[last as usize];
-        if clock >= r.clock {
-            return (clock < r.end).then_some(last);
+        let cd = &self.clients[c as usize];
+        let &last = cd.runs.last()?;
+        if clock >= *cd.starts.last()? {
+            // most references are to a client's latest run
+            return (clock < self.runs[last as usize].end).then_some(last);
         }
-        let i = runs.partition_point(|&x| self.runs[x as usize].clock <= clock);
+        let i = cd.starts.partition_point(|&k| k <= clock);
         if i == 0 {
             return None;
         }
-        let x = runs[i - 1];
+        let x = cd.runs[i - 1];
         (clock < self.runs[x as usize].end).then_some(x)
     }
 
@@ -734,12 +732,18 @@ impl DocIndex {
         (self.runs[r as usize].list != NONE).then_some(r)
     }
 
+    /// The run holding a reference's clock (None: none, or an unknown client).
     #[inline]
-    fn live_at_ref(&self, r: Ref) -> Option<u32> {
-        if r.is_none() {
+    fn node_at_ref(&self, r: Ref) -> Option<u32> {
+        if r.c as usize >= self.clients.len() {
             return None;
         }
-        let n = self.node_at(r.c, r.k)?;
+        self.node_at(r.c, r.k)
+    }
+
+    #[inline]
+    fn live_at_ref(&self, r: Ref) -> Option<u32> {
+        let n = self.node_at_ref(r)?;
         (self.runs[n as usize].list != NONE).then_some(n)
     }
 
@@ -796,9 +800,10 @@ impl DocIndex {
         let t = self.new_run(tail);
         self.runs[node as usize].end = at;
         {
-            let runs_list = &self.clients[r.client as usize].runs;
-            let i = runs_list.partition_point(|&x| self.runs[x as usize].clock <= r.clock);
-            self.clients[r.client as usize].runs.insert(i, t);
+            let cd = &mut self.clients[r.client as usize];
+            let i = cd.starts.partition_point(|&k| k <= r.clock);
+            cd.starts.insert(i, at);
+            cd.runs.insert(i, t);
         }
         if r.list != NONE {
             let right = r.right;
@@ -1055,7 +1060,9 @@ impl DocIndex {
         }
         for (client, structs) in &parsed.clients {
             let client = *client;
-            let mut known = self.state_of(client) as u64;
+            let before = self.state_of(client);
+            let mut known = before as u64;
+            let my_end = ends.get(&client).copied();
             for s in structs {
                 let send = s.end();
                 if s.kind == STRUCT_SKIP {
@@ -1112,9 +1119,19 @@ impl DocIndex {
                             s.clock
                         )));
                     }
-                    if !(tail && what == "origin") && rk >= self.state_of(rc) {
-                        let found = match ends.get(&rc) {
-                            Some(&end) => (rk as u64) < end,
+                    let have = if rc == client {
+                        before
+                    } else {
+                        self.state_of(rc)
+                    };
+                    if !(tail && what == "origin") && rk >= have {
+                        let end = if rc == client {
+                            my_end
+                        } else {
+                            ends.get(&rc).copied()
+                        };
+                        let found = match end {
+                            Some(end) => (rk as u64) < end,
                             None => self.find(txn, parsed, rc, rk).is_some(),
                         };
                         if !found {
@@ -1264,9 +1281,37 @@ impl DocIndex {
         self.clients[c as usize].state = end;
     }
 
+    /// An ID as a stored reference: its client's number when the index knows
+    /// the client (`client`/`c` is the struct's own, known without a lookup),
+    /// else a reference with the client `UNKNOWN`, which equals no stored one
+    /// and holds nothing.
+    #[inline]
+    fn ref_for(&self, id: Id, client: u64, c: u32) -> Ref {
+        let rc = if id.0 == client {
+            c
+        } else {
+            self.client_num(id.0).unwrap_or(UNKNOWN)
+        };
+        Ref { c: rc, k: id.1 }
+    }
+
+    /// A reference ready to be stored (its client interned).
+    #[inline]
+    fn stored(&mut self, r: Ref, id: Id) -> Ref {
+        if r.c == UNKNOWN {
+            Ref {
+                c: self.intern_client(id.0),
+                k: r.k,
+            }
+        } else {
+            r
+        }
+    }
+
     fn integrate(&mut self, txn: &mut Txn, data: &[u8], s: &Struct) -> Result<()> {
         let client = s.client;
-        let known = self.state_of(client);
+        let c_known = self.client_num(client);
+        let known = c_known.map_or(0, |c| self.clients[c as usize].state);
         let send = s.end();
         if send <= known as u64 || s.kind == STRUCT_SKIP {
             return Ok(()); // yrs already has these clocks (or nothing to carry)
@@ -1277,6 +1322,10 @@ impl DocIndex {
             self.gc_run(txn, client, start, send);
             return Ok(());
         }
+        let c = match c_known {
+            Some(c) => c,
+            None => self.intern_client(client),
+        };
         let tail = s.clock < known;
         let origin: Option<Id> = if tail {
             Some((client, known - 1))
@@ -1300,8 +1349,10 @@ impl DocIndex {
                 s.clock
             )));
         }
-        let nl = origin.and_then(|o| self.live_at(o));
-        let nr = ro.and_then(|r| self.live_at(r));
+        let origin_r: Option<Ref> = origin.map(|o| self.ref_for(o, client, c));
+        let ro_r: Option<Ref> = ro.map(|r| self.ref_for(r, client, c));
+        let nl = origin_r.and_then(|r| self.live_at_ref(r));
+        let nr = ro_r.and_then(|r| self.live_at_ref(r));
         let lseq = nl.map(|n| self.runs[n as usize].list);
         let rseq = nr.map(|n| self.runs[n as usize].list);
         // The parent, as yrs's repair decides it.
@@ -1309,8 +1360,8 @@ impl DocIndex {
         let key: Option<Key> = match s.parent {
             Parent::Root(name) => Some(Key::Root(self.names.intern(name.get(data)))),
             Parent::Item(p) => {
-                let pn = self.node_at_id(p);
-                match pn {
+                let pr = self.ref_for(p, client, c);
+                match self.node_at_ref(pr) {
                     None => None,
                     Some(n) => {
                         let r = self.runs[n as usize];
@@ -1390,7 +1441,7 @@ impl DocIndex {
             } else {
                 self.runs[r as usize].label() > self.runs[l as usize].label()
             };
-            if !after && !self.split_free(rr, r) {
+            if !after && !self.split_free(rr.1, r) {
                 return Err(malformed(format!(
                     "item {client}:{} has right origin {}:{} that does not lie after its origin \
                      {}:{} in the document (replicas would place it differently)",
@@ -1399,14 +1450,16 @@ impl DocIndex {
             }
         }
         if after && (nl.is_some() || nr.is_some()) {
-            self.check_known_between(s, origin, ro, nl, nr)?;
+            self.check_known_between(s, origin, ro, origin_r, ro_r, nl, nr)?;
         }
         let kind = s.kind;
         let entry = sub != NONE;
-        if !txn.placed.contains(&(key, entry, kind)) {
+        let placed = (key, entry, kind);
+        if txn.last_placed != Some(placed) && !txn.placed.contains(&placed) {
             self.check_place(txn, s, key, entry)?;
-            txn.placed.insert((key, entry, kind));
+            txn.placed.insert(placed);
         }
+        txn.last_placed = Some(placed);
         // Place it (Item::integrate).
         let mut left = match (origin, nl) {
             (Some(o), Some(n)) => self.clean_end(o, Some(n)),
@@ -1432,9 +1485,9 @@ impl DocIndex {
             None => right.is_none() || self.runs[right_n as usize].left != NONE,
             Some(l) => self.runs[l as usize].right != right_n,
         };
+        let origin_cmp = origin_r.unwrap_or(Ref::NIL);
+        let ro_cmp = ro_r.unwrap_or(Ref::NIL);
         if conflict {
-            let origin_ref = self.ref_lookup(origin);
-            let ro_ref = self.ref_lookup(ro);
             let mut before: FxHashSet<u32> = FxHashSet::default();
             let mut conflicting: FxHashSet<u32> = FxHashSet::default();
             let mut o = match left {
@@ -1445,11 +1498,11 @@ impl DocIndex {
                 before.insert(o);
                 conflicting.insert(o);
                 let on = self.runs[o as usize];
-                if refs_equal(origin_ref, on.origin) {
+                if origin_cmp == on.origin {
                     if self.clients[on.client as usize].id < client {
                         left = Some(o);
                         conflicting.clear();
-                    } else if refs_equal(ro_ref, on.right_origin) {
+                    } else if ro_cmp == on.right_origin {
                         break;
                     }
                 } else {
@@ -1467,9 +1520,14 @@ impl DocIndex {
                 o = on.right;
             }
         }
-        let c = self.intern_client(client);
-        let origin_r = self.ref_of(origin);
-        let ro_r = self.ref_of(ro);
+        let origin_s = match (origin_r, origin) {
+            (Some(r), Some(id)) => self.stored(r, id),
+            _ => Ref::NIL,
+        };
+        let ro_s = match (ro_r, ro) {
+            (Some(r), Some(id)) => self.stored(r, id),
+            _ => Ref::NIL,
+        };
         let squash = match left {
             Some(l) => {
                 let lr = &self.runs[l as usize];
@@ -1478,9 +1536,9 @@ impl DocIndex {
                     && lr.end == start
                     && lr.kind() == kind
                     && kind != CONTENT_TYPE
-                    && lr.right_origin == ro_r
+                    && lr.right_origin == ro_s
                     && start > 0
-                    && origin == Some((client, start - 1))
+                    && origin_s == (Ref { c, k: start - 1 })
             }
             None => false,
         };
@@ -1500,8 +1558,8 @@ impl DocIndex {
                 list: seq,
                 left: left.unwrap_or(NONE),
                 right: NONE,
-                origin: origin_r,
-                right_origin: ro_r,
+                origin: origin_s,
+                right_origin: ro_s,
                 meta: kind as u64 | ((type_ref.unwrap_or(NO_TYPE) as u64) << 4),
             };
             let n = self.new_run(run);
@@ -1522,6 +1580,7 @@ impl DocIndex {
                 self.runs[nxt as usize].left = n;
             }
             self.label_for(n);
+            self.clients[c as usize].starts.push(start);
             self.clients[c as usize].runs.push(n);
             n
         };
@@ -1543,38 +1602,29 @@ impl DocIndex {
             }
         }
         if let Key::Item(kc, kk) = key {
-            if txn.doomed_types.contains(&(kc, kk)) {
+            if !txn.doomed_types.is_empty() && txn.doomed_types.contains(&(kc, kk)) {
                 self.doom(txn, c, start, send);
             }
         }
         Ok(())
     }
 
-    /// An ID as a stored reference if its client is known (else one that
-    /// equals no stored reference, or NIL for None).
-    fn ref_lookup(&self, id: Option<Id>) -> Option<Ref> {
-        match id {
-            None => Some(Ref::NIL),
-            Some((c, k)) => self.client_num(c).map(|c| Ref { c, k }),
-        }
-    }
-
-    /// Whether no yrs replica can hold `ro` in one block with the clock before it.
-    fn split_free(&self, ro: Id, nr: u32) -> bool {
-        let (client, clock) = ro;
+    /// Whether no yrs replica can hold clock `clock` of run `nr` (the right
+    /// origin) in one block with the clock before it.
+    fn split_free(&self, clock: u32, nr: u32) -> bool {
         if clock == 0 {
             return true;
         }
         let r = self.runs[nr as usize];
-        let own = if clock == r.clock {
-            self.id_of(r.origin)
-        } else {
-            Some((client, clock - 1))
+        let prev_id = Ref {
+            c: r.client,
+            k: clock - 1,
         };
-        if own != Some((client, clock - 1)) {
+        let own = if clock == r.clock { r.origin } else { prev_id };
+        if own != prev_id {
             return true;
         }
-        match self.node_at_id((client, clock - 1)) {
+        match self.node_at(r.client, clock - 1) {
             Some(prev) => self.runs[prev as usize].right_origin != r.right_origin,
             None => false,
         }
@@ -1589,48 +1639,53 @@ impl DocIndex {
     }
 
     /// S9: nothing the writer provably knew lies between its origin and right origin.
+    #[allow(clippy::too_many_arguments)]
     fn check_known_between(
         &self,
         s: &Struct,
         origin: Option<Id>,
         ro: Option<Id>,
+        origin_r: Option<Ref>,
+        ro_r: Option<Ref>,
         nl: Option<u32>,
         nr: Option<u32>,
     ) -> Result<()> {
         let seq = self.runs[nl.or(nr).expect("a neighbour") as usize].list;
         if let Some(r) = nr {
             if nl.is_some() || origin.is_none() {
-                let rr = ro.expect("nr");
+                let rr = ro_r.expect("nr");
                 let run = self.runs[r as usize];
-                let ro_origin = if rr.1 == run.clock {
-                    self.id_of(run.origin)
+                // the right origin's own origin
+                let roo = if rr.k == run.clock {
+                    run.origin
                 } else {
-                    Some((rr.0, rr.1 - 1))
+                    Ref {
+                        c: run.client,
+                        k: rr.k - 1,
+                    }
                 };
-                if let Some(roo) = ro_origin {
-                    if Some(roo) != origin {
-                        if let Some(q) = self.live_at(roo) {
-                            if self.runs[q as usize].list == seq
-                                && match nl {
-                                    None => true,
-                                    Some(l) => {
-                                        !self.at_or_before(q, roo.1, l, origin.expect("nl").1)
-                                    }
-                                }
-                            {
-                                return Err(malformed(format!(
-                                    "item {}:{}: the origin {}:{} of its right origin {}:{} lies \
-                                     after its own origin {}, so its writer knew an item between \
-                                     them",
-                                    s.client,
-                                    s.clock,
-                                    roo.0,
-                                    roo.1,
-                                    rr.0,
-                                    rr.1,
-                                    fmt_id(origin)
-                                )));
+                if !roo.is_none() && Some(roo) != origin_r {
+                    if let Some(q) = self.live_at_ref(roo) {
+                        if self.runs[q as usize].list == seq
+                            && match nl {
+                                None => true,
+                                Some(l) => !self.at_or_before(q, roo.k, l, origin_r.expect("nl").k),
                             }
+                        {
+                            let rid = ro.expect("nr");
+                            let rooid = self.id_of(roo).expect("a stored reference");
+                            return Err(malformed(format!(
+                                "item {}:{}: the origin {}:{} of its right origin {}:{} lies \
+                                 after its own origin {}, so its writer knew an item between \
+                                 them",
+                                s.client,
+                                s.clock,
+                                rooid.0,
+                                rooid.1,
+                                rid.0,
+                                rid.1,
+                                fmt_id(origin)
+                            )));
                         }
                     }
                 }
@@ -1638,30 +1693,29 @@ impl DocIndex {
         }
         if let Some(l) = nl {
             if nr.is_some() || ro.is_none() {
-                let o = origin.expect("nl");
-                let o_right = self.id_of(self.runs[l as usize].right_origin);
-                if let Some(orr) = o_right {
-                    if Some(orr) != ro {
-                        if let Some(q) = self.live_at(orr) {
-                            if self.runs[q as usize].list == seq
-                                && match nr {
-                                    None => true,
-                                    Some(r) => !self.at_or_before(r, ro.expect("nr").1, q, orr.1),
-                                }
-                            {
-                                return Err(malformed(format!(
-                                    "item {}:{}: the right origin {}:{} of its origin {}:{} lies \
-                                     before its own right origin {}, so its writer knew an item \
-                                     between them",
-                                    s.client,
-                                    s.clock,
-                                    orr.0,
-                                    orr.1,
-                                    o.0,
-                                    o.1,
-                                    fmt_id(ro)
-                                )));
+                let orr = self.runs[l as usize].right_origin;
+                if !orr.is_none() && Some(orr) != ro_r {
+                    if let Some(q) = self.live_at_ref(orr) {
+                        if self.runs[q as usize].list == seq
+                            && match nr {
+                                None => true,
+                                Some(r) => !self.at_or_before(r, ro_r.expect("nr").k, q, orr.k),
                             }
+                        {
+                            let o = origin.expect("nl");
+                            let orrid = self.id_of(orr).expect("a stored reference");
+                            return Err(malformed(format!(
+                                "item {}:{}: the right origin {}:{} of its origin {}:{} lies \
+                                 before its own right origin {}, so its writer knew an item \
+                                 between them",
+                                s.client,
+                                s.clock,
+                                orrid.0,
+                                orrid.1,
+                                o.0,
+                                o.1,
+                                fmt_id(ro)
+                            )));
                         }
                     }
                 }
@@ -1699,6 +1753,7 @@ impl DocIndex {
                     right_origin: Ref::NIL,
                     meta: STRUCT_GC as u64 | ((NO_TYPE as u64) << 4),
                 });
+                self.clients[c as usize].starts.push(start);
                 self.clients[c as usize].runs.push(n);
             }
         }
@@ -1825,6 +1880,7 @@ impl DocIndex {
                     break;
                 }
                 self.clients[c as usize].runs.pop();
+                self.clients[c as usize].starts.pop();
                 self.unlink(last);
                 self.free_runs.push(last);
             }
@@ -1977,8 +2033,14 @@ impl DocIndex {
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         for cd in &self.clients {
             let mut clock = 0u32;
-            for &r in &cd.runs {
+            if cd.starts.len() != cd.runs.len() {
+                return Err(format!("run starts of client {}", cd.id));
+            }
+            for (i, &r) in cd.runs.iter().enumerate() {
                 let run = &self.runs[r as usize];
+                if cd.starts[i] != run.clock {
+                    return Err(format!("run start {}:{} not filed", cd.id, run.clock));
+                }
                 if run.clock != clock {
                     return Err(format!("gap or overlap at {}:{}", cd.id, run.clock));
                 }
@@ -2034,13 +2096,6 @@ impl DocIndex {
             return Err(format!("{live} live runs but {in_lists} in lists"));
         }
         Ok(())
-    }
-}
-
-fn refs_equal(a: Option<Ref>, b: Ref) -> bool {
-    match a {
-        Some(a) => a == b,
-        None => false, // an ID whose client the index does not know equals no stored one
     }
 }
 
