@@ -167,3 +167,46 @@ def test_every_runnable_block_is_seen() -> None:
     # The README must keep at least its example, sync and relay programs runnable.
     readme = [b for b in blocks(REPO / "README.md") if not b.directive.startswith("skip")]
     assert sum(b.lang == "python" for b in readme) >= 3
+
+
+# Paths the docs name: a relative link's target, or a code span that is a repository
+# path (``crdtsync/model/undo.py``). Files move; a reader following a stale one is lost.
+_LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+_PATH_SPAN = re.compile(
+    r"`((?:crdtsync|transports|apps|tests|examples|scripts|benchmarks|docs|proofs|native|tools)"
+    r"/[\w./-]*)`"
+)
+
+
+def named_paths(path: Path) -> list[tuple[int, str]]:
+    """Relative link targets and repository-path code spans in ``path``, with line numbers."""
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        for match in _LINK.finditer(line):
+            target = match.group(1)
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            out.append((number, str((path.parent / target).resolve().relative_to(REPO))))
+        for match in _PATH_SPAN.finditer(line):
+            out.append((number, match.group(1).rstrip("/.")))
+    return out
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        *FILES,
+        REPO / "CHANGELOG.md",
+        REPO / "benchmarks" / "README.md",
+        REPO / "proofs" / "README.md",
+    ],
+    ids=lambda p: str(p.relative_to(REPO)),
+)
+def test_named_paths_exist(path: Path) -> None:
+    missing = [
+        f"line {n}: {p}"
+        for n, p in named_paths(path)
+        # node_modules is made by the npm install the text describes.
+        if not (REPO / p).exists() and "node_modules" not in p
+    ]
+    assert not missing, f"{path.relative_to(REPO)} names paths that do not exist: {missing}"

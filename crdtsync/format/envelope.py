@@ -9,6 +9,8 @@ Layout (see ``docs/FORMAT.md`` for the full description and golden vectors)::
         3: bytes,                ; payload
         ? 4: [* bytes],          ; held updates (Doc.save): v1 updates received ahead of
                                  ; their predecessors, kept so that saving loses nothing
+        ? 5: bytes,              ; derived-state cache (Doc.save): the model's own bytes,
+                                 ; e.g. tree shapes; a reader may ignore it
         * uint => any            ; unknown keys are ignored (forward compatibility)
     }
 
@@ -82,6 +84,7 @@ class Envelope:
     version: int
     held: tuple[bytes, ...] = ()
     parsed: Parsed | None = None
+    cache: bytes = b""
 
     @property
     def snapshot(self) -> bool:
@@ -95,6 +98,7 @@ def pack(
     compact: bool = False,
     snapshot: bool = False,
     held: Sequence[bytes] = (),
+    cache: bytes = b"",
 ) -> bytes:
     """Wrap a v1 update in an envelope.
 
@@ -104,6 +108,8 @@ def pack(
             snapshots and storage).
         snapshot: mark it as a full-history snapshot.
         held: updates waiting for predecessors, stored beside the payload.
+        cache: state derived from the update that saves its reader work
+            (opaque here; the model checks it before trusting it).
 
     Returns:
         The envelope bytes.
@@ -121,6 +127,8 @@ def pack(
     env: dict[int, Any] = {0: MAGIC, 1: FORMAT_VERSION, 2: flags, 3: payload}
     if held:
         env[4] = [bytes(h) for h in held]
+    if cache:
+        env[5] = bytes(cache)
     return encode_cbor(env)
 
 
@@ -186,7 +194,12 @@ def unpack(data: bytes, limits: UpdateLimits, *, native: bool | None = None) -> 
         raise MalformedUpdateError("envelope field 4 (held updates) must be a list of bytes")
     if sum(len(h) for h in held) > limits.max_update_bytes:
         raise UpdateLimitError("held updates exceed the update size limit")
-    return Envelope(update=update, flags=flags, version=version, held=tuple(held), parsed=parsed)
+    cache = obj.get(5, b"")
+    if type(cache) is not bytes:
+        raise MalformedUpdateError("envelope field 5 (derived-state cache) must be bytes")
+    return Envelope(
+        update=update, flags=flags, version=version, held=tuple(held), parsed=parsed, cache=cache
+    )
 
 
 def _unzstd(payload: bytes, limit: int) -> bytes:

@@ -71,8 +71,9 @@ from crdtsync.model.containers import (
     Register,
     Text,
     engine_error,
-    kind_class,
 )
+from crdtsync.model.kinds import kind_class
+from crdtsync.model.tree_events import TreeChange
 from crdtsync.model.values import check_text
 
 if TYPE_CHECKING:
@@ -114,6 +115,10 @@ class Change:
             for list inserts). ``None`` for a text whose earlier content this
             document had not seen (read the text instead).
         created: the whole root appeared in this transaction (read it whole).
+        tree: for trees, what happened to each node
+            (:class:`~crdtsync.TreeChange`: created, moved, deleted, data
+            changed), in an order that applies to the tree as it was; ``None``
+            for a tree this replica had not read before (read it whole).
     """
 
     path: tuple[str | int, ...]
@@ -121,6 +126,7 @@ class Change:
     keys: dict[str, str] | None = None
     delta: list[dict[str, Any]] | None = None
     created: bool = False
+    tree: tuple[TreeChange, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -503,6 +509,50 @@ class Doc:
         self._hlc = ts
         return ts
 
+    # -- what containers ask of their document (the tree uses these) ---------------
+
+    def edit(self, container: Container) -> _Txn:
+        """A transaction for an edit of ``container`` (a root registers its kind on its first edit).
+
+        Edits join an open transaction; events and updates go out when the
+        outermost one ends.
+        """
+        return _Txn(self, None, container)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (edits now join it)."""
+        return self._depth > 0
+
+    @property
+    def observed(self) -> bool:
+        """Whether anyone observes this document's changes or updates."""
+        return self._observed
+
+    @property
+    def importing(self) -> bool:
+        """Whether the open transaction applies a remote update (rather than local edits)."""
+        return self._depth > 0 and isinstance(self._origin, _Remote)
+
+    def root_name(self, container: Container) -> str | None:
+        """The name of ``container`` if it is this document's wrapper of a root, else ``None``."""
+        for name, root in self._roots.items():
+            if root is container:
+                return name
+        return None
+
+    def _tree_shapes(self) -> bytes:
+        """The shapes of the trees read here, saved beside the update (``docs/TREE.md``)."""
+        from crdtsync.model.tree import tree_cache
+
+        return tree_cache(self)
+
+    def _offer_tree_shapes(self, blob: bytes) -> None:
+        """Let this loaded document's trees start from their saved shapes, if still valid."""
+        from crdtsync.model.tree import offer_cache
+
+        offer_cache(self, blob)
+
     # -- versions and updates ----------------------------------------------------------
 
     @property
@@ -574,6 +624,7 @@ class Doc:
             compact=True,
             snapshot=True,
             held=self.held_updates(),
+            cache=self._tree_shapes(),
         )
 
     @classmethod
@@ -608,6 +659,7 @@ class Doc:
             )
         for update in env.held:
             doc._apply(update, None)
+        doc._offer_tree_shapes(env.cache)
         return doc
 
     def import_update(self, data: bytes, *, origin: Any = None) -> None:
@@ -1018,12 +1070,20 @@ class Doc:
         return created
 
     def _on_deep(self, name: str, events: Any) -> None:
+        from crdtsync.model.tree import nested_trees, tree_changes
+
         root = self._roots.get(name)
         if (root is not None and root.kind == "tree") or self._registry.get(name) == "tree":
             # A tree's engine layout (operation log, data maps) is not its shape:
-            # report the tree as changed and let readers ask it.
-            self._pending.append(Change((name,), "tree"))
+            # the tree says what happened to its nodes.
+            changes = tree_changes(root, [(ev.path, ev) for ev in events])
+            self._pending.append(Change((name,), "tree", tree=changes))
             return
+        if root is not None:
+            events, trees = nested_trees(self, root._y, events)
+            for where, (tree, inside) in trees.items():
+                changes = tree_changes(tree, inside)
+                self._pending.append(Change((name, *where), "tree", tree=changes))
         for ev in events:
             path = (name, *ev.path)
             target = ev.target

@@ -84,6 +84,7 @@ class YConnection:
     __slots__ = (
         "_dropped",
         "_metrics",
+        "_refused_writes",
         "address",
         "catch_up_end",
         "catch_up_start",
@@ -125,6 +126,8 @@ class YConnection:
         self.catch_up_end = 0
         # Set when the relay dropped it (store failure, slow consumer).
         self._dropped = False
+        # Writes refused over a read-only grant (the first is logged, all are counted).
+        self._refused_writes = 0
 
     @property
     def closed(self) -> bool:
@@ -201,6 +204,16 @@ class YConnection:
             if verdict is Admission.READ_ONLY:
                 self._metrics.error("read_only")
                 session.refuse_update("read-only access: update refused")
+                self._refused_writes += 1
+                if self._refused_writes == 1:  # a read-only tab typing: once, not per key
+                    fields = {
+                        "remote": self.address,
+                        "protocol": "y",
+                        "room": self.room,
+                        "error": "ReadOnlyError",
+                        "reason": "read-only access: update refused",
+                    }
+                    log.warning("refused", extra={"fields": fields})
             elif verdict is not Admission.FORBIDDEN:
                 session.update_applied(ev)
 
