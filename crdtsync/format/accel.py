@@ -68,6 +68,7 @@ __all__ = [
     "parse_update",
     "to_parsed_update",
     "unzstd",
+    "update_writes",
 ]
 
 logger = logging.getLogger("crdtsync.format.accel")
@@ -165,6 +166,29 @@ def parse_update(data: bytes, limits: UpdateLimits = DEFAULT_LIMITS) -> ParsedUp
 
         return py_parse(data, limits)
     return to_parsed_update(_NATIVE_MODULE.parse_update(_as_bytes(data, "update"), limits))
+
+
+def update_writes(data: bytes, limits: UpdateLimits = DEFAULT_LIMITS) -> dict[int, int]:
+    """Checks that ``data`` parses as a v1 update and says what it writes.
+
+    What a session checks a peer's update against before the document sees it
+    (``verify_writers``), without building the parse in Python on the native
+    path.
+
+    Returns:
+        Client id -> clock after the update's last struct that is not a Skip
+        (``ParsedUpdate.state_vector_after()``; equal on both paths).
+
+    Raises:
+        MalformedUpdateError: the bytes are not a well-formed v1 update.
+        UpdateLimitError: a limit is exceeded.
+    """
+    if _NATIVE_MODULE is None:
+        from crdtsync.format.yupdate import parse_update as py_parse
+
+        return py_parse(data, limits).state_vector_after()
+    writes = _NATIVE_MODULE.parse_update(_as_bytes(data, "update"), limits).writes()
+    return cast(dict[int, int], writes)
 
 
 def compact_encode(v1: bytes) -> bytes:

@@ -106,8 +106,9 @@ from crdtsync.errors import (
     UnexpectedMessageError,
     UpdateRejectedError,
 )
+from crdtsync.format.accel import update_writes
 from crdtsync.format.version import Version
-from crdtsync.format.yupdate import DEFAULT_LIMITS, UpdateLimits, parse_update
+from crdtsync.format.yupdate import DEFAULT_LIMITS, UpdateLimits
 from crdtsync.protocol import yprotocol as y
 from crdtsync.protocol.awareness import decode_awareness
 from crdtsync.protocol.limits import TokenBucket
@@ -554,7 +555,7 @@ class YSession:
         if not self.options.verify_writers:
             return {}
         try:
-            return parse_update(update, self.options.limits).state_vector_after()
+            return update_writes(update, self.options.limits)
         except InvalidUpdateError as exc:
             raise UpdateRejectedError(str(exc)) from None
 

@@ -22,6 +22,9 @@ from hypothesis import strategies as st
 from crdtsync import Doc, InvalidUpdateError, MalformedUpdateError
 from crdtsync.format import yupdate as y
 
+# Every test here runs on the Rust core and on the Python reference.
+pytestmark = pytest.mark.usefixtures("checker_path")
+
 ROOT_TYPES = {"m": y.TYPE_MAP, "a": y.TYPE_ARRAY, "t": y.TYPE_TEXT, "x": y.TYPE_XML_FRAGMENT}
 
 

@@ -24,6 +24,9 @@ from crdtsync.format import yupdate as y
 from crdtsync.format.envelope import FLAG_COMPACT, FLAG_SNAPSHOT, pack
 from crdtsync.model.containers import Text
 
+# Every test here runs on the Rust core and on the Python reference.
+pytestmark = pytest.mark.usefixtures("checker_path")
+
 
 def _update(structs: list[y.Struct], ds: dict[int, list[tuple[int, int]]] | None = None) -> bytes:
     clients: dict[int, list[y.Struct]] = {}

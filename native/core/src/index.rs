@@ -280,6 +280,8 @@ struct Txn {
     delete_set: Vec<(u64, Vec<(u32, u32)>)>,
     /// Table sizes when the update began (everything past them is undone).
     n_clients: usize,
+    /// Arena length when the update began (to trim after a large one).
+    n_runs: usize,
     n_names: usize,
     n_subs: usize,
     /// Per update client: its position and the clocks of its structs (for
@@ -543,6 +545,7 @@ impl DocIndex {
             last_placed: None,
             delete_set: delete_set.unwrap_or_else(|| parsed.delete_set.clone()),
             n_clients: self.clients.len(),
+            n_runs: self.runs.len(),
             n_names: self.names.strings.len(),
             n_subs: self.subs.strings.len(),
             starts: None,
@@ -619,6 +622,17 @@ impl DocIndex {
             }
         }
         self.last_diff = None;
+        // An update that made most of the arena (a load, a full-state import)
+        // leaves the tables up to twice their length: give the slack back, once.
+        let n = self.runs.len();
+        if n >= 4096 && n - txn.n_runs.min(n) > n / 2 {
+            self.runs.shrink_to_fit();
+            for c in &mut self.clients {
+                c.runs.shrink_to_fit();
+                c.starts.shrink_to_fit();
+                c.deleted.shrink_to_fit();
+            }
+        }
         moved
     }
 
