@@ -547,11 +547,9 @@ class YSession:
         self._events.append(UpdateReceived(msg.update, False, self._writes(msg.update)))
 
     def _writes(self, update: bytes) -> Mapping[int, int]:
-        # NOTE(model): the update is parsed here for its client ids, and again by
-        # Doc.import_yjs_update's validator when the shell imports it. A Doc call
-        # that validates once and returns the writer ids (e.g. import returning
-        # the parsed update's state vector) would halve that; the model layer is
-        # another helper's, so today's API is used. The same holds for Session.
+        # The update is parsed here for its client ids (in Rust when the native
+        # core is built: no Python objects per struct), and again by
+        # Doc.import_yjs_update's validator when the shell imports it.
         if not self.options.verify_writers:
             return {}
         try:
