@@ -721,7 +721,18 @@ class Result:
 
 def run_session(seed: int, index: int, res: Result) -> None:
     """Runs one session, adding to ``res``."""
-    session = make_session(seed, index)
+    try:
+        session = make_session(seed, index)
+    except BaseException as exc:  # PanicException derives from BaseException
+        if type(exc).__name__ != "PanicException":
+            raise
+        # Raw pycrdt panicked while an honest writer made the session's updates
+        # (seed 1 session 15971: yrs 0.28's block_store divides by zero when a
+        # transaction deletes a nested type and then a text range). That is
+        # the engine's bug in local edits, not our import path: the session is
+        # skipped and counted.
+        res.outcomes["sessions skipped: pycrdt panicked while generating"] += 1
+        return
     rng = random.Random(f"run:{seed}:{index}")
     pair = Pair(session.roots, LIMIT_SETS[session.limits])
     res.sessions += 1
