@@ -837,11 +837,12 @@ def target_doc(
     doc = doc_cls()
     importer = getattr(doc, "import_yjs_update", None) or doc.import_update
     ydoc = getattr(doc, "_y", None)
-    index = getattr(doc, "_index", None)
-    if SCENARIO[0] == "gc" and index is not None:
+    checker = getattr(doc, "_checker", None)
+    if SCENARIO[0] == "gc" and checker is not None:
         # The raw roots are read back below with these types: declare them,
         # as an application reading them so would.
-        index.root_types.update(ROOT_TYPES)
+        for name, type_ref in ROOT_TYPES.items():
+            checker.set_root_type(name, type_ref)
     if prior:
         # A prior the model refuses: fuzz against an empty document then.
         with contextlib.suppress(InvalidUpdateError):
@@ -859,7 +860,7 @@ def target_doc(
             import pycrdt
 
             _read_back(ydoc, pycrdt)  # the raw roots, where a misplaced item shows
-        roots = dict(index.root_types) if index is not None else None
+        roots = dict(checker.snapshot()["root_types"]) if checker is not None else None
         problem = _export_problem(doc.export_yjs_update(), roots)
         if problem is not None:
             return "corrupt-after-accept", problem

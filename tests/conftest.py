@@ -20,3 +20,27 @@ def anyio_backend() -> str:
 # PostgreSQL fixtures (pg_server, pg_dsn, pg_own_server): a server in a temp dir,
 # started only when a test asks for one (tests/helpers/postgres.py).
 from helpers.postgres import pg_dsn, pg_own_server, pg_server  # noqa: E402, F401
+
+
+@pytest.fixture(params=["native", "python"])
+def checker_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test on the Rust core and again on the pure-Python reference.
+
+    Modules whose every test must hold on both paths (import safety, the
+    crasher fixtures, the shared corpus, budgets) use it with
+    ``pytestmark = pytest.mark.usefixtures("checker_path")``. The Python run
+    switches the whole format layer (``crdtsync.format.accel``, which every
+    ``Doc`` and decoder asks) as ``CRDTSYNC_PURE_PYTHON=1`` would at import;
+    child processes get that variable (:func:`helpers.paths.child_env`). The
+    native run is skipped only where the extension is not built (CI builds it).
+    """
+    from crdtsync.format import accel
+
+    monkeypatch.setenv(accel.PURE_PYTHON_ENV, "1" if request.param == "python" else "0")
+    if request.param == "python":
+        # The path is picked once at import; this is the same switch, made late.
+        monkeypatch.setattr(accel, "NATIVE", False)
+        monkeypatch.setattr(accel, "_NATIVE_MODULE", None)
+    elif not accel.NATIVE:
+        pytest.skip("crdtsync._native is not built (or CRDTSYNC_PURE_PYTHON is set)")
+    return str(request.param)

@@ -35,7 +35,7 @@ import logging
 import os
 import warnings
 from types import ModuleType
-from typing import Any, cast
+from typing import Any, Protocol, TypeAlias, cast
 
 from crdtsync.format.yupdate import (
     CONTENT_ANY,
@@ -58,13 +58,17 @@ from crdtsync.format.yupdate import (
 __all__ = [
     "NATIVE",
     "PATH",
+    "NativeUpdate",
+    "Parsed",
     "check_update",
     "compact_decode",
+    "compact_decode_parsed",
     "compact_encode",
     "native_module",
     "parse_update",
     "to_parsed_update",
     "unzstd",
+    "update_writes",
 ]
 
 logger = logging.getLogger("crdtsync.format.accel")
@@ -108,6 +112,22 @@ _NATIVE_MODULE, PATH = _load()
 NATIVE: bool = _NATIVE_MODULE is not None
 
 
+class NativeUpdate(Protocol):
+    """A ``crdtsync._native.Update``: a v1 update parsed into Rust (and its bytes)."""
+
+    def writes(self) -> dict[int, int]:
+        """Client id -> clock after its last struct that is not a Skip."""
+        ...
+
+    def is_empty(self) -> bool:
+        """Whether it carries neither structs nor deletions."""
+        ...
+
+
+#: A parsed update: the Python parser's, or the Rust one's (which stays in Rust).
+Parsed: TypeAlias = ParsedUpdate | NativeUpdate
+
+
 def native_module() -> ModuleType | None:
     """The ``crdtsync._native`` module in use, or None on the pure-Python path."""
     return _NATIVE_MODULE
@@ -148,6 +168,29 @@ def parse_update(data: bytes, limits: UpdateLimits = DEFAULT_LIMITS) -> ParsedUp
     return to_parsed_update(_NATIVE_MODULE.parse_update(_as_bytes(data, "update"), limits))
 
 
+def update_writes(data: bytes, limits: UpdateLimits = DEFAULT_LIMITS) -> dict[int, int]:
+    """Checks that ``data`` parses as a v1 update and says what it writes.
+
+    What a session checks a peer's update against before the document sees it
+    (``verify_writers``), without building the parse in Python on the native
+    path.
+
+    Returns:
+        Client id -> clock after the update's last struct that is not a Skip
+        (``ParsedUpdate.state_vector_after()``; equal on both paths).
+
+    Raises:
+        MalformedUpdateError: the bytes are not a well-formed v1 update.
+        UpdateLimitError: a limit is exceeded.
+    """
+    if _NATIVE_MODULE is None:
+        from crdtsync.format.yupdate import parse_update as py_parse
+
+        return py_parse(data, limits).state_vector_after()
+    writes = _NATIVE_MODULE.parse_update(_as_bytes(data, "update"), limits).writes()
+    return cast(dict[int, int], writes)
+
+
 def compact_encode(v1: bytes) -> bytes:
     """:func:`crdtsync.format.columnar.compact_encode` (byte-identical on both paths).
 
@@ -178,6 +221,33 @@ def compact_decode(data: bytes, limits: UpdateLimits = DEFAULT_LIMITS) -> bytes:
 
         return py_decode(data, limits)
     return bytes(_NATIVE_MODULE.compact_decode(_as_bytes(data, "compact data"), limits))
+
+
+def compact_decode_parsed(
+    data: bytes, limits: UpdateLimits = DEFAULT_LIMITS, *, native: bool | None = None
+) -> tuple[bytes, Parsed]:
+    """:func:`crdtsync.format.columnar.compact_decode_parsed`, the parse kept on its side.
+
+    On the native path the parse is a :class:`NativeUpdate` (it stays in Rust
+    for the native checker); on the Python path a ``ParsedUpdate``.
+
+    Args:
+        data: the compact bytes.
+        limits: limits of the rebuilt update.
+        native: which decoder (None: the one in use).
+
+    Raises:
+        MalformedUpdateError: the data is corrupt or truncated.
+        UpdateLimitError: the data would exceed a limit.
+    """
+    if native is None:
+        native = _NATIVE_MODULE is not None
+    if not native or _NATIVE_MODULE is None:
+        from crdtsync.format.columnar import compact_decode_parsed as py_decode
+
+        return py_decode(data, limits)
+    v1, parsed = _NATIVE_MODULE.compact_decode_parsed(_as_bytes(data, "compact data"), limits)
+    return bytes(v1), cast(NativeUpdate, parsed)
 
 
 def unzstd(payload: bytes, limit: int) -> bytes:

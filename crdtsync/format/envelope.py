@@ -36,9 +36,10 @@ from typing import Any
 
 from crdtsync.errors import MalformedUpdateError, UnsupportedVersionError, UpdateLimitError
 from crdtsync.format import zstd
+from crdtsync.format.accel import Parsed, compact_decode_parsed
 from crdtsync.format.cbor import decode_cbor, encode_cbor
-from crdtsync.format.columnar import compact_decode_parsed, compact_encode
-from crdtsync.format.yupdate import ParsedUpdate, UpdateLimits
+from crdtsync.format.columnar import compact_encode
+from crdtsync.format.yupdate import UpdateLimits
 
 __all__ = [
     "FLAG_COMPACT",
@@ -73,14 +74,16 @@ class Envelope:
     """A decoded envelope: the v1 update and what the flags said about it.
 
     ``parsed`` is the compact decoder's parse of ``update`` (for the
-    validator, which then parses nothing again); None for other payloads.
+    validator, which then parses nothing again): a ``ParsedUpdate`` from the
+    Python decoder, or a ``crdtsync._native.Update`` from the Rust one; None
+    for other payloads.
     """
 
     update: bytes
     flags: int
     version: int
     held: tuple[bytes, ...] = ()
-    parsed: ParsedUpdate | None = None
+    parsed: Parsed | None = None
     cache: bytes = b""
 
     @property
@@ -129,13 +132,16 @@ def pack(
     return encode_cbor(env)
 
 
-def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
+def unpack(data: bytes, limits: UpdateLimits, *, native: bool | None = None) -> Envelope:
     """Open an envelope and return the v1 update inside (not yet validated).
 
     Args:
         data: envelope bytes from anywhere.
         limits: size limits to enforce (``Doc.load`` passes limits whose
             ``max_update_bytes`` is the document limit, ``max_document_bytes``).
+        native: decode a compact payload with the Rust decoder (True), the
+            Python one (False) or the one in use (None); the parse it hands
+            on (``Envelope.parsed``) is that decoder's.
 
     Returns:
         The envelope.
@@ -178,7 +184,7 @@ def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
         raise MalformedUpdateError("envelope flags combine compact and zstd")
     parsed = None
     if flags & FLAG_COMPACT:
-        update, parsed = compact_decode_parsed(payload, limits)
+        update, parsed = compact_decode_parsed(payload, limits, native=native)
     elif flags & FLAG_ZSTD:
         update = _unzstd(payload, limits.max_update_bytes)
     else:

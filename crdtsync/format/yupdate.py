@@ -1706,6 +1706,49 @@ class DocIndex:
             node = node.right
         return out
 
+    def snapshot(self) -> dict[str, object]:
+        """Everything the index holds, as plain data (for tests and fuzzers; O(document)).
+
+        The Rust port (``crdtsync._native.DocIndex.snapshot``) returns the same
+        shape, so the two can be compared: ``state`` (client, clock) pairs;
+        ``runs`` per client in clock order, each ``(client, clock, end, kind,
+        origin, right_origin, list, type_ref)`` with ``list`` the
+        ``(container, map key)`` holding it or None once GC'd; ``lists``, each
+        ``(container, map key, [(client, clock, end), ...])`` in document
+        order; the delete set (``deleted``), ``pending`` deletions, live
+        ``types``, ``observed`` classes, ``pair_splits``, ``root_types`` and
+        ``formatting``. Labels are left out: only the order they encode is
+        part of the index's meaning.
+        """
+        runs = []
+        for client in sorted(self._nodes):
+            for n in self._nodes[client]:
+                seq = n.seq
+                runs.append(
+                    (
+                        n.client,
+                        n.clock,
+                        n.end,
+                        n.kind,
+                        n.origin,
+                        n.right_origin,
+                        None if seq is None else (seq.key, seq.sub),
+                        n.type_ref,
+                    )
+                )
+        return {
+            "state": sorted(self.state.items()),
+            "runs": runs,
+            "lists": [(k, sub, self.order(k, sub)) for k, sub in self._seqs],
+            "deleted": sorted(self.delete_set().items()),
+            "pending": sorted((c, list(p)) for c, p in self._pending.items() if p),
+            "types": sorted((c, list(t)) for c, t in self._types.items() if t),
+            "observed": list(self.observed.items()),
+            "pair_splits": sorted((c, list(p)) for c, p in self.pair_splits.items() if p),
+            "root_types": sorted(self.root_types.items()),
+            "formatting": self.formatting,
+        }
+
     def check_invariants(self) -> None:
         """Checks the invariants above (for tests and fuzzers; O(document)).
 

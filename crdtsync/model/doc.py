@@ -11,10 +11,13 @@ merely accessed: accessing is not an edit, and two replicas that imported the
 same updates must be equal whichever roots each looked at.
 
 Bytes from outside take one path: envelope (``encoding.unpack``), one parse
-(the compact decoder's own, or ``_yupdate.parse_update``), the validator's one
-pass that checks every rule and integrates the update into the document's
-index (``_yupdate.DocIndex.begin``), and only then pycrdt, inside a
-transaction whose origin marks it remote. Updates that arrive ahead of what
+(the compact decoder's own, or the parser's), the checker's one pass that
+checks every rule and integrates the update into the document's index
+(``DocIndex.begin``), and only then pycrdt, inside a transaction whose origin
+marks it remote. The checker (:mod:`crdtsync.format.checker`) is the Rust
+port of the index when the extension is built (the parse then stays in Rust
+from the envelope to the bytes handed to pycrdt), else the Python reference;
+both accept, refuse and hand pycrdt the same. Updates that arrive ahead of what
 they depend on are held, within budgets, until it arrives. pycrdt's Rust panics are
 ``BaseException``\\ s; they are translated into :class:`EngineError` at the one
 place pycrdt is called.
@@ -49,19 +52,15 @@ from crdtsync.errors import (
     UpdateLimitError,
 )
 from crdtsync.format import envelope as encoding
+from crdtsync.format.accel import Parsed
+from crdtsync.format.checker import Checker, PyChecker, new_checker
 from crdtsync.format.version import Version
 from crdtsync.format.yupdate import (
-    STRUCT_SKIP,
     TYPE_ARRAY,
     TYPE_MAP,
     TYPE_TEXT,
-    DocIndex,
     MissingUpdatesError,
-    ParsedUpdate,
     UpdateLimits,
-    encode_delete_set,
-    encode_update,
-    parse_update,
 )
 from crdtsync.model.containers import (
     KIND_KEY,
@@ -99,6 +98,7 @@ _TYPE_REFS: dict[Any, int] = {
 }
 
 _C = TypeVar("_C", bound=Container)
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 @dataclass(frozen=True)
@@ -227,6 +227,10 @@ class Doc:
         limits: limits applied to every update this document imports.
         clock: wall clock in seconds (default :func:`time.time`), used by
             registers' hybrid logical clocks; tests pass a fake one.
+        native: check imported updates with the Rust core (True) or the
+            Python reference (False); by default the Rust core when it is
+            built (see :mod:`crdtsync.format.accel`). Both accept and refuse
+            the same updates; the choice is for comparisons and tests.
     """
 
     def __init__(
@@ -235,6 +239,7 @@ class Doc:
         peer_id: int | None = None,
         limits: UpdateLimits | None = None,
         clock: Callable[[], float] | None = None,
+        native: bool | None = None,
     ) -> None:
         if peer_id is None:
             peer_id = 1 + secrets.randbelow(_MAX_PEER_ID - 1)
@@ -252,20 +257,30 @@ class Doc:
         self._client_key = str(peer_id)
         # Root name -> kind, replicated.
         self._registry: Any = self._y.get(REGISTRY, type=pycrdt.Map)
-        # What the validator knows of this document's structure (see _yupdate.DocIndex).
-        self._index = DocIndex({REGISTRY: TYPE_MAP})
+        # What the validator knows of this document's structure (see
+        # format/checker.py: the Rust or the Python DocIndex).
+        try:
+            self._checker: Checker = new_checker({REGISTRY: TYPE_MAP}, native=native)
+        except RuntimeError as exc:
+            raise InvalidOperationError(f"native=True: {exc}") from None
+        # The same limits in the form stored state is read under.
+        self._whole = self._document_limits()
         # Whether the index hears of local transactions (from the first import on).
         self._index_live = False
         # Local transactions' updates not recorded in the index yet.
         self._local: builtins.list[bytes] = []
         # Our own import's engine transaction is running (its event is not local).
         self._importing = False
+        # Whether imports run in an engine transaction whose origin marks them
+        # remote: needed once an undo manager watches this document (pycrdt's
+        # would otherwise record imports made without an origin as local edits).
+        self._engine_origins = False
         # Whether that transaction's delete set must reach the index (yrs may
         # delete redundant formatting items of its own accord), and the set.
         self._want_event_deletes = False
         self._event_deletes: bytes | None = None
         # The last parse new_writers() made, for the import of the same bytes.
-        self._last_parse: tuple[bytes, ParsedUpdate] | None = None
+        self._last_parse: tuple[bytes, Parsed] | None = None
         # Updates waiting for predecessors, by arrival number; their arrival
         # order with times (for expiry); per client, a heap of (clock, number):
         # an update is retried once the client's clock passes that clock.
@@ -371,7 +386,7 @@ class Doc:
             raise RootTypeError(f"root {name!r} exists in the engine with another type") from exc
         root = cls._attached(self, y, pending_root=None if kind else name)
         self._roots[name] = root
-        self._index.root_types.setdefault(name, _TYPE_REFS[cls._engine_type])
+        self._checker.set_root_type(name, _TYPE_REFS[cls._engine_type])
         if self._observers:
             self._watch(name, root)
         return root
@@ -458,6 +473,10 @@ class Doc:
         from .undo import UndoManager
 
         return UndoManager(self, containers, origins=origins, capture_timeout=capture_timeout)
+
+    def _watched_by_undo(self) -> None:
+        """An undo manager now watches this document: imports carry a remote origin."""
+        self._engine_origins = True
 
     def _engine_write(self, origin: Any, write: Callable[[], bool]) -> bool:
         """Run an engine call that makes its own transaction (undo, redo) as a local edit.
@@ -575,13 +594,9 @@ class Doc:
         Raises:
             InvalidUpdateError: the bytes are not a valid update.
         """
-        parsed = parse_update(bytes(update), self._limits)
+        parsed = self._checker.parse(bytes(update), self._limits)
         self._sync_index()
-        state = self._index.state
-        for client, structs in parsed.clients.items():
-            if structs[-1].end > state.get(client, 0):
-                return False
-        return self._index.covers(parsed.delete_set)
+        return self._checker.contains(parsed)
 
     def new_writers(self, update: bytes) -> builtins.list[int]:
         """Client ids under which a raw Yjs v1 update writes structs this replica lacks.
@@ -594,10 +609,13 @@ class Doc:
             InvalidUpdateError: the bytes are not a valid update.
         """
         data = bytes(update)
-        parsed = parse_update(data, self._limits)
+        parsed = self._checker.parse(data, self._limits)
         self._last_parse = (data, parsed)
+        writes = self._checker.writes(parsed)
+        if not writes:
+            return []
         known = self.version
-        return [c for c, end in parsed.state_vector_after().items() if end > (known.get(c) or 0)]
+        return [c for c, end in writes.items() if end > (known.get(c) or 0)]
 
     def save(self) -> bytes:
         """The full history in the compact encoding, for :meth:`load`."""
@@ -617,19 +635,20 @@ class Doc:
         peer_id: int | None = None,
         limits: UpdateLimits | None = None,
         clock: Callable[[], float] | None = None,
+        native: bool | None = None,
     ) -> Doc:
         """A new document holding what :meth:`save` (or :meth:`export_update`) wrote.
 
         Stored state is read under ``limits.max_document_bytes`` (a document
         is larger than any one update it grew by); each held update it carries
-        under the per-update limits.
+        under the per-update limits. ``native`` is as for :class:`Doc`.
 
         Raises:
             InvalidUpdateError: if the bytes are not a valid crdtsync document.
         """
-        doc = cls(peer_id=peer_id, limits=limits, clock=clock)
-        whole = doc._document_limits()
-        env = encoding.unpack(data, whole)
+        doc = cls(peer_id=peer_id, limits=limits, clock=clock, native=native)
+        whole = doc._whole
+        env = encoding.unpack(data, whole, native=doc._checker.native)
         doc._apply(env.update, None, env.parsed, whole)
         if doc._held:
             raise MissingUpdatesError(
@@ -657,7 +676,7 @@ class Doc:
             InvalidUpdateError: malformed, too large or from a newer version.
             EngineError: the engine failed after validation (a bug: please report).
         """
-        env = encoding.unpack(data, self._limits)
+        env = encoding.unpack(data, self._limits, native=self._checker.native)
         self._apply(env.update, origin, env.parsed)
         for update in env.held:
             self._apply(update, origin)
@@ -674,9 +693,11 @@ class Doc:
                 budget for held updates (``UpdateLimits.max_held_*``,
                 ``max_pending_deletes``).
         """
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise InvalidUpdateError(f"updates are bytes, not {type(data).__name__}")
-        self._apply(bytes(data), origin)
+        if type(data) is not bytes:
+            if not isinstance(data, _BYTES_LIKE):
+                raise InvalidUpdateError(f"updates are bytes, not {type(data).__name__}")
+            data = bytes(data)
+        self._apply(data, origin)
 
     @property
     def pending(self) -> int:
@@ -712,8 +733,12 @@ class Doc:
         before the next import is checked.
         """
         if not self._index_live:
-            diff = bytes(self._y.get_update(Version(self._index.state).to_bytes()))
-            self._index.record_diff(diff, self._document_limits())
+            diff = bytes(self._y.get_update(Version(self._checker.state()).to_bytes()))
+            try:
+                self._checker.record_diff(diff, self._whole)
+            except InvalidUpdateError as exc:
+                log.error("the validator's index could not record the document (%s)", exc)
+                self._rebuild_index()
             self._index_live = True
             self._subscribe_engine()
             return
@@ -722,10 +747,10 @@ class Doc:
 
     def _record_local(self) -> None:
         local, self._local = self._local, []
-        limits = self._document_limits()
+        limits = self._whole
+        checker = self._checker
         try:
-            for update in local:
-                self._index.record(parse_update(update, limits))
+            checker.record_local(local, limits)
         except InvalidUpdateError as exc:
             # The engine's own transaction did not fit the index: a bug in the
             # index. Rebuild it from the engine's state rather than check later
@@ -734,26 +759,39 @@ class Doc:
             self._rebuild_index()
 
     def _rebuild_index(self) -> None:
-        index = DocIndex(self._index.root_types)
-        index.record_diff(bytes(self._y.get_update()), self._document_limits())
-        self._index = index
+        """A new index from the engine's state (after a bug in the index)."""
+        checker = self._checker.fresh()
+        full = bytes(self._y.get_update())
+        try:
+            checker.record_diff(full, self._whole)
+        except InvalidUpdateError as exc:
+            if not checker.native:
+                raise
+            # The Rust index failed on the document itself: carry on with the
+            # Python reference, which is slower but does not share its bugs.
+            log.error("the Rust index cannot hold this document (%s); using the Python one", exc)
+            checker = PyChecker(dict(checker.snapshot()["root_types"]))
+            checker.record_diff(full, self._whole)
+        self._checker = checker
 
     def _apply(
         self,
         update: bytes,
         origin: Any,
-        parsed: ParsedUpdate | None = None,
+        parsed: Parsed | None = None,
         limits: UpdateLimits | None = None,
     ) -> None:
         limits = limits or self._limits
-        self._expire_held()
-        self._sync_index()
+        if self._held_order:
+            self._expire_held()
+        if not self._index_live or self._local:
+            self._sync_index()
         if parsed is None:
             cached, self._last_parse = self._last_parse, None
             if cached is not None and (cached[0] is update or cached[0] == update):
                 parsed = cached[1]
             else:
-                parsed = parse_update(update, limits)
+                parsed = self._checker.parse(update, limits)
         try:
             moved = self._integrate(update, parsed, origin, limits)
         except MissingUpdatesError as exc:
@@ -761,11 +799,16 @@ class Doc:
             # (see _yupdate), so we hold the update until its predecessors arrive.
             self._hold(update, origin, [exc.needs])
             return
+        except InvalidUpdateError:
+            if self._checker.poisoned:
+                log.error("the Rust index failed (a bug); rebuilding it from the engine")
+                self._rebuild_index()
+            raise
         if self._waiting and moved:
             self._release_held(moved)
 
     def _integrate(
-        self, update: bytes, parsed: ParsedUpdate, origin: Any, limits: UpdateLimits
+        self, update: bytes, parsed: Parsed, origin: Any, limits: UpdateLimits
     ) -> builtins.list[int]:
         """Check, apply and index one update; returns the clients whose clocks moved.
 
@@ -773,42 +816,34 @@ class Doc:
         held as a delete-only update: yrs would keep them pending, re-read all
         of them on every later update, and leave them out of :meth:`save`.
         """
-        later: dict[int, builtins.list[tuple[int, int]]] = {}
-        if parsed.delete_set:
-            now, later = _split_deletes(parsed, self._index.state)
-            if later:
-                held_update = encode_update(ParsedUpdate({}, later))
-                n_later = sum(len(r) for r in later.values())
-                if self._held_deletes + n_later > limits.max_pending_deletes:
-                    raise UpdateLimitError(
-                        f"the update deletes {n_later} ranges of changes this document does "
-                        f"not have, {self._held_deletes} are waiting already: more than "
-                        f"max_pending_deletes={limits.max_pending_deletes}"
-                    )
-                self._check_hold_budget(len(held_update), origin)
-                update = (
-                    update[: parsed.ds_pos] + encode_delete_set(now)
-                    if parsed.ds_pos >= 0
-                    else encode_update(ParsedUpdate(parsed.clients, now))
+        checker = self._checker
+
+        def budget(n_later: int, later: bytes) -> None:
+            if self._held_deletes + n_later > limits.max_pending_deletes:
+                raise UpdateLimitError(
+                    f"the update deletes {n_later} ranges of changes this document does "
+                    f"not have, {self._held_deletes} are waiting already: more than "
+                    f"max_pending_deletes={limits.max_pending_deletes}"
                 )
-                parsed = ParsedUpdate(parsed.clients, now, -1)
-        txn = self._index.begin(parsed, limits)
-        self._want_event_deletes = self._index.formatting or txn.formatting
+            self._check_hold_budget(len(later), origin)
+
+        engine, self._want_event_deletes, later, n_later, needs = checker.begin(
+            update, parsed, limits, budget
+        )
         try:
-            self._engine_apply(update, origin)
+            self._engine_apply(engine, origin)
         except BaseException:
-            txn.rollback()
+            checker.rollback()
             raise
         finally:
             self._want_event_deletes = False
-        txn.commit()
+        moved = checker.commit()
         if self._event_deletes is not None:
             # yrs deleted formatting items of its own accord (redundant ones).
             ds, self._event_deletes = self._event_deletes, None
-            deletes = parse_update(b"\x00" + ds, self._document_limits()).delete_set
-            self._index.record_deletes(deletes)
-        if later:
-            self._hold(held_update, origin, _first_needs(later), n_later)
+            checker.record_delete_set(ds, self._whole)
+        if later is not None:
+            self._hold(later, origin, builtins.list(needs), n_later)
         if self._observers:
             created = self._watch_new_roots()
             if created:
@@ -822,28 +857,50 @@ class Doc:
                     )
         if self._depth == 0 and self._queue:
             self._deliver()
-        return builtins.list(txn.old_state)
+        return moved
 
     def _engine_apply(self, update: bytes, origin: Any) -> None:
         """Hands validated bytes to pycrdt, in a transaction marked remote."""
-        outermost = self._depth == 0
-        # Hold delivery until roots that this update created are known, so the
-        # event can say so.
+        if self._depth:
+            self._engine_apply_nested(update, origin)
+            return
+        # The common case, kept short (one pycrdt transaction, its origin marking
+        # it remote for observers and undo managers). Delivery waits for the
+        # caller, so the event can name the roots this update created.
+        remote = _Remote(origin)
+        self._depth = 1
+        self._importing = True
+        self._origin = remote
+        try:
+            if self._engine_origins:
+                with self._y.transaction(origin=remote):
+                    self._y.apply_update(update)
+            else:
+                self._y.apply_update(update)
+        except BaseException as exc:
+            if _is_panic(exc):
+                raise EngineError(f"the CRDT engine failed: {exc}") from None
+            if isinstance(exc, Exception):
+                # Validation should make this unreachable; never let an engine
+                # error type escape as if it were ours to document.
+                raise EngineError(f"the CRDT engine refused a validated update: {exc}") from exc
+            raise
+        finally:
+            self._depth = 0
+            self._importing = False
+            self._text_epoch += 1
+
+    def _engine_apply_nested(self, update: bytes, origin: Any) -> None:
+        """:meth:`_engine_apply` inside an open transaction of ours."""
         self._depth += 1
-        self._importing = outermost
         try:
             with _Txn(self, _Remote(origin)):
-                if outermost:
-                    self._origin = _Remote(origin)
                 try:
                     self._y.apply_update(update)
                 except Exception as exc:
-                    # Validation should make this unreachable; never let an engine
-                    # error type escape as if it were ours to document.
                     raise EngineError(f"the CRDT engine refused a validated update: {exc}") from exc
         finally:
             self._depth -= 1
-            self._importing = False
             self._text_epoch += 1
 
     # -- held updates --------------------------------------------------------------------
@@ -925,7 +982,7 @@ class Doc:
                 heap = self._waiting.get(client)
                 if not heap:
                     continue
-                have = self._index.state.get(client, 0)
+                have = self._checker.state_of(client)
                 while heap and heap[0][0] < have:
                     ready.add(heapq.heappop(heap)[1])
                 if not heap:
@@ -936,7 +993,7 @@ class Doc:
                 if entry is None:
                     continue  # applied or dropped meanwhile (also waited elsewhere)
                 try:
-                    parsed = parse_update(entry.update, self._limits)
+                    parsed = self._checker.parse(entry.update, self._limits)
                     clients.update(
                         self._integrate(entry.update, parsed, entry.origin, self._limits)
                     )
@@ -1086,32 +1143,41 @@ class Doc:
 
     def _on_transaction(self, event: Any) -> None:
         # Runs inside pycrdt's commit: only package; delivery happens after it.
+        update = b""  # the transaction's update, read from the engine at most once
         if self._index_live:
             if self._importing:
                 if self._want_event_deletes:
                     self._event_deletes = bytes(event.delete_set)
             else:
-                self._local.append(bytes(event.update))
+                update = bytes(event.update)
+                self._local.append(update)
                 if len(self._local) >= _LOCAL_BATCH:
                     self._record_local()
-        changes, self._pending = self._pending, []
+        if not self._observed:
+            return  # nobody observes: nothing to package
+        if self._pending:
+            changes, self._pending = self._pending, []
+        else:
+            changes = []
         origin = self._origin
         local = not isinstance(origin, _Remote)
         if not local:
             origin = origin.origin
         ev = ChangeEvent(origin, local, tuple(changes)) if (changes and self._observers) else None
         if ev is not None or self._update_observers:
-            update = bytes(event.update) if self._update_observers else b""
-            self._queue.append((ev, update, origin, local))
+            if self._update_observers and not update:
+                update = bytes(event.update)
+            self._queue.append((ev, update if self._update_observers else b"", origin, local))
 
     def _deliver(self) -> None:
-        while self._queue:
-            ev, update, origin, local = self._queue.pop(0)
+        queue = self._queue
+        while queue:
+            ev, update, origin, local = queue.pop(0)
             if ev is not None:
-                for cb in list(self._observers):
+                for cb in tuple(self._observers):
                     cb(ev)
             if update:
-                for ucb in list(self._update_observers):
+                for ucb in tuple(self._update_observers):
                     ucb(update, origin, local)
 
     def _subscribe_transactions(self) -> None:
@@ -1133,36 +1199,3 @@ class _Held:
     since: float  # arrival time (the document's clock)
     needs: builtins.list[tuple[int, int]]  # retried once one of these clocks is here
     deletes: int = 0  # ranges, for a delete-only update split off an import
-
-
-def _split_deletes(
-    parsed: ParsedUpdate, state: dict[int, int]
-) -> tuple[dict[int, builtins.list[tuple[int, int]]], dict[int, builtins.list[tuple[int, int]]]]:
-    """The delete set cut at the clocks the document will have after the update's structs."""
-    now: dict[int, builtins.list[tuple[int, int]]] = {}
-    later: dict[int, builtins.list[tuple[int, int]]] = {}
-    for client, ranges in parsed.delete_set.items():
-        have = state.get(client, 0)
-        structs = parsed.clients.get(client)
-        if structs:
-            for s in reversed(structs):
-                if s.kind != STRUCT_SKIP:
-                    have = max(have, s.end)
-                    break
-        for clock, length in ranges:
-            end = clock + length
-            if end <= have:
-                now.setdefault(client, []).append((clock, length))
-            elif clock >= have:
-                later.setdefault(client, []).append((clock, length))
-            else:
-                now.setdefault(client, []).append((clock, have - clock))
-                later.setdefault(client, []).append((have, end - have))
-    return now, later
-
-
-def _first_needs(
-    later: dict[int, builtins.list[tuple[int, int]]],
-) -> builtins.list[tuple[int, int]]:
-    """For a held delete-only update: the first missing clock of each of its clients."""
-    return [(client, ranges[0][0]) for client, ranges in later.items()]

@@ -93,14 +93,14 @@ def _item_map(text: Text) -> _ItemMap | None:
 def _build(doc: Any, text: Text, name: str, content: str) -> _ItemMap | None:
     parsed = parse_update(doc.export_yjs_update(), doc._limits)
     doc._sync_index()
-    index = doc._index
+    checker = doc._checker
     deleted = {client: sorted(ranges) for client, ranges in parsed.delete_set.items() if ranges}
     live: list[tuple[int, int, str]] = []
     for s in parsed.structs():
         if s.kind != CONTENT_STRING or not isinstance(s.content, str):
             continue
-        found = index.lookup(s.client, s.clock)
-        if found is None or found[1].where is None or found[1].where.key != name:
+        where = checker.where_of(s.client, s.clock)
+        if where is None or where[0] != name:
             continue
         if _overlaps(deleted.get(s.client), s.clock, s.end):
             continue

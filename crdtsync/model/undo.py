@@ -123,6 +123,7 @@ class UndoManager:
                 raise InvalidOperationError(f"origin {origin!r} is not hashable") from None
         # The document the undo and redo transactions are made in.
         self._doc = doc
+        doc._watched_by_undo()  # (so that imports are never recorded as local edits)
         # Wall clock, in seconds.
         self._clock = clock or time.monotonic
         # Added to the clock by stop_capturing, so that the next edit starts a new step.

@@ -78,8 +78,9 @@ from crdtsync.errors import (
     wire_code,
 )
 from crdtsync.format import zstd
+from crdtsync.format.accel import update_writes
 from crdtsync.format.version import Version
-from crdtsync.format.yupdate import DEFAULT_LIMITS, UpdateLimits, parse_update
+from crdtsync.format.yupdate import DEFAULT_LIMITS, UpdateLimits
 from crdtsync.protocol import messages as m
 from crdtsync.protocol.awareness import decode_awareness, split_awareness
 
@@ -1196,10 +1197,9 @@ class Session:
         writes: dict[int, int] = {}
         if self.verify_writers:
             try:
-                parsed = parse_update(data, self.options.limits)
+                writes = update_writes(data, self.options.limits)
             except InvalidUpdateError as exc:
                 raise UpdateRejectedError(f"update for {ch.name!r} refused: {exc}") from None
-            writes = parsed.state_vector_after()
         ch.recv_seq = msg.seq
         ch.synced = False  # until we acknowledge it
         self._dirty.add(ch)

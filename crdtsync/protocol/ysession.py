@@ -106,8 +106,9 @@ from crdtsync.errors import (
     UnexpectedMessageError,
     UpdateRejectedError,
 )
+from crdtsync.format.accel import update_writes
 from crdtsync.format.version import Version
-from crdtsync.format.yupdate import DEFAULT_LIMITS, UpdateLimits, parse_update
+from crdtsync.format.yupdate import DEFAULT_LIMITS, UpdateLimits
 from crdtsync.protocol import yprotocol as y
 from crdtsync.protocol.awareness import decode_awareness
 from crdtsync.protocol.limits import TokenBucket
@@ -546,15 +547,13 @@ class YSession:
         self._events.append(UpdateReceived(msg.update, False, self._writes(msg.update)))
 
     def _writes(self, update: bytes) -> Mapping[int, int]:
-        # NOTE(model): the update is parsed here for its client ids, and again by
-        # Doc.import_yjs_update's validator when the shell imports it. A Doc call
-        # that validates once and returns the writer ids (e.g. import returning
-        # the parsed update's state vector) would halve that; the model layer is
-        # another helper's, so today's API is used. The same holds for Session.
+        # The update is parsed here for its client ids (in Rust when the native
+        # core is built: no Python objects per struct), and again by
+        # Doc.import_yjs_update's validator when the shell imports it.
         if not self.options.verify_writers:
             return {}
         try:
-            return parse_update(update, self.options.limits).state_vector_after()
+            return update_writes(update, self.options.limits)
         except InvalidUpdateError as exc:
             raise UpdateRejectedError(str(exc)) from None
 

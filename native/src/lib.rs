@@ -19,7 +19,9 @@ use crdtsync_core::{codec, columnar, json, varint, Limits};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyList, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple, PyType};
+
+use crdtsync_core::index::{DocIndex, KeyView, RunView, Snapshot};
 
 /// Inputs at least this long are processed with the GIL released.
 const DETACH_BYTES: usize = 16 * 1024;
@@ -27,19 +29,26 @@ const DETACH_BYTES: usize = 16 * 1024;
 static MALFORMED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static LIMIT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static UNSUPPORTED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static MISSING: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 fn error_class<'py>(py: Python<'py>, kind: ErrorKind) -> PyResult<&'py Bound<'py, PyType>> {
     let (cell, name) = match kind {
         ErrorKind::Malformed => (&MALFORMED, "MalformedUpdateError"),
         ErrorKind::Limit => (&LIMIT, "UpdateLimitError"),
         ErrorKind::Unsupported => (&UNSUPPORTED, "UnsupportedVersionError"),
+        ErrorKind::Missing => (&MISSING, "MissingUpdatesError"),
     };
     cell.import(py, "crdtsync.errors", name)
 }
 
 fn to_py_err(py: Python<'_>, e: Error) -> PyErr {
     match error_class(py, e.kind) {
-        Ok(cls) => PyErr::from_type(cls.clone(), e.message),
+        Ok(cls) => match e.missing {
+            Some((client, clock, needs)) => {
+                PyErr::from_type(cls.clone(), (e.message, client, clock, needs))
+            }
+            None => PyErr::from_type(cls.clone(), e.message),
+        },
         Err(import_error) => import_error,
     }
 }
@@ -83,8 +92,33 @@ where
     }
 }
 
-/// Reads `UpdateLimits` (any object with its attributes) into the core's limits.
+/// `UpdateLimits` read once (see `accel.native_limits`): the entry points
+/// take it instead of an `UpdateLimits`, which they would read field by field.
+#[pyclass(frozen, module = "crdtsync._native", name = "Limits")]
+struct PyLimits {
+    limits: Limits,
+}
+
+#[pymethods]
+impl PyLimits {
+    #[new]
+    fn new(py: Python<'_>, limits: &Bound<'_, PyAny>) -> PyResult<Self> {
+        Ok(PyLimits {
+            limits: read_limits(py, limits)?,
+        })
+    }
+}
+
+/// The core's limits from a `Limits` or an `UpdateLimits`.
 fn limits_from(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Limits> {
+    if let Ok(l) = obj.cast::<PyLimits>() {
+        return Ok(l.get().limits);
+    }
+    read_limits(py, obj)
+}
+
+/// Reads `UpdateLimits` (any object with its attributes) into the core's limits.
+fn read_limits(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Limits> {
     fn field(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
         let v = obj.getattr(name)?;
         match v.extract::<u64>() {
@@ -110,6 +144,10 @@ fn limits_from(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Limits> {
         max_type_depth: field(obj, "max_type_depth")?,
         max_any_values: field(obj, "max_any_values")?,
         max_clock: field(obj, "max_clock")?.min(crdtsync_core::limits::CLOCK_CEILING),
+        max_pending_deletes: match obj.getattr("max_pending_deletes") {
+            Ok(_) => field(obj, "max_pending_deletes")?,
+            Err(_) => Limits::default().max_pending_deletes,
+        },
         int_max_str_digits: digits.max(0) as u64,
     })
 }
@@ -230,6 +268,34 @@ impl PyUpdate {
     fn delete_set(&self) -> Vec<(u64, Vec<(u32, u32)>)> {
         self.parsed.delete_set.clone()
     }
+
+    /// `ParsedUpdate.state_vector_after()`: client -> clock after its last
+    /// struct that is not a Skip, in encoding order.
+    fn writes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for (client, structs) in &self.parsed.clients {
+            if let Some(s) = structs.iter().rev().find(|s| s.kind != update::STRUCT_SKIP) {
+                out.set_item(*client, s.end())?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the update carries neither structs nor deletions.
+    fn is_empty(&self) -> bool {
+        self.parsed.clients.is_empty() && self.parsed.delete_set.is_empty()
+    }
+
+    /// The offset of the delete set in the bytes (`ParsedUpdate.ds_pos`).
+    #[getter]
+    fn ds_pos(&self) -> usize {
+        self.parsed.ds_pos
+    }
+
+    /// Length of the v1 bytes.
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
 }
 
 /// Parses a Yjs v1 update with the rules and limits of `_yupdate.parse_update`.
@@ -279,6 +345,20 @@ fn compact_decode<'py>(
     // Even a small input may decompress to a large block: always detach.
     let out = run(py, true, || columnar::compact_decode(data, &limits))?;
     Ok(PyBytes::new(py, &out))
+}
+
+/// `_columnar.compact_decode_parsed`: `(v1 bytes, Update)`, the parse being the
+/// decoder's own.
+#[pyfunction]
+fn compact_decode_parsed<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    limits: &Bound<'_, PyAny>,
+) -> PyResult<(Bound<'py, PyBytes>, PyUpdate)> {
+    let limits = limits_from(py, limits)?;
+    let (out, parsed) = run(py, true, || columnar::compact_decode_parsed(data, &limits))?;
+    let bytes = PyBytes::new(py, &out);
+    Ok((bytes, PyUpdate { data: out, parsed }))
 }
 
 /// `encoding._unzstd`: one zstd frame declaring its size, at most `limit`.
@@ -355,6 +435,373 @@ fn _panic_for_tests(py: Python<'_>, message: String) -> PyResult<()> {
     })
 }
 
+// -- the document index ------------------------------------------------------------
+
+/// `crdtsync.format.yupdate.DocIndex` in Rust, kept per `crdtsync.Doc` (see
+/// `crdtsync_core::index`). One update at a time is open between `begin` and
+/// `commit` / `rollback`. A panic inside (a bug) poisons the index: the call
+/// raises `MalformedUpdateError` and `poisoned` turns true; the owner then
+/// rebuilds the index from the engine's state.
+#[pyclass(module = "crdtsync._native", name = "DocIndex")]
+struct PyDocIndex {
+    inner: DocIndex,
+    poisoned: bool,
+}
+
+impl PyDocIndex {
+    /// Runs `f` on the index, GIL released when `detach`; a panic poisons it.
+    fn guarded<T, F>(&mut self, py: Python<'_>, detach: bool, f: F) -> PyResult<T>
+    where
+        T: Send,
+        F: FnOnce(&mut DocIndex) -> Result<T, Error> + Send,
+    {
+        if self.poisoned {
+            return Err(to_py_err(
+                py,
+                Error::new(
+                    ErrorKind::Malformed,
+                    "internal error in crdtsync._native: the document index is poisoned by an \
+                     earlier panic (rebuild it)",
+                ),
+            ));
+        }
+        let inner = &mut self.inner;
+        let guarded = move || catch_unwind(AssertUnwindSafe(|| f(inner)));
+        let outcome = if detach {
+            py.detach(guarded)
+        } else {
+            guarded()
+        };
+        match outcome {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(to_py_err(py, e)),
+            Err(payload) => {
+                self.poisoned = true;
+                Err(to_py_err(
+                    py,
+                    Error::new(
+                        ErrorKind::Malformed,
+                        format!(
+                            "internal error in crdtsync._native (a bug, please report it): \
+                             panic in the document index: {}",
+                            panic_message(payload.as_ref())
+                        ),
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+fn key_view<'py>(py: Python<'py>, k: &KeyView) -> PyResult<Bound<'py, PyAny>> {
+    match k {
+        KeyView::Root(name) => Ok(String::from_utf8_lossy(name).into_pyobject(py)?.into_any()),
+        KeyView::Item(c, k) => Ok((*c, *k).into_pyobject(py)?.into_any()),
+    }
+}
+
+fn sub_view<'py>(py: Python<'py>, s: &Option<Vec<u8>>) -> PyResult<Bound<'py, PyAny>> {
+    match s {
+        None => Ok(py.None().into_bound(py)),
+        Some(b) => Ok(String::from_utf8_lossy(b).into_pyobject(py)?.into_any()),
+    }
+}
+
+fn run_view<'py>(py: Python<'py>, r: &RunView) -> PyResult<Bound<'py, PyAny>> {
+    let list: Bound<'py, PyAny> = match &r.list {
+        None => py.None().into_bound(py),
+        Some((k, sub)) => PyTuple::new(py, [key_view(py, k)?, sub_view(py, sub)?])?.into_any(),
+    };
+    let fields: [Bound<'py, PyAny>; 8] = [
+        r.client.into_pyobject(py)?.into_any(),
+        r.clock.into_pyobject(py)?.into_any(),
+        r.end.into_pyobject(py)?.into_any(),
+        r.kind.into_pyobject(py)?.into_any(),
+        id(py, r.origin)?,
+        id(py, r.right_origin)?,
+        list,
+        match r.type_ref {
+            None => py.None().into_bound(py),
+            Some(t) => t.into_pyobject(py)?.into_any(),
+        },
+    ];
+    Ok(PyTuple::new(py, fields)?.into_any())
+}
+
+fn snapshot_dict<'py>(py: Python<'py>, snap: &Snapshot) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("state", snap.state.clone())?;
+    let runs = PyList::empty(py);
+    for r in &snap.runs {
+        runs.append(run_view(py, r)?)?;
+    }
+    d.set_item("runs", runs)?;
+    let lists = PyList::empty(py);
+    for (k, sub, order) in &snap.lists {
+        lists.append(PyTuple::new(
+            py,
+            [
+                key_view(py, k)?,
+                sub_view(py, sub)?,
+                order.clone().into_pyobject(py)?.into_any(),
+            ],
+        )?)?;
+    }
+    d.set_item("lists", lists)?;
+    d.set_item("deleted", snap.deleted.clone())?;
+    d.set_item("pending", snap.pending.clone())?;
+    d.set_item("types", snap.types.clone())?;
+    let observed = PyList::empty(py);
+    for (k, cls) in &snap.observed {
+        observed.append(PyTuple::new(
+            py,
+            [key_view(py, k)?, cls.into_pyobject(py)?.into_any()],
+        )?)?;
+    }
+    d.set_item("observed", observed)?;
+    d.set_item("pair_splits", snap.pair_splits.clone())?;
+    let roots = PyList::empty(py);
+    for (name, tr) in &snap.root_types {
+        roots.append((String::from_utf8_lossy(name).into_owned(), *tr))?;
+    }
+    d.set_item("root_types", roots)?;
+    d.set_item("formatting", snap.formatting)?;
+    Ok(d)
+}
+
+#[pymethods]
+impl PyDocIndex {
+    /// A new index; `root_types` maps root names to type refs (`TYPE_TEXT`...).
+    #[new]
+    #[pyo3(signature = (root_types=None))]
+    fn new(root_types: Option<std::collections::HashMap<String, u8>>) -> Self {
+        let mut inner = DocIndex::new();
+        let mut roots: Vec<(String, u8)> = root_types.unwrap_or_default().into_iter().collect();
+        roots.sort();
+        for (name, tr) in roots {
+            inner.set_root_type(name.as_bytes(), tr);
+        }
+        PyDocIndex {
+            inner,
+            poisoned: false,
+        }
+    }
+
+    /// Size of one run in bytes (the arena's element).
+    #[classattr]
+    const RUN_BYTES: usize = DocIndex::RUN_BYTES;
+
+    /// Whether a panic left the index unusable (rebuild it).
+    #[getter]
+    fn poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Declares a root's type (the first declaration stays).
+    fn set_root_type(&mut self, name: &str, type_ref: u8) {
+        self.inner.set_root_type(name.as_bytes(), type_ref);
+    }
+
+    /// The state vector: `{client: next clock}`.
+    fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (c, k) in self.inner.state() {
+            d.set_item(c, k)?;
+        }
+        Ok(d)
+    }
+
+    /// The next clock of `client` (0 if unknown).
+    fn state_of(&self, client: u64) -> u32 {
+        self.inner.state_of(client)
+    }
+
+    /// Whether a Format item was ever integrated.
+    #[getter]
+    fn formatting(&self) -> bool {
+        self.inner.formatting
+    }
+
+    /// Whether the open update integrated a Format item.
+    #[getter]
+    fn open_formatting(&self) -> bool {
+        self.inner.open_formatting()
+    }
+
+    /// Pending deletions (of clocks not integrated yet) in all.
+    #[getter]
+    fn pending_deletes(&self) -> u64 {
+        self.inner.pending_deletes
+    }
+
+    /// Checks `update` against the document and integrates its structs
+    /// (`DocIndex.begin`). Then `commit()` once the engine applied it, or
+    /// `rollback()`.
+    ///
+    /// Deletions of clocks the document will not have after the update's
+    /// structs are split off (as `crdtsync.Doc` holds them): when there are
+    /// some and `split` is false, nothing is begun and the split is returned,
+    /// `(engine_update, later_update, later_ranges, needs)`: the update with
+    /// only the applicable deletions, a delete-only update of the rest, its
+    /// range count and the first missing clock of each of its clients (the
+    /// caller checks its budgets, then calls again with `split=True`, which
+    /// begins with the applicable deletions). Otherwise returns whether a
+    /// Format item was ever integrated (this update included): yrs may then
+    /// delete formatting items of its own accord.
+    #[pyo3(signature = (update, limits, split=false, strict=true))]
+    fn begin<'py>(
+        &mut self,
+        py: Python<'py>,
+        update: &Bound<'py, PyUpdate>,
+        limits: &Bound<'py, PyAny>,
+        split: bool,
+        strict: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let limits = limits_from(py, limits)?;
+        let u = update.get();
+        let mut now = None;
+        if !u.parsed.delete_set.is_empty() {
+            let cut = self.inner.split_deletes(&u.parsed);
+            if !cut.later.is_empty() {
+                if !split {
+                    let mut engine = u.data[..u.parsed.ds_pos].to_vec();
+                    update::write_delete_set(&mut engine, &cut.now);
+                    let mut later = vec![0u8];
+                    update::write_delete_set(&mut later, &cut.later);
+                    let needs: Vec<(u64, u32)> =
+                        cut.later.iter().map(|(c, r)| (*c, r[0].0)).collect();
+                    let out = (
+                        PyBytes::new(py, &engine),
+                        PyBytes::new(py, &later),
+                        cut.later_ranges(),
+                        needs,
+                    );
+                    return Ok(out.into_pyobject(py)?.into_any());
+                }
+                now = Some(cut.now);
+            }
+        }
+        let detach = u.data.len() >= DETACH_BYTES;
+        let formatting = self.guarded(py, detach, |ix| {
+            ix.begin(&u.data, &u.parsed, now, &limits, strict)?;
+            Ok(ix.formatting || ix.open_formatting())
+        })?;
+        Ok(pyo3::types::PyBool::new(py, formatting).to_owned().into_any())
+    }
+
+    /// Records the open update's deletions; returns the clients whose clocks moved.
+    fn commit(&mut self, py: Python<'_>) -> PyResult<Vec<u64>> {
+        self.guarded(py, false, |ix| Ok(ix.commit()))
+    }
+
+    /// Undoes the open update.
+    fn rollback(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.guarded(py, false, |ix| {
+            ix.rollback();
+            Ok(())
+        })
+    }
+
+    /// Records updates the engine applied (local transactions'), in order, each
+    /// parsed under `limits`. On an error, those before it stay recorded.
+    fn record(
+        &mut self,
+        py: Python<'_>,
+        updates: Vec<Vec<u8>>,
+        limits: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let limits = limits_from(py, limits)?;
+        let detach = updates.iter().map(|u| u.len()).sum::<usize>() >= DETACH_BYTES;
+        self.guarded(py, detach, |ix| {
+            for data in &updates {
+                let parsed = update::parse_update(data, &limits)?;
+                ix.record(data, &parsed)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Records the document's own changes from a state-vector diff.
+    fn record_diff(
+        &mut self,
+        py: Python<'_>,
+        data: &[u8],
+        limits: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let limits = limits_from(py, limits)?;
+        let detach = data.len() >= DETACH_BYTES;
+        self.guarded(py, detach, |ix| ix.record_diff(data, &limits))
+    }
+
+    /// Records deletions the engine applied, given as a v1 delete set.
+    fn record_delete_set(
+        &mut self,
+        py: Python<'_>,
+        delete_set: &[u8],
+        limits: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let limits = limits_from(py, limits)?;
+        self.guarded(py, false, |ix| {
+            let mut data = Vec::with_capacity(delete_set.len() + 1);
+            data.push(0);
+            data.extend_from_slice(delete_set);
+            let mut l = limits;
+            l.max_update_bytes = l.max_update_bytes.max(data.len() as u64);
+            let parsed = update::parse_update(&data, &l)?;
+            ix.record_deletes(&parsed.delete_set);
+            Ok(())
+        })
+    }
+
+    /// Whether importing `update` would change nothing and hold nothing.
+    fn contains(&self, update: &Bound<'_, PyUpdate>) -> bool {
+        self.inner.contains(&update.get().parsed)
+    }
+
+    /// `(container, map key)` of the list holding `client:clock`, or None.
+    fn where_of<'py>(
+        &self,
+        py: Python<'py>,
+        client: u64,
+        clock: u32,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        match self.inner.where_of(client, clock) {
+            None => Ok(None),
+            Some((k, sub)) => Ok(Some(PyTuple::new(
+                py,
+                [key_view(py, &k)?, sub_view(py, &sub)?],
+            )?)),
+        }
+    }
+
+    /// The document's delete set: `[(client, [(clock, length), ...]), ...]`.
+    fn delete_set(&self) -> Vec<(u64, Vec<(u32, u32)>)> {
+        self.inner.delete_set()
+    }
+
+    /// Runs in the index.
+    fn runs(&self) -> usize {
+        self.inner.run_count()
+    }
+
+    /// Bytes the index's tables hold.
+    fn heap_bytes(&self) -> usize {
+        self.inner.heap_bytes()
+    }
+
+    /// Everything the index holds, canonically ordered (as `DocIndex.snapshot`).
+    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        snapshot_dict(py, &self.inner.snapshot())
+    }
+
+    /// Checks the index's invariants (AssertionError if one is broken).
+    fn check_invariants(&self) -> PyResult<()> {
+        self.inner.check_invariants().map_err(|e| {
+            pyo3::exceptions::PyAssertionError::new_err(format!("DocIndex invariant broken: {e}"))
+        })
+    }
+}
+
 /// How this module was built (shown by `crdtsync --version`).
 fn build_info() -> String {
     format!(
@@ -376,6 +823,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_update, m)?)?;
     m.add_function(wrap_pyfunction!(compact_encode, m)?)?;
     m.add_function(wrap_pyfunction!(compact_decode, m)?)?;
+    m.add_function(wrap_pyfunction!(compact_decode_parsed, m)?)?;
+    m.add_class::<PyLimits>()?;
+    m.add_class::<PyDocIndex>()?;
     m.add_function(wrap_pyfunction!(zstd_unframe, m)?)?;
     m.add_function(wrap_pyfunction!(read_varuint, m)?)?;
     m.add_function(wrap_pyfunction!(read_varint, m)?)?;

@@ -22,6 +22,9 @@ from hypothesis import strategies as st
 from crdtsync import Doc, InvalidUpdateError, MalformedUpdateError
 from crdtsync.format import yupdate as y
 
+# Every test here runs on the Rust core and on the Python reference.
+pytestmark = pytest.mark.usefixtures("checker_path")
+
 ROOT_TYPES = {"m": y.TYPE_MAP, "a": y.TYPE_ARRAY, "t": y.TYPE_TEXT, "x": y.TYPE_XML_FRAGMENT}
 
 
@@ -291,18 +294,25 @@ def test_doc_index_follows_random_sessions(rng: random.Random) -> None:
 
 
 def _check_doc_index(doc: Doc) -> None:
-    """The document's index holds what pycrdt holds (same state, delete set and order)."""
+    """The document's index holds what pycrdt holds (same state, delete set and order).
+
+    The index is the document's checker's (the Rust one or the Python
+    reference); it is compared with a Python reference index built afresh from
+    the document's full state.
+    """
     full = doc.export_yjs_update()
     parsed = y.parse_update(full)
-    index = doc._index  # the reference index of this document
+    checker = doc._checker  # the index of this document
     doc.contains(b"\x00\x00")  # records pending local transactions
-    index.check_invariants()
-    assert index.state == parsed.state_vector_after()
-    assert _normal(index.delete_set()) == _normal(parsed.delete_set)
-    fresh = y.DocIndex(dict(index.root_types))
+    checker.check_invariants()
+    assert checker.state() == parsed.state_vector_after()
+    snap = checker.snapshot()
+    assert _normal(dict(snap["deleted"])) == _normal(parsed.delete_set)
+    fresh = y.DocIndex(dict(snap["root_types"]))
     fresh.record(parsed)
-    for key, sub in list(index._seqs):
-        assert _elements(index, key, sub) == _elements(fresh, key, sub), (key, sub)
+    for key, sub, order in snap["lists"]:
+        mine = [(c, k) for c, a, b in order for k in range(a, b)]
+        assert mine == _elements(fresh, key, sub), (key, sub)
 
 
 # --------------------------------------------------------------------------

@@ -17,11 +17,15 @@ import cbor2
 import pycrdt
 import pytest
 
-import crdtsync.model.doc as doc_module
 from crdtsync import Doc, MalformedUpdateError, UpdateLimitError, UpdateLimits
+from crdtsync.format import checker as checker_module
 from crdtsync.format import columnar as col
 from crdtsync.format import yupdate as y
 from crdtsync.format.envelope import FLAG_COMPACT, FLAG_SNAPSHOT, pack
+from crdtsync.model.containers import Text
+
+# Every test here runs on the Rust core and on the Python reference.
+pytestmark = pytest.mark.usefixtures("checker_path")
 
 
 def _update(structs: list[y.Struct], ds: dict[int, list[tuple[int, int]]] | None = None) -> bytes:
@@ -129,17 +133,26 @@ def test_room_grown_by_small_updates_reloads() -> None:
 
 
 def _count_parses(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Counts every parse of update bytes on the import path."""
+    """Counts every parse of update bytes on the import path (on either checker).
+
+    The Python checker parses with ``yupdate.parse_update``; the Rust one parses
+    in Rust, once per call of the entries that take bytes, which are counted.
+    """
     calls = {"n": 0}
-    real = y.parse_update
 
-    def counting(data: bytes, *a: Any, **kw: Any) -> y.ParsedUpdate:
-        calls["n"] += 1
-        return real(data, *a, **kw)
+    def count(owner: Any, name: str) -> None:
+        real = getattr(owner, name)
 
-    monkeypatch.setattr(y, "parse_update", counting)
-    if hasattr(doc_module, "parse_update"):
-        monkeypatch.setattr(doc_module, "parse_update", counting)
+        def counting(*a: Any, **kw: Any) -> Any:
+            calls["n"] += 1
+            return real(*a, **kw)
+
+        monkeypatch.setattr(owner, name, counting)
+
+    count(y, "parse_update")
+    count(checker_module, "parse_update")
+    for name in ("parse", "record_local", "record_diff", "record_delete_set"):
+        count(checker_module.NativeChecker, name)
     return calls
 
 
@@ -328,7 +341,7 @@ def test_local_deletion_is_seen_without_exporting(monkeypatch: pytest.MonkeyPatc
     doc.list("a").extend([1, 2, 3])
     doc.import_yjs_update(b"\x00\x00")  # the index starts listening
     m = doc.map("m")
-    m["x"] = doc_module.Text("hello")
+    m["x"] = Text("hello")
     calls = {"n": 0}
     real = pycrdt.Doc.get_update
 
@@ -395,17 +408,18 @@ def test_index_is_rebuilt_if_a_local_change_does_not_fit(
     other = Doc(peer_id=2)
     for d in (doc, other):
         d.import_yjs_update(b"\x00\x00")  # the indexes start listening
-    real = y.DocIndex.record
-    target = doc._index  # the index of the document under test
+    target = doc._checker  # the checker of the document under test (Rust or Python)
+    cls = type(target)
+    real = cls.record_local
     failures = {"n": 1}
 
-    def flaky(self: y.DocIndex, parsed: y.ParsedUpdate) -> None:
+    def flaky(self: checker_module.Checker, updates: list[bytes], limits: y.UpdateLimits) -> None:
         if self is target and failures["n"]:
             failures["n"] -= 1
             raise MalformedUpdateError("simulated index bug")
-        real(self, parsed)
+        real(self, updates, limits)
 
-    monkeypatch.setattr(y.DocIndex, "record", flaky)
+    monkeypatch.setattr(cls, "record_local", flaky)
     doc.text("t").insert(0, "abc")
     other.import_yjs_update(doc.export_yjs_update())
     other.text("t").insert(3, "d")

@@ -31,6 +31,9 @@ from crdtsync import (
 )
 from crdtsync.format.envelope import FLAG_ZSTD, pack
 
+# Every test here runs on the Rust core and on the Python reference.
+pytestmark = pytest.mark.usefixtures("checker_path")
+
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT.parent / "shared" / "corpus"
 CRASHERS = ROOT / "tests" / "fixtures" / "crashers"
@@ -65,7 +68,8 @@ def assert_still_usable(doc: Doc) -> None:
 
 # Each corpus file is tried in a child process: if our validation ever let one
 # through, pycrdt could kill the interpreter, and the test must see that as a
-# failure rather than take pytest down with it.
+# failure rather than take pytest down with it. The child inherits
+# CRDTSYNC_PURE_PYTHON from checker_path, and says which path it ran.
 _CHILD = r"""
 import sys
 from pathlib import Path
@@ -93,12 +97,14 @@ for how in ("yjs", "envelope", "load"):
             raise SystemExit(f"{how}: accepted a hostile update")
     assert snapshot(doc) == before, how
     assert_still_usable(doc)
+from crdtsync.format import accel
+print(accel.PATH)
 print("ok")
 """
 
 
 @pytest.mark.parametrize("path", hostile_files(), ids=lambda p: p.name)
-def test_hostile_corpus_is_refused(path: Path) -> None:
+def test_hostile_corpus_is_refused(path: Path, checker_path: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, str(path), str(Path(__file__).parent)],
         capture_output=True,
@@ -108,6 +114,8 @@ def test_hostile_corpus_is_refused(path: Path) -> None:
     )
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
     assert proc.stdout.strip().endswith("ok")
+    ran = proc.stdout.strip().splitlines()[-2]
+    assert ran.startswith("native" if checker_path == "native" else "pure Python"), ran
 
 
 def test_not_bytes() -> None:

@@ -14,12 +14,14 @@ use std::collections::HashMap;
 
 use crate::codec::{lzma_compress, lzma_decompress, zstd_compress, zstd_read};
 use crate::error::{Error, ErrorKind, Result};
+use crate::json::{is_valid_json, json_depth};
 use crate::limits::Limits;
 use crate::update::{
-    parse_update, skip_any, utf16_len, Content, Parent, ParsedUpdate, Struct, CONTENT_ANY,
-    CONTENT_BINARY, CONTENT_DELETED, CONTENT_DOC, CONTENT_EMBED, CONTENT_FORMAT, CONTENT_JSON,
-    CONTENT_STRING, CONTENT_TYPE, HAS_ORIGIN, HAS_PARENT_SUB, HAS_RIGHT_ORIGIN, STRUCT_GC,
-    STRUCT_SKIP,
+    encode_update_remapped, parse_update, skip_any, utf16_len, Content, Parent, ParsedUpdate, Span,
+    Struct, CONTENT_ANY, CONTENT_BINARY, CONTENT_DELETED, CONTENT_DOC, CONTENT_EMBED,
+    CONTENT_FORMAT, CONTENT_JSON, CONTENT_MASK, CONTENT_STRING, CONTENT_TYPE, HAS_ORIGIN,
+    HAS_PARENT_SUB, HAS_RIGHT_ORIGIN, STRUCT_GC, STRUCT_SKIP, TYPE_XML_ELEMENT, TYPE_XML_HOOK,
+    TYPE_XML_TEXT,
 };
 use crate::varint::{varuint_len, write_varuint};
 
@@ -402,11 +404,35 @@ struct Col<'a> {
     data: &'a [u8],
     pos: usize,
     name: &'static str,
+    /// Offset of `data` in the column block (spans are block offsets).
+    base: usize,
 }
 
 impl<'a> Col<'a> {
-    fn new(data: &'a [u8], name: &'static str) -> Self {
-        Col { data, pos: 0, name }
+    fn new(data: &'a [u8], name: &'static str, base: usize) -> Self {
+        Col {
+            data,
+            pos: 0,
+            name,
+            base,
+        }
+    }
+
+    /// The block span of `data[start..end]`.
+    fn span(&self, start: usize, end: usize) -> Span {
+        Span::new(self.base + start, self.base + end)
+    }
+
+    /// The bytes of a block span inside this column.
+    fn block_slice(&self, span: Span) -> &'a [u8] {
+        &self.data[span.start as usize - self.base..span.end as usize - self.base]
+    }
+
+    /// `n` bytes of UTF-8 text, as a block span.
+    fn text_span(&mut self, n: u64) -> Result<Span> {
+        let start = self.pos;
+        self.text(n)?;
+        Ok(self.span(start, self.pos))
     }
 
     fn fail(&self, msg: impl std::fmt::Display) -> Error {
@@ -515,9 +541,18 @@ fn decompress(codec_byte: u8, payload: &[u8], size: usize) -> Result<Vec<u8>> {
     Ok(block)
 }
 
-/// `_columnar.compact_decode`: the exact v1 update, re-parsed under `limits`.
+/// `_columnar.compact_decode`: the exact v1 update.
 pub fn compact_decode(data: &[u8], limits: &Limits) -> Result<Vec<u8>> {
-    let mut head = Col::new(data, "header");
+    compact_decode_parsed(data, limits).map(|(v1, _)| v1)
+}
+
+/// `_columnar.compact_decode_parsed`: the exact v1 update and its parse (the
+/// decoder's own: every rule of `parse_update` is checked while the columns
+/// are read, in the order the Python reference checks them, and the size of
+/// the v1 update is counted before it is written). The parse's spans refer
+/// to the returned bytes.
+pub fn compact_decode_parsed(data: &[u8], limits: &Limits) -> Result<(Vec<u8>, ParsedUpdate)> {
+    let mut head = Col::new(data, "header", 0);
     let version = head.byte()?;
     if version != VERSION {
         return Err(malformed(format!("unknown version {version}")));
@@ -530,124 +565,111 @@ pub fn compact_decode(data: &[u8], limits: &Limits) -> Result<Vec<u8>> {
             limits.max_update_bytes
         )));
     }
+    if size > u32::MAX as u64 {
+        // (spans are u32 offsets; no limit set in use comes near this)
+        return Err(limit_error(format!("{size} bytes of columns exceed 4 GiB")));
+    }
     let block = decompress(codec, &data[head.pos..], size as usize)?;
-    let mut top = Col::new(&block, "block");
+    let mut top = Col::new(&block, "block", 0);
     let ncols = top.uint(32)?;
     if ncols != N_COLUMNS as u64 {
         return Err(malformed(format!("{ncols} columns, expected {N_COLUMNS}")));
     }
-    let mut slices: Vec<&[u8]> = Vec::with_capacity(N_COLUMNS);
-    for _ in 0..N_COLUMNS {
+    let mut cols: Vec<Col> = Vec::with_capacity(N_COLUMNS);
+    for name in COLUMN_NAMES {
         let n = top.uint(64)?;
-        slices.push(top.take(n)?);
+        let base = top.pos;
+        let slice = top.take(n)?;
+        cols.push(Col::new(slice, name, base));
     }
     if top.left() != 0 {
         return Err(malformed("trailing bytes after the columns"));
     }
-    let out = Rebuild::new(&slices, limits).run()?;
-    // Re-parse: whatever we return is an update parse_update accepts under
-    // the caller's limits (depth of Any values, keys, clocks...).
-    parse_update(&out, limits)?;
-    Ok(out)
+    let (parsed, v1_size) = Rebuild::new(&block, cols, limits).run()?;
+    let (out, parsed) = encode_update_remapped(&parsed, &block);
+    if out.len() as u64 != v1_size {
+        return Err(malformed("size count does not match the encoding"));
+    }
+    Ok((out, parsed))
 }
 
-/// The v1 output, written while the columns are read; sized but no longer
-/// written once past the budget.
-struct Out {
-    buf: Vec<u8>,
-    size: u64,
-    cap: u64,
-    /// A value the Python encoder cannot write (a negative clock): its
-    /// `encode_update` raises, which `compact_decode` reports as malformed.
-    unencodable: bool,
+/// The v1 size of a varuint.
+#[inline]
+fn vlen(v: u64) -> u64 {
+    varuint_len(v) as u64
 }
 
-impl Out {
-    /// Counts `n` more bytes; true if they are within the budget (and room
-    /// for them is reserved, never more than the budget in all).
-    #[inline]
-    fn fits(&mut self, n: usize) -> bool {
-        self.size += n as u64;
-        if self.size > self.cap {
-            return false;
-        }
-        let need = self.buf.len() + n;
-        if need > self.buf.capacity() {
-            // Grow by doubling like Vec would, but never past the budget.
-            let want = (self.buf.capacity() * 2).max(need).min(self.cap as usize);
-            self.buf.reserve_exact(want - self.buf.len());
-        }
-        true
-    }
-    #[inline]
-    fn put(&mut self, v: u64) {
-        if self.fits(varuint_len(v)) {
-            write_varuint(&mut self.buf, v);
-        }
-    }
-    #[inline]
-    fn put_i(&mut self, v: i64) {
-        if v < 0 {
-            self.unencodable = true;
-        } else {
-            self.put(v as u64);
-        }
-    }
-    #[inline]
-    fn byte(&mut self, b: u8) {
-        if self.fits(1) {
-            self.buf.push(b);
-        }
-    }
-    #[inline]
-    fn raw(&mut self, b: &[u8]) {
-        if self.fits(b.len()) {
-            self.buf.extend_from_slice(b);
-        }
-    }
-    #[inline]
-    fn sized(&mut self, b: &[u8]) {
-        self.put(b.len() as u64);
-        self.raw(b);
-    }
-}
-
+/// Rebuilds the parsed update from the columns (`_columnar._rebuild`): the
+/// same checks in the same order, so that an input breaking two rules is
+/// refused with the same error class as the reference. Spans refer to the
+/// column block.
 struct Rebuild<'a, 'l> {
     cols: Vec<Col<'a>>,
     limits: &'l Limits,
     clients: Vec<u64>,
-    keys: Vec<&'a [u8]>,
+    /// The key table: span in the block and v1 size (varuint length + bytes).
+    keys: Vec<(Span, u64)>,
     last_clock: HashMap<u64, i64>,
-    out: Out,
+    /// v1 bytes of what has been rebuilt so far (`_Size`).
+    size: u64,
+    /// Any/JSON values so far (`_Budget`).
+    any_values: u64,
+}
+
+/// MRU entries: IDs with clocks in range (checked as they are made).
+type Mref = (u64, u32);
+
+fn remember_id(
+    mru: &mut Vec<Mref>,
+    rmru: &mut Vec<Mref>,
+    last: Mref,
+    origin: Option<Mref>,
+    right: Option<Mref>,
+) {
+    if let Some(i) = mru.iter().position(|x| *x == last) {
+        mru.remove(i);
+    }
+    mru.insert(0, last);
+    if let Some(o) = origin {
+        if let Some(i) = mru.iter().position(|x| *x == o) {
+            mru.remove(i);
+        }
+        let at = mru.len().min(1);
+        mru.insert(at, o);
+    }
+    mru.truncate(MRU);
+    if let Some(r) = right {
+        if let Some(i) = rmru.iter().position(|x| *x == r) {
+            rmru.remove(i);
+        }
+        rmru.insert(0, r);
+        rmru.truncate(MRU);
+    }
 }
 
 impl<'a, 'l> Rebuild<'a, 'l> {
-    fn new(slices: &[&'a [u8]], limits: &'l Limits) -> Self {
-        let cols = slices
-            .iter()
-            .zip(COLUMN_NAMES)
-            .map(|(s, name)| Col::new(s, name))
-            .collect();
-        let cap = limits.max_update_bytes;
+    fn new(_block: &'a [u8], cols: Vec<Col<'a>>, limits: &'l Limits) -> Self {
         Rebuild {
             cols,
             limits,
             clients: Vec::new(),
             keys: Vec::new(),
             last_clock: HashMap::new(),
-            out: Out {
-                buf: Vec::with_capacity(
-                    slices
-                        .iter()
-                        .map(|s| s.len())
-                        .sum::<usize>()
-                        .min(cap as usize),
-                ),
-                size: 0,
-                cap,
-                unencodable: false,
-            },
+            size: 0,
+            any_values: 0,
         }
+    }
+
+    #[inline]
+    fn add(&mut self, n: u64) -> Result<()> {
+        self.size += n;
+        if self.size > self.limits.max_update_bytes {
+            return Err(limit_error(format!(
+                "the v1 update would exceed max_update_bytes={}",
+                self.limits.max_update_bytes
+            )));
+        }
+        Ok(())
     }
 
     fn client(&mut self, col: usize) -> Result<u64> {
@@ -664,7 +686,8 @@ impl<'a, 'l> Rebuild<'a, 'l> {
         Ok(self.clients[idx as usize])
     }
 
-    fn key(&mut self, col: usize) -> Result<&'a [u8]> {
+    /// A key (read from the key table on first use); its v1 size is counted.
+    fn key(&mut self, col: usize) -> Result<Span> {
         let idx = self.cols[col].uint(32)?;
         if idx == self.keys.len() as u64 {
             let n = self.cols[COL_KEYS].uint(32)?;
@@ -673,15 +696,17 @@ impl<'a, 'l> Rebuild<'a, 'l> {
                     "key of {n} bytes exceeds max_key_bytes"
                 )));
             }
-            let k = self.cols[COL_KEYS].text(n)?;
-            self.keys.push(k);
+            let span = self.cols[COL_KEYS].text_span(n)?;
+            self.keys.push((span, vlen(n) + n));
         } else if idx > self.keys.len() as u64 {
             return Err(self.cols[col].fail(format!("key index {idx} refers ahead of the table")));
         }
-        Ok(self.keys[idx as usize])
+        let (span, ksize) = self.keys[idx as usize];
+        self.add(ksize)?;
+        Ok(span)
     }
 
-    fn ref_clock(&mut self, col: usize, cl: u64, expected: Option<i64>) -> Result<i64> {
+    fn ref_clock(&mut self, col: usize, cl: u64, expected: Option<i64>) -> Result<u32> {
         let expected = expected.unwrap_or_else(|| *self.last_clock.get(&cl).unwrap_or(&0));
         let delta = unzigzag(self.cols[col].uint(64)?);
         let value = expected as i128 + delta;
@@ -689,34 +714,78 @@ impl<'a, 'l> Rebuild<'a, 'l> {
             return Err(self.cols[col].fail(format!("clock {value} out of range")));
         }
         self.last_clock.insert(cl, value as i64);
-        Ok(value as i64)
+        Ok(value as u32)
     }
 
+    /// `text()` of `_rebuild`: the string limit, the size, then the bytes.
+    fn text(&mut self, col: usize, n: u64, what: &str) -> Result<Span> {
+        let max_str = self.limits.max_string_bytes;
+        if n > max_str {
+            return Err(limit_error(format!(
+                "{what} of {n} bytes exceeds max_string_bytes={max_str}"
+            )));
+        }
+        self.add(vlen(n) + n)?;
+        self.cols[col].text_span(n)
+    }
+
+    fn check_json(&self, col: usize, span: Span, what: &str) -> Result<()> {
+        let text = &self.cols[col].block_slice(span);
+        if json_depth(text) >= self.limits.max_any_depth {
+            return Err(limit_error(format!(
+                "update exceeds a limit at byte 0: {what} JSON nested deeper than max_any_depth={}",
+                self.limits.max_any_depth
+            )));
+        }
+        if !is_valid_json(text, self.limits.int_max_str_digits) {
+            return Err(malformed(format!(
+                "malformed update at byte 0: {what} is not valid JSON"
+            )));
+        }
+        Ok(())
+    }
+
+    /// End of `count` Any values at the misc column's position (as the parser
+    /// validates them, sharing the update's value budget).
     fn skip_any_end(&mut self, count: u64) -> Result<usize> {
         let col = &self.cols[COL_MISC];
-        let mut budget = 0u64;
-        skip_any(col.data, col.pos, count, self.limits, &mut budget).map_err(|e| {
+        skip_any(col.data, col.pos, count, self.limits, &mut self.any_values).map_err(|e| {
             Error::new(
-                ErrorKind::Malformed,
+                e.kind,
                 format!("compact update: column misc: {}", e.message),
             )
         })
     }
 
-    fn run(mut self) -> Result<Vec<u8>> {
-        let mut mru: Vec<Ref> = Vec::with_capacity(MRU + 2);
-        let mut rmru: Vec<Ref> = Vec::with_capacity(MRU + 1);
-        // Per client with a block: (kind, clock, end) of its GC/Deleted
-        // structs, for delete-set mode 0.
-        let mut gc_deleted: HashMap<u64, Vec<(u8, i64, i64)>> = HashMap::new();
+    fn zero(&self, what: &str) -> Error {
+        self.cols[COL_INFO].fail(format!("zero-length {what}"))
+    }
+
+    fn run(mut self) -> Result<(ParsedUpdate, u64)> {
+        let max_clock = self.limits.max_clock;
+        let mut mru: Vec<Mref> = Vec::with_capacity(MRU + 2);
+        let mut rmru: Vec<Mref> = Vec::with_capacity(MRU + 1);
         let info_left = self.cols[COL_INFO].left();
         let nblocks = self.cols[COL_BLOCKS].count_in(1, Some(info_left))?;
-        self.out.put(nblocks);
+        if nblocks > self.limits.max_clients {
+            return Err(limit_error(format!(
+                "{nblocks} client blocks exceed max_clients={}",
+                self.limits.max_clients
+            )));
+        }
+        self.add(vlen(nblocks))?;
+        let mut out: Vec<(u64, Vec<Struct>)> = Vec::with_capacity(nblocks as usize);
+        let mut index_of: HashMap<u64, usize> = HashMap::with_capacity(nblocks as usize);
         let mut total: u64 = 0;
         for _ in 0..nblocks {
             let cl = self.client(COL_BLOCKS)?;
             let info_left = self.cols[COL_INFO].left();
             let nstructs = self.cols[COL_BLOCKS].count_in(1, Some(info_left))?;
+            if nstructs == 0 {
+                return Err(
+                    self.cols[COL_BLOCKS].fail(format!("client {cl} has a block with no struct"))
+                );
+            }
             total += nstructs;
             if total > self.limits.max_structs {
                 return Err(limit_error(format!(
@@ -724,30 +793,55 @@ impl<'a, 'l> Rebuild<'a, 'l> {
                     self.limits.max_structs
                 )));
             }
-            let mut clock = self.cols[COL_BLOCKS].uint(32)? as i64;
-            if gc_deleted.contains_key(&cl) {
+            let clock0 = self.cols[COL_BLOCKS].uint(32)?;
+            if clock0 > max_clock {
+                return Err(limit_error(format!(
+                    "clock {clock0} exceeds max_clock={max_clock}"
+                )));
+            }
+            if index_of.contains_key(&cl) {
                 return Err(self.cols[COL_BLOCKS].fail(format!("client {cl} appears twice")));
             }
-            let mine = gc_deleted.entry(cl).or_default();
-            let mut mine = std::mem::take(mine);
-            self.out.put(nstructs);
-            self.out.put(cl);
-            self.out.put(if nstructs > 0 { clock as u64 } else { 0 });
+            self.add(vlen(nstructs) + vlen(cl) + vlen(clock0))?;
+            let mut clock: u64 = clock0;
+            let mut structs: Vec<Struct> = Vec::with_capacity(nstructs as usize);
             for _ in 0..nstructs {
                 let info = self.cols[COL_INFO].byte()?;
                 if info == STRUCT_GC || info == STRUCT_SKIP {
-                    let length = self.cols[COL_LENGTHS].uint(32)? as i64;
-                    self.out.byte(info);
-                    self.out.put(length as u64);
-                    if info == STRUCT_GC {
-                        mine.push((STRUCT_GC, clock, clock + length));
+                    let length = self.cols[COL_LENGTHS].uint(32)?;
+                    if length == 0 {
+                        return Err(self.zero(if info == STRUCT_GC { "GC" } else { "Skip" }));
                     }
+                    self.add(1 + vlen(length))?;
+                    structs.push(Struct {
+                        client: cl,
+                        clock: clock as u32,
+                        length: length as u32,
+                        kind: info,
+                        info,
+                        origin: None,
+                        right_origin: None,
+                        parent: Parent::Inherited,
+                        parent_sub: None,
+                        content: Content::None,
+                    });
                     clock += length;
+                    if clock > max_clock {
+                        return Err(limit_error(format!("clock exceeds max_clock={max_clock}")));
+                    }
                     continue;
                 }
-                let kind = info & 0x1F;
-                let mut origin: Option<Ref> = None;
-                let mut right: Option<Ref> = None;
+                let kind = info & CONTENT_MASK;
+                if kind == STRUCT_GC || kind > CONTENT_DOC {
+                    return Err(self.cols[COL_INFO].fail(format!(
+                        "unknown content ref {kind} (info byte {info:#04x})"
+                    )));
+                }
+                let mut origin: Option<Mref> = None;
+                let mut right: Option<Mref> = None;
+                let mut parent = Parent::Inherited;
+                let mut parent_sub: Option<Span> = None;
+                let mut n: u64 = 1; // the info byte
                 if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) != 0 {
                     let sel = self.cols[COL_INFO].byte()?;
                     let (osel, rsel) = (sel / 10, sel % 10);
@@ -759,11 +853,11 @@ impl<'a, 'l> Rebuild<'a, 'l> {
                             .fail(format!("bad selector {sel} for info {info:#04x}")));
                     }
                     if info & HAS_ORIGIN != 0 {
-                        origin = Some(if osel == SEL_CONTINUE {
+                        let o = if osel == SEL_CONTINUE {
                             if clock == 0 {
                                 return Err(self.cols[COL_INFO].fail("continuation at clock 0"));
                             }
-                            (cl, clock - 1)
+                            (cl, (clock - 1) as u32)
                         } else if osel == SEL_EXPLICIT {
                             let oc = self.client(COL_ORIGIN)?;
                             (oc, self.ref_clock(COL_ORIGIN, oc, None)?)
@@ -772,19 +866,26 @@ impl<'a, 'l> Rebuild<'a, 'l> {
                         } else {
                             return Err(self.cols[COL_INFO]
                                 .fail(format!("origin selector {osel} beyond the MRU list")));
-                        });
+                        };
+                        n += vlen(o.0) + vlen(o.1 as u64);
+                        origin = Some(o);
                     }
                     if info & HAS_RIGHT_ORIGIN != 0 {
-                        right = Some(if rsel == SEL_AFTER_ORIGIN {
+                        let r = if rsel == SEL_AFTER_ORIGIN {
                             let Some(o) = origin else {
                                 return Err(
                                     self.cols[COL_INFO].fail("right origin after a missing origin")
                                 );
                             };
+                            if o.1 as u64 + 1 >= 1 << 32 {
+                                return Err(
+                                    self.cols[COL_INFO].fail("right origin clock out of range")
+                                );
+                            }
                             (o.0, o.1 + 1)
                         } else if rsel == SEL_EXPLICIT {
                             let rc = self.client(COL_RIGHT)?;
-                            let expected = origin.filter(|o| o.0 == rc).map(|o| o.1 + 1);
+                            let expected = origin.filter(|o| o.0 == rc).map(|o| o.1 as i64 + 1);
                             (rc, self.ref_clock(COL_RIGHT, rc, expected)?)
                         } else if (rsel as usize) < rmru.len() {
                             rmru[rsel as usize]
@@ -792,185 +893,256 @@ impl<'a, 'l> Rebuild<'a, 'l> {
                             return Err(self.cols[COL_INFO].fail(format!(
                                 "right origin selector {rsel} beyond the MRU list"
                             )));
-                        });
+                        };
+                        n += vlen(r.0) + vlen(r.1 as u64);
+                        right = Some(r);
                     }
-                }
-                // v1: info, origin, right origin (what encode_update writes).
-                self.out.byte(info);
-                if let Some(o) = origin {
-                    self.out.put(o.0);
-                    self.out.put_i(o.1);
-                }
-                if let Some(r) = right {
-                    self.out.put(r.0);
-                    self.out.put_i(r.1);
                 }
                 if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
                     let flag = self.cols[COL_PARENT].byte()?;
+                    n += 1;
                     if flag == 1 {
-                        let name = self.key(COL_PARENT)?;
-                        self.out.byte(1);
-                        self.out.sized(name);
+                        parent = Parent::Root(self.key(COL_PARENT)?);
                     } else if flag == 0 {
                         let pc = self.client(COL_PARENT)?;
                         let pk = self.ref_clock(COL_PARENT, pc, None)?;
-                        self.out.byte(0);
-                        self.out.put(pc);
-                        self.out.put_i(pk);
+                        n += vlen(pc) + vlen(pk as u64);
+                        parent = Parent::Item((pc, pk));
                     } else {
                         return Err(self.cols[COL_PARENT].fail(format!("bad parent flag {flag}")));
                     }
                     if info & HAS_PARENT_SUB != 0 {
-                        let key = self.key(COL_PARENT)?;
-                        self.out.sized(key);
+                        parent_sub = Some(self.key(COL_PARENT)?);
                     }
                 }
-                let length: i64 = self.content(kind)?;
-                if kind == CONTENT_DELETED {
-                    mine.push((CONTENT_DELETED, clock, clock + length));
-                }
+                let (length, content, extra) = self.content(kind)?;
+                n += extra;
+                self.add(n)?;
+                structs.push(Struct {
+                    client: cl,
+                    clock: clock as u32,
+                    length: length as u32,
+                    kind,
+                    info,
+                    origin,
+                    right_origin: right,
+                    parent,
+                    parent_sub,
+                    content,
+                });
                 clock += length;
-                remember(&mut mru, &mut rmru, (cl, clock - 1), origin, right);
+                if clock > max_clock {
+                    return Err(limit_error(format!("clock exceeds max_clock={max_clock}")));
+                }
+                remember_id(&mut mru, &mut rmru, (cl, (clock - 1) as u32), origin, right);
             }
-            gc_deleted.insert(cl, mine);
+            index_of.insert(cl, out.len());
+            out.push((cl, structs));
         }
         // Delete set.
         let nds = self.cols[COL_DELETES].count_in(2, None)?; // client index + mode byte at least
-        self.out.put(nds);
+        if nds > self.limits.max_clients {
+            return Err(limit_error(format!(
+                "{nds} delete-set clients exceed max_clients={}",
+                self.limits.max_clients
+            )));
+        }
+        self.add(vlen(nds))?;
+        let mut delete_set: Vec<(u64, Vec<(u32, u32)>)> = Vec::new();
         let mut seen: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        let mut total_ranges: u64 = 0;
         for _ in 0..nds {
             let cl = self.client(COL_DELETES)?;
-            let mode = self.cols[COL_DELETES].byte()?;
-            if mode == 0 {
-                if !seen.insert(cl) {
-                    return Err(self.cols[COL_DELETES].fail(format!("client {cl} appears twice")));
-                }
-                let ranges = implied_deletes(
-                    gc_deleted
-                        .get(&cl)
-                        .map(|v| v.iter().copied())
-                        .into_iter()
-                        .flatten(),
-                );
-                self.out.put(cl);
-                self.out.put(ranges.len() as u64);
-                for (clock, length) in ranges {
-                    self.out.put_i(clock);
-                    self.out.put_i(length);
-                }
-                continue;
-            }
-            if mode != 1 {
-                return Err(self.cols[COL_DELETES].fail(format!("bad delete-set mode {mode}")));
-            }
-            let n = self.cols[COL_DELETES].count_in(2, None)?;
-            self.out.put(cl);
-            self.out.put(n);
-            let mut end: i64 = 0;
-            for _ in 0..n {
-                let clock = end + self.cols[COL_DELETES].uint(32)? as i64;
-                let length = self.cols[COL_DELETES].uint(32)? as i64;
-                self.out.put_i(clock);
-                self.out.put_i(length);
-                end = clock + length;
-            }
-            if !seen.insert(cl) {
+            if seen.contains(&cl) {
                 return Err(self.cols[COL_DELETES].fail(format!("client {cl} appears twice")));
             }
+            let mode = self.cols[COL_DELETES].byte()?;
+            let ranges: Vec<(u32, u32)> = if mode == 0 {
+                let implied = match index_of.get(&cl) {
+                    Some(&i) => implied_deletes(
+                        out[i]
+                            .1
+                            .iter()
+                            .map(|s| (s.kind, s.clock as i64, s.end() as i64)),
+                    ),
+                    None => Vec::new(),
+                };
+                implied
+                    .into_iter()
+                    .map(|(a, b)| (a as u32, b as u32))
+                    .collect()
+            } else if mode == 1 {
+                let count = self.cols[COL_DELETES].count_in(2, None)?;
+                let mut ranges = Vec::with_capacity(count as usize);
+                let mut end: u64 = 0;
+                for _ in 0..count {
+                    let clock = end + self.cols[COL_DELETES].uint(32)?;
+                    let length = self.cols[COL_DELETES].uint(32)?;
+                    if length == 0 {
+                        return Err(self.cols[COL_DELETES]
+                            .fail(format!("empty delete range for client {cl}")));
+                    }
+                    end = clock + length;
+                    if end > max_clock {
+                        return Err(limit_error(format!(
+                            "delete range of client {cl} exceeds max_clock"
+                        )));
+                    }
+                    ranges.push((clock as u32, length as u32));
+                }
+                ranges
+            } else {
+                return Err(self.cols[COL_DELETES].fail(format!("bad delete-set mode {mode}")));
+            };
+            if ranges.is_empty() {
+                return Err(self.cols[COL_DELETES].fail(format!("client {cl} has no delete range")));
+            }
+            total_ranges += ranges.len() as u64;
+            if total_ranges > self.limits.max_delete_ranges {
+                return Err(limit_error(format!(
+                    "more than max_delete_ranges={} ranges",
+                    self.limits.max_delete_ranges
+                )));
+            }
+            let mut n = vlen(cl) + vlen(ranges.len() as u64);
+            for &(a, b) in &ranges {
+                n += vlen(a as u64) + vlen(b as u64);
+            }
+            self.add(n)?;
+            seen.insert(cl);
+            delete_set.push((cl, ranges));
         }
         for col in &self.cols {
             if col.left() != 0 {
                 return Err(col.fail("unused bytes"));
             }
         }
-        if self.out.unencodable {
-            return Err(malformed("inconsistent data (a negative clock)"));
-        }
-        if self.out.size > self.limits.max_update_bytes {
-            return Err(limit_error(format!(
-                "rebuilt update exceeds max_update_bytes={}",
-                self.limits.max_update_bytes
-            )));
-        }
-        Ok(self.out.buf)
+        Ok((
+            ParsedUpdate {
+                clients: out,
+                delete_set,
+                ds_pos: 0,
+            },
+            self.size,
+        ))
     }
 
-    /// Reads one item's content and writes it; returns the item's length.
-    fn content(&mut self, kind: u8) -> Result<i64> {
+    /// Reads one item's content: (length, content, v1 bytes not counted yet).
+    fn content(&mut self, kind: u8) -> Result<(u64, Content, u64)> {
         match kind {
             CONTENT_STRING => {
-                let n = self.cols[COL_LENGTHS].uint(32)?;
-                let t = self.cols[COL_TEXT].text(n)?;
-                self.out.sized(t);
-                Ok(utf16_len(t) as i64)
+                let nbytes = self.cols[COL_LENGTHS].uint(32)?;
+                if nbytes == 0 {
+                    return Err(self.zero("String item"));
+                }
+                let span = self.text(COL_TEXT, nbytes, "string")?;
+                let length = utf16_len(self.cols[COL_TEXT].block_slice(span));
+                Ok((length, Content::String(span), 0))
             }
             CONTENT_DELETED => {
                 let length = self.cols[COL_LENGTHS].uint(32)?;
-                self.out.put(length);
-                Ok(length as i64)
+                if length == 0 {
+                    return Err(self.zero("Deleted item"));
+                }
+                Ok((length, Content::None, vlen(length)))
             }
             CONTENT_ANY => {
                 let count = self.cols[COL_MISC].count_in(1, None)?;
+                if count == 0 {
+                    return Err(self.zero("Any item"));
+                }
                 let start = self.cols[COL_MISC].pos;
                 let end = self.skip_any_end(count)?;
                 let misc = &mut self.cols[COL_MISC];
                 misc.pos = end;
-                let raw = &misc.data[start..end];
-                self.out.put(count);
-                self.out.raw(raw);
-                Ok(count as i64)
+                let raw = misc.span(start, end);
+                Ok((
+                    count,
+                    Content::Any {
+                        n: count as u32,
+                        raw,
+                    },
+                    vlen(count) + (end - start) as u64,
+                ))
             }
             CONTENT_TYPE => {
                 let tr = self.cols[COL_MISC].uint(32)?;
-                self.out.put(tr);
-                if tr == 3 || tr == 5 {
-                    let name = self.key(COL_MISC)?;
-                    self.out.sized(name);
-                }
-                Ok(1)
+                let extra = vlen(tr);
+                let name = if tr == TYPE_XML_ELEMENT || tr == TYPE_XML_HOOK {
+                    Some(self.key(COL_MISC)?)
+                } else if tr > TYPE_XML_TEXT {
+                    return Err(self.cols[COL_MISC].fail(format!("unknown type ref {tr}")));
+                } else {
+                    None
+                };
+                Ok((
+                    1,
+                    Content::Type {
+                        type_ref: tr as u32,
+                        name,
+                    },
+                    extra,
+                ))
             }
             CONTENT_BINARY => {
-                let n = self.cols[COL_MISC].uint(32)?;
-                let b = self.cols[COL_MISC].take(n)?;
-                self.out.sized(b);
-                Ok(1)
+                let blen = self.cols[COL_MISC].uint(32)?;
+                if blen > self.limits.max_string_bytes {
+                    return Err(limit_error(format!(
+                        "binary of {blen} bytes exceeds max_string_bytes"
+                    )));
+                }
+                let misc = &mut self.cols[COL_MISC];
+                let start = misc.pos;
+                misc.take(blen)?;
+                let span = misc.span(start, misc.pos);
+                Ok((1, Content::Binary(span), vlen(blen) + blen))
             }
             CONTENT_FORMAT => {
-                let k = self.key(COL_MISC)?;
+                let key = self.key(COL_MISC)?;
                 let n = self.cols[COL_MISC].uint(32)?;
-                let v = self.cols[COL_MISC].text(n)?;
-                self.out.sized(k);
-                self.out.sized(v);
-                Ok(1)
+                let value = self.text(COL_MISC, n, "format value")?;
+                self.check_json(COL_MISC, value, "format value")?;
+                Ok((1, Content::Format { key, value }, 0))
             }
             CONTENT_EMBED => {
                 let n = self.cols[COL_MISC].uint(32)?;
-                let t = self.cols[COL_MISC].text(n)?;
-                self.out.sized(t);
-                Ok(1)
+                let t = self.text(COL_MISC, n, "embed")?;
+                self.check_json(COL_MISC, t, "embed")?;
+                Ok((1, Content::Embed(t), 0))
             }
             CONTENT_JSON => {
-                let n = self.cols[COL_MISC].count_in(1, None)?;
-                self.out.put(n);
-                for _ in 0..n {
-                    let len = self.cols[COL_MISC].uint(32)?;
-                    let t = self.cols[COL_MISC].text(len)?;
-                    self.out.sized(t);
+                let count = self.cols[COL_MISC].count_in(1, None)?;
+                if count == 0 {
+                    return Err(self.zero("JSON item"));
                 }
-                Ok(n as i64)
+                self.any_values += count;
+                if self.any_values > self.limits.max_any_values {
+                    return Err(limit_error(format!(
+                        "more than max_any_values={}",
+                        self.limits.max_any_values
+                    )));
+                }
+                let mut texts = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    let n = self.cols[COL_MISC].uint(32)?;
+                    let t = self.text(COL_MISC, n, "JSON value")?;
+                    if self.cols[COL_MISC].block_slice(t) != b"undefined" {
+                        self.check_json(COL_MISC, t, "JSON content")?;
+                    }
+                    texts.push(t);
+                }
+                Ok((count, Content::Json(texts), vlen(count)))
             }
-            CONTENT_DOC => {
+            _ => {
+                // CONTENT_DOC
                 let guid = self.key(COL_MISC)?;
                 let start = self.cols[COL_MISC].pos;
                 let end = self.skip_any_end(1)?;
                 let misc = &mut self.cols[COL_MISC];
                 misc.pos = end;
-                let raw = &misc.data[start..end];
-                self.out.sized(guid);
-                self.out.raw(raw);
-                Ok(1)
+                let options = misc.span(start, end);
+                Ok((1, Content::Doc { guid, options }, (end - start) as u64))
             }
-            _ => Err(self.cols[COL_INFO].fail(format!("unknown content ref {kind}"))),
         }
     }
 }
@@ -1094,7 +1266,7 @@ mod tests {
         let e = compact_decode(&key_bomb(65536, 2000), &l).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Limit);
         assert!(
-            e.message.contains("rebuilt update exceeds"),
+            e.message.contains("would exceed max_update_bytes"),
             "{}",
             e.message
         );

@@ -11,6 +11,9 @@ pub enum ErrorKind {
     Limit,
     /// `UnsupportedVersionError`: written by a newer format version.
     Unsupported,
+    /// `MissingUpdatesError`: the update depends on changes the document does
+    /// not have yet (see [`Error::missing`]).
+    Missing,
 }
 
 /// A refusal of some input, with a message for humans.
@@ -18,6 +21,9 @@ pub enum ErrorKind {
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
+    /// For `Missing`: the client and clock of the first missing change, and
+    /// the `(client, clock)` the document must hold for the update to apply.
+    pub missing: Option<(u64, u32, (u64, u32))>,
 }
 
 impl Error {
@@ -25,6 +31,17 @@ impl Error {
         Error {
             kind,
             message: message.into(),
+            missing: None,
+        }
+    }
+
+    /// A `MissingUpdatesError` (`crdtsync.errors.MissingUpdatesError(message,
+    /// client, clock, needs)`).
+    pub fn missing(message: impl Into<String>, client: u64, clock: u32, needs: (u64, u32)) -> Self {
+        Error {
+            kind: ErrorKind::Missing,
+            message: message.into(),
+            missing: Some((client, clock, needs)),
         }
     }
 }

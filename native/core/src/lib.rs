@@ -10,6 +10,8 @@
 pub mod codec;
 pub mod columnar;
 pub mod error;
+pub mod fxhash;
+pub mod index;
 pub mod json;
 pub mod limits;
 pub mod update;

@@ -17,6 +17,9 @@ pub struct Limits {
     pub max_type_depth: u64,
     pub max_any_values: u64,
     pub max_clock: u64,
+    /// Deleted ranges of clocks a document does not have yet, kept until
+    /// they arrive (`max_pending_deletes`).
+    pub max_pending_deletes: u64,
     /// Python's `sys.get_int_max_str_digits()` (0: unlimited): `json.loads`
     /// refuses integers with more digits, so the JSON check must too.
     pub int_max_str_digits: u64,
@@ -35,6 +38,7 @@ impl Default for Limits {
             max_type_depth: 256,
             max_any_values: 10_000_000,
             max_clock: CLOCK_CEILING,
+            max_pending_deletes: 100_000,
             int_max_str_digits: 4300,
         }
     }

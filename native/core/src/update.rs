@@ -153,6 +153,8 @@ impl Struct {
 pub struct ParsedUpdate {
     pub clients: Vec<(u64, Vec<Struct>)>,
     pub delete_set: Vec<(u64, Vec<(u32, u32)>)>,
+    /// Offset of the delete set in the bytes (`_yupdate.ParsedUpdate.ds_pos`).
+    pub ds_pos: usize,
 }
 
 impl ParsedUpdate {
@@ -784,6 +786,7 @@ fn parse(data: &[u8], limits: &Limits) -> Result<ParsedUpdate> {
     Ok(ParsedUpdate {
         clients,
         delete_set,
+        ds_pos,
     })
 }
 
@@ -802,6 +805,135 @@ pub fn encode_update(parsed: &ParsedUpdate, data: &[u8]) -> Vec<u8> {
     }
     write_delete_set(&mut out, &parsed.delete_set);
     out
+}
+
+/// Like [`encode_update`], and the same update with its spans moved to the
+/// returned bytes (for a parse whose spans refer to another buffer, such as
+/// the compact decoder's column block).
+pub fn encode_update_remapped(parsed: &ParsedUpdate, data: &[u8]) -> (Vec<u8>, ParsedUpdate) {
+    let mut out = Vec::with_capacity(data.len());
+    let mut clients = Vec::with_capacity(parsed.clients.len());
+    write_varuint(&mut out, parsed.clients.len() as u64);
+    for (client, structs) in &parsed.clients {
+        write_varuint(&mut out, structs.len() as u64);
+        write_varuint(&mut out, *client);
+        write_varuint(&mut out, structs.first().map_or(0, |s| s.clock as u64));
+        let mut moved = Vec::with_capacity(structs.len());
+        for s in structs {
+            moved.push(encode_struct_remapped(&mut out, s, data));
+        }
+        clients.push((*client, moved));
+    }
+    let ds_pos = out.len();
+    write_delete_set(&mut out, &parsed.delete_set);
+    let parsed = ParsedUpdate {
+        clients,
+        delete_set: parsed.delete_set.clone(),
+        ds_pos,
+    };
+    (out, parsed)
+}
+
+/// Writes `data[span]` length-prefixed; returns its span in `out`.
+fn put_span(out: &mut Vec<u8>, span: Span, data: &[u8]) -> Span {
+    let b = span.get(data);
+    write_varuint(out, b.len() as u64);
+    let start = out.len();
+    out.extend_from_slice(b);
+    Span::new(start, out.len())
+}
+
+/// Writes `data[span]` as is; returns its span in `out`.
+fn put_raw(out: &mut Vec<u8>, span: Span, data: &[u8]) -> Span {
+    let start = out.len();
+    out.extend_from_slice(span.get(data));
+    Span::new(start, out.len())
+}
+
+fn encode_struct_remapped(out: &mut Vec<u8>, s: &Struct, data: &[u8]) -> Struct {
+    let mut m = Struct {
+        client: s.client,
+        clock: s.clock,
+        length: s.length,
+        kind: s.kind,
+        info: s.info,
+        origin: s.origin,
+        right_origin: s.right_origin,
+        parent: Parent::Inherited,
+        parent_sub: None,
+        content: Content::None,
+    };
+    out.push(s.info);
+    if s.kind == STRUCT_GC || s.kind == STRUCT_SKIP {
+        write_varuint(out, s.length as u64);
+        return m;
+    }
+    if let Some((c, k)) = s.origin {
+        write_varuint(out, c);
+        write_varuint(out, k as u64);
+    }
+    if let Some((c, k)) = s.right_origin {
+        write_varuint(out, c);
+        write_varuint(out, k as u64);
+    }
+    if s.info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
+        match &s.parent {
+            Parent::Root(name) => {
+                out.push(1);
+                m.parent = Parent::Root(put_span(out, *name, data));
+            }
+            Parent::Item((c, k)) => {
+                out.push(0);
+                write_varuint(out, *c);
+                write_varuint(out, *k as u64);
+                m.parent = Parent::Item((*c, *k));
+            }
+            Parent::Inherited => {}
+        }
+        if let Some(key) = s.parent_sub {
+            m.parent_sub = Some(put_span(out, key, data));
+        }
+    }
+    m.content = match &s.content {
+        Content::String(t) => Content::String(put_span(out, *t, data)),
+        Content::Embed(t) => Content::Embed(put_span(out, *t, data)),
+        Content::Binary(t) => Content::Binary(put_span(out, *t, data)),
+        Content::None => {
+            if s.kind == CONTENT_DELETED {
+                write_varuint(out, s.length as u64);
+            }
+            Content::None
+        }
+        Content::Any { n, raw } => {
+            write_varuint(out, *n as u64);
+            Content::Any {
+                n: *n,
+                raw: put_raw(out, *raw, data),
+            }
+        }
+        Content::Type { type_ref, name } => {
+            write_varuint(out, *type_ref as u64);
+            Content::Type {
+                type_ref: *type_ref,
+                name: name.map(|nm| put_span(out, nm, data)),
+            }
+        }
+        Content::Format { key, value } => {
+            let key = put_span(out, *key, data);
+            let value = put_span(out, *value, data);
+            Content::Format { key, value }
+        }
+        Content::Json(items) => {
+            write_varuint(out, items.len() as u64);
+            Content::Json(items.iter().map(|t| put_span(out, *t, data)).collect())
+        }
+        Content::Doc { guid, options } => {
+            let guid = put_span(out, *guid, data);
+            let options = put_raw(out, *options, data);
+            Content::Doc { guid, options }
+        }
+    };
+    m
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {

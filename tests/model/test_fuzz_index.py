@@ -1,0 +1,60 @@
+"""A sample of ``scripts/fuzz_index.py``: the Rust document index against the Python one.
+
+The long runs (docs/LONG_RUNS.md) feed both checkers hundreds of thousands of
+generated updates; CI runs a fixed sample of the same sessions, and checks that
+the comparison is not vacuous.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from types import ModuleType
+
+import pytest
+from helpers.traces import REPO
+
+from crdtsync.format import accel
+from crdtsync.format import checker as checker_module
+
+pytestmark = pytest.mark.skipif(not accel.NATIVE, reason="crdtsync._native is not built")
+
+
+def _fuzz_index() -> ModuleType:
+    path = REPO / "scripts" / "fuzz_index.py"
+    spec = importlib.util.spec_from_file_location("fuzz_index", path)
+    assert spec is not None
+    assert spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["fuzz_index"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_index_differential_sample() -> None:
+    fi = _fuzz_index()
+    res = fi.run_range(seed=20261207, start=0, stop=40)
+    assert res.sessions == 40
+    assert res.count >= 40 * 40, res.count
+    assert res.problems == []
+    outcomes = res.outcomes
+    # the sample covers acceptance, each refusal class and rollbacks, on every kind of session
+    for kind in fi.KINDS:
+        assert sum(n for k, n in outcomes.items() if k.startswith(f"{kind}:")) > 0, kind
+    for got in ("ok", "MalformedUpdateError", "MissingUpdatesError", "rolled-back"):
+        assert sum(n for k, n in outcomes.items() if k.endswith(f":import:{got}")) > 0, got
+    assert outcomes["doc-level sessions"] > 0
+
+
+def test_index_differential_catches_disagreements(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A native checker that differs in what an update moves is reported."""
+    fi = _fuzz_index()
+    real = checker_module.NativeChecker.commit
+
+    def skewed(self: checker_module.NativeChecker) -> list[int]:
+        return [*real(self), 4_000_000_001]
+
+    monkeypatch.setattr(checker_module.NativeChecker, "commit", skewed)
+    res = fi.run_range(seed=20261207, start=0, stop=4)
+    assert any("commit: moved clients" in problem for _, _, problem in res.problems), res.problems
