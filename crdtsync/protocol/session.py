@@ -762,6 +762,14 @@ class Session:
             raise LocalProtocolError(f"reject() in state {self.state.value}")
         self._fail(error)
 
+    def fail(self, error: ProtocolError) -> None:
+        """The shell found the peer breaking a rule (a budget spent): close with ``error``.
+
+        Queues CLOSE with the error's code and records it, as if the session had
+        found it itself. Idempotent once closed.
+        """
+        self._fail(error)
+
     def open_doc(self, name: str, epoch: bytes, version: Version) -> None:
         """Open a document on this session (queues SYNC).
 

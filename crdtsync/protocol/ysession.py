@@ -141,6 +141,10 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_INVALID_ROOM = 4400
 CLOSE_BAD_TOKEN = 4401
 CLOSE_ROOM_NOT_ALLOWED = 4403
+# A read-only client asked for a room that does not exist (it may not create it).
+CLOSE_NO_SUCH_ROOM = 4404
+# The relay holds as many rooms as it may (max_rooms): no new one.
+CLOSE_ROOM_LIMIT = 4413
 # 45xx, not 44xx: y-websocket gives up for good on 4400-4499 and retries 45xx.
 CLOSE_RATE_LIMITED = 4529
 

@@ -10,7 +10,9 @@
 * :class:`ReadPausingConnection`: the websockets server connection the relay
   runs on: it stops reading from a client whose write buffer is over
   ``max_send_queue``, so a client that pings and never reads waits on TCP
-  instead of growing the relay's memory.
+  instead of growing the relay's memory; and it reports to the relay's
+  :class:`ConnectionGate` from the moment TCP accepted it, before a byte of
+  HTTP is read (the budget of connections not yet authenticated).
 
 The y-protocols side's limits (message rate, payload size, writers) are in its
 sans-I/O session, :class:`~crdtsync.protocol.ysession.YSession`.
@@ -29,12 +31,13 @@ from crdtsync.errors import ConnectionClosedError
 from crdtsync.net import Ability
 from crdtsync.protocol.limits import FrameCounter, TokenBucket
 from crdtsync.protocol.ysession import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_RATE_LIMITED
+from crdtsync.relay.admission import ConnectionBudget
 from crdtsync.relay.config import RelayConfig
 from crdtsync.relay.logs import log
 from crdtsync.relay.metrics import RelayMetrics
 from crdtsync.transports.websocket import WebSocketConnection
 
-__all__ = ["ReadPausingConnection", "SyncConnection", "now"]
+__all__ = ["ConnectionGate", "ReadPausingConnection", "SyncConnection", "now"]
 
 
 def now() -> float:
@@ -51,6 +54,7 @@ class SyncConnection:
         config: the limits.
         metrics: where messages, bytes and errors are counted.
         draining: whether the relay is shutting down (a close is then 1001).
+        on_authenticate: called once the handshake is accepted.
     """
 
     def __init__(
@@ -60,8 +64,11 @@ class SyncConnection:
         config: RelayConfig,
         metrics: RelayMetrics,
         draining: Callable[[], bool],
+        *,
+        on_authenticate: Callable[[], None] | None = None,
     ) -> None:
         self._inner = inner
+        self._on_authenticate = on_authenticate
         self._address = address
         self._config = config
         self._metrics = metrics
@@ -86,6 +93,8 @@ class SyncConnection:
         """The handshake was accepted: messages up to ``max_frame`` from now on."""
         self._authenticated = True
         self._inner.limit_message_size(self._config.max_frame)
+        if self._on_authenticate is not None:
+            self._on_authenticate()
 
     # -- Connection ----------------------------------------------------------------------
 
@@ -159,6 +168,43 @@ class SyncConnection:
         self._inner.abort()
 
 
+class ConnectionGate:
+    """The asyncio side of :class:`~crdtsync.relay.admission.ConnectionBudget`.
+
+    Told of every TCP connection as it is accepted and as it ends; closes what
+    the budget refuses or evicts (an abort: nothing is owed to a connection
+    that has not said who it is), and counts it.
+
+    Args:
+        budget: the budget of pending connections.
+        metrics: where refusals and evictions are counted.
+    """
+
+    def __init__(self, budget: ConnectionBudget, metrics: RelayMetrics) -> None:
+        self.budget = budget
+        self._metrics = metrics
+
+    def accepted(self, conn: ServerConnection) -> None:
+        """A TCP connection was accepted: admit it, refuse it, or evict another for it."""
+        peer = conn.transport.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        decision = self.budget.admit(conn, host)
+        if isinstance(decision.evict, ServerConnection):
+            self._metrics.error("unauthenticated_evicted")
+            decision.evict.transport.abort()
+        if not decision.admit:
+            self._metrics.error("too_many_unauthenticated")
+            conn.transport.abort()
+
+    def authenticated(self, conn: ServerConnection) -> None:
+        """``conn`` authenticated: it counts against ``max_connections`` from now on."""
+        self.budget.authenticated(conn)
+
+    def lost(self, conn: ServerConnection) -> None:
+        """``conn`` ended."""
+        self.budget.closed(conn)
+
+
 class ReadPausingConnection(ServerConnection):
     """A server connection that stops reading while its write buffer is over the limit.
 
@@ -173,11 +219,18 @@ class ReadPausingConnection(ServerConnection):
 
     #: Write-buffer bytes above which reading pauses (the relay's max_send_queue).
     write_limit = 8 << 20
+    #: Told of every connection accepted and ended (None: nobody).
+    gate: ConnectionGate | None = None
 
     @classmethod
-    def with_limit(cls, limit: int) -> type[ReadPausingConnection]:
-        """A subclass pausing reads above ``limit`` bytes (for ``serve(create_connection=)``)."""
-        return type("ReadPausingConnection", (cls,), {"write_limit": limit})
+    def with_limit(
+        cls, limit: int, gate: ConnectionGate | None = None
+    ) -> type[ReadPausingConnection]:
+        """A subclass pausing reads above ``limit`` bytes (for ``serve(create_connection=)``).
+
+        ``gate`` hears of each connection from its TCP accept on.
+        """
+        return type("ReadPausingConnection", (cls,), {"write_limit": limit, "gate": gate})
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Set up, with our own resume callback for the incoming message queue."""
@@ -192,6 +245,14 @@ class ReadPausingConnection(ServerConnection):
             pause=self.transport.pause_reading,
             resume=self._resume_for_queue,
         )
+        if self.gate is not None:
+            self.gate.accepted(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection ended: tell the gate."""
+        super().connection_lost(exc)
+        if self.gate is not None:
+            self.gate.lost(self)
 
     def _resume_for_queue(self) -> None:
         if not self._paused_for_writes:

@@ -49,6 +49,14 @@ __all__ = ["YConnection", "buffered", "error_kind", "fanout"]
 _STEP2 = b"\x00\x01"
 
 
+#: Write-policy refusals a y-protocols client is told of with "permission
+#: denied" (it stays connected): (metrics kind, reason).
+_REFUSALS: dict[Admission, tuple[str, str]] = {
+    Admission.READ_ONLY: ("read_only", "read-only access: update refused"),
+    Admission.FULL: ("room_full", "the room reached its size limit: update refused"),
+}
+
+
 def error_kind(error: CrdtSyncError | None, code: int) -> str:
     """The ``crdtsync_relay_errors_total`` kind of a y-protocols connection's close."""
     if code == ys.CLOSE_UNSUPPORTED_DATA:
@@ -192,15 +200,24 @@ class YConnection:
     def _write(self, ev: ys.UpdateReceived) -> None:
         session = self.session
         try:
-            verdict = self.guest.write(ev.update, ev.writes, session)
+            verdict = self.guest.write(ev.update, ev.writes, session, catch_up=ev.step2)
         except InvalidUpdateError as exc:
             session.reject_update(exc)
         except StoreError as exc:
             session.fail(exc)
         else:
-            if verdict is Admission.READ_ONLY:
-                self._metrics.error("read_only")
-                session.refuse_update("read-only access: update refused")
+            refusal = _REFUSALS.get(verdict)
+            if refusal is not None:
+                # Refused, and the client stays: y-websocket logs "permission
+                # denied" (the write policy closes it after too many).
+                kind, reason = refusal
+                self._metrics.error(kind)
+                session.refuse_update(reason)
+            elif verdict is Admission.HELD_LIMIT:
+                # It sends out of order: reconnecting resends in order (sync step 2).
+                session.fail(LimitExceededError("too many updates waiting for missing changes"))
+            elif verdict is Admission.TOO_MANY_REFUSALS:
+                session.fail(LimitExceededError("too many updates refused"))
             elif verdict is not Admission.FORBIDDEN:
                 session.update_applied(ev)
 
