@@ -1499,6 +1499,7 @@ class Peer:
             return
         g = grant if isinstance(grant, Grant) else Grant()
         link.grant = g
+        link.sender.max_refusals = g.max_refused_updates
         s.accept(writers=[self.peer_id], verify_writers=not g.relay, declare=not g.read_only)
 
     def _on_doc_requested(self, link: _Link, ev: p.DocRequested) -> None:

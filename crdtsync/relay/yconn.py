@@ -139,6 +139,15 @@ class YConnection:
         """Whether nothing more is sent to it (its session closed, or it was dropped)."""
         return self._dropped or self.session.closed
 
+    @property
+    def writable(self) -> bool:
+        """Whether what was queued for it can still be written (not dropped, not closing).
+
+        A session that closed itself still has its last words sent (the
+        refusals that closed it), before the close frame.
+        """
+        return not self._dropped and not self.ws.transport.is_closing()
+
     def start(self) -> None:
         """Send what y-websocket's server sends first: its state vector and the presence."""
         guest = self.guest
@@ -171,6 +180,9 @@ class YConnection:
             log.error(
                 "store failure", extra={"fields": {"room": self.room, "error": str(session.error)}}
             )
+        # What the session said before closing (the refusals that led to it)
+        # is in the room outbox: it goes out before the close frame.
+        self.rooms.flush()
         await ws.close(session.close_code or ys.CLOSE_PROTOCOL_ERROR, session.close_reason or "")
         return f"{kind}: {session.error}"
 
