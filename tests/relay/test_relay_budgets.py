@@ -15,24 +15,21 @@ import json
 import random
 import socket
 import string
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers.relay import (
     WAIT,
+    Metrics,
     RawSync,
     YClient,
     errors,
-    raw_ws_socket,
-    read_close,
+    parse_metrics,
     running_relay,
-    scrape,
     ws_peer,
 )
 from helpers.waiting import eventually
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from crdtsync import Doc, ErrorCode
@@ -43,6 +40,7 @@ from crdtsync.model import doc as doc_module
 from crdtsync.protocol import messages as m
 from crdtsync.protocol import session as p
 from crdtsync.protocol import yprotocol as y
+from crdtsync.protocol.awareness import Awareness, decode_awareness
 from crdtsync.relay import Relay, mint_token
 from crdtsync.store.sqlite import SQLiteStore
 
@@ -86,6 +84,11 @@ def doc_errors(raw: RawSync) -> list[m.DocError]:
 
 def close_code(raw: RawSync) -> int | None:
     return next((msg.code for msg in raw.messages if isinstance(msg, m.Close)), None)
+
+
+def local_metrics(relay: Relay) -> Metrics:
+    """The relay's metrics read in-process (an HTTP scrape would be a connection too)."""
+    return parse_metrics(relay.metrics.render())
 
 
 def stored(relay: Relay, room: str) -> tuple[bytes | None, list[bytes]]:
@@ -134,12 +137,12 @@ async def test_a_room_larger_than_max_update_loads_again_after_compaction(
         await reader.aclose()
         assert await errors(relay, "internal") == 0
         assert await errors(relay, "store") == 0
-    async with running_relay(tmp_path, **options) as relay:  # a restart
-        async with ws_peer() as peer:
-            doc = await peer.open("big")
-            await peer.connect(relay.url)
-            assert await peer.wait_synced("big", WAIT)
-            assert len(str(doc.text("body"))) == 600_000
+    # A restart: the room loads from its snapshot.
+    async with running_relay(tmp_path, **options) as relay, ws_peer() as peer:
+        doc = await peer.open("big")
+        await peer.connect(relay.url)
+        assert await peer.wait_synced("big", WAIT)
+        assert len(str(doc.text("body"))) == 600_000
 
 
 def _corrupt_room(path: Path) -> None:
@@ -377,3 +380,234 @@ async def test_read_only_updates_that_need_the_room_checked_are_budgeted(
         assert len(contains_calls) == 1 + 4, reason
         assert not any(isinstance(msg, y.AuthDenied) for msg in client.received)
         assert room.pending == 0
+
+
+# -- item 8: connections that never authenticate ----------------------------------------------
+
+
+async def _silent(port: int, source: str, *, upgrade: bool) -> socket.socket | None:
+    """A socket from ``source`` that says nothing (after the WebSocket upgrade, if asked).
+
+    Returns it while the relay keeps it; None when the relay closed it first.
+    """
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    sock.bind((source, 0))
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    if not upgrade:
+        return sock
+    request = (
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    try:
+        await loop.sock_sendall(sock, request.encode())
+        head = b""
+        async with asyncio.timeout(WAIT):
+            while b"\r\n\r\n" not in head:
+                chunk = await loop.sock_recv(sock, 1)
+                if not chunk:
+                    break
+                head += chunk
+    except ConnectionError:
+        head = b""
+    if not head.startswith(b"HTTP/1.1 101"):
+        sock.close()
+        return None
+    return sock
+
+
+async def _still_open(sock: socket.socket) -> bool:
+    """Whether the relay has not closed ``sock`` (it sends nothing to a silent client)."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(0.05):
+            return bool(await loop.sock_recv(sock, 1))
+    except TimeoutError:
+        return True
+    except ConnectionError:
+        return False
+
+
+async def test_silent_sockets_from_one_address_do_not_lock_others_out(tmp_path: Path) -> None:
+    """Issue 18, item 8: 40 silent sockets filled --max-connections 40 for a whole timeout."""
+    options = {"max_connections": 40, "max_unauth_per_address": 8, "handshake_timeout": 60}
+    async with running_relay(tmp_path, secret=SECRET, **options) as relay:
+        upgraded = [await _silent(relay.port, "127.0.0.2", upgrade=True) for _ in range(40)]
+        kept = [s for s in upgraded if s is not None]
+        assert len(kept) == 8  # the address's share; the others were closed at once
+        # Sockets that never even send their HTTP request (a slowloris): the same.
+        http = [await _silent(relay.port, "127.0.0.3", upgrade=False) for _ in range(40)]
+        alive = [s for s in http if s is not None and await _still_open(s)]
+        assert len(alive) == 8
+        metrics = local_metrics(relay)
+        assert metrics.get("crdtsync_relay_errors_total", kind="too_many_unauthenticated") == 64
+        assert metrics.get("crdtsync_relay_unauthenticated_connections") == 16
+        # A client with a token gets in at once, over both protocols.
+        async with ws_peer() as peer:
+            await peer.open("notes")
+            await peer.connect(relay.url, token=token(), timeout=WAIT)
+            assert await peer.wait_synced("notes", WAIT)
+        client = await YClient.open(relay.url, "notes", token=token())
+        await client.sync()
+        await client.aclose()
+        assert await errors(relay, "too_many_connections") == 0
+        for sock in http:
+            if sock is not None:
+                sock.close()
+        for sock in kept:
+            sock.close()
+
+
+async def test_pending_connections_beyond_the_budget_evict_the_oldest(tmp_path: Path) -> None:
+    options = {"max_unauth_connections": 10, "max_unauth_per_address": 4}
+    async with running_relay(tmp_path, secret=SECRET, **options) as relay:
+        sources = [f"127.0.0.{i}" for i in range(2, 8)]  # 6 addresses x 4: 24 attempts
+        socks = [await _silent(relay.port, src, upgrade=True) for src in sources for _ in range(4)]
+        assert all(s is not None for s in socks)  # each admitted, evicting the oldest
+        metrics = local_metrics(relay)
+        assert metrics.get("crdtsync_relay_errors_total", kind="unauthenticated_evicted") == 14
+        assert metrics.get("crdtsync_relay_unauthenticated_connections") == 10
+        open_now = [s for s in socks if s is not None and await _still_open(s)]
+        assert socks[-10:] == open_now  # the newest ten: the oldest went first
+        async with ws_peer() as peer:
+            await peer.open("notes")
+            await peer.connect(relay.url, token=token(), timeout=WAIT)
+            assert await peer.wait_synced("notes", WAIT)
+        for sock in socks:
+            if sock is not None:
+                sock.close()
+
+
+# -- item 9: rooms a client may make -------------------------------------------------------
+
+
+async def test_a_reader_opening_a_missing_room_creates_nothing(tmp_path: Path) -> None:
+    """Issue 18, item 9: a viewers/* token made 300 permanent rooms in 4 s."""
+    async with running_relay(tmp_path, secret=SECRET) as relay:
+        reader = token("viewers/*", write=False)
+        docs = [(f"viewers/{i}", Doc()) for i in range(20)]
+        raw = await RawSync.open(relay.url, docs=docs, token=reader)
+        await raw.until(lambda: len(doc_errors(raw)) == 20)
+        assert {e.code for e in doc_errors(raw)} == {ErrorCode.DOC_REFUSED}
+        assert raw.session.state is p.State.OPEN
+        for i in range(20):
+            client = await YClient.open(relay.url, f"viewers/y{i}", token=reader)
+            code, _, received = await client.closed()
+            assert code == 4404
+            assert received == []
+        assert relay.peer._store.names() == []  # nothing stored, no fsync spent
+        assert relay.peer.docs() == []
+        assert await errors(relay, "no_such_room") == 20
+        # A room that exists is joined as before.
+        await _room_with_text(relay, "viewers/real")
+        client = await YClient.open(relay.url, "viewers/real", token=reader)
+        await client.sync()
+        assert client.text() == "hello"
+        await client.aclose()
+        await raw.aclose()
+
+
+async def test_rooms_are_capped_in_all_and_per_address_per_minute(tmp_path: Path) -> None:
+    async with running_relay(tmp_path, max_rooms=30, max_new_rooms_per_min=10) as relay:
+        # One address: ten new rooms, then refused (crdtsync: LIMIT_EXCEEDED on each).
+        docs = [(f"r{i}", Doc()) for i in range(15)]
+        raw = await RawSync.open(relay.url, docs=docs)
+        await raw.until(lambda: len(doc_errors(raw)) == 5)
+        assert {e.code for e in doc_errors(raw)} == {ErrorCode.LIMIT_EXCEEDED}
+        assert len(relay.peer._store.names()) == 10
+        client = await YClient.open(relay.url, "r-y")
+        code, _, _ = await client.closed()
+        assert code == 4529  # y-websocket retries later
+        assert await errors(relay, "room_rate") == 6
+        # Rooms that exist are no new rooms.
+        again = await YClient.open(relay.url, "r3")
+        await again.sync()
+        await again.aclose()
+        await raw.aclose()
+        # Other addresses fill the store up to max_rooms; then nobody creates one.
+        for source in ("127.0.0.2", "127.0.0.3"):
+            docs = [(f"{source}-{i}", Doc()) for i in range(10)]
+            raw = await RawSync.open(relay.url, docs=docs, local_addr=(source, 0))
+            names = [n for n, _ in docs]
+            await raw.until(lambda r=raw, ns=names: sum(r.session.is_synced(n) for n in ns) == 10)
+            await raw.aclose()
+        assert len(relay.peer._store.names()) == 30
+        client = await YClient.open(relay.url, "one-more", local_addr=("127.0.0.4", 0))
+        code, _, _ = await client.closed()
+        assert code == 4413
+        assert await errors(relay, "room_limit") == 1
+        assert len(relay.peer._store.names()) == 30
+
+
+# -- presence: a byte budget per connection; cached answers ------------------------------------
+
+
+def _awareness(entries: list[tuple[int, int, str]]) -> bytes:
+    out = bytearray()
+    write_varuint(out, len(entries))
+    for client, clock, state in entries:
+        write_varuint(out, client)
+        write_varuint(out, clock)
+        raw = state.encode()
+        write_varuint(out, len(raw))
+        out += raw
+    return y.encode_awareness(bytes(out))
+
+
+async def test_presence_of_one_connection_is_budgeted_in_bytes(tmp_path: Path) -> None:
+    async with running_relay(tmp_path) as relay:
+        await _room_with_text(relay)
+        other = await YClient.open(relay.url, "notes")
+        await other.sync()
+        await other.set_presence({"user": "other"})
+        big = json.dumps({"junk": "x" * 60_000})  # ~60 KB each: under the state cap
+        client = await YClient.open(relay.url, "notes")
+        await client.sync()
+        for i in range(6):  # 360 KB: within the connection's budget
+            await client.ws.send(_awareness([(5000 + i, 1, big)]))
+        await client.sync()
+        room = relay.peer.presence("notes")
+        assert len(room.states) == 7
+        with contextlib.suppress(ConnectionClosed):
+            await client.ws.send(_awareness([(5006, 1, big)]))
+        code, _, _ = await client.closed()
+        assert code == 1008
+        await eventually(lambda: len(room.states) == 1, what="its states leave with it")
+        assert room.states.get(other.doc.peer_id) == {"user": "other"}
+        await other.aclose()
+
+
+async def test_presence_queries_are_answered_from_one_encoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encodings: list[int] = []
+    real = Awareness.encode_update
+
+    def counting(self: Awareness, clients: Any) -> bytes:
+        encodings.append(1)
+        return real(self, clients)
+
+    async with running_relay(tmp_path) as relay:
+        await _room_with_text(relay)
+        members = [await YClient.open(relay.url, "notes") for _ in range(3)]
+        for i, member in enumerate(members):
+            await member.sync()
+            await member.set_presence({"user": f"u{i}"})
+        client = await YClient.open(relay.url, "notes")
+        await client.sync()
+        monkeypatch.setattr(Awareness, "encode_update", counting)
+        for _ in range(50):
+            await client.ws.send(y.encode_query_awareness())
+        answers: list[bytes] = []
+        while len(answers) < 50:
+            msg = await client.recv()
+            if isinstance(msg, y.AwarenessMessage):
+                answers.append(msg.data)
+        assert len(set(answers)) == 1
+        assert len(decode_awareness(answers[0])) == 3
+        assert len(encodings) <= 1  # encoded once (or already cached), answered 50 times
+        for c in [*members, client]:
+            await c.aclose()
