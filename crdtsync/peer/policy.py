@@ -19,11 +19,13 @@ y-protocols connection) passes :func:`admit` before it is imported:
    :class:`~crdtsync.protocol.session.WriterRegistry` (``check_writers``), and
    closes itself when another live connection owns one (``FORBIDDEN``). Known
    structs passing through again (a resync, a forwarded edit) claim nothing.
-3. **Budgets of one connection** (a :class:`Sender`). Refusals cost the sender:
-   so does every read-only update that needed the document checked, except
-   its catch-up. Past ``max_refusals`` the verdict is ``TOO_MANY_REFUSALS`` and
-   the caller closes the connection: refusing forever would let a client make
-   the relay do document work for nothing at the full message rate. And a
+3. **Budgets of one connection** (a :class:`Sender`). Refusals cost the sender
+   one each; so does every update a read-only or full-room sender sends
+   besides its catch-up (and an empty one), harmless or not: it has nothing
+   to send, and each costs a parse, maybe the document's delete set. Past
+   ``max_refusals`` the verdict is ``TOO_MANY_REFUSALS`` and the caller closes
+   the connection: refusing forever would let a client make the relay do
+   document work for nothing at the full message rate. And a
    sender may have at most :data:`MAX_HELD_PER_SENDER` updates waiting in
    documents for changes they depend on (``HELD_LIMIT`` beyond): an update
    nobody completes is held, and stored, until its sender's connection ends.
@@ -46,6 +48,7 @@ from crdtsync.format import accel
 from crdtsync.format.version import Version
 from crdtsync.format.yupdate import STRUCT_SKIP, ParsedUpdate
 from crdtsync.model.doc import Doc
+from crdtsync.protocol.limits import TokenBucket
 from crdtsync.protocol.session import new_writes
 
 __all__ = ["MAX_HELD_PER_SENDER", "Admission", "Sender", "WriterCheck", "admit", "reaches_past"]
@@ -54,6 +57,9 @@ __all__ = ["MAX_HELD_PER_SENDER", "Admission", "Sender", "WriterCheck", "admit",
 #: changes they depend on. Honest peers send in order: a held update is rare
 #: and short-lived (a forwarded edit overtaking its predecessor).
 MAX_HELD_PER_SENDER = 32
+
+# An update with no struct and no deletion: what a client with nothing new sends.
+_EMPTY = b"\x00\x00"
 
 
 class WriterCheck(Protocol):
@@ -95,14 +101,15 @@ class Sender:
     Attributes:
         max_refusals: refusals the connection may get before :func:`admit`
             answers ``TOO_MANY_REFUSALS`` (None: no limit).
-        refusals: refusals so far (and read-only updates that needed the
-            document checked, their catch-up aside).
+        refusals: refusals so far (and read-only updates accepted as
+            harmless, their catch-up aside).
         held: its updates that documents hold for missing predecessors now
             (kept by whoever imports them: the Peer).
         gone: its connection ended (what it left held is dropped at the next
             compaction: nobody is there to complete it).
-        caught_up: documents whose catch-up it sent (a guest's first sync step
-            2 is its catch-up, the later ones are not).
+        caught_up: whether it sent its catch-up (a guest's first sync step 2
+            is its catch-up, the later ones are not).
+        presence: its presence byte rate (kept by the Peer).
     """
 
     max_refusals: int | None = None
@@ -110,6 +117,7 @@ class Sender:
     held: int = 0
     gone: bool = False
     caught_up: bool = False
+    presence: TokenBucket | None = None
 
     def charge(self) -> bool:
         """Spend one refusal; False when the budget was already spent."""
@@ -148,15 +156,14 @@ def admit(
         The decision. ``WRITE`` may still fail to import (``InvalidUpdateError``).
     """
     if read_only or full:
-        refused = Admission.READ_ONLY if read_only else Admission.FULL
         harmless = _harmless(doc, update, sender, catch_up)
         if harmless is None:
             return Admission.TOO_MANY_REFUSALS
         if harmless:
             return Admission.NOTHING_NEW
-        if sender is not None and not sender.charge():
-            return Admission.TOO_MANY_REFUSALS
-        return refused
+        if catch_up and sender is not None and not sender.charge():
+            return Admission.TOO_MANY_REFUSALS  # (a refused catch-up costs one too)
+        return Admission.READ_ONLY if read_only else Admission.FULL
     if writes and not session.check_writers(new_writes(writes, doc.version)):
         return Admission.FORBIDDEN
     if sender is not None and sender.held >= MAX_HELD_PER_SENDER:
@@ -170,7 +177,17 @@ def admit(
 
 
 def _harmless(doc: Doc, update: bytes, sender: Sender | None, catch_up: bool) -> bool | None:
-    """Whether ``update`` carries nothing ``doc`` lacks; None: the sender's budget is spent."""
+    """Whether ``update`` carries nothing ``doc`` lacks; None: the sender's budget is spent.
+
+    Charges the sender once for any update but its catch-up and an empty one:
+    a reader has nothing to send after its catch-up, and each such update
+    costs a parse (of up to an update's size, a compressed one included), and
+    maybe the document's delete set. A refusal is that same charge.
+    """
+    if update == _EMPTY:
+        return True
+    if not catch_up and sender is not None and not sender.charge():
+        return None
     try:
         parsed = accel.parse_update(update)
     except InvalidUpdateError:
@@ -181,10 +198,8 @@ def _harmless(doc: Doc, update: bytes, sender: Sender | None, catch_up: bool) ->
     if not parsed.delete_set:
         return True  # only structs we have
     # Deletions within known clocks: whether they are all deleted here needs
-    # the document's delete set. Free for a catch-up (an honest client's step 2
-    # carries its whole delete set), charged to the sender otherwise.
-    if not catch_up and sender is not None and not sender.charge():
-        return None
+    # the document's delete set (an honest client's step 2 carries its whole
+    # delete set).
     try:
         return doc.contains(update)
     except InvalidUpdateError:

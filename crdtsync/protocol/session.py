@@ -72,6 +72,7 @@ from crdtsync.errors import (
     MalformedFrameError,
     ProtocolError,
     ProtocolTimeoutError,
+    RateLimitError,
     UnexpectedMessageError,
     UpdateRejectedError,
     VersionMismatchError,
@@ -81,6 +82,7 @@ from crdtsync.format.version import Version
 from crdtsync.format.yupdate import DEFAULT_LIMITS, UpdateLimits, parse_update
 from crdtsync.protocol import messages as m
 from crdtsync.protocol.awareness import decode_awareness, split_awareness
+from crdtsync.protocol.limits import TokenBucket
 
 __all__ = [
     "DOC_TRANSITIONS",
@@ -175,6 +177,11 @@ class SessionOptions:
             client ids it owns (see :class:`WriterRegistry`).
         max_refusals: documents the peer may ask for and be refused (or close)
             on one session; past that it is probing, and the session closes.
+        open_burst: documents the peer may open (SYNC, the HELLO's included) in
+            a burst, each costing us a catch-up (None: no limit); above it, and
+            the ``open_rate`` that refills it, the session closes with
+            ``RateLimitError`` (LIMIT_EXCEEDED).
+        open_rate: documents per second that refill ``open_burst``.
     """
 
     max_frame: int = 1 << 20
@@ -187,6 +194,8 @@ class SessionOptions:
     compress_min: int = 256
     verify_writers: bool = True
     max_refusals: int = 1024
+    open_burst: int | None = None
+    open_rate: float = 1.0
 
 
 # -- events ----------------------------------------------------------------------------
@@ -559,6 +568,9 @@ class Session:
         self._dead_remote: OrderedDict[int, None] = OrderedDict()
         self._closed_names: OrderedDict[str, None] = OrderedDict()
         self._refused = 0
+        # What the peer may still open: each open costs a catch-up (O(document)).
+        o = self.options
+        self._opens = TokenBucket(o.open_rate, o.open_burst, now) if o.open_burst else None
         # Unfinished PART reassembly, all channels together: one budget per session.
         self._parts_bytes = 0
         self._next_chan = 0
@@ -1060,6 +1072,11 @@ class Session:
 
     def _on_sync(self, msg: m.Sync) -> None:
         version = self._check_doc_fields(msg.name, msg.epoch, msg.version)
+        if msg.answers is None and self._opens is not None and not self._opens.take(self._now):
+            raise RateLimitError(
+                f"documents opened faster than {self.options.open_rate:g} a second "
+                f"(bursts of {self.options.open_burst})"
+            )
         if msg.chan in self._by_remote or msg.chan in self._dead_remote:
             raise UnexpectedMessageError(f"SYNC reuses channel {msg.chan}")
         ch = self._docs.get(msg.name)

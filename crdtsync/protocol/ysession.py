@@ -202,6 +202,12 @@ class YSessionOptions:
             are its own (stock y-websocket announces itself on connect): bind
             them with the registry (a server granting writes).
         limits: what parsing an update may cost (when verifying writers).
+        answer_burst: sync step 1 and awareness queries the peer may send in a
+            burst (None: no limit): each makes us send a whole answer (what the
+            peer lacks of the room; everyone's presence), so asking again and
+            again is budgeted apart from the message rate. Above it, and the
+            ``answer_rate`` that refills it, the session closes (4529).
+        answer_rate: answers per second that refill ``answer_burst``.
     """
 
     max_payload: int = 1 << 26
@@ -210,6 +216,8 @@ class YSessionOptions:
     verify_writers: bool = False
     declare_presence: bool = False
     limits: UpdateLimits = DEFAULT_LIMITS
+    answer_burst: int | None = None
+    answer_rate: float = 1.0
 
 
 # -- events ----------------------------------------------------------------------------
@@ -297,6 +305,7 @@ class YSession:
     """
 
     __slots__ = (
+        "_answers",
         "_bucket",
         "_declared",
         "_events",
@@ -339,6 +348,9 @@ class YSession:
         self._now = now
         o = self.options
         self._bucket = TokenBucket(o.rate, o.burst, now) if o.rate is not None else None
+        self._answers = (
+            TokenBucket(o.answer_rate, o.answer_burst, now) if o.answer_burst is not None else None
+        )
         # Whether the peer's first presence message declared its ids.
         self._declared = not o.declare_presence
 
@@ -538,7 +550,13 @@ class YSession:
         self.fail(ForbiddenWriterError(f"client id {bad} belongs to another connection"))
         return False
 
+    def _answer(self, what: str) -> None:
+        """The peer asks for a whole answer: it costs one of its answer budget."""
+        if self._answers is not None and not self._answers.take(self._now):
+            raise RateLimitError(f"{what} faster than the answer budget allows")
+
     def _on_step1(self, msg: y.SyncStep1) -> None:
+        self._answer("sync step 1")
         self._events.append(SyncRequested(msg.version))
 
     def _on_step2(self, msg: y.SyncStep2) -> None:
@@ -577,6 +595,7 @@ class YSession:
         self._events.append(AwarenessReceived(msg.data, tuple(entries)))
 
     def _on_query(self, msg: y.QueryAwareness) -> None:
+        self._answer("awareness queries")
         self._events.append(AwarenessQueried())
 
     def _on_denied_access(self, msg: y.AuthDenied) -> None:

@@ -37,7 +37,28 @@ from crdtsync.relay.logs import log
 from crdtsync.relay.metrics import RelayMetrics
 from crdtsync.transports.websocket import WebSocketConnection
 
-__all__ = ["ConnectionGate", "ReadPausingConnection", "SyncConnection", "now"]
+__all__ = [
+    "ANSWER_RATE",
+    "SYNC_OPEN_BURST",
+    "Y_ANSWER_BURST",
+    "ConnectionGate",
+    "ReadPausingConnection",
+    "SyncConnection",
+    "now",
+]
+
+
+#: Whole answers one connection may ask for per second, after its burst: a
+#: crdtsync document opened (a catch-up), a y-protocols sync step 1 (a catch-up)
+#: or awareness query (everyone's presence). Each costs the relay up to a whole
+#: room; honest clients ask once per room and connection.
+ANSWER_RATE = 1.0
+#: The burst of a y-protocols connection (one room: a step 1 at connect, and a
+#: resync now and then).
+Y_ANSWER_BURST = 32
+#: The burst of a crdtsync connection: its rooms at connect, twice over (at
+#: least this, and twice ``max_docs_per_conn``).
+SYNC_OPEN_BURST = 128
 
 
 def now() -> float:

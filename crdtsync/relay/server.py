@@ -84,7 +84,15 @@ from crdtsync.protocol.session import SessionOptions
 from crdtsync.relay.admission import FD_SLACK, ConnectionBudget, RoomBudget, raise_open_files
 from crdtsync.relay.backend import BackendFactory, BackendSettings, RoomBackend, peer_backend
 from crdtsync.relay.config import RelayConfig
-from crdtsync.relay.limits import ConnectionGate, ReadPausingConnection, SyncConnection, now
+from crdtsync.relay.limits import (
+    ANSWER_RATE,
+    SYNC_OPEN_BURST,
+    Y_ANSWER_BURST,
+    ConnectionGate,
+    ReadPausingConnection,
+    SyncConnection,
+    now,
+)
 from crdtsync.relay.logs import log, setup_logging
 from crdtsync.relay.metrics import RelayMetrics
 from crdtsync.relay.names import room_from_path, validate_room
@@ -170,6 +178,8 @@ class Relay:
             verify_writers=True,
             declare_presence=True,
             limits=self._limits,
+            answer_burst=Y_ANSWER_BURST,
+            answer_rate=ANSWER_RATE,
         )
         self._y_reader = replace(self._y_writer, verify_writers=False, declare_presence=False)
         self.port = 0
@@ -225,6 +235,8 @@ class Relay:
             limits=self._limits,
             handshake_timeout=cfg.handshake_timeout,
             max_docs=cfg.max_docs_per_conn,
+            open_burst=max(SYNC_OPEN_BURST, 2 * cfg.max_docs_per_conn),
+            open_rate=ANSWER_RATE,
         )
         backend = await self._backend_factory(
             BackendSettings(

@@ -32,7 +32,7 @@ from helpers.relay import (
 from helpers.waiting import eventually
 from websockets.exceptions import ConnectionClosed
 
-from crdtsync import Doc, ErrorCode
+from crdtsync import Doc, ErrorCode, ProtocolError
 from crdtsync.format.varint import write_varuint
 from crdtsync.format.version import Version
 from crdtsync.format.yupdate import parse_update
@@ -599,15 +599,72 @@ async def test_presence_queries_are_answered_from_one_encoding(
         client = await YClient.open(relay.url, "notes")
         await client.sync()
         monkeypatch.setattr(Awareness, "encode_update", counting)
-        for _ in range(50):
+        for _ in range(20):
             await client.ws.send(y.encode_query_awareness())
         answers: list[bytes] = []
-        while len(answers) < 50:
+        while len(answers) < 20:
             msg = await client.recv()
             if isinstance(msg, y.AwarenessMessage):
                 answers.append(msg.data)
         assert len(set(answers)) == 1
         assert len(decode_awareness(answers[0])) == 3
-        assert len(encodings) <= 1  # encoded once (or already cached), answered 50 times
+        assert len(encodings) <= 1  # encoded once (or already cached), answered 20 times
         for c in [*members, client]:
             await c.aclose()
+
+
+# -- the adversarial pass: whole answers asked for again and again ------------------------------
+
+
+async def test_catch_ups_asked_again_and_again_are_budgeted(tmp_path: Path) -> None:
+    """A client that reads fast can ask for a whole room at the full message rate."""
+    async with running_relay(tmp_path) as relay:
+        await _room_with_text(relay, body=text(50_000, 1))
+        client = await YClient.open(relay.url, "notes")
+        for _ in range(40):  # step 1 from nothing: the whole room each time
+            with contextlib.suppress(ConnectionClosed):
+                await client.ws.send(y.encode_sync_step1(Version()))
+        code, _, received = await client.closed()
+        assert code == 4529
+        assert sum(isinstance(msg, y.SyncStep2) for msg in received) == 32  # Y_ANSWER_BURST
+        assert await errors(relay, "rate_limited") == 1
+        # crdtsync: opening and closing a room again and again (each open is a catch-up).
+        raw = await RawSync.open(relay.url)
+        await raw.until(lambda: raw.session.state is p.State.OPEN)
+        opened = 0
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(200):
+                await reopen(raw, "notes", Doc())
+                opened += 1
+                raw.session.refuse_doc("notes", ProtocolError("bye", code=ErrorCode.DOC_REFUSED))
+                await raw.flush()
+        assert opened == 128  # SYNC_OPEN_BURST (max_docs_per_conn is 64)
+        assert await raw.closed() is not None
+        assert close_code(raw) == ErrorCode.LIMIT_EXCEEDED
+
+
+async def test_presence_churn_is_budgeted_in_bytes_per_second(tmp_path: Path) -> None:
+    """Every presence message goes to the whole room: a fast one is dropped, not sent on."""
+    async with running_relay(tmp_path, secret=SECRET) as relay:
+        await _room_with_text(relay)
+        observer = await YClient.open(relay.url, "notes", token=token(write=False))
+        await observer.sync()
+        churner = await YClient.open(relay.url, "notes", token=token(write=False))
+        await churner.sync()
+        for i in range(100):  # 100 x 60 KB: 6 MB of presence in a moment
+            state = json.dumps({"n": i, "junk": "x" * 60_000})
+            await churner.ws.send(_awareness([(6000, i + 1, state)]))
+        await churner.sync()  # every one of them was handled
+        await observer.sync()
+        seen = [
+            msg
+            for msg in observer.received
+            if isinstance(msg, y.AwarenessMessage)
+            and any(c == 6000 for c, _, _ in decode_awareness(msg.data))
+        ]
+        # A burst of 512 KB (8 of them), and 64 KB/s after: far fewer than 100
+        # however slow this machine is (the test takes seconds, not a minute).
+        assert 8 <= len(seen) < 40
+        assert not churner.ws.close_code  # dropped, not closed: the next one says it all
+        await observer.aclose()
+        await churner.aclose()
