@@ -43,6 +43,27 @@ class TokenBucket:
         self.tokens -= n
         return True
 
+    def owe(self, now: float, n: int) -> float:
+        """Take ``n`` tokens at time ``now``, into debt if need be.
+
+        For what cannot be refused, only slowed down (bytes already received):
+        the caller waits before taking more.
+
+        Returns:
+            Seconds until the bucket is out of debt (0.0 when it is not).
+
+        Example:
+            >>> bucket = TokenBucket(rate=100.0, burst=100, now=0.0)
+            >>> bucket.owe(0.0, 150)   # 50 tokens of debt: half a second
+            0.5
+            >>> bucket.owe(1.0, 10)
+            0.0
+        """
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= n
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
 
 class FrameCounter:
     r"""Counts crdtsync frames starting in a byte stream, across message boundaries.

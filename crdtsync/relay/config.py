@@ -31,6 +31,9 @@ class RelayConfig:
         max_msgs_per_sec: sustained messages per second per connection (token
             bucket of ``max_msgs_burst``); above it the connection is closed.
         max_msgs_burst: the bucket size.
+        max_bytes_per_sec: bytes per second one connection may send, sustained,
+            after a burst of twice ``max_update``; a faster sender is read more
+            slowly (it waits on TCP), not closed.
         max_unauth_bytes: bytes a connection may send before it is authenticated.
         max_send_queue: bytes queued towards one connection; above it the
             connection is a slow consumer and is closed (it resyncs on reconnect).
@@ -77,6 +80,7 @@ class RelayConfig:
     max_docs_per_conn: int = 64
     max_msgs_per_sec: float = 200.0
     max_msgs_burst: int = 2000
+    max_bytes_per_sec: int = 1 << 20
     max_unauth_bytes: int = 64 << 10
     max_send_queue: int = 8 << 20
     max_connections: int = 20_000

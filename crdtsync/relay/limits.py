@@ -3,9 +3,11 @@
 * :class:`SyncConnection`: a crdtsync-protocol connection as the backend's
   sessions see it: every WebSocket message, and every crdtsync frame in it,
   costs a token of the connection's :class:`~crdtsync.protocol.limits.TokenBucket`
-  (close 4529 when empty); before the handshake is accepted, no message may
-  exceed what is left of ``max_unauth_bytes`` (refused at its frame header:
-  1009; in all above it: 1008). It declares ``Ability.FLOW``, so the Peer sees
+  (close 4529 when empty); every byte costs one of its byte budget
+  (``max_bytes_per_sec``: over it, the connection is read more slowly);
+  before the handshake is accepted, no message may exceed what is left of
+  ``max_unauth_bytes`` (refused at its frame header: 1009; in all above it:
+  1008). It declares ``Ability.FLOW``, so the Peer sees
   its write buffer and drops it when it reads too slowly.
 * :class:`ReadPausingConnection`: the websockets server connection the relay
   runs on: it stops reading from a client whose write buffer is over
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.messages import Assembler
 from websockets.asyncio.server import ServerConnection
@@ -44,18 +46,21 @@ __all__ = [
     "ConnectionGate",
     "ReadPausingConnection",
     "SyncConnection",
+    "byte_budget",
     "now",
+    "pause_reading",
 ]
 
 
-#: Whole answers one connection may ask for per second, after its burst: a
+#: Whole answers one connection may ask for per second (one per 5 s), after its
+#: burst: a
 #: crdtsync document opened (a catch-up), a y-protocols sync step 1 (a catch-up)
 #: or awareness query (everyone's presence). Each costs the relay up to a whole
 #: room; honest clients ask once per room and connection.
-ANSWER_RATE = 1.0
+ANSWER_RATE = 0.2
 #: The burst of a y-protocols connection (one room: a step 1 at connect, and a
 #: resync now and then).
-Y_ANSWER_BURST = 32
+Y_ANSWER_BURST = 4
 #: The burst of a crdtsync connection: its rooms at connect, twice over (at
 #: least this, and twice ``max_docs_per_conn``).
 SYNC_OPEN_BURST = 128
@@ -64,6 +69,25 @@ SYNC_OPEN_BURST = 128
 def now() -> float:
     """The relay's clock (monotonic seconds)."""
     return time.monotonic()
+
+
+async def pause_reading(
+    seconds: float, wait_closed: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Read nothing from a connection for ``seconds``, or until it closes."""
+    if wait_closed is None:
+        await asyncio.sleep(seconds)
+        return
+    closed = asyncio.ensure_future(wait_closed())
+    try:
+        await asyncio.wait({closed}, timeout=seconds)
+    finally:
+        closed.cancel()
+
+
+def byte_budget(config: RelayConfig) -> TokenBucket:
+    """A connection's budget of bytes received: ``max_bytes_per_sec``, bursts of 2 updates."""
+    return TokenBucket(config.max_bytes_per_sec, 2 * config.max_update, now())
 
 
 class SyncConnection:
@@ -76,6 +100,8 @@ class SyncConnection:
         metrics: where messages, bytes and errors are counted.
         draining: whether the relay is shutting down (a close is then 1001).
         on_authenticate: called once the handshake is accepted.
+        wait_closed: waits until the connection is closed (a pause for the byte
+            budget ends then).
     """
 
     def __init__(
@@ -87,9 +113,11 @@ class SyncConnection:
         draining: Callable[[], bool],
         *,
         on_authenticate: Callable[[], None] | None = None,
+        wait_closed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._inner = inner
         self._on_authenticate = on_authenticate
+        self._wait_closed = wait_closed
         self._address = address
         self._config = config
         self._metrics = metrics
@@ -98,6 +126,9 @@ class SyncConnection:
         # Bytes received before the handshake was accepted.
         self.unauth_bytes = 0
         self._bucket = TokenBucket(config.max_msgs_per_sec, config.max_msgs_burst, now())
+        # Bytes: a faster sender is read more slowly (no message is refused for it).
+        self._bytes = byte_budget(config)
+        self._resume_at = 0.0
         self._frames = FrameCounter()
         # When the message being processed arrived (propagation latency).
         self.t0 = 0.0
@@ -147,6 +178,9 @@ class SyncConnection:
         """
         config, metrics = self._config, self._metrics
         while True:
+            pause = self._resume_at - now()
+            if pause > 0:  # over its byte rate: read nothing meanwhile
+                await pause_reading(pause, self._wait_closed)
             try:
                 data = await self._inner.recv_message()
             except ConnectionClosedError:
@@ -156,6 +190,7 @@ class SyncConnection:
             t = now()
             self.t0 = t
             metrics.count_in("crdtsync", len(data))
+            self._resume_at = t + self._bytes.owe(t, len(data))
             if not self._authenticated:
                 self.unauth_bytes += len(data)
                 left = config.max_unauth_bytes - self.unauth_bytes

@@ -91,6 +91,7 @@ from crdtsync.relay.limits import (
     ConnectionGate,
     ReadPausingConnection,
     SyncConnection,
+    byte_budget,
     now,
 )
 from crdtsync.relay.logs import log, setup_logging
@@ -479,6 +480,7 @@ class Relay:
             self.metrics,
             lambda: self._draining,
             on_authenticate=lambda: self._gate.authenticated(ws),
+            wait_closed=ws.wait_closed,
         )
         self.metrics.connections_total.inc(protocol="crdtsync")
         self._sync_conns[address] = conn
@@ -612,6 +614,7 @@ class Relay:
             guest=guest,
             rooms=rooms,
             metrics=self.metrics,
+            bytes_budget=byte_budget(self.config),
         )
         rooms.add(yc)
         self.metrics.connections_total.inc(protocol="y")

@@ -35,8 +35,9 @@ from crdtsync.errors import (
 )
 from crdtsync.peer.policy import Admission
 from crdtsync.protocol import ysession as ys
+from crdtsync.protocol.limits import TokenBucket
 from crdtsync.relay.backend import RoomGuest
-from crdtsync.relay.limits import now
+from crdtsync.relay.limits import now, pause_reading
 from crdtsync.relay.logs import log
 from crdtsync.relay.metrics import RelayMetrics
 
@@ -87,9 +88,12 @@ class YConnection:
         guest: its place in the room (the backend's).
         rooms: the room registry and outbox.
         metrics: where messages and errors are counted.
+        bytes_budget: what it may send (``max_bytes_per_sec``): over it, it is
+            read more slowly.
     """
 
     __slots__ = (
+        "_bytes",
         "_dropped",
         "_metrics",
         "address",
@@ -114,6 +118,7 @@ class YConnection:
         guest: RoomGuest,
         rooms: Rooms,
         metrics: RelayMetrics,
+        bytes_budget: TokenBucket,
     ) -> None:
         self.ws = ws
         self.address = address
@@ -133,6 +138,8 @@ class YConnection:
         self.catch_up_end = 0
         # Set when the relay dropped it (store failure, slow consumer).
         self._dropped = False
+        # What it may send (max_bytes_per_sec): a faster client is read more slowly.
+        self._bytes = bytes_budget
 
     @property
     def closed(self) -> bool:
@@ -169,6 +176,9 @@ class YConnection:
                 self._process()
                 if session.closed:
                     break
+                pause = self._bytes.owe(t, len(message))
+                if pause > 0:  # over its byte rate: read nothing meanwhile
+                    await pause_reading(pause, ws.wait_closed)
         except ConnectionClosed:
             session.receive_eof()
             return "disconnected"

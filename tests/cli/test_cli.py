@@ -228,6 +228,7 @@ def sample_values(tmp_path: Path) -> dict[str, tuple[str, Any]]:
         "max_docs_per_conn": ("7", 7),
         "max_msgs_per_sec": ("12.5", 12.5),
         "max_msgs_burst": ("1_000_000", 1_000_000),
+        "max_bytes_per_sec": ("4M", 4 << 20),
         "max_unauth_bytes": ("1G", 1 << 30),
         "max_send_queue": ("12345", 12345),
         "max_connections": ("3", 3),
