@@ -337,6 +337,9 @@ async def probe(url: str, seconds: float, room: str = "probe") -> list[float]:
     async with asyncio.timeout(10):
         await reader.recv()  # its sync step 1: it is in the room
     task = asyncio.ensure_future(read())
+    # The writer reads too (what the room sends it, presence included): a client
+    # that never reads is a slow consumer, and the relay stops reading from it.
+    writer_reads = asyncio.ensure_future(drain(writer))
     doc = Doc()
     samples: list[float] = []
     deadline = time.monotonic() + seconds
@@ -353,6 +356,7 @@ async def probe(url: str, seconds: float, room: str = "probe") -> list[float]:
         samples.append(t1 - t0)
         await asyncio.sleep(0.02)  # a deliberate pace: ~50 probes a second
     task.cancel()
+    writer_reads.cancel()
     await writer.close()
     await reader.close()
     return samples

@@ -76,7 +76,6 @@ from crdtsync.peer.guests import DocWatcher, Entries, Guest, GuestPort, Origin
 from crdtsync.peer.policy import MAX_HELD_PER_SENDER, Admission, KnownDeletions, Sender, admit
 from crdtsync.protocol import session as p
 from crdtsync.protocol.awareness import Awareness, AwarenessChange, state_cost
-from crdtsync.protocol.limits import TokenBucket
 from crdtsync.store.base import Store, StoredDoc
 from crdtsync.store.memory import MemoryStore
 
@@ -824,8 +823,6 @@ class Peer:
                 f"more than {MAX_PRESENCE_PER_CONNECTION} presence states, or "
                 f"{MAX_PRESENCE_BYTES_PER_CONNECTION} bytes of them, on {entry.name!r}"
             )
-        if capped and not self._presence_rate(origin, data, entries):
-            return AwarenessChange()  # over its rate: dropped (the next one says it all)
         change = entry.awareness.apply_entries(list(entries), now=self._now())
         # Only states this connection changed are its own: a state it merely
         # echoes (y-websocket re-sends every change it hears) stays its author's,
@@ -837,21 +834,6 @@ class Peer:
             self._presence_changed(entry.name, change)
         self._schedule_presence(entry.name)
         return change
-
-    def _presence_rate(self, origin: _Link | Guest, data: bytes, entries: Entries) -> bool:
-        """Whether a connection's presence message fits its byte rate (removals always do).
-
-        Every presence message is sent on to everyone in the document: a fast
-        one costs the relay its size times the room, so each connection gets
-        PRESENCE_BYTES_PER_SEC (bursts of PRESENCE_BURST_BYTES).
-        """
-        if all(state is None for _, _, state in entries):
-            return True
-        sender = origin.sender
-        now = self._now()
-        if sender.presence is None:
-            sender.presence = TokenBucket(PRESENCE_BYTES_PER_SEC, PRESENCE_BURST_BYTES, now)
-        return sender.presence.take(now, len(data))
 
     def _remove_presence(self, name: str, clients: set[int], origin: _Link | Guest) -> None:
         """Remove the presence states of ``clients`` (their connection ``origin`` ended)."""
@@ -1676,10 +1658,6 @@ MAX_PRESENCE_PER_CONNECTION = 256
 #: of a room's budget, so one connection cannot take a room's presence for
 #: itself, and more than the largest single state may cost.
 MAX_PRESENCE_BYTES_PER_CONNECTION = 384 << 10
-#: Presence bytes one connection may send per second, in bursts of
-#: PRESENCE_BURST_BYTES; more is dropped (a cursor moving is ~100 bytes).
-PRESENCE_BYTES_PER_SEC = 64 << 10
-PRESENCE_BURST_BYTES = 512 << 10
 
 
 def presence_fits(own: set[int], entries: Iterable[tuple[int, int, Any]], aw: Awareness) -> bool:

@@ -50,7 +50,6 @@ from crdtsync.format import accel
 from crdtsync.format.version import Version
 from crdtsync.format.yupdate import DEFAULT_LIMITS, STRUCT_SKIP, ParsedUpdate
 from crdtsync.model.doc import Doc
-from crdtsync.protocol.limits import TokenBucket
 from crdtsync.protocol.session import new_writes
 
 __all__ = [
@@ -123,7 +122,6 @@ class Sender:
             compaction: nobody is there to complete it).
         caught_up: whether it sent its catch-up (a guest's first sync step 2
             is its catch-up, the later ones are not).
-        presence: its presence byte rate (kept by the Peer).
     """
 
     max_refusals: int | None = None
@@ -131,7 +129,6 @@ class Sender:
     held: int = 0
     gone: bool = False
     caught_up: bool = False
-    presence: TokenBucket | None = None
 
     def charge(self) -> bool:
         """Spend one refusal; False when the budget was already spent."""

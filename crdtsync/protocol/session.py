@@ -82,7 +82,7 @@ from crdtsync.format.version import Version
 from crdtsync.format.yupdate import DEFAULT_LIMITS, UpdateLimits, parse_update
 from crdtsync.protocol import messages as m
 from crdtsync.protocol.awareness import decode_awareness, split_awareness
-from crdtsync.protocol.limits import TokenBucket
+from crdtsync.protocol.limits import TokenBucket, presence_fits_rate
 
 __all__ = [
     "DOC_TRANSITIONS",
@@ -182,6 +182,11 @@ class SessionOptions:
             the ``open_rate`` that refills it, the session closes with
             ``RateLimitError`` (LIMIT_EXCEEDED).
         open_rate: documents per second that refill ``open_burst``.
+        presence_rate: bytes of AWARENESS frames per second the peer may send,
+            all documents together (None: no limit), after a burst of
+            ``presence_burst``: over it, a frame is dropped before it is
+            decoded (see ``YSessionOptions.presence_rate``).
+        presence_burst: the burst of ``presence_rate``.
     """
 
     max_frame: int = 1 << 20
@@ -196,6 +201,8 @@ class SessionOptions:
     max_refusals: int = 1024
     open_burst: int | None = None
     open_rate: float = 1.0
+    presence_rate: float | None = None
+    presence_burst: int = 512 << 10
 
 
 # -- events ----------------------------------------------------------------------------
@@ -571,6 +578,10 @@ class Session:
         # What the peer may still open: each open costs a catch-up (O(document)).
         o = self.options
         self._opens = TokenBucket(o.open_rate, o.open_burst, now) if o.open_burst else None
+        # Presence it may send: each is sent on to everyone in the document.
+        self._presence = (
+            TokenBucket(o.presence_rate, o.presence_burst, now) if o.presence_rate else None
+        )
         # Unfinished PART reassembly, all channels together: one budget per session.
         self._parts_bytes = 0
         self._next_chan = 0
@@ -1242,6 +1253,10 @@ class Session:
         ch = self._remote_channel(msg.chan)
         if ch is None:
             return
+        if self._presence is not None and not presence_fits_rate(
+            self._presence, self._now, len(msg.data)
+        ):
+            return  # over its byte rate: dropped undecoded
         entries = decode_awareness(msg.data)
         self._events.append(AwarenessReceived(ch.name, msg.data, tuple(entries)))
 

@@ -109,7 +109,7 @@ from crdtsync.format.version import Version
 from crdtsync.format.yupdate import DEFAULT_LIMITS, UpdateLimits, parse_update
 from crdtsync.protocol import yprotocol as y
 from crdtsync.protocol.awareness import decode_awareness
-from crdtsync.protocol.limits import TokenBucket
+from crdtsync.protocol.limits import TokenBucket, presence_fits_rate
 from crdtsync.protocol.session import Role, WriterRegistry
 
 __all__ = [
@@ -208,6 +208,13 @@ class YSessionOptions:
             again is budgeted apart from the message rate. Above it, and the
             ``answer_rate`` that refills it, the session closes (4529).
         answer_rate: answers per second that refill ``answer_burst``.
+        presence_rate: bytes of awareness messages per second the peer may send
+            (None: no limit), after a burst of ``presence_burst``. Each is sent
+            on to the whole room, and decoding one costs what its JSON does: a
+            message arriving while the budget is in debt is dropped before it
+            is decoded (the next one says it all); one that fits may take the
+            budget into debt, so a single large message always passes.
+        presence_burst: the burst of ``presence_rate``.
     """
 
     max_payload: int = 1 << 26
@@ -218,6 +225,8 @@ class YSessionOptions:
     limits: UpdateLimits = DEFAULT_LIMITS
     answer_burst: int | None = None
     answer_rate: float = 1.0
+    presence_rate: float | None = None
+    presence_burst: int = 512 << 10
 
 
 # -- events ----------------------------------------------------------------------------
@@ -312,6 +321,7 @@ class YSession:
         "_now",
         "_out",
         "_out_bytes",
+        "_presence",
         "close_code",
         "close_reason",
         "error",
@@ -350,6 +360,11 @@ class YSession:
         self._bucket = TokenBucket(o.rate, o.burst, now) if o.rate is not None else None
         self._answers = (
             TokenBucket(o.answer_rate, o.answer_burst, now) if o.answer_burst is not None else None
+        )
+        self._presence = (
+            TokenBucket(o.presence_rate, o.presence_burst, now)
+            if o.presence_rate is not None
+            else None
         )
         # Whether the peer's first presence message declared its ids.
         self._declared = not o.declare_presence
@@ -579,6 +594,10 @@ class YSession:
             raise UpdateRejectedError(str(exc)) from None
 
     def _on_awareness(self, msg: y.AwarenessMessage) -> None:
+        if self._presence is not None and not presence_fits_rate(
+            self._presence, self._now, len(msg.data)
+        ):
+            return  # over its byte rate: dropped undecoded
         entries = decode_awareness(msg.data)
         if not self._declared:
             # A client's first presence message is its own state (y-websocket

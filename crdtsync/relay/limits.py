@@ -41,6 +41,8 @@ from crdtsync.transports.websocket import WebSocketConnection
 
 __all__ = [
     "ANSWER_RATE",
+    "PRESENCE_BURST",
+    "PRESENCE_RATE",
     "SYNC_OPEN_BURST",
     "Y_ANSWER_BURST",
     "ConnectionGate",
@@ -64,6 +66,12 @@ Y_ANSWER_BURST = 4
 #: The burst of a crdtsync connection: its rooms at connect, twice over (at
 #: least this, and twice ``max_docs_per_conn``).
 SYNC_OPEN_BURST = 128
+#: Presence bytes one connection may send per second, after a burst of
+#: PRESENCE_BURST: each message goes to the whole room, and its JSON is
+#: decoded. More is dropped undecoded (a cursor moving is ~100 bytes; the next
+#: message says it all).
+PRESENCE_RATE = 64 << 10
+PRESENCE_BURST = 512 << 10
 
 
 def now() -> float:

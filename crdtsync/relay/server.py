@@ -86,6 +86,8 @@ from crdtsync.relay.backend import BackendFactory, BackendSettings, RoomBackend,
 from crdtsync.relay.config import RelayConfig
 from crdtsync.relay.limits import (
     ANSWER_RATE,
+    PRESENCE_BURST,
+    PRESENCE_RATE,
     SYNC_OPEN_BURST,
     Y_ANSWER_BURST,
     ConnectionGate,
@@ -181,6 +183,8 @@ class Relay:
             limits=self._limits,
             answer_burst=Y_ANSWER_BURST,
             answer_rate=ANSWER_RATE,
+            presence_rate=PRESENCE_RATE,
+            presence_burst=PRESENCE_BURST,
         )
         self._y_reader = replace(self._y_writer, verify_writers=False, declare_presence=False)
         self.port = 0
@@ -238,6 +242,8 @@ class Relay:
             max_docs=cfg.max_docs_per_conn,
             open_burst=max(SYNC_OPEN_BURST, 2 * cfg.max_docs_per_conn),
             open_rate=ANSWER_RATE,
+            presence_rate=PRESENCE_RATE,
+            presence_burst=PRESENCE_BURST,
         )
         backend = await self._backend_factory(
             BackendSettings(
