@@ -18,7 +18,9 @@ in, and connections are opaque keys), and the asyncio shells apply the answers:
   pending connection, so that sockets opened and left silent (a slowloris, on
   HTTP or before a HELLO) can delay honest clients by at most the time the
   attacker takes to replace them, never lock them out for a whole handshake
-  timeout.
+  timeout. And an address may open ``per_address_rate`` connections a second
+  (bursts of ten seconds' worth): each costs a WebSocket handshake and a token
+  check, authenticated or not, so opening and closing them is budgeted too.
 * :class:`RoomBudget`: rooms made per client address, a token bucket of
   ``per_minute`` (all the address's connections together: a y-protocols client
   makes one room per connection, so only the address bounds it).
@@ -36,7 +38,14 @@ from dataclasses import dataclass
 from crdtsync.errors import RateLimitError
 from crdtsync.protocol.limits import TokenBucket
 
-__all__ = ["ConnectionBudget", "Decision", "RoomBudget", "address_key", "raise_open_files"]
+__all__ = [
+    "ConnectionBudget",
+    "Decision",
+    "RateByAddress",
+    "RoomBudget",
+    "address_key",
+    "raise_open_files",
+]
 
 #: Descriptors the relay needs beyond one per connection (the store's files,
 #: listening sockets, the event loop's own, logs).
@@ -72,10 +81,13 @@ class Decision:
     Attributes:
         admit: keep it (False: close it at once).
         evict: a pending connection to close to make room for it (or None).
+        why: why it is refused: ``"pending"`` (its address's share of pending
+            connections is taken) or ``"rate"`` (its address opens them too fast).
     """
 
     admit: bool
     evict: object | None = None
+    why: str = ""
 
 
 class ConnectionBudget:
@@ -85,24 +97,30 @@ class ConnectionBudget:
         max_unauth: pending connections in all; a newcomer beyond evicts the oldest.
         max_per_address: pending connections from one address (:func:`address_key`);
             a newcomer beyond is refused.
+        per_address_rate: connections one address may open per second, after a
+            burst of ten times as many (None: no limit); a newcomer beyond is
+            refused.
 
     Example:
         >>> budget = ConnectionBudget(max_unauth=2, max_per_address=1)
         >>> budget.admit("a", "10.0.0.1:5000")
-        Decision(admit=True, evict=None)
+        Decision(admit=True, evict=None, why='')
         >>> budget.admit("b", "10.0.0.1:5001")   # the address's share is taken
-        Decision(admit=False, evict=None)
+        Decision(admit=False, evict=None, why='pending')
         >>> budget.admit("c", "10.0.0.2:5000")
-        Decision(admit=True, evict=None)
+        Decision(admit=True, evict=None, why='')
         >>> budget.admit("d", "10.0.0.3:5000")   # full: the oldest pending one goes
-        Decision(admit=True, evict='a')
+        Decision(admit=True, evict='a', why='')
         >>> budget.authenticated("c"); budget.pending, budget.authenticated_count
         (1, 1)
     """
 
-    def __init__(self, max_unauth: int, max_per_address: int) -> None:
+    def __init__(
+        self, max_unauth: int, max_per_address: int, per_address_rate: float | None = None
+    ) -> None:
         self.max_unauth = max_unauth
         self.max_per_address = max_per_address
+        self._rates = RateByAddress(per_address_rate) if per_address_rate else None
         # Pending connections, oldest first: connection -> address key.
         self._pending: OrderedDict[object, str] = OrderedDict()
         self._per_address: dict[str, int] = {}
@@ -119,11 +137,13 @@ class ConnectionBudget:
         """Authenticated connections still open."""
         return len(self._authenticated)
 
-    def admit(self, conn: object, address: str) -> Decision:
+    def admit(self, conn: object, address: str, *, now: float = 0.0) -> Decision:
         """A connection was accepted from ``address``: keep it, and what to evict for it."""
         key = address_key(address)
         if self._per_address.get(key, 0) >= self.max_per_address:
-            return Decision(admit=False)
+            return Decision(admit=False, why="pending")
+        if self._rates is not None and not self._rates.take(key, now):
+            return Decision(admit=False, why="rate")
         evict: object | None = None
         if len(self._pending) >= self.max_unauth:
             evict, _ = next(iter(self._pending.items()))
@@ -153,6 +173,43 @@ class ConnectionBudget:
                 del self._per_address[key]
 
 
+class RateByAddress:
+    """A token bucket per address key, forgetting addresses whose bucket is full again.
+
+    Args:
+        rate: tokens per second.
+        burst: the bucket size (default: ten seconds' worth).
+    """
+
+    #: Addresses remembered before the ones with a full bucket are forgotten.
+    MAX_ADDRESSES = 10_000
+
+    def __init__(self, rate: float, burst: int | None = None) -> None:
+        self.rate = rate
+        self.burst = burst if burst is not None else max(1, int(10 * rate))
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(self, key: str, now: float) -> bool:
+        """Take a token for ``key``; False when its bucket is empty."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.MAX_ADDRESSES:
+                self._forget_idle(now)
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        return bucket.take(now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _forget_idle(self, now: float) -> None:
+        """Forget addresses whose bucket has refilled (they are as good as new)."""
+        full = [
+            key for key, b in self._buckets.items() if b.tokens + (now - b.last) * b.rate >= b.burst
+        ]
+        for key in full:
+            del self._buckets[key]
+
+
 class RoomBudget:
     """Rooms one client address may create: ``per_minute``, in bursts of as many.
 
@@ -169,12 +226,9 @@ class RoomBudget:
         >>> rooms.create("10.0.0.1:3", now=30.0)   # half a minute gives one back
     """
 
-    #: Addresses remembered before the ones with a full bucket are forgotten.
-    MAX_ADDRESSES = 10_000
-
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
-        self._buckets: dict[str, TokenBucket] = {}
+        self._rates = RateByAddress(per_minute / 60.0, per_minute)
 
     def create(self, address: str, *, now: float) -> None:
         """A client at ``address`` is about to create a room.
@@ -182,24 +236,10 @@ class RoomBudget:
         Raises:
             RateLimitError: it created ``per_minute`` rooms in the last minute.
         """
-        key = address_key(address)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= self.MAX_ADDRESSES:
-                self._forget_idle(now)
-            bucket = self._buckets[key] = TokenBucket(self.per_minute / 60.0, self.per_minute, now)
-        if not bucket.take(now):
+        if not self._rates.take(address_key(address), now):
             raise RateLimitError(
                 f"more than {self.per_minute} new rooms a minute from this address"
             )
-
-    def _forget_idle(self, now: float) -> None:
-        """Forget addresses whose bucket has refilled (they are as good as new)."""
-        full = [
-            key for key, b in self._buckets.items() if b.tokens + (now - b.last) * b.rate >= b.burst
-        ]
-        for key in full:
-            del self._buckets[key]
 
 
 def raise_open_files(need: int) -> tuple[int, int]:

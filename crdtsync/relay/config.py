@@ -45,6 +45,9 @@ class RelayConfig:
             a newcomer beyond closes the oldest of them.
         max_unauth_per_address: connections not yet authenticated from one
             client address (an IPv6 /64); a newcomer beyond is closed at once.
+        max_new_conns_per_sec: connections one client address may open per
+            second, after a burst of ten seconds' worth; a newcomer beyond is
+            closed at once (clients retry with backoff).
         handshake_timeout: seconds a connection has to authenticate (and, before
             that, to send its HTTP request).
         idle_unload: seconds a room stays in memory after its last client left.
@@ -85,7 +88,8 @@ class RelayConfig:
     max_send_queue: int = 8 << 20
     max_connections: int = 20_000
     max_unauth_connections: int = 1024
-    max_unauth_per_address: int = 16
+    max_unauth_per_address: int = 64
+    max_new_conns_per_sec: float = 20.0
     handshake_timeout: float = 10.0
     idle_unload: float = 30.0
     compact_every: int = 1000

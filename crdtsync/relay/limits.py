@@ -252,12 +252,13 @@ class ConnectionGate:
         """A TCP connection was accepted: admit it, refuse it, or evict another for it."""
         peer = conn.transport.get_extra_info("peername")
         host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-        decision = self.budget.admit(conn, host)
+        decision = self.budget.admit(conn, host, now=now())
         if isinstance(decision.evict, ServerConnection):
             self._metrics.error("unauthenticated_evicted")
             decision.evict.transport.abort()
         if not decision.admit:
-            self._metrics.error("too_many_unauthenticated")
+            rate = decision.why == "rate"
+            self._metrics.error("connection_rate" if rate else "too_many_unauthenticated")
             conn.transport.abort()
 
     def authenticated(self, conn: ServerConnection) -> None:

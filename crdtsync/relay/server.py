@@ -196,7 +196,11 @@ class Relay:
         # Connections not yet authenticated, budgeted from their TCP accept on;
         # and the rooms each client address may create.
         self._gate = ConnectionGate(
-            ConnectionBudget(config.max_unauth_connections, config.max_unauth_per_address),
+            ConnectionBudget(
+                config.max_unauth_connections,
+                config.max_unauth_per_address,
+                config.max_new_conns_per_sec,
+            ),
             self.metrics,
         )
         self._room_budget = RoomBudget(config.max_new_rooms_per_min)

@@ -234,6 +234,7 @@ def sample_values(tmp_path: Path) -> dict[str, tuple[str, Any]]:
         "max_connections": ("3", 3),
         "max_unauth_connections": ("9", 9),
         "max_unauth_per_address": ("2", 2),
+        "max_new_conns_per_sec": ("2.5", 2.5),
         "handshake_timeout": ("0.25", 0.25),
         "idle_unload": ("0", 0.0),
         "compact_every": ("5", 5),

@@ -17,7 +17,7 @@ from typing import IO, Any
 import pytest
 
 from crdtsync.errors import RateLimitError
-from crdtsync.relay.admission import ConnectionBudget, RoomBudget, address_key
+from crdtsync.relay.admission import ConnectionBudget, RateByAddress, RoomBudget, address_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,6 +50,15 @@ def test_connection_budget_counts_pending_per_address_and_evicts_the_oldest() ->
     assert (budget.pending, budget.authenticated_count) == (1, 0)
 
 
+def test_connection_budget_limits_the_rate_of_new_connections_per_address() -> None:
+    budget = ConnectionBudget(max_unauth=1000, max_per_address=1000, per_address_rate=2.0)
+    taken = [budget.admit(i, "10.0.0.1", now=0.0).admit for i in range(25)]
+    assert taken.count(True) == 20  # ten seconds' worth
+    assert budget.admit("other", "10.0.0.2", now=0.0).admit
+    assert not budget.admit("late", "10.0.0.1", now=0.1).admit
+    assert budget.admit("later", "10.0.0.1", now=0.5).admit  # half a second: one more
+
+
 def test_room_budget_refills_and_forgets_idle_addresses() -> None:
     rooms = RoomBudget(per_minute=3)
     for _ in range(3):
@@ -59,9 +68,9 @@ def test_room_budget_refills_and_forgets_idle_addresses() -> None:
     rooms.create("10.0.0.1:2", now=21.0)  # 20 s: one room back
     rooms.create("10.0.0.2:1", now=21.0)  # another address has its own
     # Many addresses: those whose bucket refilled are forgotten, the busy one is not.
-    for i in range(RoomBudget.MAX_ADDRESSES + 10):
+    for i in range(RateByAddress.MAX_ADDRESSES + 10):
         rooms.create(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}:1", now=1000.0 + i * 1e-6)
-    assert len(rooms._buckets) <= RoomBudget.MAX_ADDRESSES + 10
+    assert len(rooms._rates) <= RateByAddress.MAX_ADDRESSES + 10
 
 
 # -- RLIMIT_NOFILE in a real relay process ------------------------------------------------------

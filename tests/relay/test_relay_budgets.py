@@ -31,7 +31,7 @@ from helpers.relay import (
     ws_peer,
 )
 from helpers.waiting import eventually
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from crdtsync import Doc, ErrorCode, ProtocolError
 from crdtsync.format.varint import write_varuint
@@ -723,3 +723,21 @@ async def test_a_sender_past_its_byte_rate_is_read_more_slowly(tmp_path: Path) -
         assert received == 2 + 3
         assert writer.ws.close_code is None  # slowed, not closed
         await writer.aclose()
+
+
+async def test_connections_opened_too_fast_from_one_address_are_closed(tmp_path: Path) -> None:
+    """Each connection costs a handshake and a token check, whatever it does next."""
+    async with running_relay(tmp_path, max_new_conns_per_sec=1.0) as relay:  # bursts of 10
+        opened = 0
+        for _ in range(15):
+            with contextlib.suppress(OSError, InvalidHandshake, ConnectionClosed, TimeoutError):
+                client = await YClient.open(relay.url, "notes", local_addr=("127.0.0.2", 0))
+                await client.sync()
+                await client.aclose()
+                opened += 1
+        assert opened == 10
+        assert local_metrics(relay).get("crdtsync_relay_errors_total", kind="connection_rate") == 5
+        # Another address has its own budget.
+        client = await YClient.open(relay.url, "notes", local_addr=("127.0.0.3", 0))
+        await client.sync()
+        await client.aclose()
