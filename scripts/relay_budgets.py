@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from crdtsync import Doc
 from crdtsync.format.varint import write_varuint
@@ -76,7 +76,13 @@ def token(room: str = "*", *, write: bool = True) -> str:
     return mint_token(SECRET, room, write=write, ttl=3600)
 
 
+#: Where attackers connect from (the relay budgets some things per address: the
+#: probe, from 127.0.0.1, must not share the attacker's budget).
+ATTACKER = "127.0.0.9"
+
+
 async def y_open(url: str, room: str, tok: str, **kw: Any) -> ClientConnection:
+    kw.setdefault("local_addr", (ATTACKER, 0))
     return await connect(
         f"{url}/{room}?token={tok}", compression=None, proxy=None, ping_interval=None,
         max_size=None, **kw,
@@ -140,7 +146,7 @@ async def _loop(
             try:
                 async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
                     stats["messages"] += await once()
-            except (TimeoutError, OSError, ConnectionClosed, InvalidStatus):
+            except (TimeoutError, OSError, ConnectionClosed, InvalidHandshake):
                 pass
 
     await asyncio.gather(*(worker() for _ in range(parallel)))
@@ -323,8 +329,8 @@ def _attacker(name: str, url: str, seconds: float, out: multiprocessing.Queue[An
 
 async def probe(url: str, seconds: float, room: str = "probe") -> list[float]:
     """Round trips of one-character updates from a writer to a reader in ``room``."""
-    writer = await y_open(url, room, token(room))
-    reader = await y_open(url, room, token(room))
+    writer = await y_open(url, room, token(room), local_addr=("127.0.0.1", 0))
+    reader = await y_open(url, room, token(room), local_addr=("127.0.0.1", 0))
     received: asyncio.Queue[float] = asyncio.Queue()
 
     async def read() -> None:
@@ -365,7 +371,7 @@ async def probe(url: str, seconds: float, room: str = "probe") -> list[float]:
 async def join_time(url: str) -> float:
     """Seconds for a new writer to connect and receive its first sync step 1."""
     t0 = time.perf_counter()
-    ws = await y_open(url, "probe", token("probe"))
+    ws = await y_open(url, "probe", token("probe"), local_addr=("127.0.0.1", 0))
     await ws.recv()
     await ws.close()
     return time.perf_counter() - t0
@@ -412,7 +418,7 @@ def start_relay(tmp: Path) -> tuple[subprocess.Popen[str], str]:
 
 async def write_room(url: str, room: str, doc: Doc, chunks: list[str] = ()) -> None:  # type: ignore[assignment]
     """Write ``doc``, then each chunk of text (one update each: under --max-frame)."""
-    ws = await y_open(url, room, token(room))
+    ws = await y_open(url, room, token(room), local_addr=("127.0.0.1", 0))
     await ws.send(y.encode_update(doc.export_yjs_update()))
     for chunk in chunks:
         before = doc.version

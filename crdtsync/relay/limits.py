@@ -248,9 +248,13 @@ class ConnectionGate:
         self.budget = budget
         self._metrics = metrics
 
-    def accepted(self, conn: ServerConnection) -> None:
-        """A TCP connection was accepted: admit it, refuse it, or evict another for it."""
-        peer = conn.transport.get_extra_info("peername")
+    def accepted(self, conn: ServerConnection, transport: asyncio.BaseTransport) -> bool:
+        """A TCP connection was accepted: admit it (True), or refuse it, or evict another for it.
+
+        A refused connection is aborted here, before websockets spends anything on
+        it (a flood of them costs the accept and this, no handler task).
+        """
+        peer = transport.get_extra_info("peername")
         host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
         decision = self.budget.admit(conn, host, now=now())
         if isinstance(decision.evict, ServerConnection):
@@ -259,7 +263,11 @@ class ConnectionGate:
         if not decision.admit:
             rate = decision.why == "rate"
             self._metrics.error("connection_rate" if rate else "too_many_unauthenticated")
-            conn.transport.abort()
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()
+            else:  # (a TCP server's transports are asyncio.Transport)
+                transport.close()
+        return decision.admit
 
     def authenticated(self, conn: ServerConnection) -> None:
         """``conn`` authenticated: it counts against ``max_connections`` from now on."""
@@ -298,7 +306,13 @@ class ReadPausingConnection(ServerConnection):
         return type("ReadPausingConnection", (cls,), {"write_limit": limit, "gate": gate})
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Set up, with our own resume callback for the incoming message queue."""
+        """Set up, with our own resume callback for the incoming message queue.
+
+        A connection the gate refuses is aborted before websockets sets it up.
+        """
+        self._refused = self.gate is not None and not self.gate.accepted(self, transport)
+        if self._refused:
+            return
         super().connection_made(transport)
         self._paused_for_writes = False
         # websockets resumes reading when its message queue drains: not while we
@@ -310,11 +324,11 @@ class ReadPausingConnection(ServerConnection):
             pause=self.transport.pause_reading,
             resume=self._resume_for_queue,
         )
-        if self.gate is not None:
-            self.gate.accepted(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection ended: tell the gate."""
+        if self._refused:
+            return  # never set up, never counted
         super().connection_lost(exc)
         if self.gate is not None:
             self.gate.lost(self)
