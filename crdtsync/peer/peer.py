@@ -76,6 +76,7 @@ from crdtsync.peer.guests import DocWatcher, Entries, Guest, GuestPort, Origin
 from crdtsync.peer.policy import MAX_HELD_PER_SENDER, Admission, KnownDeletions, Sender, admit
 from crdtsync.protocol import session as p
 from crdtsync.protocol.awareness import Awareness, AwarenessChange, state_cost
+from crdtsync.protocol.limits import TokenBucket
 from crdtsync.store.base import Store, StoredDoc
 from crdtsync.store.memory import MemoryStore
 
@@ -229,6 +230,11 @@ class _Link:
     catch_up_seq: int = 0
     # Its budgets under the write policy (refusals, held updates).
     sender: Sender = field(default_factory=Sender)
+    # Bytes of updates it may make us parse and import (Peer(import_rate=)), and
+    # how many of its session's update bytes were charged; set when it closes.
+    imports: TokenBucket | None = None
+    charged: int = 0
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def catch_up(self) -> int:
@@ -298,6 +304,11 @@ class Peer:
         max_stored_docs: documents the store may hold before peers may not
             create more (:class:`LimitExceededError`); the application's own
             ``open`` is never refused. None: no limit.
+        import_rate: bytes of updates per second one connection may make us
+            parse and import, counted after decompression (a compressed frame
+            carries up to ``max_update_bytes``), after a burst of twice
+            ``max_update_bytes``; past it the connection is read more slowly.
+            None: no limit.
         seed: seed of the jitter and epoch generator (tests).
 
     Raises:
@@ -320,6 +331,7 @@ class Peer:
         announce: bool = True,
         max_doc_bytes: int | None = None,
         max_stored_docs: int | None = None,
+        import_rate: float | None = None,
         seed: int | None = None,
     ) -> None:
         p.check_auth(auth)  # now, not in a reconnect loop in the background
@@ -339,6 +351,7 @@ class Peer:
         self._options = options or p.SessionOptions()
         self._max_doc_bytes = max_doc_bytes
         self._max_stored_docs = max_stored_docs
+        self._import_rate = import_rate
         # Documents in the store (counted at start when max_stored_docs is set).
         self._stored_docs = 0
         # Limits of the documents themselves: what one update may be is the
@@ -1258,6 +1271,10 @@ class Peer:
                 else:
                     session.receive_data(data, now=self._now())
                 self._process(link)
+                pause = self._import_pause(link)
+                if pause > 0:  # over its import rate: read nothing meanwhile
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(link.ended.wait(), pause)
         finally:
             link.wakeup.set()
             try:
@@ -1276,6 +1293,20 @@ class Peer:
                 self._links.discard(link)
                 await _close_quietly(link.conn)
                 self._notify()
+
+    def _import_pause(self, link: _Link) -> float:
+        """Charge what a connection's session received since; seconds to read nothing."""
+        rate = self._import_rate
+        if rate is None:
+            return 0.0
+        total = link.session.update_bytes
+        fresh, link.charged = total - link.charged, total
+        if not fresh:
+            return 0.0
+        if link.imports is None:
+            burst = 2 * self._options.limits.max_update_bytes
+            link.imports = TokenBucket(rate, burst, self._now())
+        return link.imports.owe(self._now(), fresh)
 
     async def _write_loop(self, link: _Link) -> None:
         """The only writer of a connection: frames go out in session order."""
@@ -1597,6 +1628,7 @@ class Peer:
 
     def _on_closed(self, link: _Link, ev: p.Closed) -> None:
         link.sender.gone = True
+        link.ended.set()
         for name, clients in link.presence.items():
             self._remove_presence(name, clients, link)
         link.presence.clear()

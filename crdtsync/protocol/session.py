@@ -584,6 +584,9 @@ class Session:
         )
         # Unfinished PART reassembly, all channels together: one budget per session.
         self._parts_bytes = 0
+        # Bytes of updates received, reassembled and decompressed (what a shell
+        # budgets: a compressed frame may carry many times its size).
+        self._update_bytes = 0
         self._next_chan = 0
         # Protocol versions we speak, and the client's HELLO (server side).
         self._versions: tuple[int, ...] = m.PROTOCOL_VERSIONS
@@ -694,6 +697,16 @@ class Session:
     def bytes_to_send(self) -> int:
         """Bytes of the frames queued and not yet taken by ``data_to_send``."""
         return self._out_bytes
+
+    @property
+    def update_bytes(self) -> int:
+        """Bytes of updates received so far, reassembled and decompressed.
+
+        A compressed UPDATE may carry many times its size (up to
+        ``max_update_bytes``): a shell budgeting what a peer makes it parse and
+        import reads this, not the bytes on the wire.
+        """
+        return self._update_bytes
 
     def data_to_send(self) -> list[bytes]:
         """Frames to write to the transport, in order (each a complete frame)."""
@@ -1224,6 +1237,7 @@ class Session:
             data = _unzstd(data, limit)
         elif msg.enc != m.ENC_RAW:
             raise MalformedFrameError(f"unknown update encoding {msg.enc}")
+        self._update_bytes += len(data)
         writes: dict[int, int] = {}
         if self.verify_writers:
             try:

@@ -201,6 +201,9 @@ class BackendSettings:
             no limit); stored rooms load whatever their size.
         max_rooms: rooms the store may hold before clients may create no more
             (None: no limit).
+        import_rate: bytes of updates per second one crdtsync session may make
+            the backend parse and import, after decompression (None: no limit);
+            past it the session is read more slowly.
     """
 
     store: Store | str | None
@@ -210,6 +213,7 @@ class BackendSettings:
     max_send_queue: int
     max_room_bytes: int | None = None
     max_rooms: int | None = None
+    import_rate: float | None = None
 
 
 #: Makes a started backend from the relay's settings (``Relay(config, backend=...)``).
@@ -235,5 +239,6 @@ async def peer_backend(settings: BackendSettings) -> Peer:
         announce=False,
         max_doc_bytes=settings.max_room_bytes,
         max_stored_docs=settings.max_rooms,
+        import_rate=settings.import_rate,
     )
     return await peer.start()

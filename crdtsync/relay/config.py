@@ -32,8 +32,10 @@ class RelayConfig:
             bucket of ``max_msgs_burst``); above it the connection is closed.
         max_msgs_burst: the bucket size.
         max_bytes_per_sec: bytes per second one connection may send, sustained,
-            after a burst of twice ``max_update``; a faster sender is read more
-            slowly (it waits on TCP), not closed.
+            after a burst of twice ``max_update``, counted on the wire and again
+            after decompression (a small compressed frame may carry a whole
+            update); a faster sender is read more slowly (it waits on TCP), not
+            closed.
         max_unauth_bytes: bytes a connection may send before it is authenticated.
         max_send_queue: bytes queued towards one connection; above it the
             connection is a slow consumer and is closed (it resyncs on reconnect).

@@ -258,6 +258,8 @@ class Relay:
                 max_send_queue=cfg.max_send_queue,
                 max_room_bytes=cfg.max_room_bytes,
                 max_rooms=cfg.max_rooms,
+                # Decompressed: a small compressed frame may carry a whole update.
+                import_rate=cfg.max_bytes_per_sec,
             )
         )
         self._backend = backend

@@ -716,11 +716,15 @@ async def test_a_sender_past_its_byte_rate_is_read_more_slowly(tmp_path: Path) -
             await writer.edit(lambda d, i=i: d.text("body").insert(0, text(12_000, i)))
         room = await relay.peer.open("notes")
         # Three fit the burst (the third into debt); the fourth waits for the
-        # debt to be paid (seconds), and nothing more is read of it meanwhile.
+        # debt to be paid (seconds), and nothing more is read of it meanwhile
+        # (a round trip of another client shows it).
         await eventually(lambda: len(str(room.text("body"))) == 36_000, what="three updates in")
-        assert len(str(room.text("body"))) == 36_000
+        other = await YClient.open(relay.url, "notes")
+        await other.sync()
+        assert len(other.text()) == 36_000
+        await other.aclose()
         received = local_metrics(relay).get("crdtsync_relay_messages_received_total", protocol="y")
-        assert received == 2 + 3
+        assert received == 2 + 3 + 2  # (and the other client's two)
         assert writer.ws.close_code is None  # slowed, not closed
         await writer.aclose()
 
@@ -741,3 +745,33 @@ async def test_connections_opened_too_fast_from_one_address_are_closed(tmp_path:
         client = await YClient.open(relay.url, "notes", local_addr=("127.0.0.3", 0))
         await client.sync()
         await client.aclose()
+
+
+async def test_compressed_updates_are_budgeted_by_what_they_inflate_to(tmp_path: Path) -> None:
+    """A hundred bytes of zstd may carry a whole update: it is charged as such."""
+    options = {"max_update": 64 << 10, "max_bytes_per_sec": 1 << 10}  # a burst of 128 KiB
+    async with running_relay(tmp_path, **options) as relay:
+        author = Doc()
+        raw = await RawSync.open(relay.url, docs=[("notes", author)])
+        await raw.until(lambda: raw.session.is_synced("notes"))
+        for i in range(5):
+            before = author.version
+            author.text("body").insert(0, chr(ord("a") + i) * 60_000)  # 60 KB, compresses
+            update = author.export_yjs_update(since=before)
+            raw.session.send_update("notes", update)
+        frames = raw.session.data_to_send()
+        assert all(len(f) < 1000 for f in frames)  # tiny on the wire
+        for frame in frames:
+            raw.frames_sent += 1
+            await raw.ws.send(frame)
+        room = await relay.peer.open("notes")
+        # Two fit the burst, the third takes it into debt: the rest waits.
+        await eventually(lambda: len(str(room.text("body"))) == 180_000, what="three imported")
+        # A round trip of another client: the two left were sent long before it,
+        # and still are not read.
+        other = await YClient.open(relay.url, "notes")
+        await other.sync()
+        assert len(other.text()) == 180_000
+        assert raw.ws.close_code is None  # slowed, not closed
+        await other.aclose()
+        await raw.aclose()
