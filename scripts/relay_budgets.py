@@ -1,6 +1,9 @@
 """Put an attacker at each of the relay's budgets; measure what another room feels.
 
-Usage: python scripts/relay_budgets.py [--seconds 4] [--only NAME ...] [--json PATH]
+Usage: python scripts/relay_budgets.py [--seconds 4] [--only NAME ...] [--json PATH] [--before]
+
+(``--before``: measure an older relay, put first on ``PYTHONPATH``, which has
+no ``--max-room-bytes``: the same attacks, for comparison.)
 
 The relay (``python -m crdtsync relay``, default limits, a token secret, an
 SQLite file in a temporary directory) runs as a child process. For each
@@ -11,7 +14,9 @@ another room: a writer's one-character update, from its send to a second
 client receiving it, one at a time. Every scenario is compared with the idle
 figure measured first (and again last, to see the drift of a shared machine).
 
-Scenarios (``docs/SECURITY.md``, "Budgets", says what each budget bounds):
+Scenarios (``docs/SECURITY.md``, "Budgets", says what each budget bounds).
+Each attacker keeps four connections (each sending just under the relay's
+message rate, 190 a second, until it is closed, then replaced):
 
 ================  ==========================================================
 idle              nobody else
@@ -22,12 +27,14 @@ silent            silent sockets from 4 addresses, at their per-address share,
                   and the ones the relay closes reopened (item 8); also
                   measured: a new client's time to join
 rooms             a reader opening rooms that do not exist, and a writer
-                  creating rooms at its per-minute budget (item 9)
-full              a writer writing 50 KB updates to a room at its size limit
-catchup           a client asking for a 4 MB room from nothing (sync step 1)
+                  creating rooms (item 9), connections opened as fast as the
+                  relay answers
+full              a writer sending 50 KB updates (20 a second) to a room at its
+                  size limit
+catchup           a reader asking for a 4 MB room from nothing (sync step 1)
 presence          a reader sending 60 KB presence states
-tiny              four writers sending 1-character updates at the message rate
-                  (each import a group commit: an fsync)
+tiny              writers sending 1-character updates (each import a group
+                  commit: an fsync)
 ================  ==========================================================
 
 Figures depend on the machine and its load (measure under load: report the
@@ -65,7 +72,6 @@ from crdtsync.format.version import Version
 from crdtsync.protocol import yprotocol as y
 from crdtsync.relay.tokens import mint_token
 
-REPO = Path(__file__).resolve().parents[1]
 SECRET = b"relay-budgets-secret-0123456789abcdef"
 ROOM_CAP = 2 << 20  # --max-room-bytes of the relay under test (the "full" room fills it)
 
@@ -153,17 +159,26 @@ async def _loop(
     return stats
 
 
+async def flood(
+    ws: ClientConnection, message: Callable[[int], bytes], deadline: float, rate: float = 190.0
+) -> int:
+    """Send ``message(i)``, ``rate`` a second (just under the relay's message rate),
+    reading whatever comes, until the relay closes ``ws`` or ``deadline``."""
+    reader = asyncio.ensure_future(drain(ws))
+    n = 0
+    with contextlib.suppress(ConnectionClosed):
+        while not reader.done() and time.monotonic() < deadline:
+            await ws.send(message(n))
+            n += 1
+            await asyncio.sleep(1 / rate)  # a deliberate pace
+    reader.cancel()
+    return n
+
+
 async def attack_skip(url: str, deadline: float) -> dict[str, int]:
     async def once() -> int:
         ws = await y_open(url, "target", token("target", write=False))
-        reader = asyncio.ensure_future(drain(ws))
-        n = 0
-        with contextlib.suppress(ConnectionClosed):
-            for i in range(100):  # its refusal budget is 32: then closed
-                await ws.send(y.encode_update(skip_update(4242, 10 + i)))
-                n += 1
-        await reader
-        return n
+        return await flood(ws, lambda i: y.encode_update(skip_update(4242, 10 + i)), deadline)
 
     return await _loop(deadline, once)
 
@@ -171,16 +186,11 @@ async def attack_skip(url: str, deadline: float) -> dict[str, int]:
 async def attack_deletes(url: str, deadline: float) -> dict[str, int]:
     async def once() -> int:
         ws = await y_open(url, "deletes", token("deletes", write=False))
-        reader = asyncio.ensure_future(drain(ws))
-        n = 0
-        with contextlib.suppress(ConnectionClosed):
-            for i in range(100):
-                # Known deletions (odd clocks of the seeded text): harmless, and each
-                # made the relay read the room's whole delete set.
-                await ws.send(y.encode_update(delete_update(1, 1 + 2 * (i % 1000))))
-                n += 1
-        await reader
-        return n
+        # Known deletions (odd clocks of the seeded text): harmless, and each made
+        # the relay read the room's whole delete set.
+        return await flood(
+            ws, lambda i: y.encode_update(delete_update(1, 1 + 2 * (i % 1000))), deadline
+        )
 
     return await _loop(deadline, once)
 
@@ -240,17 +250,14 @@ async def attack_rooms(url: str, deadline: float) -> dict[str, int]:
 async def attack_full(url: str, deadline: float) -> dict[str, int]:
     async def once() -> int:
         ws = await y_open(url, "full", token("full"))
-        rd = asyncio.ensure_future(drain(ws))
         doc = Doc()
-        n = 0
-        with contextlib.suppress(ConnectionClosed):
-            for i in range(100):
-                before = doc.version
-                doc.text("body").insert(0, text(50_000, i))
-                await ws.send(y.encode_update(doc.export_yjs_update(since=before)))
-                n += 1
-        await rd
-        return n
+
+        def update(i: int) -> bytes:
+            before = doc.version
+            doc.text("body").insert(0, text(50_000, i))
+            return y.encode_update(doc.export_yjs_update(since=before))
+
+        return await flood(ws, update, deadline, rate=20.0)  # 1 MB/s: the byte rate
 
     return await _loop(deadline, once)
 
@@ -258,14 +265,7 @@ async def attack_full(url: str, deadline: float) -> dict[str, int]:
 async def attack_catchup(url: str, deadline: float) -> dict[str, int]:
     async def once() -> int:
         ws = await y_open(url, "big", token("big", write=False))
-        rd = asyncio.ensure_future(drain(ws))
-        n = 0
-        with contextlib.suppress(ConnectionClosed):
-            for _ in range(100):  # its answer budget is 32: then closed
-                await ws.send(y.encode_sync_step1(Version()))
-                n += 1
-        await rd
-        return n
+        return await flood(ws, lambda i: y.encode_sync_step1(Version()), deadline)
 
     return await _loop(deadline, once)
 
@@ -273,17 +273,11 @@ async def attack_catchup(url: str, deadline: float) -> dict[str, int]:
 async def attack_presence(url: str, deadline: float) -> dict[str, int]:
     async def once() -> int:
         ws = await y_open(url, "target", token("target", write=False))
-        rd = asyncio.ensure_future(drain(ws))
-        n = 0
-        with contextlib.suppress(ConnectionClosed):
-            for i in range(100_000):
-                state = json.dumps({"n": i, "junk": "x" * 60_000})
-                await ws.send(awareness(777, i + 1, state))
-                n += 1
-                if time.monotonic() > deadline:
-                    break
-        rd.cancel()
-        return n
+
+        def state(i: int) -> bytes:
+            return awareness(777, i + 1, json.dumps({"n": i, "junk": "x" * 60_000}))
+
+        return await flood(ws, state, deadline)
 
     return await _loop(deadline, once)
 
@@ -291,18 +285,14 @@ async def attack_presence(url: str, deadline: float) -> dict[str, int]:
 async def attack_tiny(url: str, deadline: float) -> dict[str, int]:
     async def once() -> int:
         ws = await y_open(url, "target", token("target"))
-        rd = asyncio.ensure_future(drain(ws))
         doc = Doc()
-        n = 0
-        with contextlib.suppress(ConnectionClosed):
-            while time.monotonic() < deadline:
-                before = doc.version
-                doc.text("body").insert(0, "x")
-                await ws.send(y.encode_update(doc.export_yjs_update(since=before)))
-                n += 1
-                await asyncio.sleep(1 / 190)  # just under the message rate (200/s)
-        rd.cancel()
-        return n
+
+        def update(i: int) -> bytes:
+            before = doc.version
+            doc.text("body").insert(0, "x")
+            return y.encode_update(doc.export_yjs_update(since=before))
+
+        return await flood(ws, update, deadline)
 
     return await _loop(deadline, once)
 
@@ -385,7 +375,7 @@ def p(samples: list[float], q: float) -> float:
 # -- the relay and its rooms -------------------------------------------------------------------
 
 
-def start_relay(tmp: Path) -> tuple[subprocess.Popen[str], str]:
+def start_relay(tmp: Path, *, room_cap: bool = True) -> tuple[subprocess.Popen[str], str]:
     key = tmp / "relay.key"
     key.write_bytes(SECRET)  # used as it is (crdtsync secret writes hex text, also as it is)
     key.chmod(0o600)
@@ -394,9 +384,11 @@ def start_relay(tmp: Path) -> tuple[subprocess.Popen[str], str]:
         [
             sys.executable, "-m", "crdtsync", "relay", "--port", "0",
             "--data", str(tmp / "relay.db"), "--secret-file", str(key),
-            "--max-room-bytes", str(ROOM_CAP),
+            *(("--max-room-bytes", str(ROOM_CAP)) if room_cap else ()),
         ],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO,
+        # cwd: a directory with no crdtsync in it, so that the package imported
+        # is the installed one, or the one first on PYTHONPATH (--before).
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp,
     )  # fmt: skip
     assert proc.stdout is not None
     urls: queue.Queue[str] = queue.Queue()
@@ -456,7 +448,12 @@ async def scenario(name: str, url: str, seconds: float) -> dict[str, Any]:
         )
         proc.start()
         await asyncio.sleep(1.0)  # let it reach the budget
-    samples = await probe(url, seconds)
+    try:
+        samples = await probe(url, seconds)
+    except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
+        # The relay did not even let the probe in: as bad as a 10 s round trip.
+        out["probe_failed"] = repr(exc)
+        samples = [10.0]
     out["p50_ms"] = round(1000 * p(samples, 0.5), 2)
     out["p99_ms"] = round(1000 * p(samples, 0.99), 2)
     out["probes"] = len(samples)
@@ -474,7 +471,7 @@ async def scenario(name: str, url: str, seconds: float) -> dict[str, Any]:
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
-        relay, url = start_relay(Path(tmp))
+        relay, url = start_relay(Path(tmp), room_cap=not args.before)
         try:
             await seed(url)
             names = ["idle", *(args.only or ATTACKS), "idle"]
@@ -494,6 +491,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="probe time per scenario")
     parser.add_argument("--only", nargs="*", choices=sorted(ATTACKS), help="these scenarios")
     parser.add_argument("--json", type=Path, help="write the rows here too")
+    parser.add_argument(
+        "--before",
+        action="store_true",
+        help="the relay has no --max-room-bytes (an older release, on PYTHONPATH)",
+    )
     args = parser.parse_args()
     rows = asyncio.run(main_async(args))
     idle = [r["p99_ms"] for r in rows if r["scenario"] == "idle"]

@@ -41,7 +41,7 @@ from crdtsync.peer.policy import KnownDeletions
 from crdtsync.protocol import messages as m
 from crdtsync.protocol import session as p
 from crdtsync.protocol import yprotocol as y
-from crdtsync.protocol.awareness import Awareness, decode_awareness
+from crdtsync.protocol.awareness import Awareness, decode_awareness, encode_awareness
 from crdtsync.relay import Relay, mint_token
 from crdtsync.store.sqlite import SQLiteStore
 
@@ -772,6 +772,30 @@ async def test_compressed_updates_are_budgeted_by_what_they_inflate_to(tmp_path:
         other = await YClient.open(relay.url, "notes")
         await other.sync()
         assert len(other.text()) == 180_000
+        assert raw.ws.close_code is None  # slowed, not closed
+        await other.aclose()
+        await raw.aclose()
+
+
+async def test_a_crdtsync_sender_past_its_byte_rate_is_read_more_slowly(tmp_path: Path) -> None:
+    """The wire budget of a crdtsync connection: presence frames, never imported, count too."""
+    options = {"max_update": 64 << 10, "max_bytes_per_sec": 1 << 10}  # a burst of 128 KiB
+    async with running_relay(tmp_path, **options) as relay:
+        await _room_with_text(relay)
+        raw = await RawSync.open(relay.url, docs=[("notes", Doc())])
+        await raw.until(lambda: raw.session.is_synced("notes"))
+        before = local_metrics(relay).get(
+            "crdtsync_relay_bytes_received_total", protocol="crdtsync"
+        )
+        for i in range(10):  # 10 x 60 KB of presence, each its own WebSocket message
+            raw.session.send_awareness(
+                "notes", encode_awareness([(9, i + 1, {"x": text(60_000, i)})])
+            )
+            await raw.flush()
+        other = await YClient.open(relay.url, "notes")
+        await other.sync()  # a round trip: whatever the relay would read of them, it has
+        got = local_metrics(relay).get("crdtsync_relay_bytes_received_total", protocol="crdtsync")
+        assert 120_000 < got - before < 250_000  # three of them: the burst, into debt
         assert raw.ws.close_code is None  # slowed, not closed
         await other.aclose()
         await raw.aclose()
