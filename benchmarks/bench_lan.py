@@ -1,6 +1,7 @@
-"""LAN link benchmarks: handshake time, and encrypted throughput against plain TCP.
+"""LAN benchmarks: handshake, encrypted throughput against plain TCP, and the namespace lab.
 
 Usage: python benchmarks/bench_lan.py [--handshakes 200] [--megabytes 256] [--runs 3]
+       python benchmarks/bench_lan.py --lab [--lab-runs 5] [--edits 1000]      (root)
 
 Everything runs on 127.0.0.1 in one process (one event loop, so client and
 server share a core: the figures are what one core does for both ends).
@@ -13,6 +14,19 @@ server share a core: the figures are what one core does for both ends).
   counted on the other end, over (a) a LAN link (ChaCha20-Poly1305 frames of at
   most 65519 bytes) and (b) the same asyncio streams without the link (plain
   TCP). Best of ``--runs``; the ratio is encrypted / plain.
+* ``--lab`` (root, network namespaces; ``tests/helpers/netns.py``): real Peers
+  (``Peer.start_lan``) in 5 namespaces on one bridge.
+
+  - Start to synced: the 5 processes start together (no jitter), each appends
+    20 items; seconds from the first process start until every peer is linked
+    with every other and every document is the same (Python start-up and
+    imports included). Median and worst of ``--lab-runs``.
+  - Heal to converged: hosts {0, 1, 2} and {3, 4} are split onto two bridges
+    (each side stays connected within itself); ``--edits`` items are appended
+    on each side and each side converges; then the bridges are joined again:
+    seconds from the heal until every document is the same (how long the
+    partition lasted is printed too: TCP's retransmission timer, which grows
+    while the partition lasts, decides when the links carry data again).
 """
 
 from __future__ import annotations
@@ -22,7 +36,9 @@ import asyncio
 import contextlib
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from crdtsync.errors import TransportError
 from crdtsync.transports.lan import DeviceIdentity, GroupKey, LanConnection, LanTransport
@@ -121,12 +137,53 @@ async def tcp_throughput(total: int) -> float:
     return total / (t1 - t0) / (1 << 20)
 
 
+def lab(runs: int, edits: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from helpers.lab_nodes import lab_converge, lab_partition_heal, lab_restart_relink
+    from helpers.netns import unavailable
+
+    why = unavailable()
+    if why:
+        raise SystemExit(f"cannot run the lab: {why}")
+    starts = [lab_converge(5, 0.0, 20) for _ in range(runs)]
+    heals = [lab_partition_heal(edits) for _ in range(runs)]
+    restarts = [lab_restart_relink() for _ in range(runs)]
+    print("| measurement | median | worst |")
+    print("| --- | --- | --- |")
+    print(
+        f"| process start to 5 namespace peers linked and synced ({runs} runs) "
+        f"| {statistics.median(starts):.2f} s | {max(starts):.2f} s |"
+    )
+    heal = [h for h, _ in heals]
+    lasted = statistics.median(p for _, p in heals)
+    print(
+        f"| heal to converged, {edits} edits on each side (partition of {lasted:.1f} s, "
+        f"median) | {statistics.median(heal):.2f} s | {max(heal):.2f} s |"
+    )
+    relink = [r for r, _ in restarts]
+    whole = [w for _, w in restarts]
+    print(
+        f"| SIGKILL + restart: from start_lan to relinked with the 4 others "
+        f"| {statistics.median(relink):.2f} s | {max(relink):.2f} s |"
+    )
+    print(
+        f"| the same from the new process's start (Python start-up included) "
+        f"| {statistics.median(whole):.2f} s | {max(whole):.2f} s |"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--handshakes", type=int, default=200)
     parser.add_argument("--megabytes", type=int, default=256)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--lab", action="store_true", help="the namespace lab figures (root)")
+    parser.add_argument("--lab-runs", type=int, default=5)
+    parser.add_argument("--edits", type=int, default=1000, help="edits on each side (--lab)")
     args = parser.parse_args()
+    if args.lab:
+        lab(args.lab_runs, args.edits)
+        return
 
     raw = noise_handshake_ms(args.handshakes)
     times = sorted(await link_handshakes(args.handshakes))

@@ -13,7 +13,10 @@ Measured (the same random choices for both engines, drawn before timing):
 * the saved size after create + 100,000 moves (crdtsync ``save()``, Loro
   snapshot) and the time to load it and read the tree;
 * position key lengths after 100,000 random moves and inserts at random
-  indexes (crdtsync: base-62 characters; Loro: bytes of its fractional index).
+  indexes (crdtsync: base-62 characters; Loro: bytes of its fractional index);
+* memory: how much the process grows (resident set) to hold the document
+  after create + moves, and after loading its save, each in a fresh child
+  process.
 
 Each measurement runs ``--runs`` times, the engines alternating, and the best
 is kept. The clock is process CPU time (other processes on a shared machine
@@ -26,9 +29,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +47,7 @@ import loro
 from crdtsync import Doc, InvalidOperationError
 
 Clock = Callable[[], float]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def plan(
@@ -159,10 +166,28 @@ def measure_once(
     saved = odoc.save()
     snap = ldoc.export(loro.ExportMode.Snapshot())
     notes["size"] = (len(saved), len(snap))
+    notes["saved"], notes["snapshot"] = saved, snap
+
+    tree_s = [0.0]
 
     def load_ours() -> Any:
         d = Doc.load(saved)
-        return d.tree("t").children(None)
+        t0 = clock()
+        out = d.tree("t").children(None)  # any tree work left for the first read
+        tree_s[0] += clock() - t0
+        return out
+
+    from crdtsync.model import tree as tree_mod
+
+    offer = getattr(tree_mod, "offer_cache", None)  # absent before saved shapes
+    if offer is not None:
+
+        def timed_offer(doc: Any, blob: bytes) -> None:
+            t0 = clock()
+            offer(doc, blob)
+            tree_s[0] += clock() - t0
+
+        tree_mod.offer_cache = timed_offer
 
     def load_loro() -> Any:
         d = loro.LoroDoc()
@@ -170,7 +195,10 @@ def measure_once(
         return d.get_tree("t").children(None)
 
     dt, a = timed(load_ours, clock)
+    if offer is not None:
+        tree_mod.offer_cache = offer
     keep("load", "crdtsync", dt)
+    notes["load_tree_s"] = min(notes.get("load_tree_s", float("inf")), tree_s[0])
     dt, b = timed(load_loro, clock)
     keep("load", "loro", dt)
     assert len(a) == len(b)
@@ -223,6 +251,67 @@ def measure_once(
     notes["update"] = (len(update), len(lupdate))
 
 
+MEMORY_CHILD = r"""
+import gc, sys
+sys.path[:0] = [ROOT, ROOT + "/benchmarks"]
+import bench_tree, loro
+from crdtsync import Doc
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+parents, moves = bench_tree.plan(N, M, seed=1)
+data = open(SAVED, "rb").read() if SAVED else b""
+gc.collect()
+before = rss()
+if ENGINE == "crdtsync":
+    if data:
+        doc = Doc.load(data)
+    else:
+        doc, ids = bench_tree.ours_create(parents)
+        bench_tree.ours_moves(doc, ids, moves, None)
+    doc.tree("t").children(None)
+else:
+    if data:
+        doc = loro.LoroDoc()
+        doc.import_(data)
+    else:
+        doc, ids = bench_tree.loro_create(parents)
+        bench_tree.loro_moves(doc, ids, moves, None)
+    doc.get_tree("t").children(None)
+gc.collect()
+print(rss() - before)
+"""
+
+
+def memory(n_nodes: int, n_moves: int, saved: bytes, snapshot: bytes) -> dict[str, Any]:
+    """Resident-set growth to hold the document, built and loaded, per engine."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"crdtsync": os.path.join(tmp, "ours"), "loro": os.path.join(tmp, "loro")}
+        with open(files["crdtsync"], "wb") as f:
+            f.write(saved)
+        with open(files["loro"], "wb") as f:
+            f.write(snapshot)
+        for engine in ("crdtsync", "loro"):
+            for mode in ("built", "loaded"):
+                code = (
+                    f"ROOT = {str(ROOT)!r}; N = {n_nodes}; M = {n_moves}; "
+                    f"ENGINE = {engine!r}; "
+                    f"SAVED = {files[engine] if mode == 'loaded' else ''!r}\n" + MEMORY_CHILD
+                )
+                res = subprocess.run(
+                    [sys.executable, "-c", code],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    timeout=600,
+                )
+                out[(engine, mode)] = int(res.stdout.split()[-1])
+    return out
+
+
 def run(n_nodes: int, n_moves: int, n_concurrent: int, runs: int, clock: Clock) -> dict[str, Any]:
     parents, moves = plan(n_nodes, n_moves, seed=1)
     _, moves_b = plan(n_nodes, n_concurrent, seed=2)
@@ -238,6 +327,7 @@ def run(n_nodes: int, n_moves: int, n_concurrent: int, runs: int, clock: Clock) 
         measure_once(parents, moves, moves_b, moves_c, clock, keep, notes)
 
     notes["keys"] = key_lengths(n_nodes, n_moves)
+    notes["memory"] = memory(n_nodes, n_moves, notes.pop("saved"), notes.pop("snapshot"))
     return {"best": best, "notes": notes}
 
 
@@ -274,7 +364,7 @@ def key_lengths(n_nodes: int, n_ops: int) -> dict[str, Any]:
         lt.mov_to(lids[n], k, lp)
     b = t._binding()
     assert b is not None
-    ours = [len(k) for k in b.state.pos.values()]
+    ours = [len(k) for k in b.state.positions.values() if k]
     theirs = [len(lt.fractional_index(x)) // 2 for x in lids if not lt.is_node_deleted(x)]
     assert [ids.index(x) for x in t.children(None)] == [
         next(i for i, y in enumerate(lids) if (y.peer, y.counter) == (x.peer, x.counter))
@@ -302,6 +392,12 @@ def table(res: dict[str, Any], n_nodes: int, n_moves: int, n_conc: int) -> str:
 
     so, sl = notes["size"]
     uo, ul = notes["update"]
+    mem = notes["memory"]
+
+    def mem_row(name: str, mode: str) -> str:
+        o, lo = mem[("crdtsync", mode)], mem[("loro", mode)]
+        return f"| {name} | {o / 2**20:.1f} MiB | {lo / 2**20:.1f} MiB | {o / lo:.2f} |"
+
     k = notes["keys"]
     lines = [
         "| measurement | crdtsync | loro | crdtsync / loro |",
@@ -315,6 +411,10 @@ def table(res: dict[str, Any], n_nodes: int, n_moves: int, n_conc: int) -> str:
         f"{notes['merge_tree_s'] / best['merge']['loro']:.2f} |",
         f"| saved size after create + moves | {so:,} B | {sl:,} B | {so / sl:.2f} |",
         row("load that and read the tree", "load", None, ""),
+        f"| ... of which the tree's own work | {notes['load_tree_s'] * 1e3:.1f} ms | | "
+        f"{notes['load_tree_s'] / best['load']['loro']:.2f} |",
+        mem_row("memory to hold it (create + moves)", "built"),
+        mem_row("memory to hold it (loaded)", "loaded"),
         f"| update carrying {n_conc:,} moves | {uo:,} B | {ul:,} B | {uo / ul:.2f} |",
         f"| position key length after {n_moves:,} random moves/inserts (mean / max) "
         f"| {k['ours_mean']:.2f} / {k['ours_max']} chars | {k['loro_mean']:.2f} / "

@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "Register": "crdtsync.model.containers",
     "Text": "crdtsync.model.containers",
     "Tree": "crdtsync.model.tree",
+    "TreeChange": "crdtsync.model.tree_events",
     # bytes and versions
     "UpdateLimits": "crdtsync.format.yupdate",
     "Version": "crdtsync.format.version",
@@ -54,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "Guest": "crdtsync.peer.guests",
     "HelloInfo": "crdtsync.peer.peer",
     "Status": "crdtsync.peer.peer",
+    "SyncResult": "crdtsync.peer.peer",
     "YProvider": "crdtsync.peer.yprovider",
     # seams
     "Ability": "crdtsync.net",
@@ -181,12 +183,14 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreLockedError",
+    "SyncResult",
     "Text",
     "TokenError",
     "TokenExpiredError",
     "Transport",
     "TransportError",
     "Tree",
+    "TreeChange",
     "TreeCycleError",
     "UnexpectedMessageError",
     "UnknownMessageError",
@@ -273,9 +277,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real names, eagerly
     from crdtsync.model.containers import Container, Counter, List, Map, Register, Text
     from crdtsync.model.doc import DEFAULT_LIMITS, Change, ChangeEvent, Doc
     from crdtsync.model.tree import Tree
+    from crdtsync.model.tree_events import TreeChange
     from crdtsync.net import Ability, Connection, Listener, MessageConnection, Transport
     from crdtsync.peer.guests import Guest
-    from crdtsync.peer.peer import Backoff, Grant, HelloInfo, Peer, Status
+    from crdtsync.peer.peer import Backoff, Grant, HelloInfo, Peer, Status, SyncResult
     from crdtsync.peer.yprovider import YProvider
     from crdtsync.protocol.awareness import Awareness, AwarenessChange
     from crdtsync.protocol.session import Session, SessionOptions

@@ -10,6 +10,7 @@
     crdtsync lan-key --out team.key
     crdtsync lan-invite --key-file team.key [--code --listen 0.0.0.0:0]
     crdtsync lan-join --out team.key (--invite STRING | --code 4081-7723 --address HOST:PORT)
+    crdtsync peer notes --store notes.db --lan --key-file team.key [--relay URL --token T]
     crdtsync demo [--tui]                  # relay + demo page + links (crdtsync.apps.demo)
     crdtsync edit notes --relay ws://127.0.0.1:8765 --token TOKEN   # terminal editor
     crdtsync --version
@@ -739,9 +740,19 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "(needs pip install 'crdtsync[apps]').",
     )
     apps.add_edit_arguments(edit)
+    from crdtsync.apps import peer as peer_app
+
+    peer = commands.add_parser(
+        "peer",
+        help="sync a document over the LAN and/or a relay, printing its changes",
+        description="Run a peer that syncs one document directly with the devices of a LAN "
+        "group (--lan) and/or through a relay (--relay), and prints each change as a JSON "
+        "line. Ctrl-C stops it.",
+    )
+    peer_app.add_peer_arguments(peer)
     return parser, {
         "relay": relay, "token": token, "secret": secret, "cat": cat, "demo": demo, "edit": edit,
-        **lan,
+        "peer": peer, **lan,
     }  # fmt: skip
 
 
@@ -773,6 +784,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _lan_invite(args)
     if args.command == "lan-join":
         return _lan_join(commands["lan-join"], args)
+    if args.command == "peer":
+        from crdtsync.apps import peer as peer_app
+
+        return peer_app.run_peer(args, dict(env))
     if args.command in ("demo", "edit"):
         from crdtsync.apps.demo import command as apps
 

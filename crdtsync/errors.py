@@ -29,9 +29,9 @@ The tree::
     │   ├── UnexpectedMessageError                 a message not allowed in the current state (5)
     │   ├── VersionMismatchError                   no protocol version in common (6)
     │   ├── AuthError                              the auth hook refused the peer (7)
-    │   │   ├── TokenError                         an access token is missing, forged or malformed
-    │   │   │   └── TokenExpiredError              an access token is past its expiry
-    │   │   ├── RoomNotAllowedError                the token does not name this room
+    │   │   ├── TokenError                         a token missing, forged or malformed (18)
+    │   │   │   └── TokenExpiredError              an access token is past its expiry (19)
+    │   │   ├── RoomNotAllowedError                the token does not name this room (20)
     │   │   └── NoSuchDocumentError                a missing document asked for without the right
     │   │                                          to create it (a read-only grant; code 14)
     │   ├── UpdateRejectedError                    an update failed validation (8)
@@ -64,7 +64,9 @@ way: :class:`LocalProtocolError` is raised to the caller who misused the API; ev
 other :class:`ProtocolError` describes what the *peer* did (or what the peer reported
 about us, with ``from_peer=True``) and is recorded on the session, never raised out
 of ``receive_data``. Each protocol error class carries its wire code (h2-style), see
-:class:`ErrorCode` and ``docs/PROTOCOL.md``.
+:class:`ErrorCode` and ``docs/PROTOCOL.md``. Codes 18 to 20 refine ``AUTH_FAILED``:
+on the wire they travel as a *detail* after it (:func:`wire_code`), so a peer that
+predates them still reads ``AUTH_FAILED`` and behaves as it always did.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 __all__ = [
+    "REFINES",
     "AuthError",
     "ConnectTimeoutError",
     "ConnectionClosedError",
@@ -121,6 +124,7 @@ __all__ = [
     "UpdateLimitError",
     "UpdateRejectedError",
     "VersionMismatchError",
+    "wire_code",
 ]
 
 
@@ -147,12 +151,17 @@ class MissingUpdatesError(MalformedUpdateError):
     Attributes:
         client: the client id of the first missing change.
         clock: its clock.
+        needs: ``(client, clock)`` the document must hold for the update to
+            become applicable (what a holder of early updates indexes them by).
     """
 
-    def __init__(self, message: str, client: int = 0, clock: int = 0) -> None:
+    def __init__(
+        self, message: str, client: int = 0, clock: int = 0, needs: tuple[int, int] | None = None
+    ) -> None:
         super().__init__(message)
         self.client = client
         self.clock = clock
+        self.needs: tuple[int, int] = needs if needs is not None else (client, clock)
 
 
 class UpdateLimitError(InvalidUpdateError):
@@ -212,6 +221,32 @@ class ErrorCode(IntEnum):
     INTERNAL_ERROR = 15
     READ_ONLY = 16
     INVALID_ROOM = 17
+    # Refinements of AUTH_FAILED, sent as a detail after it (see wire_code).
+    TOKEN_INVALID = 18
+    TOKEN_EXPIRED = 19
+    ROOM_NOT_ALLOWED = 20
+
+
+#: Codes that refine an older one, and the code a peer that predates them reads.
+#: On the wire (CLOSE, DOC_ERROR) the older code fills ``code`` and the refined one
+#: follows as ``detail``: a field appended within version 1, which older decoders ignore.
+REFINES: dict[ErrorCode, ErrorCode] = {
+    ErrorCode.TOKEN_INVALID: ErrorCode.AUTH_FAILED,
+    ErrorCode.TOKEN_EXPIRED: ErrorCode.AUTH_FAILED,
+    ErrorCode.ROOM_NOT_ALLOWED: ErrorCode.AUTH_FAILED,
+}
+
+_BASE_CODE = {int(refined): int(base) for refined, base in REFINES.items()}
+
+
+def wire_code(code: int) -> tuple[int, int | None]:
+    """How an error code is sent: ``(code, detail)``.
+
+    A refined code (:data:`REFINES`) is sent as its older code with the refined
+    one as the detail; every other code as itself, without a detail.
+    """
+    base = _BASE_CODE.get(int(code))
+    return (int(code), None) if base is None else (base, int(code))
 
 
 class ProtocolError(CrdtSyncError):
@@ -234,8 +269,25 @@ class ProtocolError(CrdtSyncError):
         self.from_peer = from_peer
 
     @staticmethod
-    def for_code(code: int, reason: str = "", *, from_peer: bool = False) -> ProtocolError:
-        """The error class of a wire code (unknown codes give a plain ProtocolError)."""
+    def for_code(
+        code: int, reason: str = "", *, from_peer: bool = False, detail: int | None = None
+    ) -> ProtocolError:
+        """The error class of a wire code (unknown codes give a plain ProtocolError).
+
+        Args:
+            code: the code received.
+            reason: the reason received.
+            from_peer: the peer reported it.
+            detail: the refined code sent after ``code``, if any; used when it is
+                a known refinement of ``code`` (:data:`REFINES`), ignored otherwise.
+        """
+        if detail is not None:
+            try:
+                refined = ErrorCode(detail)
+            except ValueError:
+                refined = None
+            if refined is not None and REFINES.get(refined) == code:
+                code = refined
         try:
             known = ErrorCode(code)
         except ValueError:
@@ -350,13 +402,19 @@ class PeerGoingAwayError(ProtocolError):
 class TokenError(AuthError):
     """An access token is missing, malformed, or its signature does not verify."""
 
+    code = ErrorCode.TOKEN_INVALID
+
 
 class TokenExpiredError(TokenError):
     """An access token is past its expiry time."""
 
+    code = ErrorCode.TOKEN_EXPIRED
+
 
 class RoomNotAllowedError(AuthError):
     """A valid token that does not name the room (document) asked for."""
+
+    code = ErrorCode.ROOM_NOT_ALLOWED
 
 
 class NoSuchDocumentError(AuthError):
@@ -398,6 +456,9 @@ _BY_CODE: dict[ErrorCode, type[ProtocolError]] = {
     ErrorCode.DOC_REFUSED: AuthError,
     ErrorCode.READ_ONLY: ReadOnlyError,
     ErrorCode.INVALID_ROOM: InvalidRoomError,
+    ErrorCode.TOKEN_INVALID: TokenError,
+    ErrorCode.TOKEN_EXPIRED: TokenExpiredError,
+    ErrorCode.ROOM_NOT_ALLOWED: RoomNotAllowedError,
 }
 
 

@@ -37,6 +37,9 @@ ability                      members (sub-protocol)           who uses it
 :attr:`Ability.CLOSE_CODES`  ``close_with(code, reason)``,    ``YProvider``: y-websocket's
                              ``close_code``, ``close_reason`` close codes (4401: do not
                              (:class:`CloseCodeConnection`)   come back)
+:attr:`Ability.IDENTITY`     ``remote_identity``,             ``Peer``: binds a session's
+                             ``remote_hello``                 peer id and writer ids to the
+                             (:class:`IdentityConnection`)    key (``Peer.bind_identities``)
 ============================ ================================ ============================
 
 A transport's ``abilities`` are those of every connection it makes and accepts
@@ -45,25 +48,37 @@ a transport declaring ``MESSAGES`` that splits or joins messages fails it).
 ``Transport`` is generic in the connections it makes, so a function that needs
 message boundaries says so in its signature: ``Transport[MessageConnection]``
 (``YProvider`` does, and refuses a transport that does not declare them).
+
+**Discovery** is the other seam here: a :class:`Discovery` source yields
+:class:`Hint` objects ("a device was seen at these addresses"), which a peer
+may try to connect to. Hints are never a proof of anything: the transport's
+handshake is (see ``docs/LAN.md``). ``crdtsync.testing.check_discovery`` is its
+acceptance suite.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol, TypeGuard, TypeVar, runtime_checkable
 
 __all__ = [
     "Ability",
     "CloseCodeConnection",
     "Connection",
+    "Discovery",
     "FlowConnection",
     "Handler",
+    "Hint",
+    "Identity",
+    "IdentityConnection",
     "Listener",
     "MessageConnection",
     "Transport",
     "has_close_codes",
     "has_flow_control",
+    "has_identity",
     "keeps_messages",
 ]
 
@@ -78,6 +93,8 @@ class Ability(enum.Flag):
     FLOW = enum.auto()
     #: WebSocket-style close codes: a :class:`CloseCodeConnection`.
     CLOSE_CODES = enum.auto()
+    #: The peer proved a key in the handshake: an :class:`IdentityConnection`.
+    IDENTITY = enum.auto()
 
 
 @runtime_checkable
@@ -161,6 +178,43 @@ class CloseCodeConnection(Connection, Protocol):
         ...
 
 
+class Identity(Protocol):
+    """A key the peer proved in the transport's handshake (never a mere claim)."""
+
+    @property
+    def public_key(self) -> bytes:
+        """The proven public key."""
+        ...
+
+    @property
+    def fingerprint(self) -> str:
+        """A short, stable name of the key, for people, logs and allow-lists."""
+        ...
+
+
+class IdentityConnection(Connection, Protocol):
+    """A connection whose peer proved a key (declares :attr:`Ability.IDENTITY`).
+
+    Both members are known as soon as the connection is handed out, and never
+    change: the handshake authenticated them before any byte of the
+    connection's own stream moved.
+    """
+
+    @property
+    def remote_identity(self) -> Identity:
+        """The key the peer proved."""
+        ...
+
+    @property
+    def remote_hello(self) -> bytes:
+        """What the peer declared in the handshake, authenticated with its key.
+
+        Opaque to the transport; the layer above gives it a meaning (a LAN
+        peer declares its incarnation and the client id it writes under).
+        """
+        ...
+
+
 def keeps_messages(conn: Connection) -> TypeGuard[MessageConnection]:
     """Whether ``conn`` declares :attr:`Ability.MESSAGES` (narrows it to MessageConnection)."""
     return Ability.MESSAGES in conn.abilities
@@ -174,6 +228,11 @@ def has_flow_control(conn: Connection) -> TypeGuard[FlowConnection]:
 def has_close_codes(conn: Connection) -> TypeGuard[CloseCodeConnection]:
     """Whether ``conn`` declares :attr:`Ability.CLOSE_CODES` (narrows it to CloseCodeConnection)."""
     return Ability.CLOSE_CODES in conn.abilities
+
+
+def has_identity(conn: Connection) -> TypeGuard[IdentityConnection]:
+    """Whether ``conn`` declares :attr:`Ability.IDENTITY` (narrows it to IdentityConnection)."""
+    return Ability.IDENTITY in conn.abilities
 
 
 _C_co = TypeVar("_C_co", bound=Connection, covariant=True)
@@ -215,4 +274,55 @@ class Transport(Protocol[_C_co]):
 
     async def listen(self, address: str, handler: Callable[[_C_co], Awaitable[None]]) -> Listener:
         """Accept connections at ``address``, running ``handler`` on each."""
+        ...
+
+
+# -- discovery ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hint:
+    """A device seen (or no longer announced) somewhere.
+
+    Attributes:
+        fingerprint: the device announced, or None for an address given by hand
+            (any device that proves what the transport requires may answer there).
+        addresses: addresses to try, best first (a LAN hint's name the
+            fingerprint, ``lan://FINGERPRINT@host:port``, so that a link refuses
+            any other device there).
+        gone: True when the announcement was withdrawn (a hint too: the
+            connection's own keepalives decide whether the peer is really gone).
+    """
+
+    fingerprint: str | None
+    addresses: tuple[str, ...]
+    gone: bool = False
+
+
+@runtime_checkable
+class Discovery(Protocol):
+    """A source of :class:`Hint` objects (zeroconf, a list of addresses, ...).
+
+    Rules (``crdtsync.testing.check_discovery`` checks them):
+
+    * ``start`` begins announcing and/or looking; it is called once.
+    * ``hints()`` yields hints in the order they were learned; a newer hint about
+      a device may replace one not yet taken. Iteration ends after ``close``.
+    * Every hint that is not ``gone`` has at least one address, each a URL
+      with a scheme (``lan://...``).
+    * ``close`` stops everything (a zeroconf source sends its goodbye first);
+      it is idempotent.
+    * Never a hint about this device itself.
+    """
+
+    async def start(self) -> None:
+        """Begin announcing and/or looking."""
+        ...
+
+    def hints(self) -> AsyncIterator[Hint]:
+        """The hints, as they come; ends after :meth:`close`."""
+        ...
+
+    async def close(self) -> None:
+        """Stop; idempotent."""
         ...

@@ -37,6 +37,19 @@ under every arrival schedule.
     schedules covered per history are the ordered set partitions of its
     operations (the Fubini number of ``n``), before duplicates.
 
+Part C -- log truncation. For every history, every subset ``S`` and every
+floor ``f`` (between any two operations, below all, above all): truncate the
+log of ``E(S)`` below ``f`` (any floor: correctness may not depend on the
+policy that picks it), then for every non-empty ``B`` disjoint from ``S``:
+
+    5. if every operation of ``B`` is at or above ``f``,
+       ``integrate(trunc_f(E(S)), B) == trunc_f(E(S | B))`` (whole state);
+    6. otherwise ``integrate`` refuses the batch (``_Stale``) and changes
+       nothing observable -- the binding then rebuilds ``E(S | B)`` from the
+       document, which is exact by 2;
+    7. a duplicate at or above ``f`` changes nothing; one below ``f`` is refused
+       like 6 (a rebuild, never a wrong state).
+
 Part B -- end to end with real documents: ``R`` replicas share ``N`` nodes
 created by replica 1; each replica then makes ``M`` moves concurrently, every
 possible choice of each (any live node, to the top level, to the trash or
@@ -44,18 +57,24 @@ under any other live node; moves its replica refuses -- cycles -- are not
 operations). Each replica then receives the others' updates in every
 interleaving (each writer's updates stay in order: the update validator
 refuses a writer's clock gap), and so does a fresh observer. Every execution
-must end in the same tree, and every state passes the deep invariant check.
+must end in the same tree, and every state passes the deep invariant check;
+the fresh observer's document, saved and loaded again (from its saved shape),
+holds the same tree. Each scope runs twice: with the shipped truncation
+policy, and with the log truncated after every operation (``WINDOW`` and
+``HORIZON`` 0), where every late operation forces a rebuild.
 
 Usage::
 
     python proofs/tree_model_check.py            # the bound reported in TREE.md
     python proofs/tree_model_check.py --small    # the bound tests/proofs/test_tree_model.py runs
     python proofs/tree_model_check.py --scope moves 4 3   # one Part A scope
+    python proofs/tree_model_check.py --truncation moves 3 2   # one Part C scope
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import sys
 import time
@@ -67,7 +86,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crdtsync import Doc, InvalidOperationError
-from crdtsync.model.tree import ROOT, TRASH, _TreeState
+from crdtsync.model import tree as tree_mod
+from crdtsync.model.tree import ROOT, TRASH, _Stale, _TreeState
 
 Op = tuple[int, str, str, str]
 KEYS = ("a1", "a2")  # positions alternate: siblings also tie (ordered by node id)
@@ -140,12 +160,11 @@ def engine(ops: Sequence[Op]) -> _TreeState:
 def clone(st: _TreeState) -> _TreeState:
     c = _TreeState()
     c.parent = dict(st.parent)
-    c.pos = dict(st.pos)
     c.kids = {k: dict(v) for k, v in st.kids.items()}
     c.order = {k: list(v) for k, v in st.order.items()}
     c.log = list(st.log)
-    c.seen = set(st.seen)
-    c.born = dict(st.born)
+    c.floor = st.floor
+    c.last = dict(st.last)
     c.clock = st.clock
     c.trashed = st.trashed
     return c
@@ -154,10 +173,9 @@ def clone(st: _TreeState) -> _TreeState:
 def same(a: _TreeState, b: _TreeState) -> bool:
     return (
         a.parent == b.parent
-        and a.pos == b.pos
         and a.log == b.log
-        and a.seen == b.seen
-        and a.born == b.born
+        and a.floor == b.floor
+        and a.last == b.last
         and a.clock == b.clock
         and a.trashed == b.trashed
         and {k: v for k, v in a.kids.items() if v} == {k: v for k, v in b.kids.items() if v}
@@ -168,7 +186,7 @@ def matches_spec(st: _TreeState, ops: Sequence[Op]) -> None:
     parent, pos = spec(ops)
     assert_forest(parent)
     assert st.parent == parent, (ops, st.parent, parent)
-    assert st.pos == pos, (ops, st.pos, pos)
+    assert {n: k for n, k in st.positions.items() if k} == pos, (ops, st.positions, pos)
     for p in {ROOT, *parent}:
         if p != TRASH:
             want = [n for _, n in sorted((pos[n], n) for n, q in parent.items() if q == p)]
@@ -201,6 +219,8 @@ class Stats:
     transitions: int = 0
     duplicates: int = 0
     schedules: int = 0
+    truncated: int = 0
+    refused: int = 0
     executions: int = 0
     seconds: float = 0.0
     scopes: list[str] = field(default_factory=list)
@@ -279,6 +299,79 @@ def part_a(scope: str, a: int, b: int, stats: Stats) -> None:
     stats.scopes.append(f"A {scope}({a}, {b}): {stats.histories - before} histories")
 
 
+# -- Part C ---------------------------------------------------------------------------------
+
+
+def truncated(st: _TreeState, f: int) -> _TreeState:
+    c = clone(st)
+    c.truncate_at(f)
+    return c
+
+
+def check_truncation(ops: list[Op], stats: Stats) -> None:
+    n = len(ops)
+    full = (1 << n) - 1
+    subsets = [[ops[i] for i in range(n) if mask >> i & 1] for mask in range(full + 1)]
+    states = [engine(sub) for sub in subsets]
+    for mask in range(full + 1):
+        rest = full & ~mask
+        for cut in range(1, n + 2):  # the floor: ts(cut); positions below cut are below it
+            f = ts(cut)
+            base = truncated(states[mask], f)
+            b = rest
+            while b:
+                st = clone(base)
+                if any(b >> i & 1 and i + 1 < cut for i in range(n)):
+                    try:
+                        st.integrate(subsets[b])
+                    except _Stale:
+                        stats.refused += 1
+                    else:
+                        raise AssertionError(("accepted below the floor", subsets[mask], f))
+                    assert st.parent == base.parent
+                    assert st.kids == base.kids
+                    assert st.log == base.log
+                else:
+                    st.integrate(subsets[b], trim=False)
+                    assert same(st, truncated(states[mask | b], f)), (subsets[mask], subsets[b], f)
+                    stats.truncated += 1
+                b = (b - 1) & rest
+            for i in range(n):
+                if mask >> i & 1:
+                    st = clone(base)
+                    if i + 1 < cut:
+                        with contextlib.suppress(_Stale):
+                            st.integrate([ops[i]])
+                            raise AssertionError("a duplicate below the floor was accepted")
+                        stats.refused += 1
+                    else:
+                        assert not st.integrate([ops[i]])
+                        assert same(st, base)
+                        stats.truncated += 1
+
+
+def part_c(scope: str, a: int, b: int, stats: Stats) -> None:
+    t0 = time.perf_counter()
+    hs = histories_moves(a, b) if scope == "moves" else histories_general(a, b)
+    count = 0
+    for ops in hs:
+        check_truncation(ops, stats)
+        count += 1
+    stats.seconds += time.perf_counter() - t0
+    stats.scopes.append(f"C {scope}({a}, {b}): {count} histories")
+
+
+@contextlib.contextmanager
+def policy(window: int, horizon: int) -> Iterator[None]:
+    """Run with another truncation policy (0, 0: truncate after every operation)."""
+    saved = tree_mod.WINDOW, tree_mod.HORIZON
+    tree_mod.WINDOW, tree_mod.HORIZON = window, horizon
+    try:
+        yield
+    finally:
+        tree_mod.WINDOW, tree_mod.HORIZON = saved
+
+
 # -- Part B ---------------------------------------------------------------------------------
 
 
@@ -327,7 +420,7 @@ def shape(doc: Doc) -> str:
     t = doc.tree("t")
     b = t._binding()
     assert b is not None
-    b.state.check(deep=True)
+    b.check(deep=True)
     return repr([(n, t.parent(n), t.children(n)) for n in t]) + repr(t.children())
 
 
@@ -371,6 +464,7 @@ def part_b(replicas: int, nodes: int, moves: int, stats: Stats) -> None:
         updates = [c[0] for c in combo]
         results = set()
         # A fresh observer receives everything in every interleaving.
+        reloaded = False
         for order in interleavings(updates):
             d = Doc(peer_id=99)
             d.import_update(genesis)
@@ -379,6 +473,9 @@ def part_b(replicas: int, nodes: int, moves: int, stats: Stats) -> None:
                 d.import_update(u)
             results.add(shape(d))
             executions += 1
+            if not reloaded:  # and saved, then loaded from its saved shape
+                results.add(shape(Doc.load(d.save(), peer_id=98)))
+                reloaded = True
         # Each replica receives the others' in every interleaving.
         for r in range(replicas):
             others = [u for i, u in enumerate(updates) if i != r]
@@ -405,12 +502,16 @@ def part_b(replicas: int, nodes: int, moves: int, stats: Stats) -> None:
 
 SMALL: dict[str, list[tuple[Any, ...]]] = {
     "a": [("moves", 2, 2), ("general", 2, 4)],
+    "c": [("moves", 2, 2)],
     "b": [(2, 2, 1)],
 }
 FULL: dict[str, list[tuple[Any, ...]]] = {
     "a": [("moves", 3, 3), ("moves", 4, 2), ("general", 2, 5)],
+    "c": [("moves", 3, 2), ("moves", 2, 3), ("general", 2, 4)],
     "b": [(3, 3, 1), (2, 3, 2)],
 }
+#: Truncation policies Part B runs under: the shipped one, and the harshest.
+POLICIES = [(tree_mod.WINDOW, tree_mod.HORIZON), (0, 0)]
 
 
 def check(bound: dict[str, list[tuple[Any, ...]]], verbose: bool = False) -> Stats:
@@ -419,10 +520,17 @@ def check(bound: dict[str, list[tuple[Any, ...]]], verbose: bool = False) -> Sta
         part_a(str(scope), int(a), int(b), stats)
         if verbose:
             print(f"{stats.scopes[-1]} ({stats.seconds:.0f} s so far)", flush=True)
-    for r, n, m in bound["b"]:
-        part_b(int(r), int(n), int(m), stats)
+    for scope, a, b in bound.get("c", []):
+        part_c(str(scope), int(a), int(b), stats)
         if verbose:
             print(f"{stats.scopes[-1]} ({stats.seconds:.0f} s so far)", flush=True)
+    for window, horizon in POLICIES:
+        with policy(window, horizon):
+            for r, n, m in bound["b"]:
+                part_b(int(r), int(n), int(m), stats)
+                stats.scopes[-1] += f" (WINDOW={window}, HORIZON={horizon})"
+                if verbose:
+                    print(f"{stats.scopes[-1]} ({stats.seconds:.0f} s so far)", flush=True)
     return stats
 
 
@@ -435,15 +543,28 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("KIND", "A", "B"),
         help="one Part A scope only, e.g. --scope moves 4 3",
     )
+    parser.add_argument(
+        "--truncation",
+        nargs=3,
+        metavar=("KIND", "A", "B"),
+        help="one Part C scope only, e.g. --truncation moves 3 2",
+    )
     args = parser.parse_args(argv)
     bound = SMALL if args.small else FULL
     if args.scope:
         bound = {"a": [(args.scope[0], int(args.scope[1]), int(args.scope[2]))], "b": []}
+    if args.truncation:
+        t = args.truncation
+        bound = {"a": [], "c": [(t[0], int(t[1]), int(t[2]))], "b": []}
     stats = check(bound, verbose=True)
     print(
         f"Part A: {stats.histories} histories, {stats.states} states checked against the "
         f"specification, {stats.transitions} batch transitions and {stats.duplicates} "
         f"duplicate deliveries checked; {stats.schedules} arrival schedules covered"
+    )
+    print(
+        f"Part C: {stats.truncated} truncated batch transitions exact, {stats.refused} "
+        "batches below the floor refused (rebuilt)"
     )
     print(f"Part B: {stats.executions} end-to-end executions")
     print(f"all checks passed in {stats.seconds:.0f} s")

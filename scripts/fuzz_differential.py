@@ -398,10 +398,26 @@ def check_update(nat: Any, data: bytes, limits: y.UpdateLimits) -> tuple[str, st
     return "ok", None
 
 
+#: The Python compact decoder now runs every check of ``parse_update`` while it
+#: decodes (one parse per update), so when an input breaks two rules it may name
+#: another first than the Rust decoder, which still checks in the old order. Until
+#: the Rust port of that decoder lands, two REFUSALS of different classes are
+#: counted (``compact:class-order``), not failed; accepting one side and refusing
+#: the other, or different bytes, still fail.
+COMPACT_CLASS_ORDER_PENDING = True
+
+
 def check_compact(nat: Any, data: bytes, limits: y.UpdateLimits) -> tuple[str, str | None]:
     """Compares the two compact decoders on ``data``."""
     py = outcome(lambda: col.compact_decode(data, limits))
     nu = outcome(lambda: nat.compact_decode(data, limits))
+    if (
+        COMPACT_CLASS_ORDER_PENDING
+        and py[0] != "ok"
+        and nu[0] != "ok"
+        and {py[0], nu[0]} <= {"MalformedUpdateError", "UpdateLimitError"}
+    ):
+        return "class-order" if py[0] != nu[0] else py[0], None
     if not _same(py, nu):
         return py[0], (
             f"compact_decode: python {py[0]} ({py[1]!r:.300}) vs native {nu[0]} ({nu[1]!r:.300})"

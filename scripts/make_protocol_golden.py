@@ -1,6 +1,7 @@
-"""Rewrite tests/golden/protocol/*.bin from the messages in tests/protocol/test_golden_frames.py.
+"""Write the missing tests/golden/protocol/*.bin from tests/protocol/test_golden_frames.py.
 
-Only for a new protocol version: the existing vectors are what deployed peers speak.
+Existing vectors are never rewritten: they are what deployed peers speak. A new
+message, field or code gets a new vector (a new name in ``EXPECTED``).
 """
 
 from __future__ import annotations
@@ -15,4 +16,4 @@ import test_golden_frames as test_sync_golden
 
 if __name__ == "__main__":
     test_sync_golden.write_vectors()
-    print(f"wrote {len(test_sync_golden.EXPECTED)} vectors to {test_sync_golden.GOLDEN}")
+    print(f"{len(test_sync_golden.EXPECTED)} vectors in {test_sync_golden.GOLDEN}")

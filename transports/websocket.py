@@ -54,7 +54,7 @@ from websockets.exceptions import (
 )
 from websockets.frames import CloseCode
 
-from crdtsync.errors import ConnectionClosedError, TransportError
+from crdtsync.errors import ConnectionClosedError, TransportError, UnsupportedAddressError
 from crdtsync.net import Ability
 
 __all__ = ["WebSocketConnection", "WebSocketListener", "WebSocketTransport"]
@@ -369,13 +369,17 @@ class WebSocketTransport:
         """Connect to a ``ws://`` or ``wss://`` URL (path and query are sent as given).
 
         Raises:
-            TransportError: a bad URL, nobody listening, a failed TLS or WebSocket
+            UnsupportedAddressError: not a ``ws://`` or ``wss://`` URL with a host
+                (a TransportError and a ValueError: retrying cannot help).
+            TransportError: nobody listening, a failed TLS or WebSocket
                 handshake (with the HTTP status when the server refused the
                 upgrade), or no answer within ``open_timeout``.
         """
         parts = urlsplit(address)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise TransportError(f"not a ws:// or wss:// URL: {address!r}")
+            # Never retried: no attempt can make this address work.
+            shown_bad = parts._replace(query="", fragment="").geturl()
+            raise UnsupportedAddressError(f"not a ws:// or wss:// URL: {shown_bad!r}")
         kwargs = self._options()
         if parts.scheme == "wss" and self.ssl is not None:
             kwargs["ssl"] = self.ssl
@@ -390,8 +394,8 @@ class WebSocketTransport:
                 f"{shown} refused the WebSocket upgrade: HTTP {status} "
                 f"{exc.response.reason_phrase}".rstrip()
             ) from None
-        except InvalidURI as exc:
-            raise TransportError(f"not a valid WebSocket URL: {address!r} ({exc})") from None
+        except InvalidURI:
+            raise UnsupportedAddressError(f"not a valid WebSocket URL: {shown!r}") from None
         except InvalidHandshake as exc:
             raise TransportError(f"WebSocket handshake with {shown} failed: {exc}") from None
         except TimeoutError:

@@ -2,7 +2,10 @@ r"""The terminal editor: ``crdtsync edit ROOM --relay ws://HOST:PORT [--token TO
 
 A Textual ``TextArea`` bound to ``doc.text("body")`` of a relay room, which browsers
 (the demo page, any y-websocket client) and Python peers edit at the same time.
-It needs the ``apps`` extra: ``pip install 'crdtsync[apps]'``.
+It needs the ``apps`` extra: ``pip install 'crdtsync[apps]'``. With ``--lan
+--key-file team.key`` (instead of, or as well as, ``--relay``) it edits the
+document with the devices of a LAN group directly (:meth:`Peer.start_lan
+<crdtsync.peer.peer.Peer.start_lan>`), no relay needed.
 
 Theory of operation
 -------------------
@@ -47,7 +50,7 @@ import contextlib
 import getpass
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -61,6 +64,9 @@ from crdtsync.model.positions import absolute_position, relative_position
 from crdtsync.model.undo import UndoManager
 from crdtsync.peer.peer import Peer, Status
 from crdtsync.protocol.awareness import AwarenessChange
+
+if TYPE_CHECKING:
+    from crdtsync.peer.lan import GroupKeyLike
 
 __all__ = ["PALETTE", "EditorApp", "EditorArea", "LineMap", "TextBinding", "color_for"]
 
@@ -420,17 +426,22 @@ class EditorArea(TextArea):
 
 
 class EditorApp(App[None]):
-    """The terminal editor on one room of a relay.
+    """The terminal editor on one room of a relay, or of a LAN group (or both).
 
     Args:
         room: the room.
-        relay: the relay's WebSocket URL (``ws://host:port``).
+        relay: the relay's WebSocket URL (``ws://host:port``), or None (LAN only).
         token: an access token for the room (``crdtsync token``), if the relay wants one.
         name: the name others see (default: the login name).
         peer: the Peer to sync with (default: a new one in memory on the WebSocket
             transport; tests pass their own).
         capture_timeout: seconds of typing one undo step groups (a jump of the
             caret or a new line always starts a new step).
+        lan_key: a LAN group key (or its file): edit with the group's devices
+            directly (``Peer.start_lan``); None: no LAN.
+        lan_interfaces: the interfaces' IPv4 addresses for the LAN (None: all).
+        store: where the room is kept (None: in memory); with ``lan_key``, the
+            device identity is kept beside it (else a new one each run).
     """
 
     TITLE = "crdtsync edit"
@@ -452,10 +463,16 @@ class EditorApp(App[None]):
         name: str | None = None,
         peer: Peer | None = None,
         capture_timeout: float = 0.5,
+        lan_key: GroupKeyLike | None = None,
+        lan_interfaces: list[str] | None = None,
+        store: str | None = None,
     ) -> None:
         super().__init__()
         self.room = room
         self.relay = relay
+        self.lan_key = lan_key
+        self.lan_interfaces = lan_interfaces
+        self.store = store
         self.token = token
         self.person = (name or _login_name()).strip()[:40] or "terminal"
         self._peer_arg = peer
@@ -481,11 +498,10 @@ class EditorApp(App[None]):
         yield Static("ctrl+z undo · ctrl+y redo · ctrl+q quit", id="help")
 
     async def on_mount(self) -> None:
-        """Open the room, bind the editor to it and connect to the relay."""
-        from crdtsync.transports.websocket import WebSocketTransport
-
+        """Open the room, bind the editor to it, start the LAN and connect to the relay."""
         self._mounted = True
-        peer = self._peer_arg or Peer(transport=WebSocketTransport())
+        # ws:// and wss:// pick their transport by scheme; lan:// is start_lan's.
+        peer = self._peer_arg or Peer(store=self.store)
         await peer.start()
         self.peer = peer
         self._unsubscribe += [
@@ -497,10 +513,17 @@ class EditorApp(App[None]):
         self.binding.publish = lambda state: peer.set_presence(self.room, state)
         self.binding.attach(doc)
         self.area.focus()
-        self._connecting = asyncio.get_running_loop().create_task(self._connect(peer))
+        if self.lan_key is not None:
+            try:
+                await peer.start_lan(self.lan_key, interfaces=self.lan_interfaces)
+            except (CrdtSyncError, OSError) as exc:
+                self.state = f"error: {exc}"
+        if self.relay is not None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect(peer))
         self.refresh_status()
 
     async def _connect(self, peer: Peer) -> None:
+        assert self.relay is not None
         try:
             await peer.connect(self.relay, token=self.token, timeout=None)
         except AuthError as exc:
@@ -530,6 +553,9 @@ class EditorApp(App[None]):
         if status.kind == "error" and status.doc == self.room:
             # The relay refused the room (the token does not name it, say).
             self.state = f"refused: {status.reason}"
+        elif status.kind == "stopped":
+            # The relay refused the connection for good (an expired token, say).
+            self.state = f"refused: {status.reason}"
         self.refresh_status()
 
     def _on_presence(self, name: str, change: AwarenessChange) -> None:
@@ -558,9 +584,12 @@ class EditorApp(App[None]):
         mine = 0
         if doc is not None:
             mine = doc.counter(EDITS_ROOT).contributions().get(doc.peer_id, 0)
+        via = [self.relay] if self.relay is not None else []
+        if peer is not None and peer.lan is not None:
+            via.append(f"LAN: {len(peer.lan.linked())} linked")
         self.query_one("#status", Static).update(
             f"[b]{_markup(self.room)}[/b] · [{self.binding.color}]●[/] {_markup(self.person)}"
-            f" · {self.state} · {mine} edits · {self.relay}"
+            f" · {self.state} · {mine} edits · {_markup(' · '.join(via))}"
         )
         others = []
         if peer is not None and self.room in peer.docs():

@@ -52,6 +52,7 @@ from crdtsync.format.yupdate import (
     Struct,
     TypeContent,
     UpdateLimits,
+    encode_delete_set,
 )
 
 __all__ = [
@@ -224,7 +225,11 @@ def to_parsed_update(native: Any) -> ParsedUpdate:
             )
         clients[client] = structs
     delete_set = {client: list(ranges) for client, ranges in native.delete_set()}
-    return ParsedUpdate(clients, delete_set)
+    parsed = ParsedUpdate(clients, delete_set)
+    # Where the delete set starts: an accepted update round-trips byte for byte,
+    # so it is what the delete set's own encoding leaves at the end.
+    parsed.ds_pos = len(native.encode()) - len(encode_delete_set(delete_set))
+    return parsed
 
 
 def _content(kind: int, raw: Any) -> Content:

@@ -73,6 +73,7 @@ import zstandard
 
 from crdtsync.errors import InvalidUpdateError, MalformedUpdateError, UpdateLimitError
 from crdtsync.format.yupdate import (
+    CONTENT_ANY,
     CONTENT_BINARY,
     CONTENT_DELETED,
     CONTENT_DOC,
@@ -89,6 +90,7 @@ from crdtsync.format.yupdate import (
     STRUCT_SKIP,
     TYPE_XML_ELEMENT,
     TYPE_XML_HOOK,
+    TYPE_XML_TEXT,
     AnyContent,
     Content,
     DocContent,
@@ -97,11 +99,15 @@ from crdtsync.format.yupdate import (
     Struct,
     TypeContent,
     UpdateLimits,
+    _Budget,
+    _check_json,
+    _skip_any,
+    encode_delete_set,
     encode_update,
     parse_update,
 )
 
-__all__ = ["compact_decode", "compact_encode"]
+__all__ = ["compact_decode", "compact_decode_parsed", "compact_encode"]
 
 VERSION = 1
 CODEC_STORED = 0
@@ -553,6 +559,28 @@ def compact_decode(data: bytes, limits: UpdateLimits = DEFAULT_LIMITS) -> bytes:
         MalformedUpdateError: the data is corrupt or truncated.
         UpdateLimitError: the data would exceed a limit.
     """
+    return compact_decode_parsed(data, limits)[0]
+
+
+def compact_decode_parsed(
+    data: bytes, limits: UpdateLimits = DEFAULT_LIMITS
+) -> tuple[bytes, ParsedUpdate]:
+    """Like :func:`compact_decode`, with the parse of the result.
+
+    The parse is the decoder's own (no second pass over the v1 bytes): every
+    rule :func:`~crdtsync.format.yupdate.parse_update` enforces is checked while
+    the columns are read, and the size of the v1 update is counted before it
+    is written, so a small input that refers to large keys many times is
+    refused before anything large is allocated.
+
+    Returns:
+        ``(v1 bytes, parsed update)``; ``parse_update(v1, limits)`` equals the
+        parsed update.
+
+    Raises:
+        MalformedUpdateError: the data is corrupt or truncated.
+        UpdateLimitError: the data would exceed a limit.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"compact data must be bytes, not {type(data).__name__}")
     data = bytes(data)
@@ -576,7 +604,7 @@ def compact_decode(data: bytes, limits: UpdateLimits = DEFAULT_LIMITS) -> bytes:
         ) from None
 
 
-def _decode(data: bytes, limits: UpdateLimits) -> bytes:
+def _decode(data: bytes, limits: UpdateLimits) -> tuple[bytes, ParsedUpdate]:
     head = _Col(data, "header")
     version = head.byte()
     if version != VERSION:
@@ -596,19 +624,37 @@ def _decode(data: bytes, limits: UpdateLimits) -> bytes:
     cols = [_Col(top.take(top.uint(64)), name) for name in _COLUMN_NAMES]
     if top.left():
         raise MalformedUpdateError("compact update: trailing bytes after the columns")
-    parsed = _rebuild(cols, limits)
+    parsed, v1_size = _rebuild(cols, limits)
     out = encode_update(parsed)
-    if len(out) > limits.max_update_bytes:
-        raise UpdateLimitError(
-            f"compact update: rebuilt update exceeds max_update_bytes={limits.max_update_bytes}"
-        )
-    # Re-parse: whatever we return is an update parse_update accepts under
-    # the caller's limits (depth of Any values, keys, clocks...).
-    parse_update(out, limits)
-    return out
+    if len(out) != v1_size:  # pragma: no cover - the count mirrors encode_update
+        raise MalformedUpdateError("compact update: size count does not match the encoding")
+    parsed.ds_pos = len(out) - len(encode_delete_set(parsed.delete_set))
+    return out, parsed
 
 
-def _rebuild(cols: list[_Col], limits: UpdateLimits) -> ParsedUpdate:
+def _vlen(value: int) -> int:
+    """Bytes of a varuint."""
+    return 1 if value < 0x80 else (value.bit_length() + 6) // 7
+
+
+class _Size:
+    """The v1 size of what has been rebuilt so far, checked against the limit as it grows."""
+
+    __slots__ = ("limit", "n")
+
+    def __init__(self, limit: int) -> None:
+        self.n = 0
+        self.limit = limit
+
+    def add(self, n: int) -> None:
+        self.n += n
+        if self.n > self.limit:
+            raise UpdateLimitError(
+                f"compact update: the v1 update would exceed max_update_bytes={self.limit}"
+            )
+
+
+def _rebuild(cols: list[_Col], limits: UpdateLimits) -> tuple[ParsedUpdate, int]:
     (
         c_clients,
         c_blocks,
@@ -626,7 +672,12 @@ def _rebuild(cols: list[_Col], limits: UpdateLimits) -> ParsedUpdate:
     rmru: list[tuple[int, int]] = []
     clients: list[int] = []
     keys: list[str] = []
+    key_size: list[int] = []  # v1 bytes of each key: varuint length + UTF-8
     last_clock: dict[int, int] = {}
+    size = _Size(limits.max_update_bytes)
+    budget = _Budget()
+    max_clock = limits.max_clock
+    max_str = limits.max_string_bytes
 
     def client(col: _Col) -> int:
         idx = col.uint(32)
@@ -636,16 +687,19 @@ def _rebuild(cols: list[_Col], limits: UpdateLimits) -> ParsedUpdate:
             clients.append(c_clients.uint(64))
         return clients[idx]
 
-    def key(col: _Col) -> str:
+    def key(col: _Col) -> int:
+        """Index of a key in ``keys`` (read from the key table on first use)."""
         idx = col.uint(32)
         if idx == len(keys):
             n = c_keys.uint(32)
             if n > limits.max_key_bytes:
                 raise UpdateLimitError(f"compact update: key of {n} bytes exceeds max_key_bytes")
             keys.append(c_keys.text(n))
+            key_size.append(_vlen(n) + n)
         elif idx > len(keys):
             raise col.fail(f"key index {idx} refers ahead of the table")
-        return keys[idx]
+        size.add(key_size[idx])
+        return idx
 
     def ref_clock(col: _Col, cl: int, expected: int | None) -> int:
         if expected is None:
@@ -656,36 +710,62 @@ def _rebuild(cols: list[_Col], limits: UpdateLimits) -> ParsedUpdate:
         last_clock[cl] = value
         return value
 
-    def sized(col: _Col) -> bytes:
-        return col.take(col.uint(32))
+    def text(col: _Col, n: int, what: str) -> str:
+        if n > max_str:
+            raise UpdateLimitError(
+                f"compact update: {what} of {n} bytes exceeds max_string_bytes={max_str}"
+            )
+        size.add(_vlen(n) + n)
+        return col.text(n)
+
+    def zero(what: str) -> MalformedUpdateError:
+        return c_info.fail(f"zero-length {what}")
 
     nblocks = c_blocks.count(1, c_info)
+    if nblocks > limits.max_clients:
+        raise UpdateLimitError(
+            f"compact update: {nblocks} client blocks exceed max_clients={limits.max_clients}"
+        )
+    size.add(_vlen(nblocks))
     out: dict[int, list[Struct]] = {}
     total = 0
     for _ in range(nblocks):
         cl = client(c_blocks)
         nstructs = c_blocks.count(1, c_info)
+        if nstructs == 0:
+            raise c_blocks.fail(f"client {cl} has a block with no struct")
         total += nstructs
         if total > limits.max_structs:
             raise UpdateLimitError(
                 f"compact update: more than max_structs={limits.max_structs} structs"
             )
         clock = c_blocks.uint(32)
+        if clock > max_clock:
+            raise UpdateLimitError(f"compact update: clock {clock} exceeds max_clock={max_clock}")
         if cl in out:
             raise c_blocks.fail(f"client {cl} appears twice")
+        size.add(_vlen(nstructs) + _vlen(cl) + _vlen(clock))
         structs: list[Struct] = []
         out[cl] = structs
         for _j in range(nstructs):
             info = c_info.byte()
             if info in (STRUCT_GC, STRUCT_SKIP):
                 length = c_lengths.uint(32)
+                if length == 0:
+                    raise zero("GC" if info == STRUCT_GC else "Skip")
+                size.add(1 + _vlen(length))
                 structs.append(Struct(cl, clock, length, info, info))
                 clock += length
+                if clock > max_clock:
+                    raise UpdateLimitError(f"compact update: clock exceeds max_clock={max_clock}")
                 continue
             kind = info & 0x1F
+            if kind == STRUCT_GC or kind > CONTENT_DOC:
+                raise c_info.fail(f"unknown content ref {kind} (info byte {info:#04x})")
             origin = right = None
             parent: str | tuple[int, int] | None = None
             parent_sub: str | None = None
+            n = 1  # the info byte
             if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN):
                 sel = c_info.byte()
                 osel, rsel = divmod(sel, 10)
@@ -707,11 +787,14 @@ def _rebuild(cols: list[_Col], limits: UpdateLimits) -> ParsedUpdate:
                         origin = mru[osel]
                     else:
                         raise c_info.fail(f"origin selector {osel} beyond the MRU list")
+                    n += _vlen(origin[0]) + _vlen(origin[1])
                 if info & HAS_RIGHT_ORIGIN:
                     if rsel == _SEL_AFTER_ORIGIN:
                         if origin is None:
                             raise c_info.fail("right origin after a missing origin")
                         right = (origin[0], origin[1] + 1)
+                        if right[1] >= 1 << 32:
+                            raise c_info.fail("right origin clock out of range")
                     elif rsel == _SEL_EXPLICIT:
                         rc = client(c_right)
                         right = (
@@ -726,96 +809,159 @@ def _rebuild(cols: list[_Col], limits: UpdateLimits) -> ParsedUpdate:
                         right = rmru[rsel]
                     else:
                         raise c_info.fail(f"right origin selector {rsel} beyond the MRU list")
+                    n += _vlen(right[0]) + _vlen(right[1])
             if not info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN):
                 flag = c_parent.byte()
+                n += 1
                 if flag == 1:
-                    parent = key(c_parent)
+                    parent = keys[key(c_parent)]
                 elif flag == 0:
                     pc = client(c_parent)
                     parent = (pc, ref_clock(c_parent, pc, None))
+                    n += _vlen(pc) + _vlen(parent[1])
                 else:
                     raise c_parent.fail(f"bad parent flag {flag}")
                 if info & HAS_PARENT_SUB:
-                    parent_sub = key(c_parent)
+                    parent_sub = keys[key(c_parent)]
             content: Content
             if kind == CONTENT_STRING:
-                content = c_text.text(c_lengths.uint(32))
+                nbytes = c_lengths.uint(32)
+                if nbytes == 0:
+                    raise zero("String item")
+                content = text(c_text, nbytes, "string")
                 length = (
                     len(content.encode("utf-16-le")) // 2 if not content.isascii() else len(content)
                 )
             elif kind == CONTENT_DELETED:
                 length = c_lengths.uint(32)
+                if length == 0:
+                    raise zero("Deleted item")
+                n += _vlen(length)
                 content = None
             else:
                 length = 1
-                if kind == 8:  # Any: count + raw values; find their end by parsing
+                if kind == CONTENT_ANY:  # count + raw values; find their end by parsing
                     count = c_misc.count(1)
+                    if count == 0:
+                        raise zero("Any item")
                     start = c_misc.pos
-                    c_misc.pos = _skip_any_end(c_misc, count, limits)
+                    c_misc.pos = _skip_any_end(c_misc, count, limits, budget)
                     content = AnyContent(count, c_misc.data[start : c_misc.pos])
                     length = count
+                    n += _vlen(count) + c_misc.pos - start
                 elif kind == CONTENT_TYPE:
                     tr = c_misc.uint(32)
-                    content = TypeContent(
-                        tr, key(c_misc) if tr in (TYPE_XML_ELEMENT, TYPE_XML_HOOK) else None
-                    )
+                    n += _vlen(tr)
+                    if tr in (TYPE_XML_ELEMENT, TYPE_XML_HOOK):
+                        content = TypeContent(tr, keys[key(c_misc)])
+                    elif tr > TYPE_XML_TEXT:
+                        raise c_misc.fail(f"unknown type ref {tr}")
+                    else:
+                        content = TypeContent(tr, None)
                 elif kind == CONTENT_BINARY:
-                    content = sized(c_misc)
+                    blen = c_misc.uint(32)
+                    if blen > max_str:
+                        raise UpdateLimitError(
+                            f"compact update: binary of {blen} bytes exceeds max_string_bytes"
+                        )
+                    content = c_misc.take(blen)
+                    n += _vlen(blen) + blen
                 elif kind == CONTENT_FORMAT:
-                    k = key(c_misc)
-                    content = FormatContent(k, c_misc.text(c_misc.uint(32)))
+                    k = keys[key(c_misc)]
+                    value = text(c_misc, c_misc.uint(32), "format value")
+                    _check_json_value(value, limits, "format value")
+                    content = FormatContent(k, value)
                 elif kind == CONTENT_EMBED:
-                    content = c_misc.text(c_misc.uint(32))
+                    content = text(c_misc, c_misc.uint(32), "embed")
+                    _check_json_value(content, limits, "embed")
                 elif kind == CONTENT_JSON:
-                    n = c_misc.count(1)
-                    content = tuple(c_misc.text(c_misc.uint(32)) for _ in range(n))
-                    length = n
-                elif kind == CONTENT_DOC:
-                    guid = key(c_misc)
+                    count = c_misc.count(1)
+                    if count == 0:
+                        raise zero("JSON item")
+                    budget.any_values += count
+                    if budget.any_values > limits.max_any_values:
+                        raise UpdateLimitError(
+                            f"compact update: more than max_any_values={limits.max_any_values}"
+                        )
+                    texts = []
+                    for _k in range(count):
+                        jt = text(c_misc, c_misc.uint(32), "JSON value")
+                        if jt != "undefined":
+                            _check_json_value(jt, limits, "JSON content")
+                        texts.append(jt)
+                    content = tuple(texts)
+                    length = count
+                    n += _vlen(count)
+                else:  # CONTENT_DOC
+                    guid = keys[key(c_misc)]
                     start = c_misc.pos
-                    c_misc.pos = _skip_any_end(c_misc, 1, limits)
+                    c_misc.pos = _skip_any_end(c_misc, 1, limits, budget)
                     content = DocContent(guid, c_misc.data[start : c_misc.pos])
-                else:
-                    raise c_info.fail(f"unknown content ref {kind}")
+                    n += c_misc.pos - start
+            size.add(n)
             structs.append(
                 Struct(cl, clock, length, kind, info, origin, right, parent, parent_sub, content)
             )
             clock += length
+            if clock > max_clock:
+                raise UpdateLimitError(f"compact update: clock exceeds max_clock={max_clock}")
             _remember(mru, rmru, (cl, clock - 1), origin, right)
     delete_set: dict[int, list[tuple[int, int]]] = {}
     nds = c_deletes.count(2)  # client index + mode byte at least
+    if nds > limits.max_clients:
+        raise UpdateLimitError(
+            f"compact update: {nds} delete-set clients exceed max_clients={limits.max_clients}"
+        )
+    size.add(_vlen(nds))
+    total_ranges = 0
     for _ in range(nds):
         cl = client(c_deletes)
-        mode = c_deletes.byte()
-        if mode == 0:
-            if cl in delete_set:
-                raise c_deletes.fail(f"client {cl} appears twice")
-            delete_set[cl] = _implied_deletes(out.get(cl))
-            continue
-        if mode != 1:
-            raise c_deletes.fail(f"bad delete-set mode {mode}")
-        n = c_deletes.count(2)
-        ranges: list[tuple[int, int]] = []
-        end = 0
-        for _j in range(n):
-            clock = end + c_deletes.uint(32)
-            length = c_deletes.uint(32)
-            ranges.append((clock, length))
-            end = clock + length
         if cl in delete_set:
             raise c_deletes.fail(f"client {cl} appears twice")
+        mode = c_deletes.byte()
+        if mode == 0:
+            ranges = _implied_deletes(out.get(cl))
+        elif mode == 1:
+            ranges = []
+            end = 0
+            for _j in range(c_deletes.count(2)):
+                clock = end + c_deletes.uint(32)
+                length = c_deletes.uint(32)
+                if length == 0:
+                    raise c_deletes.fail(f"empty delete range for client {cl}")
+                ranges.append((clock, length))
+                end = clock + length
+                if end > max_clock:
+                    raise UpdateLimitError(
+                        f"compact update: delete range of client {cl} exceeds max_clock"
+                    )
+        else:
+            raise c_deletes.fail(f"bad delete-set mode {mode}")
+        if not ranges:
+            raise c_deletes.fail(f"client {cl} has no delete range")
+        total_ranges += len(ranges)
+        if total_ranges > limits.max_delete_ranges:
+            raise UpdateLimitError(
+                f"compact update: more than max_delete_ranges={limits.max_delete_ranges} ranges"
+            )
+        size.add(_vlen(cl) + _vlen(len(ranges)) + sum(_vlen(a) + _vlen(b) for a, b in ranges))
         delete_set[cl] = ranges
     for col in cols:
         if col.left():
             raise col.fail("unused bytes")
-    return ParsedUpdate(out, delete_set)
+    return ParsedUpdate(out, delete_set), size.n
 
 
-def _skip_any_end(col: _Col, count: int, limits: UpdateLimits) -> int:
-    """End offset of ``count`` Any values in ``col`` (validated by _yupdate)."""
-    from crdtsync.format.yupdate import _Budget, _skip_any
-
+def _check_json_value(text: str, limits: UpdateLimits, what: str) -> None:
     try:
-        return _skip_any(col.data, col.pos, count, limits, _Budget())
+        _check_json(text, 0, limits, what)
     except InvalidUpdateError as exc:
-        raise MalformedUpdateError(f"compact update: column misc: {exc}") from None
+        raise type(exc)(f"compact update: {exc}") from None
+
+
+def _skip_any_end(col: _Col, count: int, limits: UpdateLimits, budget: _Budget) -> int:
+    """End offset of ``count`` Any values in ``col`` (validated as the parser does)."""
+    try:
+        return _skip_any(col.data, col.pos, count, limits, budget)
+    except InvalidUpdateError as exc:
+        raise type(exc)(f"compact update: column misc: {exc}") from None

@@ -9,6 +9,8 @@ Layout (see ``docs/FORMAT.md`` for the full description and golden vectors)::
         3: bytes,                ; payload
         ? 4: [* bytes],          ; held updates (Doc.save): v1 updates received ahead of
                                  ; their predecessors, kept so that saving loses nothing
+        ? 5: bytes,              ; derived-state cache (Doc.save): the model's own bytes,
+                                 ; e.g. tree shapes; a reader may ignore it
         * uint => any            ; unknown keys are ignored (forward compatibility)
     }
 
@@ -35,8 +37,8 @@ from typing import Any
 from crdtsync.errors import MalformedUpdateError, UnsupportedVersionError, UpdateLimitError
 from crdtsync.format import zstd
 from crdtsync.format.cbor import decode_cbor, encode_cbor
-from crdtsync.format.columnar import compact_decode, compact_encode
-from crdtsync.format.yupdate import UpdateLimits
+from crdtsync.format.columnar import compact_decode_parsed, compact_encode
+from crdtsync.format.yupdate import ParsedUpdate, UpdateLimits
 
 __all__ = [
     "FLAG_COMPACT",
@@ -68,12 +70,18 @@ _MAX_CBOR_ITEMS = 10_000
 
 @dataclass(frozen=True)
 class Envelope:
-    """A decoded envelope: the v1 update and what the flags said about it."""
+    """A decoded envelope: the v1 update and what the flags said about it.
+
+    ``parsed`` is the compact decoder's parse of ``update`` (for the
+    validator, which then parses nothing again); None for other payloads.
+    """
 
     update: bytes
     flags: int
     version: int
     held: tuple[bytes, ...] = ()
+    parsed: ParsedUpdate | None = None
+    cache: bytes = b""
 
     @property
     def snapshot(self) -> bool:
@@ -87,6 +95,7 @@ def pack(
     compact: bool = False,
     snapshot: bool = False,
     held: Sequence[bytes] = (),
+    cache: bytes = b"",
 ) -> bytes:
     """Wrap a v1 update in an envelope.
 
@@ -96,6 +105,8 @@ def pack(
             snapshots and storage).
         snapshot: mark it as a full-history snapshot.
         held: updates waiting for predecessors, stored beside the payload.
+        cache: state derived from the update that saves its reader work
+            (opaque here; the model checks it before trusting it).
 
     Returns:
         The envelope bytes.
@@ -113,6 +124,8 @@ def pack(
     env: dict[int, Any] = {0: MAGIC, 1: FORMAT_VERSION, 2: flags, 3: payload}
     if held:
         env[4] = [bytes(h) for h in held]
+    if cache:
+        env[5] = bytes(cache)
     return encode_cbor(env)
 
 
@@ -121,7 +134,8 @@ def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
 
     Args:
         data: envelope bytes from anywhere.
-        limits: size limits to enforce.
+        limits: size limits to enforce (``Doc.load`` passes limits whose
+            ``max_update_bytes`` is the document limit, ``max_document_bytes``).
 
     Returns:
         The envelope.
@@ -162,8 +176,9 @@ def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
         raise MalformedUpdateError("envelope payload is missing or not bytes")
     if flags & FLAG_COMPACT and flags & FLAG_ZSTD:
         raise MalformedUpdateError("envelope flags combine compact and zstd")
+    parsed = None
     if flags & FLAG_COMPACT:
-        update = compact_decode(payload, limits)
+        update, parsed = compact_decode_parsed(payload, limits)
     elif flags & FLAG_ZSTD:
         update = _unzstd(payload, limits.max_update_bytes)
     else:
@@ -173,7 +188,12 @@ def unpack(data: bytes, limits: UpdateLimits) -> Envelope:
         raise MalformedUpdateError("envelope field 4 (held updates) must be a list of bytes")
     if sum(len(h) for h in held) > limits.max_update_bytes:
         raise UpdateLimitError("held updates exceed the update size limit")
-    return Envelope(update=update, flags=flags, version=version, held=tuple(held))
+    cache = obj.get(5, b"")
+    if type(cache) is not bytes:
+        raise MalformedUpdateError("envelope field 5 (derived-state cache) must be bytes")
+    return Envelope(
+        update=update, flags=flags, version=version, held=tuple(held), parsed=parsed, cache=cache
+    )
 
 
 def _unzstd(payload: bytes, limit: int) -> bytes:

@@ -25,7 +25,8 @@ Register    Y.Map       ``str(client id) -> {"v": value, "t": [ms, counter]}``: 
 ==========  ==========  ==============================================================
 
 Nested counters, registers (and trees) are Y.Maps carrying the reserved key
-``"\\x00k"`` naming their kind, which user map keys may not start with; root
+``"\\x00k"`` naming their kind (every kind is listed in
+:mod:`crdtsync.model.kinds`), which user map keys may not start with; root
 containers get their kind from the document's root registry instead (see
 :mod:`crdtsync.model.doc`), because writing a marker when a root is merely accessed
 would be an edit.
@@ -44,6 +45,7 @@ import pycrdt
 
 from crdtsync.errors import EngineError, InvalidOperationError, InvalidValueError
 from crdtsync.model import values
+from crdtsync.model.kinds import kind_class
 from crdtsync.model.text_index import TextIndex
 from crdtsync.model.values import check_key, check_text
 
@@ -174,7 +176,7 @@ def wrap(doc: Doc, stored: Any) -> Any:
     t = type(stored)
     if t is pycrdt.Map:
         kind = stored.get(KIND_KEY) if KIND_KEY in stored else None
-        cls = _KINDS.get(kind, Map) if kind is not None else Map
+        cls = (kind_class(kind) or Map) if kind is not None else Map
         return cls._attached(doc, stored)
     if t is pycrdt.Array:
         return List._attached(doc, stored)
@@ -949,22 +951,3 @@ def _entry_time(entry: Any) -> tuple[int, int] | None:
     if type(ms) is not int or type(c) is not int:
         return None
     return ms, c
-
-
-_KINDS: dict[str, type[Container]] = {
-    "map": Map,
-    "list": List,
-    "text": Text,
-    "counter": Counter,
-    "register": Register,
-}
-
-
-def register_kind(cls: type[Container]) -> None:
-    """Make ``wrap`` recognise a container kind defined in another module (the tree)."""
-    _KINDS[cls.kind] = cls
-
-
-def kind_class(kind: str) -> type[Container] | None:
-    """The container class for a kind name, if known."""
-    return _KINDS.get(kind)

@@ -10,9 +10,12 @@ A root is registered in the transaction of its first edit, never when it is
 merely accessed: accessing is not an edit, and two replicas that imported the
 same updates must be equal whichever roots each looked at.
 
-Bytes from outside take one path: envelope (``encoding.unpack``), then the full
-Yjs v1 validator (``_yupdate.validate_update``), and only then pycrdt, inside a
-transaction whose origin marks it remote. pycrdt's Rust panics are
+Bytes from outside take one path: envelope (``encoding.unpack``), one parse
+(the compact decoder's own, or ``_yupdate.parse_update``), the validator's one
+pass that checks every rule and integrates the update into the document's
+index (``_yupdate.DocIndex.begin``), and only then pycrdt, inside a
+transaction whose origin marks it remote. Updates that arrive ahead of what
+they depend on are held, within budgets, until it arrives. pycrdt's Rust panics are
 ``BaseException``\\ s; they are translated into :class:`EngineError` at the one
 place pycrdt is called.
 
@@ -25,10 +28,13 @@ callback may itself edit the document.
 from __future__ import annotations
 
 import builtins
+import heapq
+import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,8 +59,9 @@ from crdtsync.format.yupdate import (
     MissingUpdatesError,
     ParsedUpdate,
     UpdateLimits,
+    encode_delete_set,
+    encode_update,
     parse_update,
-    validate_update,
 )
 from crdtsync.model.containers import (
     KIND_KEY,
@@ -65,8 +72,9 @@ from crdtsync.model.containers import (
     Register,
     Text,
     engine_error,
-    kind_class,
 )
+from crdtsync.model.kinds import kind_class
+from crdtsync.model.tree_events import TreeChange
 from crdtsync.model.values import check_text
 
 if TYPE_CHECKING:
@@ -80,7 +88,9 @@ __all__ = ["DEFAULT_LIMITS", "Change", "ChangeEvent", "Doc"]
 REGISTRY = "__crdtsync_roots"
 DEFAULT_LIMITS = UpdateLimits()
 _MAX_PEER_ID = 2**53  # JS clients read client ids as doubles
-_MAX_HELD = 10_000  # updates held for missing predecessors
+#: Local transactions buffered before they are recorded in the index anyway.
+_LOCAL_BATCH = 512
+log = logging.getLogger("crdtsync.doc")
 # Engine type ref of each engine root type, for the validator's index.
 _TYPE_REFS: dict[Any, int] = {
     pycrdt.Map: TYPE_MAP,
@@ -105,6 +115,10 @@ class Change:
             for list inserts). ``None`` for a text whose earlier content this
             document had not seen (read the text instead).
         created: the whole root appeared in this transaction (read it whole).
+        tree: for trees, what happened to each node
+            (:class:`~crdtsync.TreeChange`: created, moved, deleted, data
+            changed), in an order that applies to the tree as it was; ``None``
+            for a tree this replica had not read before (read it whole).
     """
 
     path: tuple[str | int, ...]
@@ -112,6 +126,7 @@ class Change:
     keys: dict[str, str] | None = None
     delta: list[dict[str, Any]] | None = None
     created: bool = False
+    tree: tuple[TreeChange, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -239,8 +254,28 @@ class Doc:
         self._registry: Any = self._y.get(REGISTRY, type=pycrdt.Map)
         # What the validator knows of this document's structure (see _yupdate.DocIndex).
         self._index = DocIndex({REGISTRY: TYPE_MAP})
-        # Updates waiting for predecessors: (v1 update, origin).
-        self._held: builtins.list[tuple[bytes, Any]] = []
+        # Whether the index hears of local transactions (from the first import on).
+        self._index_live = False
+        # Local transactions' updates not recorded in the index yet.
+        self._local: builtins.list[bytes] = []
+        # Our own import's engine transaction is running (its event is not local).
+        self._importing = False
+        # Whether that transaction's delete set must reach the index (yrs may
+        # delete redundant formatting items of its own accord), and the set.
+        self._want_event_deletes = False
+        self._event_deletes: bytes | None = None
+        # The last parse new_writers() made, for the import of the same bytes.
+        self._last_parse: tuple[bytes, ParsedUpdate] | None = None
+        # Updates waiting for predecessors, by arrival number; their arrival
+        # order with times (for expiry); per client, a heap of (clock, number):
+        # an update is retried once the client's clock passes that clock.
+        self._held: dict[int, _Held] = {}
+        self._held_order: deque[tuple[float, int]] = deque()
+        self._waiting: dict[int, builtins.list[tuple[int, int]]] = {}
+        self._held_seq = 0
+        self._held_bytes = 0
+        self._held_deletes = 0  # deleted ranges in held delete-only updates
+        self._held_per_origin: dict[int, int] = {}
         # Root containers accessed here, by name.
         self._roots: dict[str, Container] = {}
         # Bumped by every import and text edit: invalidates text offset caches.
@@ -455,6 +490,50 @@ class Doc:
         self._hlc = ts
         return ts
 
+    # -- what containers ask of their document (the tree uses these) ---------------
+
+    def edit(self, container: Container) -> _Txn:
+        """A transaction for an edit of ``container`` (a root registers its kind on its first edit).
+
+        Edits join an open transaction; events and updates go out when the
+        outermost one ends.
+        """
+        return _Txn(self, None, container)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (edits now join it)."""
+        return self._depth > 0
+
+    @property
+    def observed(self) -> bool:
+        """Whether anyone observes this document's changes or updates."""
+        return self._observed
+
+    @property
+    def importing(self) -> bool:
+        """Whether the open transaction applies a remote update (rather than local edits)."""
+        return self._depth > 0 and isinstance(self._origin, _Remote)
+
+    def root_name(self, container: Container) -> str | None:
+        """The name of ``container`` if it is this document's wrapper of a root, else ``None``."""
+        for name, root in self._roots.items():
+            if root is container:
+                return name
+        return None
+
+    def _tree_shapes(self) -> bytes:
+        """The shapes of the trees read here, saved beside the update (``docs/TREE.md``)."""
+        from crdtsync.model.tree import tree_cache
+
+        return tree_cache(self)
+
+    def _offer_tree_shapes(self, blob: bytes) -> None:
+        """Let this loaded document's trees start from their saved shapes, if still valid."""
+        from crdtsync.model.tree import offer_cache
+
+        offer_cache(self, blob)
+
     # -- versions and updates ----------------------------------------------------------
 
     @property
@@ -482,30 +561,43 @@ class Doc:
         return bytes(self._y.get_update(since.to_bytes()))
 
     def contains(self, update: bytes) -> bool:
-        """Whether this replica already has everything a raw Yjs v1 update carries.
+        """Whether importing a raw Yjs v1 update would change nothing and hold nothing.
 
-        True for an empty update, and for a catch-up that only repeats known items
-        and deletions: what a read-only client may send without writing anything.
+        True exactly when every struct of the update (Skip structs included)
+        lies within the clocks this replica has, and every range its delete
+        set names is already deleted here: an empty update, or a catch-up that
+        only repeats known items and deletions (what a read-only client may
+        send without writing anything). False when the update would add
+        something, or would be held (it reaches past the clocks this replica
+        has: a gap, a Skip, a deletion of something not here yet). The answer
+        costs in proportion to the update, not to the document.
 
         Raises:
             InvalidUpdateError: the bytes are not a valid update.
         """
         parsed = parse_update(bytes(update), self._limits)
-        version = self.version
+        self._sync_index()
+        state = self._index.state
         for client, structs in parsed.clients.items():
-            known = version.get(client) or 0
-            if any(s.end > known for s in structs if s.kind != STRUCT_SKIP):
+            if structs[-1].end > state.get(client, 0):
                 return False
-        if not parsed.delete_set:
-            return True
-        # Our own delete set: what an update since our full version carries.
-        ours = parse_update(self.export_yjs_update(since=version), self._limits).delete_set
-        for client, ranges in parsed.delete_set.items():
-            have = sorted(ours.get(client, ()))
-            for clock, length in ranges:
-                if not _covered(have, clock, clock + length):
-                    return False
-        return True
+        return self._index.covers(parsed.delete_set)
+
+    def new_writers(self, update: bytes) -> builtins.list[int]:
+        """Client ids under which a raw Yjs v1 update writes structs this replica lacks.
+
+        What a sync layer's writer check needs (which ids a peer may write
+        under). The parse is kept for an :meth:`import_yjs_update` of the same
+        bytes right after, so checking the writers costs no second parse.
+
+        Raises:
+            InvalidUpdateError: the bytes are not a valid update.
+        """
+        data = bytes(update)
+        parsed = parse_update(data, self._limits)
+        self._last_parse = (data, parsed)
+        known = self.version
+        return [c for c, end in parsed.state_vector_after().items() if end > (known.get(c) or 0)]
 
     def save(self) -> bytes:
         """The full history in the compact encoding, for :meth:`load`."""
@@ -513,7 +605,8 @@ class Doc:
             bytes(self._y.get_update()),
             compact=True,
             snapshot=True,
-            held=[u for u, _ in self._held],
+            held=self.held_updates(),
+            cache=self._tree_shapes(),
         )
 
     @classmethod
@@ -527,12 +620,17 @@ class Doc:
     ) -> Doc:
         """A new document holding what :meth:`save` (or :meth:`export_update`) wrote.
 
+        Stored state is read under ``limits.max_document_bytes`` (a document
+        is larger than any one update it grew by); each held update it carries
+        under the per-update limits.
+
         Raises:
             InvalidUpdateError: if the bytes are not a valid crdtsync document.
         """
         doc = cls(peer_id=peer_id, limits=limits, clock=clock)
-        env = encoding.unpack(data, doc._limits)
-        doc._apply(env.update, None)
+        whole = doc._document_limits()
+        env = encoding.unpack(data, whole)
+        doc._apply(env.update, None, env.parsed, whole)
         if doc._held:
             raise MissingUpdatesError(
                 "not a complete document: it depends on changes it does not contain "
@@ -542,6 +640,7 @@ class Doc:
             )
         for update in env.held:
             doc._apply(update, None)
+        doc._offer_tree_shapes(env.cache)
         return doc
 
     def import_update(self, data: bytes, *, origin: Any = None) -> None:
@@ -559,15 +658,21 @@ class Doc:
             EngineError: the engine failed after validation (a bug: please report).
         """
         env = encoding.unpack(data, self._limits)
-        self._apply(env.update, origin)
+        self._apply(env.update, origin, env.parsed)
         for update in env.held:
             self._apply(update, origin)
 
     def import_yjs_update(self, data: bytes, *, origin: Any = None) -> None:
         """Merge a raw Yjs v1 update (from Yjs, y-websocket or pycrdt peers).
 
+        An update that depends on changes this replica does not have yet is
+        held (see :attr:`pending`) and applied when they arrive.
+
         Raises:
             InvalidUpdateError: if the bytes are not a valid update.
+            UpdateLimitError: it exceeds a limit, or holding it would exceed the
+                budget for held updates (``UpdateLimits.max_held_*``,
+                ``max_pending_deletes``).
         """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidUpdateError(f"updates are bytes, not {type(data).__name__}")
@@ -580,67 +685,152 @@ class Doc:
 
     def held_updates(self) -> builtins.list[bytes]:
         """The raw updates held until their predecessors arrive (see :attr:`pending`)."""
-        return [u for u, _ in self._held]
+        return [h.update for h in self._held.values()]
+
+    # -- the import path ---------------------------------------------------------------
+    #
+    # Bytes -> one parse (or the compact decoder's own) -> DocIndex.begin, which
+    # checks every rule and integrates the structs into the index in one pass ->
+    # pycrdt -> IndexUpdate.commit (deletions). Local transactions reach the index
+    # through their own update (pycrdt's transaction event), recorded before the
+    # next import; nothing here costs in proportion to the document.
+
+    def _document_limits(self) -> UpdateLimits:
+        """The limits for stored state: ``max_document_bytes`` instead of the update size."""
+        lim = self._limits
+        return replace(lim, max_update_bytes=max(lim.max_update_bytes, lim.max_document_bytes))
 
     def _sync_index(self) -> None:
-        """Bring the validator's index up to date with this document.
+        """Bring the validator's index up to date with this document's own changes.
 
-        Local transactions are recorded lazily, here, as one state-vector diff,
-        so that editing pays nothing for it. The diff carries the whole delete
-        set, which the index needs even when the state vector did not move: a
-        deleted container's items are garbage-collected by yrs, and that changes
-        where a later remote item lands (``_yupdate.DocIndex.record_diff``).
+        Until the first import the index listens to nothing, so that a document
+        only ever edited locally pays nothing for it; the first import records
+        what happened so far as one state-vector diff and subscribes to the
+        engine's transactions. From then on each local transaction's update
+        (which carries its deletions: a deleted container's items are GC'd by
+        yrs, and that changes where later remote items land) is recorded here,
+        before the next import is checked.
         """
-        diff = bytes(self._y.get_update(Version(self._index.state).to_bytes()))
-        self._index.record_diff(diff, self._limits)
+        if not self._index_live:
+            diff = bytes(self._y.get_update(Version(self._index.state).to_bytes()))
+            self._index.record_diff(diff, self._document_limits())
+            self._index_live = True
+            self._subscribe_engine()
+            return
+        if self._local:
+            self._record_local()
 
-    def _apply(self, update: bytes, origin: Any) -> None:
-        self._sync_index()
+    def _record_local(self) -> None:
+        local, self._local = self._local, []
+        limits = self._document_limits()
         try:
-            parsed = validate_update(update, self._limits, index=self._index)
-        except MissingUpdatesError:
+            for update in local:
+                self._index.record(parse_update(update, limits))
+        except InvalidUpdateError as exc:
+            # The engine's own transaction did not fit the index: a bug in the
+            # index. Rebuild it from the engine's state rather than check later
+            # updates against a wrong one (and rather than fail the user's edit).
+            log.error("the validator's index lost track of a local change (%s); rebuilding", exc)
+            self._rebuild_index()
+
+    def _rebuild_index(self) -> None:
+        index = DocIndex(self._index.root_types)
+        index.record_diff(bytes(self._y.get_update()), self._document_limits())
+        self._index = index
+
+    def _apply(
+        self,
+        update: bytes,
+        origin: Any,
+        parsed: ParsedUpdate | None = None,
+        limits: UpdateLimits | None = None,
+    ) -> None:
+        limits = limits or self._limits
+        self._expire_held()
+        self._sync_index()
+        if parsed is None:
+            cached, self._last_parse = self._last_parse, None
+            if cached is not None and (cached[0] is update or cached[0] == update):
+                parsed = cached[1]
+            else:
+                parsed = parse_update(update, limits)
+        try:
+            moved = self._integrate(update, parsed, origin, limits)
+        except MissingUpdatesError as exc:
             # Out of order: pycrdt 0.14 would integrate past the gap and diverge
             # (see _yupdate), so we hold the update until its predecessors arrive.
-            self._hold(update, origin)
+            self._hold(update, origin, [exc.needs])
             return
-        self._integrate(update, parsed, origin)
-        if self._held:
-            self._release_held()
+        if self._waiting and moved:
+            self._release_held(moved)
 
-    def _hold(self, update: bytes, origin: Any) -> None:
-        size = sum(len(u) for u, _ in self._held) + len(update)
-        if len(self._held) >= _MAX_HELD or size > self._limits.max_update_bytes:
-            raise UpdateLimitError(
-                f"too many updates waiting for missing predecessors ({len(self._held)} held, "
-                f"{size} bytes); re-sync from this document's version instead"
-            )
-        self._held.append((update, origin))
+    def _integrate(
+        self, update: bytes, parsed: ParsedUpdate, origin: Any, limits: UpdateLimits
+    ) -> builtins.list[int]:
+        """Check, apply and index one update; returns the clients whose clocks moved.
 
-    def _release_held(self) -> None:
-        progress = True
-        while progress and self._held:
-            progress = False
-            for entry in list(self._held):
-                update, origin = entry
-                try:
-                    parsed = validate_update(update, self._limits, index=self._index)
-                except MissingUpdatesError:
-                    continue
-                except InvalidUpdateError:
-                    # It passed every document-independent check when it arrived;
-                    # what it depends on now contradicts it. Dropping it keeps the
-                    # document safe; a state-vector sync re-sends anything real.
-                    self._held.remove(entry)
-                    continue
-                self._held.remove(entry)
-                self._integrate(update, parsed, origin)
-                progress = True
+        Deletions of clocks this replica does not have yet are split off and
+        held as a delete-only update: yrs would keep them pending, re-read all
+        of them on every later update, and leave them out of :meth:`save`.
+        """
+        later: dict[int, builtins.list[tuple[int, int]]] = {}
+        if parsed.delete_set:
+            now, later = _split_deletes(parsed, self._index.state)
+            if later:
+                held_update = encode_update(ParsedUpdate({}, later))
+                n_later = sum(len(r) for r in later.values())
+                if self._held_deletes + n_later > limits.max_pending_deletes:
+                    raise UpdateLimitError(
+                        f"the update deletes {n_later} ranges of changes this document does "
+                        f"not have, {self._held_deletes} are waiting already: more than "
+                        f"max_pending_deletes={limits.max_pending_deletes}"
+                    )
+                self._check_hold_budget(len(held_update), origin)
+                update = (
+                    update[: parsed.ds_pos] + encode_delete_set(now)
+                    if parsed.ds_pos >= 0
+                    else encode_update(ParsedUpdate(parsed.clients, now))
+                )
+                parsed = ParsedUpdate(parsed.clients, now, -1)
+        txn = self._index.begin(parsed, limits)
+        self._want_event_deletes = self._index.formatting or txn.formatting
+        try:
+            self._engine_apply(update, origin)
+        except BaseException:
+            txn.rollback()
+            raise
+        finally:
+            self._want_event_deletes = False
+        txn.commit()
+        if self._event_deletes is not None:
+            # yrs deleted formatting items of its own accord (redundant ones).
+            ds, self._event_deletes = self._event_deletes, None
+            deletes = parse_update(b"\x00" + ds, self._document_limits()).delete_set
+            self._index.record_deletes(deletes)
+        if later:
+            self._hold(held_update, origin, _first_needs(later), n_later)
+        if self._observers:
+            created = self._watch_new_roots()
+            if created:
+                ev = self._queue[-1][0] if self._queue else None
+                if ev is not None and not ev.local and ev.origin is origin:
+                    ev = ChangeEvent(origin, False, ev.changes + tuple(created))
+                    self._queue[-1] = (ev, *self._queue[-1][1:])
+                else:
+                    self._queue.append(
+                        (ChangeEvent(origin, False, tuple(created)), b"", origin, False)
+                    )
+        if self._depth == 0 and self._queue:
+            self._deliver()
+        return builtins.list(txn.old_state)
 
-    def _integrate(self, update: bytes, parsed: ParsedUpdate, origin: Any) -> None:
+    def _engine_apply(self, update: bytes, origin: Any) -> None:
+        """Hands validated bytes to pycrdt, in a transaction marked remote."""
         outermost = self._depth == 0
         # Hold delivery until roots that this update created are known, so the
         # event can say so.
         self._depth += 1
+        self._importing = outermost
         try:
             with _Txn(self, _Remote(origin)):
                 if outermost:
@@ -653,24 +843,111 @@ class Doc:
                     raise EngineError(f"the CRDT engine refused a validated update: {exc}") from exc
         finally:
             self._depth -= 1
+            self._importing = False
             self._text_epoch += 1
-        self._index.record(parsed)
-        # yrs may delete more than the update says (a concurrent map write
-        # replaces a local container): learn that before validating anything else.
-        self._sync_index()
-        if self._observers:
-            created = self._watch_new_roots()
-            if created:
-                ev = self._queue[-1][0] if self._queue else None
-                if ev is not None and not ev.local and ev.origin is origin:
-                    ev = ChangeEvent(origin, False, ev.changes + tuple(created))
-                    self._queue[-1] = (ev, *self._queue[-1][1:])
-                else:
-                    self._queue.append(
-                        (ChangeEvent(origin, False, tuple(created)), b"", origin, False)
+
+    # -- held updates --------------------------------------------------------------------
+
+    def _check_hold_budget(self, size: int, origin: Any) -> None:
+        lim = self._limits
+        if len(self._held) >= lim.max_held_updates or self._held_bytes + size > lim.max_held_bytes:
+            raise UpdateLimitError(
+                f"too many updates waiting for missing predecessors ({len(self._held)} held, "
+                f"{self._held_bytes} bytes); re-sync from this document's version instead"
+            )
+        if (
+            origin is not None
+            and self._held_per_origin.get(id(origin), 0) >= lim.max_held_per_origin
+        ):
+            raise UpdateLimitError(
+                f"{lim.max_held_per_origin} updates from this origin are already waiting for "
+                "missing predecessors; re-sync from this document's version instead"
+            )
+
+    def _hold(
+        self, update: bytes, origin: Any, needs: builtins.list[tuple[int, int]], deletes: int = 0
+    ) -> None:
+        self._check_hold_budget(len(update), origin)
+        self._held_seq += 1
+        entry = _Held(self._held_seq, update, origin, self._clock(), needs, deletes)
+        self._add_held(entry)
+        self._held_order.append((entry.since, entry.seq))
+
+    def _add_held(self, entry: _Held) -> None:
+        self._held[entry.seq] = entry
+        self._held_bytes += len(entry.update)
+        self._held_deletes += entry.deletes
+        if entry.origin is not None:
+            key = id(entry.origin)
+            self._held_per_origin[key] = self._held_per_origin.get(key, 0) + 1
+        for client, clock in entry.needs:
+            heapq.heappush(self._waiting.setdefault(client, []), (clock, entry.seq))
+
+    def _drop_held(self, seq: int) -> _Held | None:
+        entry = self._held.pop(seq, None)
+        if entry is None:
+            return None
+        self._held_bytes -= len(entry.update)
+        self._held_deletes -= entry.deletes
+        if entry.origin is not None:
+            key = id(entry.origin)
+            left = self._held_per_origin[key] - 1
+            if left:
+                self._held_per_origin[key] = left
+            else:
+                del self._held_per_origin[key]
+        return entry
+
+    def _expire_held(self) -> None:
+        """Drops held updates older than ``held_timeout`` (oldest first)."""
+        order = self._held_order
+        if not order:
+            return
+        deadline = self._clock() - self._limits.held_timeout
+        while order and (order[0][0] <= deadline or order[0][1] not in self._held):
+            since, seq = order.popleft()
+            if seq in self._held and since <= deadline:
+                self._drop_held(seq)
+                log.info(
+                    "dropped an update held for %.0f s waiting for missing predecessors",
+                    self._clock() - since,
+                )
+        if not self._held:
+            order.clear()
+            self._waiting.clear()
+
+    def _release_held(self, moved: builtins.list[int]) -> None:
+        """Retry the held updates waiting for clocks that just arrived."""
+        clients = set(moved)
+        while clients:
+            ready: set[int] = set()
+            for client in clients:
+                heap = self._waiting.get(client)
+                if not heap:
+                    continue
+                have = self._index.state.get(client, 0)
+                while heap and heap[0][0] < have:
+                    ready.add(heapq.heappop(heap)[1])
+                if not heap:
+                    del self._waiting[client]
+            clients = set()
+            for seq in sorted(ready):
+                entry = self._drop_held(seq)
+                if entry is None:
+                    continue  # applied or dropped meanwhile (also waited elsewhere)
+                try:
+                    parsed = parse_update(entry.update, self._limits)
+                    clients.update(
+                        self._integrate(entry.update, parsed, entry.origin, self._limits)
                     )
-        if outermost and self._queue:
-            self._deliver()
+                except MissingUpdatesError as exc:
+                    entry.needs = [exc.needs]
+                    self._add_held(entry)
+                except InvalidUpdateError as exc:
+                    # It passed every document-independent check when it arrived;
+                    # what it depends on now contradicts it. Dropping it keeps the
+                    # document safe; a state-vector sync re-sends anything real.
+                    log.info("dropped a held update that no longer applies: %s", exc)
 
     # -- events ------------------------------------------------------------------------
 
@@ -736,12 +1013,20 @@ class Doc:
         return created
 
     def _on_deep(self, name: str, events: Any) -> None:
+        from crdtsync.model.tree import nested_trees, tree_changes
+
         root = self._roots.get(name)
         if (root is not None and root.kind == "tree") or self._registry.get(name) == "tree":
             # A tree's engine layout (operation log, data maps) is not its shape:
-            # report the tree as changed and let readers ask it.
-            self._pending.append(Change((name,), "tree"))
+            # the tree says what happened to its nodes.
+            changes = tree_changes(root, [(ev.path, ev) for ev in events])
+            self._pending.append(Change((name,), "tree", tree=changes))
             return
+        if root is not None:
+            events, trees = nested_trees(self, root._y, events)
+            for where, (tree, inside) in trees.items():
+                changes = tree_changes(tree, inside)
+                self._pending.append(Change((name, *where), "tree", tree=changes))
         for ev in events:
             path = (name, *ev.path)
             target = ev.target
@@ -801,6 +1086,14 @@ class Doc:
 
     def _on_transaction(self, event: Any) -> None:
         # Runs inside pycrdt's commit: only package; delivery happens after it.
+        if self._index_live:
+            if self._importing:
+                if self._want_event_deletes:
+                    self._event_deletes = bytes(event.delete_set)
+            else:
+                self._local.append(bytes(event.update))
+                if len(self._local) >= _LOCAL_BATCH:
+                    self._record_local()
         changes, self._pending = self._pending, []
         origin = self._origin
         local = not isinstance(origin, _Remote)
@@ -823,17 +1116,53 @@ class Doc:
 
     def _subscribe_transactions(self) -> None:
         self._observed = True
+        self._subscribe_engine()
+
+    def _subscribe_engine(self) -> None:
         if self._txn_sub is None:
             self._txn_sub = self._y.observe(self._on_transaction)
 
 
-def _covered(ranges: builtins.list[tuple[int, int]], start: int, end: int) -> bool:
-    """Whether sorted ``(clock, length)`` ranges cover ``[start, end)``."""
-    pos = start
-    for clock, length in ranges:
-        if clock > pos:
-            break
-        pos = max(pos, clock + length)
-        if pos >= end:
-            return True
-    return pos >= end
+@dataclass(eq=False, slots=True)
+class _Held:
+    """An update held until the changes it needs arrive."""
+
+    seq: int  # arrival number
+    update: bytes
+    origin: Any
+    since: float  # arrival time (the document's clock)
+    needs: builtins.list[tuple[int, int]]  # retried once one of these clocks is here
+    deletes: int = 0  # ranges, for a delete-only update split off an import
+
+
+def _split_deletes(
+    parsed: ParsedUpdate, state: dict[int, int]
+) -> tuple[dict[int, builtins.list[tuple[int, int]]], dict[int, builtins.list[tuple[int, int]]]]:
+    """The delete set cut at the clocks the document will have after the update's structs."""
+    now: dict[int, builtins.list[tuple[int, int]]] = {}
+    later: dict[int, builtins.list[tuple[int, int]]] = {}
+    for client, ranges in parsed.delete_set.items():
+        have = state.get(client, 0)
+        structs = parsed.clients.get(client)
+        if structs:
+            for s in reversed(structs):
+                if s.kind != STRUCT_SKIP:
+                    have = max(have, s.end)
+                    break
+        for clock, length in ranges:
+            end = clock + length
+            if end <= have:
+                now.setdefault(client, []).append((clock, length))
+            elif clock >= have:
+                later.setdefault(client, []).append((clock, length))
+            else:
+                now.setdefault(client, []).append((clock, have - clock))
+                later.setdefault(client, []).append((have, end - have))
+    return now, later
+
+
+def _first_needs(
+    later: dict[int, builtins.list[tuple[int, int]]],
+) -> builtins.list[tuple[int, int]]:
+    """For a held delete-only update: the first missing clock of each of its clients."""
+    return [(client, ranges[0][0]) for client, ranges in later.items()]

@@ -17,7 +17,11 @@ protocol itself lives in the session. What the shell adds:
   pycrdt reduces to what was new: a duplicate produces none, so a mesh does not
   echo). This makes any connected graph of peers converge, not only stars.
 * **Reconnection.** ``connect(address)`` keeps the connection up for the Peer's
-  lifetime, retrying with capped exponential backoff and jitter.
+  lifetime, retrying with capped exponential backoff and jitter, and asking a
+  token provider (:mod:`crdtsync.peer.tokens`) for a token at every connection.
+  A refusal that retrying cannot fix (a bad or expired token, a wrong room) is
+  raised by ``connect`` when it answers the first handshake; later, it stops the
+  reconnecting (status ``stopped``), and :meth:`Peer.wait_synced` returns it at once.
 * **Compaction.** When a document's log grows past ``compact_every`` updates,
   its state is encoded into a snapshot in a worker thread and
   :meth:`Store.compact` folds the log in one transaction, while edits go on.
@@ -29,9 +33,21 @@ protocol itself lives in the session. What the shell adds:
   (:mod:`crdtsync.peer.guests`). Guests and sessions go through the same write policy
   (:mod:`crdtsync.peer.policy`) and the same writer registry (:attr:`Peer.writers`).
 
+* **Several transports.** The address's scheme picks the transport:
+  :meth:`Peer.set_transport` registers one for a scheme (``start_lan`` does for
+  ``lan://``), else the Peer's own ``transport=``, else the defaults of
+  :mod:`crdtsync.peer.schemes` (``ws://``, ``wss://``). LAN and relay links
+  carry the same sessions, so either alone suffices to converge.
+* **Identities.** A connection that declares ``Ability.IDENTITY`` proved a key;
+  :meth:`Peer.bind_identities` installs who checks what its session may claim
+  (its peer id, the client ids it writes under) before the session opens. The
+  LAN manager (:meth:`Peer.start_lan`, :mod:`crdtsync.peer.lan`) is one.
+
 Failures of background tasks (a connection's reader or writer, a compaction, a
 reconnect loop) are never dropped: they are logged under ``crdtsync.peer`` and
-reported as ``error`` statuses.
+reported as ``error`` statuses. The ``crdtsync.peer`` logger also tells, at DEBUG,
+every connection attempt, handshake and reconnect delay; at INFO, connections
+made and lost; at WARNING, every refusal (tokens are never logged).
 """
 
 from __future__ import annotations
@@ -42,14 +58,15 @@ import logging
 import os
 import random
 import secrets
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from urllib.parse import urlsplit
 
 from crdtsync.errors import (
     AuthError,
+    ConnectionClosedError,
     ConnectTimeoutError,
     CrdtSyncError,
     DocNotOpenError,
@@ -57,30 +74,57 @@ from crdtsync.errors import (
     EpochMismatchError,
     ErrorCode,
     InvalidOperationError,
+    InvalidRoomError,
     InvalidUpdateError,
     LimitExceededError,
     LocalProtocolError,
+    MissingDependencyError,
     NoSuchDocumentError,
     ProtocolError,
     ReadOnlyError,
     StoreError,
+    TokenExpiredError,
     TransportError,
+    UnsupportedAddressError,
     VersionMismatchError,
 )
 from crdtsync.format import envelope as encoding
 from crdtsync.format.version import Version
 from crdtsync.format.yupdate import UpdateLimits
 from crdtsync.model.doc import Doc
-from crdtsync.net import Connection, FlowConnection, Listener, Transport, has_flow_control
+from crdtsync.net import (
+    Connection,
+    FlowConnection,
+    IdentityConnection,
+    Listener,
+    Transport,
+    has_flow_control,
+    has_identity,
+)
 from crdtsync.peer.guests import DocWatcher, Entries, Guest, GuestPort, Origin
 from crdtsync.peer.policy import MAX_HELD_PER_SENDER, Admission, KnownDeletions, Sender, admit
+from crdtsync.peer.schemes import check_sync_address, shown_address
+from crdtsync.peer.tokens import TokenSource, check_token_source, fetch_token
 from crdtsync.protocol import session as p
 from crdtsync.protocol.awareness import Awareness, AwarenessChange, state_cost
 from crdtsync.protocol.limits import TokenBucket
 from crdtsync.store.base import Store, StoredDoc
 from crdtsync.store.memory import MemoryStore
 
-__all__ = ["Backoff", "Grant", "HelloInfo", "Peer", "Status"]
+if TYPE_CHECKING:
+    from crdtsync.peer.lan import GroupKeyLike, LanManager, LanOptions
+    from crdtsync.transports.lan import DeviceIdentity
+
+__all__ = [
+    "Backoff",
+    "Grant",
+    "HelloInfo",
+    "IdentityBinder",
+    "IdentityCheck",
+    "Peer",
+    "Status",
+    "SyncResult",
+]
 
 log = logging.getLogger("crdtsync.peer")
 
@@ -161,21 +205,79 @@ class Status:
     """A connection or document status change, for ``on_status`` callbacks.
 
     Attributes:
-        kind: ``"connected"``, ``"synced"``, ``"disconnected"`` or ``"error"``.
+        kind: ``"connected"``, ``"synced"``, ``"disconnected"``, ``"error"``, or
+            ``"stopped"``: an outbound connection gave up for good after a refusal
+            retrying cannot fix (``error`` says which: ``TokenError``,
+            ``TokenExpiredError``, ``AuthError``...); ``connect`` again, with a new
+            token, to retry. A refused document is an ``error`` with ``doc`` set
+            (``RoomNotAllowedError``, ``ReadOnlyError``, ``InvalidRoomError``).
+            The LAN manager adds ``"discovered"`` (a device was announced),
+            ``"linked"`` (an authenticated link to it is up), ``"replaced"``
+            (its restarted incarnation's link replaced the old one),
+            ``"refused"`` (another group key, an identity mismatch, a forged
+            writer id, a refused frame, a device off the allow-list) and
+            ``"dropped"`` (an address that kept failing).
         address: the remote address (for inbound connections, what the transport
             says of the peer).
         peer_id: the remote peer id, when known.
         doc: the document concerned (``synced`` and document errors).
         reason: a readable reason.
-        error: the error, for ``error`` and abnormal ``disconnected``.
+        error: the error, for ``error``, ``refused`` and abnormal ``disconnected``.
+        device: the fingerprint of the device's key, when it proved one.
     """
 
-    kind: Literal["connected", "synced", "disconnected", "error"]
+    kind: Literal[
+        "connected",
+        "synced",
+        "disconnected",
+        "error",
+        "stopped",
+        "discovered",
+        "linked",
+        "replaced",
+        "refused",
+        "dropped",
+    ]
     address: str | None = None
     peer_id: int | None = None
     doc: str | None = None
     reason: str = ""
     error: CrdtSyncError | None = None
+    device: str | None = None
+
+
+#: What a session on an identity connection may claim: called with the peer id
+#: and the writer ids its handshake declares, returns what it is granted, and
+#: raises a :class:`ProtocolError` (its code goes to the peer) to refuse it.
+IdentityCheck: TypeAlias = Callable[[int, tuple[int, ...]], Grant]
+#: Called with each connection that declares ``Ability.IDENTITY`` before its
+#: session sends a byte; returns the check of its handshake, or raises a
+#: :class:`CrdtSyncError` to refuse the connection (it is closed).
+IdentityBinder: TypeAlias = Callable[[IdentityConnection], IdentityCheck]
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What ``wait_synced`` found: synced, or why not.
+
+    True in a boolean context exactly when synced, so ``assert await
+    peer.wait_synced("notes", timeout=10)`` and ``if not await ...`` read as they
+    always did.
+
+    Attributes:
+        synced: the document is in sync.
+        reason: why not, in words ("" when synced).
+        error: the error behind it, if any: the refusal that made syncing
+            impossible (``RoomNotAllowedError``, ``ReadOnlyError``,
+            ``TokenExpiredError``...), or the last connection failure.
+    """
+
+    synced: bool
+    reason: str = ""
+    error: CrdtSyncError | None = None
+
+    def __bool__(self) -> bool:
+        return self.synced
 
 
 @dataclass(eq=False)
@@ -222,6 +324,8 @@ class _Link:
     grant: Grant | None = None
     # Set while _process runs: nested calls leave new events to the running loop.
     busy: bool = False
+    # What its proven identity lets its session claim (Peer.bind_identities), or None.
+    check: IdentityCheck | None = None
     # Catch-up answers not yet sent through, by document: (number, bytes). One
     # answer per document, however large, is not a slow consumer's backlog; only
     # the latest per document counts, so re-opening a document again and again
@@ -235,6 +339,12 @@ class _Link:
     imports: TokenBucket | None = None
     charged: int = 0
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # Outbound, before connect() is answered: the documents offered in the handshake
+    # whose answer (the server's SYNC or DOC_ERROR) has not come yet.
+    awaiting: set[str] | None = None
+    # Documents the peer refused on this session (a token for another room, a
+    # read-only grant...), by name: why they cannot sync here (wait_synced).
+    refusals: dict[str, ProtocolError] = field(default_factory=dict)
 
     @property
     def catch_up(self) -> int:
@@ -245,13 +355,41 @@ class _Link:
 class _Supervisor:
     """An outbound connection kept up by reconnecting."""
 
-    def __init__(self, address: str, auth: object, transport: Transport[Connection]) -> None:
+    def __init__(
+        self,
+        address: str,
+        auth: object,
+        token: TokenSource | None,
+        transport: Transport[Connection],
+    ) -> None:
         self.address = address
+        # For messages and logs: without a query (it may hold a token).
+        self.shown = shown_address(address)
+        # Sent in the handshake when there is no token.
         self.auth = auth
+        # A token or token provider, asked before every attempt (None: send auth).
+        self.token = token
         self.transport = transport
         self.link: _Link | None = None
         self.task: asyncio.Task[None] | None = None
-        self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The answer to connect(): None once the first handshake since the token
+        # was set is done and the server answered every document offered in it;
+        # else the error connect() raises (a refusal).
+        self.first: asyncio.Future[BaseException | None] = _new_future()
+        # Bumped when connect() replaces the token: an attempt under an older one is dropped.
+        self.generation = 0
+        # Set to cut the backoff sleep short (a new token).
+        self.wake = asyncio.Event()
+        # Attempts since the last handshake (the backoff's exponent).
+        self.attempt = 0
+        # Why the last attempt failed (ConnectTimeoutError, wait_synced).
+        self.last_error: CrdtSyncError | None = None
+        self.last_reason = ""
+
+
+def _new_future() -> asyncio.Future[BaseException | None]:
+    """A future on the running loop (the outcome of a first handshake)."""
+    return asyncio.get_running_loop().create_future()
 
 
 class Peer:
@@ -344,6 +482,11 @@ class Peer:
         self._transport = transport
         # Transports picked by address scheme (no transport given), made on first use.
         self._default_transports: dict[str, Transport[Connection]] = {}
+        # Transports registered for a scheme (set_transport): they win over both.
+        self._scheme_transports: dict[str, Transport[Connection]] = {}
+        # Who checks sessions on identity connections (bind_identities), and the LAN.
+        self._binder: IdentityBinder | None = None
+        self._lan: LanManager | None = None
         self.peer_id: int = peer_id if peer_id is not None else 1 + secrets.randbelow(2**53 - 2)
         self._auth = auth
         self._authorize = authorize
@@ -369,6 +512,8 @@ class Peer:
         self._docs: dict[str, _Entry] = {}
         self._links: set[_Link] = set()
         self._supervisors: dict[str, _Supervisor] = {}
+        # Addresses given up on after a refusal retrying cannot fix, and why.
+        self._stopped: dict[str, CrdtSyncError] = {}
         self._listeners: list[Listener] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._status_cbs: list[Callable[[Status], None]] = []
@@ -426,6 +571,8 @@ class Peer:
         """Close every connection (GOING_AWAY), finish compactions, close the store."""
         if self._closed:
             return
+        if self._lan is not None:
+            await self._lan.stop_linking()  # no new LAN link; the open ones close below
         self._closed = True
         for lst in self._listeners:
             await lst.close()
@@ -442,12 +589,16 @@ class Peer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(deadline - loop.time()):
                     await changed.wait()
+        if self._lan is not None:
+            await self.stop_lan()  # discovery's goodbye, listeners
         # Compactions finish (their thread would run on anyway, and the store must
         # not close under it); everything else is cancelled. A task's failure was
         # logged and reported when it ended (_task_done): here it is only awaited.
         compactions = {e.compacting for e in self._docs.values() if e.compacting is not None}
         await asyncio.gather(*compactions, return_exceptions=True)
         for sup in self._supervisors.values():
+            if not sup.first.done():  # a connect() still waiting: it ends now
+                sup.first.set_result(ConnectionClosedError("the peer closed before the handshake"))
             if sup.task is not None:
                 sup.task.cancel()
         for task in list(self._tasks):
@@ -1020,6 +1171,14 @@ class Peer:
         for cb in list(self._status_cbs):
             cb(status)
 
+    def report(self, status: Status) -> None:
+        """Tell every ``on_status`` callback of ``status``.
+
+        For components that run links on this Peer and have their own events
+        to report (the LAN manager's ``discovered``, ``linked``, ``refused``...).
+        """
+        self._status(status)
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
@@ -1037,84 +1196,231 @@ class Peer:
         for sup in self._supervisors.values():
             if sup.link is None or sup.link.session.state is not p.State.OPEN:
                 return False
-        carrying = [
+        carrying = self._carrying(name)
+        return bool(carrying) and all(link.session.is_synced(name) for link in carrying)
+
+    async def wait_synced(self, name: str, timeout: float | None = None) -> SyncResult:
+        """Wait until :meth:`is_synced` holds for ``name``, or until it cannot.
+
+        Returns:
+            A :class:`SyncResult`, true in a boolean context once synced. It is
+            false, with the reason and the error, at once when syncing needs the
+            application: a server refused the document (``RoomNotAllowedError``:
+            the token does not name it; ``ReadOnlyError``: a write over a
+            read-only token; ``InvalidRoomError``) or refused the connection for
+            good (``TokenError``, ``TokenExpiredError``...); otherwise after
+            ``timeout`` seconds, saying what is missing (not connected, and the
+            last attempt's error; nothing acknowledged yet...).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self.is_synced(name):
+            blocked = self._blocked(name)
+            if blocked is not None:
+                return blocked
+            changed = self._changed
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return self._not_synced(name)
+            try:
+                async with asyncio.timeout(remaining):  # not wait_for: see close()
+                    await changed.wait()
+            except TimeoutError:
+                if self.is_synced(name):
+                    break
+                return self._blocked(name) or self._not_synced(name)
+        return SyncResult(True)
+
+    def _blocked(self, name: str) -> SyncResult | None:
+        """Why ``name`` cannot sync without the application's help, if it cannot."""
+        for link in self._links:
+            err = link.refusals.get(name)
+            s = link.session
+            if (
+                err is not None
+                and s.state is p.State.OPEN
+                and s.doc_state(name) is p.DocState.CLOSED
+            ):
+                where = shown_address(link.address)
+                return SyncResult(False, f"{where} refused {name!r}: {err.reason or err}", err)
+        if self._stopped and not self._supervisors and not self._carrying(name):
+            address, stop = next(iter(self._stopped.items()))
+            reason = f"not connected to {shown_address(address)}: refused ({stop}); not retrying"
+            return SyncResult(False, reason, stop)
+        return None
+
+    def _not_synced(self, name: str) -> SyncResult:
+        """Why ``name`` is not synced yet (at a timeout)."""
+        if name not in self._docs:
+            return SyncResult(False, f"document {name!r} is not open")
+        for sup in self._supervisors.values():
+            if sup.link is None or sup.link.session.state is not p.State.OPEN:
+                why = f" (last attempt: {sup.last_reason})" if sup.last_reason else ""
+                return SyncResult(False, f"not connected to {sup.shown}{why}", sup.last_error)
+        carrying = self._carrying(name)
+        if not carrying:
+            return SyncResult(False, f"no connection carries {name!r}")
+        behind = ", ".join(
+            shown_address(link.address) for link in carrying if not link.session.is_synced(name)
+        )
+        return SyncResult(False, f"{name!r} is not yet in sync with {behind}")
+
+    def _carrying(self, name: str) -> list[_Link]:
+        """The open sessions carrying document ``name``."""
+        return [
             link
             for link in self._links
             if link.session.state is p.State.OPEN
             and link.session.doc_state(name) not in (p.DocState.NONE, p.DocState.CLOSED)
         ]
-        return bool(carrying) and all(link.session.is_synced(name) for link in carrying)
-
-    async def wait_synced(self, name: str, timeout: float | None = None) -> bool:
-        """Wait until :meth:`is_synced` holds for ``name``.
-
-        Returns:
-            True once synced; False if ``timeout`` seconds passed first.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while not self.is_synced(name):
-            changed = self._changed
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                return False
-            try:
-                async with asyncio.timeout(remaining):  # not wait_for: see close()
-                    await changed.wait()
-            except TimeoutError:
-                return self.is_synced(name)
-        return True
 
     # -- connections -------------------------------------------------------------------
 
     async def connect(
-        self, address: str, *, timeout: float | None = 10.0, token: str | None = None
+        self,
+        address: str,
+        *,
+        timeout: float | None = 10.0,
+        token: TokenSource | None = None,
+        wait: bool = True,
     ) -> None:
         """Connect to ``address`` and keep the connection up until ``close``/``disconnect``.
 
-        Waits for the first handshake to complete. If it does not within
-        ``timeout``, raises :class:`ConnectTimeoutError` (a ``TimeoutError``) but
-        keeps retrying in the background (local-first: being offline is normal).
-        A refused handshake (:class:`AuthError`, version mismatch) raises and
-        stops retrying.
+        By default, waits for the first handshake and for the server's answer to
+        every document offered in it. If they do not come within ``timeout``,
+        raises :class:`ConnectTimeoutError` (a ``TimeoutError``), but keeps
+        retrying in the background (local-first: being offline is normal).
+        ``wait=False`` returns at once and connects in the background; every
+        outcome then goes to ``on_status`` and the ``crdtsync.peer`` logger.
+
+        A refusal of the handshake raises its exact class and stops retrying
+        (``TokenError``, ``TokenExpiredError``, ``AuthError``, version mismatch).
+        So does a document refused right in the handshake (``RoomNotAllowedError``:
+        the token does not name that room; ``InvalidRoomError``), raised once
+        the server answered every document offered: the connection stays up for
+        the documents it allowed (``disconnect`` drops it). Later refusals (a
+        document opened afterwards, a write over a read-only token, a token
+        found expired at a reconnect) are not raised: they are ``error`` and
+        ``stopped`` statuses, WARNING lines of the ``crdtsync.peer`` logger, and
+        :meth:`wait_synced` returns them at once.
+
+        Calling ``connect`` again for an address it keeps up waits for the first
+        handshake if that is still pending; with a different ``token``, it
+        replaces the token: the connection is made again with it at once (and
+        its refusal raises as above). After a refusal stopped the retrying,
+        ``connect`` starts again.
 
         Args:
             address: where to connect: ``ws://host:port`` or ``wss://...`` for a
                 relay (the scheme picks the transport when the Peer has none;
                 ``mem://`` needs ``transport=MemoryNetwork(...).transport(host)``).
-            timeout: seconds to wait for the first handshake.
-            token: an access token (``crdtsync token``) sent in the handshake as
-                ``{"token": token}``, instead of the Peer's ``auth``.
+            timeout: seconds to wait for the first handshake (None: no limit).
+            token: an access token (``crdtsync token``), or a token provider: a
+                function or async function returning one, asked again at every
+                connection, before its handshake (:mod:`crdtsync.peer.tokens`). Sent in
+                the handshake as ``{"token": token}``, instead of the Peer's
+                ``auth``. When a server refuses a token as expired, the provider
+                is asked once more at once; only a refusal of that one stops.
+            wait: wait for the first handshake (the default), or return at once.
 
         Raises:
-            UnsupportedAddressError: no transport was given and none handles the
-                address's scheme (also a ValueError), at once.
+            UnsupportedAddressError: an address no attempt can make work (also a
+                ValueError), at once: a scheme no transport handles (``http://``:
+                peers sync over ``ws://``), a room URL ``ws://host:port/room``
+                (the relay's y-protocols endpoint, for y-websocket clients and
+                ``YProvider``), or an address the transport refuses.
+            InvalidAuthError: ``token`` is neither a string nor a function.
             MissingDependencyError: the transport for the scheme needs an extra
                 that is not installed (``pip install 'crdtsync[websocket]'``).
-            ConnectTimeoutError: no handshake within ``timeout`` (still trying).
-            AuthError: the server refused us (``TokenError``, ``TokenExpiredError``...).
+            ConnectTimeoutError: no handshake within ``timeout`` (still trying);
+                the message says why the last attempt failed.
+            TokenError: the server refused the token (forged, malformed, missing).
+            TokenExpiredError: the token has expired (a provider's fresh one too).
+            AuthError: the server refused us for another reason.
+            RoomNotAllowedError: a document offered in the handshake is not
+                allowed by the token (an ``AuthError`` too).
+            InvalidRoomError: a document name the server refuses.
             VersionMismatchError: the server speaks no protocol version we do.
+            ConnectionClosedError: ``close`` or ``disconnect`` came first.
         """
         self._check_open()
+        check_sync_address(address)
+        if token is not None:
+            check_token_source(token)
         sup = self._supervisors.get(address)
         if sup is None:
             transport = self._transport_for(address)
-            sup = _Supervisor(address, self._auth if token is None else {"token": token}, transport)
+            sup = _Supervisor(address, self._auth, token, transport)
             self._supervisors[address] = sup
+            self._stopped.pop(address, None)
             sup.task = asyncio.get_running_loop().create_task(self._supervise(sup))
             sup.task.add_done_callback(partial(self._supervisor_done, sup))
+        elif token is not None and token != sup.token:
+            self._replace_token(sup, token)
+        elif sup.first.done():
+            return  # connected, or reconnecting: nothing new to wait for
+        if not wait:
+            return
+        first, generation = sup.first, sup.generation
         try:
-            await asyncio.wait_for(asyncio.shield(sup.first), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see close()
+                outcome = await asyncio.shield(first)
         except TimeoutError:
+            link = sup.link
+            if (
+                link is not None
+                and link.opened
+                and sup.generation == generation
+                and link.session.state is p.State.OPEN
+            ):
+                return  # connected; some documents are not answered yet
+            why = f" (last attempt: {sup.last_reason})" if sup.last_reason else ""
             raise ConnectTimeoutError(
-                f"no handshake with {address} within {timeout} s; still trying"
-            ) from None
+                f"no handshake with {sup.shown} within {timeout} s{why}; still trying"
+            ) from sup.last_error
+        if outcome is not None:
+            raise outcome
+
+    def _replace_token(self, sup: _Supervisor, token: TokenSource) -> None:
+        """``connect`` with another token: reconnect with it now."""
+        sup.token = token
+        sup.generation += 1
+        sup.attempt = 0
+        if sup.first.done():
+            sup.first = _new_future()
+        log.info("new token for %s: reconnecting with it", sup.shown)
+        link = sup.link
+        if link is not None and link.session.state is not p.State.CLOSED:
+            link.session.close(ErrorCode.GOING_AWAY, "reconnecting with a new token")
+            self._process(link)
+        sup.wake.set()
+
+    def set_transport(self, scheme: str, transport: Transport[Connection] | None) -> None:
+        """Use ``transport`` for every address of ``scheme`` (None: stop doing so).
+
+        A transport registered here wins over the Peer's ``transport=`` and over
+        the defaults (:mod:`crdtsync.peer.schemes`), for that scheme only: one
+        Peer holds a LAN transport for ``lan://`` and the WebSocket one for
+        ``ws://`` together. Connections already made keep their transport.
+
+        Args:
+            scheme: the address scheme, without ``://`` (``"lan"``).
+            transport: the transport, or None to remove the registration.
+        """
+        key = scheme.lower()
+        if transport is None:
+            self._scheme_transports.pop(key, None)
+        else:
+            self._scheme_transports[key] = transport
 
     def _transport_for(self, address: str) -> Transport[Connection]:
-        """The transport for ``address``: the Peer's own, else the one its scheme names."""
+        """The transport for ``address``: registered for its scheme, the Peer's own, a default."""
+        scheme = urlsplit(address).scheme.lower()
+        registered = self._scheme_transports.get(scheme)
+        if registered is not None:
+            return registered
         if self._transport is not None:
             return self._transport
-        scheme = urlsplit(address).scheme.lower()
         transport = self._default_transports.get(scheme)
         if transport is None:
             from crdtsync.peer.schemes import transport_for_scheme
@@ -1128,23 +1434,24 @@ class Peer:
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
-        log.error("reconnect loop for %s failed", sup.address, exc_info=exc)
+        log.error("reconnect loop for %s failed", sup.shown, exc_info=exc)
         error = exc if isinstance(exc, CrdtSyncError) else None
         self._status(
             Status("error", sup.address, reason=f"reconnect loop failed: {exc!r}", error=error)
         )
         if not sup.first.done():
-            sup.first.set_exception(
-                exc if exc is not None else RuntimeError("reconnect loop failed")
-            )
+            sup.first.set_result(exc)
         if self._supervisors.get(sup.address) is sup:
             del self._supervisors[sup.address]
 
     async def disconnect(self, address: str) -> None:
         """Stop the connection made by ``connect(address)``."""
         sup = self._supervisors.pop(address, None)
+        self._stopped.pop(address, None)
         if sup is None:
             return
+        if not sup.first.done():  # a connect() still waiting: it ends now
+            sup.first.set_result(ConnectionClosedError(f"disconnect({sup.shown!r}) came first"))
         if sup.link is not None:
             sup.link.session.close(ErrorCode.GOING_AWAY, "disconnect")
             self._process(sup.link)
@@ -1176,6 +1483,100 @@ class Peer:
         self._listeners.append(listener)
         return str(listener.address)
 
+    # -- LAN -------------------------------------------------------------------------------
+
+    async def start_lan(
+        self,
+        group_key: GroupKeyLike,
+        *,
+        interfaces: Sequence[str] | None = None,
+        port: int = 0,
+        allowed: Iterable[str] | None = None,
+        static: Iterable[str] = (),
+        identity: DeviceIdentity | None = None,
+        zeroconf: bool = True,
+        options: LanOptions | None = None,
+    ) -> LanManager:
+        """Sync with the other devices of a LAN group directly: no relay, no internet.
+
+        Listens for authenticated links, announces this device and browses for
+        the others (zeroconf), links with them as they come and go (full mesh
+        up to 6 devices, a bounded connected mesh beyond), and binds each link's
+        session to its device key. ``lan://`` addresses go to the LAN transport
+        from then on, next to ``ws://`` ones: LAN and relay links work together.
+        The rules are in :mod:`crdtsync.peer.lan` and ``docs/LAN.md``::
+
+            async with Peer(store="notes.db") as peer:
+                doc = await peer.open("notes")
+                await peer.start_lan(group_key=GroupKey.load("team.key"))
+
+        Args:
+            group_key: the group key (``crdtsync lan-key``), or its file's path.
+            interfaces: IPv4 addresses of the interfaces to listen, announce and
+                browse on (None: every interface; tests pass ``["127.0.0.1"]``).
+            port: the TCP port to listen on (0: any free one).
+            allowed: fingerprints of the devices allowed to link (None: every
+                device that proves the group key).
+            static: ``lan://[FINGERPRINT@]host:port`` addresses to link with by
+                hand (devices that multicast does not reach).
+            identity: this device's key pair (default: the one kept beside the
+                store, ``<store>.lan-identity``, made on first use; a Peer
+                without a store file gets a new one per run).
+            zeroconf: announce and browse with mDNS (False: ``static`` only).
+            options: the LAN manager's settings (:class:`~crdtsync.peer.lan.LanOptions`).
+
+        Returns:
+            The LAN manager: its links, members, ``add(address)``, ``set_allowed``.
+
+        Raises:
+            MissingDependencyError: the ``lan`` extra is not installed.
+            KeyFileError: the group key or identity file is missing, malformed or
+                readable by other users.
+            LocalProtocolError: the LAN is started already, or the peer is closed.
+            TransportError: the port cannot be bound, or zeroconf cannot start.
+        """
+        self._check_open()
+        if self._lan is not None:
+            raise LocalProtocolError("the LAN is started already (stop_lan() first)")
+        try:
+            from crdtsync.peer.lan import LanManager
+        except ImportError as exc:
+            if (exc.name or "").startswith("crdtsync"):
+                raise  # our own module missing: a broken install, not a missing extra
+            raise MissingDependencyError(
+                f"LAN sync needs the lan extra: pip install 'crdtsync[lan]' ({exc})", extra="lan"
+            ) from exc
+        store = self._store_spec if isinstance(self._store_spec, str | os.PathLike) else None
+        self._lan = LanManager.for_peer(
+            self,
+            group_key,
+            store=store,
+            identity=identity,
+            interfaces=interfaces,
+            port=port,
+            allowed=allowed,
+            static=static,
+            zeroconf=zeroconf,
+            options=options,
+        )
+        try:
+            await self._lan.start()
+        except BaseException:
+            self._lan = None
+            raise
+        return self._lan
+
+    async def stop_lan(self) -> None:
+        """Stop the LAN: goodbye announced, links closed, ``lan://`` unregistered. Idempotent."""
+        manager, self._lan = self._lan, None
+        if manager is not None:
+            await manager.close()
+
+    @property
+    def lan(self) -> LanManager | None:
+        """The LAN manager ``start_lan`` made, or None."""
+        return self._lan
+
     def send_queues(self) -> list[int]:
         """Bytes waiting to go out on each connection.
 
@@ -1191,69 +1592,229 @@ class Peer:
         ]
 
     async def _supervise(self, sup: _Supervisor) -> None:
-        attempt = 0
+        # Whether the token of this attempt was asked for again after an expiry.
+        renewed = False
         # disconnect() removes us from _supervisors: stop even if its cancel was lost.
         while not self._closed and self._supervisors.get(sup.address) is sup:
-            error: CrdtSyncError | None = None
+            sup.wake.clear()
+            generation = sup.generation
+            error, opened = await self._attempt(sup, generation)
+            if self._closed or self._supervisors.get(sup.address) is not sup:
+                return
+            if sup.generation != generation:
+                renewed = False
+                continue  # connect() gave a new token meanwhile: use it now
+            if opened:
+                sup.attempt = 0
+                renewed = False
+            if isinstance(error, TokenExpiredError) and callable(sup.token) and not renewed:
+                renewed = True
+                log.info("%s: the token has expired; asking the token provider again", sup.shown)
+                continue
+            if isinstance(error, AuthError | UnsupportedAddressError) or (
+                isinstance(error, VersionMismatchError) and not sup.first.done()
+            ):
+                self._give_up(sup, error)  # retrying cannot help
+                return
+            delay = self._backoff.delay(sup.attempt, self._rng)
+            sup.attempt += 1
+            log.debug(
+                "reconnecting to %s in %.2f s (attempt %d): %s",
+                sup.shown,
+                delay,
+                sup.attempt + 1,
+                _said(sup.last_reason or "closed"),
+            )
+            # The backoff, cut short by a new token.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await sup.wake.wait()
+
+    async def _attempt(
+        self, sup: _Supervisor, generation: int
+    ) -> tuple[CrdtSyncError | None, bool]:
+        """One connection attempt, to its end: why it ended, and whether it opened."""
+        log.debug("connecting to %s (attempt %d)", sup.shown, sup.attempt + 1)
+        try:
+            conn = await sup.transport.connect(sup.address)
+        except TransportError as exc:
+            sup.last_error, sup.last_reason = exc, str(exc)
+            self._status(Status("disconnected", sup.address, reason=str(exc), error=exc))
+            return exc, False
+        auth = sup.auth
+        if sup.token is not None and not self._closed and sup.generation == generation:
+            # Asked once connected, so a provider is not called in vain while offline.
+            limit = self._options.handshake_timeout
             try:
-                conn = await sup.transport.connect(sup.address)
-            except TransportError as exc:
-                error = exc
-                self._status(Status("disconnected", sup.address, reason=str(exc), error=exc))
-            else:
-                if self._closed:
-                    await conn.close()
-                    return
-                session = p.Session.client(
-                    self.peer_id,
-                    docs=[
-                        (n, e.epoch, e.doc.version)
-                        for n, e in self._docs.items()
-                        if self._share is None
-                    ],
-                    auth=sup.auth,
-                    writers=[self.peer_id],
-                    now=self._now(),
-                    options=self._options,
-                    registry=self._registry,
+                async with asyncio.timeout(limit):
+                    auth = {"token": await fetch_token(sup.token)}
+            except Exception as exc:  # the application's provider: reported, then retried
+                await _close_quietly(conn)
+                reason = (
+                    f"the token provider did not answer within {limit:g} s"
+                    if isinstance(exc, TimeoutError)
+                    else f"the token provider failed: {exc!r}"
                 )
-                # We chose this server: it may relay other peers' edits to us.
-                session.verify_writers = False
-                link = _Link(session, conn, sup.address, outbound=True, flow=_flow(conn))
-                sup.link = link
-                await self._run(link)
-                sup.link = None
-                self._notify()
-                error = session.error
-                if link.opened:
-                    attempt = 0
-            if not sup.first.done() and isinstance(error, AuthError | VersionMismatchError):
-                # Retrying cannot help: tell connect() and stop.
-                sup.first.set_exception(error)
-                self._supervisors.pop(sup.address, None)
-                return
-            if self._closed:
-                return
-            await asyncio.sleep(self._backoff.delay(attempt, self._rng))
-            attempt += 1
+                err = exc if isinstance(exc, CrdtSyncError) else None
+                sup.last_error, sup.last_reason = err, reason
+                log.warning("%s: %s", sup.shown, reason, exc_info=err is None)
+                self._status(Status("error", sup.address, reason=reason, error=err))
+                return err, False
+        if self._closed or sup.generation != generation:
+            await _close_quietly(conn)
+            return None, False
+        try:
+            check = self._bind_or_close(conn)
+        except CrdtSyncError as exc:  # the identity binder refused the connection
+            sup.last_error, sup.last_reason = exc, str(exc)
+            return exc, False
+        session = self._client_session(auth, check)
+        link = _Link(session, conn, sup.address, outbound=True, flow=_flow(conn), check=check)
+        sup.link = link
+        try:
+            await self._run(link)
+        finally:
+            sup.link = None
+        self._notify()
+        error = session.error
+        if error is not None:
+            sup.last_error, sup.last_reason = error, str(error)
+        if (
+            link.opened
+            and sup.generation == generation
+            and not sup.first.done()
+            and not isinstance(error, AuthError)  # a refusal after all: _give_up answers
+        ):
+            # The session ended before every document was answered: connect() returns.
+            sup.first.set_result(_handshake_refusal(link))
+        return error, link.opened
+
+    def _give_up(self, sup: _Supervisor, error: CrdtSyncError) -> None:
+        """A refusal retrying cannot fix: stop reconnecting, and say so everywhere."""
+        if self._supervisors.get(sup.address) is sup:
+            del self._supervisors[sup.address]
+        self._stopped[sup.address] = error
+        if not sup.first.done():
+            sup.first.set_result(error)
+        log.warning(
+            "stopped connecting to %s: %s: %s", sup.shown, type(error).__name__, _said(str(error))
+        )
+        reason = f"not reconnecting: {error}"
+        self._status(Status("stopped", sup.address, reason=reason, error=error))
+        self._notify()
+
+    def _client_session(self, auth: object, check: IdentityCheck | None) -> p.Session:
+        """A client session (its HELLO queued) for a connection we made."""
+        session = p.Session.client(
+            self.peer_id,
+            # A session whose peer's identity is still to be checked names no
+            # document in its HELLO: they are opened once the check passed.
+            docs=[
+                (n, e.epoch, e.doc.version)
+                for n, e in self._docs.items()
+                if self._share is None and check is None
+            ],
+            auth=auth,
+            writers=[self.peer_id],
+            now=self._now(),
+            options=self._options,
+            registry=self._registry,
+        )
+        # We chose this server: it may relay other peers' edits to us.
+        session.verify_writers = False
+        return session
 
     async def serve(self, conn: Connection) -> None:
         """Run the server side of the sync protocol on an accepted connection.
 
-        For servers that accept connections themselves (the relay); ``listen``
-        does this for every connection its transport accepts. Returns when the
-        session ends. Updates and presence it brings reach watchers with ``conn``
-        as their origin.
+        For servers that accept connections themselves (the relay, the LAN
+        manager); ``listen`` does this for every connection its transport
+        accepts. Returns when the session ends. Updates and presence it brings
+        reach watchers with ``conn`` as their origin. A connection declaring
+        ``Ability.IDENTITY`` goes through the identity binder first
+        (:meth:`bind_identities`): refused, it is closed at once.
         """
         await self._accept(conn)
+
+    async def attach(self, conn: Connection, *, auth: object = None) -> None:
+        """Run the client side of the sync protocol on a connection the caller made.
+
+        For components that make their own connections and decide themselves
+        whether to make another when one ends (the LAN manager); ``connect``
+        does this and reconnects. Returns when the session ends.
+
+        Args:
+            conn: the open connection (closed when the session ends).
+            auth: the payload of our handshake (default: none).
+
+        Raises:
+            LocalProtocolError: the peer is closed or not started.
+            CrdtSyncError: the identity binder refused the connection (it is closed).
+        """
+        self._check_open()
+        check = self._bind_or_close(conn)
+        p.check_auth(auth)
+        link = _Link(
+            self._client_session(auth, check),
+            conn,
+            str(conn.remote_address),
+            outbound=True,
+            flow=_flow(conn),
+            check=check,
+        )
+        await self._run(link)
+
+    def bind_identities(self, binder: IdentityBinder | None) -> None:
+        """Check the sessions of every connection that declares ``Ability.IDENTITY``.
+
+        ``binder(conn)`` runs before the connection's session sends anything;
+        it raises to refuse the connection, or returns the check of what the
+        session may claim: called with the peer id and writer ids the peer's
+        handshake declares, before we accept it (inbound) or open any document
+        on it (outbound); it returns the peer's :class:`Grant` or raises a
+        :class:`ProtocolError`, which closes the session with its code. An
+        outbound session to be checked names no document in its HELLO: nothing
+        of any document goes to a peer that is refused.
+
+        Args:
+            binder: the binder, or None to stop checking (sessions running keep theirs).
+        """
+        self._binder = binder
+
+    def _bind_or_close(self, conn: Connection) -> IdentityCheck | None:
+        """The identity check of a new connection; a refused one is aborted (then re-raised)."""
+        binder = self._binder
+        if binder is None or not has_identity(conn):
+            return None
+        try:
+            return binder(conn)
+        except CrdtSyncError:
+            flow = _flow(conn)
+            if flow is not None:
+                flow.abort()
+            else:
+                self._spawn(_close_quietly(conn), f"closing {conn.remote_address}")
+            raise
 
     async def _accept(self, conn: Connection) -> None:
         if self._closed:
             return
+        try:
+            check = self._bind_or_close(conn)
+        except CrdtSyncError as exc:
+            log.debug("connection from %s refused by the identity binder: %s", conn, exc)
+            return
         session = p.Session.server(
             self.peer_id, now=self._now(), options=self._options, registry=self._registry
         )
-        link = _Link(session, conn, str(conn.remote_address), outbound=False, flow=_flow(conn))
+        link = _Link(
+            session,
+            conn,
+            str(conn.remote_address),
+            outbound=False,
+            flow=_flow(conn),
+            check=check,
+        )
         await self._run(link)
 
     async def _run(self, link: _Link) -> None:
@@ -1416,9 +1977,18 @@ class Peer:
                         Status("error", link.address, session.peer_id, reason=str(exc), error=exc)
                     )
                     session.close(ErrorCode.INTERNAL_ERROR, "store failure")
+        if link.awaiting is not None and not link.awaiting:
+            self._answered(link)
         if handled:
             # Any event may change is_synced(): wake wait_synced() callers to re-check.
             self._notify()
+
+    def _answered(self, link: _Link) -> None:
+        """The server answered every document offered in the handshake: connect() returns."""
+        link.awaiting = None
+        for sup in self._supervisors.values():
+            if sup.link is link and not sup.first.done():
+                sup.first.set_result(_handshake_refusal(link))
 
     def _handle(self, link: _Link, ev: p.Event) -> None:
         if link.session.state is p.State.CLOSED and isinstance(ev, _UNANSWERABLE):
@@ -1487,9 +2057,14 @@ class Peer:
         s = link.session
         entry = self._docs.get(ev.name)
         if entry is None:
+            if link.awaiting is not None:
+                link.awaiting.discard(ev.name)
             s.refuse_doc(ev.name, ProtocolError("document closed", code=ErrorCode.DOC_REFUSED))
             return
         before = s.bytes_to_send
+        if link.awaiting is not None:
+            link.awaiting.discard(ev.name)
+        link.refusals.pop(ev.name, None)  # open (again) on this session
         s.send_catch_up(ev.name, entry.doc.export_yjs_update(since=ev.since))
         link.catch_up_seq += 1
         link.catch_ups[ev.name] = (link.catch_up_seq, s.bytes_to_send - before)
@@ -1498,14 +2073,27 @@ class Peer:
 
     def _on_opened(self, link: _Link, ev: p.Opened) -> None:
         s = link.session
+        if link.outbound and link.check is not None:
+            # Before any document is opened on it (none was named in our HELLO).
+            try:
+                link.check(ev.peer_id, ev.writers)
+            except ProtocolError as exc:
+                s.close(exc.code, exc.reason)
+                return
         link.opened = True
         self._status(Status("connected", link.address, ev.peer_id))
         for name, entry in list(self._docs.items()):
             if self._announce and s.doc_state(name) is p.DocState.NONE and self._shares(name, link):
                 s.open_doc(name, entry.epoch, entry.doc.version)
+        if not link.outbound:
+            log.debug("accepted %s (peer %d)", shown_address(link.address), ev.peer_id)
         for sup in self._supervisors.values():
-            if sup.link is link and not sup.first.done():
-                sup.first.set_result(None)
+            if sup.link is link:
+                log.info("connected to %s (peer %d)", sup.shown, ev.peer_id)
+                sup.last_error, sup.last_reason = None, ""
+                if not sup.first.done():
+                    # connect() returns once the server answered each document offered.
+                    link.awaiting = {n for n in self._docs if s.doc_state(n) is p.DocState.LOCAL}
         self._notify()
 
     def _on_doc_synced(self, link: _Link, ev: p.DocSynced) -> None:
@@ -1526,7 +2114,14 @@ class Peer:
     def _on_hello(self, link: _Link, ev: p.HelloReceived) -> None:
         s = link.session
         grant: bool | Grant = True
-        if self._authorize is not None:
+        if link.check is not None:
+            # Its identity decides (the authorize hook is for tokens and the like).
+            try:
+                grant = link.check(ev.peer_id, ev.writers)
+            except ProtocolError as exc:
+                s.reject(exc)
+                return
+        elif self._authorize is not None:
             try:
                 grant = self._authorize(HelloInfo(ev.peer_id, ev.auth, ev.docs, link.address))
             except AuthError as exc:
@@ -1622,6 +2217,20 @@ class Peer:
                 self._forget(entry)
                 self._open_sync(ev.name, remote_epoch)
                 return
+        if link.awaiting is not None:
+            link.awaiting.discard(ev.name)
+        if err.from_peer and _is_refusal(err):
+            link.refusals[ev.name] = err
+            level = logging.WARNING if link.outbound else logging.DEBUG
+            where = shown_address(link.address)
+            log.log(
+                level,
+                "%s refused %r: %s: %s",
+                where,
+                ev.name,
+                type(err).__name__,
+                _said(err.reason),
+            )
         if err.code != ErrorCode.DOC_REFUSED or err.from_peer:
             self._status(Status("error", link.address, s.peer_id, ev.name, err.reason, err))
         self._notify()
@@ -1638,6 +2247,10 @@ class Peer:
                 Status("error", link.address, link.session.peer_id, reason=str(err), error=err)
             )
         reason = "closed" if err is None else str(err)
+        if link.outbound and link.opened:
+            log.info("disconnected from %s: %s", shown_address(link.address), _said(reason))
+        else:
+            log.debug("connection with %s ended: %s", shown_address(link.address), _said(reason))
         self._status(
             Status("disconnected", link.address, link.session.peer_id, reason=reason, error=err)
         )
@@ -1660,6 +2273,26 @@ class Peer:
         log.error("%s failed: %r", what, exc, exc_info=exc)
         error = exc if isinstance(exc, CrdtSyncError) else None
         self._status(Status("error", reason=f"{what} failed: {exc}", error=error))
+
+
+def _said(text: str, limit: int = 300) -> str:
+    """Text a peer sent (a reason), safe in a log line: no line breaks or control characters."""
+    text = text[:limit]
+    return text if text.isprintable() else repr(text)
+
+
+def _is_refusal(err: ProtocolError) -> bool:
+    """Whether a peer's error is a refusal only the application can fix (a token, a room)."""
+    refusal = isinstance(err, AuthError | ReadOnlyError | InvalidRoomError)
+    return refusal and err.code != ErrorCode.DOC_REFUSED  # "not shared", "closed": not final
+
+
+def _handshake_refusal(link: _Link) -> ProtocolError | None:
+    """The refusal ``connect()`` raises for a document refused in the handshake, if any."""
+    for name in sorted(link.refusals):
+        if link.session.doc_state(name) is p.DocState.CLOSED:
+            return link.refusals[name]
+    return None
 
 
 #: The events a closed session cannot answer any more (see Peer._handle).

@@ -46,7 +46,13 @@ again with backoff. The provider never raises into the event loop and the
 process never dies on the server's bytes. Only a refusal that retrying cannot
 fix stops it: close codes 4400 to 4499 (y-websocket's convention; 4400 invalid
 room, 4401 bad token, 4403 room not allowed), or a permission-denied message
-before the first sync.
+before the first sync. The refusal is :attr:`YProvider.error`, with its exact
+class (``InvalidRoomError``, ``TokenError``, ``TokenExpiredError``,
+``RoomNotAllowedError``), an ``error`` then a ``stopped`` status, a WARNING of
+the ``crdtsync.peer.yprovider`` logger, and what :meth:`YProvider.wait_synced`
+returns at once. A token provider (``token=`` a function, see
+:mod:`crdtsync.peer.tokens`) is asked before every connection, and once more at
+once when the server refuses a token as expired, before giving up.
 """
 
 from __future__ import annotations
@@ -84,8 +90,9 @@ from crdtsync.net import (
     has_close_codes,
     has_flow_control,
 )
-from crdtsync.peer.peer import Backoff, Status
+from crdtsync.peer.peer import Backoff, Status, SyncResult
 from crdtsync.peer.schemes import websocket_transport
+from crdtsync.peer.tokens import TokenSource, check_token_source, fetch_token
 from crdtsync.protocol import ysession as ys
 from crdtsync.protocol.awareness import Awareness, AwarenessChange
 
@@ -93,7 +100,7 @@ __all__ = ["YProvider"]
 
 log = logging.getLogger("crdtsync.peer.yprovider")
 
-_Kind = Literal["connected", "synced", "disconnected", "error"]
+_Kind = Literal["connected", "synced", "disconnected", "error", "stopped"]
 
 #: Characters kept as they are in the room part of the URL: RFC 3986 path
 #: characters and "/", so a room reaches y-websocket servers (which take the raw
@@ -102,6 +109,15 @@ _ROOM_SAFE = "/:@!$&'()*+,;=-._~"
 # Close codes in the 4400-4499 range that other servers use for conditions
 # retrying fixes (slow consumer, rate limit); the crdtsync relay uses 4529.
 _TRANSIENT_4XX = frozenset({4408, 4429})
+# Seconds to wait, after a "permission denied" before the first sync, for the
+# server's close code (which says why: 4401 a bad token, 4403 another room).
+_DENIAL_GRACE = 2.0
+
+
+def _said(text: str, limit: int = 300) -> str:
+    """Text the server sent (a reason), safe in a log line."""
+    text = text[:limit]
+    return text if text.isprintable() else repr(text)
 
 
 def _refusal(code: int | None, reason: str) -> AuthError | InvalidRoomError | None:
@@ -144,6 +160,10 @@ class _Link:
         self.synced = False
         # Why the connection is being dropped: an error about the server's bytes.
         self.failure: CrdtSyncError | None = None
+        # A "permission denied" before the first sync: access refused.
+        self.denied: AuthError | None = None
+        # Whether a write was refused (read-only access; logged once per connection).
+        self.write_refused = False
 
 
 class YProvider:
@@ -153,7 +173,9 @@ class YProvider:
         doc: the document to sync (edits to it are sent as they happen).
         url: the server, e.g. ``ws://127.0.0.1:1234`` (``wss://`` for TLS).
         room: the room (document) name, appended to the URL as its path.
-        token: access token, sent as the ``token`` query parameter.
+        token: access token, sent as the ``token`` query parameter; or a token
+            provider, a function or async function returning one, asked again
+            before every connection (:mod:`crdtsync.peer.tokens`).
         params: more query parameters (like y-websocket's ``params``).
         awareness: the presence states to share (default: a new
             :class:`Awareness` under ``doc.peer_id``, which is the document's Yjs
@@ -173,6 +195,7 @@ class YProvider:
     Raises:
         UnsupportedTransportError: ``transport`` does not declare
             ``Ability.MESSAGES`` (also a TypeError).
+        InvalidAuthError: ``token`` is neither a string nor a function (a ValueError).
         MissingDependencyError: no transport was given and the ``websockets``
             package is not installed (``pip install 'crdtsync[websocket]'``).
     """
@@ -183,7 +206,7 @@ class YProvider:
         url: str,
         room: str,
         *,
-        token: str | None = None,
+        token: TokenSource | None = None,
         params: dict[str, str] | None = None,
         awareness: Awareness | None = None,
         backoff: Backoff | None = None,
@@ -205,14 +228,17 @@ class YProvider:
         self.doc = doc
         # The room name, as given.
         self.room = room
-        query = dict(params or {})
         if token is not None:
-            query["token"] = token
+            check_token_source(token)
+        # The token, or the provider asked for one before every connection.
+        self._token = token
+        self._params = dict(params or {})
         base = f"{url.rstrip('/')}/{quote(room, safe=_ROOM_SAFE)}"
         # What status events call the server: the room URL without the query (tokens).
         self.address = base
-        # The URL connected to, query included (like WebsocketProvider.url).
-        self.url = base + (f"?{urlencode(query, quote_via=quote)}" if query else "")
+        # The URL connected to, query included (like WebsocketProvider.url); with a
+        # token provider, the last one connected to.
+        self.url = self._url(token if isinstance(token, str) else None)
         self._awareness = awareness if awareness is not None else Awareness(doc.peer_id)
         self._backoff = backoff or Backoff()
         self._options = ys.YSessionOptions(max_payload=max_payload)
@@ -222,12 +248,15 @@ class YProvider:
         self._link: _Link | None = None
         # The error that made us stop reconnecting (a refusal), if any.
         self._error: CrdtSyncError | None = None
+        # Why the last connection attempt failed or ended (wait_synced's reason).
+        self._last_error: CrdtSyncError | None = None
+        self._last_reason = ""
         self._status_cbs: list[Callable[[Status], None]] = []
         self._presence_cbs: list[Callable[[AwarenessChange], None]] = []
         # Replaced on every state change; waiters wait on the current one.
         self._changed = asyncio.Event()
         # Set by close(): ends the backoff sleep at once.
-        self._stop = asyncio.Event()
+        self._stop_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Fire-and-forget closes, referenced until done.
         self._tasks: set[asyncio.Task[None]] = set()
@@ -267,7 +296,7 @@ class YProvider:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
+        self._stop_event.set()
         link = self._link
         if link is not None and self._awareness.local_state is not None:
             # Like y-websocket's destroy(): others drop our cursor now, not in 30 s.
@@ -319,27 +348,44 @@ class YProvider:
         """The presence states of the room, ours under ``doc.peer_id``."""
         return self._awareness
 
-    async def wait_synced(self, timeout: float | None = None) -> bool:
+    async def wait_synced(self, timeout: float | None = None) -> SyncResult:
         """Wait until :attr:`synced`.
 
         Returns:
-            True once synced; False after ``timeout`` seconds, or at once when
-            the provider is closed or was refused (see :attr:`error`).
+            A :class:`~crdtsync.peer.peer.SyncResult`, true in a boolean context
+            once synced. False, with the reason and the error, at once when the
+            provider is closed or was refused (:attr:`error`: ``TokenError``,
+            ``TokenExpiredError``, ``RoomNotAllowedError``, ``InvalidRoomError``...);
+            else after ``timeout`` seconds (not connected, and why the last
+            attempt failed; or connected and the server's sync step 2 not in yet).
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while not self.synced:
-            if self._closed or self._error is not None:
-                return False
+            if self._error is not None:
+                return SyncResult(False, f"{self.address} refused: {self._error}", self._error)
+            if self._closed:
+                return SyncResult(False, "the provider is closed")
             changed = self._changed
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
-                return False
+                return self._not_synced()
             try:
-                await asyncio.wait_for(changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
             except TimeoutError:
-                return self.synced
-        return True
+                if self.synced:
+                    break
+                return self._not_synced()
+        return SyncResult(True)
+
+    def _not_synced(self) -> SyncResult:
+        if self._error is not None:
+            return SyncResult(False, f"{self.address} refused: {self._error}", self._error)
+        if self.connected:
+            return SyncResult(False, f"connected to {self.address}; its sync step 2 is not in yet")
+        why = f" (last attempt: {self._last_reason})" if self._last_reason else ""
+        return SyncResult(False, f"not connected to {self.address}{why}", self._last_error)
 
     def on_status(self, callback: Callable[[Status], None]) -> Callable[[], None]:
         """Call ``callback(status)`` on connected / synced / disconnected / error.
@@ -375,25 +421,89 @@ class YProvider:
 
     # -- the connection loop -----------------------------------------------------------
 
+    def _url(self, token: str | None) -> str:
+        query = dict(self._params)
+        if token is not None:
+            query["token"] = token
+        return self.address + (f"?{urlencode(query, quote_via=quote)}" if query else "")
+
     async def _run(self) -> None:
         attempt = 0
+        # Whether this attempt's token was asked for again after an expiry.
+        renewed = False
         while not self._closed and self._error is None:
-            try:
-                conn = await self._connect()
-            except TransportError as exc:  # every transport's failure is one: retry
-                self._report("disconnected", str(exc), exc)
-            else:
-                if conn is None:
-                    break
-                if await self._serve(conn):
-                    attempt = 0  # a connection that synced did useful work
-            if self._closed or self._error is not None:
+            refusal: CrdtSyncError | None = None
+            url = await self._next_url()
+            if url is not None:
+                log.debug("connecting to %s (attempt %d)", self.address, attempt + 1)
+                try:
+                    conn = await self._connect(url)
+                except TransportError as exc:  # every transport's failure is one: retry
+                    self._last_error, self._last_reason = exc, str(exc)
+                    self._report("disconnected", str(exc), exc)
+                else:
+                    if conn is None:
+                        break
+                    synced, refusal = await self._serve(conn)
+                    if synced:
+                        attempt = 0  # a connection that synced did useful work
+                        renewed = False
+            if self._closed:
+                break
+            if refusal is not None:
+                if isinstance(refusal, TokenExpiredError) and callable(self._token) and not renewed:
+                    renewed = True
+                    log.info(
+                        "%s: the token has expired; asking the token provider again", self.address
+                    )
+                    continue
+                self._stop(refusal)
                 break
             delay = self._backoff.delay(attempt, self._rng)
             attempt += 1
+            log.debug(
+                "reconnecting to %s in %.2f s (attempt %d): %s",
+                self.address,
+                delay,
+                attempt + 1,
+                _said(self._last_reason or "closed"),
+            )
             with contextlib.suppress(TimeoutError):  # the backoff sleep, cut short by close()
-                await asyncio.wait_for(self._stop.wait(), delay)
+                await asyncio.wait_for(self._stop_event.wait(), delay)
         self._notify()
+
+    async def _next_url(self) -> str | None:
+        """The URL of the next attempt, with a token the provider gives now (None: it failed)."""
+        token = self._token
+        if token is None or isinstance(token, str):
+            return self.url
+        limit = 10.0
+        try:
+            async with asyncio.timeout(limit):
+                self.url = self._url(await fetch_token(token))
+        except Exception as exc:  # the application's provider: reported, then retried
+            reason = (
+                f"the token provider did not answer within {limit:g} s"
+                if isinstance(exc, TimeoutError)
+                else f"the token provider failed: {exc!r}"
+            )
+            err = exc if isinstance(exc, CrdtSyncError) else None
+            self._last_error, self._last_reason = err, reason
+            log.warning("%s: %s", self.address, reason, exc_info=err is None)
+            self._report("error", reason, err)
+            return None
+        return self.url
+
+    def _stop(self, refusal: CrdtSyncError) -> None:
+        """A refusal retrying cannot fix: stop reconnecting, and say so."""
+        self._error = refusal
+        log.warning(
+            "stopped connecting to %s: %s: %s",
+            self.address,
+            type(refusal).__name__,
+            _said(str(refusal)),
+        )
+        self._report("stopped", f"not reconnecting: {refusal}", refusal)
 
     def _run_done(self, task: asyncio.Task[None]) -> None:
         """The connection loop ended: a crash (a bug of ours) is logged and reported."""
@@ -405,10 +515,10 @@ class YProvider:
         self._report("error", f"the connection loop failed: {exc!r}", err)
         self._notify()
 
-    async def _connect(self) -> MessageConnection | None:
+    async def _connect(self, url: str) -> MessageConnection | None:
         """Connect, unless close() comes first (then None)."""
-        connecting = asyncio.ensure_future(self._transport.connect(self.url))
-        stopping = asyncio.ensure_future(self._stop.wait())
+        connecting = asyncio.ensure_future(self._transport.connect(url))
+        stopping = asyncio.ensure_future(self._stop_event.wait())
         try:
             await asyncio.wait((connecting, stopping), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -432,8 +542,8 @@ class YProvider:
             return None
         return conn
 
-    async def _serve(self, conn: MessageConnection) -> bool:
-        """Run one connection to its end. Returns whether it synced."""
+    async def _serve(self, conn: MessageConnection) -> tuple[bool, CrdtSyncError | None]:
+        """Run one connection to its end: whether it synced, and the refusal that ended it."""
         session = ys.YSession.client(now=self._now(), options=self._options)
         link = _Link(conn, session)
         self._link = link
@@ -443,13 +553,20 @@ class YProvider:
             self.doc.version, self._awareness.encode_update([self.doc.peer_id]) if mine else None
         )
         self._pump(link)
+        log.info("connected to %s", self.address)
+        self._last_error, self._last_reason = None, ""
         self._report("connected", "")
         self._notify()
         try:
             while not link.ending:
                 try:
-                    data = await conn.recv()
-                except TransportError:
+                    if link.denied is None:
+                        data = await conn.recv()
+                    else:
+                        # Access was denied: the close code that follows says why.
+                        async with asyncio.timeout(_DENIAL_GRACE):
+                            data = await conn.recv()
+                except (TransportError, TimeoutError):
                     break
                 session.receive_data(data, now=self._now())
                 self._process(link)
@@ -470,16 +587,20 @@ class YProvider:
         code = reason = None
         if link.codes is not None:
             code, reason = link.codes.close_code, link.codes.close_reason
-        refusal = _refusal(code, reason or "")
-        if refusal is not None and not self._closed:
-            self._error = refusal
+        refusal: CrdtSyncError | None = _refusal(code, reason or "") or link.denied
+        if self._closed:
+            refusal = None
+        if refusal is not None:
             self._report("error", str(refusal), refusal)
         why = "closed" if code is None else f"closed ({code}{' ' + reason if reason else ''})"
         if link.failure is not None:
             why = str(link.failure)
+        self._last_error, self._last_reason = link.failure or refusal, why
+        if link.synced:
+            log.info("disconnected from %s: %s", self.address, _said(why))
         self._report("disconnected", why, link.failure or refusal)
         self._notify()
-        return link.synced
+        return link.synced, refusal
 
     async def _close_with(self, link: _Link, failure: CrdtSyncError) -> None:
         """Close a connection whose server sent something bad, with the session's code."""
@@ -593,13 +714,18 @@ class YProvider:
         elif isinstance(ev, ys.AwarenessQueried):
             session.send_awareness(self._awareness.full_update())
         elif isinstance(ev, ys.AccessDenied):
-            self._report("error", str(ev.error), ev.error)
-            if ev.final:
+            if isinstance(ev.error, AuthError):
                 # Refused before we got anything: access itself was denied, and
-                # coming back cannot change that. After a sync it is a refused
-                # write (a read-only grant): we stay and keep receiving.
-                self._error = ev.error
-                link.ending = True
+                # coming back cannot change that. The server's close code, if it
+                # sends one, says why (reported when the connection ends).
+                link.denied = ev.error
+            else:
+                # After a sync it is a refused write (a read-only grant): we stay
+                # and keep receiving.
+                if not link.write_refused:
+                    log.warning("%s refused a write: %s", self.address, _said(str(ev.error)))
+                link.write_refused = True
+                self._report("error", str(ev.error), ev.error)
         elif (
             isinstance(ev, ys.Closed)
             and ev.error is not None

@@ -171,6 +171,8 @@ class DocError:
     sender's own, each None when the sender does not know or have one: the
     receiver closes its channel for ``name`` only if one of them matches, so a
     late DOC_ERROR never closes a newer channel of the same document.
+    ``detail`` refines ``code`` (``errors.REFINES``: why an ``AUTH_FAILED``);
+    appended within version 1, so older peers read ``code`` alone.
     """
 
     name: str
@@ -178,6 +180,7 @@ class DocError:
     reason: str = ""
     your_chan: int | None = None
     my_chan: int | None = None
+    detail: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +190,15 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class Close:
-    """Last frame of a session, with an error code (0: normal)."""
+    """Last frame of a session, with an error code (0: normal).
+
+    ``detail`` refines ``code`` (``errors.REFINES``: why an ``AUTH_FAILED``);
+    appended within version 1, so older peers read ``code`` alone.
+    """
 
     code: int
     reason: str = ""
+    detail: int | None = None
 
 
 Message: TypeAlias = (
@@ -275,11 +283,13 @@ def _fields(msg: Message) -> list[Any]:
     if isinstance(msg, Awareness):
         return [MsgType.AWARENESS, msg.chan, msg.data]
     if isinstance(msg, DocError):
-        return [MsgType.DOC_ERROR, msg.name, msg.code, msg.reason, msg.your_chan, msg.my_chan]
+        fields = [MsgType.DOC_ERROR, msg.name, msg.code, msg.reason, msg.your_chan, msg.my_chan]
+        return fields if msg.detail is None else [*fields, msg.detail]
     if isinstance(msg, Ping):
         return [MsgType.PING]
     if isinstance(msg, Close):
-        return [MsgType.CLOSE, msg.code, msg.reason]
+        fields = [MsgType.CLOSE, msg.code, msg.reason]
+        return fields if msg.detail is None else [*fields, msg.detail]
     raise TypeError(f"not a message: {msg!r}")
 
 
@@ -391,6 +401,8 @@ def decode_message(body: bytes) -> Message:
         return Part(_uint(f[0], "chan"), _uint(f[1], "seq"), _bytes(f[2], "data"))
     if mtype is MsgType.AWARENESS:
         return Awareness(_uint(f[0], "chan"), _bytes(f[1], "data"))
+    # Optional fields appended within version 1 (absent from older peers' frames).
+    extra = obj[arity] if len(obj) > arity else None
     if mtype is MsgType.DOC_ERROR:
         return DocError(
             _text(f[0], "doc name"),
@@ -398,8 +410,13 @@ def decode_message(body: bytes) -> Message:
             _text(f[2], "reason"),
             None if f[3] is None else _uint(f[3], "your_chan"),
             None if f[4] is None else _uint(f[4], "my_chan"),
+            None if extra is None else _uint(extra, "detail"),
         )
-    return Close(_uint(f[0], "code"), _text(f[1], "reason"))
+    return Close(
+        _uint(f[0], "code"),
+        _text(f[1], "reason"),
+        None if extra is None else _uint(extra, "detail"),
+    )
 
 
 # -- frames ---------------------------------------------------------------------------------

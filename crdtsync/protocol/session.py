@@ -76,6 +76,7 @@ from crdtsync.errors import (
     UnexpectedMessageError,
     UpdateRejectedError,
     VersionMismatchError,
+    wire_code,
 )
 from crdtsync.format import zstd
 from crdtsync.format.version import Version
@@ -220,10 +221,17 @@ class HelloReceived:
 
 @dataclass(frozen=True)
 class Opened:
-    """The handshake completed."""
+    """The handshake completed.
+
+    Attributes:
+        peer_id: the peer's id.
+        version: the protocol version agreed.
+        writers: the client ids the peer declared it writes under.
+    """
 
     peer_id: int
     version: int
+    writers: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -551,7 +559,7 @@ class Session:
         self.version: int | None = None
         # Why the session closed (None: open, or closed normally).
         self.error: CrdtSyncError | None = None
-        # Close code we sent or received.
+        # Close code we sent or received (the refined one, see errors.REFINES).
         self.close_code: int | None = None
         # Frames.
         self._reader = m.FrameReader(self.options.max_frame)
@@ -785,7 +793,7 @@ class Session:
             m.Welcome(self.version, self.local_peer_id, tuple(writers), self.options.max_frame)
         )
         self.state = State.OPEN
-        self._events.append(Opened(hello.peer_id, self.version))
+        self._events.append(Opened(hello.peer_id, self.version, tuple(hello.writers)))
         try:
             for chan, (name, epoch, version) in enumerate(hello.docs):
                 self._on_sync(m.Sync(chan, name, epoch, version))
@@ -936,7 +944,7 @@ class Session:
         if self.state is State.CLOSED:
             return
         self.close_code = code
-        self._queue_frame(self._writer.frame(m.Close(int(code), reason)))
+        self._queue_frame(self._writer.frame(m.Close(*_wire(code, reason))))
         self._set_closed(
             None
             if code in (ErrorCode.NO_ERROR, ErrorCode.GOING_AWAY)
@@ -1079,7 +1087,7 @@ class Session:
         self.state = State.OPEN
         if self.verify_writers and not self._declare(msg.writers):
             return
-        self._events.append(Opened(msg.peer_id, msg.version))
+        self._events.append(Opened(msg.peer_id, msg.version, tuple(msg.writers)))
         deferred, self._deferred = self._deferred, []
         for d in deferred:
             self._send(d)
@@ -1156,11 +1164,8 @@ class Session:
 
     def _close_doc(self, ch: _Channel, error: ProtocolError, *, send: bool) -> None:
         if send and self.state is State.OPEN:
-            self._send(
-                m.DocError(
-                    ch.name, int(error.code), error.reason[:200], ch.remote_chan, ch.local_chan
-                )
-            )
+            code, reason, detail = _wire(error.code, error.reason[:200])
+            self._send(m.DocError(ch.name, code, reason, ch.remote_chan, ch.local_chan, detail))
         ch.state = DocState.CLOSED
         ch.unacked_since = None
         if ch.parts is not None:
@@ -1283,18 +1288,20 @@ class Session:
         if not (mine or theirs):
             return  # about an older channel of this document
         self._close_doc(
-            ch, ProtocolError.for_code(msg.code, msg.reason, from_peer=True), send=False
+            ch,
+            ProtocolError.for_code(msg.code, msg.reason, from_peer=True, detail=msg.detail),
+            send=False,
         )
 
     def _on_ping(self, msg: m.Ping) -> None:
         """Nothing to do: receiving it already reset the idle timer."""
 
     def _on_close(self, msg: m.Close) -> None:
-        self.close_code = msg.code
         normal = msg.code in (ErrorCode.NO_ERROR, ErrorCode.GOING_AWAY)
-        self._set_closed(
-            None if normal else ProtocolError.for_code(msg.code, msg.reason, from_peer=True)
-        )
+        error = ProtocolError.for_code(msg.code, msg.reason, from_peer=True, detail=msg.detail)
+        refined = msg.detail is not None and error.code == msg.detail
+        self.close_code = int(error.code) if refined else msg.code
+        self._set_closed(None if normal else error)
 
     # -- internals: errors and closing ---------------------------------------------------
 
@@ -1323,7 +1330,7 @@ class Session:
         if self.state is State.CLOSED:
             return
         self.close_code = int(error.code)
-        self._queue_frame(self._writer.frame(m.Close(int(error.code), error.reason[:200])))
+        self._queue_frame(self._writer.frame(m.Close(*_wire(error.code, error.reason[:200]))))
         self._set_closed(error)
 
     def _set_closed(self, error: CrdtSyncError | None) -> None:
@@ -1366,6 +1373,12 @@ TRANSITIONS: dict[tuple[State, m.MsgType], _Handler] = {
     (State.HELLO_RECEIVED, m.MsgType.CLOSE): Session._on_close,
     (State.OPEN, m.MsgType.CLOSE): Session._on_close,
 }
+
+
+def _wire(code: int, reason: str) -> tuple[int, str, int | None]:
+    """CLOSE / DOC_ERROR fields for an error code: a refined code goes as a detail."""
+    sent, detail = wire_code(code)
+    return sent, reason, detail
 
 
 def _unzstd(data: bytes, limit: int) -> bytes:

@@ -101,6 +101,7 @@ from crdtsync.errors import (
     MalformedFrameError,
     ProtocolError,
     RateLimitError,
+    ReadOnlyError,
     RoomNotAllowedError,
     UnexpectedMessageError,
     UpdateRejectedError,
@@ -275,12 +276,13 @@ class Synced:
 class AccessDenied:
     """Client side: the server sent "permission denied".
 
-    ``final``: before the first sync, access itself was refused (the session
-    closes; coming back cannot change that). After it, a write was refused (a
-    read-only grant): the session stays and keeps receiving.
+    ``final``: before the first sync, access itself was refused (an
+    :class:`AuthError`; the session closes, and coming back cannot change that).
+    After it, a write was refused (a :class:`ReadOnlyError`: a read-only grant);
+    the session stays and keeps receiving.
     """
 
-    error: AuthError
+    error: AuthError | ReadOnlyError
     final: bool
 
 
@@ -625,7 +627,7 @@ class YSession:
 
     def _on_denied_write(self, msg: y.AuthDenied) -> None:
         # After a sync: a refused write (a read-only grant); we stay and keep receiving.
-        error = AuthError(f"permission denied: {msg.reason}", from_peer=True)
+        error = ReadOnlyError(f"permission denied: {msg.reason}", from_peer=True)
         self._events.append(AccessDenied(error, final=False))
 
     def _on_ignored(self, msg: y.YMessage) -> None:

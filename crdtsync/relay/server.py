@@ -67,12 +67,14 @@ from websockets.http11 import Request, Response
 
 from crdtsync.errors import (
     AuthError,
+    CrdtSyncError,
     DocumentFullError,
     InvalidRoomError,
     LimitExceededError,
     LocalProtocolError,
     NoSuchDocumentError,
     RateLimitError,
+    ReadOnlyError,
     RoomNotAllowedError,
     StoreError,
     TokenError,
@@ -127,6 +129,9 @@ CLOSE_CODES: dict[int, str] = {
     ys.CLOSE_RATE_LIMITED: "message rate limit exceeded (reconnect later)",
 }
 
+# Room refusals logged per crdtsync connection (the metrics count them all).
+_MAX_ROOM_REFUSALS_LOGGED = 16
+
 # Seconds a graceful shutdown waits for clients to answer their close frames,
 # all together (websockets' own close timeout is 2 s per connection, but run at
 # once they overlap); whoever has not answered by then is cut off.
@@ -165,6 +170,8 @@ class Relay:
         self._rooms: Rooms | None = None
         self._server: Server | None = None
         self._sync_conns: dict[str, SyncConnection] = {}
+        # Room refusals logged per crdtsync connection (one HELLO may name a thousand).
+        self._rooms_refused: dict[str, int] = {}
         self._ready = False
         self._draining = False
         self._closed = asyncio.Event()
@@ -500,6 +507,7 @@ class Relay:
             await self.backend.serve(conn)
         finally:
             self._sync_conns.pop(address, None)
+            self._rooms_refused.pop(address, None)
 
     def _authorize(self, info: HelloInfo) -> Grant:
         """The backend's hook for crdtsync handshakes: check the token, grant its rooms."""
@@ -507,13 +515,13 @@ class Relay:
         secret = self.config.secret
         if secret is not None:
             token = info.auth.get("token") if isinstance(info.auth, dict) else None
-            if not isinstance(token, str):
-                self.metrics.error("auth")
-                raise TokenError("this relay needs an access token")
             try:
+                if not isinstance(token, str):
+                    raise TokenError("this relay needs an access token")
                 claims = verify_token(secret, token)
-            except TokenError:
+            except TokenError as exc:
                 self.metrics.error("auth")
+                _log_refusal(exc, info.address, "crdtsync", rooms=info.docs)
                 raise
         conn = self._sync_conns.get(info.address)
         if conn is not None:
@@ -531,7 +539,7 @@ class Relay:
         )
         return Grant(
             relay=False,
-            check=partial(self._check_room, claims),
+            check=partial(self._check_room, claims, info.address),
             read_only=claims is not None and not claims.write,
             max_refused_updates=self.config.max_refused_updates,
             creating=partial(self._creating, info.address),
@@ -546,24 +554,48 @@ class Relay:
             log.warning("room creation refused", extra={"fields": {"remote": address}})
             raise
 
-    def _check_room(self, claims: TokenClaims | None, name: str) -> None:
+    def _check_room(self, claims: TokenClaims | None, address: str, name: str) -> None:
         try:
             validate_room(name)
-        except InvalidRoomError:
+        except InvalidRoomError as exc:
             self.metrics.error("invalid_room")
+            self._log_room_refusal(exc, address, name, None)
             raise
         if claims is not None and not claims.allows(name):
             self.metrics.error("room_not_allowed")
-            raise RoomNotAllowedError(f"the token does not allow room {name!r}")
+            refusal = RoomNotAllowedError(f"the token does not allow room {name!r}")
+            self._log_room_refusal(refusal, address, name, claims.subject)
+            raise refusal
+
+    def _log_room_refusal(
+        self, error: CrdtSyncError, address: str, room: str, subject: str | None
+    ) -> None:
+        """Log a room refused on a crdtsync session: the first ones of each connection."""
+        count = self._rooms_refused.get(address, 0) + 1
+        self._rooms_refused[address] = count
+        if count <= _MAX_ROOM_REFUSALS_LOGGED:
+            _log_refusal(error, address, "crdtsync", room=room, subject=subject)
+            if count == _MAX_ROOM_REFUSALS_LOGGED:
+                fields = {"remote": address, "protocol": "crdtsync", "logged": count}
+                log.warning(
+                    "further room refusals of this connection are not logged",
+                    extra={"fields": fields},
+                )
 
     def _on_status(self, status: Status) -> None:
-        if status.kind == "error" and status.error is not None:
-            kind = "crdtsync_" + type(status.error).__name__
-            if isinstance(status.error, StoreError):
+        err = status.error
+        if status.kind == "error" and err is not None:
+            kind = "crdtsync_" + type(err).__name__
+            if isinstance(err, StoreError):
                 kind = "store"  # a room the store could not give, on one channel
-            elif isinstance(status.error, DocumentFullError):
+            elif isinstance(err, DocumentFullError):
                 kind = "room_full"
             self.metrics.error(kind)
+            if isinstance(err, AuthError | InvalidRoomError) and not err.from_peer:
+                return  # a refusal of ours, logged where it was decided (_authorize, _check_room)
+            if isinstance(err, ReadOnlyError) and not err.from_peer:
+                self._log_room_refusal(err, status.address or "", status.doc or "", None)
+                return
             log.warning(
                 "session error",
                 extra={
@@ -589,6 +621,7 @@ class Relay:
         self, ws: ServerConnection, address: str, raw_path: str, query: dict[str, str]
     ) -> None:
         claims: TokenClaims | None = None
+        room: str | None = None
         try:
             room = room_from_path(raw_path)
             if self.config.secret is not None:
@@ -600,6 +633,9 @@ class Relay:
                     raise RoomNotAllowedError(f"the token does not allow room {room!r}")
         except (AuthError, InvalidRoomError) as exc:
             self.metrics.error("invalid_room" if isinstance(exc, InvalidRoomError) else "auth")
+            # A bad name is logged as its path, without the query (which holds the token).
+            asked = room if room is not None else raw_path.partition("?")[0]
+            _log_refusal(exc, address, "y", room=asked, subject=claims.subject if claims else None)
             await _refuse(ws, exc)
             return
         read_only = claims is not None and not claims.write
@@ -684,6 +720,32 @@ class Relay:
             extra={"fields": {"remote": address, "protocol": "y", "room": room, "reason": reason}},
         )
         await ws.close(code, reason)
+
+
+def _log_refusal(
+    error: CrdtSyncError,
+    remote: str,
+    protocol: str,
+    *,
+    room: str | None = None,
+    rooms: tuple[str, ...] = (),
+    subject: str | None = None,
+) -> None:
+    """Log one refusal, on either protocol: who, which room, why (never the token).
+
+    Room names come from the client: the JSON lines escape them, and they are cut
+    short (a HELLO may name thousands).
+    """
+    fields: dict[str, object] = {
+        "remote": remote,
+        "protocol": protocol,
+        "room": None if room is None else room[:200],
+        "rooms": [name[:200] for name in rooms[:16]] or None,
+        "error": type(error).__name__,
+        "reason": str(error)[:300],
+        "subject": subject,
+    }
+    log.warning("refused", extra={"fields": fields})
 
 
 async def _refuse(ws: ServerConnection, error: AuthError | InvalidRoomError) -> None:

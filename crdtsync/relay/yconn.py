@@ -52,9 +52,14 @@ _STEP2 = b"\x00\x01"
 
 #: Write-policy refusals a y-protocols client is told of with "permission
 #: denied" (it stays connected): (metrics kind, reason).
-_REFUSALS: dict[Admission, tuple[str, str]] = {
-    Admission.READ_ONLY: ("read_only", "read-only access: update refused"),
-    Admission.FULL: ("room_full", "the room reached its size limit: update refused"),
+# A refused write's metrics kind, error class name (logged) and reason (sent).
+_REFUSALS: dict[Admission, tuple[str, str, str]] = {
+    Admission.READ_ONLY: ("read_only", "ReadOnlyError", "read-only access: update refused"),
+    Admission.FULL: (
+        "room_full",
+        "DocumentFullError",
+        "the room reached its size limit: update refused",
+    ),
 }
 
 
@@ -96,6 +101,7 @@ class YConnection:
         "_bytes",
         "_dropped",
         "_metrics",
+        "_refused_writes",
         "address",
         "catch_up_end",
         "catch_up_start",
@@ -140,6 +146,8 @@ class YConnection:
         self._dropped = False
         # What it may send (max_bytes_per_sec): a faster client is read more slowly.
         self._bytes = bytes_budget
+        # Writes refused (read-only, a full room): the first is logged, all are counted.
+        self._refused_writes = 0
 
     @property
     def closed(self) -> bool:
@@ -232,9 +240,19 @@ class YConnection:
             if refusal is not None:
                 # Refused, and the client stays: y-websocket logs "permission
                 # denied" (the write policy closes it after too many).
-                kind, reason = refusal
+                kind, error, reason = refusal
                 self._metrics.error(kind)
                 session.refuse_update(reason)
+                self._refused_writes += 1
+                if self._refused_writes == 1:  # a read-only tab typing: once, not per key
+                    fields = {
+                        "remote": self.address,
+                        "protocol": "y",
+                        "room": self.room,
+                        "error": error,
+                        "reason": reason,
+                    }
+                    log.warning("refused", extra={"fields": fields})
             elif verdict is Admission.HELD_LIMIT:
                 # It sends out of order: reconnecting resends in order (sync step 2).
                 session.fail(LimitExceededError("too many updates waiting for missing changes"))

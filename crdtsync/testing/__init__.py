@@ -1,8 +1,9 @@
-"""Acceptance suites for stores, transports and room backends, and a virtual-time event loop.
+"""Acceptance suites for stores, transports, discovery and room backends; a virtual-time loop.
 
-Every :class:`~crdtsync.store.base.Store`, every transport and every relay room
-backend (:mod:`crdtsync.relay.backend`: ``check_room_backend``, loaded on first
-use) runs the same suite, like automerge-repo's adapter tests and
+Every :class:`~crdtsync.store.base.Store`, every transport, every discovery
+source (:func:`check_discovery`) and every relay room backend
+(:mod:`crdtsync.relay.backend`: ``check_room_backend``, loaded on first use)
+runs the same suite, like automerge-repo's adapter tests and
 ``trio.testing.check_two_way_stream``::
 
     import asyncio
@@ -23,16 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from crdtsync.errors import ConnectionClosedError, StoreError, TransportError
 from crdtsync.net import (
     Ability,
     Connection,
+    Discovery,
+    Hint,
     Transport,
     has_close_codes,
     has_flow_control,
+    has_identity,
     keeps_messages,
 )
 from crdtsync.store.base import Store
@@ -40,6 +45,7 @@ from crdtsync.store.base import Store
 __all__ = [
     "VirtualTimeLoop",
     "advance",
+    "check_discovery",
     "check_room_backend",
     "check_store",
     "check_transport",
@@ -270,7 +276,9 @@ async def check_transport(factory: TransportFactory) -> None:
     transport declares (``abilities``, the same on every connection it makes and
     accepts): ``MESSAGES`` (each send arrives as exactly one recv, empty
     messages through ``recv_message``), ``FLOW`` (``buffered_amount``; ``abort``
-    ends both ends) and ``CLOSE_CODES`` (the peer reads the code and reason sent).
+    ends both ends), ``CLOSE_CODES`` (the peer reads the code and reason sent)
+    and ``IDENTITY`` (each end names the key the other end's transport holds,
+    the same on every connection, with the hello bytes it declared).
 
     Args:
         factory: returns ``(server transport, client transport, listen address)``;
@@ -358,6 +366,8 @@ async def check_transport(factory: TransportFactory) -> None:
             await _check_flow(*await pair())
         if Ability.CLOSE_CODES in declared:
             await _check_close_codes(*await pair())
+        if Ability.IDENTITY in declared:
+            await _check_identity(client, server, *await pair())
     finally:
         for ev in finished:
             ev.set()
@@ -443,6 +453,35 @@ async def _check_close_codes(client: Connection, server: Connection) -> None:
         assert end.close_reason == "check", f"close_reason {end.close_reason!r}"
 
 
+async def _check_identity(
+    client: Connection, server: Connection, client2: Connection, server2: Connection
+) -> None:
+    """A transport declaring IDENTITY: each end names a key, stable across connections."""
+    for end in (client, server, client2, server2):
+        assert has_identity(end)
+        key = end.remote_identity.public_key
+        fp = end.remote_identity.fingerprint
+        assert isinstance(key, bytes), f"remote_identity.public_key {key!r}"
+        assert key, "remote_identity.public_key is empty"
+        assert isinstance(fp, str), f"remote_identity.fingerprint {fp!r}"
+        assert fp, "remote_identity.fingerprint is empty"
+        assert isinstance(end.remote_hello, bytes), f"remote_hello {end.remote_hello!r}"
+    assert has_identity(client)
+    assert has_identity(client2)
+    assert has_identity(server)
+    assert has_identity(server2)
+    # The client transport proves the same key on every connection it makes, and
+    # the server transport on every one it accepts.
+    assert client.remote_identity.public_key == client2.remote_identity.public_key, (
+        "the server proved different keys on two connections"
+    )
+    assert server.remote_identity.public_key == server2.remote_identity.public_key, (
+        "the client proved different keys on two connections"
+    )
+    assert client.remote_identity.fingerprint == client2.remote_identity.fingerprint
+    await _step(client2.close(), "close")
+
+
 async def _sync_over(
     server_t: Transport[Connection], client_t: Transport[Connection], address: str
 ) -> None:
@@ -456,3 +495,67 @@ async def _sync_over(
         assert await client.wait_synced("check", timeout=_STEP), "the peers did not sync"
         remote = await server.open("check")
         assert str(remote.text("t")) == "over the wire"
+
+
+# -- discovery ------------------------------------------------------------------------------
+
+
+async def check_discovery(
+    factory: Callable[[], Discovery],
+    *,
+    expect: Collection[str],
+    own: str | None = None,
+    timeout: float = _STEP,
+) -> list[Hint]:
+    """Check that a discovery source keeps the contract of :class:`~crdtsync.net.Discovery`.
+
+    Starts the source, collects hints until every address of ``expect`` was
+    hinted, closes it (twice: idempotent) and checks that iteration then ends::
+
+        await check_discovery(lambda: StaticDiscovery(["lan://127.0.0.1:4000"]),
+                              expect={"lan://127.0.0.1:4000"})
+
+    Args:
+        factory: makes the source (not started).
+        expect: addresses that must be hinted (each in some hint's ``addresses``).
+        own: this device's fingerprint: no hint may name it.
+        timeout: seconds allowed for the expected hints to arrive.
+
+    Returns:
+        The hints seen (for further checks by the caller).
+
+    Raises:
+        AssertionError: with what went wrong.
+    """
+    source = factory()
+    assert isinstance(source, Discovery), "not a Discovery (start, hints, close)"
+    seen: list[Hint] = []
+    missing = set(expect)
+
+    async def collect() -> None:
+        async for hint in source.hints():
+            assert isinstance(hint, Hint), f"hints() yielded {hint!r}"
+            assert own is None or hint.fingerprint != own, "a hint about this device itself"
+            assert hint.gone or hint.addresses, "a hint with no address"
+            for address in hint.addresses:
+                assert urlsplit(address).scheme, f"not an address with a scheme: {address!r}"
+            seen.append(hint)
+            missing.difference_update(hint.addresses)
+
+    await _step(source.start(), "start")
+    task = asyncio.ensure_future(collect())
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while missing and not task.done() and loop.time() < deadline:
+            await asyncio.wait({task}, timeout=0.05)
+        if task.done():
+            task.result()  # an assertion inside collect
+            raise AssertionError("hints() ended before close()")
+        assert not missing, f"no hint for {sorted(missing)} within {timeout} s"
+    finally:
+        await _step(source.close(), "close")
+        await _step(source.close(), "second close (idempotent)")
+    # Iteration ends once closed.
+    await _step(task, "the end of hints() after close")
+    return seen

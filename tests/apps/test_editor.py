@@ -22,6 +22,7 @@ from crdtsync import Doc, Peer
 from crdtsync.apps.editor import EditorApp, LineMap, color_for
 from crdtsync.model.positions import absolute_position
 from crdtsync.relay import Relay, mint_token
+from crdtsync.transports.lan import GroupKey
 
 pytestmark = pytest.mark.anyio
 
@@ -244,3 +245,31 @@ async def test_refusals_show_in_the_status_line(tmp_path: Path) -> None:
         async with app.run_test(size=(100, 30)):
             await eventually(lambda: app.state.startswith("refused"), what="the room refusal")
             assert str((await relay.peer.open(ROOM)).text("body")) == ""
+
+
+async def test_the_editor_edits_with_lan_peers_and_no_relay(tmp_path: Path) -> None:
+    # crdtsync edit ROOM --lan --key-file ...: zeroconf on 127.0.0.1 only.
+    key = GroupKey.generate()
+    async with Peer(store=tmp_path / "py.db") as peer:
+        await peer.start_lan(key, interfaces=["127.0.0.1"])
+        doc = await peer.open(ROOM)
+        doc.text("body").insert(0, "from python\n")
+        app = EditorApp(
+            ROOM,
+            None,
+            name="tom",
+            lan_key=key,
+            lan_interfaces=["127.0.0.1"],
+            store=str(tmp_path / "editor.db"),
+        )
+        async with app.run_test(size=(100, 30)) as pilot:
+            await eventually(lambda: text_of(app) == "from python\n", 20, "the LAN peer's text")
+            await synced(app)
+            await pilot.press(*"typed ")
+            await eventually(
+                lambda: str(doc.text("body")) == "typed from python\n", 20, "the typing"
+            )
+            assert app.peer is not None
+            assert app.peer.lan is not None
+            assert app.peer.lan.linked() == {peer.lan.fingerprint}  # type: ignore[union-attr]
+        assert (tmp_path / "editor.db.lan-identity").exists()

@@ -638,9 +638,12 @@ def test_rule_surrogate_pairs_are_never_split() -> None:
     assert index.pair_splits == {7: [1, 7]}
     for clock in range(8):
         # an origin at `clock` splits before clock + 1, a right origin before clock
+        # (with the origin a writer holding it must have used: the clock before,
+        # S9, and that splits at the same place)
+        before = {"origin": (7, clock - 1)} if clock else {}
         for kw, split in (
             ({"origin": (7, clock)}, clock + 1),
-            ({"right_origin": (7, clock)}, clock),
+            ({"right_origin": (7, clock), **before}, clock),
         ):
             data = _update([_string(8, 0, "z", **kw)])
             if split in inside:

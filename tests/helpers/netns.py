@@ -212,6 +212,11 @@ class Lab:
         """Plug a host back in."""
         _ip("-n", self.switch, "link", "set", f"p{host}", "up")
 
+    def move(self, host: int, bridge: int) -> None:
+        """Plug a host into another bridge, keeping its address (a partition that
+        leaves each side connected within itself, or its heal)."""
+        _ip("-n", self.switch, "link", "set", f"p{host}", "master", f"br{bridge}")
+
     def namespaces(self) -> list[str]:
         """The namespaces this lab made (switch first)."""
         return list(self._made)

@@ -177,8 +177,11 @@ def test_size_limits_are_configurable() -> None:
         doc.import_update(src.export_update())
     with pytest.raises(UpdateLimitError):
         doc.import_yjs_update(src.export_yjs_update())
+    # Stored state reads under the document limit (issue 18 item 1), not the
+    # per-update one: a room that grew by small updates must reload.
+    assert Doc.load(src.save(), limits=small).to_py() == src.to_py()
     with pytest.raises(UpdateLimitError):
-        Doc.load(src.save(), limits=small)
+        Doc.load(src.save(), limits=UpdateLimits(max_update_bytes=100, max_document_bytes=100))
     assert doc.to_py() == {}
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from crdtsync import Doc, InvalidOperationError, InvalidValueError, Map, Tree
 from crdtsync.errors import TreeCycleError
+from crdtsync.model.doc import DEFAULT_LIMITS
 from crdtsync.model.tree import MAX_KEY, _TreeState, key_between, parse_op, valid_key
 
 
@@ -28,6 +29,13 @@ def state(t: Tree) -> _TreeState:
     b = t._binding()
     assert b is not None
     return b.state
+
+
+def check(t: Tree, deep: bool = True) -> None:
+    """The tree's invariants, against every operation in its document."""
+    b = t._binding()
+    assert b is not None
+    b.check(deep)
 
 
 def shape(t: Tree) -> Any:
@@ -253,10 +261,8 @@ def test_nested_trees() -> None:
     assert b.to_py() == a.to_py()
 
 
-def test_save_and_load_rebuild_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from crdtsync.model import tree as tree_mod
-
-    doc = Doc()
+def _saved_with_moves() -> tuple[Doc, Tree]:
+    doc = Doc(peer_id=7)
     t = doc.tree("t")
     ids = [t.create(data={"i": i}) for i in range(50)]
     rng = random.Random(3)
@@ -264,20 +270,53 @@ def test_save_and_load_rebuild_once(monkeypatch: pytest.MonkeyPatch) -> None:
         with contextlib.suppress(InvalidOperationError):
             t.move(rng.choice(ids), rng.choice([None, *ids]), None)
     t.delete(ids[0])
-    rebuilds = []
+    return doc, t
+
+
+def _count_rebuilds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from crdtsync.model import tree as tree_mod
+
+    rebuilds: list[int] = []
     real = tree_mod._Binding._rebuild
 
-    def counting(self: Any) -> None:
+    def counting(self: Any, old: Any = None) -> None:
         rebuilds.append(1)
-        real(self)
+        real(self, old)
 
     monkeypatch.setattr(tree_mod._Binding, "_rebuild", counting)
-    loaded = Doc.load(doc.save())
+    return rebuilds
+
+
+def test_load_starts_from_the_saved_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    doc, t = _saved_with_moves()
+    saved = doc.save()
+    rebuilds = _count_rebuilds(monkeypatch)
+    loaded = Doc.load(saved)
     lt = loaded.tree("t")
     assert lt.to_py() == t.to_py()
     assert lt.children(None) == t.children(None)
+    assert rebuilds == []  # no operation was read: the shape came with the save
+    check(lt)  # and it is the fold of the document's operations
+    assert state(lt).log == []  # no undo log until an older operation arrives
+    lt.move(lt.children(None)[0], None)  # local edits need none
+    assert rebuilds == []
+    check(lt)
+
+
+def test_a_save_without_shapes_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saves written before shapes were saved (and saves whose shapes are refused)."""
+    from crdtsync.format import envelope
+
+    doc, t = _saved_with_moves()
+    env = envelope.unpack(doc.save(), DEFAULT_LIMITS)
+    assert env.cache  # this release saves shapes...
+    bare = envelope.pack(env.update, compact=True, snapshot=True)  # ...older ones did not
+    rebuilds = _count_rebuilds(monkeypatch)
+    lt = Doc.load(bare).tree("t")
+    assert lt.to_py() == t.to_py()
+    assert lt.children(None) == t.children(None)
     assert len(rebuilds) == 1
-    state(lt).check()
+    check(lt)
 
 
 def test_lamport_clock_exceeds_everything_seen() -> None:
@@ -302,7 +341,7 @@ def test_edits_in_one_transaction() -> None:
         t.delete(x)
     assert len(updates) == 1
     assert t.children() == [y]
-    state(t).check()
+    check(t)
     b.import_yjs_update(updates[0])
     assert b.to_py() == a.to_py()
 
@@ -324,8 +363,8 @@ def test_edits_on_an_observed_document() -> None:
     for u in updates:
         b.import_yjs_update(u)
     assert b.to_py() == a.to_py() == {"t": [{"id": y, "data": {"k": [1]}, "children": []}]}
-    state(t).check()
-    state(b.tree("t")).check()
+    check(t)
+    check(b.tree("t"))
 
 
 def test_observers_see_tree_changes() -> None:
@@ -376,7 +415,7 @@ def test_concurrent_moves_forming_a_cycle_the_earlier_wins() -> None:
         tr = d.tree("t")
         assert tr.children(None) == [y]
         assert tr.children(y) == [x]
-        state(tr).check()
+        check(tr)
     assert a.to_py() == b.to_py()
 
 
@@ -447,7 +486,7 @@ def test_concurrent_inserts_at_one_index_are_ordered_the_same_everywhere() -> No
     assert order[-1] == last
     assert sorted(order[1:-1]) == sorted(new)
     assert b.tree("t").children() == c.tree("t").children() == order
-    keys = [state(a.tree("t")).pos[n] for n in order]
+    keys = [state(a.tree("t")).key_of(n) for n in order]
     assert len(set(keys)) == len(keys)  # the jitter kept the keys apart
 
 
@@ -479,7 +518,7 @@ def test_operations_arriving_before_what_they_depend_on() -> None:
     tb.move(y, z)
     c.import_update(b.export_update(since=a.version))  # only b's part
     assert c.tree("t").to_py() == []  # depends on nodes c has not seen
-    state(c.tree("t")).check()
+    check(c.tree("t"))
     c.import_update(a.export_update())
     assert c.to_py() == b.to_py()
     assert shape(c.tree("t")) == [(x, [(z, [(y, [])])])]
@@ -518,8 +557,8 @@ def test_every_delivery_order_converges() -> None:
         tr.children()  # a binding exists before the updates arrive
         for i in perm:
             d.import_update(updates[i][1])
-            state(tr).check(deep=False)
-        state(tr).check()
+            check(tr, deep=False)
+        check(tr)
         results.add(repr(shape(tr)))
     assert orders == 90
     assert len(results) == 1
@@ -552,8 +591,8 @@ def test_appends_and_prepends_stay_short() -> None:
     for _ in range(2000):
         t.create(index=0)
     st = state(t)
-    assert max(len(k) for k in st.pos.values()) <= 6
-    assert t.children() == [n for _, n in sorted((st.pos[n], n) for n in t.children())]
+    assert max(len(k) for k in st.positions.values()) <= 6
+    assert t.children() == [n for _, n in sorted((st.key_of(n), n) for n in t.children())]
 
 
 def test_runs_of_inserts_into_one_gap_stay_short() -> None:
@@ -568,7 +607,7 @@ def test_runs_of_inserts_into_one_gap_stay_short() -> None:
     for _ in range(500):
         t.create(None, 1)
     st = state(t)
-    assert max(len(st.pos[n]) for n in t.children()) <= 16
+    assert max(len(st.key_of(n)) for n in t.children()) <= 16
     assert t.children()[0] == first
 
 
@@ -693,7 +732,7 @@ def test_foreign_garbage_is_ignored_deterministically() -> None:
         tr = d.tree("t")
         assert tr.children() == [y]
         assert tr.children(y) == [x]
-        state(tr).check()
+        check(tr)
     loaded = Doc.load(a.save())
     assert loaded.to_py() == a.to_py() == b.to_py()
 
@@ -710,7 +749,7 @@ def test_foreign_rewrites_of_operations_trigger_a_rebuild() -> None:
 
     foreign(a, "t", 50, rewrite)
     assert t.to_py() == []  # x deleted; y never created
-    state(t).check()
+    check(t)
     fresh = Doc.load(a.save())
     assert fresh.to_py() == a.to_py()
 
@@ -760,7 +799,7 @@ def test_state_check_catches_corruption() -> None:
     with pytest.raises(AssertionError, match=r"cycle|kids|fold"):
         st.check()
     st.parent[a] = ""
-    st.pos[b] = "zz"
+    st.kids[a][b] = "zz"
     with pytest.raises(AssertionError):
         st.check()
 
@@ -778,3 +817,58 @@ def test_tree_changes_reported_as_tree_events() -> None:
         outline.move(n, parent=None, index=0)
     assert len(events) == 1
     assert [(c.path, c.kind) for c in events[0].changes] == [(("outline",), "tree")]
+
+
+def test_moves_place_nodes_where_key_for_would() -> None:
+    """Tree.move inlines key_for's append and prepend cases: same keys, always."""
+    rng = random.Random(11)
+    t = Doc(peer_id=3).tree("t")
+    nodes = [t.create() for _ in range(30)]
+    for _ in range(2000):
+        st = state(t)
+        node = rng.choice(nodes)
+        parent = rng.choice([None, None, *nodes])
+        index = rng.choice([None, 0, 0, 1])
+        p = "" if parent is None else parent
+        lam = st.clock + 1
+        try:
+            expected = st.key_for(p, node, index, lam << 64 | 3, node)
+        except InvalidOperationError:
+            expected = None
+        try:
+            t.move(node, parent, index)
+        except InvalidOperationError:
+            continue
+        if expected is not None:
+            assert st.key_of(node) == expected
+    check(t)
+
+
+def test_what_the_document_tells_its_containers() -> None:
+    """The named methods the tree uses instead of Doc's private state."""
+    doc = Doc()
+    t = doc.tree("t")
+    assert doc.root_name(t) == "t"
+    assert doc.root_name(Tree()) is None
+    assert not doc.in_transaction
+    with doc.transaction():
+        assert doc.in_transaction
+        assert not doc.importing  # a local transaction
+        with doc.edit(t):
+            t.create()
+    assert not doc.in_transaction
+    assert doc.roots() == {"t": "tree"}  # edit() registered the root with its first edit
+    assert not doc.observed
+    doc.observe_updates(lambda *_: None)
+    assert doc.observed
+    # importing is what the tree's observers ask: remote operations are folded,
+    # local ones (already applied) are not folded twice.
+    other = Doc()
+    other.import_update(doc.export_update())
+    ot = other.tree("t")
+    ot.children()
+    n = t.create()
+    other.import_update(doc.export_update(since=other.version))
+    assert ot.children() == t.children()
+    assert n in ot
+    check(ot)

@@ -29,6 +29,7 @@ from crdtsync import (
     LimitExceededError,
     LocalProtocolError,
     MalformedFrameError,
+    ReadOnlyError,
     RoomNotAllowedError,
     TokenError,
     TokenExpiredError,
@@ -580,7 +581,7 @@ async def test_permission_denied_before_sync_stops_after_sync_does_not() -> None
         p.on_status(lambda s: errors.append(s) if s.kind == "error" else None)
         assert await p.wait_synced(timeout=STEP)
         await wait_until(lambda: bool(errors), "the denial to be reported")
-        assert isinstance(errors[0].error, AuthError)
+        assert isinstance(errors[0].error, ReadOnlyError)  # a refused write, exactly
         assert p.synced
         assert p.error is None
 

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from crdtsync.errors import ErrorCode
+from crdtsync.errors import (
+    AuthError,
+    ErrorCode,
+    ProtocolError,
+    RoomNotAllowedError,
+    TokenError,
+    TokenExpiredError,
+)
 from crdtsync.protocol import messages as m
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "protocol"
@@ -53,6 +60,25 @@ EXPECTED: dict[str, m.Message] = {
     ),
     "ping": m.Ping(),
     "close": m.Close(code=int(ErrorCode.AUTH_FAILED), reason="bad token"),
+    # Refined codes (added within version 1): the code an older peer knows, then the detail.
+    "close-token-expired": m.Close(
+        code=int(ErrorCode.AUTH_FAILED),
+        reason="token has expired",
+        detail=int(ErrorCode.TOKEN_EXPIRED),
+    ),
+    "close-token-invalid": m.Close(
+        code=int(ErrorCode.AUTH_FAILED),
+        reason="token signature does not verify",
+        detail=int(ErrorCode.TOKEN_INVALID),
+    ),
+    "doc-error-room-not-allowed": m.DocError(
+        name="other",
+        code=int(ErrorCode.AUTH_FAILED),
+        reason="the token does not allow room 'other'",
+        your_chan=0,
+        my_chan=None,
+        detail=int(ErrorCode.ROOM_NOT_ALLOWED),
+    ),
 }
 
 
@@ -61,10 +87,15 @@ def _frame(msg: m.Message) -> bytes:
 
 
 def write_vectors() -> None:
-    """Write the vectors (scripts/make_protocol_golden.py; only for a new version)."""
+    """Write the vectors that are missing (scripts/make_protocol_golden.py).
+
+    Existing vectors are never rewritten: they are what deployed peers send.
+    """
     GOLDEN.mkdir(parents=True, exist_ok=True)
     for name, msg in EXPECTED.items():
-        (GOLDEN / f"{name}.bin").write_bytes(_frame(msg))
+        path = GOLDEN / f"{name}.bin"
+        if not path.exists():
+            path.write_bytes(_frame(msg))
 
 
 def test_update_payloads_are_valid() -> None:
@@ -106,3 +137,34 @@ def test_newer_fields_are_ignored() -> None:
     """Versioning rule: a decoder ignores fields appended after the ones it knows."""
     body = m.cbor_encode([5, 2, 7, "a field from the future"])
     assert m.decode_message(body) == m.Ack(2, 7)
+
+
+@pytest.mark.parametrize(
+    ("name", "exact"),
+    [
+        ("close-token-expired", TokenExpiredError),
+        ("close-token-invalid", TokenError),
+        ("doc-error-room-not-allowed", RoomNotAllowedError),
+    ],
+)
+def test_refined_codes_read_as_auth_failed_by_older_peers(
+    name: str, exact: type[ProtocolError]
+) -> None:
+    """Codes 18-20 travel as a detail after AUTH_FAILED (docs/PROTOCOL.md, "Error codes").
+
+    A peer that predates them decodes only the fields it knows: it reads AUTH_FAILED
+    (an AuthError: it stops, as it always did); a newer one reads the exact refusal.
+    """
+    reader = m.FrameReader(max_frame=1 << 20)
+    reader.feed((GOLDEN / f"{name}.bin").read_bytes())
+    body = reader.next_body()
+    assert body is not None
+    msg = m.decode_message(body)
+    assert isinstance(msg, m.Close | m.DocError)
+    assert msg.code == ErrorCode.AUTH_FAILED
+    assert type(ProtocolError.for_code(msg.code, msg.reason, detail=msg.detail)) is exact
+    fields = m.cbor_decode(body)
+    older = m.decode_message(m.cbor_encode(list(fields[:-1])))
+    assert isinstance(older, m.Close | m.DocError)
+    assert older.detail is None
+    assert type(ProtocolError.for_code(older.code, older.reason)) is AuthError

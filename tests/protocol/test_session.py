@@ -20,6 +20,9 @@ from crdtsync.errors import (
     LocalProtocolError,
     MalformedFrameError,
     ProtocolTimeoutError,
+    RoomNotAllowedError,
+    TokenError,
+    TokenExpiredError,
     UnexpectedMessageError,
     UnknownMessageError,
     UpdateRejectedError,
@@ -298,6 +301,100 @@ def test_auth_hook_rejects() -> None:
     assert client.error.code == ErrorCode.AUTH_FAILED
     assert client.error.reason == "bad token"
     assert client.state is State.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("error", "detail"),
+    [
+        (TokenError("token signature does not verify"), ErrorCode.TOKEN_INVALID),
+        (TokenExpiredError("token has expired"), ErrorCode.TOKEN_EXPIRED),
+        (RoomNotAllowedError("the token does not allow room 'x'"), ErrorCode.ROOM_NOT_ALLOWED),
+    ],
+)
+def test_a_refused_handshake_carries_the_exact_refusal(error: AuthError, detail: int) -> None:
+    """The refined code travels after AUTH_FAILED: new peers raise the exact class,
+    older peers (which read the fields they know) read AUTH_FAILED as before."""
+    client = Session.client(1, auth={"token": "t"})
+    server = Session.server(2)
+    for f in client.data_to_send():
+        server.receive_data(f)
+    server.events_received()
+    server.reject(error)
+    frames = server.data_to_send()
+    reader = m.FrameReader(1 << 20)
+    reader.feed(b"".join(frames))
+    body = reader.next_body()
+    assert body is not None
+    assert m.decode_message(body) == m.Close(ErrorCode.AUTH_FAILED, error.reason, detail)
+    for f in frames:
+        client.receive_data(f)
+    assert type(client.error) is type(error)
+    assert client.error.from_peer
+    assert client.error.reason == error.reason
+    assert client.close_code == detail
+    # A decoder that predates the detail reads the fields it knows: AUTH_FAILED.
+    fields = m.cbor_decode(body)
+    old = m.decode_message(m.cbor_encode(list(fields[:3])))
+    assert isinstance(old, m.Close)
+    assert type(ProtocolError.for_code(old.code, old.reason)) is AuthError
+
+
+class _RefusesB(Side):
+    """A server side that refuses document "b" for the token (as the relay's room check)."""
+
+    def react(self) -> None:
+        while evs := self.s.events_received():
+            for ev in evs:
+                self.events.append(ev)
+                if isinstance(ev, HelloReceived):
+                    self.s.accept()
+                elif isinstance(ev, DocRequested) and ev.name == "b":
+                    self.s.refuse_doc(ev.name, RoomNotAllowedError("not this room"))
+                elif isinstance(ev, DocRequested):
+                    doc = self.docs.setdefault(ev.name, Doc())
+                    self.s.open_doc(ev.name, ev.epoch, doc.version)
+                elif isinstance(ev, CatchUpNeeded):
+                    update = self.docs[ev.name].export_yjs_update(since=ev.since)
+                    self.s.send_catch_up(ev.name, update)
+                elif isinstance(ev, UpdateReceived):
+                    self.docs[ev.name].import_yjs_update(ev.update)
+                    self.s.ack(ev.name, ev.seq)
+
+
+def test_a_refused_document_carries_the_exact_refusal() -> None:
+    pair = Pair({"a": Doc(), "b": Doc()}, {})
+    pair.server = _RefusesB(pair.server.s, pair.server.docs)
+    pair.pump()
+    closed = [ev for ev in pair.client.events if isinstance(ev, DocClosed)]
+    assert [ev.name for ev in closed] == ["b"]
+    assert type(closed[0].error) is RoomNotAllowedError
+    assert closed[0].error.code == ErrorCode.ROOM_NOT_ALLOWED
+    assert closed[0].error.from_peer
+    refusal = [f for tag, f in pair.wire if tag == "s>c" and b"not this room" in f]
+    assert len(refusal) == 1
+    assert pair.client.s.doc_state("a") is DocState.OPEN
+    assert pair.client.s.is_synced("a")
+
+
+@pytest.mark.parametrize(
+    ("code", "detail", "expected"),
+    [
+        (ErrorCode.AUTH_FAILED, None, AuthError),  # an older relay: no detail
+        (ErrorCode.AUTH_FAILED, 999, AuthError),  # a detail from the future: ignored
+        (ErrorCode.EPOCH_MISMATCH, ErrorCode.TOKEN_EXPIRED, EpochMismatchError),  # not a refinement
+        (ErrorCode.AUTH_FAILED, ErrorCode.TOKEN_EXPIRED, TokenExpiredError),
+    ],
+)
+def test_details_are_used_only_when_they_refine_the_code(
+    code: int, detail: int | None, expected: type[ProtocolError]
+) -> None:
+    client = Session.client(1)
+    server = Session.server(2)
+    for f in client.data_to_send():
+        server.receive_data(f)
+    writer = m.FrameWriter()
+    client.receive_data(writer.frame(m.Close(int(code), "why", detail)))
+    assert type(client.error) is expected
 
 
 def _open_pair() -> Pair:

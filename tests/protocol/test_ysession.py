@@ -23,6 +23,7 @@ from crdtsync.errors import (
     MalformedFrameError,
     MalformedUpdateError,
     RateLimitError,
+    ReadOnlyError,
     RoomNotAllowedError,
     TokenError,
     UpdateRejectedError,
@@ -253,6 +254,7 @@ def test_permission_denied_before_sync_is_final_after_sync_is_a_refused_write() 
     denied, closed = before.events_received()
     assert isinstance(denied, AccessDenied)
     assert denied.final
+    assert type(denied.error) is AuthError  # access refused (a close code may say more)
     assert "no access" in str(denied.error)
     assert isinstance(closed, Closed)
     assert closed.code == 1000
@@ -268,6 +270,7 @@ def test_permission_denied_before_sync_is_final_after_sync_is_a_refused_write() 
     (denied,) = after.events_received()
     assert isinstance(denied, AccessDenied)
     assert not denied.final
+    assert isinstance(denied.error, ReadOnlyError)  # a refused write: read-only access
     assert after.synced
 
     server = YSession.server()

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -56,7 +57,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync import client as sync_client
 
-from crdtsync import AuthError, Doc, ErrorCode, Peer
+from crdtsync import AuthError, Doc, ErrorCode, InvalidRoomError, Peer, RoomNotAllowedError
 from crdtsync.format.version import Version
 from crdtsync.format.yupdate import ParsedUpdate, UpdateLimits, encode_update
 from crdtsync.peer.peer import Status
@@ -208,22 +209,24 @@ async def test_tokens_for_other_rooms_and_patterns(tmp_path: Path) -> None:
     async with running_relay(tmp_path, secret=SECRET) as relay:
         await _seed(relay, "other", "not yours")
         await _seed(relay, "team/a", "team text")
-        # crdtsync: the session opens, the document it may not see is refused.
+        # crdtsync: the session opens, the document it may not see is refused, and
+        # connect() raises that refusal (the room was refused in the handshake).
         async with ws_peer() as peer:
             events = collect(peer)
             other = await peer.open("other")
-            await peer.connect(relay.url, token=token("notes"))
-            await eventually(lambda: doc_errors(events, "other"), what="'other' refused")
+            with pytest.raises(RoomNotAllowedError, match="'other'"):
+                await peer.connect(relay.url, token=token("notes"))
             err = doc_errors(events, "other")[0].error
-            assert err is not None
-            assert err.code == ErrorCode.AUTH_FAILED, err
+            assert isinstance(err, RoomNotAllowedError)
+            assert err.code == ErrorCode.ROOM_NOT_ALLOWED, err
             assert other.to_py() == {}
         # A pattern: team/* opens team/a but not other, on one connection.
         async with ws_peer() as peer:
             events = collect(peer)
             team = await peer.open("team/a")
             other = await peer.open("other")
-            await peer.connect(relay.url, token=token("team/*"))
+            with pytest.raises(RoomNotAllowedError):
+                await peer.connect(relay.url, token=token("team/*"))
             await eventually(lambda: str(team.text("body")) == "team text")
             await eventually(lambda: doc_errors(events, "other"), what="'other' refused")
             assert doc_errors(events, "team/a") == []
@@ -370,7 +373,9 @@ async def test_bad_room_names_are_refused_on_both_protocols(tmp_path: Path) -> N
             good.text("body").insert(0, "fine")
             for name in BAD_NAMES:
                 (await peer.open(name)).text("body").insert(0, "x")
-            await peer.connect(relay.url)
+            # Refused in the handshake: connect() raises the first (by name) of them.
+            with pytest.raises(InvalidRoomError, match=re.escape(repr(sorted(BAD_NAMES)[0]))):
+                await peer.connect(relay.url)
             for name in BAD_NAMES:
                 await eventually(lambda n=name: doc_errors(events, n), what=f"{name!r} refused")
                 err = doc_errors(events, name)[0].error

@@ -10,8 +10,9 @@ announcement mean a peer is gone: zeroconf keeps a vanished peer's PTR record
 for at least 1125 s whatever TTL it advertised, and a killed peer sends no
 goodbye, so liveness comes from the sync session's own pings and idle timers.
 
-The seam is :class:`Discovery` (start, iterate hints, close); it has two
-implementations here, checked by :func:`crdtsync.transports.lan.testing.check_discovery`:
+The seam is :class:`crdtsync.net.Discovery` (start, iterate hints, close; with
+:class:`crdtsync.net.Hint`, both re-exported here); it has two implementations
+here, checked by :func:`crdtsync.testing.check_discovery`:
 
 * :class:`ZeroconfDiscovery`: announces this device and browses for others with
   zeroconf's async API (``AsyncZeroconf``, ``AsyncServiceBrowser``,
@@ -48,13 +49,12 @@ import logging
 import re
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from crdtsync.errors import LocalProtocolError, TransportError
+from crdtsync.net import Discovery, Hint
 
 from .identity import DeviceIdentity, GroupKey
 from .link import LanAddress, parse_address
@@ -78,51 +78,6 @@ _TXT_VERSION = "1"
 _FINGERPRINT = re.compile(r"[a-z2-7]{32}")
 # Hints not yet taken, at most (one per device: newer ones replace older).
 _MAX_PENDING = 256
-
-
-@dataclass(frozen=True)
-class Hint:
-    """A device seen (or no longer announced) somewhere.
-
-    Attributes:
-        fingerprint: the device announced, or None for an address given by hand
-            (any group member may answer there).
-        addresses: ``lan://`` addresses to try, best first (with the fingerprint
-            in them when known, so that a link refuses any other device).
-        gone: True when the announcement was withdrawn (a hint too: the link's
-            own pings decide whether the peer is really gone).
-    """
-
-    fingerprint: str | None
-    addresses: tuple[str, ...]
-    gone: bool = False
-
-
-@runtime_checkable
-class Discovery(Protocol):
-    """A source of :class:`Hint` objects.
-
-    Rules (``check_discovery`` checks them):
-
-    * ``start`` begins announcing and/or looking; it is called once.
-    * ``hints()`` yields hints in the order they were learned; a newer hint about
-      a device may replace one not yet taken. Iteration ends after ``close``.
-    * ``close`` stops everything (a zeroconf source sends its goodbye first);
-      it is idempotent.
-    * Never a hint about this device itself.
-    """
-
-    async def start(self) -> None:
-        """Begin announcing and/or looking."""
-        ...
-
-    def hints(self) -> AsyncIterator[Hint]:
-        """The hints, as they come; ends after :meth:`close`."""
-        ...
-
-    async def close(self) -> None:
-        """Stop; idempotent."""
-        ...
 
 
 class _HintQueue:
@@ -286,7 +241,13 @@ class ZeroconfDiscovery:
         return info
 
     async def start(self) -> None:
-        """Announce this device, then browse; returns once the announcement went out.
+        """Browse, and announce this device; returns once the announcement went out.
+
+        Browsing starts first, so that a restarted peer hears the others at
+        once. The name is not probed for (zeroconf's uniqueness check waits
+        about a second, and would let anyone who announces our fingerprint
+        first keep us from announcing): it is our fingerprint, and another
+        device announcing it is an impostor whose hint the handshake refutes.
 
         Raises:
             TransportError: zeroconf could not start (no such interface, socket error).
@@ -300,14 +261,14 @@ class ZeroconfDiscovery:
             )
             self._info = self.service_info()
             self._tag_day = self._clock().astimezone(_dt.UTC).date()
+            self._browser = AsyncServiceBrowser(
+                self._azc.zeroconf, SERVICE_TYPE, handlers=[self._on_change]
+            )
             # The register call returns a task: only awaiting it sends the announcement.
-            await (await self._azc.async_register_service(self._info))
+            await (await self._azc.async_register_service(self._info, cooperating_responders=True))
         except OSError as exc:
             await self.close()
             raise TransportError(f"zeroconf could not start: {exc}") from None
-        self._browser = AsyncServiceBrowser(
-            self._azc.zeroconf, SERVICE_TYPE, handlers=[self._on_change]
-        )
         self._spawn(self._rotate_tag())
         logger.info(
             "discovery: announcing %s on %s port %d",

@@ -18,8 +18,10 @@ on one device (what discovery hands out): a peer there that proves another key
 is refused with :class:`~crdtsync.errors.PeerIdentityError` before we send
 anything of ours beyond the handshake.
 
-Connections are :class:`~crdtsync.net.Connection` objects with one
-more attribute, :attr:`LanConnection.remote_identity`: the key the peer proved.
+Connections are :class:`~crdtsync.net.Connection` objects that declare
+:attr:`~crdtsync.net.Ability.FLOW` and :attr:`~crdtsync.net.Ability.IDENTITY`:
+:attr:`LanConnection.remote_identity` is the key the peer proved, and
+:attr:`LanConnection.remote_hello` what it declared under that key.
 Failures are :class:`~crdtsync.errors.TransportError` subclasses
 (:class:`~crdtsync.errors.HandshakeError`, :class:`~crdtsync.errors.LinkFrameError`)
 with a log line under ``crdtsync.lan``.
@@ -33,6 +35,7 @@ import logging
 import re
 import socket
 from collections.abc import Callable, Iterable
+from typing import TypeAlias
 from urllib.parse import urlsplit
 
 from crdtsync.errors import (
@@ -53,6 +56,10 @@ logger = logging.getLogger("crdtsync.lan")
 
 _READ_SIZE = 256 << 10
 _FINGERPRINT = re.compile(r"[a-z2-7]{32}")
+_ABILITIES = Ability.FLOW | Ability.IDENTITY
+
+#: Told of every accepted connection whose handshake failed: ``(remote address, error)``.
+RefusalHook: TypeAlias = Callable[[str, TransportError], None]
 
 
 class LanAddress:
@@ -181,8 +188,8 @@ class LanConnection:
 
     @property
     def abilities(self) -> Ability:
-        """``FLOW``: a server can see a slow reader's write buffer and drop it."""
-        return Ability.FLOW
+        """``FLOW`` (a server can see a slow reader's buffer and drop it) and ``IDENTITY``."""
+        return _ABILITIES
 
     @property
     def remote_address(self) -> str:
@@ -373,6 +380,10 @@ class LanTransport:
         hello: up to 256 bytes every link hands the peer in the handshake
             (:attr:`LanConnection.remote_hello`), for the layer above: e.g. an
             incarnation id, so that a restarted peer's link replaces its old one.
+        on_refused: called with ``(remote address, error)`` for each accepted
+            connection whose handshake failed (another group key, a device not
+            on the allow-list...), after the failure was logged: the layer
+            above reports it (a Peer's status events).
     """
 
     def __init__(
@@ -386,6 +397,7 @@ class LanTransport:
         write_limit: int = 256 << 10,
         max_handshakes: int = 64,
         hello: bytes = b"",
+        on_refused: RefusalHook | None = None,
     ) -> None:
         if len(hello) > MAX_HELLO:
             raise LocalProtocolError(f"a hello is at most {MAX_HELLO} bytes")
@@ -401,11 +413,12 @@ class LanTransport:
         self._links: set[LanConnection] = set()
         # Handshakes running on accepted connections.
         self._handshaking = 0
+        self.on_refused = on_refused
 
     @property
     def abilities(self) -> Ability:
-        """``FLOW``, like each of its connections."""
-        return Ability.FLOW
+        """``FLOW`` and ``IDENTITY``, like each of its connections."""
+        return _ABILITIES
 
     # -- the allow-list ----------------------------------------------------------------
 
@@ -537,8 +550,11 @@ class LanTransport:
                     write_limit=self.write_limit,
                     on_close=self._links.discard,
                 )
-            except TransportError:
-                return  # the core (or the timeout) logged why
+            except TransportError as exc:
+                # The core (or the timeout) logged why; the layer above may report it.
+                if self.on_refused is not None:
+                    self.on_refused(remote, exc)
+                return
             finally:
                 self._handshaking -= 1
             if not conn.closed:

@@ -10,7 +10,9 @@ same process. Ctrl-C (or quitting the editor) stops everything: connections are
 closed, the store is flushed.
 
 ``crdtsync edit ROOM --relay ws://HOST:PORT [--token TOKEN] [--name NAME]`` opens
-the terminal editor (:mod:`crdtsync.apps.editor`) on a room of any crdtsync relay.
+the terminal editor (:mod:`crdtsync.apps.editor`) on a room of any crdtsync relay;
+``crdtsync edit ROOM --lan --key-file team.key`` on a document shared directly
+with the devices of a LAN group (both options together: both ways at once).
 
 Both are wired into :mod:`crdtsync.cli` through :func:`add_demo_arguments`,
 :func:`add_edit_arguments`, :func:`run_demo` and :func:`run_edit`, which take the
@@ -76,8 +78,22 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``crdtsync edit``."""
     parser.add_argument("room", metavar="ROOM", help="the room (document) to edit")
+    parser.add_argument("--relay", metavar="URL", help="the relay, e.g. ws://127.0.0.1:8765")
     parser.add_argument(
-        "--relay", required=True, metavar="URL", help="the relay, e.g. ws://127.0.0.1:8765"
+        "--lan", action="store_true", help="edit with the LAN group's devices directly"
+    )
+    parser.add_argument("--key-file", metavar="FILE", help="the LAN group key (crdtsync lan-key)")
+    parser.add_argument(
+        "--interface",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="an IPv4 address for the LAN (repeat; default: every interface)",
+    )
+    parser.add_argument(
+        "--store",
+        metavar="PATH",
+        help="keep the room in this SQLite file (and the LAN device identity beside it)",
     )
     parser.add_argument(
         "--token",
@@ -270,8 +286,14 @@ def run_edit(args: argparse.Namespace, environ: dict[str, str] | None = None) ->
     except InvalidRoomError as exc:
         print(f"crdtsync edit: {exc}", file=sys.stderr)
         return 2
-    if not args.relay.startswith(("ws://", "wss://")):
+    if args.relay is None and not args.lan:
+        print("crdtsync edit: give --relay URL, --lan --key-file FILE, or both", file=sys.stderr)
+        return 2
+    if args.relay is not None and not args.relay.startswith(("ws://", "wss://")):
         print("crdtsync edit: --relay is a ws:// or wss:// URL", file=sys.stderr)
+        return 2
+    if args.lan and not args.key_file:
+        print("crdtsync edit: --lan needs --key-file (crdtsync lan-key)", file=sys.stderr)
         return 2
     try:
         from crdtsync.apps.editor import EditorApp
@@ -279,6 +301,14 @@ def run_edit(args: argparse.Namespace, environ: dict[str, str] | None = None) ->
         print(_NO_TEXTUAL.format(cmd="crdtsync edit"), file=sys.stderr)
         return 1
     token = args.token or env.get(_TOKEN_ENV) or None
-    app = EditorApp(args.room, args.relay, token=token, name=args.name)
+    app = EditorApp(
+        args.room,
+        args.relay,
+        token=token,
+        name=args.name,
+        lan_key=args.key_file if args.lan else None,
+        lan_interfaces=args.interface or None,
+        store=args.store,
+    )
     app.run()
     return 0

@@ -13,6 +13,7 @@ import datetime as dt
 import pytest
 
 from crdtsync.errors import TransportError
+from crdtsync.testing import check_discovery
 from crdtsync.transports.lan import DeviceIdentity, GroupKey
 from crdtsync.transports.lan.discovery import (
     MAX_TXT,
@@ -22,7 +23,6 @@ from crdtsync.transports.lan.discovery import (
     StaticDiscovery,
     ZeroconfDiscovery,
 )
-from crdtsync.transports.lan.testing import check_discovery
 
 pytestmark = pytest.mark.anyio
 LOOPBACK = ["127.0.0.1"]

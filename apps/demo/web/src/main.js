@@ -72,6 +72,7 @@ function openPane(name) {
 
   const pane = {
     session,
+    undoManager,
     view,
     node,
     close() {
@@ -135,7 +136,7 @@ function showCounters(session) {
   render();
 }
 
-function showHistory(session) {
+function showHistory(session, undoManager) {
   const versions = new History(session);
   const slider = $('history-slider');
   const label = $('history-label');
@@ -164,7 +165,12 @@ function showHistory(session) {
     render();
   });
   restore.addEventListener('click', () => {
+    // A restore is one undo step of its own: without the two stops, typing less than
+    // the undo manager's capture timeout (500 ms) before or after it would merge with
+    // it, and one undo would take back the typing too.
+    undoManager.stopCapturing();
     versions.restore(Number(slider.value));
+    undoManager.stopCapturing();
     following = true;
     render();
   });
@@ -184,7 +190,7 @@ function start() {
   document.title = `${params.room} · crdtsync demo`;
   const first = openPane(params.name);
   showCounters(first.session);
-  const versions = showHistory(first.session);
+  const versions = showHistory(first.session, first.undoManager);
 
   const split = $('split');
   const setSplit = (on) => {
