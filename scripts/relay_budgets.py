@@ -359,11 +359,18 @@ async def probe(url: str, seconds: float, room: str = "probe") -> list[float]:
 
 
 async def join_time(url: str) -> float:
-    """Seconds for a new writer to connect and receive its first sync step 1."""
+    """Seconds for a new writer to connect and receive its first sync step 1.
+
+    A relay that does not let it in within 10 s counts as 10 s (like the probe).
+    """
     t0 = time.perf_counter()
-    ws = await y_open(url, "probe", token("probe"), local_addr=("127.0.0.1", 0))
-    await ws.recv()
-    await ws.close()
+    try:
+        async with asyncio.timeout(10.0):
+            ws = await y_open(url, "probe", token("probe"), local_addr=("127.0.0.1", 0))
+            await ws.recv()
+            await ws.close()
+    except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake):
+        return 10.0
     return time.perf_counter() - t0
 
 
@@ -483,7 +490,11 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             return rows
         finally:
             relay.terminate()
-            relay.wait(30)
+            try:
+                relay.wait(30)
+            except subprocess.TimeoutExpired:  # a relay still stalled (--before): no drain
+                relay.kill()
+                relay.wait(30)
 
 
 def main() -> None:
