@@ -63,7 +63,16 @@ __all__ = ["build_config", "main"]
 
 ENV_PREFIX = "CRDTSYNC_"
 
-_BYTE_SIZES = frozenset({"max_frame", "max_update", "max_unauth_bytes", "max_send_queue"})
+_BYTE_SIZES = frozenset(
+    {
+        "max_frame",
+        "max_update",
+        "max_unauth_bytes",
+        "max_send_queue",
+        "max_room_bytes",
+        "max_bytes_per_sec",
+    }
+)
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _INT = re.compile(r"([0-9](?:_?[0-9])*)([kKmMgG]?)")

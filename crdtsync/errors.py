@@ -31,13 +31,16 @@ The tree::
     │   ├── AuthError                              the auth hook refused the peer (7)
     │   │   ├── TokenError                         a token missing, forged or malformed (18)
     │   │   │   └── TokenExpiredError              an access token is past its expiry (19)
-    │   │   └── RoomNotAllowedError                the token does not name this room (20)
+    │   │   ├── RoomNotAllowedError                the token does not name this room (20)
+    │   │   └── NoSuchDocumentError                a missing document asked for without the right
+    │   │                                          to create it (a read-only grant; code 14)
     │   ├── UpdateRejectedError                    an update failed validation (8)
     │   ├── ForbiddenWriterError                   an update writes under another's client id (9)
     │   ├── EpochMismatchError                     different incarnations of a document (10)
     │   ├── ProtocolTimeoutError (also TimeoutError)   no handshake, ack or keepalive in time (11)
     │   ├── LimitExceededError                     too many documents, chunks or pending bytes (12)
-    │   │   └── RateLimitError                     more messages than the rate limit allows
+    │   │   ├── RateLimitError                     more messages than the rate limit allows
+    │   │   └── DocumentFullError                  a document at its size limit refused an update
     │   ├── PeerGoingAwayError                     the peer closed the session normally (13)
     │   ├── ReadOnlyError                          an update over a read-only grant (16)
     │   ├── InvalidRoomError                       a room (document) name the relay refuses (17)
@@ -78,6 +81,7 @@ __all__ = [
     "ConnectionClosedError",
     "CrdtSyncError",
     "DocNotOpenError",
+    "DocumentFullError",
     "EngineError",
     "EpochMismatchError",
     "ErrorCode",
@@ -97,6 +101,7 @@ __all__ = [
     "MalformedUpdateError",
     "MissingDependencyError",
     "MissingUpdatesError",
+    "NoSuchDocumentError",
     "PairingError",
     "PeerGoingAwayError",
     "PeerIdentityError",
@@ -382,6 +387,15 @@ class RateLimitError(LimitExceededError):
     """A connection sent more messages than its rate limit allows (y-protocols: close 4529)."""
 
 
+class DocumentFullError(LimitExceededError):
+    """A document reached its size limit: an update that would add to it was refused.
+
+    Nothing changed; what the document already has stays readable, and updates
+    carrying nothing new are still accepted. A relay answers so for a room over
+    its ``max_room_bytes``.
+    """
+
+
 class PeerGoingAwayError(ProtocolError):
     """The peer closed the session normally (shutdown, or no error)."""
 
@@ -404,6 +418,16 @@ class RoomNotAllowedError(AuthError):
     """A valid token that does not name the room (document) asked for."""
 
     code = ErrorCode.ROOM_NOT_ALLOWED
+
+
+class NoSuchDocumentError(AuthError):
+    """A document that does not exist, asked for by a connection that may not create it.
+
+    A read-only grant never creates a document (a viewer opening rooms nobody
+    made would fill the store); its wire code is ``DOC_REFUSED``.
+    """
+
+    code = ErrorCode.DOC_REFUSED
 
 
 class ReadOnlyError(ProtocolError):

@@ -29,7 +29,7 @@ from crdtsync.errors import DocNotOpenError
 from crdtsync.format.version import Version
 from crdtsync.model.doc import Doc
 from crdtsync.net import Connection
-from crdtsync.peer.policy import Admission, WriterCheck, admit
+from crdtsync.peer.policy import Admission, KnownDeletions, Sender, WriterCheck, admit
 from crdtsync.protocol.awareness import Awareness, AwarenessChange
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ class GuestPort:
     """
 
     doc: Callable[[str], Doc]
+    full: Callable[[str], bool]
+    known: Callable[[str], KnownDeletions | None]
     awareness: Callable[[str], Awareness]
     import_update: Callable[[str, bytes, Guest], None]
     take_presence: Callable[[str, set[int], bytes, Entries, Guest], AwarenessChange]
@@ -100,6 +102,7 @@ class Guest:
         address: who it is, for logs.
         clients: presence client ids this guest added or changed (its own); they
             are removed when it leaves.
+        sender: its budgets under the write policy (refusals, held updates).
     """
 
     def __init__(self, port: GuestPort, name: str, grant: Grant, address: str) -> None:
@@ -108,6 +111,7 @@ class Guest:
         self.grant = grant
         self.address = address
         self.clients: set[int] = set()
+        self.sender = Sender(max_refusals=grant.max_refused_updates)
         # Whether leave() was called.
         self._left = False
 
@@ -133,26 +137,48 @@ class Guest:
         """
         return self._doc().export_yjs_update(since=since)
 
-    def write(self, update: bytes, writes: Mapping[int, int], session: WriterCheck) -> Admission:
+    def write(
+        self,
+        update: bytes,
+        writes: Mapping[int, int],
+        session: WriterCheck,
+        *,
+        catch_up: bool = False,
+    ) -> Admission:
         """Admit and import an update the guest sent.
 
         Args:
             update: a raw Yjs update.
             writes: its client ids and end clocks, as ``session`` parsed them.
             session: the guest's protocol session (binds client ids).
+            catch_up: it is a sync step 2 (the first one is the guest's catch-up).
 
         Returns:
             ``WRITE`` (imported: stored, or queued for the group commit, and sent
-            on), ``NOTHING_NEW`` (nothing to import), ``READ_ONLY`` (refused: tell
-            the guest) or ``FORBIDDEN`` (refused: the session closed itself).
+            on), ``NOTHING_NEW`` (nothing to import), ``READ_ONLY`` or ``FULL``
+            or ``HELD_LIMIT`` (refused: tell the guest), ``FORBIDDEN`` (refused:
+            the session closed itself) or ``TOO_MANY_REFUSALS`` (refused: close
+            the guest's connection).
 
         Raises:
             InvalidUpdateError: the update was refused (the document is unchanged).
             StoreError: it could not be stored.
             DocNotOpenError: the document was unloaded, or the guest left.
         """
+        doc = self._doc()
+        first = catch_up and not self.sender.caught_up
+        if catch_up:
+            self.sender.caught_up = True
         verdict = admit(
-            self._doc(), update, writes, read_only=self.grant.read_only, session=session
+            doc,
+            update,
+            writes,
+            read_only=self.grant.read_only,
+            session=session,
+            sender=self.sender,
+            full=self._port.full(self.name),
+            catch_up=first,
+            known=self._port.known(self.name),
         )
         if verdict is Admission.WRITE:
             self._port.import_update(self.name, update, self)
@@ -188,6 +214,7 @@ class Guest:
         """The guest's connection ended: its presence states are removed. Idempotent."""
         if not self._left:
             self._left = True
+            self.sender.gone = True
             self._port.leave(self)
 
     def _check(self) -> None:

@@ -59,7 +59,7 @@ import os
 import random
 import secrets
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from urllib.parse import urlsplit
@@ -70,6 +70,7 @@ from crdtsync.errors import (
     ConnectTimeoutError,
     CrdtSyncError,
     DocNotOpenError,
+    DocumentFullError,
     EpochMismatchError,
     ErrorCode,
     InvalidOperationError,
@@ -78,6 +79,7 @@ from crdtsync.errors import (
     LimitExceededError,
     LocalProtocolError,
     MissingDependencyError,
+    NoSuchDocumentError,
     ProtocolError,
     ReadOnlyError,
     RoomMovedError,
@@ -89,6 +91,7 @@ from crdtsync.errors import (
 )
 from crdtsync.format import envelope as encoding
 from crdtsync.format.version import Version
+from crdtsync.format.yupdate import UpdateLimits
 from crdtsync.model.doc import Doc
 from crdtsync.net import (
     Connection,
@@ -100,11 +103,12 @@ from crdtsync.net import (
     has_identity,
 )
 from crdtsync.peer.guests import DocWatcher, Entries, Guest, GuestPort, Origin
-from crdtsync.peer.policy import Admission, admit
+from crdtsync.peer.policy import MAX_HELD_PER_SENDER, Admission, KnownDeletions, Sender, admit
 from crdtsync.peer.schemes import check_sync_address, shown_address
 from crdtsync.peer.tokens import TokenSource, check_token_source, fetch_token
 from crdtsync.protocol import session as p
-from crdtsync.protocol.awareness import Awareness, AwarenessChange
+from crdtsync.protocol.awareness import Awareness, AwarenessChange, state_cost
+from crdtsync.protocol.limits import TokenBucket
 from crdtsync.store.base import Store, StoredDoc
 from crdtsync.store.memory import MemoryStore
 from crdtsync.store.worker import StoreWorker
@@ -127,6 +131,11 @@ __all__ = [
 log = logging.getLogger("crdtsync.peer")
 
 _EPOCH_BYTES = 16
+
+#: Stored state is read under limits of at least this size (or twice
+#: ``max_doc_bytes``): a document grows by many updates, each within the
+#: session's update limit, and must still load once they are folded together.
+STORE_READ_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -174,12 +183,23 @@ class Grant:
         read_only: the peer may read but not write: its updates are refused with
             :class:`ReadOnlyError` (code READ_ONLY), which closes that document on
             the session; empty updates (a catch-up with nothing new) are accepted.
+            It never creates a document: asking for one that does not exist is
+            refused (:class:`NoSuchDocumentError`).
+        max_refused_updates: updates of the peer that may be refused (read-only,
+            a full document, too many waiting for missing changes), and
+            read-only updates that needed checking against the document after
+            its catch-up, before its connection is closed (None: no limit).
+        creating: called with the name of a document that does not exist yet,
+            before it is created for the peer; raises a :class:`ProtocolError` to
+            refuse (the relay's budget of new rooms).
     """
 
     relay: bool = False
     docs: frozenset[str] | None = None
     check: Callable[[str], None] | None = None
     read_only: bool = False
+    max_refused_updates: int | None = None
+    creating: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -274,6 +294,16 @@ class _Entry:
     log_count: int = 0  # log entries not yet folded into the snapshot
     last_seq: int = 0  # last log sequence number appended
     compacting: asyncio.Task[None] | None = None
+    # What the document costs, in bytes (see Peer(max_doc_bytes=)): its Yjs
+    # state when loaded or compacted, plus every update stored since; and the
+    # bytes stored since it was loaded (a compaction counts what came meanwhile).
+    size: int = 0
+    added: int = 0
+    # Held updates (waiting for missing changes) by their sender (None: the
+    # application's own import); the store keeps them while it is connected.
+    held_from: dict[bytes, Sender | None] = field(default_factory=dict)
+    # Its deletions, read again after each change (readers' checks cost the update).
+    known: KnownDeletions | None = None
 
 
 @dataclass(eq=False)
@@ -304,6 +334,13 @@ class _Link:
     # (a client that never reads) does not make every copy exempt.
     catch_ups: dict[str, tuple[int, int]] = field(default_factory=dict)
     catch_up_seq: int = 0
+    # Its budgets under the write policy (refusals, held updates).
+    sender: Sender = field(default_factory=Sender)
+    # Bytes of updates it may make us parse and import (Peer(import_rate=)), and
+    # how many of its session's update bytes were charged; set when it closes.
+    imports: TokenBucket | None = None
+    charged: int = 0
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
     # Outbound, before connect() is answered: the documents offered in the handshake
     # whose answer (the server's SYNC or DOC_ERROR) has not come yet.
     awaiting: set[str] | None = None
@@ -401,6 +438,21 @@ class Peer:
         announce: offer every open document to every connected peer (a mesh of
             replicas). False: only answer the documents a peer asks for, so a
             server never tells a client which other documents exist (the relay).
+        max_doc_bytes: the size a document may reach through what peers send
+            (its Yjs state, plus what was stored since it was last measured: about
+            both its memory and its disk). A document at the limit refuses
+            updates that add to it (:class:`DocumentFullError`; the update that
+            crosses it is accepted). None: no limit. Stored state is read under
+            limits of at least :data:`STORE_READ_BYTES` or twice this, never
+            under the per-update limit of ``options``.
+        max_stored_docs: documents the store may hold before peers may not
+            create more (:class:`LimitExceededError`); the application's own
+            ``open`` is never refused. None: no limit.
+        import_rate: bytes of updates per second one connection may make us
+            parse and import, counted after decompression (a compressed frame
+            carries up to ``max_update_bytes``), after a burst of twice
+            ``max_update_bytes``; past it the connection is read more slowly.
+            None: no limit.
         seed: seed of the jitter and epoch generator (tests).
         async_commits: commit on a worker thread
             (:class:`~crdtsync.store.worker.StoreWorker`, group commit) instead of
@@ -428,6 +480,9 @@ class Peer:
         compact_every: int = 1000,
         max_send_queue: int | None = None,
         announce: bool = True,
+        max_doc_bytes: int | None = None,
+        max_stored_docs: int | None = None,
+        import_rate: float | None = None,
         seed: int | None = None,
         async_commits: bool = False,
     ) -> None:
@@ -451,6 +506,14 @@ class Peer:
         self._authorize = authorize
         self._share = share
         self._options = options or p.SessionOptions()
+        self._max_doc_bytes = max_doc_bytes
+        self._max_stored_docs = max_stored_docs
+        self._import_rate = import_rate
+        # Documents in the store (counted at start when max_stored_docs is set).
+        self._stored_docs = 0
+        # Limits of the documents themselves: what one update may be is the
+        # sessions' to enforce (options.limits); a document is larger.
+        self._doc_limits = document_limits(self._options.limits, max_doc_bytes)
         self._backoff = backoff or Backoff()
         self._compact_every = compact_every
         self._max_send_queue = max_send_queue
@@ -482,6 +545,8 @@ class Peer:
         self._watchers: list[DocWatcher] = []
         self._guest_port = GuestPort(
             doc=lambda name: self._entry(name).doc,
+            full=lambda name: self._full(self._entry(name)),
+            known=lambda name: self._entry(name).known,
             awareness=lambda name: self._entry(name).awareness,
             import_update=lambda name, update, guest: self._import(
                 self._entry(name), update, guest
@@ -513,6 +578,8 @@ class Peer:
                 self._store = SQLiteStore(self._store_spec)
             if self._async_commits:
                 self._worker = StoreWorker(self._store)
+            if self._max_stored_docs is not None:
+                self._stored_docs = len(self._store.names())
             self._started = True
         return self
 
@@ -599,10 +666,7 @@ class Peer:
                 allows (1,024 UTF-8 bytes): no peer could ever sync it.
         """
         self._check_open()
-        if not isinstance(name, str) or not name or len(name.encode("utf-8")) > p.MAX_NAME_BYTES:
-            raise InvalidOperationError(
-                f"a document name is 1 to {p.MAX_NAME_BYTES} UTF-8 bytes, not {name!r:.40}"
-            )
+        _check_name(name)
         entry = self._docs.get(name)
         if entry is not None and (epoch is None or epoch == entry.epoch):
             return entry.doc
@@ -649,26 +713,38 @@ class Peer:
         if not self._started:
             raise LocalProtocolError("the peer is not started: use `async with Peer(...)`")
 
-    def _open_sync(self, name: str, epoch: bytes | None) -> _Entry:
+    def _open_sync(
+        self, name: str, epoch: bytes | None, *, stored: StoredDoc | None = None
+    ) -> _Entry:
+        """Load (or create) ``name``; ``stored``: what the store holds, read just before."""
         self.commit()  # the store is read (and maybe replaced) below
-        stored = self._store.load(name)
+        if stored is None:
+            stored = self._store.load(name)
         if stored is None or (epoch is not None and stored.epoch != epoch):
+            if stored is None:
+                self._stored_docs += 1
             ep = b"" if epoch is None else bytes(epoch)
             self._store.create(name, ep)
             stored = StoredDoc(ep)
+        # Stored state is read under the document's limits, not the per-update
+        # ones: a room that grew by many updates must load again (issue 18, 1).
+        limits = self._doc_limits
         try:
             doc = (
-                Doc.load(stored.snapshot, peer_id=self.peer_id, limits=self._options.limits)
+                Doc.load(stored.snapshot, peer_id=self.peer_id, limits=limits)
                 if stored.snapshot is not None
-                else Doc(peer_id=self.peer_id, limits=self._options.limits)
+                else Doc(peer_id=self.peer_id, limits=limits)
             )
             for _, update in stored.updates:
                 doc.import_yjs_update(update)
         except InvalidUpdateError as exc:
             raise StoreError(f"document {name!r} in the store is corrupt: {exc}") from exc
         entry = _Entry(name, doc, stored.epoch, Awareness(self.peer_id), lambda: None)
+        entry.known = KnownDeletions(doc)
         entry.log_count = len(stored.updates)
         entry.last_seq = stored.updates[-1][0] if stored.updates else 0
+        if self._max_doc_bytes is not None and (stored.snapshot or stored.updates):
+            entry.size = len(doc.export_yjs_update()) + sum(map(len, doc.held_updates()))
         entry.unsubscribe = doc.observe_updates(partial(self._on_doc_update, entry))
         self._docs[name] = entry
         for cb in list(self._open_cbs):
@@ -719,6 +795,8 @@ class Peer:
         """Every transaction of an open document: store it, then send it on."""
         if self._docs.get(entry.name) is not entry:
             return
+        if entry.known is not None:
+            entry.known.changed()
         if local and self._worker is not None:
             self._submit(entry, update)
         elif local:
@@ -727,6 +805,8 @@ class Peer:
             self.commit()
             entry.last_seq = self._store.append(entry.name, update)
             entry.log_count += 1
+            entry.size += len(update)
+            entry.added += len(update)
         else:
             self._defer(entry, update)
         for link in list(self._links):
@@ -756,13 +836,33 @@ class Peer:
         self._import(self._entry(name), update, None)
 
     def _import(self, entry: _Entry, update: bytes, origin: _Link | Guest | None) -> None:
-        held = entry.doc.pending
-        entry.doc.import_yjs_update(update, origin=origin)
-        if entry.doc.pending > held:
+        doc = entry.doc
+        held = doc.pending
+        doc.import_yjs_update(update, origin=origin)
+        if doc.pending > held:
             # Held until its predecessors arrive: no transaction stores it, yet
             # the caller is about to acknowledge it. The log keeps it (replaying
-            # holds it again) and compaction snapshots keep held updates.
+            # holds it again) and compaction snapshots keep held updates while
+            # their sender is connected: nothing a peer sends is held forever.
+            sender = _sender(origin)
+            previous = entry.held_from.get(update)
+            if previous is not None:
+                previous.held -= 1  # the same bytes again: one of them counts
+            entry.held_from[update] = sender
+            if sender is not None:
+                sender.held += 1
             self._defer(entry, update)
+        elif doc.pending < held and entry.held_from:
+            self._released(entry)
+
+    def _released(self, entry: _Entry) -> None:
+        """Held updates were applied (or dropped): their senders may send more such."""
+        still = set(entry.doc.held_updates())
+        for update, sender in list(entry.held_from.items()):
+            if update not in still:
+                del entry.held_from[update]
+                if sender is not None:
+                    sender.held -= 1
 
     def _defer(self, entry: _Entry, update: bytes) -> None:
         """Queue an imported update for the next group commit."""
@@ -771,6 +871,8 @@ class Peer:
             return
         self._pending.append((entry, update))
         entry.log_count += 1
+        entry.size += len(update)
+        entry.added += len(update)
         if self._commit_handle is None and not self._closed:
             self._commit_handle = self._get_loop().call_soon(self._commit_soon)
 
@@ -778,6 +880,8 @@ class Peer:
         """Queue an update on the store worker (async_commits)."""
         assert self._worker is not None
         entry.log_count += 1
+        entry.size += len(update)
+        entry.added += len(update)
         self._worker.submit(entry.name, update, on_stored=partial(_stored, entry))
 
     async def durable(self, since: int = 0) -> tuple[int, dict[str, StoreError]]:
@@ -870,13 +974,22 @@ class Peer:
                 await self._worker.durable(self._worker.ticket)
             self.commit()
             update = entry.doc.export_yjs_update()
-            held = entry.doc.held_updates()
-            upto, count = entry.last_seq, entry.log_count
+            # A held update whose sender left is not kept: its sender would have
+            # had to complete it (it re-sends what we lack when it reconnects).
+            # Held updates read from the store have no sender here: dropped too.
+            senders = entry.held_from
+            held = [
+                u
+                for u in entry.doc.held_updates()
+                if u in senders and ((sender := senders[u]) is None or not sender.gone)
+            ]
+            upto, count, added = entry.last_seq, entry.log_count, entry.added
             snapshot = await asyncio.to_thread(
                 encoding.pack, update, compact=True, snapshot=True, held=held
             )
             await asyncio.to_thread(self._store.compact, entry.name, snapshot, upto)
             entry.log_count -= count
+            entry.size = len(update) + sum(map(len, held)) + entry.added - added
         finally:
             entry.compacting = None
 
@@ -957,16 +1070,24 @@ class Peer:
     ) -> AwarenessChange:
         """Apply presence from a session or a guest owning the states ``own``; send it on.
 
-        One connection may bring at most MAX_PRESENCE_PER_CONNECTION states,
-        counted before applying: a message naming thousands of new clients is
-        refused whole instead of flooding everyone and then being undone.
+        One connection that connected to us (or a guest) may bring at most
+        MAX_PRESENCE_PER_CONNECTION states costing MAX_PRESENCE_BYTES_PER_CONNECTION
+        together, counted before applying: a message naming thousands of new
+        clients is refused whole instead of flooding everyone and then being
+        undone. A server we connected to is not capped so (a relay forwards a
+        whole room's presence; the room's own budget bounds it).
 
         Raises:
             LimitExceededError: over that limit (nothing applied).
         """
-        if not presence_fits(own, entries, entry.awareness):
+        # The server we connected to forwards a whole room's presence (bounded
+        # by the room's own budget); the per-connection caps are for those who
+        # connected to us, and for guests.
+        capped = not (isinstance(origin, _Link) and origin.outbound)
+        if capped and not presence_fits(own, entries, entry.awareness):
             raise LimitExceededError(
-                f"more than {MAX_PRESENCE_PER_CONNECTION} presence states on {entry.name!r}"
+                f"more than {MAX_PRESENCE_PER_CONNECTION} presence states, or "
+                f"{MAX_PRESENCE_BYTES_PER_CONNECTION} bytes of them, on {entry.name!r}"
             )
         change = entry.awareness.apply_entries(list(entries), now=self._now())
         # Only states this connection changed are its own: a state it merely
@@ -1009,10 +1130,21 @@ class Peer:
         Raises:
             LocalProtocolError: the peer is closed or not started.
             InvalidOperationError: ``name`` is not a valid document name.
-            StoreError: the store failed.
+            NoSuchDocumentError: ``name`` does not exist and ``grant`` is read-only.
+            LimitExceededError: ``name`` does not exist and the store holds
+                ``max_stored_docs`` documents.
+            ProtocolError: ``grant.creating`` refused to create ``name``.
+            StoreError: the store failed (or holds a corrupt ``name``).
         """
-        await self.open(name)
-        guest = Guest(self._guest_port, name, grant or Grant(), address)
+        grant = grant or Grant()
+        self._check_open()
+        _check_name(name)
+        if name not in self._docs:
+            stored = self._store.load(name)
+            if stored is None:
+                self._may_create(name, grant)
+            self._open_sync(name, None, stored=stored)
+        guest = Guest(self._guest_port, name, grant, address)
         self._guests.setdefault(name, set()).add(guest)
         return guest
 
@@ -1804,6 +1936,10 @@ class Peer:
                 else:
                     session.receive_data(data, now=self._now())
                 self._process(link)
+                pause = self._import_pause(link)
+                if pause > 0:  # over its import rate: read nothing meanwhile
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(link.ended.wait(), pause)
         finally:
             link.wakeup.set()
             try:
@@ -1822,6 +1958,20 @@ class Peer:
                 self._links.discard(link)
                 await _close_quietly(link.conn)
                 self._notify()
+
+    def _import_pause(self, link: _Link) -> float:
+        """Charge what a connection's session received since; seconds to read nothing."""
+        rate = self._import_rate
+        if rate is None:
+            return 0.0
+        total = link.session.update_bytes
+        fresh, link.charged = total - link.charged, total
+        if not fresh:
+            return 0.0
+        if link.imports is None:
+            burst = 2 * self._options.limits.max_update_bytes
+            link.imports = TokenBucket(rate, burst, self._now())
+        return link.imports.owe(self._now(), fresh)
 
     async def _write_loop(self, link: _Link) -> None:
         """The only writer of a connection: frames go out in session order."""
@@ -1972,9 +2122,23 @@ class Peer:
         if entry is None:
             return
         read_only = link.grant is not None and link.grant.read_only
-        verdict = admit(entry.doc, ev.update, ev.writes, read_only=read_only, session=s)
-        if verdict is Admission.READ_ONLY:
-            s.refuse_doc(ev.name, ReadOnlyError(f"read-only access to {ev.name!r}: update refused"))
+        verdict = admit(
+            entry.doc,
+            ev.update,
+            ev.writes,
+            read_only=read_only,
+            session=s,
+            sender=link.sender,
+            full=self._full(entry),
+            catch_up=ev.seq == 1,
+            known=entry.known,
+        )
+        refusal = self._refusal(entry, verdict)
+        if refusal is not None:
+            if verdict is Admission.TOO_MANY_REFUSALS:
+                s.fail(refusal)
+            else:
+                s.refuse_doc(ev.name, refusal)
             return
         if verdict is Admission.FORBIDDEN:
             return  # the session closed with FORBIDDEN_WRITER
@@ -1985,6 +2149,28 @@ class Peer:
                 s.reject_update(ev.name, exc)
                 return
         s.ack(ev.name, ev.seq)
+
+    def _full(self, entry: _Entry) -> bool:
+        """Whether a document reached ``max_doc_bytes`` (it takes nothing new from peers)."""
+        return self._max_doc_bytes is not None and entry.size >= self._max_doc_bytes
+
+    def _refusal(self, entry: _Entry, verdict: Admission) -> ProtocolError | None:
+        name = entry.name
+        if verdict is Admission.READ_ONLY:
+            return ReadOnlyError(f"read-only access to {name!r}: update refused")
+        if verdict is Admission.FULL:
+            return DocumentFullError(
+                f"{name!r} reached its size limit ({entry.size} of {self._max_doc_bytes} "
+                "bytes): update refused"
+            )
+        if verdict is Admission.HELD_LIMIT:
+            return LimitExceededError(
+                f"more than {MAX_HELD_PER_SENDER} updates waiting for changes "
+                f"{name!r} lacks: update refused (sync again from its version)"
+            )
+        if verdict is Admission.TOO_MANY_REFUSALS:
+            return LimitExceededError("too many updates refused on this connection")
+        return None
 
     def _on_catch_up(self, link: _Link, ev: p.CatchUpNeeded) -> None:
         s = link.session
@@ -2065,6 +2251,7 @@ class Peer:
             return
         g = grant if isinstance(grant, Grant) else Grant()
         link.grant = g
+        link.sender.max_refusals = g.max_refused_updates
         s.accept(writers=[self.peer_id], verify_writers=not g.relay, declare=not g.read_only)
 
     def _on_doc_requested(self, link: _Link, ev: p.DocRequested) -> None:
@@ -2083,15 +2270,48 @@ class Peer:
             )
             return
         entry = self._docs.get(ev.name)
-        if entry is None:
-            stored = self._store.load(ev.name)
-            # A document we never had: join the peer's incarnation.
-            entry = self._open_sync(ev.name, ev.epoch if stored is None else None)
-        elif entry.epoch != ev.epoch and self._should_adopt(entry, ev.epoch, ev.version):
-            self._forget(entry, asking=link)
-            entry = self._open_sync(ev.name, ev.epoch)
+        try:
+            if entry is None:
+                stored = self._store.load(ev.name)
+                if stored is None:
+                    self._may_create(ev.name, grant)
+                # A document we never had: join the peer's incarnation.
+                entry = self._open_sync(
+                    ev.name, ev.epoch if stored is None else None, stored=stored
+                )
+            elif entry.epoch != ev.epoch and self._should_adopt(entry, ev.epoch, ev.version):
+                self._forget(entry, asking=link)
+                entry = self._open_sync(ev.name, ev.epoch)
+        except ProtocolError as exc:
+            s.refuse_doc(ev.name, exc)
+            return
+        except StoreError as exc:
+            # One document the store cannot give (corrupt, or the disk failed)
+            # closes that document's channel, not the session's other documents.
+            self._status(Status("error", link.address, s.peer_id, ev.name, str(exc), exc))
+            s.refuse_doc(
+                ev.name,
+                ProtocolError(f"{ev.name!r} cannot be loaded", code=ErrorCode.INTERNAL_ERROR),
+            )
+            return
         if s.doc_state(ev.name) is p.DocState.REMOTE:
             s.open_doc(ev.name, entry.epoch, entry.doc.version)
+
+    def _may_create(self, name: str, grant: Grant | None) -> None:
+        """Whether a peer with ``grant`` may have ``name``, which does not exist, created.
+
+        Raises:
+            NoSuchDocumentError: a read-only grant (it never creates documents).
+            LimitExceededError: the store holds ``max_stored_docs`` documents.
+            ProtocolError: the grant's ``creating`` hook refused.
+        """
+        if grant is not None and grant.read_only:
+            raise NoSuchDocumentError(f"there is no document {name!r} (a reader does not create)")
+        limit = self._max_stored_docs
+        if limit is not None and self._stored_docs >= limit:
+            raise LimitExceededError(f"the store holds its limit of {limit} documents")
+        if grant is not None and grant.creating is not None:
+            grant.creating(name)
 
     @staticmethod
     def _should_adopt(entry: _Entry, remote_epoch: bytes, remote_version: Version) -> bool:
@@ -2207,6 +2427,8 @@ class Peer:
             self._kick(link)
 
     def _on_closed(self, link: _Link, ev: p.Closed) -> None:
+        link.sender.gone = True
+        link.ended.set()
         if link.outbound:
             self._reoffer_moved(link)
             if link.address in self._followed and not self._closed:
@@ -2306,16 +2528,66 @@ _EVENT_HANDLERS: dict[type[p.Event], _EventHandler] = {
 #: Presence states one connection may bring into one document (a browser tab
 #: has one, a mesh peer forwards its LAN's).
 MAX_PRESENCE_PER_CONNECTION = 256
+#: What the presence states one connection brings into one document may cost
+#: together (``state_cost``: JSON bytes plus a charge per value): under a tenth
+#: of a room's budget, so one connection cannot take a room's presence for
+#: itself, and more than the largest single state may cost.
+MAX_PRESENCE_BYTES_PER_CONNECTION = 384 << 10
 
 
 def presence_fits(own: set[int], entries: Iterable[tuple[int, int, Any]], aw: Awareness) -> bool:
     """Whether a connection owning presence states ``own`` may apply ``entries``.
 
-    Counted before applying: a message naming thousands of new clients is
-    refused whole instead of flooding everyone and then being undone.
+    Counted before applying: a message naming thousands of new clients, or
+    states costing more than the connection's budget, is refused whole instead
+    of flooding everyone and then being undone. Only entries that would apply
+    (a newer clock) count: an echo of others' states costs the echoer nothing.
     """
-    new = {c for c, _, state in entries if state is not None and c not in aw.states}
-    return len(own | new) <= MAX_PRESENCE_PER_CONNECTION
+    items = list(entries)
+    new = {c for c, _, state in items if state is not None and c not in aw.states}
+    if len(own | new) > MAX_PRESENCE_PER_CONNECTION:
+        return False
+    costs = {c: aw.cost(c) for c in own}
+    for client, clock, state in items:
+        current = aw.meta.get(client, (0, 0.0))[0]
+        if clock > current:
+            costs[client] = state_cost(state)
+    return sum(costs.values()) <= MAX_PRESENCE_BYTES_PER_CONNECTION
+
+
+def document_limits(limits: UpdateLimits, max_doc_bytes: int | None) -> UpdateLimits:
+    """The limits of whole documents, from the per-update ``limits`` of the sessions.
+
+    Stored state is a document, not one update: it is read under at least
+    :data:`STORE_READ_BYTES` (or twice ``max_doc_bytes``), with counts scaled to
+    match (a count can never exceed the bytes that encode it). What one peer
+    sends at once stays bounded by the session, under ``limits``.
+    """
+    size = max(limits.max_update_bytes, STORE_READ_BYTES, 2 * (max_doc_bytes or 0))
+    return replace(
+        limits,
+        max_update_bytes=size,
+        max_structs=max(limits.max_structs, size),
+        max_string_bytes=max(limits.max_string_bytes, size),
+        max_delete_ranges=max(limits.max_delete_ranges, size),
+        max_any_values=max(limits.max_any_values, size),
+    )
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name or len(name.encode("utf-8")) > p.MAX_NAME_BYTES:
+        raise InvalidOperationError(
+            f"a document name is 1 to {p.MAX_NAME_BYTES} UTF-8 bytes, not {name!r:.40}"
+        )
+
+
+def _sender(origin: object) -> Sender | None:
+    """The write-policy budgets of where an import came from (None: the application)."""
+    if isinstance(origin, _Link):
+        return origin.sender
+    if isinstance(origin, Guest):
+        return origin.sender
+    return None
 
 
 def _origin(origin: object) -> Origin:

@@ -388,6 +388,10 @@ class Awareness:
         self._full = None
         return self.encode_update([self.client_id])
 
+    def cost(self, client: int) -> int:
+        """What ``client``'s present state costs (:func:`state_cost`; 0 when absent)."""
+        return self._costs.get(client, 0)
+
     def _set_cost(self, client: int, cost: int) -> None:
         self.total_cost += cost - self._costs.pop(client, 0)
         if cost:

@@ -9,7 +9,7 @@ one per y-protocols message.
 
 from __future__ import annotations
 
-__all__ = ["FrameCounter", "TokenBucket"]
+__all__ = ["FrameCounter", "TokenBucket", "presence_fits_rate"]
 
 
 class TokenBucket:
@@ -42,6 +42,46 @@ class TokenBucket:
             return False
         self.tokens -= n
         return True
+
+    def owe(self, now: float, n: int) -> float:
+        """Take ``n`` tokens at time ``now``, into debt if need be.
+
+        For what cannot be refused, only slowed down (bytes already received):
+        the caller waits before taking more.
+
+        Returns:
+            Seconds until the bucket is out of debt (0.0 when it is not).
+
+        Example:
+            >>> bucket = TokenBucket(rate=100.0, burst=100, now=0.0)
+            >>> bucket.owe(0.0, 150)   # 50 tokens of debt: half a second
+            0.5
+            >>> bucket.owe(1.0, 10)
+            0.0
+        """
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= n
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+def presence_fits_rate(bucket: TokenBucket, now: float, size: int) -> bool:
+    """Whether a presence message of ``size`` bytes may be taken (and take it).
+
+    Taken whenever the bucket is not in debt, even into debt: one message of
+    any size passes, and the next waits until the debt is paid.
+
+    Example:
+        >>> bucket = TokenBucket(rate=100.0, burst=100, now=0.0)
+        >>> presence_fits_rate(bucket, 0.0, 150), presence_fits_rate(bucket, 0.1, 1)
+        (True, False)
+        >>> presence_fits_rate(bucket, 0.5, 1)
+        True
+    """
+    if bucket.owe(now, 0) > 0:
+        return False
+    bucket.owe(now, size)
+    return True
 
 
 class FrameCounter:

@@ -72,6 +72,7 @@ from crdtsync.errors import (
     MalformedFrameError,
     ProtocolError,
     ProtocolTimeoutError,
+    RateLimitError,
     UnexpectedMessageError,
     UpdateRejectedError,
     VersionMismatchError,
@@ -83,6 +84,7 @@ from crdtsync.format.version import Version
 from crdtsync.format.yupdate import DEFAULT_LIMITS, UpdateLimits
 from crdtsync.protocol import messages as m
 from crdtsync.protocol.awareness import decode_awareness, split_awareness
+from crdtsync.protocol.limits import TokenBucket, presence_fits_rate
 
 __all__ = [
     "DOC_TRANSITIONS",
@@ -177,6 +179,16 @@ class SessionOptions:
             client ids it owns (see :class:`WriterRegistry`).
         max_refusals: documents the peer may ask for and be refused (or close)
             on one session; past that it is probing, and the session closes.
+        open_burst: documents the peer may open (SYNC, the HELLO's included) in
+            a burst, each costing us a catch-up (None: no limit); above it, and
+            the ``open_rate`` that refills it, the session closes with
+            ``RateLimitError`` (LIMIT_EXCEEDED).
+        open_rate: documents per second that refill ``open_burst``.
+        presence_rate: bytes of AWARENESS frames per second the peer may send,
+            all documents together (None: no limit), after a burst of
+            ``presence_burst``: over it, a frame is dropped before it is
+            decoded (see ``YSessionOptions.presence_rate``).
+        presence_burst: the burst of ``presence_rate``.
     """
 
     max_frame: int = 1 << 20
@@ -189,6 +201,10 @@ class SessionOptions:
     compress_min: int = 256
     verify_writers: bool = True
     max_refusals: int = 1024
+    open_burst: int | None = None
+    open_rate: float = 1.0
+    presence_rate: float | None = None
+    presence_burst: int = 512 << 10
 
 
 # -- events ----------------------------------------------------------------------------
@@ -568,8 +584,18 @@ class Session:
         self._dead_remote: OrderedDict[int, None] = OrderedDict()
         self._closed_names: OrderedDict[str, None] = OrderedDict()
         self._refused = 0
+        # What the peer may still open: each open costs a catch-up (O(document)).
+        o = self.options
+        self._opens = TokenBucket(o.open_rate, o.open_burst, now) if o.open_burst else None
+        # Presence it may send: each is sent on to everyone in the document.
+        self._presence = (
+            TokenBucket(o.presence_rate, o.presence_burst, now) if o.presence_rate else None
+        )
         # Unfinished PART reassembly, all channels together: one budget per session.
         self._parts_bytes = 0
+        # Bytes of updates received, reassembled and decompressed (what a shell
+        # budgets: a compressed frame may carry many times its size).
+        self._update_bytes = 0
         self._next_chan = 0
         # Protocol versions we speak, and the client's HELLO (server side).
         self._versions: tuple[int, ...] = m.PROTOCOL_VERSIONS
@@ -681,6 +707,16 @@ class Session:
         """Bytes of the frames queued and not yet taken by ``data_to_send``."""
         return self._out_bytes
 
+    @property
+    def update_bytes(self) -> int:
+        """Bytes of updates received so far, reassembled and decompressed.
+
+        A compressed UPDATE may carry many times its size (up to
+        ``max_update_bytes``): a shell budgeting what a peer makes it parse and
+        import reads this, not the bytes on the wire.
+        """
+        return self._update_bytes
+
     def data_to_send(self) -> list[bytes]:
         """Frames to write to the transport, in order (each a complete frame)."""
         out, self._out = self._out, []
@@ -769,6 +805,14 @@ class Session:
         """Server: refuse the client (e.g. ``AuthError("bad token")``); queues CLOSE."""
         if self.state is not State.HELLO_RECEIVED:
             raise LocalProtocolError(f"reject() in state {self.state.value}")
+        self._fail(error)
+
+    def fail(self, error: ProtocolError) -> None:
+        """The shell found the peer breaking a rule (a budget spent): close with ``error``.
+
+        Queues CLOSE with the error's code and records it, as if the session had
+        found it itself. Idempotent once closed.
+        """
         self._fail(error)
 
     def open_doc(self, name: str, epoch: bytes, version: Version) -> None:
@@ -1061,6 +1105,11 @@ class Session:
 
     def _on_sync(self, msg: m.Sync) -> None:
         version = self._check_doc_fields(msg.name, msg.epoch, msg.version)
+        if msg.answers is None and self._opens is not None and not self._opens.take(self._now):
+            raise RateLimitError(
+                f"documents opened faster than {self.options.open_rate:g} a second "
+                f"(bursts of {self.options.open_burst})"
+            )
         if msg.chan in self._by_remote or msg.chan in self._dead_remote:
             raise UnexpectedMessageError(f"SYNC reuses channel {msg.chan}")
         ch = self._docs.get(msg.name)
@@ -1194,6 +1243,7 @@ class Session:
             data = _unzstd(data, limit)
         elif msg.enc != m.ENC_RAW:
             raise MalformedFrameError(f"unknown update encoding {msg.enc}")
+        self._update_bytes += len(data)
         writes: dict[int, int] = {}
         if self.verify_writers:
             try:
@@ -1222,6 +1272,10 @@ class Session:
         ch = self._remote_channel(msg.chan)
         if ch is None:
             return
+        if self._presence is not None and not presence_fits_rate(
+            self._presence, self._now, len(msg.data)
+        ):
+            return  # over its byte rate: dropped undecoded
         entries = decode_awareness(msg.data)
         self._events.append(AwarenessReceived(ch.name, msg.data, tuple(entries)))
 

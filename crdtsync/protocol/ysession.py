@@ -111,7 +111,7 @@ from crdtsync.format.version import Version
 from crdtsync.format.yupdate import DEFAULT_LIMITS, UpdateLimits
 from crdtsync.protocol import yprotocol as y
 from crdtsync.protocol.awareness import decode_awareness
-from crdtsync.protocol.limits import TokenBucket
+from crdtsync.protocol.limits import TokenBucket, presence_fits_rate
 from crdtsync.protocol.session import Role, WriterRegistry
 
 __all__ = [
@@ -143,6 +143,10 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_INVALID_ROOM = 4400
 CLOSE_BAD_TOKEN = 4401
 CLOSE_ROOM_NOT_ALLOWED = 4403
+# A read-only client asked for a room that does not exist (it may not create it).
+CLOSE_NO_SUCH_ROOM = 4404
+# The relay holds as many rooms as it may (max_rooms): no new one.
+CLOSE_ROOM_LIMIT = 4413
 # 45xx, not 44xx: y-websocket gives up for good on 4400-4499 and retries 45xx.
 CLOSE_RATE_LIMITED = 4529
 
@@ -200,6 +204,19 @@ class YSessionOptions:
             are its own (stock y-websocket announces itself on connect): bind
             them with the registry (a server granting writes).
         limits: what parsing an update may cost (when verifying writers).
+        answer_burst: sync step 1 and awareness queries the peer may send in a
+            burst (None: no limit): each makes us send a whole answer (what the
+            peer lacks of the room; everyone's presence), so asking again and
+            again is budgeted apart from the message rate. Above it, and the
+            ``answer_rate`` that refills it, the session closes (4529).
+        answer_rate: answers per second that refill ``answer_burst``.
+        presence_rate: bytes of awareness messages per second the peer may send
+            (None: no limit), after a burst of ``presence_burst``. Each is sent
+            on to the whole room, and decoding one costs what its JSON does: a
+            message arriving while the budget is in debt is dropped before it
+            is decoded (the next one says it all); one that fits may take the
+            budget into debt, so a single large message always passes.
+        presence_burst: the burst of ``presence_rate``.
     """
 
     max_payload: int = 1 << 26
@@ -208,6 +225,10 @@ class YSessionOptions:
     verify_writers: bool = False
     declare_presence: bool = False
     limits: UpdateLimits = DEFAULT_LIMITS
+    answer_burst: int | None = None
+    answer_rate: float = 1.0
+    presence_rate: float | None = None
+    presence_burst: int = 512 << 10
 
 
 # -- events ----------------------------------------------------------------------------
@@ -296,12 +317,14 @@ class YSession:
     """
 
     __slots__ = (
+        "_answers",
         "_bucket",
         "_declared",
         "_events",
         "_now",
         "_out",
         "_out_bytes",
+        "_presence",
         "close_code",
         "close_reason",
         "error",
@@ -338,6 +361,14 @@ class YSession:
         self._now = now
         o = self.options
         self._bucket = TokenBucket(o.rate, o.burst, now) if o.rate is not None else None
+        self._answers = (
+            TokenBucket(o.answer_rate, o.answer_burst, now) if o.answer_burst is not None else None
+        )
+        self._presence = (
+            TokenBucket(o.presence_rate, o.presence_burst, now)
+            if o.presence_rate is not None
+            else None
+        )
         # Whether the peer's first presence message declared its ids.
         self._declared = not o.declare_presence
 
@@ -537,7 +568,13 @@ class YSession:
         self.fail(ForbiddenWriterError(f"client id {bad} belongs to another connection"))
         return False
 
+    def _answer(self, what: str) -> None:
+        """The peer asks for a whole answer: it costs one of its answer budget."""
+        if self._answers is not None and not self._answers.take(self._now):
+            raise RateLimitError(f"{what} faster than the answer budget allows")
+
     def _on_step1(self, msg: y.SyncStep1) -> None:
+        self._answer("sync step 1")
         self._events.append(SyncRequested(msg.version))
 
     def _on_step2(self, msg: y.SyncStep2) -> None:
@@ -558,6 +595,10 @@ class YSession:
             raise UpdateRejectedError(str(exc)) from None
 
     def _on_awareness(self, msg: y.AwarenessMessage) -> None:
+        if self._presence is not None and not presence_fits_rate(
+            self._presence, self._now, len(msg.data)
+        ):
+            return  # over its byte rate: dropped undecoded
         entries = decode_awareness(msg.data)
         if not self._declared:
             # A client's first presence message is its own state (y-websocket
@@ -574,6 +615,7 @@ class YSession:
         self._events.append(AwarenessReceived(msg.data, tuple(entries)))
 
     def _on_query(self, msg: y.QueryAwareness) -> None:
+        self._answer("awareness queries")
         self._events.append(AwarenessQueried())
 
     def _on_denied_access(self, msg: y.AuthDenied) -> None:

@@ -85,8 +85,18 @@ class RoomGuest(Protocol):
         """
         ...
 
-    def write(self, update: bytes, writes: Mapping[int, int], session: WriterCheck) -> Admission:
+    def write(
+        self,
+        update: bytes,
+        writes: Mapping[int, int],
+        session: WriterCheck,
+        *,
+        catch_up: bool = False,
+    ) -> Admission:
         """Admit (write policy) and import an update the client sent.
+
+        ``catch_up``: it is a sync step 2 (the client's first is its catch-up,
+        which a read-only client may send with its whole delete set for free).
 
         Raises:
             InvalidUpdateError: the update was refused; the room is unchanged.
@@ -134,11 +144,16 @@ class RoomBackend(Protocol):
         ...
 
     async def join(self, name: str, *, grant: Grant | None = None, address: str = "") -> RoomGuest:
-        """A y-protocols client joins room ``name`` (loaded or created).
+        """A y-protocols client joins room ``name`` (loaded, or created if the grant may).
 
         Raises:
             InvalidOperationError: ``name`` is not a valid document name.
-            StoreError: the store failed.
+            NoSuchDocumentError: ``name`` does not exist and the grant is read-only
+                (a reader never creates a room).
+            LimitExceededError: ``name`` does not exist and the backend holds as
+                many rooms as it may.
+            ProtocolError: the grant's ``creating`` hook refused a new room.
+            StoreError: the store failed, or holds a corrupt ``name``.
         """
         ...
 
@@ -223,6 +238,13 @@ class BackendSettings:
             per connection).
         compact_every: fold a room's log into its snapshot after this many updates.
         max_send_queue: bytes that may wait to be sent on one session.
+        max_room_bytes: size a room may reach through what clients send (None:
+            no limit); stored rooms load whatever their size.
+        max_rooms: rooms the store may hold before clients may create no more
+            (None: no limit).
+        import_rate: bytes of updates per second one crdtsync session may make
+            the backend parse and import, after decompression (None: no limit);
+            past it the session is read more slowly.
     """
 
     store: Store | str | None
@@ -230,6 +252,9 @@ class BackendSettings:
     options: SessionOptions
     compact_every: int
     max_send_queue: int
+    max_room_bytes: int | None = None
+    max_rooms: int | None = None
+    import_rate: float | None = None
 
 
 #: Makes a started backend from the relay's settings (``Relay(config, backend=...)``).
@@ -253,5 +278,8 @@ async def peer_backend(settings: BackendSettings) -> Peer:
         compact_every=settings.compact_every,
         max_send_queue=settings.max_send_queue,
         announce=False,
+        max_doc_bytes=settings.max_room_bytes,
+        max_stored_docs=settings.max_rooms,
+        import_rate=settings.import_rate,
     )
     return await peer.start()

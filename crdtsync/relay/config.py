@@ -31,13 +31,44 @@ class RelayConfig:
         max_msgs_per_sec: sustained messages per second per connection (token
             bucket of ``max_msgs_burst``); above it the connection is closed.
         max_msgs_burst: the bucket size.
+        max_bytes_per_sec: bytes per second one connection may send, sustained,
+            after a burst of twice ``max_update``, counted on the wire and again
+            after decompression (a small compressed frame may carry a whole
+            update); a faster sender is read more slowly (it waits on TCP), not
+            closed.
         max_unauth_bytes: bytes a connection may send before it is authenticated.
         max_send_queue: bytes queued towards one connection; above it the
             connection is a slow consumer and is closed (it resyncs on reconnect).
-        max_connections: connections in all; more are refused with 1013.
-        handshake_timeout: seconds a connection has to authenticate.
+        max_connections: authenticated connections in all; more are refused with
+            1013. Connections still authenticating are budgeted apart
+            (``max_unauth_connections``).
+        max_unauth_connections: connections accepted and not yet authenticated
+            (a crdtsync handshake, a y-protocols token, an HTTP request), in all;
+            a newcomer beyond closes the oldest of them.
+        max_unauth_per_address: connections not yet authenticated from one
+            client address (an IPv6 /64); a newcomer beyond is closed at once.
+        max_new_conns_per_sec: connections one client address may open per
+            second, after a burst of ten seconds' worth; a newcomer beyond is
+            closed at once (clients retry with backoff).
+        handshake_timeout: seconds a connection has to authenticate (and, before
+            that, to send its HTTP request).
         idle_unload: seconds a room stays in memory after its last client left.
         compact_every: fold a room's update log into its snapshot after this many updates.
+        max_room_bytes: size a room may reach (its Yjs state plus what was stored
+            since it was last measured: memory and disk); a room at the limit
+            refuses updates that add to it (crdtsync: DOC_ERROR LIMIT_EXCEEDED;
+            y-protocols: permission denied), and stays readable.
+        max_rooms: rooms the store may hold; creating more is refused (crdtsync:
+            DOC_ERROR LIMIT_EXCEEDED; y-protocols: close 4413).
+        max_new_rooms_per_min: rooms one client address may create per minute,
+            all its connections together (crdtsync: DOC_ERROR LIMIT_EXCEEDED;
+            y-protocols: close 4529). A read-only client creates none: opening a
+            room that does not exist is refused (DOC_REFUSED; close 4404).
+        max_refused_updates: updates one connection may have refused (read-only,
+            a full room, too many waiting for missing changes), and read-only
+            updates that needed checking against the room after the catch-up,
+            before the connection is closed (crdtsync: LIMIT_EXCEEDED; y-protocols:
+            1008).
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
         store: a ``postgresql://`` URL: run as a node of a relay cluster whose rooms
             live in that database (unset: a single relay on ``data``), see docs/CLUSTER.md.
@@ -61,12 +92,20 @@ class RelayConfig:
     max_docs_per_conn: int = 64
     max_msgs_per_sec: float = 200.0
     max_msgs_burst: int = 2000
+    max_bytes_per_sec: int = 1 << 20
     max_unauth_bytes: int = 64 << 10
     max_send_queue: int = 8 << 20
     max_connections: int = 20_000
+    max_unauth_connections: int = 1024
+    max_unauth_per_address: int = 64
+    max_new_conns_per_sec: float = 20.0
     handshake_timeout: float = 10.0
     idle_unload: float = 30.0
     compact_every: int = 1000
+    max_room_bytes: int = 64 << 20
+    max_rooms: int = 100_000
+    max_new_rooms_per_min: int = 60
+    max_refused_updates: int = 32
     log_level: str = "info"
     store: str | None = None
     node_url: str | None = None

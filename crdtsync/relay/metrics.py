@@ -181,6 +181,7 @@ class RelayMetrics:
         connections: returns the open connections, ``(crdtsync, y-protocols)``.
         rooms: returns how many rooms are loaded.
         queues: returns the bytes waiting to be sent on each connection.
+        pending: returns how many connections are not yet authenticated.
     """
 
     def __init__(
@@ -188,6 +189,7 @@ class RelayMetrics:
         connections: Callable[[], tuple[int, int]],
         rooms: Callable[[], int],
         queues: Callable[[], list[int]],
+        pending: Callable[[], int] = lambda: 0,
     ) -> None:
         r = self.registry = Registry()
 
@@ -203,6 +205,11 @@ class RelayMetrics:
             ]
 
         r.gauge("crdtsync_relay_connections", "Open connections by protocol.", open_connections)
+        r.gauge(
+            "crdtsync_relay_unauthenticated_connections",
+            "Connections accepted and not yet authenticated (HTTP requests included).",
+            lambda: [({}, float(pending()))],
+        )
         #: Connections accepted, by protocol.
         self.connections_total = r.counter(
             "crdtsync_relay_connections_total", "Connections accepted, by protocol."

@@ -151,7 +151,7 @@ class Rooms:
         t = now()
         metrics = self._metrics
         for members, message, t0, catch_up in outbox:
-            live = [yc for yc in members if not yc.closed]
+            live = [yc for yc in members if yc.writable]
             if live:
                 size = fanout([yc.ws for yc in live], message)
                 metrics.count_out("y", len(message), len(live))

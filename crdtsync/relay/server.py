@@ -68,16 +68,22 @@ from websockets.http11 import Request, Response
 from crdtsync.errors import (
     AuthError,
     CrdtSyncError,
+    DocumentFullError,
     InvalidRoomError,
+    LimitExceededError,
     LocalProtocolError,
+    NoSuchDocumentError,
+    RateLimitError,
     ReadOnlyError,
     RoomNotAllowedError,
+    StoreError,
     TokenError,
 )
 from crdtsync.format.yupdate import UpdateLimits
 from crdtsync.peer.peer import Grant, HelloInfo, Peer, Status
 from crdtsync.protocol import ysession as ys
 from crdtsync.protocol.session import SessionOptions
+from crdtsync.relay.admission import FD_SLACK, ConnectionBudget, RoomBudget, raise_open_files
 from crdtsync.relay.backend import (
     BackendFactory,
     BackendSettings,
@@ -87,7 +93,18 @@ from crdtsync.relay.backend import (
 )
 from crdtsync.relay.config import RelayConfig
 from crdtsync.relay.hooks import AuthRequest, HookRunner, RelayHooks
-from crdtsync.relay.limits import ReadPausingConnection, SyncConnection, now
+from crdtsync.relay.limits import (
+    ANSWER_RATE,
+    PRESENCE_BURST,
+    PRESENCE_RATE,
+    SYNC_OPEN_BURST,
+    Y_ANSWER_BURST,
+    ConnectionGate,
+    ReadPausingConnection,
+    SyncConnection,
+    byte_budget,
+    now,
+)
 from crdtsync.relay.logs import log, setup_logging
 from crdtsync.relay.metrics import RelayMetrics
 from crdtsync.relay.names import room_from_path, validate_room
@@ -113,6 +130,8 @@ CLOSE_CODES: dict[int, str] = {
     ys.CLOSE_INVALID_ROOM: "invalid room name",
     ys.CLOSE_BAD_TOKEN: "missing, invalid or expired token",
     ys.CLOSE_ROOM_NOT_ALLOWED: "the token does not allow this room",
+    ys.CLOSE_NO_SUCH_ROOM: "the room does not exist, and a reader does not create it",
+    ys.CLOSE_ROOM_LIMIT: "the relay holds as many rooms as it may",
     # 45xx, not 44xx: y-websocket gives up for good on 4400-4499 and retries 45xx.
     ys.CLOSE_RATE_LIMITED: "message rate limit exceeded (reconnect later)",
 }
@@ -184,12 +203,32 @@ class Relay:
             verify_writers=True,
             declare_presence=True,
             limits=self._limits,
+            answer_burst=Y_ANSWER_BURST,
+            answer_rate=ANSWER_RATE,
+            presence_rate=PRESENCE_RATE,
+            presence_burst=PRESENCE_BURST,
         )
         self._y_reader = replace(self._y_writer, verify_writers=False, declare_presence=False)
         self.port = 0
         self.url = ""
         #: The relay's metrics (``/metrics``).
-        self.metrics = RelayMetrics(self._connection_counts, lambda: self.rooms, self._queues)
+        self.metrics = RelayMetrics(
+            self._connection_counts, lambda: self.rooms, self._queues, self._pending
+        )
+        # Connections not yet authenticated, budgeted from their TCP accept on;
+        # and the rooms each client address may create.
+        self._gate = ConnectionGate(
+            ConnectionBudget(
+                config.max_unauth_connections,
+                config.max_unauth_per_address,
+                config.max_new_conns_per_sec,
+            ),
+            self.metrics,
+        )
+        self._room_budget = RoomBudget(config.max_new_rooms_per_min)
+
+    def _pending(self) -> int:
+        return self._gate.budget.pending
 
     def _connection_counts(self) -> tuple[int, int]:
         return len(self._sync_conns), self._rooms.count if self._rooms is not None else 0
@@ -227,6 +266,10 @@ class Relay:
             limits=self._limits,
             handshake_timeout=cfg.handshake_timeout,
             max_docs=cfg.max_docs_per_conn,
+            open_burst=max(SYNC_OPEN_BURST, 2 * cfg.max_docs_per_conn),
+            open_rate=ANSWER_RATE,
+            presence_rate=PRESENCE_RATE,
+            presence_burst=PRESENCE_BURST,
         )
         backend = await self._backend_factory(
             BackendSettings(
@@ -235,6 +278,10 @@ class Relay:
                 options=options,
                 compact_every=cfg.compact_every,
                 max_send_queue=cfg.max_send_queue,
+                max_room_bytes=cfg.max_room_bytes,
+                max_rooms=cfg.max_rooms,
+                # Decompressed: a small compressed frame may carry a whole update.
+                import_rate=cfg.max_bytes_per_sec,
             )
         )
         self._backend = backend
@@ -246,6 +293,7 @@ class Relay:
             backend.watch(runner)
             loaded = self._hooks.loaded
             backend.on_open(lambda name, _doc: runner.call("loaded", loaded, name))
+        self._raise_open_files()
         tls: ssl.SSLContext | None = None
         try:
             if cfg.tls_cert and cfg.tls_key:
@@ -267,7 +315,10 @@ class Relay:
                 ping_timeout=20.0,
                 close_timeout=2.0,
                 server_header="crdtsync-relay",
-                create_connection=ReadPausingConnection.with_limit(cfg.max_send_queue),
+                create_connection=ReadPausingConnection.with_limit(cfg.max_send_queue, self._gate),
+                # The TLS and HTTP handshakes of a connection that is not yet
+                # authenticated (its slot is budgeted: max_unauth_connections).
+                open_timeout=cfg.handshake_timeout,
                 # asyncio's default backlog (100) makes a storm of joins wait 1 s for
                 # a SYN retry (measured: 200 clients at once, 0.8-1.2 s against 0.6 s).
                 backlog=1024,
@@ -286,6 +337,26 @@ class Relay:
         auth = "token" if cfg.secret is not None else "none"
         log.info("listening", extra={"fields": {"url": self.url, "data": cfg.data, "auth": auth}})
         return self
+
+    def _raise_open_files(self) -> None:
+        """One descriptor per connection: make sure the process may open that many."""
+        cfg = self.config
+        need = cfg.max_connections + cfg.max_unauth_connections + FD_SLACK
+        soft, hard = raise_open_files(need)
+        if soft < need:
+            log.warning(
+                "open files limited",
+                extra={
+                    "fields": {
+                        "limit": soft,
+                        "hard_limit": hard,
+                        "needed": need,
+                        "reason": "the connection limits need more descriptors than the "
+                        "process may open: connections beyond it fail to be accepted "
+                        "(raise the hard RLIMIT_NOFILE, or lower --max-connections)",
+                    }
+                },
+            )
 
     def _sweeper_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
@@ -451,7 +522,8 @@ class Relay:
         if self._draining:
             await ws.close(ys.CLOSE_GOING_AWAY, "relay shutting down")
             return
-        if self.connections >= self.config.max_connections:
+        # Connections still authenticating have their own budget (the gate).
+        if self._gate.budget.authenticated_count >= self.config.max_connections:
             self.metrics.error("too_many_connections")
             await ws.close(ys.CLOSE_TRY_AGAIN_LATER, "too many connections")
             return
@@ -472,7 +544,13 @@ class Relay:
 
     async def _serve_sync(self, ws: ServerConnection, address: str) -> None:
         conn = SyncConnection(
-            WebSocketConnection(ws), address, self.config, self.metrics, lambda: self._draining
+            WebSocketConnection(ws),
+            address,
+            self.config,
+            self.metrics,
+            lambda: self._draining,
+            on_authenticate=lambda: self._gate.authenticated(ws),
+            wait_closed=ws.wait_closed,
         )
         self.metrics.connections_total.inc(protocol="crdtsync")
         self._sync_conns[address] = conn
@@ -525,6 +603,8 @@ class Relay:
             relay=False,
             check=partial(self._check_room, claims, info.address),
             read_only=claims is not None and not claims.write,
+            max_refused_updates=self.config.max_refused_updates,
+            creating=partial(self._creating, info.address),
         )
 
     def _authenticate_hook(self, request: AuthRequest, rooms: tuple[str, ...] = ()) -> None:
@@ -543,6 +623,15 @@ class Relay:
             self.metrics.error("auth")
             _log_refusal(refusal, request.address, request.protocol, rooms=rooms)
         raise refusal
+
+    def _creating(self, address: str, name: str) -> None:
+        """A client is about to create room ``name``: the address's budget of new rooms."""
+        try:
+            self._room_budget.create(address, now=now())
+        except RateLimitError:
+            self.metrics.error("room_rate")
+            log.warning("room creation refused", extra={"fields": {"remote": address}})
+            raise
 
     def _check_room(self, claims: TokenClaims | None, address: str, name: str) -> None:
         try:
@@ -576,6 +665,10 @@ class Relay:
         err = status.error
         if status.kind == "error" and err is not None:
             kind = "crdtsync_" + type(err).__name__
+            if isinstance(err, StoreError):
+                kind = "store"  # a room the store could not give, on one channel
+            elif isinstance(err, DocumentFullError):
+                kind = "room_full"
             self.metrics.error(kind)
             if isinstance(err, AuthError | InvalidRoomError) and not err.from_peer:
                 return  # a refusal of ours, logged where it was decided (_authorize, _check_room)
@@ -629,12 +722,24 @@ class Relay:
             _log_refusal(exc, address, "y", room=asked, subject=claims.subject if claims else None)
             await _refuse(ws, exc)
             return
+        # Authenticated: out of the budget of connections still proving themselves
+        # (a proxied one too: the owner checks its token again).
+        self._gate.authenticated(ws)
         if self._cluster is not None and await self._cluster.route_y(ws, room, raw_path, address):
             return  # served by the room's owner, through this node
         read_only = claims is not None and not claims.write
         backend, rooms = self.backend, self._rooms
         assert rooms is not None  # started
-        guest = await backend.join(room, grant=Grant(read_only=read_only), address=address)
+        grant = Grant(
+            read_only=read_only,
+            max_refused_updates=self.config.max_refused_updates,
+            creating=partial(self._creating, address),
+        )
+        try:
+            guest = await backend.join(room, grant=grant, address=address)
+        except (LimitExceededError, NoSuchDocumentError, StoreError) as exc:
+            await self._refuse_room(ws, address, room, exc)
+            return
         options = self._y_reader if read_only else self._y_writer
         session = ys.YSession.server(now=now(), options=options, registry=backend.writers)
         yc = YConnection(
@@ -645,6 +750,7 @@ class Relay:
             guest=guest,
             rooms=rooms,
             metrics=self.metrics,
+            bytes_budget=byte_budget(self.config),
         )
         rooms.add(yc)
         self.metrics.connections_total.inc(protocol="y")
@@ -674,6 +780,34 @@ class Relay:
                 "disconnected",
                 extra={"fields": {"remote": address, "protocol": "y", "reason": reason}},
             )
+
+    async def _refuse_room(
+        self,
+        ws: ServerConnection,
+        address: str,
+        room: str,
+        error: LimitExceededError | NoSuchDocumentError | StoreError,
+    ) -> None:
+        """Refuse a y-protocols client the backend would not give the room (nothing sent)."""
+        if isinstance(error, StoreError):
+            # One broken room: its clients are refused, the relay serves the others.
+            self.metrics.error("store")
+            log.error("room unavailable", extra={"fields": {"room": room, "error": str(error)}})
+            code, reason = ys.CLOSE_INTERNAL_ERROR, "the room cannot be loaded"
+        elif isinstance(error, NoSuchDocumentError):
+            self.metrics.error("no_such_room")
+            code, reason = ys.CLOSE_NO_SUCH_ROOM, "no such room"
+        elif isinstance(error, RateLimitError):
+            # Counted by _creating; 45xx: y-websocket retries later.
+            code, reason = ys.CLOSE_RATE_LIMITED, "too many new rooms: try again later"
+        else:
+            self.metrics.error("room_limit")
+            code, reason = ys.CLOSE_ROOM_LIMIT, "the relay holds as many rooms as it may"
+        log.info(
+            "refused",
+            extra={"fields": {"remote": address, "protocol": "y", "room": room, "reason": reason}},
+        )
+        await ws.close(code, reason)
 
 
 def _log_refusal(

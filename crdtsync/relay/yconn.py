@@ -35,8 +35,9 @@ from crdtsync.errors import (
 )
 from crdtsync.peer.policy import Admission
 from crdtsync.protocol import ysession as ys
+from crdtsync.protocol.limits import TokenBucket
 from crdtsync.relay.backend import RoomGuest
-from crdtsync.relay.limits import now
+from crdtsync.relay.limits import now, pause_reading
 from crdtsync.relay.logs import log
 from crdtsync.relay.metrics import RelayMetrics
 
@@ -47,6 +48,19 @@ __all__ = ["YConnection", "buffered", "error_kind", "fanout"]
 
 #: The prefix of a sync step 2 message (a catch-up, exempt from the send-queue limit).
 _STEP2 = b"\x00\x01"
+
+
+#: Write-policy refusals a y-protocols client is told of with "permission
+#: denied" (it stays connected): (metrics kind, reason).
+# A refused write's metrics kind, error class name (logged) and reason (sent).
+_REFUSALS: dict[Admission, tuple[str, str, str]] = {
+    Admission.READ_ONLY: ("read_only", "ReadOnlyError", "read-only access: update refused"),
+    Admission.FULL: (
+        "room_full",
+        "DocumentFullError",
+        "the room reached its size limit: update refused",
+    ),
+}
 
 
 def error_kind(error: CrdtSyncError | None, code: int) -> str:
@@ -79,9 +93,12 @@ class YConnection:
         guest: its place in the room (the backend's).
         rooms: the room registry and outbox.
         metrics: where messages and errors are counted.
+        bytes_budget: what it may send (``max_bytes_per_sec``): over it, it is
+            read more slowly.
     """
 
     __slots__ = (
+        "_bytes",
         "_dropped",
         "_metrics",
         "_refused_writes",
@@ -107,6 +124,7 @@ class YConnection:
         guest: RoomGuest,
         rooms: Rooms,
         metrics: RelayMetrics,
+        bytes_budget: TokenBucket,
     ) -> None:
         self.ws = ws
         self.address = address
@@ -126,13 +144,24 @@ class YConnection:
         self.catch_up_end = 0
         # Set when the relay dropped it (store failure, slow consumer).
         self._dropped = False
-        # Writes refused over a read-only grant (the first is logged, all are counted).
+        # What it may send (max_bytes_per_sec): a faster client is read more slowly.
+        self._bytes = bytes_budget
+        # Writes refused (read-only, a full room): the first is logged, all are counted.
         self._refused_writes = 0
 
     @property
     def closed(self) -> bool:
         """Whether nothing more is sent to it (its session closed, or it was dropped)."""
         return self._dropped or self.session.closed
+
+    @property
+    def writable(self) -> bool:
+        """Whether what was queued for it can still be written (not dropped, not closing).
+
+        A session that closed itself still has its last words sent (the
+        refusals that closed it), before the close frame.
+        """
+        return not self._dropped and not self.ws.transport.is_closing()
 
     def start(self) -> None:
         """Send what y-websocket's server sends first: its state vector and the presence."""
@@ -155,6 +184,9 @@ class YConnection:
                 self._process()
                 if session.closed:
                     break
+                pause = self._bytes.owe(t, len(message))
+                if pause > 0:  # over its byte rate: read nothing meanwhile
+                    await pause_reading(pause, ws.wait_closed)
         except ConnectionClosed:
             session.receive_eof()
             return "disconnected"
@@ -166,6 +198,9 @@ class YConnection:
             log.error(
                 "store failure", extra={"fields": {"room": self.room, "error": str(session.error)}}
             )
+        # What the session said before closing (the refusals that led to it)
+        # is in the room outbox: it goes out before the close frame.
+        self.rooms.flush()
         await ws.close(session.close_code or ys.CLOSE_PROTOCOL_ERROR, session.close_reason or "")
         return f"{kind}: {session.error}"
 
@@ -195,25 +230,34 @@ class YConnection:
     def _write(self, ev: ys.UpdateReceived) -> None:
         session = self.session
         try:
-            verdict = self.guest.write(ev.update, ev.writes, session)
+            verdict = self.guest.write(ev.update, ev.writes, session, catch_up=ev.step2)
         except InvalidUpdateError as exc:
             session.reject_update(exc)
         except StoreError as exc:
             session.fail(exc)
         else:
-            if verdict is Admission.READ_ONLY:
-                self._metrics.error("read_only")
-                session.refuse_update("read-only access: update refused")
+            refusal = _REFUSALS.get(verdict)
+            if refusal is not None:
+                # Refused, and the client stays: y-websocket logs "permission
+                # denied" (the write policy closes it after too many).
+                kind, error, reason = refusal
+                self._metrics.error(kind)
+                session.refuse_update(reason)
                 self._refused_writes += 1
                 if self._refused_writes == 1:  # a read-only tab typing: once, not per key
                     fields = {
                         "remote": self.address,
                         "protocol": "y",
                         "room": self.room,
-                        "error": "ReadOnlyError",
-                        "reason": "read-only access: update refused",
+                        "error": error,
+                        "reason": reason,
                     }
                     log.warning("refused", extra={"fields": fields})
+            elif verdict is Admission.HELD_LIMIT:
+                # It sends out of order: reconnecting resends in order (sync step 2).
+                session.fail(LimitExceededError("too many updates waiting for missing changes"))
+            elif verdict is Admission.TOO_MANY_REFUSALS:
+                session.fail(LimitExceededError("too many updates refused"))
             elif verdict is not Admission.FORBIDDEN:
                 session.update_applied(ev)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from crdtsync.errors import LimitExceededError
+from crdtsync.errors import LimitExceededError, NoSuchDocumentError
 from crdtsync.format.version import Version
 from crdtsync.format.yupdate import parse_update
 from crdtsync.model.doc import Doc
@@ -64,10 +64,11 @@ async def check_room_backend(factory: BackendFactory) -> None:
 
     Guests write through the write policy and are heard by watchers once, with
     themselves as origin; what commit() returned for is in the store; writer ids
-    are exclusive between live connections; read-only guests write nothing;
-    presence is capped per connection and goes when a guest leaves; a crdtsync
-    session served on a connection syncs the room both ways and is the origin of
-    what it writes; rooms in use are not unloaded; unwatching stops the calls.
+    are exclusive between live connections; read-only guests write nothing (a
+    Skip struct included) and create no room; presence is capped per connection
+    and goes when a guest leaves; a crdtsync session served on a connection
+    syncs the room both ways and is the origin of what it writes; rooms in use
+    are not unloaded; unwatching stops the calls.
 
     Args:
         factory: makes a started backend (``Relay(backend=...)`` takes the same).
@@ -145,7 +146,22 @@ async def _check(backend: RoomBackend, store: MemoryStore) -> None:
     assert reader.write(forged, {}, ro) is Admission.READ_ONLY
     assert reader.write(update, {}, ro) is Admission.NOTHING_NEW
     assert _text([guest.catch_up(Version())]) == "hi", "a read-only write must change nothing"
+    # A Skip struct past the room's clocks writes something (it would be held):
+    # refused, never stored.
+    skip = bytes([1, 1, 99, 5, 10, 1, 0])  # client 99, clock 5: a Skip of length 1
+    assert reader.write(skip, {}, ro) is Admission.READ_ONLY, "a read-only Skip must be refused"
     reader.leave()
+    stored = store.load("room")
+    assert stored is not None
+    assert skip not in [u for _, u in stored.updates], "nothing a reader sends may be stored"
+    # ... and a reader never creates a room.
+    try:
+        await backend.join("nobody-made-this", grant=Grant(read_only=True), address="viewer")
+    except NoSuchDocumentError:
+        pass
+    else:
+        raise AssertionError("a read-only join of a missing room must be refused")
+    assert store.load("nobody-made-this") is None, "a reader must not create a room"
 
     # Presence: heard with its origin, capped per connection, gone when the guest leaves.
     data = encode_awareness([(1001, 1, {"user": "a"})])

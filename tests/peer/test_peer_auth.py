@@ -150,6 +150,7 @@ async def test_connect_with_another_token_replaces_it(tmp_path: Path) -> None:
     """Issue 14: ``connect(url, token=new)`` on a connected address was ignored, even
     ``token="garbage"``. Now the connection is made again with the new token at once."""
     async with running_relay(tmp_path, secret=SECRET) as relay, ws_peer() as peer:
+        await relay.peer.open("notes")  # a reader creates no room (issue 18, item 9)
         statuses = Statuses(peer)
         doc = await peer.open("notes")
         await peer.connect(relay.url, token=token(write=False))
@@ -313,6 +314,7 @@ async def test_a_refused_write_reaches_wait_synced_at_once(tmp_path: Path) -> No
     """Issue 14: with a read-only token, wait_synced returned False after its whole
     timeout, the reason only on on_status. It returns ReadOnlyError at once now."""
     async with running_relay(tmp_path, secret=SECRET) as relay, ws_peer() as peer:
+        await relay.peer.open("notes")  # a reader creates no room (issue 18, item 9)
         doc = await peer.open("notes")
         doc.text("body").insert(0, "typed offline")
         await peer.connect(relay.url, token=token(write=False))  # the handshake is fine

@@ -29,6 +29,7 @@ from crdtsync.errors import (
     DocNotOpenError,
     InvalidAuthError,
     MissingDependencyError,
+    NoSuchDocumentError,
     StoreError,
     TransportError,
     UnsupportedAddressError,
@@ -307,6 +308,10 @@ def test_every_session_event_has_a_peer_handler() -> None:
 @pytest.mark.anyio
 async def test_guests_share_the_write_policy_and_the_registry() -> None:
     async with Peer() as peer:
+        with pytest.raises(NoSuchDocumentError):  # a reader never creates a document
+            await peer.join("d", grant=Grant(read_only=True), address="tab")
+        assert peer.docs() == []
+        await peer.open("d")
         guest = await peer.join("d", grant=Grant(read_only=True), address="tab")
         assert peer.users("d") == 1
         other = Doc(peer_id=77)

@@ -145,21 +145,22 @@ async def test_a_refused_write_is_a_read_only_error(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="crdtsync.peer.yprovider")
     doc = Doc()
-    async with (
-        running_relay(tmp_path, secret=SECRET) as relay,
-        YProvider(doc, relay.url, "notes", token=token(write=False), backoff=QUICK) as provider,
-    ):
-        seen = collect(provider)
-        assert await provider.wait_synced(timeout=WAIT)
-        doc.text("body").insert(0, "nope")
-        doc.text("body").insert(0, "nope")
-        await eventually(
-            lambda: len([s for s in seen if s.kind == "error"]) >= 2, WAIT, "both refusals"
-        )
-        errors = [s for s in seen if s.kind == "error"]
-        assert all(type(s.error) is ReadOnlyError for s in errors)
-        assert provider.synced  # a refused write keeps the connection
-        assert provider.error is None
+    async with running_relay(tmp_path, secret=SECRET) as relay:
+        await relay.peer.open("notes")  # a reader creates no room (issue 18, item 9)
+        async with YProvider(
+            doc, relay.url, "notes", token=token(write=False), backoff=QUICK
+        ) as provider:
+            seen = collect(provider)
+            assert await provider.wait_synced(timeout=WAIT)
+            doc.text("body").insert(0, "nope")
+            doc.text("body").insert(0, "nope")
+            await eventually(
+                lambda: len([s for s in seen if s.kind == "error"]) >= 2, WAIT, "both refusals"
+            )
+            errors = [s for s in seen if s.kind == "error"]
+            assert all(type(s.error) is ReadOnlyError for s in errors)
+            assert provider.synced  # a refused write keeps the connection
+            assert provider.error is None
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("connected to ws://127.0.0.1:") for line in lines), lines
     assert len([line for line in lines if "refused a write" in line]) == 1  # once, not per key

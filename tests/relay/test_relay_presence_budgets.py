@@ -66,6 +66,7 @@ async def test_huge_presence_states_do_not_lock_newcomers_out(tmp_path: Path) ->
     # exceed max_send_queue, so every joiner was dropped as a slow consumer.
     options = {"secret": SECRET, "max_send_queue": 2 << 20, "max_frame": 4 << 20}
     async with running_relay(tmp_path, **options) as relay:
+        await relay.peer.open("notes")  # readers join rooms, they never create them
         clients = []
         for i in range(40):
             c = await YClient.open(relay.url, "notes", token=token(write=False), client_id=900 + i)

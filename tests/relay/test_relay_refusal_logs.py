@@ -74,6 +74,7 @@ async def test_every_refusal_is_logged_on_both_protocols_without_the_token(
     star = token("*")
     used = [bad, stale, other, reader, star]
     async with running_relay(tmp_path, secret=SECRET) as relay:
+        await relay.peer.open("notes")  # a reader creates no room (issue 18, item 9)
         # -- y-protocols: 4401 (bad, expired), 4403 (another room), 4400 (bad name).
         code, _, _ = await y_refusal(relay.url, f"/notes?token={bad}")
         assert code == 4401
