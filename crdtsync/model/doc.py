@@ -51,6 +51,13 @@ from crdtsync.errors import (
 from crdtsync.format import envelope as encoding
 from crdtsync.format.version import Version
 from crdtsync.format.yupdate import (
+    CONTENT_ANY,
+    CONTENT_BINARY,
+    CONTENT_EMBED,
+    CONTENT_FORMAT,
+    CONTENT_JSON,
+    CONTENT_STRING,
+    CONTENT_TYPE,
     STRUCT_SKIP,
     TYPE_ARRAY,
     TYPE_MAP,
@@ -278,6 +285,9 @@ class Doc:
         self._held_per_origin: dict[int, int] = {}
         # Root containers accessed here, by name.
         self._roots: dict[str, Container] = {}
+        # Roots that imported updates put content in, by the kind their content
+        # shows (plain Yjs clients write no root registry entry): see roots().
+        self._yjs_roots: dict[str, str] = {}
         # Bumped by every import and text edit: invalidates text offset caches.
         self._text_epoch = 0
         # Nesting depth of our transactions; events are delivered at depth 0.
@@ -363,6 +373,9 @@ class Doc:
         kind = self._registry.get(name)
         if kind is not None and kind != cls.kind:
             raise RootTypeError(f"root {name!r} is a {kind}, not a {cls.kind}")
+        yjs_kind = self._yjs_roots.get(name) if kind is None else None
+        if yjs_kind is not None and _ENGINE_OF[yjs_kind] is not cls._engine_type:
+            raise RootTypeError(f"root {name!r} is a Yjs {yjs_kind}, not a {cls.kind}")
         try:
             y = self._y.get(name, type=cls._engine_type)
         except BaseException as exc:
@@ -382,10 +395,12 @@ class Doc:
         This is a function of the replicated state alone (the root registry),
         never of which roots this replica happened to access, so replicas that
         imported the same updates list the same roots. A root that only a plain
-        Yjs client has written is readable with ``doc.text(name)`` etc., and is
-        listed once a crdtsync replica edits it.
+        Yjs client has written is listed as soon as it has content, with the
+        kind of its Yjs type (``Y.Map`` ``"map"``, ``Y.Array`` ``"list"``,
+        ``Y.Text`` ``"text"``), told from the first item written into it; the
+        registry's kind wins where both exist.
         """
-        out: dict[str, str] = {}
+        out = dict(self._yjs_roots)
         for name, kind in self._registry.items():
             if type(kind) is str and kind_class(kind) is not None:
                 out[name] = kind
@@ -802,6 +817,7 @@ class Doc:
         finally:
             self._want_event_deletes = False
         txn.commit()
+        self._note_yjs_roots(parsed)
         if self._event_deletes is not None:
             # yrs deleted formatting items of its own accord (redundant ones).
             ds, self._event_deletes = self._event_deletes, None
@@ -823,6 +839,24 @@ class Doc:
         if self._depth == 0 and self._queue:
             self._deliver()
         return builtins.list(txn.old_state)
+
+    def _note_yjs_roots(self, parsed: ParsedUpdate) -> None:
+        """Record the roots an applied update writes into, with the kind their items show.
+
+        The first item of any root names its parent (it has no origin to
+        inherit it from), so every root with content is seen here, on every
+        replica that imports it. Items whose content tells nothing (deleted
+        ones, XML types) are skipped.
+        """
+        known = self._yjs_roots
+        for structs in parsed.clients.values():
+            for st in structs:
+                name = st.parent
+                if type(name) is not str or name in known or name == REGISTRY:
+                    continue
+                kind = _root_kind_of(st.kind, st.parent_sub, st.content)
+                if kind is not None:
+                    known[name] = kind
 
     def _engine_apply(self, update: bytes, origin: Any) -> None:
         """Hands validated bytes to pycrdt, in a transaction marked remote."""
@@ -1121,6 +1155,25 @@ class Doc:
     def _subscribe_engine(self) -> None:
         if self._txn_sub is None:
             self._txn_sub = self._y.observe(self._on_transaction)
+
+
+# Engine type of each kind a plain Yjs root can show.
+_ENGINE_OF: dict[str, Any] = {"map": pycrdt.Map, "list": pycrdt.Array, "text": pycrdt.Text}
+_TEXT_CONTENT = frozenset((CONTENT_STRING, CONTENT_FORMAT, CONTENT_EMBED))
+_LIST_CONTENT = frozenset((CONTENT_ANY, CONTENT_JSON, CONTENT_BINARY, CONTENT_TYPE))
+
+
+def _root_kind_of(content_kind: int, parent_sub: str | None, content: Any) -> str | None:
+    """The kind of root an item shows: a keyed item a map, text content a text, values a list."""
+    if parent_sub is not None:
+        return "map"
+    if content_kind in _TEXT_CONTENT:
+        return "text"
+    if content_kind in _LIST_CONTENT:
+        if content_kind == CONTENT_TYPE and content.type_ref not in _TYPE_REFS.values():
+            return None  # an XML element: the root is an XML fragment
+        return "list"
+    return None
 
 
 @dataclass(eq=False, slots=True)
