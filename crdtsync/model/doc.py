@@ -50,7 +50,9 @@ from crdtsync.errors import (
 )
 from crdtsync.format import envelope as encoding
 from crdtsync.format.version import Version
-from crdtsync.format.yupdate import (
+from crdtsync.format.yupdate import (  # content classes of DocIndex.observed
+    _TEXTUAL,
+    _VALUED,
     CONTENT_ANY,
     CONTENT_BINARY,
     CONTENT_EMBED,
@@ -81,6 +83,7 @@ from crdtsync.model.containers import (
     engine_error,
 )
 from crdtsync.model.kinds import kind_class
+from crdtsync.model.text_mirrors import TextMirrors
 from crdtsync.model.tree_events import TreeChange
 from crdtsync.model.values import check_text
 
@@ -119,8 +122,11 @@ class Change:
         keys: for maps, ``{key: "add" | "update" | "delete"}``.
         delta: for lists and texts, Quill-style ``[{"retain": n} | {"insert": ...} |
             {"delete": n}]`` in Python indexes (code points for text; plain values
-            for list inserts). ``None`` for a text whose earlier content this
-            document had not seen (read the text instead).
+            for list inserts). Every text change carries one, local or remote,
+            the first edit included; a text that appears with content (a new
+            ``Text("abc")``, a root a remote update created) is reported as
+            ``[{"insert": "abc"}]``. ``None`` only for a text inside a tree's
+            node data that this replica had not read (read the text instead).
         created: the whole root appeared in this transaction (read it whole).
         tree: for trees, what happened to each node
             (:class:`~crdtsync.TreeChange`: created, moved, deleted, data
@@ -305,8 +311,8 @@ class Doc:
         self._pending: builtins.list[Change] = []
         # Roots whose deep changes we are subscribed to.
         self._watched: dict[str, Any] = {}
-        # Last seen content of texts, by path, to express deletions in code points.
-        self._mirrors: dict[tuple[str | int, ...], str] = {}
+        # Last seen content of the observed texts, for deltas in code points.
+        self._mirrors = TextMirrors()
         # Subscription to pycrdt's transaction events, made with the first observer
         # so that unobserved documents pay nothing per edit.
         self._txn_sub: Any = None
@@ -400,11 +406,55 @@ class Doc:
         ``Y.Text`` ``"text"``), told from the first item written into it; the
         registry's kind wins where both exist.
         """
-        out = dict(self._yjs_roots)
+        out: dict[str, str] = {}
         for name, kind in self._registry.items():
             if type(kind) is str and kind_class(kind) is not None:
                 out[name] = kind
+        if self._index_live:  # content outside the registry only comes in imports
+            out.update(self._yjs_only_roots(out))
         return dict(sorted(out.items()))
+
+    def _yjs_only_roots(self, registered: dict[str, str]) -> dict[str, str]:
+        """Roots with live content that the registry does not name, by kind.
+
+        Listing only roots with live content keeps this a function of the
+        replicated state: the items a root ever held may reach another replica
+        already deleted. The kind comes from a keyed item (a map: the first
+        entry of each key names its root), else from the content class the
+        validator saw land in the root (text or values), else from this
+        replica's own wrapper.
+        """
+        names = set(self._yjs_roots)
+        names.update(k for k in self._index.observed if type(k) is str)
+        # Roots read here are declared to the validator, which then records no
+        # content class for them: their wrapper tells the kind.
+        names.update(self._roots)
+        out: dict[str, str] = {}
+        registry = self._registry
+        for name in names:
+            if name in registered or name == REGISTRY or name in registry:
+                continue  # the registry decides, even for a kind this release does not know
+            wrapper = self._roots.get(name)
+            kind = self._yjs_roots.get(name) or _SEQ_KIND.get(self._index.observed.get(name))
+            if kind is None and wrapper is not None and wrapper.kind in ("text", "list"):
+                kind = wrapper.kind
+            engine_type = _ENGINE_OF.get(kind) if kind is not None else None
+            if kind is None or engine_type is None:
+                continue
+            if wrapper is not None:
+                if wrapper._engine_type is not engine_type:
+                    continue
+                y = wrapper._y
+            else:
+                try:
+                    y = self._y.get(name, type=engine_type)
+                except BaseException as exc:
+                    if not _is_panic(exc) and not isinstance(exc, Exception):
+                        raise
+                    continue  # the engine holds it with another type
+            if len(y):
+                out[name] = kind
+        return out
 
     def __getitem__(self, name: str) -> Any:
         kind = self.roots().get(name)
@@ -807,6 +857,7 @@ class Doc:
                     else encode_update(ParsedUpdate(parsed.clients, now))
                 )
                 parsed = ParsedUpdate(parsed.clients, now, -1)
+        had = {c: self._index.state.get(c, 0) for c in parsed.clients}
         txn = self._index.begin(parsed, limits)
         self._want_event_deletes = self._index.formatting or txn.formatting
         try:
@@ -817,7 +868,7 @@ class Doc:
         finally:
             self._want_event_deletes = False
         txn.commit()
-        self._note_yjs_roots(parsed)
+        self._note_yjs_roots(parsed, had)
         if self._event_deletes is not None:
             # yrs deleted formatting items of its own accord (redundant ones).
             ds, self._event_deletes = self._event_deletes, None
@@ -840,17 +891,20 @@ class Doc:
             self._deliver()
         return builtins.list(txn.old_state)
 
-    def _note_yjs_roots(self, parsed: ParsedUpdate) -> None:
-        """Record the roots an applied update writes into, with the kind their items show.
+    def _note_yjs_roots(self, parsed: ParsedUpdate, had: dict[int, int]) -> None:
+        """Record the roots an applied update wrote into, with the kind their items show.
 
-        The first item of any root names its parent (it has no origin to
-        inherit it from), so every root with content is seen here, on every
-        replica that imports it. Items whose content tells nothing (deleted
-        ones, XML types) are skipped.
+        Only items that name their root (no origin to inherit it from) tell
+        which root they are in; keyed ones show a map, text content a text,
+        values a list. Structs this replica had before are skipped: the engine
+        ignored them. :meth:`roots` lists such a root while it has content.
         """
         known = self._yjs_roots
-        for structs in parsed.clients.values():
+        for client, structs in parsed.clients.items():
+            have = had.get(client, 0)
             for st in structs:
+                if st.end <= have:
+                    continue
                 name = st.parent
                 if type(name) is not str or name in known or name == REGISTRY:
                     continue
@@ -1031,8 +1085,8 @@ class Doc:
         if name in self._watched:
             return
         self._watched[name] = root._y.observe_deep(lambda evs: self._on_deep(name, evs))
-        if isinstance(root, Text):
-            self._mirrors[(name,)] = str(root._y)
+        if root.kind in ("map", "list", "text"):
+            self._mirrors.scan((name,), root._y)
 
     def _watch_new_roots(self) -> builtins.list[Change]:
         created = []
@@ -1043,7 +1097,9 @@ class Doc:
                 except RootTypeError:
                     continue
                 self._watch(name, root)
-                created.append(Change((name,), kind, created=True))
+                content = str(root._y) if isinstance(root, Text) else ""
+                delta = [{"insert": content}] if content else None
+                created.append(Change((name,), kind, delta=delta, created=True))
         return created
 
     def _on_deep(self, name: str, events: Any) -> None:
@@ -1061,11 +1117,16 @@ class Doc:
             for where, (tree, inside) in trees.items():
                 changes = tree_changes(tree, inside)
                 self._pending.append(Change((name, *where), "tree", tree=changes))
+        # Paths and mirrors follow the structure first (see text_mirrors), then
+        # every text delta is translated against them.
+        appeared = self._mirrors.follow(
+            [((name, *ev.path), ev) for ev in events if not isinstance(ev, pycrdt.TextEvent)]
+        )
         for ev in events:
             path = (name, *ev.path)
             target = ev.target
             if isinstance(ev, pycrdt.TextEvent):
-                self._pending.append(Change(path, "text", delta=self._text_delta(path, ev)))
+                self._pending.append(Change(path, "text", delta=self._mirrors.delta(path, ev)))
             elif isinstance(ev, pycrdt.ArrayEvent):
                 self._pending.append(Change(path, "list", delta=self._list_delta(ev)))
             elif isinstance(ev, pycrdt.MapEvent):
@@ -1079,6 +1140,9 @@ class Doc:
                     self._pending.append(Change(path, kind, keys=keys))
                 else:
                     self._pending.append(Change(path, kind))
+        for path, content in appeared:
+            # A text created with its content: yrs sends no event of its own.
+            self._pending.append(Change(path, "text", delta=[{"insert": content}]))
 
     def _list_delta(self, ev: Any) -> builtins.list[dict[str, Any]]:
         from crdtsync.model.containers import _plain
@@ -1090,33 +1154,6 @@ class Doc:
             else:
                 out.append(dict(op))
         return out
-
-    def _text_delta(
-        self, path: tuple[str | int, ...], ev: Any
-    ) -> builtins.list[dict[str, Any]] | None:
-        """Translate a byte-offset text delta into code points, using the old content."""
-        new = str(ev.target)
-        old = self._mirrors.get(path)
-        self._mirrors[path] = new
-        if old is None:
-            return None
-        delta: builtins.list[dict[str, Any]] = []
-        pos = 0  # code-point position in old
-        for op in ev.delta:
-            if "insert" in op:
-                delta.append({"insert": op["insert"]})
-                continue
-            nbytes = op.get("retain", op.get("delete", 0))
-            start = pos
-            consumed = 0
-            while consumed < nbytes and pos < len(old):
-                consumed += len(old[pos].encode("utf-8"))
-                pos += 1
-            if consumed != nbytes:
-                return None  # our mirror is out of step; callers re-read the text
-            key = "retain" if "retain" in op else "delete"
-            delta.append({key: pos - start})
-        return delta
 
     def _on_transaction(self, event: Any) -> None:
         # Runs inside pycrdt's commit: only package; delivery happens after it.
@@ -1157,6 +1194,8 @@ class Doc:
             self._txn_sub = self._y.observe(self._on_transaction)
 
 
+# Kind of a root by the content class the validator saw land in it.
+_SEQ_KIND: dict[int | None, str] = {_TEXTUAL: "text", _VALUED: "list"}
 # Engine type of each kind a plain Yjs root can show.
 _ENGINE_OF: dict[str, Any] = {"map": pycrdt.Map, "list": pycrdt.Array, "text": pycrdt.Text}
 _TEXT_CONTENT = frozenset((CONTENT_STRING, CONTENT_FORMAT, CONTENT_EMBED))

@@ -46,14 +46,15 @@ def test_roots_written_by_a_yjs_client_are_listed(script: Path) -> None:
     doc = Doc()
     assert doc.roots() == {}
     doc.import_yjs_update(update)
-    assert doc.roots() == {"body": "text", "gone": "map", "settings": "map", "todos": "list"}
+    # A root is listed while it has content ("gone" has none left, the XML
+    # fragment is not a crdtsync kind).
+    assert doc.roots() == {"body": "text", "settings": "map", "todos": "list"}
     assert doc.to_py() == {
         "body": "héllo 😀",
-        "gone": {},
         "settings": {"theme": "dark"},
         "todos": ["milk", 2],
     }
-    assert list(doc) == ["body", "gone", "settings", "todos"]
+    assert list(doc) == ["body", "settings", "todos"]
     assert doc["settings"]["theme"] == "dark"
     # The same on a replica that loads a save, and after a crdtsync edit.
     again = Doc.load(doc.save())
@@ -62,6 +63,41 @@ def test_roots_written_by_a_yjs_client_are_listed(script: Path) -> None:
     assert doc.roots()["settings"] == "map"
     with pytest.raises(TypeError, match="text, not a map"):
         doc.map("body")
+
+
+def test_roots_whose_first_items_were_deleted_are_listed_everywhere(script: Path) -> None:
+    # Only a root's first item names the root; here it is deleted before a
+    # replica that loads the state sees it.
+    update, _ = run_js(
+        script,
+        """
+        const t = doc.getText('body');
+        t.insert(0, 'ab');
+        t.insert(2, 'cd');
+        t.delete(0, 2);
+        const a = doc.getArray('list');
+        a.push([1]);
+        a.push([2]);
+        a.delete(0, 1);
+        const m = doc.getMap('map');
+        m.set('k', 1);
+        m.set('k', 2);
+        """,
+    )
+    first = Doc()
+    first.import_yjs_update(update)
+    expected = {"body": "text", "list": "list", "map": "map"}
+    assert first.roots() == expected
+    for data in (first.save(), first.export_update()):
+        again = Doc.load(data)
+        assert again.roots() == expected
+        assert again.to_py() == {"body": "cd", "list": [2], "map": {"k": 2}}
+    # A replica that asked for the root before the content arrived lists it too.
+    early = Doc()
+    assert str(early.text("body")) == ""
+    assert early.roots() == {}
+    early.import_update(first.export_update())
+    assert early.roots() == expected
 
 
 def test_a_root_appears_in_events_when_a_yjs_client_creates_it(script: Path) -> None:
