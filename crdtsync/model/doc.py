@@ -1097,9 +1097,18 @@ class Doc:
                 except RootTypeError:
                     continue
                 self._watch(name, root)
+                found: builtins.list[tuple[tuple[str | int, ...], str]] = []
+                if root.kind in ("map", "list"):
+                    self._mirrors.scan((name,), root._y, found)
                 content = str(root._y) if isinstance(root, Text) else ""
                 delta = [{"insert": content}] if content else None
                 created.append(Change((name,), kind, delta=delta, created=True))
+                # Texts inside the new root, with their content, like new nested texts.
+                created.extend(
+                    Change(path, "text", delta=[{"insert": text}])
+                    for path, text in found
+                    if len(path) > 1
+                )
         return created
 
     def _on_deep(self, name: str, events: Any) -> None:
