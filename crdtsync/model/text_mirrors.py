@@ -45,11 +45,32 @@ _KIND_KEY = "\x00k"
 class TextMirrors:
     """Content of the observed texts by path, kept in step with the document's events."""
 
-    __slots__ = ("_texts",)
+    __slots__ = ("_below", "_texts")
 
     def __init__(self) -> None:
         # Path -> the text's content as last seen.
         self._texts: dict[Path, str] = {}
+        # Proper prefix of a mirrored path -> how many mirrored paths it has, so
+        # that a structural event with no text below it costs O(1).
+        self._below: dict[Path, int] = {}
+
+    def _set(self, path: Path, content: str) -> None:
+        if path not in self._texts:
+            below = self._below
+            for i in range(1, len(path)):
+                below[path[:i]] = below.get(path[:i], 0) + 1
+        self._texts[path] = content
+
+    def _pop(self, path: Path) -> str:
+        content = self._texts.pop(path)
+        below = self._below
+        for i in range(1, len(path)):
+            left = below[path[:i]] - 1
+            if left:
+                below[path[:i]] = left
+            else:
+                del below[path[:i]]
+        return content
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -72,7 +93,7 @@ class TextMirrors:
             t = type(v)
             if t is pycrdt.Text:
                 content = str(v)
-                self._texts[where] = content
+                self._set(where, content)
                 if found is not None and content:
                     found.append((where, content))
             elif t is pycrdt.Map:
@@ -86,9 +107,13 @@ class TextMirrors:
                     stack.append(((*where, i), item))
 
     def _drop_under(self, prefix: Path) -> None:
+        if prefix in self._texts:
+            self._pop(prefix)
+        if prefix not in self._below:
+            return
         n = len(prefix)
         for p in [p for p in self._texts if p[:n] == prefix]:
-            del self._texts[p]
+            self._pop(p)
 
     def follow(self, events: list[tuple[Path, Any]]) -> list[tuple[Path, str]]:
         """Follow the structural events of one transaction (map and list events).
@@ -118,7 +143,8 @@ class TextMirrors:
         n = len(path)
         # Mirrors right below this list, by their old index.
         below: dict[int, list[Path]] = {}
-        for p in self._texts:
+        has_texts = path in self._below
+        for p in self._texts if has_texts else ():
             if len(p) > n and p[:n] == path and type(p[n]) is int:
                 below.setdefault(p[n], []).append(p)  # type: ignore[arg-type]
         moved: dict[Path, str] = {}
@@ -130,14 +156,14 @@ class TextMirrors:
                 if old != new:
                     for i in range(old, old + k):
                         for p in below.get(i, ()):
-                            moved[(*path, new + i - old, *p[n + 1 :])] = self._texts.pop(p)
+                            moved[(*path, new + i - old, *p[n + 1 :])] = self._pop(p)
                 old += k
                 new += k
             elif "delete" in op:
                 k = int(op["delete"])
                 for i in range(old, old + k):
                     for p in below.get(i, ()):
-                        del self._texts[p]
+                        self._pop(p)
                 old += k
             elif "insert" in op:
                 items = op["insert"]
@@ -150,8 +176,9 @@ class TextMirrors:
                 if i >= old:
                     for p in below[i]:
                         if p in self._texts:
-                            moved[(*path, new + i - old, *p[n + 1 :])] = self._texts.pop(p)
-        self._texts.update(moved)
+                            moved[(*path, new + i - old, *p[n + 1 :])] = self._pop(p)
+        for p, content in moved.items():
+            self._set(p, content)
         for index, item in inserted:
             self.scan((*path, index), item, found)
 
@@ -167,7 +194,7 @@ class TextMirrors:
         """
         new = str(ev.target)
         old = self._texts.get(path)
-        self._texts[path] = new
+        self._set(path, new)
         new_b = new.encode("utf-8")
         at = 0  # byte position in new
         pos = 0  # code-point position in old (when known)

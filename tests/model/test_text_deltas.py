@@ -127,6 +127,33 @@ def test_deltas_follow_texts_that_move_in_a_list() -> None:
     assert str(items[1]) == "b"
 
 
+def test_deltas_follow_texts_in_nested_lists_and_overwritten_keys() -> None:
+    a, b = Doc(), Doc()
+    rows = a.list("rows")
+    rows.append({"cells": [Text("x1"), Text("y😀")]})
+    b.import_update(a.export_update())
+    seen_a: list[ChangeEvent] = []
+    seen_b: list[ChangeEvent] = []
+    a.observe(seen_a.append)
+    b.observe(seen_b.append)
+    with a.transaction():
+        rows.insert(0, {"cells": [Text("new")]})  # the old row moves to index 1
+        rows[1]["cells"].insert(0, Text("z"))  # its texts move to 1 and 2
+        rows[1]["cells"][2].delete(0, 1)  # "y😀" -> "😀"
+    b.import_update(a.export_update(since=b.version))
+    for seen in (seen_a, seen_b):
+        assert (("rows", 1, "cells", 2), [{"delete": 1}]) in text_changes(seen)
+    # An overwritten key drops the old text: the new one starts from its content.
+    m = a.map("m")
+    m["t"] = Text("old")
+    m["t"] = Text("néw")
+    m["t"].delete(0, 1)
+    assert text_changes(seen_a)[-2:] == [
+        (("m", "t"), [{"insert": "néw"}]),
+        (("m", "t"), [{"delete": 1}]),
+    ]
+
+
 class Binding:
     """An editor's view of every text, kept from the change events alone."""
 
