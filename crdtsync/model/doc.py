@@ -125,9 +125,13 @@ class Change:
             for list inserts). Every text change carries one, local or remote,
             the first edit included; a text that appears with content (a new
             ``Text("abc")``, a root a remote update created) is reported as
-            ``[{"insert": "abc"}]``. ``None`` only for a text inside a tree's
-            node data that this replica had not read (read the text instead).
-        created: the whole root appeared in this transaction (read it whole).
+            ``[{"insert": "abc"}]``. ``None`` would mean this replica lost
+            track of the text (a bug, logged on ``crdtsync.doc``): read it then.
+            (Texts inside a tree's node data are reported by the tree's
+            ``data`` changes.)
+        created: the whole root appeared in this transaction (read it whole;
+            a text root also carries its content as ``delta``, and texts
+            inside a new root are reported like new texts).
         tree: for trees, what happened to each node
             (:class:`~crdtsync.TreeChange`: created, moved, deleted, data
             changed), in an order that applies to the tree as it was; ``None``
