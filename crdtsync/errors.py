@@ -18,6 +18,7 @@ The tree::
     ├── RootTypeError (also TypeError)             a root name is already used with another type
     ├── InvalidOperationError (also ValueError)    a local edit that cannot be done (cycle...)
     │   ├── TreeCycleError                         a tree move would put a node under itself
+    │   ├── ReadOnlyValueError (also TypeError)    a change to a plain dict/list stored whole
     │   └── DocNotOpenError (also KeyError)        a document that is not open (``Peer.presence``)
     ├── EngineError                                pycrdt failed in a way validation did not foresee
     ├── ProtocolError                              a sync session failed; ``.code`` is the wire code
@@ -188,6 +189,15 @@ class InvalidOperationError(CrdtSyncError, ValueError):
 
 class TreeCycleError(InvalidOperationError):
     """A tree move would make a node its own ancestor; nothing was written."""
+
+
+class ReadOnlyValueError(InvalidOperationError, TypeError):
+    """A plain ``dict`` or ``list`` value read from a document was changed in place.
+
+    Such a value is stored whole (a Yjs client's ``ymap.set(key, {...})``):
+    changing the Python copy would change nothing in the document. The message
+    says what to do instead.
+    """
 
 
 class DocNotOpenError(InvalidOperationError, KeyError):

@@ -1,7 +1,8 @@
 """Write the golden vectors in tests/golden/ (bytes written by this format version).
 
-Run only when adding vectors for a new format version: existing files must keep
-loading forever (tests/format/test_golden.py), so never regenerate old ones.
+Run only when adding vectors: existing files must keep loading forever
+(tests/format/test_golden.py), so this writes only the vectors whose files do
+not exist yet; never regenerate old ones.
 
 Usage: python scripts/make_golden.py
 """
@@ -57,12 +58,34 @@ def build() -> dict[str, Doc]:
     b.counter("likes").increment(10)
     a.import_update(b.export_update(since=a.version))
     docs["v1-concurrent"] = a
+
+    # Values that Yjs's Any cannot hold exactly, tagged with the reserved "\x00"
+    # keys (0.2), next to user dicts shaped like the 0.1 "$" tags.
+    c = Doc(peer_id=3, clock=clock)
+    c.register("status").set(
+        {
+            "big": 2**70,
+            "neg": -(2**64),
+            "one": 1.0,
+            "inf": float("inf"),
+            "negzero": -0.0,
+            "looks_tagged": {"$": "i", "v": "5"},
+            "looks_float": {"$": "f", "v": "1.5"},
+            "legacy_shape": {"$": "i", "v": str(2**70)},
+            "nul_key": {"\x00i": "x"},
+        }
+    )
+    c.map("m").update({"big": 2**70, "one": 1.0, "list": [2**64, -0.0]})
+    c.counter("likes").increment(2**60)
+    docs["v1-value-tags"] = c
     return docs
 
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for name, doc in build().items():
+        if (OUT / f"{name}.expected.cbor").exists():
+            continue
         (OUT / f"{name}.save.bin").write_bytes(doc.save())
         (OUT / f"{name}.update.bin").write_bytes(doc.export_update())
         (OUT / f"{name}.yjs.bin").write_bytes(doc.export_yjs_update())

@@ -10,7 +10,9 @@
 * :mod:`~crdtsync.model._engine_private`: the only use of pycrdt's private API
   (two hot-path functions, tested against the installed pycrdt);
 * :mod:`~crdtsync.model.values`: how Python values are stored;
-* :mod:`~crdtsync.model.text_index`: code-point offsets over UTF-8 text.
+* :mod:`~crdtsync.model.text_index`: code-point offsets over UTF-8 text;
+  :mod:`~crdtsync.model.text_mirrors`: the observed texts' last content, so
+  that every text change event carries its delta in code points.
 
 Outside this package the library sees update bytes and versions only.
 """

@@ -76,7 +76,7 @@ class Container:
     kind: ClassVar[str] = ""
     _engine_type: ClassVar[type[Any]] = pycrdt.Map
 
-    __slots__ = ("__weakref__", "_doc", "_pending_root", "_y")
+    __slots__ = ("__weakref__", "_doc", "_pending_root", "_read_at", "_y")
 
     def __init__(self) -> None:
         # The owning document, or None while detached.
@@ -85,6 +85,9 @@ class Container:
         self._y: Any = None
         # Root name still to be written into the root registry on the first edit.
         self._pending_root: str | None = None
+        # (parent engine type, key or index) this wrapper was read from, so that
+        # assigning it back there (``m["c"] += 1``) is recognised as a no-op.
+        self._read_at: tuple[Any, str | int] | None = None
 
     # -- attachment ---------------------------------------------------------------
 
@@ -99,6 +102,12 @@ class Container:
         self._doc = doc
         self._y = y
         self._pending_root = None
+        self._read_at = None
+
+    def _is_at(self, parent: Any, where: str | int) -> bool:
+        """Whether this wrapper was read from ``parent[where]`` (the same engine object)."""
+        at = self._read_at
+        return at is not None and at[0] is parent and at[1] == where
 
     @property
     def attached(self) -> bool:
@@ -144,7 +153,7 @@ def to_engine(value: object, doc: Doc, depth: int = 0) -> Any:
     Raises:
         InvalidValueError: for anything that cannot be stored.
     """
-    t = type(value)
+    t = values.plain_type(value)  # a read-only value read back is stored like its copy
     if t is dict or t is list:
         if depth >= values.MAX_VALUE_DEPTH:
             raise InvalidValueError(f"value nested deeper than {values.MAX_VALUE_DEPTH} levels")
@@ -171,18 +180,33 @@ def _adopt(value: object, stored: Any, doc: Doc) -> None:
         value._bind(doc, stored)
 
 
-def wrap(doc: Doc, stored: Any) -> Any:
-    """Turn what pycrdt returns into a container wrapper or an exact Python value."""
+def wrap(doc: Doc, stored: Any, read_at: tuple[Any, str | int] | None = None) -> Any:
+    """Turn what pycrdt returns into a container wrapper or an exact Python value.
+
+    Plain ``dict`` and ``list`` values (stored whole, as a Yjs client's
+    ``ymap.set(k, {...})`` does) come back read-only
+    (:class:`~crdtsync.model.values.ReadOnlyDict`): changing them would change
+    nothing in the document.
+
+    Args:
+        doc: the document.
+        stored: what pycrdt returned.
+        read_at: ``(parent engine type, key or index)`` it was read from.
+    """
     t = type(stored)
+    obj: Container
     if t is pycrdt.Map:
         kind = stored.get(KIND_KEY) if KIND_KEY in stored else None
         cls = (kind_class(kind) or Map) if kind is not None else Map
-        return cls._attached(doc, stored)
-    if t is pycrdt.Array:
-        return List._attached(doc, stored)
-    if t is pycrdt.Text:
-        return Text._attached(doc, stored)
-    return values.decode(stored)
+        obj = cls._attached(doc, stored)
+    elif t is pycrdt.Array:
+        obj = List._attached(doc, stored)
+    elif t is pycrdt.Text:
+        obj = Text._attached(doc, stored)
+    else:
+        return values.read_only(values.decode(stored))
+    obj._read_at = read_at
+    return obj
 
 
 def _plain(doc: Doc, stored: Any) -> Any:
@@ -255,7 +279,8 @@ class Map(Container):
             return self._initial[key]
         if type(key) is not str or key.startswith("\x00"):
             raise KeyError(key)
-        return wrap(self._doc, self._y[key])
+        y = self._y
+        return wrap(self._doc, y[key], (y, key))
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value at ``key``, or ``default``."""
@@ -267,6 +292,10 @@ class Map(Container):
     def __setitem__(self, key: str, value: Any) -> None:
         doc = self._d()
         check_key(key)
+        if isinstance(value, Container) and value._is_at(self._y, key):
+            # ``m["c"] += 1``: Python assigns the edited container back to the
+            # key it was read from; the edit is already in the document.
+            return
         stored = to_engine(value, doc)
         with doc._write(self):
             self._y[key] = stored
@@ -388,10 +417,12 @@ class List(Container):
     def __getitem__(self, index: int | slice) -> Any:
         if self._doc is None:
             return self._initial[index]
-        n = len(self._y)
+        y = self._y
+        n = len(y)
         if isinstance(index, slice):
-            return [wrap(self._doc, self._y[i]) for i in range(*index.indices(n))]
-        return wrap(self._doc, self._y[_norm_index(index, n)])
+            return [wrap(self._doc, y[i], (y, i)) for i in range(*index.indices(n))]
+        i = _norm_index(index, n)
+        return wrap(self._doc, y[i], (y, i))
 
     def __iter__(self) -> Iterator[Any]:
         if self._doc is None:
@@ -448,6 +479,8 @@ class List(Container):
         if isinstance(index, slice):
             raise InvalidOperationError("slice assignment is not supported; delete then insert")
         doc = self._d()
+        if isinstance(value, Container) and value._is_at(self._y, _norm_index(index, len(self._y))):
+            return  # ``items[0] += 1``: the edit is already in the document
         stored = to_engine(value, doc)
         with doc._write(self):
             i = _norm_index(index, len(self._y))
@@ -501,7 +534,7 @@ def _eq(item: Any, value: Any) -> bool:
         if isinstance(value, Container):
             return item is value or (item._y is not None and item._y == value._y)
         return bool(item.to_py() == value)
-    return type(item) is type(value) and bool(item == value)
+    return values.plain_type(item) is values.plain_type(value) and bool(item == value)
 
 
 # --------------------------------------------------------------------------------
@@ -883,18 +916,15 @@ class Register(Container):
 
     @property
     def value(self) -> Any:
-        """The winning value (``None`` if never set)."""
-        if self._doc is None:
-            return self._initial
-        entries = self._entries()
-        return values.decode(entries[0][1]) if entries else None
+        """The winning value (``None`` if never set); a ``dict`` or ``list`` is read-only."""
+        return values.read_only(self.to_py())
 
     @property
     def conflicts(self) -> list[Any]:
         """Every concurrently written value, winner first; one value once a write has seen all."""
         if self._doc is None:
             return [self._initial] if self._has_initial else []
-        return [values.decode(v) for _, v in self._entries()]
+        return [values.read_only(values.decode(v)) for _, v in self._entries()]
 
     @property
     def timestamp(self) -> tuple[int, int, int] | None:
@@ -932,8 +962,11 @@ class Register(Container):
             self._y[key] = {"v": stored, "t": [float(ms), float(c)]}
 
     def to_py(self) -> Any:
-        """The winning value."""
-        return self.value
+        """The winning value, as plain (mutable) Python values."""
+        if self._doc is None:
+            return self._initial
+        entries = self._entries()
+        return values.decode(entries[0][1]) if entries else None
 
 
 def _entry_time(entry: Any) -> tuple[int, int] | None:

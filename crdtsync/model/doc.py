@@ -56,11 +56,19 @@ from crdtsync.format.accel import Parsed
 from crdtsync.format.checker import Checker, PyChecker, new_checker
 from crdtsync.format.version import Version
 from crdtsync.format.yupdate import (
+    CONTENT_ANY,
+    CONTENT_BINARY,
+    CONTENT_EMBED,
+    CONTENT_FORMAT,
+    CONTENT_JSON,
+    CONTENT_STRING,
+    CONTENT_TYPE,
     TYPE_ARRAY,
     TYPE_MAP,
     TYPE_TEXT,
     MissingUpdatesError,
     UpdateLimits,
+    parse_update,
 )
 from crdtsync.model.containers import (
     KIND_KEY,
@@ -73,6 +81,7 @@ from crdtsync.model.containers import (
     engine_error,
 )
 from crdtsync.model.kinds import kind_class
+from crdtsync.model.text_mirrors import TextMirrors
 from crdtsync.model.tree_events import TreeChange
 from crdtsync.model.values import check_text
 
@@ -112,9 +121,16 @@ class Change:
         keys: for maps, ``{key: "add" | "update" | "delete"}``.
         delta: for lists and texts, Quill-style ``[{"retain": n} | {"insert": ...} |
             {"delete": n}]`` in Python indexes (code points for text; plain values
-            for list inserts). ``None`` for a text whose earlier content this
-            document had not seen (read the text instead).
-        created: the whole root appeared in this transaction (read it whole).
+            for list inserts). Every text change carries one, local or remote,
+            the first edit included; a text that appears with content (a new
+            ``Text("abc")``, a root a remote update created) is reported as
+            ``[{"insert": "abc"}]``. ``None`` would mean this replica lost
+            track of the text (a bug, logged on ``crdtsync.doc``): read it then.
+            (Texts inside a tree's node data are reported by the tree's
+            ``data`` changes.)
+        created: the whole root appeared in this transaction (read it whole;
+            a text root also carries its content as ``delta``, and texts
+            inside a new root are reported like new texts).
         tree: for trees, what happened to each node
             (:class:`~crdtsync.TreeChange`: created, moved, deleted, data
             changed), in an order that applies to the tree as it was; ``None``
@@ -293,6 +309,12 @@ class Doc:
         self._held_per_origin: dict[int, int] = {}
         # Root containers accessed here, by name.
         self._roots: dict[str, Container] = {}
+        # Roots that imported updates put content in, by the kind their content
+        # shows (plain Yjs clients write no root registry entry): see roots().
+        self._yjs_roots: dict[str, str] = {}
+        # Imports so far, and how many there were at the last look for Yjs-only roots.
+        self._imports = 0
+        self._roots_scanned = -1
         # Bumped by every import and text edit: invalidates text offset caches.
         self._text_epoch = 0
         # Nesting depth of our transactions; events are delivered at depth 0.
@@ -310,8 +332,8 @@ class Doc:
         self._pending: builtins.list[Change] = []
         # Roots whose deep changes we are subscribed to.
         self._watched: dict[str, Any] = {}
-        # Last seen content of texts, by path, to express deletions in code points.
-        self._mirrors: dict[tuple[str | int, ...], str] = {}
+        # Last seen content of the observed texts, for deltas in code points.
+        self._mirrors = TextMirrors()
         # Subscription to pycrdt's transaction events, made with the first observer
         # so that unobserved documents pay nothing per edit.
         self._txn_sub: Any = None
@@ -378,6 +400,9 @@ class Doc:
         kind = self._registry.get(name)
         if kind is not None and kind != cls.kind:
             raise RootTypeError(f"root {name!r} is a {kind}, not a {cls.kind}")
+        yjs_kind = self._yjs_roots.get(name) if kind is None else None
+        if yjs_kind is not None and _ENGINE_OF[yjs_kind] is not cls._engine_type:
+            raise RootTypeError(f"root {name!r} is a Yjs {yjs_kind}, not a {cls.kind}")
         try:
             y = self._y.get(name, type=cls._engine_type)
         except BaseException as exc:
@@ -397,14 +422,57 @@ class Doc:
         This is a function of the replicated state alone (the root registry),
         never of which roots this replica happened to access, so replicas that
         imported the same updates list the same roots. A root that only a plain
-        Yjs client has written is readable with ``doc.text(name)`` etc., and is
-        listed once a crdtsync replica edits it.
+        Yjs client has written is listed as soon as it has content, with the
+        kind of its Yjs type (``Y.Map`` ``"map"``, ``Y.Array`` ``"list"``,
+        ``Y.Text`` ``"text"``), told from the first item written into it; the
+        registry's kind wins where both exist.
         """
         out: dict[str, str] = {}
         for name, kind in self._registry.items():
             if type(kind) is str and kind_class(kind) is not None:
                 out[name] = kind
+        if self._index_live:  # content outside the registry only comes in imports
+            out.update(self._yjs_only_roots(out))
         return dict(sorted(out.items()))
+
+    def _yjs_only_roots(self, registered: dict[str, str]) -> dict[str, str]:
+        """Roots with live content that the registry does not name, by kind.
+
+        Listing only roots with live content keeps this a function of the
+        replicated state: the items a root ever held may reach another replica
+        already deleted. The kind comes from the items of the state (see
+        :meth:`_classify_engine_roots`), else from this replica's own wrapper.
+        """
+        self._classify_engine_roots()
+        names = set(self._yjs_roots)
+        # A root read here before its content came has a wrapper that tells its kind.
+        names.update(self._roots)
+        out: dict[str, str] = {}
+        registry = self._registry
+        for name in names:
+            if name in registered or name == REGISTRY or name in registry:
+                continue  # the registry decides, even for a kind this release does not know
+            wrapper = self._roots.get(name)
+            kind = self._yjs_roots.get(name)
+            if kind is None and wrapper is not None and wrapper.kind in ("text", "list"):
+                kind = wrapper.kind
+            engine_type = _ENGINE_OF.get(kind) if kind is not None else None
+            if kind is None or engine_type is None:
+                continue
+            if wrapper is not None:
+                if wrapper._engine_type is not engine_type:
+                    continue
+                y = wrapper._y
+            else:
+                try:
+                    y = self._y.get(name, type=engine_type)
+                except BaseException as exc:
+                    if not _is_panic(exc) and not isinstance(exc, Exception):
+                        raise
+                    continue  # the engine holds it with another type
+            if len(y):
+                out[name] = kind
+        return out
 
     def __getitem__(self, name: str) -> Any:
         kind = self.roots().get(name)
@@ -838,6 +906,7 @@ class Doc:
         finally:
             self._want_event_deletes = False
         moved = checker.commit()
+        self._imports += 1
         if self._event_deletes is not None:
             # yrs deleted formatting items of its own accord (redundant ones).
             ds, self._event_deletes = self._event_deletes, None
@@ -858,6 +927,51 @@ class Doc:
         if self._depth == 0 and self._queue:
             self._deliver()
         return moved
+
+    def _classify_engine_roots(self) -> None:
+        """Learn the kind of roots the engine holds that nothing here names yet.
+
+        Roots written only by plain Yjs clients are known to the engine by name,
+        with no type until someone reads them. Their kind is told from the
+        items of the whole state (a function of the replicated state, whatever
+        order the updates came in): an item that names its root (no origin to
+        inherit it from) that is keyed shows a map, text content a text, values
+        a list. The state is parsed (by the Python reference parser, on the
+        engine's own bytes) only when the engine holds a root nothing names and
+        the document changed since the last look: Yjs-only roots are rare, and
+        their kind never changes once seen.
+        """
+        engine_roots = self._y.keys()  # pycrdt's Doc lists its root names with keys()
+        known = self._yjs_roots
+        unknown = {n for n in engine_roots if type(n) is str and n != REGISTRY and n not in known}
+        unknown.difference_update(self._registry.keys())
+        if not unknown or self._roots_scanned == self._imports:
+            return
+        self._roots_scanned = self._imports
+        parsed = parse_update(bytes(self._y.get_update()), self._whole)
+        checker = None
+        for structs in parsed.clients.values():
+            for st in structs:
+                name, sub = st.parent, st.parent_sub
+                if name is None:
+                    # The root is inherited from an origin (a root's first items may
+                    # be deleted: then only later ones show its kind): the index
+                    # knows where the item lives.
+                    if _root_kind_of(st.kind, None, st.content) is None:
+                        continue
+                    if checker is None:
+                        if not self._index_live or self._local:
+                            self._sync_index()
+                        checker = self._checker
+                    where = checker.where_of(st.client, st.clock)
+                    if where is None:
+                        continue
+                    name, sub = where
+                if type(name) is not str or name not in unknown or name in known:
+                    continue
+                kind = _root_kind_of(st.kind, sub, st.content)
+                if kind is not None:
+                    known[name] = kind
 
     def _engine_apply(self, update: bytes, origin: Any) -> None:
         """Hands validated bytes to pycrdt, in a transaction marked remote."""
@@ -1054,8 +1168,8 @@ class Doc:
         if name in self._watched:
             return
         self._watched[name] = root._y.observe_deep(lambda evs: self._on_deep(name, evs))
-        if isinstance(root, Text):
-            self._mirrors[(name,)] = str(root._y)
+        if root.kind in ("map", "list", "text"):
+            self._mirrors.scan((name,), root._y)
 
     def _watch_new_roots(self) -> builtins.list[Change]:
         created = []
@@ -1066,7 +1180,18 @@ class Doc:
                 except RootTypeError:
                     continue
                 self._watch(name, root)
-                created.append(Change((name,), kind, created=True))
+                found: builtins.list[tuple[tuple[str | int, ...], str]] = []
+                if root.kind in ("map", "list"):
+                    self._mirrors.scan((name,), root._y, found)
+                content = str(root._y) if isinstance(root, Text) else ""
+                delta = [{"insert": content}] if content else None
+                created.append(Change((name,), kind, delta=delta, created=True))
+                # Texts inside the new root, with their content, like new nested texts.
+                created.extend(
+                    Change(path, "text", delta=[{"insert": text}])
+                    for path, text in found
+                    if len(path) > 1
+                )
         return created
 
     def _on_deep(self, name: str, events: Any) -> None:
@@ -1084,11 +1209,16 @@ class Doc:
             for where, (tree, inside) in trees.items():
                 changes = tree_changes(tree, inside)
                 self._pending.append(Change((name, *where), "tree", tree=changes))
+        # Paths and mirrors follow the structure first (see text_mirrors), then
+        # every text delta is translated against them.
+        appeared = self._mirrors.follow(
+            [((name, *ev.path), ev) for ev in events if not isinstance(ev, pycrdt.TextEvent)]
+        )
         for ev in events:
             path = (name, *ev.path)
             target = ev.target
             if isinstance(ev, pycrdt.TextEvent):
-                self._pending.append(Change(path, "text", delta=self._text_delta(path, ev)))
+                self._pending.append(Change(path, "text", delta=self._mirrors.delta(path, ev)))
             elif isinstance(ev, pycrdt.ArrayEvent):
                 self._pending.append(Change(path, "list", delta=self._list_delta(ev)))
             elif isinstance(ev, pycrdt.MapEvent):
@@ -1102,6 +1232,9 @@ class Doc:
                     self._pending.append(Change(path, kind, keys=keys))
                 else:
                     self._pending.append(Change(path, kind))
+        for path, content in appeared:
+            # A text created with its content: yrs sends no event of its own.
+            self._pending.append(Change(path, "text", delta=[{"insert": content}]))
 
     def _list_delta(self, ev: Any) -> builtins.list[dict[str, Any]]:
         from crdtsync.model.containers import _plain
@@ -1113,33 +1246,6 @@ class Doc:
             else:
                 out.append(dict(op))
         return out
-
-    def _text_delta(
-        self, path: tuple[str | int, ...], ev: Any
-    ) -> builtins.list[dict[str, Any]] | None:
-        """Translate a byte-offset text delta into code points, using the old content."""
-        new = str(ev.target)
-        old = self._mirrors.get(path)
-        self._mirrors[path] = new
-        if old is None:
-            return None
-        delta: builtins.list[dict[str, Any]] = []
-        pos = 0  # code-point position in old
-        for op in ev.delta:
-            if "insert" in op:
-                delta.append({"insert": op["insert"]})
-                continue
-            nbytes = op.get("retain", op.get("delete", 0))
-            start = pos
-            consumed = 0
-            while consumed < nbytes and pos < len(old):
-                consumed += len(old[pos].encode("utf-8"))
-                pos += 1
-            if consumed != nbytes:
-                return None  # our mirror is out of step; callers re-read the text
-            key = "retain" if "retain" in op else "delete"
-            delta.append({key: pos - start})
-        return delta
 
     def _on_transaction(self, event: Any) -> None:
         # Runs inside pycrdt's commit: only package; delivery happens after it.
@@ -1187,6 +1293,25 @@ class Doc:
     def _subscribe_engine(self) -> None:
         if self._txn_sub is None:
             self._txn_sub = self._y.observe(self._on_transaction)
+
+
+# Engine type of each kind a plain Yjs root can show.
+_ENGINE_OF: dict[str, Any] = {"map": pycrdt.Map, "list": pycrdt.Array, "text": pycrdt.Text}
+_TEXT_CONTENT = frozenset((CONTENT_STRING, CONTENT_FORMAT, CONTENT_EMBED))
+_LIST_CONTENT = frozenset((CONTENT_ANY, CONTENT_JSON, CONTENT_BINARY, CONTENT_TYPE))
+
+
+def _root_kind_of(content_kind: int, parent_sub: str | None, content: Any) -> str | None:
+    """The kind of root an item shows: a keyed item a map, text content a text, values a list."""
+    if parent_sub is not None:
+        return "map"
+    if content_kind in _TEXT_CONTENT:
+        return "text"
+    if content_kind in _LIST_CONTENT:
+        if content_kind == CONTENT_TYPE and content.type_ref not in _TYPE_REFS.values():
+            return None  # an XML element: the root is an XML fragment
+        return "list"
+    return None
 
 
 @dataclass(eq=False, slots=True)

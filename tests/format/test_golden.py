@@ -17,7 +17,7 @@ NAMES = sorted({p.name.split(".")[0] for p in GOLDEN.glob("*.expected.cbor")})
 
 
 def test_vectors_exist() -> None:
-    assert NAMES == ["v1-all-types", "v1-concurrent"]
+    assert NAMES == ["v1-all-types", "v1-concurrent", "v1-value-tags"]
 
 
 @pytest.mark.parametrize("name", NAMES)
