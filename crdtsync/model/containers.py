@@ -297,7 +297,7 @@ class Map(Container):
             # key it was read from; the edit is already in the document.
             return
         stored = to_engine(value, doc)
-        with doc._write(self):
+        with doc.edit(self):
             self._y[key] = stored
             if isinstance(value, Container):
                 _adopt(value, self._y[key], doc)
@@ -306,7 +306,7 @@ class Map(Container):
         doc = self._d()
         if key not in self:
             raise KeyError(key)
-        with doc._write(self):
+        with doc.edit(self):
             del self._y[key]
 
     def pop(self, key: str, *default: Any) -> Any:
@@ -332,14 +332,14 @@ class Map(Container):
         for k, v in items:  # check every value before writing any
             check_key(k)
             to_engine(v, doc)
-        with doc._write(self):
+        with doc.edit(self):
             for k, v in items:
                 self[k] = v
 
     def clear(self) -> None:
         """Remove every key."""
         doc = self._d()
-        with doc._write(self):
+        with doc.edit(self):
             for k in list(self):
                 del self._y[k]
 
@@ -448,7 +448,7 @@ class List(Container):
         """Insert ``value`` before ``index`` (clamped like ``list.insert``)."""
         doc = self._d()
         stored = to_engine(value, doc)
-        with doc._write(self):
+        with doc.edit(self):
             i = _norm_index(index, len(self._y), insert=True)
             self._y.insert(i, stored)
             if isinstance(value, Container):  # reading back costs a walk of the array
@@ -458,7 +458,7 @@ class List(Container):
         """Add ``value`` at the end."""
         doc = self._d()
         stored = to_engine(value, doc)
-        with doc._write(self):
+        with doc.edit(self):
             self._y.append(stored)
             if isinstance(value, Container):
                 _adopt(value, self._y[len(self._y) - 1], doc)
@@ -468,7 +468,7 @@ class List(Container):
         doc = self._d()
         items = list(items)
         stored = [to_engine(v, doc) for v in items]
-        with doc._write(self):
+        with doc.edit(self):
             start = len(self._y)
             self._y.extend(stored)
             for i, v in enumerate(items):
@@ -482,7 +482,7 @@ class List(Container):
         if isinstance(value, Container) and value._is_at(self._y, _norm_index(index, len(self._y))):
             return  # ``items[0] += 1``: the edit is already in the document
         stored = to_engine(value, doc)
-        with doc._write(self):
+        with doc.edit(self):
             i = _norm_index(index, len(self._y))
             del self._y[i]
             self._y.insert(i, stored)
@@ -491,7 +491,7 @@ class List(Container):
 
     def __delitem__(self, index: int | slice) -> None:
         doc = self._d()
-        with doc._write(self):
+        with doc.edit(self):
             n = len(self._y)
             if isinstance(index, slice):
                 idx = sorted(range(*index.indices(n)), reverse=True)
@@ -504,7 +504,7 @@ class List(Container):
     def pop(self, index: int = -1) -> Any:
         """Remove and return the plain value at ``index`` (default: the last)."""
         doc = self._d()
-        with doc._write(self):
+        with doc.edit(self):
             i = _norm_index(index, len(self._y))
             value = _plain(doc, self._y[i])
             del self._y[i]
@@ -517,7 +517,7 @@ class List(Container):
     def clear(self) -> None:
         """Remove every item."""
         doc = self._d()
-        with doc._write(self):
+        with doc.edit(self):
             if len(self._y):
                 del self._y[0 : len(self._y)]
 
@@ -584,8 +584,8 @@ class Text(Container):
 
     def _idx(self, doc: Doc) -> TextIndex:
         index = self._index
-        if index is None or index.epoch != doc._text_epoch:
-            index = self._index = TextIndex(str(self._y), doc._text_epoch)
+        if index is None or index.epoch != doc.text_epoch:
+            index = self._index = TextIndex(str(self._y), doc.text_epoch)
         return index
 
     def __str__(self) -> str:
@@ -633,7 +633,7 @@ class Text(Container):
         check_text(s, "inserted text")
         doc = self._doc or self._d()
         idx = self._index
-        if idx is None or idx.epoch != doc._text_epoch:
+        if idx is None or idx.epoch != doc.text_epoch:
             idx = self._idx(doc)
         n = idx.n
         if type(index) is not int:
@@ -644,7 +644,7 @@ class Text(Container):
             raise IndexError(f"text index {index} out of range for length {n}")
         if not s:
             return
-        if self._pending_root is None and (doc._depth or not doc._observed):
+        if self._pending_root is None and (doc.in_transaction or not doc.observed):
             # Hot path (typing): no events to package, so the engine's own
             # implicit transaction is all we need.
             try:
@@ -652,11 +652,10 @@ class Text(Container):
             except BaseException as exc:
                 raise engine_error(exc) from None
         else:
-            with doc._write(self):
+            with doc.edit(self):
                 self._y.insert(idx.to_bytes(index), s)
         idx.inserted(index, s, None if idx.ascii and s.isascii() else str(self._y))
-        doc._text_epoch += 1
-        idx.epoch = doc._text_epoch
+        idx.epoch = doc.text_edited()
 
     def delete(self, index: int, length: int = 1) -> None:
         """Delete ``length`` code points starting at ``index``.
@@ -666,7 +665,7 @@ class Text(Container):
         """
         doc = self._doc or self._d()
         idx = self._index
-        if idx is None or idx.epoch != doc._text_epoch:
+        if idx is None or idx.epoch != doc.text_epoch:
             idx = self._idx(doc)
         n = idx.n
         if type(index) is not int or type(length) is not int:
@@ -678,17 +677,16 @@ class Text(Container):
         if not length:
             return
         start, blen = idx.span_bytes(index, length)
-        if self._pending_root is None and (doc._depth or not doc._observed):
+        if self._pending_root is None and (doc.in_transaction or not doc.observed):
             try:
                 del self._y[start : start + blen]
             except BaseException as exc:
                 raise engine_error(exc) from None
         else:
-            with doc._write(self):
+            with doc.edit(self):
                 del self._y[start : start + blen]
         idx.deleted(index, length)
-        doc._text_epoch += 1
-        idx.epoch = doc._text_epoch
+        idx.epoch = doc.text_edited()
 
     def __delitem__(self, index: int | slice) -> None:
         if isinstance(index, slice):
@@ -718,7 +716,7 @@ class Text(Container):
             stop = start + 1
         if type(s) is not str:
             raise InvalidValueError(f"Text holds str, not {type(s).__name__}")
-        with self._d()._write(self):
+        with self._d().edit(self):
             if stop > start:
                 self.delete(start, stop - start)
             self.insert(start, s)
@@ -777,7 +775,7 @@ class Counter(Container):
         content: dict[str, Any] = {KIND_KEY: self.kind}
         if self._initial:
             # The initial value is the creating writer's contribution.
-            content[doc._client_key] = values.encode(self._initial)
+            content[doc.writer_key] = values.encode(self._initial)
         return pycrdt.Map(content)
 
     @property
@@ -797,8 +795,8 @@ class Counter(Container):
         """Add ``n`` (an int, may be negative)."""
         delta = _check_delta(n)
         doc = self._d()
-        key = doc._client_key
-        with doc._write(self):
+        key = doc.writer_key
+        with doc.edit(self):
             current = values.decode(self._y.get(key, 0.0))
             if type(current) is not int:
                 current = 0
@@ -895,8 +893,8 @@ class Register(Container):
     def _prelim(self, doc: Doc) -> Any:
         content: dict[str, Any] = {KIND_KEY: self.kind}
         if self._has_initial:
-            ms, c = doc._hlc_tick((0, 0))
-            content[doc._client_key] = {
+            ms, c = doc.hlc_tick((0, 0))
+            content[doc.writer_key] = {
                 "v": values.encode(self._initial),
                 "t": [float(ms), float(c)],
             }
@@ -942,8 +940,8 @@ class Register(Container):
         """
         stored = values.encode(value)
         doc = self._d()
-        key = doc._client_key
-        with doc._write(self):
+        key = doc.writer_key
+        with doc.edit(self):
             # One pass over the entries: the latest timestamp seen, and the other
             # writers' entries, which this write supersedes.
             seen = (0, 0)
@@ -956,7 +954,7 @@ class Register(Container):
                 t = _entry_time(e)
                 if t is not None and t > seen:
                     seen = t
-            ms, c = doc._hlc_tick(seen)
+            ms, c = doc.hlc_tick(seen)
             for k in superseded:
                 del self._y[k]
             self._y[key] = {"v": stored, "t": [float(ms), float(c)]}

@@ -524,9 +524,6 @@ class Doc:
         """
         return _Txn(self, origin)
 
-    def _write(self, container: Container | None = None) -> _Txn:
-        return _Txn(self, None, container)
-
     def undo_manager(
         self,
         containers: Iterable[Container],
@@ -542,15 +539,19 @@ class Doc:
 
         return UndoManager(self, containers, origins=origins, capture_timeout=capture_timeout)
 
-    def _watched_by_undo(self) -> None:
-        """An undo manager now watches this document: imports carry a remote origin."""
+    def watched_by_undo(self) -> None:
+        """An undo manager now watches this document: imports carry a remote origin.
+
+        (For :class:`~crdtsync.model.undo.UndoManager`; applications never call it.)
+        """
         self._engine_origins = True
 
-    def _engine_write(self, origin: Any, write: Callable[[], bool]) -> bool:
+    def engine_write(self, origin: Any, write: Callable[[], bool]) -> bool:
         """Run an engine call that makes its own transaction (undo, redo) as a local edit.
 
         Observers see it as a local transaction from ``origin``; text offset
-        caches are invalidated, as after an import.
+        caches are invalidated, as after an import. (For
+        :class:`~crdtsync.model.undo.UndoManager`; applications never call it.)
         """
         if self._depth:
             raise InvalidOperationError("undo and redo cannot run inside a transaction")
@@ -569,8 +570,11 @@ class Doc:
             self._deliver()
         return bool(done)
 
-    def _hlc_tick(self, seen: tuple[int, int]) -> tuple[int, int]:
-        """Next hybrid-logical-clock timestamp, after both our last one and ``seen``."""
+    def hlc_tick(self, seen: tuple[int, int]) -> tuple[int, int]:
+        """Next hybrid-logical-clock timestamp, after both our last one and ``seen``.
+
+        (For registers: the timestamp of a write.)
+        """
         wall = int(self._clock() * 1000)
         last = max(self._hlc, seen)
         ts = (wall, 0) if wall > last[0] else (last[0], last[1] + 1)
@@ -586,6 +590,38 @@ class Doc:
         outermost one ends.
         """
         return _Txn(self, None, container)
+
+    @property
+    def writer_key(self) -> str:
+        """This replica's writer id as a map key (counters and registers keep one entry each)."""
+        return self._client_key
+
+    @property
+    def text_epoch(self) -> int:
+        """A number that changes whenever any text may have changed behind a container's back.
+
+        A :class:`Text` keeps its code-point index while the epoch it recorded
+        is current; imports, undo and redo move the epoch on.
+        """
+        return self._text_epoch
+
+    def text_edited(self) -> int:
+        """A text changed through its own container: move the epoch on, and return it."""
+        self._text_epoch += 1
+        return self._text_epoch
+
+    @property
+    def limits(self) -> UpdateLimits:
+        """The limits that updates imported into this document are checked against."""
+        return self._limits
+
+    def index(self) -> Checker:
+        """The validator's index of this document, brought up to date with local edits.
+
+        (For model code that locates items, such as relative positions.)
+        """
+        self._sync_index()
+        return self._checker
 
     @property
     def in_transaction(self) -> bool:

@@ -76,7 +76,7 @@ def _item_map(text: Text) -> _ItemMap | None:
     doc = text._doc
     if doc is None:
         return None
-    name = next((n for n, root in doc._roots.items() if root is text), None)
+    name = doc.root_name(text)
     if name is None:
         return None  # not a root text
     content = str(text)
@@ -91,9 +91,8 @@ def _item_map(text: Text) -> _ItemMap | None:
 
 
 def _build(doc: Any, text: Text, name: str, content: str) -> _ItemMap | None:
-    parsed = parse_update(doc.export_yjs_update(), doc._limits)
-    doc._sync_index()
-    checker = doc._checker
+    parsed = parse_update(doc.export_yjs_update(), doc.limits)
+    checker = doc.index()
     deleted = {client: sorted(ranges) for client, ranges in parsed.delete_set.items() if ranges}
     live: list[tuple[int, int, str]] = []
     for s in parsed.structs():

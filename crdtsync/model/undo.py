@@ -123,7 +123,7 @@ class UndoManager:
                 raise InvalidOperationError(f"origin {origin!r} is not hashable") from None
         # The document the undo and redo transactions are made in.
         self._doc = doc
-        doc._watched_by_undo()  # (so that imports are never recorded as local edits)
+        doc.watched_by_undo()  # (so that imports are never recorded as local edits)
         # Wall clock, in seconds.
         self._clock = clock or time.monotonic
         # Added to the clock by stop_capturing, so that the next edit starts a new step.
@@ -157,7 +157,7 @@ class UndoManager:
         Returns:
             True if something was undone (False: nothing to undo).
         """
-        return self._doc._engine_write(self, self._engine.undo)
+        return self._doc.engine_write(self, self._engine.undo)
 
     def redo(self) -> bool:
         """Re-apply the latest undone step (until a new edit is recorded).
@@ -165,7 +165,7 @@ class UndoManager:
         Returns:
             True if something was redone (False: nothing to redo).
         """
-        return self._doc._engine_write(self, self._engine.redo)
+        return self._doc.engine_write(self, self._engine.redo)
 
     def stop_capturing(self) -> None:
         """Make the next recorded edit start a new undo step, however soon it comes."""
