@@ -46,7 +46,7 @@ import pycrdt
 from crdtsync.errors import EngineError, InvalidOperationError, InvalidValueError
 from crdtsync.model import values
 from crdtsync.model.kinds import kind_class
-from crdtsync.model.text_index import TextIndex
+from crdtsync.model.text_index import TextIndex, embed_positions
 from crdtsync.model.values import check_key, check_text
 
 if TYPE_CHECKING:
@@ -585,7 +585,16 @@ class Text(Container):
     def _idx(self, doc: Doc) -> TextIndex:
         index = self._index
         if index is None or index.epoch != doc.text_epoch:
-            index = self._index = TextIndex(str(self._y), doc.text_epoch)
+            y = self._y
+            content = str(y)
+            embeds = None
+            # The engine counts each embed (a Yjs peer's insertEmbed) as one
+            # offset unit and str() leaves them out: a length that differs
+            # from the UTF-8 length of the string means embeds to step over.
+            n_bytes = len(content) if content.isascii() else len(content.encode("utf-8"))
+            if len(y) != n_bytes:
+                embeds = embed_positions(y.diff())
+            index = self._index = TextIndex(content, doc.text_epoch, embeds)
         return index
 
     def __str__(self) -> str:
@@ -654,8 +663,12 @@ class Text(Container):
         else:
             with doc.edit(self):
                 self._y.insert(idx.to_bytes(index), s)
+        epoch = doc.text_edited()
+        if idx.embeds:
+            self._index = None  # embed mode: rebuilt on the next edit
+            return
         idx.inserted(index, s, None if idx.ascii and s.isascii() else str(self._y))
-        idx.epoch = doc.text_edited()
+        idx.epoch = epoch
 
     def delete(self, index: int, length: int = 1) -> None:
         """Delete ``length`` code points starting at ``index``.
@@ -676,17 +689,24 @@ class Text(Container):
             raise IndexError(f"text range [{index}, {index + length}) out of range for length {n}")
         if not length:
             return
-        start, blen = idx.span_bytes(index, length)
-        if self._pending_root is None and (doc.in_transaction or not doc.observed):
+        spans = idx.spans(index, length)
+        quiet = doc.in_transaction or not doc.observed
+        if self._pending_root is None and len(spans) == 1 and quiet:
+            start, blen = spans[0]
             try:
                 del self._y[start : start + blen]
             except BaseException as exc:
                 raise engine_error(exc) from None
         else:
             with doc.edit(self):
-                del self._y[start : start + blen]
+                for start, blen in spans:  # last first: the earlier offsets stay valid
+                    del self._y[start : start + blen]
+        epoch = doc.text_edited()
+        if idx.embeds:
+            self._index = None  # embed mode: rebuilt on the next edit
+            return
         idx.deleted(index, length)
-        idx.epoch = doc.text_edited()
+        idx.epoch = epoch
 
     def __delitem__(self, index: int | slice) -> None:
         if isinstance(index, slice):

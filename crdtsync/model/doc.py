@@ -676,12 +676,22 @@ class Doc:
         return encoding.pack(self.export_yjs_update(since))
 
     def export_yjs_update(self, since: Version | None = None) -> bytes:
-        """Like :meth:`export_update`, as a raw Yjs v1 update (what Yjs clients send)."""
-        if since is None:
-            return bytes(self._y.get_update())
-        if not isinstance(since, Version):
+        """Like :meth:`export_update`, as a raw Yjs v1 update (what Yjs clients send).
+
+        Raises:
+            EngineError: the engine panicked encoding its state (a state that an
+                engine bug has already corrupted: see ``tests/model/test_engine_panic.py``).
+        """
+        if since is not None and not isinstance(since, Version):
             raise InvalidOperationError(f"since must be a Version, not {type(since).__name__}")
-        return bytes(self._y.get_update(since.to_bytes()))
+        try:
+            if since is None:
+                return bytes(self._y.get_update())
+            return bytes(self._y.get_update(since.to_bytes()))
+        except BaseException as exc:
+            if _is_panic(exc):
+                raise EngineError(f"the CRDT engine failed: {exc}") from None
+            raise
 
     def contains(self, update: bytes) -> bool:
         """Whether importing a raw Yjs v1 update would change nothing and hold nothing.
