@@ -139,7 +139,12 @@ class ConnectionBudget:
         self.max_per_address = max_per_address
         self._exempt = exempt
         # Pending connections from a node's host, not yet charged to any address.
-        self._unkeyed: set[object] = set()
+        self._unkeyed: dict[object, str] = {}
+        self._unkeyed_per_host: dict[str, int] = {}
+        # Such connections one node host may have pending at once (its handshakes
+        # in flight): more are budgeted as anyone's, so a process on a node's host
+        # that opens silent sockets churns at most this share of the pending pool.
+        self.max_exempt_per_host = max(max_per_address, max_unauth // 4)
         self._rates = RateByAddress(per_address_rate) if per_address_rate else None
         # Pending connections, oldest first: connection -> address key (None: not
         # charged to an address, from a node's host).
@@ -161,7 +166,11 @@ class ConnectionBudget:
     def admit(self, conn: object, address: str, *, now: float = 0.0) -> Decision:
         """A connection was accepted from ``address``: keep it, and what to evict for it."""
         key = address_key(address)
-        exempt = self._exempt is not None and self._exempt(key)
+        exempt = (
+            self._exempt is not None
+            and self._exempt(key)
+            and self._unkeyed_per_host.get(key, 0) < self.max_exempt_per_host
+        )
         if not exempt:
             refused = self._refusal(key, now)
             if refused is not None:
@@ -172,7 +181,8 @@ class ConnectionBudget:
             self._drop(evict)
         if exempt:
             self._pending[conn] = None
-            self._unkeyed.add(conn)
+            self._unkeyed[conn] = key
+            self._unkeyed_per_host[key] = self._unkeyed_per_host.get(key, 0) + 1
         else:
             self._pending[conn] = key
             self._per_address[key] = self._per_address.get(key, 0) + 1
@@ -196,7 +206,7 @@ class ConnectionBudget:
         refused = self._refusal(key, now)
         if refused is not None:
             return refused
-        self._unkeyed.discard(conn)
+        self._unmark(conn)
         if conn in self._pending:
             self._pending[conn] = key
             self._per_address[key] = self._per_address.get(key, 0) + 1
@@ -204,7 +214,7 @@ class ConnectionBudget:
 
     def forwarded(self, conn: object) -> None:
         """``conn`` proved it was proxied by a node (a valid hop): never charged to an address."""
-        self._unkeyed.discard(conn)
+        self._unmark(conn)
 
     def _refusal(self, key: str, now: float) -> Decision | None:
         """The per-address checks: a refusal, or None (a rate token was taken)."""
@@ -225,9 +235,19 @@ class ConnectionBudget:
         self._drop(conn)
         self._authenticated.discard(conn)
 
+    def _unmark(self, conn: object) -> None:
+        """``conn`` is no longer an exempted connection awaiting its charge (idempotent)."""
+        host = self._unkeyed.pop(conn, None)
+        if host is not None:
+            left = self._unkeyed_per_host[host] - 1
+            if left:
+                self._unkeyed_per_host[host] = left
+            else:
+                del self._unkeyed_per_host[host]
+
     def _drop(self, conn: object) -> None:
         key = self._pending.pop(conn, None)
-        self._unkeyed.discard(conn)
+        self._unmark(conn)
         if key is not None:
             left = self._per_address[key] - 1
             if left:

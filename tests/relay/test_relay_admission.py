@@ -180,3 +180,19 @@ def test_connections_of_cluster_nodes_skip_the_per_address_checks_until_charged(
     assert late.charge(0, "10.0.0.5:1").admit
     assert late.charge(1, "10.0.0.5:1").admit
     assert late.charge(2, "10.0.0.5:1").why == "pending"
+
+
+def test_a_node_hosts_uncharged_pending_connections_are_capped() -> None:
+    # Silent sockets from a node's host (never a request, so never charged) take
+    # at most a quarter of the pending pool; beyond, they are budgeted as anyone's.
+    budget = ConnectionBudget(
+        max_unauth=40, max_per_address=2, per_address_rate=None, exempt={"10.0.0.5"}.__contains__
+    )
+    assert budget.max_exempt_per_host == 10
+    admitted = [budget.admit(i, "10.0.0.5:1", now=0.0).admit for i in range(20)]
+    assert admitted.count(True) == 12  # 10 exempted, then the address's 2
+    assert sum(budget.exempted(i) for i in range(20)) == 10
+    budget.forwarded(0)  # one handshake finished: room for one more exempted
+    budget.authenticated(0)
+    assert budget.admit("next", "10.0.0.5:1", now=0.0).admit
+    assert budget.exempted("next")
