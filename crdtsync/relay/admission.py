@@ -21,6 +21,14 @@ in, and connections are opaque keys), and the asyncio shells apply the answers:
   timeout. And an address may open ``per_address_rate`` connections a second
   (bursts of ten seconds' worth): each costs a WebSocket handshake and a token
   check, authenticated or not, so opening and closing them is budgeted too.
+* Cluster nodes: on a room's owner, every y-protocols client another node
+  proxies arrives from that node's address, and was budgeted already where it
+  connected. ``exempt`` names the hosts of the cluster's live nodes: their
+  connections skip the per-address checks at accept (they still count among
+  pending connections). Whether such a connection really is a proxied one is
+  known only once its HTTP request is read (a signed hop header,
+  ``crdtsync.relay.cluster.hop``); one that is not is charged to its own address then
+  (:meth:`ConnectionBudget.charge`), and refused if that is over its budget.
 * :class:`RoomBudget`: rooms made per client address, a token bucket of
   ``per_minute`` (all the address's connections together: a y-protocols client
   makes one room per connection, so only the address bounds it).
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from crdtsync.errors import RateLimitError
@@ -100,6 +109,9 @@ class ConnectionBudget:
         per_address_rate: connections one address may open per second, after a
             burst of ten times as many (None: no limit); a newcomer beyond is
             refused.
+        exempt: whether a host (an :func:`address_key`) is a node of the relay's
+            cluster, whose connections skip the per-address checks at accept
+            until :meth:`charge` (None: nobody is).
 
     Example:
         >>> budget = ConnectionBudget(max_unauth=2, max_per_address=1)
@@ -116,13 +128,27 @@ class ConnectionBudget:
     """
 
     def __init__(
-        self, max_unauth: int, max_per_address: int, per_address_rate: float | None = None
+        self,
+        max_unauth: int,
+        max_per_address: int,
+        per_address_rate: float | None = None,
+        *,
+        exempt: Callable[[str], bool] | None = None,
     ) -> None:
         self.max_unauth = max_unauth
         self.max_per_address = max_per_address
+        self._exempt = exempt
+        # Pending connections from a node's host, not yet charged to any address.
+        self._unkeyed: dict[object, str] = {}
+        self._unkeyed_per_host: dict[str, int] = {}
+        # Such connections one node host may have pending at once (its handshakes
+        # in flight): more are budgeted as anyone's, so a process on a node's host
+        # that opens silent sockets churns at most this share of the pending pool.
+        self.max_exempt_per_host = max(max_per_address, max_unauth // 4)
         self._rates = RateByAddress(per_address_rate) if per_address_rate else None
-        # Pending connections, oldest first: connection -> address key.
-        self._pending: OrderedDict[object, str] = OrderedDict()
+        # Pending connections, oldest first: connection -> address key (None: not
+        # charged to an address, from a node's host).
+        self._pending: OrderedDict[object, str | None] = OrderedDict()
         self._per_address: dict[str, int] = {}
         # Authenticated connections still open.
         self._authenticated: set[object] = set()
@@ -140,17 +166,63 @@ class ConnectionBudget:
     def admit(self, conn: object, address: str, *, now: float = 0.0) -> Decision:
         """A connection was accepted from ``address``: keep it, and what to evict for it."""
         key = address_key(address)
-        if self._per_address.get(key, 0) >= self.max_per_address:
-            return Decision(admit=False, why="pending")
-        if self._rates is not None and not self._rates.take(key, now):
-            return Decision(admit=False, why="rate")
+        exempt = (
+            self._exempt is not None
+            and self._exempt(key)
+            and self._unkeyed_per_host.get(key, 0) < self.max_exempt_per_host
+        )
+        if not exempt:
+            refused = self._refusal(key, now)
+            if refused is not None:
+                return refused
         evict: object | None = None
         if len(self._pending) >= self.max_unauth:
             evict, _ = next(iter(self._pending.items()))
             self._drop(evict)
-        self._pending[conn] = key
-        self._per_address[key] = self._per_address.get(key, 0) + 1
+        if exempt:
+            self._pending[conn] = None
+            self._unkeyed[conn] = key
+            self._unkeyed_per_host[key] = self._unkeyed_per_host.get(key, 0) + 1
+        else:
+            self._pending[conn] = key
+            self._per_address[key] = self._per_address.get(key, 0) + 1
         return Decision(admit=True, evict=evict)
+
+    def exempted(self, conn: object) -> bool:
+        """Whether ``conn`` came from a node's host and was not charged to an address yet."""
+        return conn in self._unkeyed
+
+    def charge(self, conn: object, address: str, *, now: float = 0.0) -> Decision:
+        """Charge an :meth:`exempted` connection to ``address`` after all.
+
+        For a connection from a node's host that turned out not to be a proxied
+        one (no valid hop header): the per-address checks :meth:`admit` skipped
+        apply now. Refused: the caller closes it (it stays pending until then).
+        A connection not exempted is admitted as it is (it was charged at accept).
+        """
+        if conn not in self._unkeyed:
+            return Decision(admit=True)
+        key = address_key(address)
+        refused = self._refusal(key, now)
+        if refused is not None:
+            return refused
+        self._unmark(conn)
+        if conn in self._pending:
+            self._pending[conn] = key
+            self._per_address[key] = self._per_address.get(key, 0) + 1
+        return Decision(admit=True)
+
+    def forwarded(self, conn: object) -> None:
+        """``conn`` proved it was proxied by a node (a valid hop): never charged to an address."""
+        self._unmark(conn)
+
+    def _refusal(self, key: str, now: float) -> Decision | None:
+        """The per-address checks: a refusal, or None (a rate token was taken)."""
+        if self._per_address.get(key, 0) >= self.max_per_address:
+            return Decision(admit=False, why="pending")
+        if self._rates is not None and not self._rates.take(key, now):
+            return Decision(admit=False, why="rate")
+        return None
 
     def authenticated(self, conn: object) -> None:
         """``conn`` authenticated: it leaves the pending budget (idempotent)."""
@@ -163,8 +235,19 @@ class ConnectionBudget:
         self._drop(conn)
         self._authenticated.discard(conn)
 
+    def _unmark(self, conn: object) -> None:
+        """``conn`` is no longer an exempted connection awaiting its charge (idempotent)."""
+        host = self._unkeyed.pop(conn, None)
+        if host is not None:
+            left = self._unkeyed_per_host[host] - 1
+            if left:
+                self._unkeyed_per_host[host] = left
+            else:
+                del self._unkeyed_per_host[host]
+
     def _drop(self, conn: object) -> None:
         key = self._pending.pop(conn, None)
+        self._unmark(conn)
         if key is not None:
             left = self._per_address[key] - 1
             if left:

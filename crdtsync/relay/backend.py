@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
 
 from crdtsync.format.version import Version
 from crdtsync.model.doc import Doc
@@ -220,6 +221,23 @@ class ClusterHooks(Protocol):
 
     def ready(self) -> bool:
         """Whether the node may take traffic (database reachable, lease valid)."""
+        ...
+
+    def node_host(self, key: str) -> bool:
+        """Whether ``key`` (an address key of a client's host) is a live node of the cluster.
+
+        Its connections skip the per-address admission budgets at accept, until
+        :meth:`forwarded_client` says whether they were really proxied.
+        """
+        ...
+
+    def forwarded_client(self, headers: Headers, room: str) -> str | None:
+        """The client address a node proxied into ``room``, if the hop header proves it.
+
+        Returns:
+            The forwarded client's ``host:port`` under a valid signed hop header;
+            None for anything else (no header, forged, stale, another room).
+        """
         ...
 
     def metrics(self) -> str:

@@ -269,6 +269,26 @@ class ConnectionGate:
                 transport.close()
         return decision.admit
 
+    def exempted(self, conn: ServerConnection) -> bool:
+        """Whether ``conn`` came from a cluster node's host and is not charged to an address yet."""
+        return self.budget.exempted(conn)
+
+    def forwarded(self, conn: ServerConnection) -> None:
+        """``conn`` carries a valid hop header: its client was budgeted by the proxying node."""
+        self.budget.forwarded(conn)
+
+    def charge(self, conn: ServerConnection, address: str) -> bool:
+        """Charge an exempted connection to its own ``address`` (no valid hop header).
+
+        Returns False, counted like a refusal at accept, when that address is
+        over its budget: the caller closes the connection.
+        """
+        decision = self.budget.charge(conn, address, now=now())
+        if not decision.admit:
+            rate = decision.why == "rate"
+            self._metrics.error("connection_rate" if rate else "too_many_unauthenticated")
+        return decision.admit
+
     def authenticated(self, conn: ServerConnection) -> None:
         """``conn`` authenticated: it counts against ``max_connections`` from now on."""
         self.budget.authenticated(conn)

@@ -222,6 +222,8 @@ class Relay:
                 config.max_unauth_connections,
                 config.max_unauth_per_address,
                 config.max_new_conns_per_sec,
+                # A room's owner: clients proxied by other nodes were budgeted there.
+                exempt=cluster.node_host if cluster is not None else None,
             ),
             self.metrics,
         )
@@ -531,6 +533,20 @@ class Relay:
         # "//evil/x" as a host and a path, and drops tabs and newlines.
         target = ws.request.path if ws.request is not None else "/"
         raw_path, _, raw_query = target.partition("?")
+        if self._gate.exempted(ws):
+            client = self._forwarded_client(ws, raw_path)
+            if client is not None:
+                # Proxied by a node of the cluster, signed: the client is who it serves.
+                self._gate.forwarded(ws)
+                address = client
+            elif not self._gate.charge(ws, address):
+                # From a node's host but not proxied: its own address's budget, as anyone's.
+                log.info(
+                    "refused",
+                    extra={"fields": {"remote": address, "reason": "too many connections"}},
+                )
+                await ws.close(ys.CLOSE_TRY_AGAIN_LATER, "too many connections from this address")
+                return
         try:
             if raw_path in ("", "/"):
                 await self._serve_sync(ws, address)
@@ -541,6 +557,16 @@ class Relay:
             self.metrics.error("internal")
             log.exception("connection failed", extra={"fields": {"remote": address}})
             await ws.close(ys.CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _forwarded_client(self, ws: ServerConnection, raw_path: str) -> str | None:
+        """The client a cluster node proxied on ``ws`` (a valid signed hop header), or None."""
+        if self._cluster is None or ws.request is None or raw_path in ("", "/"):
+            return None  # (crdtsync sessions are never proxied)
+        try:
+            room = room_from_path(raw_path)
+        except InvalidRoomError:
+            return None
+        return self._cluster.forwarded_client(ws.request.headers, room)
 
     async def _serve_sync(self, ws: ServerConnection, address: str) -> None:
         conn = SyncConnection(

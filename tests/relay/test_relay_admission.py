@@ -143,3 +143,56 @@ def test_the_relay_says_when_it_cannot_raise_its_open_files_limit() -> None:
     assert warning["level"] == "warning"
     assert warning["limit"] == 1024
     assert warning["needed"] == 20000 + 1024 + 256
+
+
+def test_connections_of_cluster_nodes_skip_the_per_address_checks_until_charged() -> None:
+    nodes = {"10.0.0.5"}
+    budget = ConnectionBudget(
+        max_unauth=100, max_per_address=2, per_address_rate=0.1, exempt=nodes.__contains__
+    )
+    # A node's connections: neither its pending share nor its rate applies at accept.
+    for i in range(10):
+        assert budget.admit(("node", i), "10.0.0.5:4000", now=0.0).admit
+        assert budget.exempted(("node", i))
+    # Proxied ones (a valid hop): never charged to any address.
+    for i in range(5):
+        budget.forwarded(("node", i))
+        assert not budget.exempted(("node", i))
+        budget.authenticated(("node", i))
+    # The others were not proxied: charged to the node's address now, as anyone's.
+    assert budget.charge(("node", 5), "10.0.0.5:4000", now=0.0).admit
+    assert not budget.charge(("node", 6), "10.0.0.5:4000", now=0.0).admit  # burst of 1 spent
+    assert budget.exempted(("node", 6))  # still pending: the caller closes it
+    # Another address is budgeted at accept as always.
+    assert budget.admit("c1", "10.0.0.9:1", now=0.0).admit
+    assert budget.admit("c2", "10.0.0.9:2", now=0.0).why == "rate"
+    assert budget.charge("c1", "10.0.0.9:1", now=0.0).admit  # charged at accept already
+    for i in range(5, 10):
+        budget.closed(("node", i))
+    budget.closed("c1")
+    for i in range(5):
+        budget.closed(("node", i))
+    assert (budget.pending, budget.authenticated_count) == (0, 0)
+    # Every per-address count went back to zero: a fresh address share for the node.
+    late = ConnectionBudget(max_unauth=100, max_per_address=2, exempt=nodes.__contains__)
+    for i in range(3):
+        late.admit(i, "10.0.0.5:1", now=0.0)
+    assert late.charge(0, "10.0.0.5:1").admit
+    assert late.charge(1, "10.0.0.5:1").admit
+    assert late.charge(2, "10.0.0.5:1").why == "pending"
+
+
+def test_a_node_hosts_uncharged_pending_connections_are_capped() -> None:
+    # Silent sockets from a node's host (never a request, so never charged) take
+    # at most a quarter of the pending pool; beyond, they are budgeted as anyone's.
+    budget = ConnectionBudget(
+        max_unauth=40, max_per_address=2, per_address_rate=None, exempt={"10.0.0.5"}.__contains__
+    )
+    assert budget.max_exempt_per_host == 10
+    admitted = [budget.admit(i, "10.0.0.5:1", now=0.0).admit for i in range(20)]
+    assert admitted.count(True) == 12  # 10 exempted, then the address's 2
+    assert sum(budget.exempted(i) for i in range(20)) == 10
+    budget.forwarded(0)  # one handshake finished: room for one more exempted
+    budget.authenticated(0)
+    assert budget.admit("next", "10.0.0.5:1", now=0.0).admit
+    assert budget.exempted("next")

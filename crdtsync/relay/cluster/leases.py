@@ -142,6 +142,11 @@ _Q = {
         "WHERE l.room = ANY(%s) AND l.owner = %s AND n.expires_at > now() "
         "FOR SHARE OF l"
     ),
+    "node_urls": "SELECT n.url FROM {s}.nodes n WHERE " + _ALIVE,
+    # The cluster's own key for hop headers when there is no token secret: made
+    # once by whichever node asks first, read by every other.
+    "make_key": ("INSERT INTO {s}.meta VALUES ('hop_key', %s) ON CONFLICT (key) DO NOTHING"),
+    "get_key": "SELECT value FROM {s}.meta WHERE key = 'hop_key'",
     "forget_nodes": (
         "DELETE FROM {s}.nodes n WHERE n.expires_at < now() - make_interval(secs => %s) "
         "AND NOT EXISTS (SELECT 1 FROM {s}.leases l WHERE l.owner = n.id)"
@@ -395,6 +400,30 @@ class Leases:
             with self._held_lock:
                 self._held.clear()
             self._txn("unregister", op)
+
+    def node_urls(self) -> list[str]:
+        """The URLs (``--node-url``) of the nodes alive now, this one included."""
+
+        def op(conn: psycopg.Connection[Any]) -> list[str]:
+            return [str(r[0]) for r in conn.execute(self._sql["node_urls"]).fetchall()]
+
+        return self._txn("node urls", op)
+
+    def cluster_key(self) -> bytes:
+        """The cluster's random 32-byte key, kept in the database (made by the first asker).
+
+        Whoever can read the cluster's tables has it: the same people who could
+        rewrite every room anyway.
+        """
+
+        def op(conn: psycopg.Connection[Any]) -> bytes:
+            conn.execute(self._sql["make_key"], (secrets.token_hex(32),))
+            row = conn.execute(self._sql["get_key"]).fetchone()
+            if row is None:  # (inserted or already there in this very transaction)
+                raise StoreError("the cluster key could not be read")
+            return bytes.fromhex(str(row[0]))
+
+        return self._txn("cluster key", op, retry=True)
 
     def forget_dead_nodes(self, older_than: float = 86400.0) -> int:
         """Delete node rows dead for ``older_than`` seconds that own no room."""

@@ -22,6 +22,14 @@ each room owned by one node at a time through its lease row
   take; a room another node owns is refused with
   :class:`~crdtsync.errors.RoomMovedError` (``DOC_ERROR`` code 21, the reason
   names the owner's URL).
+* **Proxied clients at the owner.** A proxied connection reaches the owner
+  from the proxying node's address. Its hop header is signed
+  (:mod:`~crdtsync.relay.cluster.hop`, under the token secret or, without one,
+  the cluster key kept in the database); a valid one makes the owner take the
+  forwarded client address as the connection's own, and the hosts of the
+  nodes alive in the node table (refreshed at each heartbeat) skip the
+  per-address admission budgets at accept, until their request shows whether
+  it was signed (``docs/CLUSTER.md``, "Proxied clients and per-address budgets").
 * **Idle rooms** are compacted, unloaded and released; **SIGTERM** drains: the
   sessions close, everything stored, every room released (another node takes
   it at once), the node unregistered.
@@ -32,11 +40,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
 
 from crdtsync.errors import (
     ErrorCode,
@@ -51,10 +62,12 @@ from crdtsync.peer.guests import DocWatcher, Origin
 from crdtsync.peer.peer import Grant, HelloInfo, Peer, Status
 from crdtsync.protocol import ysession as ys
 from crdtsync.protocol.session import WriterRegistry
+from crdtsync.relay.admission import address_key
 from crdtsync.relay.backend import BackendSettings, RoomGuest
 from crdtsync.relay.cluster.heartbeat import LeaseExpired, NodeLease, RenewDue
+from crdtsync.relay.cluster.hop import FORWARDED_HEADER, HOP_HEADER, HopSigner, hop_key
 from crdtsync.relay.cluster.leases import Lease, Leases, Owner
-from crdtsync.relay.cluster.proxy import CLOSE_NOT_OWNER, HOP_HEADER, proxy_y
+from crdtsync.relay.cluster.proxy import CLOSE_NOT_OWNER, proxy_y
 from crdtsync.relay.config import RelayConfig
 from crdtsync.relay.server import Relay
 from crdtsync.store.postgres import PostgresStore
@@ -123,6 +136,10 @@ class ClusterNode:
         self.heartbeat_failures = 0
         self.rooms_taken = 0
         self.rooms_lost = 0
+        # Signs and checks hop headers (set at start, once the key is known).
+        self._signer: HopSigner | None = None
+        # Address keys of the hosts of the cluster's live nodes (refreshed at heartbeats).
+        self._node_hosts: frozenset[str] = frozenset()
         #: The relay this node runs.
         self.relay = Relay(config, backend=self._backend, cluster=self)
 
@@ -136,6 +153,11 @@ class ClusterNode:
         self._lease.renewed(sent, _mono())
         self._db_ok = True
         try:
+            secret = self.config.secret
+            if secret is None:
+                secret = await asyncio.to_thread(self.leases.cluster_key)
+            self._signer = HopSigner(hop_key(secret))
+            await self._refresh_node_hosts()
             store = await asyncio.to_thread(
                 PostgresStore,
                 self.dsn,
@@ -229,9 +251,34 @@ class ClusterNode:
                     f"room {room!r} is being reloaded", code=ErrorCode.INTERNAL_ERROR
                 )
 
+    def node_host(self, key: str) -> bool:
+        """See :meth:`crdtsync.relay.backend.ClusterHooks.node_host`."""
+        return key in self._node_hosts
+
+    def forwarded_client(self, headers: Headers, room: str) -> str | None:
+        """See :meth:`crdtsync.relay.backend.ClusterHooks.forwarded_client`."""
+        hops = headers.get_all(HOP_HEADER)
+        clients = headers.get_all(FORWARDED_HEADER)
+        if self._signer is None or len(hops) != 1 or len(clients) != 1:
+            return None
+        client = clients[0]
+        if self._signer.verify(hops[0], room, client, now=time.time()):
+            return client
+        return None
+
+    async def _refresh_node_hosts(self) -> None:
+        """Learn the addresses of the nodes alive now (their ``--node-url`` hosts, resolved)."""
+        urls = await asyncio.to_thread(self.leases.node_urls)
+        hosts = await asyncio.to_thread(_resolve_hosts, [*urls, self.url])
+        if hosts != self._node_hosts:
+            log.info("cluster node hosts", extra={"fields": {"hosts": sorted(hosts)}})
+        self._node_hosts = hosts
+
     async def route_y(self, ws: ServerConnection, room: str, target: str, address: str) -> bool:
         """See :meth:`crdtsync.relay.backend.ClusterHooks.route_y`."""
-        hop = ws.request is not None and ws.request.headers.get(HOP_HEADER) is not None
+        signer = self._signer
+        assert signer is not None  # set at start, before any connection
+        hop = ws.request is not None and bool(ws.request.headers.get_all(HOP_HEADER))
         replay: list[bytes | str] = []
         for _ in range(_ROUTE_ATTEMPTS):
             try:
@@ -258,6 +305,7 @@ class ClusterNode:
                     ws,
                     result.url + target,
                     address=address,
+                    hop=signer.sign(room, address, now=time.time()),
                     max_size=self.config.max_frame,
                     replay=replay,
                 )
@@ -362,6 +410,10 @@ class ClusterNode:
         lease.renewed(sent, _mono())
         self.heartbeats += 1
         self._db_ok = True
+        try:
+            await self._refresh_node_hosts()
+        except (StoreError, OSError) as exc:  # the last list stays in force
+            log.warning("node hosts not refreshed", extra={"fields": {"error": str(exc)[:300]}})
         # The heartbeat pruned what the database no longer gives us from the fence.
         lost = set(self._loaded()) - set(self.leases.held())
         if lost:
@@ -430,6 +482,25 @@ class ClusterNode:
             await asyncio.to_thread(self._store.close)
         await asyncio.to_thread(self.leases.close)
         log.info("cluster node stopped", extra={"fields": {"node": f"{self.leases.node_id:x}"}})
+
+
+def _resolve_hosts(urls: list[str]) -> frozenset[str]:
+    """The address keys of the hosts of ``urls`` (names resolved; unresolvable ones left out)."""
+    keys: set[str] = set()
+    for url in urls:
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:
+            continue
+        if not host:
+            continue
+        try:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        for info in infos:
+            keys.add(address_key(str(info[4][0])))
+    return frozenset(keys)
 
 
 def partial_authorize(

@@ -10,8 +10,9 @@ as is. The node never loads the document: the owner is the one hub of the room
 Two headers go to the owner: :data:`HOP_HEADER` (an owner that no longer owns
 the room must not proxy again: it closes with :data:`CLOSE_NOT_OWNER`, and the
 proxying node resolves the owner again) and ``X-Forwarded-For`` (the client's
-address, for the owner's logs only: it is not signed, so it is never trusted
-for anything else).
+address). The hop header is signed over the room, the client's address and the
+time (:mod:`~crdtsync.relay.cluster.hop`): only under a valid signature does the
+owner take the forwarded address as the client's (logs, per-address budgets).
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from crdtsync.relay.cluster.hop import FORWARDED_HEADER, HOP_HEADER
+
 __all__ = ["CLOSE_NOT_OWNER", "HOP_HEADER", "ProxyResult", "proxy_y"]
 
 log = logging.getLogger("crdtsync.relay.cluster")
-
-#: Header on a proxied connection: it came from another node (never proxied again).
-HOP_HEADER = "X-Crdtsync-Hop"
 
 #: WebSocket close code of an owner that does not own the room (any more): resolve again.
 #: 45xx like the relay's other retryable codes (y-websocket gives up on 4400-4499).
@@ -66,6 +66,7 @@ async def proxy_y(
     url: str,
     *,
     address: str,
+    hop: str,
     max_size: int,
     replay: list[bytes | str],
 ) -> ProxyResult:
@@ -78,7 +79,9 @@ async def proxy_y(
     Args:
         ws: the client.
         url: where the owner serves the room.
-        address: the client's address (for the owner's logs).
+        address: the client's address (``X-Forwarded-For``).
+        hop: the signed hop header for this room and client
+            (:class:`~crdtsync.relay.cluster.hop.HopSigner`).
         max_size: the largest message (the relay's ``max_frame``).
         replay: messages of the client sent to an owner that turned the
             connection away: sent first (the client's sync step 1 must reach the
@@ -88,7 +91,7 @@ async def proxy_y(
     try:
         upstream = await connect(
             url,
-            additional_headers={HOP_HEADER: "1", "X-Forwarded-For": address},
+            additional_headers={HOP_HEADER: hop, FORWARDED_HEADER: address},
             max_size=max_size,
             compression=None,
             open_timeout=_OPEN_TIMEOUT,
