@@ -12,6 +12,8 @@ write one Y.Map entry          3.6 µs      1.3 µs      a local tree move is on
 observe a Y.Map that we        +7.6 µs     +0.45 µs    the tree observes its writer's own
 write to ourselves             per write   per write   container (remote entries can land
                                                        there too) and skips its own writes
+apply one remote keystroke     5.3 µs      4.0 µs      a remote keystroke's import is
+(its own transaction)                                  within 2x of pycrdt's own apply
 ============================  ===========  ==========  =================================
 
 The public ``Map.__setitem__`` wraps each write in pycrdt's ``Transaction``
@@ -19,6 +21,10 @@ object; the public ``observe`` builds a ``ReadTransaction`` and a ``MapEvent``
 (converting every value) before it calls back, even when the callback then
 ignores the event. Both are needed for the movable tree to stay within 2x of
 Loro on local moves.
+
+(The keystroke row: pycrdt's ``apply_update`` through its ``Transaction``
+object, against the engine's own transaction, on a document with a transaction
+observer; the engine work is the same.)
 
 Each function below says which private names it touches.
 ``tests/model/test_engine_private.py`` exercises every one of them against the
@@ -33,7 +39,7 @@ from typing import Any
 
 import pycrdt
 
-__all__ = ["Change", "changed_entries", "entry_writer", "observe_entries"]
+__all__ = ["Change", "changed_entries", "entry_writer", "observe_entries", "update_applier"]
 
 #: One changed entry of a Y.Map: ``(key, action, new value if it is a str)``;
 #: ``action`` is ``"add"``, ``"update"`` or ``"delete"``.
@@ -81,6 +87,48 @@ def entry_writer(
             txn.drop()
 
     return put
+
+
+def update_applier(ydoc: pycrdt.Doc[Any]) -> Callable[[bytes], None]:
+    """A function ``apply(update)`` that does what ``ydoc.apply_update(update)`` does.
+
+    Without pycrdt's ``Transaction`` object when no transaction is open: the
+    update is applied and committed in a bare engine transaction, and what
+    transaction observers raised is raised as pycrdt raises it (an
+    ``ExceptionGroup``). Inside an open pycrdt transaction, or for a document
+    that has a pydantic model or allows multithreading (its lock), it calls
+    ``ydoc.apply_update``. For imports
+    nobody observes but the document itself: observers that read the document
+    from their callback need pycrdt's ``Transaction`` (they would find no open
+    one here and try to start a second).
+
+    Private names: ``Doc._txn``, ``Doc._Model``, ``Doc._allow_multithreading``,
+    ``Doc._exceptions``,
+    ``Doc._doc.create_transaction()`` and ``apply_update``, the engine
+    transaction's ``commit`` and ``drop``.
+
+    ``apply`` raises whatever the engine raises (a panic is a
+    ``BaseException``); the caller translates it.
+    """
+    engine = ydoc._doc
+    exceptions: list[Exception] = ydoc._exceptions
+
+    def apply(update: bytes) -> None:
+        if ydoc._txn is not None or ydoc._Model is not None or ydoc._allow_multithreading:
+            ydoc.apply_update(update)
+            return
+        txn = engine.create_transaction()
+        try:
+            engine.apply_update(txn, update)
+            txn.commit()
+        finally:
+            txn.drop()
+        if exceptions:
+            raised = tuple(exceptions)
+            exceptions.clear()
+            raise ExceptionGroup("Observer callback error", raised)
+
+    return apply
 
 
 def observe_entries(container: pycrdt.Map[Any], callback: Callable[[Any], None]) -> Any:

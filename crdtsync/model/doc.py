@@ -70,6 +70,7 @@ from crdtsync.format.yupdate import (
     UpdateLimits,
     parse_update,
 )
+from crdtsync.model._engine_private import update_applier
 from crdtsync.model.containers import (
     KIND_KEY,
     Container,
@@ -263,6 +264,8 @@ class Doc:
             raise InvalidOperationError(f"peer_id must be an int in [1, 2**53), not {peer_id!r}")
         # The engine document; nothing outside this module and model.py touches it.
         self._y: Any = pycrdt.Doc(client_id=peer_id)
+        # Its apply_update for unobserved imports (see _engine_apply).
+        self._engine_apply_bare = update_applier(self._y)
         # Limits for imported bytes.
         self._limits = limits or DEFAULT_LIMITS
         # Wall clock for the registers' HLC.
@@ -835,7 +838,7 @@ class Doc:
         lim = self._limits
         return replace(lim, max_update_bytes=max(lim.max_update_bytes, lim.max_document_bytes))
 
-    def _sync_index(self) -> None:
+    def _sync_index(self, *, subscribe: bool = True) -> None:
         """Bring the validator's index up to date with this document's own changes.
 
         Until the first import the index listens to nothing, so that a document
@@ -845,6 +848,11 @@ class Doc:
         (which carries its deletions: a deleted container's items are GC'd by
         yrs, and that changes where later remote items land) is recorded here,
         before the next import is checked.
+
+        Args:
+            subscribe: subscribe to the engine's transactions now; ``_apply``
+                passes False for a first import made outside any transaction,
+                and subscribes once the engine has applied it (see there).
         """
         if not self._index_live:
             diff = bytes(self._y.get_update(Version(self._checker.state()).to_bytes()))
@@ -854,7 +862,8 @@ class Doc:
                 log.error("the validator's index could not record the document (%s)", exc)
                 self._rebuild_index()
             self._index_live = True
-            self._subscribe_engine()
+            if subscribe:
+                self._subscribe_engine()
             return
         if self._local:
             self._record_local()
@@ -898,28 +907,39 @@ class Doc:
         limits = limits or self._limits
         if self._held_order:
             self._expire_held()
-        if not self._index_live or self._local:
-            self._sync_index()
-        if parsed is None:
-            cached, self._last_parse = self._last_parse, None
-            if cached is not None and (cached[0] is update or cached[0] == update):
-                parsed = cached[1]
-            else:
-                parsed = self._checker.parse(update, limits)
+        fresh = not self._index_live
+        if fresh or self._local:
+            # A first import made outside our transactions (Doc.load's, say)
+            # subscribes to the engine's transactions once the engine applied
+            # it (below): a subscribed pycrdt encodes each transaction's whole
+            # update for the event, on a load a fifth of pycrdt's own time, and
+            # an import's event only matters for the deletions yrs may make of
+            # its own accord (then _integrate subscribes before applying).
+            self._sync_index(subscribe=not fresh or self._depth > 0)
         try:
-            moved = self._integrate(update, parsed, origin, limits)
-        except MissingUpdatesError as exc:
-            # Out of order: pycrdt 0.14 would integrate past the gap and diverge
-            # (see _yupdate), so we hold the update until its predecessors arrive.
-            self._hold(update, origin, [exc.needs])
-            return
-        except InvalidUpdateError:
-            if self._checker.poisoned:
-                log.error("the Rust index failed (a bug); rebuilding it from the engine")
-                self._rebuild_index()
-            raise
-        if self._waiting and moved:
-            self._release_held(moved)
+            if parsed is None:
+                cached, self._last_parse = self._last_parse, None
+                if cached is not None and (cached[0] is update or cached[0] == update):
+                    parsed = cached[1]
+                else:
+                    parsed = self._checker.parse(update, limits)
+            try:
+                moved = self._integrate(update, parsed, origin, limits)
+            except MissingUpdatesError as exc:
+                # Out of order: pycrdt 0.14 would integrate past the gap and diverge
+                # (see _yupdate), so we hold the update until its predecessors arrive.
+                self._hold(update, origin, [exc.needs])
+                return
+            except InvalidUpdateError:
+                if self._checker.poisoned:
+                    log.error("the Rust index failed (a bug); rebuilding it from the engine")
+                    self._rebuild_index()
+                raise
+            if self._waiting and moved:
+                self._release_held(moved)
+        finally:
+            if fresh:
+                self._subscribe_engine()
 
     def _integrate(
         self, update: bytes, parsed: Parsed, origin: Any, limits: UpdateLimits
@@ -944,6 +964,8 @@ class Doc:
         engine, self._want_event_deletes, later, n_later, needs = checker.begin(
             update, parsed, limits, budget
         )
+        if self._want_event_deletes and self._txn_sub is None:
+            self._subscribe_engine()  # (a first import: see _apply)
         try:
             self._engine_apply(engine, origin)
         except BaseException:
@@ -1035,8 +1057,12 @@ class Doc:
             if self._engine_origins:
                 with self._y.transaction(origin=remote):
                     self._y.apply_update(update)
-            else:
+            elif self._observed:
                 self._y.apply_update(update)
+            else:
+                # Nobody reads the document from an engine callback: the
+                # engine's own transaction, without pycrdt's Python one.
+                self._engine_apply_bare(update)
         except BaseException as exc:
             if _is_panic(exc):
                 raise EngineError(f"the CRDT engine failed: {exc}") from None

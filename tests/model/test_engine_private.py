@@ -16,7 +16,13 @@ from typing import Any
 import pycrdt
 import pytest
 
-from crdtsync.model._engine_private import Change, changed_entries, entry_writer, observe_entries
+from crdtsync.model._engine_private import (
+    Change,
+    changed_entries,
+    entry_writer,
+    observe_entries,
+    update_applier,
+)
 
 PYCRDT = importlib.metadata.version("pycrdt")
 
@@ -120,3 +126,77 @@ def test_observe_entries_reports_added_and_changed_keys() -> None:
 def test_changed_entries_of_an_unreadable_event_is_none() -> None:
     with relying_on("changed_entries"):
         assert changed_entries(object()) is None
+
+
+def remote_edits() -> tuple[bytes, list[bytes]]:
+    """A document's state and two later updates to it (each its own transaction)."""
+    src: pycrdt.Doc[Any] = pycrdt.Doc(client_id=9)
+    text = src.get("t", type=pycrdt.Text)
+    text += "hello"
+    base = src.get_update()
+    got, _sub = updates_of(src)
+    text.insert(5, " world")
+    del text[0:1]
+    return base, got
+
+
+def test_update_applier_commits_its_own_transaction() -> None:
+    base, ups = remote_edits()
+    doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=7)
+    doc.apply_update(base)
+    got, _sub = updates_of(doc)
+    with relying_on("update_applier"):
+        apply = update_applier(doc)
+        for u in ups:
+            apply(u)
+        assert str(doc.get("t", type=pycrdt.Text)) == "ello world"
+        assert got == ups  # one committed transaction each, observers told
+        assert doc._txn is None  # no pycrdt transaction left behind
+        with doc.transaction():  # nor an engine one
+            doc.get("t", type=pycrdt.Text).insert(0, "H")
+        assert str(doc.get("t", type=pycrdt.Text)) == "Hello world"
+
+
+def test_update_applier_joins_an_open_transaction() -> None:
+    base, ups = remote_edits()
+    doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=7)
+    doc.apply_update(base)
+    got, _sub = updates_of(doc)
+    with relying_on("update_applier"), doc.transaction(origin="edit"):
+        apply = update_applier(doc)
+        for u in ups:
+            apply(u)
+        doc.get("t", type=pycrdt.Text).insert(0, "H")
+    with relying_on("update_applier"):
+        assert len(got) == 1
+        assert str(doc.get("t", type=pycrdt.Text)) == "Hello world"
+
+
+def test_update_applier_raises_what_observers_raised() -> None:
+    base, ups = remote_edits()
+    doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=7)
+    doc.apply_update(base)
+
+    def boom(_ev: Any) -> None:
+        raise ValueError("observer failed")
+
+    _sub = doc.observe(boom)
+    with relying_on("update_applier"):
+        apply = update_applier(doc)
+    with pytest.raises(ExceptionGroup) as info:
+        apply(ups[0])
+    assert [str(e) for e in info.value.exceptions] == ["observer failed"]
+    with relying_on("update_applier"):
+        assert str(doc.get("t", type=pycrdt.Text)) == "hello world"  # applied all the same
+        assert not doc._exceptions  # nothing left to surface in a later transaction
+
+
+def test_update_applier_lets_engine_errors_through() -> None:
+    doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=7)
+    with relying_on("update_applier"):
+        apply = update_applier(doc)
+    with pytest.raises(ValueError, match="Cannot decode update"):
+        apply(b"\xff\xff\xff")
+    with relying_on("update_applier"):
+        apply(remote_edits()[0])  # the failed one left no transaction open
+        assert str(doc.get("t", type=pycrdt.Text)) == "hello"

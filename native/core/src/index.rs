@@ -310,6 +310,9 @@ fn label_cap(i: u32) -> u64 {
     (2.0f64 / 1.5).powi(i as i32) as u64
 }
 
+/// Up to this many clients, `client_num` compares ids instead of hashing.
+const FEW_CLIENTS: usize = 4;
+
 /// The index of one document.
 pub struct DocIndex {
     runs: Vec<Run>,
@@ -686,11 +689,22 @@ impl DocIndex {
 
     #[inline]
     fn client_num(&self, client: u64) -> Option<u32> {
+        if self.clients.len() <= FEW_CLIENTS {
+            // Most documents have a writer or two: comparing their ids costs
+            // less than hashing one (client_of's SipHash; see fxhash.rs for
+            // why it cannot be a cheaper hash). Same answer: `clients[c].id`
+            // and `client_of` always agree.
+            return self
+                .clients
+                .iter()
+                .position(|cd| cd.id == client)
+                .map(|c| c as u32);
+        }
         self.client_of.get(&client).copied()
     }
 
     fn intern_client(&mut self, client: u64) -> u32 {
-        if let Some(&c) = self.client_of.get(&client) {
+        if let Some(c) = self.client_num(client) {
             return c;
         }
         let c = self.clients.len() as u32;
