@@ -1,4 +1,8 @@
-"""Golden vectors: bytes written by format version 1 must load, forever."""
+"""Golden vectors: bytes written by format version 1 must load, forever.
+
+Every test here runs on the Rust core and on the pure-Python reference
+(``checker_path``): both must read the same bytes to the same document.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import pytest
 from crdtsync import Doc
 from crdtsync.format.envelope import FLAG_COMPACT, FLAG_SNAPSHOT, FORMAT_VERSION, unpack
 from crdtsync.model.doc import DEFAULT_LIMITS
+
+pytestmark = pytest.mark.usefixtures("checker_path")
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 NAMES = sorted({p.name.split(".")[0] for p in GOLDEN.glob("*.expected.cbor")})
