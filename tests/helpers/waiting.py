@@ -13,9 +13,12 @@ from collections.abc import Awaitable, Callable
 
 
 async def eventually(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = ""
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 10.0,
+    what: str = "",
+    interval: float = 0.005,
 ) -> None:
-    """Poll ``predicate`` every 5 ms until it holds; fail after ``timeout`` seconds."""
+    """Poll ``predicate`` every ``interval`` s until it holds; fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -26,4 +29,12 @@ async def eventually(
             return
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        await asyncio.sleep(0.005)  # deliberate sleep: the poll interval of a bounded wait
+        await asyncio.sleep(interval)  # deliberate sleep: the poll interval of a bounded wait
+
+
+async def eventually_blocking(
+    predicate: Callable[[], bool], timeout: float = 60.0, what: str = "", interval: float = 0.05
+) -> None:
+    """:func:`eventually` for a predicate that blocks (a database query): run in a thread."""
+    await eventually(lambda: asyncio.to_thread(predicate), timeout, what, interval)
+
