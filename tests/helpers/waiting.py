@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def eventually(
@@ -38,3 +41,21 @@ async def eventually_blocking(
     """:func:`eventually` for a predicate that blocks (a database query): run in a thread."""
     await eventually(lambda: asyncio.to_thread(predicate), timeout, what, interval)
 
+
+async def started(coro: Awaitable[T], timeout: float = 10.0) -> asyncio.Task[T]:
+    """Run ``coro`` as a task; return it once it has run up to its first suspension.
+
+    For a test that must act while a call is under way (a second ``recv`` while
+    the first waits, a ``disconnect`` while ``connect`` tries): the event is set
+    at the start of the task, which then runs on without yielding until ``coro``
+    first suspends, so the waiter here resumes only after that point.
+    """
+    running = asyncio.Event()
+
+    async def run() -> T:
+        running.set()
+        return await coro
+
+    task = asyncio.ensure_future(run())
+    await asyncio.wait_for(running.wait(), timeout)
+    return task
