@@ -12,12 +12,15 @@ import sys
 from types import ModuleType
 
 import pytest
+from helpers.native import require_native
 from helpers.traces import REPO
 
-from crdtsync.format import accel
 from crdtsync.format import checker as checker_module
 
-pytestmark = pytest.mark.skipif(not accel.NATIVE, reason="crdtsync._native is not built")
+
+@pytest.fixture(autouse=True)
+def _native() -> None:
+    require_native()  # skips without cargo; fails where cargo could have built it
 
 
 def _fuzz_index() -> ModuleType:
