@@ -110,6 +110,7 @@ __all__ = [
     "ProtocolTimeoutError",
     "RateLimitError",
     "ReadOnlyError",
+    "ReadOnlyValueError",
     "RoomMovedError",
     "RoomNotAllowedError",
     "RootTypeError",

@@ -55,7 +55,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import random
 import shutil
 import sqlite3
@@ -66,6 +65,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from helpers.relaychild import RelayChild
 from websockets.asyncio.client import connect as ws_connect
 
 from crdtsync import Doc, Peer
@@ -78,7 +80,6 @@ Y_ROOM = "room-0"
 PEER_WRITERS = 3
 MAX_EDITS_PER_WRITER = 20_000  # per run: a bound, never reached at these delays
 MAX_VISITS = 1_000  # per run, likewise
-REPO = Path(__file__).resolve().parents[1]
 
 
 class CrashTestError(AssertionError):
@@ -88,130 +89,38 @@ class CrashTestError(AssertionError):
 # -- the relay child process ------------------------------------------------------------------
 
 
-class RelayProcess:
-    """``python -m crdtsync relay`` as a child process whose JSON log lines we keep."""
+class RelayProcess(RelayChild):
+    """``python -m crdtsync relay`` on one SQLite file, restarted on the same port."""
+
+    error = CrashTestError
 
     def __init__(self, data: Path, port: int, compact_every: int, idle_unload: float) -> None:
+        super().__init__(name="relay", port=port, fixed_port=True, log_level="debug")
         self.data = data
-        self.port = port
         self.compact_every = compact_every
         self.idle_unload = idle_unload
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
-        self.lines: list[dict[str, Any]] = []  # parsed stdout log lines
-        self.stderr = bytearray()
-        self._readers: list[asyncio.Task[None]] = []
-        self._listening: asyncio.Future[str] | None = None
 
-    async def start(self, timeout: float = 30.0) -> str:
+    def options(self) -> list[str]:
+        return [
+            "--data",
+            str(self.data),
+            "--compact-every",
+            str(self.compact_every),
+            "--idle-unload",
+            str(self.idle_unload),
+        ]
+
+    async def start(self, timeout: float = 30.0, attempts: int = 50) -> str:
         """Start the relay; return its URL once it logs ``listening``.
 
         Binding the same port right after a SIGKILL can fail for a moment (or
         another process may have taken it): retried a bounded number of times.
         """
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        for _attempt in range(50):
-            self.lines = []
-            self.stderr = bytearray()
-            self._listening = loop.create_future()
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "crdtsync",
-                "relay",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--data",
-                str(self.data),
-                "--compact-every",
-                str(self.compact_every),
-                "--idle-unload",
-                str(self.idle_unload),
-                "--log-level",
-                "debug",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-            )
-            self._readers = [
-                loop.create_task(self._read_stdout()),
-                loop.create_task(self._read_stderr()),
-            ]
-            exited = loop.create_task(self.proc.wait())
-            try:
-                await asyncio.wait(
-                    [self._listening, exited],
-                    timeout=max(0.1, deadline - loop.time()),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            finally:
-                if not exited.done():
-                    exited.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await exited
-            if self._listening.done():
-                self.url = self._listening.result()
-                if self.port == 0:
-                    self.port = int(self.url.rsplit(":", 1)[1])
-                return self.url
-            await self.kill()
-            if loop.time() >= deadline:
-                break
-            await asyncio.sleep(0.1)  # the port is busy: try again shortly
-        raise CrashTestError(
-            f"relay did not start on port {self.port}: "
-            f"{bytes(self.stderr[-2000:]).decode(errors='replace')}"
-        )
+        return await super().start(timeout, attempts)
 
-    async def _read_stdout(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        while line := await self.proc.stdout.readline():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"level": "error", "event": "unparsable log line", "line": repr(line)}
-            self.lines.append(event)
-            fut = self._listening
-            if event.get("event") == "listening" and fut is not None and not fut.done():
-                fut.set_result(str(event["url"]))
-
-    async def _read_stderr(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        while chunk := await self.proc.stderr.read(65536):
-            self.stderr += chunk
-            del self.stderr[:-65536]
-
-    async def kill(self) -> None:
-        """SIGKILL the relay and wait for it and its output pipes."""
-        if self.proc is None:
-            return
-        if self.proc.returncode is None:
-            self.proc.kill()
-        await self._finish()
-
-    async def terminate(self) -> int:
+    async def terminate(self, timeout: float = 20.0) -> int:
         """SIGTERM (graceful drain); returns the exit status."""
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.terminate()
-        try:
-            await asyncio.wait_for(self._finish(), 20.0)
-        except TimeoutError:
-            await self.kill()
-        return int(self.proc.returncode or 0)
-
-    async def _finish(self) -> None:
-        assert self.proc is not None
-        await asyncio.wait_for(self.proc.wait(), 20.0)
-        await asyncio.wait_for(asyncio.gather(*self._readers), 20.0)
+        return await super().terminate(timeout)
 
     def save_log(self, path: Path) -> None:
         """Write the log lines of this incarnation to ``path`` (for post-mortems)."""

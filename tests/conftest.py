@@ -32,7 +32,8 @@ def checker_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     switches the whole format layer (``crdtsync.format.accel``, which every
     ``Doc`` and decoder asks) as ``CRDTSYNC_PURE_PYTHON=1`` would at import;
     child processes get that variable (:func:`helpers.paths.child_env`). The
-    native run is skipped only where the extension is not built (CI builds it).
+    native run is skipped only where the extension cannot be there
+    (:func:`helpers.native.require_native`; CI builds it, and fails without it).
     """
     from crdtsync.format import accel
 
@@ -41,6 +42,8 @@ def checker_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         # The path is picked once at import; this is the same switch, made late.
         monkeypatch.setattr(accel, "NATIVE", False)
         monkeypatch.setattr(accel, "_NATIVE_MODULE", None)
-    elif not accel.NATIVE:
-        pytest.skip("crdtsync._native is not built (or CRDTSYNC_PURE_PYTHON is set)")
+    else:
+        from helpers.native import require_native
+
+        require_native()
     return str(request.param)

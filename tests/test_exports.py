@@ -21,7 +21,8 @@ PUBLIC = {
     "MalformedFrameError", "MalformedUpdateError", "Map", "MemoryStore", "MessageConnection",
     "MissingDependencyError", "MissingUpdatesError", "NoSuchDocumentError", "PairingError", "Peer",
     "PeerGoingAwayError", "PeerIdentityError", "ProtocolError", "ProtocolTimeoutError",
-    "RateLimitError", "ReadOnlyError", "Register", "RoomMovedError", "RoomNotAllowedError",
+    "RateLimitError", "ReadOnlyError", "ReadOnlyValueError", "Register", "RoomMovedError",
+    "RoomNotAllowedError",
     "RootTypeError",
     "SQLiteStore", "Session", "SessionOptions", "Status", "Store", "StoreError",
     "StoreLockedError", "SyncResult", "Text", "TokenError", "TokenExpiredError", "Transport",
@@ -58,6 +59,26 @@ def test_every_error_is_a_library_error_and_an_exception() -> None:
             assert issubclass(cls, crdtsync.CrdtSyncError), name
             assert issubclass(cls, Exception), name
             assert name in PUBLIC, f"{name} is in the error tree but not exported"
+
+
+def test_every_error_class_defined_in_errors_is_exported_from_the_package() -> None:
+    """Every exception class ``crdtsync/errors.py`` defines, listed or not in its ``__all__``."""
+    from crdtsync import errors
+
+    defined = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type)
+        and issubclass(value, BaseException)
+        and value.__module__ == errors.__name__
+        and not name.startswith("_")
+    }
+    assert "ReadOnlyValueError" in defined  # the one that was missing
+    assert len(defined) > 40  # the scan found the tree, not nothing
+    assert sorted(defined - set(errors.__all__)) == []
+    assert sorted(defined - set(crdtsync.__all__)) == []
+    for name in defined:
+        assert getattr(crdtsync, name) is getattr(errors, name), name
 
 
 def test_unknown_names_raise_attribute_error() -> None:

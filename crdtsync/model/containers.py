@@ -544,6 +544,13 @@ def _eq(item: Any, value: Any) -> bool:
 class Text(Container):
     """Collaborative text, indexed by code point like a Python ``str``.
 
+    Embeds (objects a Yjs peer puts in a text with ``insertEmbed``) are kept,
+    synced and exported, but they are not characters here: ``str(text)``,
+    ``len(text)`` and every index leave them out, and so do the deltas of
+    text changes (:attr:`crdtsync.Change.delta`): an inserted embed is not in
+    the delta, a retained or deleted one counts nothing, so applying a delta
+    to the previous ``str(text)`` gives the new one.
+
     Examples:
         >>> from crdtsync import Doc
         >>> body = Doc().text("body")

@@ -19,6 +19,14 @@ event for a text created in the same transaction. Events are handled
 outermost first, so an inner event's path, which is already the new path, meets
 mirrors already renumbered.
 
+Embeds (a Yjs peer's ``insertEmbed``) are not characters: ``Text`` leaves them
+out of ``str(text)`` and of its indexes, and the engine counts each as one
+offset unit. A text without embeds is mirrored as its string (the fast path); a
+text with embeds as a tuple of units, one code point (a one-character ``str``)
+or ``None`` (an embed) each, so that byte offsets can step over embeds. The
+deltas are in ``str(text)`` positions: an embed takes none, so an inserted
+embed is left out of the delta and a retained or deleted one counts nothing.
+
 A delta is checked against the mirror as it is translated (every retained part
 must be where the mirror has it, and the mirror's length must add up); a
 mismatch, which would be a bug here, gives ``None`` (read the text) rather than
@@ -36,6 +44,9 @@ __all__ = ["Path", "TextMirrors"]
 
 Path = tuple[str | int, ...]
 
+#: A mirrored text: its string (no embeds), or its units (a code point, or None: an embed).
+_Content = str | tuple[str | None, ...]
+
 log = logging.getLogger("crdtsync.doc")
 
 #: Reserved key of nested non-map kinds (counters, registers, trees): no texts below.
@@ -48,20 +59,20 @@ class TextMirrors:
     __slots__ = ("_below", "_texts")
 
     def __init__(self) -> None:
-        # Path -> the text's content as last seen.
-        self._texts: dict[Path, str] = {}
+        # Path -> the text's content as last seen (units where it has embeds).
+        self._texts: dict[Path, _Content] = {}
         # Proper prefix of a mirrored path -> how many mirrored paths it has, so
         # that a structural event with no text below it costs O(1).
         self._below: dict[Path, int] = {}
 
-    def _set(self, path: Path, content: str) -> None:
+    def _set(self, path: Path, content: _Content) -> None:
         if path not in self._texts:
             below = self._below
             for i in range(1, len(path)):
                 below[path[:i]] = below.get(path[:i], 0) + 1
         self._texts[path] = content
 
-    def _pop(self, path: Path) -> str:
+    def _pop(self, path: Path) -> _Content:
         content = self._texts.pop(path)
         below = self._below
         for i in range(1, len(path)):
@@ -76,8 +87,9 @@ class TextMirrors:
         return len(self._texts)
 
     def get(self, path: Path) -> str | None:
-        """The mirrored content at ``path`` (for tests)."""
-        return self._texts.get(path)
+        """The mirrored content at ``path``, embeds left out (for tests)."""
+        content = self._texts.get(path)
+        return None if content is None else _shown(content)
 
     def scan(self, path: Path, y: Any, found: list[tuple[Path, str]] | None = None) -> None:
         """Record every text in the engine value ``y`` found at ``path``.
@@ -92,10 +104,11 @@ class TextMirrors:
             where, v = stack.pop()
             t = type(v)
             if t is pycrdt.Text:
-                content = str(v)
+                content = _content(v)
                 self._set(where, content)
-                if found is not None and content:
-                    found.append((where, content))
+                shown = _shown(content)
+                if found is not None and shown:
+                    found.append((where, shown))
             elif t is pycrdt.Map:
                 if _KIND_KEY in v:
                     continue  # a counter, register or tree: no texts we report
@@ -147,7 +160,7 @@ class TextMirrors:
         for p in self._texts if has_texts else ():
             if len(p) > n and p[:n] == path and type(p[n]) is int:
                 below.setdefault(p[n], []).append(p)  # type: ignore[arg-type]
-        moved: dict[Path, str] = {}
+        moved: dict[Path, _Content] = {}
         old = new = 0
         inserted: list[tuple[int, Any]] = []
         for op in ev.delta:
@@ -192,10 +205,16 @@ class TextMirrors:
         Returns:
             The delta in code points, or ``None`` if the mirror was out of step.
         """
-        new = str(ev.target)
+        target = ev.target
+        text = str(target)
+        new_b = text.encode("utf-8")
+        # A length other than the UTF-8 length means embeds (see _content).
+        new: _Content = text if len(target) == len(new_b) else _units(target)
         old = self._texts.get(path)
         self._set(path, new)
-        new_b = new.encode("utf-8")
+        if type(new) is not str or (old is not None and type(old) is not str):
+            old_units = None if old is None else _as_units(old)
+            return _units_delta(path, ev.delta, _as_units(new), old_units)
         at = 0  # byte position in new
         pos = 0  # code-point position in old (when known)
         delta: list[dict[str, Any]] = []
@@ -204,9 +223,7 @@ class TextMirrors:
                 if "insert" in op:
                     s = op["insert"]
                     if not isinstance(s, str):
-                        delta.append({"insert": s})  # an embed: one position
-                        at += 1
-                        continue
+                        raise _OutOfStep  # an embed, yet the text has none
                     delta.append({"insert": s})
                     at += len(s.encode("utf-8"))
                 elif "retain" in op:
@@ -244,3 +261,121 @@ class TextMirrors:
 
 class _OutOfStep(Exception):
     """The mirror does not match the event (internal: the delta is dropped)."""
+
+
+def _content(y: Any) -> _Content:
+    """What to mirror of the engine text ``y``: its string, or its units if it has embeds."""
+    s = str(y)
+    # The engine counts each embed as one offset unit and str() leaves them
+    # out: a length other than the string's UTF-8 length means embeds.
+    if len(y) == (len(s) if s.isascii() else len(s.encode("utf-8"))):
+        return s
+    return _units(y)
+
+
+def _units(y: Any) -> tuple[str | None, ...]:
+    """The units of the engine text ``y``: a code point each, or None for an embed."""
+    units: list[str | None] = []
+    for chunk, _attrs in y.diff():
+        if isinstance(chunk, str):
+            units.extend(chunk)
+        else:
+            units.append(None)
+    return tuple(units)
+
+
+def _as_units(content: _Content) -> tuple[str | None, ...]:
+    return tuple(content) if type(content) is str else content  # type: ignore[return-value]
+
+
+def _shown(content: _Content) -> str:
+    """The string ``Text`` shows: the characters, embeds left out."""
+    if type(content) is str:
+        return content
+    return "".join(u for u in content if u is not None)
+
+
+def _take(units: tuple[str | None, ...], i: int, nbytes: int) -> int:
+    """The unit index ``nbytes`` engine offset units after unit ``i``."""
+    done = 0
+    while done < nbytes:
+        if i >= len(units):
+            raise _OutOfStep
+        u = units[i]
+        done += 1 if u is None else len(u.encode("utf-8"))
+        i += 1
+    if done != nbytes:
+        raise _OutOfStep  # ends inside a character
+    return i
+
+
+def _units_delta(
+    path: Path,
+    ops: Any,
+    new: tuple[str | None, ...],
+    old: tuple[str | None, ...] | None,
+) -> list[dict[str, Any]] | None:
+    """:meth:`TextMirrors.delta` for a text with embeds: positions in characters only."""
+    at = 0  # unit index in new
+    pos = 0  # unit index in old (when known)
+    delta: list[dict[str, Any]] = []
+
+    def add(entry: dict[str, Any]) -> None:
+        # Leaving embeds out can put two ops of one kind side by side: merged.
+        last = delta[-1] if delta else None
+        if last is not None and last.keys() == entry.keys():
+            if "insert" in entry:
+                last["insert"] += entry["insert"]
+                return
+            if "delete" in entry:
+                last["delete"] += entry["delete"]
+                return
+            if last.get("attributes") == entry.get("attributes"):
+                last["retain"] += entry["retain"]
+                return
+        delta.append(entry)
+
+    try:
+        for op in ops:
+            if "insert" in op:
+                s = op["insert"]
+                if not isinstance(s, str):
+                    if at >= len(new) or new[at] is not None:
+                        raise _OutOfStep
+                    at += 1  # an embed: no position in str(text), not in the delta
+                    continue
+                if new[at : at + len(s)] != tuple(s):
+                    raise _OutOfStep
+                at += len(s)
+                add({"insert": s})
+            elif "retain" in op:
+                end = _take(new, at, int(op["retain"]))
+                kept = new[at:end]
+                at = end
+                if old is not None:
+                    if old[pos : pos + len(kept)] != kept:
+                        raise _OutOfStep
+                    pos += len(kept)
+                chars = sum(1 for u in kept if u is not None)
+                if chars:
+                    entry: dict[str, Any] = {"retain": chars}
+                    if "attributes" in op:
+                        entry["attributes"] = op["attributes"]
+                    add(entry)
+            elif "delete" in op:
+                if old is None:
+                    raise _OutOfStep
+                end = _take(old, pos, int(op["delete"]))
+                chars = sum(1 for u in old[pos:end] if u is not None)
+                pos = end
+                if chars:
+                    add({"delete": chars})
+        if old is not None and old[pos:] != new[at:]:
+            raise _OutOfStep
+    except _OutOfStep:
+        if old is not None:
+            log.error("the text at %r was out of step with its events; delta dropped", path)
+        return None
+    while delta and set(delta[-1]) == {"retain"}:
+        delta.pop()  # a plain retain at the end says nothing
+    return delta

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from helpers.relay import running_relay
+from helpers.waiting import eventually
 
 from crdtsync import Peer
 from crdtsync.peer.lan import LanOptions
@@ -163,9 +164,7 @@ async def test_peer_uses_the_lan_and_a_relay_together(tmp_path: Path, key_file: 
                 async def has(p: Peer = peer, w: list[str] = want) -> bool:
                     return sorted((await p.open("notes")).list("items")) == w
 
-                async with asyncio.timeout(WAIT):
-                    while not await has():
-                        await asyncio.sleep(0.05)  # deliberate: polling another process's effect
+                await eventually(has, WAIT, "the edit forwarded by the command", interval=0.05)
             assert await cli.stop() == 0
 
 

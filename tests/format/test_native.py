@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from helpers.native import require_native
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,10 +48,7 @@ except ImportError:  # pragma: no cover - only without a Rust toolchain
 @pytest.fixture(scope="module")
 def native() -> Any:
     """The extension; its absence fails the run wherever cargo could have built it."""
-    if _native_module is None:
-        if shutil.which("cargo"):
-            pytest.fail("crdtsync._native is not built although cargo is on PATH")
-        pytest.skip("no Rust toolchain: crdtsync._native is not built")
+    require_native(_native_module is not None, pure_counts=False)
     return _native_module
 
 

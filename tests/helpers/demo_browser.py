@@ -27,6 +27,8 @@ ARTIFACTS = Path(os.environ.get("CRDTSYNC_ARTIFACTS", ROOT / "build" / "test-art
 DOCS_SCREENSHOT = ROOT / "docs" / "images" / "demo.png"
 #: Milliseconds any single wait in the browser may take.
 WAIT_MS = 20_000
+#: What chromium needs here: root (no sandbox), no GPU, and no background
+#: connections to Google's hosts (this machine's closed network refuses them).
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

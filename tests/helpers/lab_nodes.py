@@ -95,7 +95,7 @@ def wait_for(cond: Callable[[], bool], what: str, nodes: list[Node]) -> None:
             if n.proc.poll() is not None:
                 err = n.proc.stderr.read() if n.proc.stderr else ""
                 raise AssertionError(f"host {n.host} exited {n.proc.returncode}: {err[-3000:]}")
-        time.sleep(0.05)  # deliberate: polling other processes' output, bounded by WAIT
+        time.sleep(0.05)  # deliberate sleep: polls other processes' output, bounded by WAIT
 
 
 PEER = str(Path(__file__).parent / "lan_peer.py")
@@ -138,8 +138,12 @@ class PeerNode:
         self.lines: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self._q: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_errors, daemon=True).start()
+        self._readers = [  # they end at the process's EOF
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._read_errors, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -153,6 +157,11 @@ class PeerNode:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.errors.append(line)
+
+    def read_to_end(self, timeout: float = 5.0) -> None:
+        """Wait (up to ``timeout`` s each) for the readers to take an exited process's output."""
+        for reader in self._readers:
+            reader.join(timeout)
 
     def drain(self) -> None:
         while True:
@@ -249,19 +258,20 @@ def wait_peers(
     while not cond():
         for n in nodes:
             if n.proc.poll() is not None:
-                time.sleep(0.2)  # deliberate: let the reader thread take its last words
+                n.read_to_end()
                 raise AssertionError(f"{n.name} exited {n.proc.returncode}: {n.stderr()}")
         if time.monotonic() > deadline:
             for n in nodes:
                 with contextlib.suppress(ProcessLookupError):
                     n.proc.send_signal(signal.SIGUSR1)  # its stacks, to stderr
-            time.sleep(1.0)  # deliberate: the stacks take a moment to be written
+            # A failure report only: nothing says when a live process has written its stacks.
+            time.sleep(1.0)  # deliberate sleep: the stacks take a moment to be written
             report = []
             for n in nodes:
                 n.drain()
                 report.append(f"{n.name}: {n.lines[-40:]}\n{n.name} stderr: {n.stderr()}")
             raise AssertionError(f"timed out waiting for {what}:\n" + "\n".join(report))
-        time.sleep(0.05)  # deliberate: polling other processes' output, bounded by timeout
+        time.sleep(0.05)  # deliberate sleep: polls other processes' output, bounded by timeout
     return time.monotonic() - start
 
 
@@ -356,7 +366,8 @@ def lab_partition_heal(edits: int, hosts: int = 5, hold: float = 0.0) -> tuple[f
             right[0].send(append=edits, tag="right")
             wait_peers(lambda: _converged(left, edits), "the left side", nodes, timeout=120)
             wait_peers(lambda: _converged(right, edits), "the right side", nodes, timeout=120)
-            time.sleep(max(0.0, cut + hold - time.monotonic()))  # deliberate: the partition lasts
+            # The partition lasts `hold` seconds: the scenario's duration, not a wait.
+            time.sleep(max(0.0, cut + hold - time.monotonic()))  # deliberate sleep: the cut lasts
             healed = time.monotonic()
             for host in range(3, hosts):
                 lab.move(host, 0)

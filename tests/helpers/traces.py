@@ -91,13 +91,18 @@ def trace_update(name: str) -> tuple[bytes, str]:
 
 
 @functools.cache
-def fuzz_module() -> ModuleType:
-    """``scripts/fuzz_updates.py`` loaded as a module."""
-    path = REPO / "scripts" / "fuzz_updates.py"
-    spec = importlib.util.spec_from_file_location("fuzz_updates", path)
+def script_module(name: str) -> ModuleType:
+    """``scripts/<name>.py`` loaded as the module ``name`` (once)."""
+    path = REPO / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz_updates"] = mod
+    sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def fuzz_module() -> ModuleType:
+    """``scripts/fuzz_updates.py`` loaded as a module."""
+    return script_module("fuzz_updates")

@@ -10,12 +10,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def eventually(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = ""
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 10.0,
+    what: str = "",
+    interval: float = 0.005,
 ) -> None:
-    """Poll ``predicate`` every 5 ms until it holds; fail after ``timeout`` seconds."""
+    """Poll ``predicate`` every ``interval`` s until it holds; fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -26,4 +32,30 @@ async def eventually(
             return
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        await asyncio.sleep(0.005)  # deliberate sleep: the poll interval of a bounded wait
+        await asyncio.sleep(interval)  # deliberate sleep: the poll interval of a bounded wait
+
+
+async def eventually_blocking(
+    predicate: Callable[[], bool], timeout: float = 60.0, what: str = "", interval: float = 0.05
+) -> None:
+    """:func:`eventually` for a predicate that blocks (a database query): run in a thread."""
+    await eventually(lambda: asyncio.to_thread(predicate), timeout, what, interval)
+
+
+async def started(coro: Awaitable[T], timeout: float = 10.0) -> asyncio.Task[T]:
+    """Run ``coro`` as a task; return it once it has run up to its first suspension.
+
+    For a test that must act while a call is under way (a second ``recv`` while
+    the first waits, a ``disconnect`` while ``connect`` tries): the event is set
+    at the start of the task, which then runs on without yielding until ``coro``
+    first suspends, so the waiter here resumes only after that point.
+    """
+    running = asyncio.Event()
+
+    async def run() -> T:
+        running.set()
+        return await coro
+
+    task = asyncio.ensure_future(run())
+    await asyncio.wait_for(running.wait(), timeout)
+    return task

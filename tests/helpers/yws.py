@@ -1,8 +1,8 @@
 """A stock y-websocket client (node, tests/interop/yws_relay_peer.mjs) driven by JSON lines.
 
-The same driver as ``tests/interop/test_relay_interop.py`` uses, for tests outside
-that folder (the relay cluster's): every wait is an event-driven condition checked
-on the node side, never a sleep.
+The one driver for every test that runs a stock y-websocket client (the interop
+tests, the relay cluster's): every wait is an event-driven condition checked on
+the node side, never a sleep.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from helpers.nodeenv import ensure_node_modules
@@ -79,7 +80,9 @@ class YwsClient:
         answer = await self.call(
             "wait", deadline=timeout + 10, timeout=timeout * 1000, **conditions
         )
-        assert answer["ok"], f"y-websocket: {conditions} not reached: {answer}"
+        assert answer["ok"], (
+            f"y-websocket: {conditions} not reached: {answer} {self.stderr.decode()[-500:]}"
+        )
         return answer
 
     async def close(self) -> None:
@@ -96,3 +99,16 @@ class YwsClient:
             self.proc.kill()
             await self.proc.wait()
         await asyncio.wait_for(asyncio.gather(*self._tasks), 10.0)
+
+
+@contextlib.asynccontextmanager
+async def yws_clients(n: int) -> AsyncIterator[list[YwsClient]]:
+    """Start ``n`` clients one after the other; close them all on the way out."""
+    clients: list[YwsClient] = []
+    try:
+        for _ in range(n):
+            clients.append(await YwsClient().start())
+        yield clients
+    finally:
+        for client in clients:
+            await client.close()

@@ -14,23 +14,23 @@ Every wait is for a condition (``page.wait_for_function`` in the browser,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import http.server
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from helpers.demo_browser import chromium
 from helpers.nodeenv import ensure_node_modules
 from helpers.relay import running_relay, ws_peer
 from helpers.waiting import eventually
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
 from crdtsync.relay import mint_token
 
@@ -39,17 +39,6 @@ pytestmark = pytest.mark.anyio
 SECRET = b"browser-test-secret-0123456789abcdef"
 #: Milliseconds any single wait in the browser may take.
 WAIT_MS = 15_000
-#: What chromium needs here: root (no sandbox), no GPU, and no background
-#: connections to Google's hosts (this machine's closed network refuses them).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +75,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-
-@contextlib.asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
-    executable = shutil.which("chromium")
-    assert executable, "Debian's chromium is required (scripts/check installs it)"
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def open_editor(

@@ -1,7 +1,7 @@
 """The stock y-websocket client (node) and crdtsync Peers edit the same rooms of our relay.
 
-Node runs tests/interop/yws_relay_peer.mjs (y-websocket 3.1.0's ``WebsocketProvider``
-with ``WebSocketPolyfill: WebSocket`` from ``ws``), driven by JSON lines on
+tests/helpers/yws.py runs tests/interop/yws_relay_peer.mjs (y-websocket 3.1.0's
+``WebsocketProvider`` with ``WebSocketPolyfill: WebSocket`` from ``ws``), driven by JSON lines on
 stdin/stdout: every wait is an event-driven condition on one side or the other,
 never a sleep.
 """
@@ -9,18 +9,14 @@ never a sleep.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
-import json
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers.nodeenv import ensure_node_modules
+from helpers.yws import yws_clients
 
 from crdtsync import Doc, Peer
 from crdtsync.relay import Relay, RelayConfig, mint_token
@@ -29,102 +25,6 @@ from crdtsync.transports.websocket import WebSocketTransport
 pytestmark = pytest.mark.anyio
 
 SECRET = b"interop-test-secret-0123456789abcdef"
-
-
-@pytest.fixture(scope="module")
-def script() -> Path:
-    return ensure_node_modules() / "yws_relay_peer.mjs"
-
-
-class Node:
-    """One node process running a y-websocket provider, driven by JSON lines."""
-
-    def __init__(self, script: Path) -> None:
-        self.script = script
-        self.proc: asyncio.subprocess.Process | None = None
-        self.events: list[dict[str, Any]] = []
-        self.stderr = bytearray()
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> Node:
-        self.proc = await asyncio.create_subprocess_exec(
-            "node",
-            str(self.script),
-            cwd=self.script.parent,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._read()), loop.create_task(self._read_stderr())]
-        return self
-
-    async def _read(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        while line := await self.proc.stdout.readline():
-            msg = json.loads(line)
-            fut = self._pending.pop(msg["id"], None) if "id" in msg else None
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-            elif "event" in msg:
-                self.events.append(msg)
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(AssertionError(f"node exited: {self.stderr.decode()[-2000:]}"))
-
-    async def _read_stderr(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        while chunk := await self.proc.stderr.read(65536):
-            self.stderr += chunk
-
-    async def call(self, op: str, *, deadline: float = 60.0, **args: Any) -> dict[str, Any]:
-        """Send a command; return its answer (with the node side's state)."""
-        assert self.proc is not None
-        assert self.proc.stdin is not None
-        ident = next(self._ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[ident] = fut
-        self.proc.stdin.write(json.dumps({"id": ident, "op": op, **args}).encode() + b"\n")
-        await self.proc.stdin.drain()
-        answer = await asyncio.wait_for(fut, deadline)
-        assert "error" not in answer, answer
-        return answer
-
-    async def close(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.returncode is None and self.proc.stdin is not None:
-            with contextlib.suppress(ConnectionError):
-                self.proc.stdin.write(b'{"op": "quit"}\n')
-                await self.proc.stdin.drain()
-                self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 10.0)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-        await asyncio.wait_for(asyncio.gather(*self._tasks), 10.0)
-
-
-async def wait_node(node: Node, timeout: float = 20.0, **conditions: Any) -> dict[str, Any]:
-    """Wait until every condition holds on the node side (see the script); assert it did."""
-    answer = await node.call("wait", deadline=timeout + 10, timeout=timeout * 1000, **conditions)
-    assert answer["ok"], f"node: {conditions} not reached: {answer} {node.stderr.decode()[-500:]}"
-    return answer
-
-
-@contextlib.asynccontextmanager
-async def nodes(script: Path, n: int) -> AsyncIterator[list[Node]]:
-    started = [await Node(script).start() for _ in range(n)]
-    try:
-        yield started
-    finally:
-        for node in started:
-            await node.close()
 
 
 async def until(
@@ -172,17 +72,15 @@ def tokens(tag: str, n: int) -> list[str]:
 # -- a node client and a Python Peer in one room ------------------------------------------------
 
 
-async def test_node_and_python_peer_converge_and_share_presence(
-    script: Path, tmp_path: Path
-) -> None:
+async def test_node_and_python_peer_converge_and_share_presence(tmp_path: Path) -> None:
     async with Relay(RelayConfig(port=0, data=str(tmp_path / "relay.db"))) as relay:
         peer, doc = await python_peer(relay.url, "notes")
         try:
             doc.text("body").insert(0, "python was here. ")
             assert await peer.wait_synced("notes", timeout=10)
-            async with nodes(script, 1) as (node,):
+            async with yws_clients(1) as (node,):
                 await node.call("connect", url=relay.url, room="notes")
-                await wait_node(node, synced=True, text="python was here. ")
+                await node.wait(synced=True, text="python was here. ")
 
                 # Concurrent edits: node and Python insert at random places at once.
                 n = 60
@@ -203,7 +101,7 @@ async def test_node_and_python_peer_converge_and_share_presence(
                 await storm
                 assert remote[0] > 0
                 expected = "python was here. " + "".join(tokens("P", n) + tokens("N", n))
-                answer = await wait_node(node, length=len(expected))
+                answer = await node.wait(length=len(expected))
                 assert await until(
                     lambda: len(text_of(doc)) == len(expected), [doc.observe_updates]
                 )
@@ -216,12 +114,12 @@ async def test_node_and_python_peer_converge_and_share_presence(
                 await node.call("delete", index=0, length=6)
                 assert await until(lambda: text_of(doc) == rest, [doc.observe_updates])
                 doc.text("body").insert(0, "héllo 😀 ")
-                answer = await wait_node(node, text="héllo 😀 " + rest)
+                answer = await node.wait(text="héllo 😀 " + rest)
                 end = len(answer["text"].encode("utf-16-le")) // 2  # a UTF-16 index
                 await node.call("insert", index=end, text=" ✓🎉")
                 final = "héllo 😀 " + rest + " ✓🎉"
                 assert await until(lambda: text_of(doc) == final, [doc.observe_updates])
-                assert (await wait_node(node, text=final))["text"] == text_of(doc)
+                assert (await node.wait(text=final))["text"] == text_of(doc)
 
                 # Presence, node -> Python.
                 await node.call("presence", field="user", value={"name": "node"})
@@ -232,7 +130,7 @@ async def test_node_and_python_peer_converge_and_share_presence(
                 )
                 # Python -> node.
                 peer.set_presence("notes", {"user": {"name": "py", "color": "#0af"}})
-                answer = await wait_node(node, presence=[{"user": {"name": "py", "color": "#0af"}}])
+                answer = await node.wait(presence=[{"user": {"name": "py", "color": "#0af"}}])
                 assert str(peer.peer_id) in answer["presence"]
                 assert answer["closes"] == []
                 node_id = answer["clientID"]
@@ -244,7 +142,7 @@ async def test_node_and_python_peer_converge_and_share_presence(
             await peer.close()
 
 
-async def test_relay_tokens_for_y_websocket_clients(script: Path, tmp_path: Path) -> None:
+async def test_relay_tokens_for_y_websocket_clients(tmp_path: Path) -> None:
     config = RelayConfig(port=0, data=str(tmp_path / "relay.db"), secret=SECRET)
     async with Relay(config) as relay:
         write = mint_token(SECRET, "notes", write=True, ttl=600)
@@ -255,7 +153,7 @@ async def test_relay_tokens_for_y_websocket_clients(script: Path, tmp_path: Path
             expired = mint_token(SECRET, "notes", write=True, ttl=60, now=time.time() - 3600)
             other_room = mint_token(SECRET, "other", write=True, ttl=600)
             forged = mint_token(b"not-the-relay-secret-0123456789ab", "notes", write=True, ttl=600)
-            async with nodes(script, 5) as (good, bad, old, wrong, fake):
+            async with yws_clients(5) as (good, bad, old, wrong, fake):
                 await good.call("connect", url=relay.url, room="notes", params={"token": write})
                 await bad.call("connect", url=relay.url, room="notes", params={"token": "garbage"})
                 await old.call("connect", url=relay.url, room="notes", params={"token": expired})
@@ -264,14 +162,14 @@ async def test_relay_tokens_for_y_websocket_clients(script: Path, tmp_path: Path
                 )
                 await fake.call("connect", url=relay.url, room="notes", params={"token": forged})
 
-                answer = await wait_node(good, synced=True, text="for token holders only")
+                answer = await good.wait(synced=True, text="for token holders only")
                 await good.call("insert", index=0, text="node: ")
                 assert await until(
                     lambda: text_of(doc) == "node: for token holders only", [doc.observe_updates]
                 )
 
                 for node, code in ((bad, 4401), (old, 4401), (wrong, 4403), (fake, 4401)):
-                    answer = await wait_node(node, closed=code, terminal=code)
+                    answer = await node.wait(closed=code, terminal=code)
                     # Refused before anything of the document was sent.
                     assert answer["text"] == ""
                     assert not answer["synced"]
@@ -286,23 +184,21 @@ async def test_relay_tokens_for_y_websocket_clients(script: Path, tmp_path: Path
 # -- two node clients and the relay -------------------------------------------------------------
 
 
-async def test_two_y_websocket_clients_converge_in_an_edit_storm(
-    script: Path, tmp_path: Path
-) -> None:
+async def test_two_y_websocket_clients_converge_in_an_edit_storm(tmp_path: Path) -> None:
     n = 200
     expected = "".join(tokens("A", n) + tokens("B", n))
     config = RelayConfig(port=0, data=str(tmp_path / "relay.db"))
-    async with Relay(config) as relay, nodes(script, 2) as (a, b):
+    async with Relay(config) as relay, yws_clients(2) as (a, b):
         for node in (a, b):
             await node.call("connect", url=relay.url, room="storm")
         for node in (a, b):
-            await wait_node(node, synced=True)
+            await node.wait(synced=True)
         # Both type at once, each edit a transaction at a random place.
         await asyncio.gather(
             a.call("storm", n=n, seed=1, tag="A"), b.call("storm", n=n, seed=2, tag="B")
         )
-        ta = (await wait_node(a, length=len(expected)))["text"]
-        tb = (await wait_node(b, length=len(expected)))["text"]
+        ta = (await a.wait(length=len(expected)))["text"]
+        tb = (await b.wait(length=len(expected)))["text"]
         assert ta == tb
         assert Counter(ta) == Counter(expected)
         room = await relay.peer.open("storm")

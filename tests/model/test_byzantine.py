@@ -7,7 +7,6 @@ which runs here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import sys
@@ -15,7 +14,8 @@ from types import ModuleType
 
 import pycrdt
 import pytest
-from helpers.traces import REPO, fuzz_module
+from helpers.byzantine import TWELVE, abc_and_v
+from helpers.traces import REPO, fuzz_module, script_module
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -29,38 +29,17 @@ ROOT_TYPES = {"m": y.TYPE_MAP, "a": y.TYPE_ARRAY, "t": y.TYPE_TEXT, "x": y.TYPE_
 
 
 def _search() -> ModuleType:
-    path = REPO / "scripts" / "crafted_search.py"
-    spec = importlib.util.spec_from_file_location("crafted_search", path)
-    assert spec is not None
-    assert spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["crafted_search"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return script_module("crafted_search")
 
 
 # --------------------------------------------------------------------------
 # The 12-byte update of issue 18
 # --------------------------------------------------------------------------
 
-#: Client 9 inserts "X" with origin = c (1:2) and right origin = b (1:1).
-TWELVE = bytes.fromhex("01 01 09 00 c4 01 02 01 01 01 58 00")
-
-
-def _abc_and_v() -> tuple[bytes, bytes]:
-    """Peer 1 types "abc" as one item; honest peer 2 inserts "V" between b and c."""
-    a = pycrdt.Doc(client_id=1)
-    a.get("t", type=pycrdt.Text).insert(0, "abc")
-    base = a.get_update()
-    b = pycrdt.Doc(client_id=2)
-    b.apply_update(base)
-    b.get("t", type=pycrdt.Text).insert(2, "V")
-    return base, b.get_update(a.get_state())
-
 
 def test_twelve_byte_update_with_right_origin_left_of_origin_is_refused() -> None:
     assert len(TWELVE) == 12
-    base, v = _abc_and_v()
+    base, v = abc_and_v()
     results = []
     for order in ((base, TWELVE, v), (base, v, TWELVE)):
         doc = Doc()
@@ -82,7 +61,7 @@ def test_twelve_byte_update_with_right_origin_left_of_origin_is_refused() -> Non
 
 
 def test_right_origin_left_of_origin_across_clients_and_updates() -> None:
-    base, v = _abc_and_v()
+    base, v = abc_and_v()
     doc = Doc()
     doc.import_yjs_update(base)
     doc.import_yjs_update(v)

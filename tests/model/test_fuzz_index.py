@@ -7,28 +7,22 @@ the comparison is not vacuous.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from types import ModuleType
 
 import pytest
-from helpers.traces import REPO
+from helpers.native import require_native
+from helpers.traces import script_module
 
-from crdtsync.format import accel
 from crdtsync.format import checker as checker_module
 
-pytestmark = pytest.mark.skipif(not accel.NATIVE, reason="crdtsync._native is not built")
+
+@pytest.fixture(autouse=True)
+def _native() -> None:
+    require_native()  # skips without cargo; fails where cargo could have built it
 
 
 def _fuzz_index() -> ModuleType:
-    path = REPO / "scripts" / "fuzz_index.py"
-    spec = importlib.util.spec_from_file_location("fuzz_index", path)
-    assert spec is not None
-    assert spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz_index"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return script_module("fuzz_index")
 
 
 @pytest.mark.slow

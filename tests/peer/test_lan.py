@@ -418,7 +418,8 @@ async def test_the_allow_list_refuses_others_and_removing_a_device_closes_its_li
         await eventually(lambda: not a.lan.linked(), WAIT, "B's link closed")
         assert a.refused("no longer on the allow-list")
         (await a.peer.open("notes")).list("items").append("more")
-        await asyncio.sleep(0)
+        # Time passes to show that something does NOT happen: "more" never reaches B.
+        await asyncio.sleep(0.3)  # deliberate sleep: proves an absence
         assert await items(b) == ["secret"]
 
 
@@ -517,7 +518,7 @@ async def test_loss_delay_and_duplication_through_the_proxy_still_converge(
             da, db = await a.peer.open("notes"), await b.peer.open("notes")
             for i in range(300):
                 (da if i % 2 else db).list("items").append(i)
-                await asyncio.sleep(0.002)  # deliberate: one edit per chunk, spread over time
+                await asyncio.sleep(0.002)  # deliberate sleep: one edit per chunk, spread over time
 
             async def converged() -> bool:
                 return len(da.list("items")) == len(db.list("items")) == 300

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from helpers.relay import WAIT, room_state, running_relay, ws_peer
-from helpers.waiting import eventually
+from helpers.waiting import eventually, started
 
 from crdtsync import (
     AuthError,
@@ -188,7 +188,7 @@ async def test_a_token_provider_is_asked_at_every_connection_and_again_after_an_
         return token() if which == "valid" else expired()
 
     async def next_token_async() -> str:
-        await asyncio.sleep(0)  # a real await, as a call to an auth service would be
+        await asyncio.sleep(0)  # deliberate sleep: a real await (an auth call)
         return next_token()
 
     provider = next_token if kind == "function" else next_token_async
@@ -431,15 +431,13 @@ async def test_disconnect_and_close_end_a_connect_that_waits_forever() -> None:
     """``connect(timeout=None)`` to an address nobody answers ends when told to stop."""
     url = f"ws://127.0.0.1:{free_port()}"
     async with ws_peer() as peer:
-        waiting = asyncio.ensure_future(peer.connect(url, timeout=None))
-        await asyncio.sleep(0)  # let connect() start its attempts
+        waiting = await started(peer.connect(url, timeout=None))  # connect() is trying
         await peer.disconnect(url)
         with pytest.raises(ConnectionClosedError, match="disconnect"):
             await asyncio.wait_for(waiting, WAIT)
     peer = ws_peer()
     await peer.start()
-    waiting = asyncio.ensure_future(peer.connect(url, timeout=None))
-    await asyncio.sleep(0)  # let connect() start its attempts
+    waiting = await started(peer.connect(url, timeout=None))  # connect() is trying
     await peer.close()
     with pytest.raises(ConnectionClosedError, match="closed"):
         await asyncio.wait_for(waiting, WAIT)

@@ -343,7 +343,11 @@ class _HangingTransport:
 
     abilities = Ability.MESSAGES
 
+    def __init__(self) -> None:
+        self.connecting = asyncio.Event()  # set once a connect is under way
+
     async def connect(self, address: str) -> Any:
+        self.connecting.set()
         await asyncio.Event().wait()
 
     async def listen(self, address: str, handler: Any) -> Listener:
@@ -359,10 +363,11 @@ async def test_closing_a_provider_while_it_connects_ends_cleanly(
     # reported as a failed attempt; now the loop must just end.
     statuses: list[Status] = []
     with caplog.at_level(logging.ERROR, logger="crdtsync"):
-        p = YProvider(Doc(), "ws://hang", "r", transport=_HangingTransport())
+        transport = _HangingTransport()
+        p = YProvider(Doc(), "ws://hang", "r", transport=transport)
         p.on_status(statuses.append)
         await p.start()
-        await asyncio.sleep(0)  # deliberate sleep: let the loop start connecting
+        await asyncio.wait_for(transport.connecting.wait(), STEP)
         await asyncio.wait_for(p.close(), STEP)
     assert p.error is None
     assert not [s for s in statuses if s.kind == "error"]

@@ -647,8 +647,11 @@ async def test_an_unreachable_server_is_retried_until_it_appears() -> None:
     doc.text("body").insert(0, "patient")
     statuses: list[Status] = []
     transport = WebSocketTransport()
-    # deliberate sleep: a no-op handler
-    listener = await transport.listen("ws://127.0.0.1:0", lambda conn: asyncio.sleep(0))
+
+    async def ignore(conn: object) -> None:
+        """Nobody connects: the listener is closed at once."""
+
+    listener = await transport.listen("ws://127.0.0.1:0", ignore)
     url = listener.address
     await listener.close()  # nobody listens there now
     p = provider(doc, url, "later")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import pycrdt
 import pytest
+from helpers.byzantine import TWELVE, abc_and_v
 from helpers.relay import YClient, running_relay
 from helpers.waiting import eventually
 from websockets.exceptions import ConnectionClosed
@@ -23,20 +23,6 @@ from crdtsync.protocol import yprotocol as y
 from crdtsync.relay import Relay
 
 pytestmark = pytest.mark.anyio
-
-#: Client 9 inserts "X" into text "t" with origin = c (1:2) and right origin = b (1:1).
-TWELVE = bytes.fromhex("01 01 09 00 c4 01 02 01 01 01 58 00")
-
-
-def _abc_and_v() -> tuple[bytes, bytes]:
-    """Peer 1 types "abc" as one item; honest peer 2 inserts "V" between b and c."""
-    a = pycrdt.Doc(client_id=1)
-    a.get("t", type=pycrdt.Text).insert(0, "abc")
-    base = a.get_update()
-    b = pycrdt.Doc(client_id=2)
-    b.apply_update(base)
-    b.get("t", type=pycrdt.Text).insert(2, "V")
-    return base, b.get_update(a.get_state())
 
 
 def _log(relay: Relay, room: str) -> list[bytes]:
@@ -64,7 +50,7 @@ async def test_the_twelve_byte_update_is_refused_at_the_relay(
     Before the import path's rule S8 the relay stored it and sent it on, and
     replicas that got it before or after V diverged for good.
     """
-    base, v = _abc_and_v()
+    base, v = abc_and_v()
     async with running_relay(tmp_path) as relay:
         room = await relay.peer.open("notes")
         relay.peer.import_update("notes", base)

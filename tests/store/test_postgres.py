@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from helpers.postgres import PgServer
+from helpers.waiting import eventually
 
 from crdtsync import Peer, Store, StoreError, StoreLockedError
 from crdtsync.store.postgres import PostgresStore
@@ -127,7 +127,7 @@ def test_the_lock_of_a_killed_process_is_released(pg_dsn: str) -> None:
         except StoreLockedError:
             if time.monotonic() - start > deadline:
                 raise
-            time.sleep(0.05)  # deliberate: polling another process's exit, bounded
+            time.sleep(0.05)  # deliberate sleep: polls another process's exit for its lock, bounded
     with store:
         doc = store.load("d")
         assert doc is not None
@@ -310,7 +310,7 @@ async def test_two_peers_sync_through_postgres_backed_stores(pg_dsn: str) -> Non
             await b.connect(addr)
             assert await b.wait_synced("notes", timeout=30)
             remote = await a.open("notes")
-            await asyncio.wait_for(_until(lambda: str(remote.text("t")) == "hello"), 30)
+            await eventually(lambda: str(remote.text("t")) == "hello", 30, "the remote edit")
     finally:
         a_store.close()
         b_store.close()
@@ -318,8 +318,3 @@ async def test_two_peers_sync_through_postgres_backed_stores(pg_dsn: str) -> Non
         stored = again.load("notes")
         assert stored is not None
         assert stored.updates or stored.snapshot
-
-
-async def _until(pred: Any) -> None:
-    while not pred():
-        await asyncio.sleep(0.01)  # deliberate: bounded by the caller's wait_for

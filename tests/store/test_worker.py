@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers.waiting import started
 
 from crdtsync import MemoryStore, SQLiteStore, StoreError, StoreLockedError
 from crdtsync.store.worker import StoreWorker
@@ -53,7 +54,8 @@ async def test_updates_queued_during_a_commit_share_the_next_one() -> None:
         for i in range(1, 100)
     ]
     assert worker.ticket == tickets[-1]
-    assert await asyncio.wait_for(asyncio.sleep(0, "loop alive"), 1) == "loop alive"
+    alive = asyncio.sleep(0, "loop alive")  # deliberate sleep: the loop answers
+    assert await asyncio.wait_for(alive, 1) == "loop alive"
     store.gate.set()
     assert await worker.durable(tickets[-1]) == []
     assert store.batches == [1, 99], "group commit: one transaction for what queued meanwhile"
@@ -97,8 +99,7 @@ async def test_a_failure_belongs_only_to_its_document() -> None:
 async def test_other_calls_keep_their_place_among_the_appends(tmp_path: Path) -> None:
     with SQLiteStore(tmp_path / "w.db") as store:
         worker = StoreWorker(store)
-        create = asyncio.ensure_future(worker.call(store.create, "d", b"e"))
-        await asyncio.sleep(0)  # the create is queued first
+        create = await started(worker.call(store.create, "d", b"e"))  # queued first
         tickets = [worker.submit("d", b"%d" % i) for i in range(50)]
         loaded = await worker.call(store.load, "d")
         await create

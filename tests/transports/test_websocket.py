@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from helpers.tlsutil import self_signed_cert
-from helpers.waiting import eventually
+from helpers.waiting import eventually, started
 from websockets.asyncio.client import connect as raw_connect
 from websockets.exceptions import ConnectionClosed
 
@@ -336,8 +336,7 @@ async def test_two_concurrent_recvs_are_a_transport_error_not_a_websockets_one()
         assert server.listener is not None
         client = await step(WebSocketTransport().connect(server.listener.address))
         await server.accept()
-        first = asyncio.ensure_future(client.recv())
-        await asyncio.sleep(0)  # deliberate sleep: let the first recv start
+        first = await started(client.recv())  # the first recv is waiting
         with pytest.raises(TransportError):
             await step(client.recv())
         first.cancel()

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
@@ -18,6 +17,7 @@ from helpers.cluster import NodeProcess, metric
 from helpers.postgres import PgServer
 from helpers.relay import YClient
 from helpers.tcpproxy import TcpProxy
+from helpers.waiting import eventually_blocking
 
 from crdtsync import Peer
 from crdtsync.peer.peer import Backoff
@@ -26,15 +26,6 @@ from crdtsync.transports.websocket import WebSocketTransport
 pytestmark = pytest.mark.anyio
 
 QUICK = Backoff(initial=0.05, factor=2.0, cap=0.5, jitter=0.2)
-
-
-async def until(pred: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
-    """Poll ``pred`` (in a thread: it may do I/O) until it holds; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(pred):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or pred}")
-        await asyncio.sleep(0.05)  # deliberate: the poll interval of a bounded wait
 
 
 def ready(node: NodeProcess) -> bool:
@@ -94,7 +85,9 @@ async def test_a_paused_owner_is_fenced_and_its_clients_reconnect_to_the_new_own
 
         old.signal(signal.SIGSTOP)
         try:
-            await until(lambda: lease_expired(pg_dsn, old.url), what="the paused owner's lease")
+            await eventually_blocking(
+                lambda: lease_expired(pg_dsn, old.url), what="the paused owner's lease"
+            )
             # b's proxy to the paused owner hangs; a fresh client through `new` takes the room.
             c = await YClient.open(new.url, "s")
             await c.sync(30)
@@ -115,7 +108,7 @@ async def test_a_paused_owner_is_fenced_and_its_clients_reconnect_to_the_new_own
         assert metric(text, "crdtsync_cluster_rooms_owned") == 0
         # Ready again after its next heartbeat (a load balancer waits for that), a
         # client of the old node reaches the new owner through it.
-        await until(lambda: ready(old), what="the old owner ready again")
+        await eventually_blocking(lambda: ready(old), what="the old owner ready again")
         d = await YClient.open(old.url, "s")
         await d.sync(30)
         assert d.text() == "after;before;"
@@ -143,14 +136,18 @@ async def test_a_restarted_database_makes_nodes_not_ready_and_they_recover_alone
 
             await asyncio.to_thread(pg_own_server.stop)
             for node in nodes:
-                await until(lambda node=node: not_ready(node), what=f"{node.name} not ready")
+                await eventually_blocking(
+                    lambda node=node: not_ready(node), what=f"{node.name} not ready"
+                )
             # Nothing can be stored: nothing is acknowledged.
             doc.text("body").insert(0, "two;")
             assert not await writer.wait_synced("db", timeout=2)
 
             await asyncio.to_thread(pg_own_server.start, pg_own_server.port)
             for node in nodes:
-                await until(lambda node=node: ready(node), what=f"{node.name} ready again")
+                await eventually_blocking(
+                    lambda node=node: ready(node), what=f"{node.name} ready again"
+                )
             # The writer reconnects and resends; now it is stored and acknowledged.
             assert await writer.wait_synced("db", timeout=60)
         reader = await YClient.open(second.url, "db")
@@ -177,8 +174,10 @@ async def test_a_node_cut_off_from_the_database_loses_its_rooms_and_recovers(
             await b.aclose()
 
             proxy.cut()  # a black hole: no RST, no FIN
-            await until(lambda: not_ready(cut_off), what="the cut-off node not ready")
-            await until(lambda: lease_expired(dsn, cut_off.url), what="its lease to expire")
+            await eventually_blocking(lambda: not_ready(cut_off), what="the cut-off node not ready")
+            await eventually_blocking(
+                lambda: lease_expired(dsn, cut_off.url), what="its lease to expire"
+            )
             # The other node takes the room and serves it from the database.
             c = await YClient.open(other.url, "p")
             await c.sync(30)
@@ -189,7 +188,7 @@ async def test_a_node_cut_off_from_the_database_loses_its_rooms_and_recovers(
             assert code is not None
 
             proxy.restore()
-            await until(lambda: ready(cut_off), what="the node ready again")
+            await eventually_blocking(lambda: ready(cut_off), what="the node ready again")
             d = await YClient.open(cut_off.url, "p")  # proxied to the new owner
             await d.sync(30)
             assert d.text() == "after;before;"

@@ -18,7 +18,7 @@ import pytest
 from helpers.cluster import NodeProcess, metric
 from helpers.postgres import PgServer
 from helpers.relay import YClient
-from helpers.yws import YwsClient
+from helpers.yws import yws_clients
 
 from crdtsync import Doc, Peer
 from crdtsync.protocol import yprotocol as y
@@ -47,16 +47,6 @@ async def cluster(
         yield nodes
     finally:
         await asyncio.gather(*(node.kill() for node in nodes))
-
-
-@contextlib.asynccontextmanager
-async def yws_clients(n: int) -> AsyncIterator[list[YwsClient]]:
-    clients = [await YwsClient().start() for _ in range(n)]
-    try:
-        yield clients
-    finally:
-        for c in clients:
-            await c.close()
 
 
 async def test_clients_on_three_nodes_converge_with_presence_and_the_owners_policy(

@@ -4,24 +4,15 @@ nothing is stored without its lease, and the node recovers when the network heal
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import pytest
 from helpers.postgres import PgServer
 from helpers.tcpproxy import TcpProxy
+from helpers.waiting import eventually_blocking
 
 from crdtsync import StoreError, StoreLockedError
 from crdtsync.relay.cluster.leases import Lease, Leases, Owner
 from crdtsync.store.postgres import PostgresStore
-
-
-async def until(pred: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(pred):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)  # deliberate: the poll interval of a bounded wait
 
 
 @pytest.mark.anyio
@@ -53,7 +44,7 @@ async def test_a_black_hole_partition_fails_writes_in_bounded_time_and_fences_th
             # A's sessions still exist on the server (the partition let no FIN through),
             # so B waits for A's lease to run out on the database's clock, then takes over.
             assert isinstance(await asyncio.to_thread(b.acquire, "r"), Owner)
-            await until(lambda: b.owner("r") is None, what="A's lease to expire")
+            await eventually_blocking(lambda: b.owner("r") is None, what="A's lease to expire")
             lease = await asyncio.to_thread(b.acquire, "r")
             assert isinstance(lease, Lease)
             assert lease.epoch == 2

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 from helpers.lan_proxy import Faults, FrameEditor, Proxy
+from helpers.waiting import eventually
 
 from crdtsync import Peer
 from crdtsync.errors import (
@@ -153,7 +154,7 @@ async def test_a_peer_claiming_another_fingerprint_is_refused(
                 await LanTransport(alice, group).connect(
                     f"lan://{victim.fingerprint}@{host}:{port}"
                 )
-            await asyncio.wait_for(_until(lambda: proxy.stats.sent_up != []), STEP)
+            await eventually(lambda: proxy.stats.sent_up != [], STEP, "bytes sent up")
         assert server.accepted.empty()
         assert editor.frames == 0
         # alice stopped after message 2: her own key (message 3) never left.
@@ -166,11 +167,6 @@ async def test_a_peer_claiming_another_fingerprint_is_refused(
 async def _drain(conn: LanConnection) -> None:
     while True:
         await asyncio.wait_for(conn.recv(), STEP)
-
-
-async def _until(cond: Callable[[], bool]) -> None:
-    while not cond():
-        await asyncio.sleep(0.005)  # deliberate: polled, bounded by the caller's wait_for
 
 
 def _frame_edit(kind: str) -> Callable[[int, bytes], list[bytes]]:
@@ -335,7 +331,7 @@ async def test_allow_list(group: GroupKey, alice: DeviceIdentity, bob: DeviceIde
         conn = await asyncio.wait_for(server.accepted.get(), STEP)
         assert server_t.links() == [conn]
         await client.send(b"hello")
-        await asyncio.wait_for(_until(lambda: server.received == [b"hello"]), STEP)
+        await eventually(lambda: server.received == [b"hello"], STEP, "hello received")
         # Removing alice closes her link at once, from bob's side.
         await server_t.set_allowed([carol.fingerprint])
         with pytest.raises(ConnectionClosedError, match="no longer allowed"):
