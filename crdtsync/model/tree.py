@@ -1592,15 +1592,20 @@ class Tree(Container):
         order = st.order
         key = None
         lk = ""
+        empty = False
         if index is None or index == 0:
             lst = order.get(p)
             if lst is None:
                 dk = st.kids.get(p)
-                if dk and node not in dk:
+                if not dk:
+                    empty = True
+                elif node not in dk:
                     if len(dk) > _FEW:
                         lst = st.sorted_kids(p)
                     else:  # a few siblings, none of them the node: their extreme key
                         lk = max(dk.values()) if index is None else min(dk.values())
+            elif not lst:
+                empty = True
             if lst:
                 if index is None:
                     lk, ln = lst[-1]
@@ -1625,8 +1630,14 @@ class Tree(Container):
                 d = _VAL[lk[n - 1]] - 1 - h % SPREAD
                 if d >= 0:
                     key = lk[: n - 1] + _DIGITS[d]
-                    if key == _SMALLEST_INT:
-                        key = None  # not a valid key: key_for goes below it
+                if key is None or key == _SMALLEST_INT:
+                    # a borrow, or not a valid key: what key_for does then
+                    key = key_between(None, lk, h)
+        elif empty:
+            # The first child of a leaf (a third of random moves on a big tree):
+            # key_between(None, None, h), which bias never changes.
+            h = (((wid ^ lam) * 0x9E3779B97F4A7C15) & _M64) >> 40  # _jitter(t)
+            key = "a" + _DIGITS[h % SPREAD]
         if key is None:
             found = st.key_for(p, node, index, t, node)
             if found is None:

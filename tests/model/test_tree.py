@@ -819,12 +819,18 @@ def test_tree_changes_reported_as_tree_events() -> None:
     assert [(c.path, c.kind) for c in events[0].changes] == [(("outline",), "tree")]
 
 
-def test_moves_place_nodes_where_key_for_would() -> None:
-    """Tree.move inlines key_for's append and prepend cases: same keys, always."""
-    rng = random.Random(11)
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_moves_place_nodes_where_key_for_would(seed: int) -> None:
+    """Tree.move inlines key_for's append, prepend and first-child cases: same keys, always.
+
+    Few nodes and many moves: parents with no children (the first-child
+    case), a few (their extreme key), more than ``_FEW`` (the sorted list),
+    prepends that borrow, and moves that leave a node where it is (no write).
+    """
+    rng = random.Random(seed)
     t = Doc(peer_id=3).tree("t")
     nodes = [t.create() for _ in range(30)]
-    for _ in range(2000):
+    for _ in range(3000):
         st = state(t)
         node = rng.choice(nodes)
         parent = rng.choice([None, None, *nodes])
@@ -839,8 +845,11 @@ def test_moves_place_nodes_where_key_for_would() -> None:
             t.move(node, parent, index)
         except InvalidOperationError:
             continue
-        if expected is not None:
+        if expected is None:
+            assert st.clock == lam - 1  # already there: nothing written
+        else:
             assert st.key_of(node) == expected
+            assert st.clock == lam
     check(t)
 
 
