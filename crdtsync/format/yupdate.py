@@ -1297,6 +1297,15 @@ def encode_delete_set(delete_set: Mapping[int, Iterable[tuple[int, int]]]) -> by
 _NEUTRAL = 0  # Deleted, Type: allowed in any sequence
 _TEXTUAL = 1  # String, Format, Embed: only in Text / XmlText
 _VALUED = 2  # Any, Binary, Doc, JSON: only in Array / XmlFragment / XmlElement
+# What a container of unknown type has shown so far, besides _TEXTUAL/_VALUED
+# (S11): map entries, or a sequence holding only types (either class may follow).
+_KEYED = 3
+_SEQUENCE = 4
+#: Types that show values when they are the first thing a container of unknown
+#: type holds in its sequence: a root holding an Array/Map/Text is read back as
+#: a list (``crdtsync.model`` tells a Yjs root's kind from its items so), so
+#: text may not follow them there.  XML types stay neutral (_SEQUENCE).
+_LISTED_TYPES = frozenset({0, 1, 2})  # TYPE_ARRAY, TYPE_MAP, TYPE_TEXT
 
 _CONTENT_CLASS = {
     CONTENT_DELETED: _NEUTRAL,
@@ -2476,40 +2485,11 @@ class IndexUpdate:
         return "?" if tr is None else _TYPE_SEQ_CLASS.get(tr, "?")
 
     def _check_place(self, s: Struct, key: ContainerKey, entry: bool) -> None:
-        """S4: the content fits the container (and list) it lands in."""
-        cls = _CONTENT_CLASS[s.kind]
-        if entry:
-            if cls == _TEXTUAL:
-                raise MalformedUpdateError(
-                    f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content cannot be a "
-                    "map entry"
-                )
-            return
-        if cls == _NEUTRAL:
-            if s.kind == CONTENT_TYPE and self._seq_class(key) is None:
-                raise MalformedUpdateError(
-                    f"item {s.client}:{s.clock}: a Map/XmlHook has no sequence to hold it"
-                )
-            return
-        seq = self._seq_class(key)
-        if seq is None:
-            raise MalformedUpdateError(
-                f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in the sequence of "
-                "a Map/XmlHook"
-            )
-        if seq == "?":
-            observed = self.index.observed
-            seen = observed.get(key)
-            if seen is None:
-                self.old_observed.append((key, None))
-                observed[key] = cls
-                return
-            seq = seen
-        if seq != cls:
-            raise MalformedUpdateError(
-                f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in a container "
-                "holding " + ("text" if seq == _TEXTUAL else "values")
-            )
+        """S4 and S11: the content fits the container (and list) it lands in."""
+        seen = _check_place(s, self._seq_class(key), entry, self.index.observed.get(key))
+        if seen is not None:
+            self.old_observed.append((key, self.index.observed.get(key)))
+            self.index.observed[key] = seen
 
     def _check_delete_set(self) -> None:
         """S7 for deletions, and the bound on deletions of clocks not integrated yet."""
@@ -2910,37 +2890,79 @@ class _StaticChecker:
                 raise _missing(s, what, ref)
 
     def _check_place(self, s: Struct, where: _Where, observed: dict[ContainerKey, int]) -> None:
-        cls = _CONTENT_CLASS[s.kind]
-        if where.entry:
-            if cls == _TEXTUAL:
-                raise MalformedUpdateError(
-                    f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content cannot be a "
-                    "map entry"
-                )
-            return
-        if cls == _NEUTRAL:
-            if s.kind == CONTENT_TYPE and self._seq_class(where.key) is None:
-                raise MalformedUpdateError(
-                    f"item {s.client}:{s.clock}: a Map/XmlHook has no sequence to hold it"
-                )
-            return
-        seq = self._seq_class(where.key)
+        seen = _check_place(s, self._seq_class(where.key), where.entry, observed.get(where.key))
+        if seen is not None:
+            observed[where.key] = seen
+
+
+def _check_place(s: Struct, seq: int | str | None, entry: bool, seen: int | None) -> int | None:
+    """S4 and S11: whether an item fits the container it lands in (raises if not).
+
+    Args:
+        s: the item.
+        seq: the container's sequence class (``_seq_class``: a class, None
+            for no sequence, "?" for a container of unknown type).
+        entry: whether the item is a map entry (has a key).
+        seen: what a container of unknown type has shown so far (None:
+            nothing yet).
+
+    Returns:
+        What the container of unknown type shows from now on, when that
+        changes (None: no change).
+    """
+    cls = _CONTENT_CLASS[s.kind]
+    if entry:
+        if cls == _TEXTUAL:
+            raise MalformedUpdateError(
+                f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content cannot be a "
+                "map entry"
+            )
+        if seq != "?" or seen == _KEYED:
+            return None
+        if seen is None:
+            return _KEYED
+        raise MalformedUpdateError(
+            f"item {s.client}:{s.clock}: a map entry in a container of unknown type holding "
+            "a sequence"
+        )
+    if cls == _NEUTRAL:
+        if s.kind != CONTENT_TYPE:
+            return None  # deleted content: anywhere
         if seq is None:
             raise MalformedUpdateError(
-                f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in the sequence of "
-                "a Map/XmlHook"
+                f"item {s.client}:{s.clock}: a Map/XmlHook has no sequence to hold it"
             )
-        if seq == "?":
-            seen = observed.get(where.key)
-            if seen is None:
-                observed[where.key] = cls
-                return
-            seq = seen
-        if seq != cls:
+        if seq != "?":
+            return None
+        if isinstance(s.content, TypeContent) and s.content.type_ref in _LISTED_TYPES:
+            cls = _VALUED  # read back as a list (see _LISTED_TYPES)
+        elif seen == _KEYED:
             raise MalformedUpdateError(
-                f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in a container "
-                "holding " + ("text" if seq == _TEXTUAL else "values")
+                f"item {s.client}:{s.clock}: a type in the sequence of a container of unknown "
+                "type holding map entries"
             )
+        else:
+            return _SEQUENCE if seen is None else None
+    if seq is None:
+        raise MalformedUpdateError(
+            f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in the sequence of "
+            "a Map/XmlHook"
+        )
+    if seq == "?":
+        if seen is None or seen == _SEQUENCE:
+            return cls
+        if seen == _KEYED:
+            raise MalformedUpdateError(
+                f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in the sequence "
+                "of a container of unknown type holding map entries"
+            )
+        seq = seen
+    if seq != cls:
+        raise MalformedUpdateError(
+            f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in a container "
+            "holding " + ("text" if seq == _TEXTUAL else "values")
+        )
+    return None
 
 
 # --------------------------------------------------------------------------

@@ -53,6 +53,12 @@ const NO_TYPE: u8 = 7;
 const NEUTRAL: u8 = 0;
 const TEXTUAL: u8 = 1;
 const VALUED: u8 = 2;
+/// What a container of unknown type has shown besides TEXTUAL/VALUED (S11):
+/// map entries, or a sequence holding only types (either class may follow).
+const KEYED: u8 = 3;
+const SEQUENCE: u8 = 4;
+// Types that show values as the first thing a container of unknown type holds
+// in its sequence: Array, Map, Text (type refs 0..=2; `_yupdate._LISTED_TYPES`).
 
 fn content_class(kind: u8) -> u8 {
     match kind {
@@ -79,6 +85,94 @@ fn type_seq_class(type_ref: u8) -> SeqClass {
         1 | 5 => SeqClass::NoSeq,
         _ => SeqClass::Unknown,
     }
+}
+
+/// S4 and S11 (`_yupdate._check_place`): whether an item fits the container
+/// it lands in, given the container's sequence class and, for a container of
+/// unknown type, what it has shown so far (`seen`).  Returns what such a
+/// container shows from now on when that changes.
+fn place_check(s: &Struct, seq: SeqClass, entry: bool, seen: Option<u8>) -> Result<Option<u8>> {
+    let mut cls = content_class(s.kind);
+    if entry {
+        if cls == TEXTUAL {
+            return Err(malformed(format!(
+                "item {}:{}: {} content cannot be a map entry",
+                s.client,
+                s.clock,
+                kind_name(s.kind)
+            )));
+        }
+        return match (seq, seen) {
+            (SeqClass::Unknown, None) => Ok(Some(KEYED)),
+            (SeqClass::Unknown, Some(v)) if v != KEYED => Err(malformed(format!(
+                "item {}:{}: a map entry in a container of unknown type holding a sequence",
+                s.client, s.clock
+            ))),
+            _ => Ok(None),
+        };
+    }
+    if cls == NEUTRAL {
+        if s.kind != CONTENT_TYPE {
+            return Ok(None); // deleted content: anywhere
+        }
+        let listed = matches!(s.content, Content::Type { type_ref: 0..=2, .. });
+        match (seq, seen) {
+            (SeqClass::NoSeq, _) => {
+                return Err(malformed(format!(
+                    "item {}:{}: a Map/XmlHook has no sequence to hold it",
+                    s.client, s.clock
+                )));
+            }
+            (SeqClass::Unknown, _) if listed => cls = VALUED, // read back as a list
+            (SeqClass::Unknown, None) => return Ok(Some(SEQUENCE)),
+            (SeqClass::Unknown, Some(KEYED)) => {
+                return Err(malformed(format!(
+                    "item {}:{}: a type in the sequence of a container of unknown type \
+                     holding map entries",
+                    s.client, s.clock
+                )));
+            }
+            _ => return Ok(None),
+        }
+    }
+    let mut seq = seq;
+    if seq == SeqClass::NoSeq {
+        return Err(malformed(format!(
+            "item {}:{}: {} content in the sequence of a Map/XmlHook",
+            s.client,
+            s.clock,
+            kind_name(s.kind)
+        )));
+    }
+    if seq == SeqClass::Unknown {
+        match seen {
+            None | Some(SEQUENCE) => return Ok(Some(cls)),
+            Some(KEYED) => {
+                return Err(malformed(format!(
+                    "item {}:{}: {} content in the sequence of a container of unknown type \
+                     holding map entries",
+                    s.client,
+                    s.clock,
+                    kind_name(s.kind)
+                )));
+            }
+            Some(v) => seq = SeqClass::Class(v),
+        }
+    }
+    if seq != SeqClass::Class(cls) {
+        let holding = if seq == SeqClass::Class(TEXTUAL) {
+            "text"
+        } else {
+            "values"
+        };
+        return Err(malformed(format!(
+            "item {}:{}: {} content in a container holding {holding}",
+            s.client,
+            s.clock,
+            kind_name(s.kind)
+        )));
+    }
+    Ok(None)
 }
 
 fn kind_name(kind: u8) -> &'static str {
@@ -1802,60 +1896,12 @@ impl DocIndex {
         }
     }
 
-    /// S4: the content fits the container (and list) it lands in.
+    /// S4 and S11: the content fits the container (and list) it lands in.
     fn check_place(&mut self, txn: &mut Txn, s: &Struct, key: Key, entry: bool) -> Result<()> {
-        let cls = content_class(s.kind);
-        if entry {
-            if cls == TEXTUAL {
-                return Err(malformed(format!(
-                    "item {}:{}: {} content cannot be a map entry",
-                    s.client,
-                    s.clock,
-                    kind_name(s.kind)
-                )));
-            }
-            return Ok(());
-        }
-        if cls == NEUTRAL {
-            if s.kind == CONTENT_TYPE && self.seq_class(key) == SeqClass::NoSeq {
-                return Err(malformed(format!(
-                    "item {}:{}: a Map/XmlHook has no sequence to hold it",
-                    s.client, s.clock
-                )));
-            }
-            return Ok(());
-        }
-        let mut seq = self.seq_class(key);
-        if seq == SeqClass::NoSeq {
-            return Err(malformed(format!(
-                "item {}:{}: {} content in the sequence of a Map/XmlHook",
-                s.client,
-                s.clock,
-                kind_name(s.kind)
-            )));
-        }
-        if seq == SeqClass::Unknown {
-            match self.observed.get(&key) {
-                None => {
-                    txn.old_observed.push((key, None));
-                    self.observed.insert(key, cls);
-                    return Ok(());
-                }
-                Some(&seen) => seq = SeqClass::Class(seen),
-            }
-        }
-        if seq != SeqClass::Class(cls) {
-            let holding = if seq == SeqClass::Class(TEXTUAL) {
-                "text"
-            } else {
-                "values"
-            };
-            return Err(malformed(format!(
-                "item {}:{}: {} content in a container holding {holding}",
-                s.client,
-                s.clock,
-                kind_name(s.kind)
-            )));
+        let seen = self.observed.get(&key).copied();
+        if let Some(now) = place_check(s, self.seq_class(key), entry, seen)? {
+            txn.old_observed.push((key, seen));
+            self.observed.insert(key, now);
         }
         Ok(())
     }
