@@ -2914,8 +2914,7 @@ def _check_place(s: Struct, seq: int | str | None, entry: bool, seen: int | None
     if entry:
         if cls == _TEXTUAL:
             raise MalformedUpdateError(
-                f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content cannot be a "
-                "map entry"
+                f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content cannot be a map entry"
             )
         if seq != "?" or seen == _KEYED:
             return None

@@ -115,7 +115,13 @@ fn place_check(s: &Struct, seq: SeqClass, entry: bool, seen: Option<u8>) -> Resu
         if s.kind != CONTENT_TYPE {
             return Ok(None); // deleted content: anywhere
         }
-        let listed = matches!(s.content, Content::Type { type_ref: 0..=2, .. });
+        let listed = matches!(
+            s.content,
+            Content::Type {
+                type_ref: 0..=2,
+                ..
+            }
+        );
         match (seq, seen) {
             (SeqClass::NoSeq, _) => {
                 return Err(malformed(format!(
