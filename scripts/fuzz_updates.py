@@ -1011,7 +1011,7 @@ def parent_main(args: argparse.Namespace) -> int:
 
 def _parent_loop(args: argparse.Namespace, corpus: list[Sample], t0: float) -> int:
     todo = collections.deque(
-        (s, min(s + args.batch, args.count)) for s in range(0, args.count, args.batch)
+        (s, min(s + args.batch, args.count)) for s in range(args.start, args.count, args.batch)
     )
     running: dict[int, tuple[subprocess.Popen[bytes], int, int, list[int], float]] = {}
     counts: collections.Counter[str] = collections.Counter()
@@ -1173,7 +1173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--start", type=int, default=0, help="first input index (inputs --start..--count)"
+    )
     ap.add_argument("--stop", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--corpus-file", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -2287,7 +2287,8 @@ class IndexUpdate:
             self._check_known_between(s, origin, ro, nl, nr)
         kind = s.kind
         placed = (key, sub is not None, kind)
-        if placed not in self.placed:
+        # (a type's place also depends on its type ref: S11)
+        if kind == CONTENT_TYPE or placed not in self.placed:
             self._check_place(s, key, sub is not None)
             self.placed.add(placed)
         # Place it (Item::integrate).
@@ -2486,10 +2487,11 @@ class IndexUpdate:
 
     def _check_place(self, s: Struct, key: ContainerKey, entry: bool) -> None:
         """S4 and S11: the content fits the container (and list) it lands in."""
-        seen = _check_place(s, self._seq_class(key), entry, self.index.observed.get(key))
+        observed = self.index.observed
+        seen = _check_place(s, self._seq_class(key), entry, observed.get(key), isinstance(key, str))
         if seen is not None:
-            self.old_observed.append((key, self.index.observed.get(key)))
-            self.index.observed[key] = seen
+            self.old_observed.append((key, observed.get(key)))
+            observed[key] = seen
 
     def _check_delete_set(self) -> None:
         """S7 for deletions, and the bound on deletions of clocks not integrated yet."""
@@ -2890,12 +2892,17 @@ class _StaticChecker:
                 raise _missing(s, what, ref)
 
     def _check_place(self, s: Struct, where: _Where, observed: dict[ContainerKey, int]) -> None:
-        seen = _check_place(s, self._seq_class(where.key), where.entry, observed.get(where.key))
+        key = where.key
+        seen = _check_place(
+            s, self._seq_class(key), where.entry, observed.get(key), isinstance(key, str)
+        )
         if seen is not None:
-            observed[where.key] = seen
+            observed[key] = seen
 
 
-def _check_place(s: Struct, seq: int | str | None, entry: bool, seen: int | None) -> int | None:
+def _check_place(
+    s: Struct, seq: int | str | None, entry: bool, seen: int | None, root: bool
+) -> int | None:
     """S4 and S11: whether an item fits the container it lands in (raises if not).
 
     Args:
@@ -2905,56 +2912,34 @@ def _check_place(s: Struct, seq: int | str | None, entry: bool, seen: int | None
         entry: whether the item is a map entry (has a key).
         seen: what a container of unknown type has shown so far (None:
             nothing yet).
+        root: whether the container is a root (S11 applies).
 
     Returns:
         What the container of unknown type shows from now on, when that
         changes (None: no change).
     """
     cls = _CONTENT_CLASS[s.kind]
-    if entry:
-        if cls == _TEXTUAL:
-            raise MalformedUpdateError(
-                f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content cannot be a map entry"
-            )
-        if seq != "?" or seen == _KEYED:
-            return None
-        if seen is None:
-            return _KEYED
+    if entry and cls == _TEXTUAL:
         raise MalformedUpdateError(
-            f"item {s.client}:{s.clock}: a map entry in a container of unknown type holding "
-            "a sequence"
+            f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content cannot be a map entry"
         )
-    if cls == _NEUTRAL:
-        if s.kind != CONTENT_TYPE:
-            return None  # deleted content: anywhere
-        if seq is None:
+    if not entry and seq is None:
+        if s.kind == CONTENT_TYPE:
             raise MalformedUpdateError(
                 f"item {s.client}:{s.clock}: a Map/XmlHook has no sequence to hold it"
             )
-        if seq != "?":
-            return None
-        if isinstance(s.content, TypeContent) and s.content.type_ref in _LISTED_TYPES:
-            cls = _VALUED  # read back as a list (see _LISTED_TYPES)
-        elif seen == _KEYED:
+        if cls != _NEUTRAL:
             raise MalformedUpdateError(
-                f"item {s.client}:{s.clock}: a type in the sequence of a container of unknown "
-                "type holding map entries"
+                f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in the sequence of "
+                "a Map/XmlHook"
             )
-        else:
-            return _SEQUENCE if seen is None else None
-    if seq is None:
-        raise MalformedUpdateError(
-            f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in the sequence of "
-            "a Map/XmlHook"
-        )
+    if root:
+        return _check_root(s, seq, entry, seen)
+    if entry or cls == _NEUTRAL:
+        return None
     if seq == "?":
-        if seen is None or seen == _SEQUENCE:
+        if seen is None:
             return cls
-        if seen == _KEYED:
-            raise MalformedUpdateError(
-                f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in the sequence "
-                "of a container of unknown type holding map entries"
-            )
         seq = seen
     if seq != cls:
         raise MalformedUpdateError(
@@ -2962,6 +2947,47 @@ def _check_place(s: Struct, seq: int | str | None, entry: bool, seen: int | None
             "holding " + ("text" if seq == _TEXTUAL else "values")
         )
     return None
+
+
+def _check_root(s: Struct, seq: int | str | None, entry: bool, seen: int | None) -> int | None:
+    """S11: a root shows one kind (map entries, text, or values), whatever it was declared.
+
+    ``crdtsync.model`` tells the kind of a root it has not declared from its
+    items (keyed: a map, text: a text, values or an Array/Map/Text type: a
+    list) and reads it so from then on: a root mixing them is read as the
+    wrong kind (a multi-byte String read as an Array loops yrs forever) and
+    its export is refused by a replica that declared it.
+    """
+    if entry:
+        shows: int | None = _KEYED
+    elif s.kind == CONTENT_TYPE:
+        listed = isinstance(s.content, TypeContent) and s.content.type_ref in _LISTED_TYPES
+        shows = _VALUED if listed else _SEQUENCE
+    elif _CONTENT_CLASS[s.kind] == _NEUTRAL:
+        return None  # deleted content shows nothing
+    else:
+        shows = _CONTENT_CLASS[s.kind]
+    # A declared root holds what its type does (a Map: entries).
+    held = seen if seq == "?" else _KEYED if seq is None else seq
+    if held is None or held == shows:
+        return shows if seq == "?" and held is None else None
+    if held == _KEYED:
+        raise MalformedUpdateError(
+            f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in the sequence of a "
+            "root holding map entries"
+        )
+    if shows == _KEYED:
+        raise MalformedUpdateError(
+            f"item {s.client}:{s.clock}: a map entry in a root holding a sequence"
+        )
+    if held == _SEQUENCE:
+        return shows if seq == "?" else None  # the first text or values decide
+    if shows == _SEQUENCE:
+        return None
+    raise MalformedUpdateError(
+        f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in a container holding "
+        + ("text" if held == _TEXTUAL else "values")
+    )
 
 
 # --------------------------------------------------------------------------

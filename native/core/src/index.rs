@@ -91,94 +91,119 @@ fn type_seq_class(type_ref: u8) -> SeqClass {
 /// it lands in, given the container's sequence class and, for a container of
 /// unknown type, what it has shown so far (`seen`).  Returns what such a
 /// container shows from now on when that changes.
-fn place_check(s: &Struct, seq: SeqClass, entry: bool, seen: Option<u8>) -> Result<Option<u8>> {
-    let mut cls = content_class(s.kind);
-    if entry {
-        if cls == TEXTUAL {
+fn place_check(
+    s: &Struct,
+    seq: SeqClass,
+    entry: bool,
+    seen: Option<u8>,
+    root: bool,
+) -> Result<Option<u8>> {
+    let cls = content_class(s.kind);
+    if entry && cls == TEXTUAL {
+        return Err(malformed(format!(
+            "item {}:{}: {} content cannot be a map entry",
+            s.client,
+            s.clock,
+            kind_name(s.kind)
+        )));
+    }
+    if !entry && seq == SeqClass::NoSeq {
+        if s.kind == CONTENT_TYPE {
             return Err(malformed(format!(
-                "item {}:{}: {} content cannot be a map entry",
+                "item {}:{}: a Map/XmlHook has no sequence to hold it",
+                s.client, s.clock
+            )));
+        }
+        if cls != NEUTRAL {
+            return Err(malformed(format!(
+                "item {}:{}: {} content in the sequence of a Map/XmlHook",
                 s.client,
                 s.clock,
                 kind_name(s.kind)
             )));
         }
-        return match (seq, seen) {
-            (SeqClass::Unknown, None) => Ok(Some(KEYED)),
-            (SeqClass::Unknown, Some(v)) if v != KEYED => Err(malformed(format!(
-                "item {}:{}: a map entry in a container of unknown type holding a sequence",
-                s.client, s.clock
-            ))),
-            _ => Ok(None),
-        };
     }
-    if cls == NEUTRAL {
-        if s.kind != CONTENT_TYPE {
-            return Ok(None); // deleted content: anywhere
-        }
-        let listed = matches!(
-            s.content,
-            Content::Type {
-                type_ref: 0..=2,
-                ..
-            }
-        );
-        match (seq, seen) {
-            (SeqClass::NoSeq, _) => {
-                return Err(malformed(format!(
-                    "item {}:{}: a Map/XmlHook has no sequence to hold it",
-                    s.client, s.clock
-                )));
-            }
-            (SeqClass::Unknown, _) if listed => cls = VALUED, // read back as a list
-            (SeqClass::Unknown, None) => return Ok(Some(SEQUENCE)),
-            (SeqClass::Unknown, Some(KEYED)) => {
-                return Err(malformed(format!(
-                    "item {}:{}: a type in the sequence of a container of unknown type \
-                     holding map entries",
-                    s.client, s.clock
-                )));
-            }
-            _ => return Ok(None),
-        }
+    if root {
+        return root_check(s, seq, entry, seen);
     }
-    let mut seq = seq;
-    if seq == SeqClass::NoSeq {
-        return Err(malformed(format!(
-            "item {}:{}: {} content in the sequence of a Map/XmlHook",
-            s.client,
-            s.clock,
-            kind_name(s.kind)
-        )));
+    if entry || cls == NEUTRAL {
+        return Ok(None);
     }
-    if seq == SeqClass::Unknown {
-        match seen {
-            None | Some(SEQUENCE) => return Ok(Some(cls)),
-            Some(KEYED) => {
-                return Err(malformed(format!(
-                    "item {}:{}: {} content in the sequence of a container of unknown type \
-                     holding map entries",
-                    s.client,
-                    s.clock,
-                    kind_name(s.kind)
-                )));
-            }
-            Some(v) => seq = SeqClass::Class(v),
-        }
-    }
-    if seq != SeqClass::Class(cls) {
-        let holding = if seq == SeqClass::Class(TEXTUAL) {
-            "text"
-        } else {
-            "values"
-        };
-        return Err(malformed(format!(
-            "item {}:{}: {} content in a container holding {holding}",
-            s.client,
-            s.clock,
-            kind_name(s.kind)
-        )));
+    let held = match seq {
+        SeqClass::Unknown => match seen {
+            None => return Ok(Some(cls)),
+            Some(v) => v,
+        },
+        SeqClass::Class(c) => c,
+        SeqClass::NoSeq => unreachable!("refused above"),
+    };
+    if held != cls {
+        return Err(holding(s, held));
     }
     Ok(None)
+}
+
+fn holding(s: &Struct, held: u8) -> crate::error::Error {
+    let what = if held == TEXTUAL { "text" } else { "values" };
+    malformed(format!(
+        "item {}:{}: {} content in a container holding {what}",
+        s.client,
+        s.clock,
+        kind_name(s.kind)
+    ))
+}
+
+/// S11 (`_yupdate._check_root`): a root shows one kind (map entries, text, or
+/// values), whatever it was declared.  The model tells the kind of a root it
+/// has not declared from its items and reads it so from then on.
+fn root_check(s: &Struct, seq: SeqClass, entry: bool, seen: Option<u8>) -> Result<Option<u8>> {
+    let shows = if entry {
+        KEYED
+    } else if let Content::Type { type_ref, .. } = s.content {
+        if type_ref <= 2 {
+            VALUED // an Array/Map/Text: read back as a list
+        } else {
+            SEQUENCE
+        }
+    } else {
+        match content_class(s.kind) {
+            NEUTRAL => return Ok(None), // deleted content shows nothing
+            c => c,
+        }
+    };
+    let unknown = seq == SeqClass::Unknown;
+    // A declared root holds what its type does (a Map: entries).
+    let held = match seq {
+        SeqClass::Unknown => seen,
+        SeqClass::NoSeq => Some(KEYED),
+        SeqClass::Class(c) => Some(c),
+    };
+    let held = match held {
+        None => return Ok(if unknown { Some(shows) } else { None }),
+        Some(h) if h == shows => return Ok(None),
+        Some(h) => h,
+    };
+    if held == KEYED {
+        return Err(malformed(format!(
+            "item {}:{}: {} content in the sequence of a root holding map entries",
+            s.client,
+            s.clock,
+            kind_name(s.kind)
+        )));
+    }
+    if shows == KEYED {
+        return Err(malformed(format!(
+            "item {}:{}: a map entry in a root holding a sequence",
+            s.client, s.clock
+        )));
+    }
+    if held == SEQUENCE {
+        return Ok(if unknown { Some(shows) } else { None }); // the first text or values decide
+    }
+    if shows == SEQUENCE {
+        return Ok(None);
+    }
+    Err(holding(s, held))
 }
 
 fn kind_name(kind: u8) -> &'static str {
@@ -1583,7 +1608,10 @@ impl DocIndex {
         let kind = s.kind;
         let entry = sub != NONE;
         let placed = (key, entry, kind);
-        if txn.last_placed != Some(placed) && !txn.placed.contains(&placed) {
+        // (a type's place also depends on its type ref: S11)
+        if kind == CONTENT_TYPE
+            || (txn.last_placed != Some(placed) && !txn.placed.contains(&placed))
+        {
             self.check_place(txn, s, key, entry)?;
             txn.placed.insert(placed);
         }
@@ -1905,7 +1933,8 @@ impl DocIndex {
     /// S4 and S11: the content fits the container (and list) it lands in.
     fn check_place(&mut self, txn: &mut Txn, s: &Struct, key: Key, entry: bool) -> Result<()> {
         let seen = self.observed.get(&key).copied();
-        if let Some(now) = place_check(s, self.seq_class(key), entry, seen)? {
+        let root = matches!(key, Key::Root(_));
+        if let Some(now) = place_check(s, self.seq_class(key), entry, seen, root)? {
             txn.old_observed.push((key, seen));
             self.observed.insert(key, now);
         }
