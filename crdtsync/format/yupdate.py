@@ -2291,6 +2291,8 @@ class IndexUpdate:
         if kind == CONTENT_TYPE or placed not in self.placed:
             self._check_place(s, key, sub is not None)
             self.placed.add(placed)
+        if origin is not None and ro is not None and (nl is None) != (nr is None):
+            self._check_gc_neighbours(s, origin, ro, nl is None)
         # Place it (Item::integrate).
         left = index._clean_end(origin, nl) if origin is not None and nl is not None else None
         right = index._clean_start(ro, nr) if ro is not None and nr is not None else None
@@ -2382,6 +2384,28 @@ class IndexUpdate:
                 self._doom(prev.client, prev.clock, prev.end)
         if isinstance(key, tuple) and key in self.doomed_types:
             self._doom(client, start, send)
+
+    def _check_gc_neighbours(self, s: Struct, origin: ID, ro: ID, origin_gc: bool) -> None:
+        """S12: an origin and a right origin are both garbage-collected, or neither.
+
+        Honest neighbours share a list, and yrs garbage-collects only the
+        items of a deleted type: all of a list's items, or none.  With one
+        side GC'd, yrs places the item from the other side alone (scanning
+        from the list's start, S9 unchecked), and the document's export then
+        names neighbours that break S9.  (A reference not integrated yet is
+        a missing dependency, refused before.)
+        """
+        state = self.index.state
+        if state.get(origin[0], 0) <= origin[1] or state.get(ro[0], 0) <= ro[1]:
+            return  # not integrated (only when recording the document's own changes)
+        gc, live = (origin, ro) if origin_gc else (ro, origin)
+        raise MalformedUpdateError(
+            f"item {s.client}:{s.clock} has "
+            + ("origin" if origin_gc else "right origin")
+            + f" {gc[0]}:{gc[1]} garbage-collected (inside a deleted type) and "
+            + ("right origin" if origin_gc else "origin")
+            + f" {live[0]}:{live[1]} in a list: neighbours in different lists"
+        )
 
     def _split_free(self, ro: ID, nr: _Node) -> bool:
         """Whether no yrs replica can hold ``ro`` in one block with the clock before it.
@@ -2845,10 +2869,12 @@ class _StaticChecker:
 
     def _check_neighbours(self, s: Struct, where: _Where, known: int) -> None:
         origin = (s.client, known - 1) if s.clock < known else s.origin
+        places: list[_Where | None] = []
         for ref, what in ((origin, "origin"), (s.right_origin, "right origin")):
             if ref is None:
                 continue
             place = self._place_of(ref)
+            places.append(place)
             if place is None or place is _UNKNOWN or place is _GC:
                 continue
             if place != where:
@@ -2856,6 +2882,13 @@ class _StaticChecker:
                     f"item {s.client}:{s.clock} has {what} {ref[0]}:{ref[1]} in another "
                     "container (or in a map entry list) than the one it lands in"
                 )
+        # S12: a GC struct of the update on one side, a list on the other.
+        listed = [p for p in places if p is not None and p is not _GC and p is not _UNKNOWN]
+        if len(places) == 2 and None in places and listed:
+            raise MalformedUpdateError(
+                f"item {s.client}:{s.clock} has one neighbour garbage-collected (a GC struct) "
+                "and the other in a list: neighbours in different lists"
+            )
 
     def _place_of(self, ref: ID) -> _Where | None:
         client, clock = ref
@@ -3064,7 +3097,7 @@ def check_semantics(
         Array/XmlFragment/XmlElement or as map entries; nothing but deleted
         items in the sequence of a Map/XmlHook; String/Format/Embed never as
         map entries.  A container of unknown type takes the class of the first
-        content it receives.  (A multi-byte String in an Array makes
+        content it receives (for a root, see S11).  (A multi-byte String in an Array makes
         ``to_py`` loop forever; Any/Binary/Doc in a Text makes the next local
         delete panic.)  Neighbours that are not GC'd live in the list the
         item lands in (same container, same map key or sequence).
@@ -3100,6 +3133,23 @@ def check_semantics(
         origin, the origin's right origin must not be.
     S10 With an index: a map entry has no right origin (honest writers put
         a key's new value after its current one, with nothing to its right).
+    S11 A root shows one kind, declared or not: map entries, or a sequence;
+        and a sequence holds text (String/Format/Embed) or values
+        (Any/Binary/Doc, and an Array/Map/Text type), never both (XML types
+        and deleted items go with either).  ``crdtsync.model`` tells the kind
+        of a root it has not declared from its items (keyed: a map, text: a
+        text, values or an Array/Map/Text type: a list) and declares it so
+        once read: a root mixing them was accepted while undeclared, then read
+        as the wrong kind (a multi-byte String read as an Array loops yrs
+        forever) and its export refused by any replica that had declared it.
+        A root of unknown type takes the kind of the first item it receives;
+        the index keeps it across updates (``DocIndex.observed``).
+    S12 An origin and a right origin are both garbage-collected or neither
+        (a GC struct of the update, or an item of a deleted type in the
+        index).  Honest neighbours share a list, and yrs GCs all of a deleted
+        type's items or none; with one side GC'd yrs places the item from the
+        other side alone, S9 goes unchecked, and the document's export then
+        breaks S9 (the item's split-off tail names both neighbours).
 
     Args:
         parsed: the update.

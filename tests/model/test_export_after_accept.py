@@ -9,11 +9,11 @@ then read it (and declared it) as the kind its first item showed.  Rule S11
 refuses them (tests/fixtures/crashers/``*-unknown-root-*``).  Every crasher
 fixture runs here through a ``Doc`` with no declared roots, on both paths:
 refused, or accepted with an export that a fresh replica reading the roots
-with the kinds this one shows accepts and reads the same.
+with the kinds this one shows, and a newcomer declaring nothing, accept and
+read the same.
 
-tests/fixtures/export_refused/ holds the inputs of that run that still fail
-(a strict expected failure: it fails once they are fixed, and the marker must
-go).
+``corrupt-gc-origin-live-right-origin`` (same run, input 298,360) is refused
+by rule S12.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CRASHERS = sorted(
     p for p in (FIXTURES / "crashers").glob("*.bin") if not p.name.startswith("hang-")
 )
-OPEN = sorted((FIXTURES / "export_refused").glob("*.bin"))
 
 pytestmark = pytest.mark.usefixtures("checker_path")
 
@@ -46,24 +45,21 @@ def _replay(path: Path) -> None:
         return  # refused: the outcome these fixtures are kept for
     if doc.pending:
         return  # held until clocks that never come: nothing was applied
+    export = doc.export_yjs_update()
     fresh = Doc()
     for root, kind in doc.roots().items():
         fresh.root(root, kind)  # read with the kinds the replica shows
-    fresh.import_yjs_update(doc.export_yjs_update())
+    fresh.import_yjs_update(export)
     assert fresh.to_py() == doc.to_py()
+    newcomer = Doc()  # and a replica that tells the roots' kinds from the state
+    newcomer.import_yjs_update(export)
+    assert newcomer.to_py() == doc.to_py()
 
 
 def test_there_are_fixtures() -> None:
     assert any("-unknown-root-" in p.name for p in CRASHERS)
-    assert OPEN
 
 
 @pytest.mark.parametrize("path", CRASHERS, ids=lambda p: p.name)
 def test_an_accepted_update_leaves_an_export_the_validator_accepts(path: Path) -> None:
-    _replay(path)
-
-
-@pytest.mark.xfail(strict=True, reason="known bug: accepted update, refused export (to fix)")
-@pytest.mark.parametrize("path", OPEN, ids=lambda p: p.name)
-def test_still_open(path: Path) -> None:
     _replay(path)

@@ -1,6 +1,6 @@
 //! The document index: a port of `crdtsync.format.yupdate.DocIndex` and
 //! `IndexUpdate` (the reference; read its docstrings for the design, the
-//! rules S1-S10 and the invariants). It must accept, refuse (with the same
+//! rules S1-S12 and the invariants). It must accept, refuse (with the same
 //! error class) and record exactly what the Python index does:
 //! `scripts/fuzz_index.py` feeds both the same update sequences and compares
 //! their snapshots.
@@ -1616,6 +1616,11 @@ impl DocIndex {
             txn.placed.insert(placed);
         }
         txn.last_placed = Some(placed);
+        if let (Some(o), Some(r)) = (origin, ro) {
+            if nl.is_none() != nr.is_none() {
+                self.check_gc_neighbours(s, o, r, nl.is_none())?;
+            }
+        }
         // Place it (Item::integrate).
         let mut left = match (origin, nl) {
             (Some(o), Some(n)) => self.clean_end(o, Some(n)),
@@ -1928,6 +1933,27 @@ impl DocIndex {
             None => SeqClass::Unknown,
             Some(t) => type_seq_class(t),
         }
+    }
+
+    /// S12 (`_yupdate.IndexUpdate._check_gc_neighbours`): an origin and a
+    /// right origin are both garbage-collected, or neither.  Honest neighbours
+    /// share a list, and yrs GCs only the items of a deleted type (all of a
+    /// list or none); with one side GC'd yrs places the item from the other
+    /// alone, and the document's export then breaks S9.
+    fn check_gc_neighbours(&self, s: &Struct, origin: Id, ro: Id, origin_gc: bool) -> Result<()> {
+        if self.state_of(origin.0) <= origin.1 || self.state_of(ro.0) <= ro.1 {
+            return Ok(()); // not integrated (only when recording the document's own changes)
+        }
+        let (gc, live, gc_what, live_what) = if origin_gc {
+            (origin, ro, "origin", "right origin")
+        } else {
+            (ro, origin, "right origin", "origin")
+        };
+        Err(malformed(format!(
+            "item {}:{} has {gc_what} {}:{} garbage-collected (inside a deleted type) and \
+             {live_what} {}:{} in a list: neighbours in different lists",
+            s.client, s.clock, gc.0, gc.1, live.0, live.1
+        )))
     }
 
     /// S4 and S11: the content fits the container (and list) it lands in.
