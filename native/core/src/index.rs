@@ -2322,3 +2322,111 @@ fn update_pair_splits(data: &[u8], parsed: &ParsedUpdate) -> HashMap<u64, Vec<u3
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(kind: u8, content: Content) -> Struct {
+        Struct {
+            client: 1,
+            clock: 0,
+            length: 1,
+            kind,
+            info: 0,
+            origin: None,
+            right_origin: None,
+            parent: Parent::Inherited,
+            parent_sub: None,
+            content,
+        }
+    }
+
+    fn string() -> Struct {
+        item(CONTENT_STRING, Content::String(Span { start: 0, end: 1 }))
+    }
+
+    fn any() -> Struct {
+        item(
+            CONTENT_ANY,
+            Content::Any {
+                n: 1,
+                raw: Span { start: 0, end: 1 },
+            },
+        )
+    }
+
+    fn type_item(type_ref: u32) -> Struct {
+        item(
+            CONTENT_TYPE,
+            Content::Type {
+                type_ref,
+                name: None,
+            },
+        )
+    }
+
+    /// Feeds items (struct, is a map entry) to a root, as the index does; the
+    /// first refusal's position, or None.
+    fn feed(seq: SeqClass, items: &[(Struct, bool)]) -> Option<usize> {
+        let mut seen = None;
+        for (i, (s, entry)) in items.iter().enumerate() {
+            match place_check(s, seq, *entry, seen, true) {
+                Ok(Some(now)) => seen = Some(now),
+                Ok(None) => {}
+                Err(_) => return Some(i),
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn s11_a_root_of_unknown_type_keeps_its_first_kind() {
+        let u = SeqClass::Unknown;
+        assert_eq!(feed(u, &[(any(), true), (any(), false)]), Some(1));
+        assert_eq!(feed(u, &[(any(), false), (any(), true)]), Some(1));
+        assert_eq!(
+            feed(u, &[(type_item(1), false), (string(), false)]),
+            Some(1)
+        );
+        assert_eq!(
+            feed(u, &[(string(), false), (type_item(0), false)]),
+            Some(1)
+        );
+        assert_eq!(feed(u, &[(any(), true), (type_item(3), false)]), Some(1));
+        // XML types go with either class; deleted items with anything.
+        assert_eq!(feed(u, &[(type_item(6), false), (string(), false)]), None);
+        assert_eq!(feed(u, &[(type_item(3), false), (any(), false)]), None);
+        let deleted = item(CONTENT_DELETED, Content::None);
+        assert_eq!(feed(u, &[(any(), true), (deleted, false)]), None);
+        assert_eq!(feed(u, &[(any(), false), (type_item(1), false)]), None);
+    }
+
+    #[test]
+    fn s11_a_declared_root_holds_its_own_kind() {
+        let text = SeqClass::Class(TEXTUAL);
+        assert_eq!(
+            feed(text, &[(string(), false), (type_item(6), false)]),
+            None
+        );
+        assert_eq!(feed(text, &[(type_item(1), false)]), Some(0));
+        assert_eq!(feed(text, &[(any(), true)]), Some(0));
+        let array = SeqClass::Class(VALUED);
+        assert_eq!(feed(array, &[(type_item(2), false), (any(), false)]), None);
+        assert_eq!(feed(array, &[(any(), true)]), Some(0));
+        assert_eq!(feed(SeqClass::NoSeq, &[(any(), true), (any(), true)]), None);
+        assert_eq!(feed(SeqClass::NoSeq, &[(any(), false)]), Some(0));
+    }
+
+    #[test]
+    fn s11_does_not_apply_inside_nested_types() {
+        // An XmlElement of unknown type (not a root): attributes and children.
+        let mut seen = None;
+        for (s, entry) in [(any(), true), (type_item(3), false), (any(), false)] {
+            if let Some(now) = place_check(&s, SeqClass::Unknown, entry, seen, false).unwrap() {
+                seen = Some(now);
+            }
+        }
+        assert_eq!(seen, Some(VALUED));
+    }
+}
