@@ -728,16 +728,20 @@ def _export_problem(export: bytes, root_types: dict[str, int] | None = None) -> 
 
     ``root_types`` are the roots the receiving document declared (the check
     must know no more and no less than it: an undeclared root takes the class
-    of the first content it gets).
+    of the first content it gets); the export is checked again as a newcomer
+    declaring no roots would.
     """
     from crdtsync.errors import InvalidUpdateError
     from crdtsync.format import yupdate as y
 
-    index = y.DocIndex(ROOT_TYPES if root_types is None else root_types)
-    try:
-        y.validate_update(export, index=index)
-    except InvalidUpdateError as exc:
-        return "export refused: " + _reason(str(exc))
+    declared = ROOT_TYPES if root_types is None else root_types
+    # The replica itself (its declared roots), and a newcomer that declares
+    # none and tells the roots' kinds from the state (rule S11 keeps both alike).
+    for who, roots in (("", declared), (" by a newcomer", {})):
+        try:
+            y.validate_update(export, index=y.DocIndex(roots))
+        except InvalidUpdateError as exc:
+            return f"export refused{who}: " + _reason(str(exc))
     return None
 
 
