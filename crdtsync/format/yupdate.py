@@ -1644,7 +1644,8 @@ class DocIndex:
         # The lists: (container, map key or None) -> list; per container, its lists.
         self._seqs: dict[tuple[ContainerKey, str | None], _Seq] = {}
         self._lists_of: dict[ContainerKey, list[_Seq]] = {}
-        # Content class (_TEXTUAL/_VALUED) seen in each container of unknown type.
+        # What each container of unknown type has shown (_TEXTUAL/_VALUED; for a
+        # root also _KEYED or _SEQUENCE, rule S11), kept across updates.
         self.observed: dict[ContainerKey, int] = {}
         # Clocks of the live type items, per client (sorted).
         self._types: dict[int, list[int]] = {}

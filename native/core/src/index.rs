@@ -452,6 +452,8 @@ pub struct DocIndex {
     free_lists: Vec<u32>,
     list_of: HashMap<(Key, u32), u32>,
     lists_of: HashMap<Key, Vec<u32>>,
+    /// What each container of unknown type has shown (TEXTUAL/VALUED; for a
+    /// root also KEYED or SEQUENCE, rule S11), kept across updates.
     observed: HashMap<Key, u8>,
     /// Pending deletions in all (`pending_deletes`).
     pub pending_deletes: u64,
