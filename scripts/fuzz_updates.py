@@ -50,7 +50,7 @@ meant to; the ``doc`` target also reads the raw roots back.
 the report then tells, for each rejection reason, how many of those inputs
 would have panicked pycrdt, i.e. which rule prevents which panic class.
 
-Failing inputs are saved to ``tests/fixtures/crashers/`` as
+Failing inputs are saved to ``--out`` (default ``tests/fixtures/crashers/``) as
 ``fuzz-<kind>-<seed>-<index>.bin`` (plus ``.prior`` when the prior state
 is not empty).
 """
@@ -728,16 +728,20 @@ def _export_problem(export: bytes, root_types: dict[str, int] | None = None) -> 
 
     ``root_types`` are the roots the receiving document declared (the check
     must know no more and no less than it: an undeclared root takes the class
-    of the first content it gets).
+    of the first content it gets); the export is checked again as a newcomer
+    declaring no roots would.
     """
     from crdtsync.errors import InvalidUpdateError
     from crdtsync.format import yupdate as y
 
-    index = y.DocIndex(ROOT_TYPES if root_types is None else root_types)
-    try:
-        y.validate_update(export, index=index)
-    except InvalidUpdateError as exc:
-        return "export refused: " + _reason(str(exc))
+    declared = ROOT_TYPES if root_types is None else root_types
+    # The replica itself (its declared roots), and a newcomer that declares
+    # none and tells the roots' kinds from the state (rule S11 keeps both alike).
+    for who, roots in (("", declared), (" by a newcomer", {})):
+        try:
+            y.validate_update(export, index=y.DocIndex(roots))
+        except InvalidUpdateError as exc:
+            return f"export refused{who}: " + _reason(str(exc))
     return None
 
 
@@ -898,13 +902,15 @@ def _reason(msg: str) -> str:
 # --------------------------------------------------------------------------
 
 
-def save_crasher(kind: str, seed: int, index: int, prior: bytes, data: bytes) -> Path:
-    """Writes a failing input (and its prior state) to the crashers directory."""
-    CRASHERS.mkdir(parents=True, exist_ok=True)
-    path = CRASHERS / f"fuzz-{kind}-{seed}-{index}.bin"
+def save_crasher(
+    kind: str, seed: int, index: int, prior: bytes, data: bytes, out: Path = CRASHERS
+) -> Path:
+    """Writes a failing input (and its prior state) to ``out`` (``--out``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"fuzz-{kind}-{seed}-{index}.bin"
     path.write_bytes(data)
     if prior:
-        (CRASHERS / f"fuzz-{kind}-{seed}-{index}.prior").write_bytes(prior)
+        (out / f"fuzz-{kind}-{seed}-{index}.prior").write_bytes(prior)
     return path
 
 
@@ -947,14 +953,14 @@ def worker_main(args: argparse.Namespace) -> None:
         if verdict != "accepted":
             reasons[f"{verdict}: {reason}"] += 1
         if verdict == "panic-after-accept":
-            save_crasher("panic", args.seed, index, prior, data)
+            save_crasher("panic", args.seed, index, prior, data, args.out)
             out.write(f"P {index} {reason}\n")
         elif verdict == "engine-error-after-accept" and reasons[f"{verdict}: {reason}"] <= 2:
-            save_crasher("engine-error", args.seed, index, prior, data)
+            save_crasher("engine-error", args.seed, index, prior, data, args.out)
         elif verdict == "corrupt-after-accept" and reasons[f"{verdict}: {reason}"] <= 2:
-            save_crasher("corrupt", args.seed, index, prior, data)
+            save_crasher("corrupt", args.seed, index, prior, data, args.out)
         elif args.apply_rejected and "=> panic" in reason and reasons[f"{verdict}: {reason}"] <= 2:
-            save_crasher("rejected-panic", args.seed, index, prior, data)
+            save_crasher("rejected-panic", args.seed, index, prior, data, args.out)
         if index % 200 == 0:  # heartbeat for the parent's stall detector
             out.write(f"H {index}\n")
             flush_counts()
@@ -980,6 +986,8 @@ def _spawn(args: argparse.Namespace, start: int, stop: int) -> subprocess.Popen[
         args.corpus_file,
         "--scenario",
         args.scenario,
+        "--out",
+        str(args.out),
     ]
     if args.apply_rejected:
         cmd.append("--apply-rejected")
@@ -1007,7 +1015,7 @@ def parent_main(args: argparse.Namespace) -> int:
 
 def _parent_loop(args: argparse.Namespace, corpus: list[Sample], t0: float) -> int:
     todo = collections.deque(
-        (s, min(s + args.batch, args.count)) for s in range(0, args.count, args.batch)
+        (s, min(s + args.batch, args.count)) for s in range(args.start, args.count, args.batch)
     )
     running: dict[int, tuple[subprocess.Popen[bytes], int, int, list[int], float]] = {}
     counts: collections.Counter[str] = collections.Counter()
@@ -1020,7 +1028,7 @@ def _parent_loop(args: argparse.Namespace, corpus: list[Sample], t0: float) -> i
 
     def record_death(start: int, stop: int, last: int, kind: str) -> None:
         prior, data, _ = make_input(args.seed, last, corpus)
-        path = save_crasher(kind, args.seed, last, prior, data)
+        path = save_crasher(kind, args.seed, last, prior, data, args.out)
         crashes.append(f"{kind} at index {last}: {path.name}")
         print(f"[fuzz] worker died ({kind}) on input {last} -> {path}", flush=True)
         counts[kind] += 1
@@ -1160,9 +1168,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="gc: delete nested types of the prior locally first, craft inputs into them",
     )
     ap.add_argument("--hang-timeout", type=float, default=120.0)
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=CRASHERS,
+        help="where failing inputs go (point it outside the repository for long runs: "
+        "an untracked file in tests/fixtures/crashers fails the fixture tests)",
+    )
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--start", type=int, default=0, help="first input index (inputs --start..--count)"
+    )
     ap.add_argument("--stop", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--corpus-file", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -5,7 +5,7 @@ Theory of operation
 
 A ``crdtsync.Doc`` checks every update from outside against an index of what
 it holds (:class:`crdtsync.format.yupdate.DocIndex`: sequence order, rules
-S1-S10, pending deletions) before pycrdt sees it. There are two
+S1-S12, pending deletions) before pycrdt sees it. There are two
 implementations of that index, with the same behaviour:
 
 * :class:`PyChecker` wraps the Python reference, :class:`~crdtsync.format.yupdate.DocIndex`,

@@ -1297,6 +1297,15 @@ def encode_delete_set(delete_set: Mapping[int, Iterable[tuple[int, int]]]) -> by
 _NEUTRAL = 0  # Deleted, Type: allowed in any sequence
 _TEXTUAL = 1  # String, Format, Embed: only in Text / XmlText
 _VALUED = 2  # Any, Binary, Doc, JSON: only in Array / XmlFragment / XmlElement
+# What a container of unknown type has shown so far, besides _TEXTUAL/_VALUED
+# (S11): map entries, or a sequence holding only types (either class may follow).
+_KEYED = 3
+_SEQUENCE = 4
+#: Types that show values when they are the first thing a container of unknown
+#: type holds in its sequence: a root holding an Array/Map/Text is read back as
+#: a list (``crdtsync.model`` tells a Yjs root's kind from its items so), so
+#: text may not follow them there.  XML types stay neutral (_SEQUENCE).
+_LISTED_TYPES = frozenset({0, 1, 2})  # TYPE_ARRAY, TYPE_MAP, TYPE_TEXT
 
 _CONTENT_CLASS = {
     CONTENT_DELETED: _NEUTRAL,
@@ -1635,7 +1644,8 @@ class DocIndex:
         # The lists: (container, map key or None) -> list; per container, its lists.
         self._seqs: dict[tuple[ContainerKey, str | None], _Seq] = {}
         self._lists_of: dict[ContainerKey, list[_Seq]] = {}
-        # Content class (_TEXTUAL/_VALUED) seen in each container of unknown type.
+        # What each container of unknown type has shown (_TEXTUAL/_VALUED; for a
+        # root also _KEYED or _SEQUENCE, rule S11), kept across updates.
         self.observed: dict[ContainerKey, int] = {}
         # Clocks of the live type items, per client (sorted).
         self._types: dict[int, list[int]] = {}
@@ -2278,9 +2288,12 @@ class IndexUpdate:
             self._check_known_between(s, origin, ro, nl, nr)
         kind = s.kind
         placed = (key, sub is not None, kind)
-        if placed not in self.placed:
+        # (a type's place also depends on its type ref: S11)
+        if kind == CONTENT_TYPE or placed not in self.placed:
             self._check_place(s, key, sub is not None)
             self.placed.add(placed)
+        if origin is not None and ro is not None and (nl is None) != (nr is None):
+            self._check_gc_neighbours(s, origin, ro, nl is None)
         # Place it (Item::integrate).
         left = index._clean_end(origin, nl) if origin is not None and nl is not None else None
         right = index._clean_start(ro, nr) if ro is not None and nr is not None else None
@@ -2372,6 +2385,28 @@ class IndexUpdate:
                 self._doom(prev.client, prev.clock, prev.end)
         if isinstance(key, tuple) and key in self.doomed_types:
             self._doom(client, start, send)
+
+    def _check_gc_neighbours(self, s: Struct, origin: ID, ro: ID, origin_gc: bool) -> None:
+        """S12: an origin and a right origin are both garbage-collected, or neither.
+
+        Honest neighbours share a list, and yrs garbage-collects only the
+        items of a deleted type: all of a list's items, or none.  With one
+        side GC'd, yrs places the item from the other side alone (scanning
+        from the list's start, S9 unchecked), and the document's export then
+        names neighbours that break S9.  (A reference not integrated yet is
+        a missing dependency, refused before.)
+        """
+        state = self.index.state
+        if state.get(origin[0], 0) <= origin[1] or state.get(ro[0], 0) <= ro[1]:
+            return  # not integrated (only when recording the document's own changes)
+        gc, live = (origin, ro) if origin_gc else (ro, origin)
+        raise MalformedUpdateError(
+            f"item {s.client}:{s.clock} has "
+            + ("origin" if origin_gc else "right origin")
+            + f" {gc[0]}:{gc[1]} garbage-collected (inside a deleted type) and "
+            + ("right origin" if origin_gc else "origin")
+            + f" {live[0]}:{live[1]} in a list: neighbours in different lists"
+        )
 
     def _split_free(self, ro: ID, nr: _Node) -> bool:
         """Whether no yrs replica can hold ``ro`` in one block with the clock before it.
@@ -2476,40 +2511,12 @@ class IndexUpdate:
         return "?" if tr is None else _TYPE_SEQ_CLASS.get(tr, "?")
 
     def _check_place(self, s: Struct, key: ContainerKey, entry: bool) -> None:
-        """S4: the content fits the container (and list) it lands in."""
-        cls = _CONTENT_CLASS[s.kind]
-        if entry:
-            if cls == _TEXTUAL:
-                raise MalformedUpdateError(
-                    f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content cannot be a "
-                    "map entry"
-                )
-            return
-        if cls == _NEUTRAL:
-            if s.kind == CONTENT_TYPE and self._seq_class(key) is None:
-                raise MalformedUpdateError(
-                    f"item {s.client}:{s.clock}: a Map/XmlHook has no sequence to hold it"
-                )
-            return
-        seq = self._seq_class(key)
-        if seq is None:
-            raise MalformedUpdateError(
-                f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in the sequence of "
-                "a Map/XmlHook"
-            )
-        if seq == "?":
-            observed = self.index.observed
-            seen = observed.get(key)
-            if seen is None:
-                self.old_observed.append((key, None))
-                observed[key] = cls
-                return
-            seq = seen
-        if seq != cls:
-            raise MalformedUpdateError(
-                f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in a container "
-                "holding " + ("text" if seq == _TEXTUAL else "values")
-            )
+        """S4 and S11: the content fits the container (and list) it lands in."""
+        observed = self.index.observed
+        seen = _check_place(s, self._seq_class(key), entry, observed.get(key), isinstance(key, str))
+        if seen is not None:
+            self.old_observed.append((key, observed.get(key)))
+            observed[key] = seen
 
     def _check_delete_set(self) -> None:
         """S7 for deletions, and the bound on deletions of clocks not integrated yet."""
@@ -2863,10 +2870,12 @@ class _StaticChecker:
 
     def _check_neighbours(self, s: Struct, where: _Where, known: int) -> None:
         origin = (s.client, known - 1) if s.clock < known else s.origin
+        places: list[_Where | None] = []
         for ref, what in ((origin, "origin"), (s.right_origin, "right origin")):
             if ref is None:
                 continue
             place = self._place_of(ref)
+            places.append(place)
             if place is None or place is _UNKNOWN or place is _GC:
                 continue
             if place != where:
@@ -2874,6 +2883,13 @@ class _StaticChecker:
                     f"item {s.client}:{s.clock} has {what} {ref[0]}:{ref[1]} in another "
                     "container (or in a map entry list) than the one it lands in"
                 )
+        # S12: a GC struct of the update on one side, a list on the other.
+        listed = [p for p in places if p is not None and p is not _GC and p is not _UNKNOWN]
+        if len(places) == 2 and None in places and listed:
+            raise MalformedUpdateError(
+                f"item {s.client}:{s.clock} has one neighbour garbage-collected (a GC struct) "
+                "and the other in a list: neighbours in different lists"
+            )
 
     def _place_of(self, ref: ID) -> _Where | None:
         client, clock = ref
@@ -2910,37 +2926,102 @@ class _StaticChecker:
                 raise _missing(s, what, ref)
 
     def _check_place(self, s: Struct, where: _Where, observed: dict[ContainerKey, int]) -> None:
-        cls = _CONTENT_CLASS[s.kind]
-        if where.entry:
-            if cls == _TEXTUAL:
-                raise MalformedUpdateError(
-                    f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content cannot be a "
-                    "map entry"
-                )
-            return
-        if cls == _NEUTRAL:
-            if s.kind == CONTENT_TYPE and self._seq_class(where.key) is None:
-                raise MalformedUpdateError(
-                    f"item {s.client}:{s.clock}: a Map/XmlHook has no sequence to hold it"
-                )
-            return
-        seq = self._seq_class(where.key)
-        if seq is None:
+        key = where.key
+        seen = _check_place(
+            s, self._seq_class(key), where.entry, observed.get(key), isinstance(key, str)
+        )
+        if seen is not None:
+            observed[key] = seen
+
+
+def _check_place(
+    s: Struct, seq: int | str | None, entry: bool, seen: int | None, root: bool
+) -> int | None:
+    """S4 and S11: whether an item fits the container it lands in (raises if not).
+
+    Args:
+        s: the item.
+        seq: the container's sequence class (``_seq_class``: a class, None
+            for no sequence, "?" for a container of unknown type).
+        entry: whether the item is a map entry (has a key).
+        seen: what a container of unknown type has shown so far (None:
+            nothing yet).
+        root: whether the container is a root (S11 applies).
+
+    Returns:
+        What the container of unknown type shows from now on, when that
+        changes (None: no change).
+    """
+    cls = _CONTENT_CLASS[s.kind]
+    if entry and cls == _TEXTUAL:
+        raise MalformedUpdateError(
+            f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content cannot be a map entry"
+        )
+    if not entry and seq is None:
+        if s.kind == CONTENT_TYPE:
+            raise MalformedUpdateError(
+                f"item {s.client}:{s.clock}: a Map/XmlHook has no sequence to hold it"
+            )
+        if cls != _NEUTRAL:
             raise MalformedUpdateError(
                 f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in the sequence of "
                 "a Map/XmlHook"
             )
-        if seq == "?":
-            seen = observed.get(where.key)
-            if seen is None:
-                observed[where.key] = cls
-                return
-            seq = seen
-        if seq != cls:
-            raise MalformedUpdateError(
-                f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in a container "
-                "holding " + ("text" if seq == _TEXTUAL else "values")
-            )
+    if root:
+        return _check_root(s, seq, entry, seen)
+    if entry or cls == _NEUTRAL:
+        return None
+    if seq == "?":
+        if seen is None:
+            return cls
+        seq = seen
+    if seq != cls:
+        raise MalformedUpdateError(
+            f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in a container "
+            "holding " + ("text" if seq == _TEXTUAL else "values")
+        )
+    return None
+
+
+def _check_root(s: Struct, seq: int | str | None, entry: bool, seen: int | None) -> int | None:
+    """S11: a root shows one kind (map entries, text, or values), whatever it was declared.
+
+    ``crdtsync.model`` tells the kind of a root it has not declared from its
+    items (keyed: a map, text: a text, values or an Array/Map/Text type: a
+    list) and reads it so from then on: a root mixing them is read as the
+    wrong kind (a multi-byte String read as an Array loops yrs forever) and
+    its export is refused by a replica that declared it.
+    """
+    if entry:
+        shows: int | None = _KEYED
+    elif s.kind == CONTENT_TYPE:
+        listed = isinstance(s.content, TypeContent) and s.content.type_ref in _LISTED_TYPES
+        shows = _VALUED if listed else _SEQUENCE
+    elif _CONTENT_CLASS[s.kind] == _NEUTRAL:
+        return None  # deleted content shows nothing
+    else:
+        shows = _CONTENT_CLASS[s.kind]
+    # A declared root holds what its type does (a Map: entries).
+    held = seen if seq == "?" else _KEYED if seq is None else seq
+    if held is None or held == shows:
+        return shows if seq == "?" and held is None else None
+    if held == _KEYED:
+        raise MalformedUpdateError(
+            f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in the sequence of a "
+            "root holding map entries"
+        )
+    if shows == _KEYED:
+        raise MalformedUpdateError(
+            f"item {s.client}:{s.clock}: a map entry in a root holding a sequence"
+        )
+    if held == _SEQUENCE:
+        return shows if seq == "?" else None  # the first text or values decide
+    if shows == _SEQUENCE:
+        return None
+    raise MalformedUpdateError(
+        f"item {s.client}:{s.clock}: {CONTENT_NAMES[s.kind]} content in a container holding "
+        + ("text" if held == _TEXTUAL else "values")
+    )
 
 
 # --------------------------------------------------------------------------
@@ -3017,7 +3098,7 @@ def check_semantics(
         Array/XmlFragment/XmlElement or as map entries; nothing but deleted
         items in the sequence of a Map/XmlHook; String/Format/Embed never as
         map entries.  A container of unknown type takes the class of the first
-        content it receives.  (A multi-byte String in an Array makes
+        content it receives (for a root, see S11).  (A multi-byte String in an Array makes
         ``to_py`` loop forever; Any/Binary/Doc in a Text makes the next local
         delete panic.)  Neighbours that are not GC'd live in the list the
         item lands in (same container, same map key or sequence).
@@ -3053,6 +3134,23 @@ def check_semantics(
         origin, the origin's right origin must not be.
     S10 With an index: a map entry has no right origin (honest writers put
         a key's new value after its current one, with nothing to its right).
+    S11 A root shows one kind, declared or not: map entries, or a sequence;
+        and a sequence holds text (String/Format/Embed) or values
+        (Any/Binary/Doc, and an Array/Map/Text type), never both (XML types
+        and deleted items go with either).  ``crdtsync.model`` tells the kind
+        of a root it has not declared from its items (keyed: a map, text: a
+        text, values or an Array/Map/Text type: a list) and declares it so
+        once read: a root mixing them was accepted while undeclared, then read
+        as the wrong kind (a multi-byte String read as an Array loops yrs
+        forever) and its export refused by any replica that had declared it.
+        A root of unknown type takes the kind of the first item it receives;
+        the index keeps it across updates (``DocIndex.observed``).
+    S12 An origin and a right origin are both garbage-collected or neither
+        (a GC struct of the update, or an item of a deleted type in the
+        index).  Honest neighbours share a list, and yrs GCs all of a deleted
+        type's items or none; with one side GC'd yrs places the item from the
+        other side alone, S9 goes unchecked, and the document's export then
+        breaks S9 (the item's split-off tail names both neighbours).
 
     Args:
         parsed: the update.

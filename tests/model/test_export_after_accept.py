@@ -1,13 +1,19 @@
 """An update the validator accepts must leave a document whose export it accepts too.
 
-Found by ``scripts/fuzz_updates.py --target doc`` (seed 20261207, 2026-12-07):
-updates accepted after a prior state (``NAME.prior`` then ``NAME.bin`` in
-tests/fixtures/export_refused/) leave a document whose own export the
-validator refuses ("Any content in the sequence of a Map/XmlHook"), on both
-the Rust and the Python path, and on main before that day too. A replica that
-accepted such an update could no longer sync its state to a newcomer. Not
-fixed yet: the test is a strict expected failure, so it fails once the fix
-lands and the marker must go.
+``scripts/fuzz_updates.py --target doc`` (seed 20261207, 2026-12-07) found
+updates that a ``crdtsync.Doc`` declaring no roots accepted, after which the
+document's own export was refused ("Any content in the sequence of a
+Map/XmlHook", "a Map/XmlHook has no sequence to hold it"): a root of unknown
+type took map entries and sequence items in separate updates, and the model
+then read it (and declared it) as the kind its first item showed.  Rule S11
+refuses them (tests/fixtures/crashers/``*-unknown-root-*``).  Every crasher
+fixture runs here through a ``Doc`` with no declared roots, on both paths:
+refused, or accepted with an export that a fresh replica reading the roots
+with the kinds this one shows, and a newcomer declaring nothing, accept and
+read the same.
+
+``corrupt-gc-origin-live-right-origin`` (same run, input 298,360) is refused
+by rule S12.
 """
 
 from __future__ import annotations
@@ -19,27 +25,41 @@ import pytest
 from crdtsync import Doc
 from crdtsync.errors import InvalidUpdateError
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "export_refused"
-NAMES = sorted(p.stem for p in FIXTURES.glob("*.bin"))
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+# hang-* fixtures loop the engine when accepted: test_known_hangs runs them in a child.
+CRASHERS = sorted(
+    p for p in (FIXTURES / "crashers").glob("*.bin") if not p.name.startswith("hang-")
+)
+
+pytestmark = pytest.mark.usefixtures("checker_path")
 
 
-def test_there_are_fixtures() -> None:
-    assert NAMES
-
-
-@pytest.mark.xfail(strict=True, reason="known bug: accepted update, refused export (to fix)")
-@pytest.mark.parametrize("name", NAMES)
-def test_an_accepted_update_leaves_an_export_the_validator_accepts(name: str) -> None:
+def _replay(path: Path) -> None:
     doc = Doc()
-    prior = FIXTURES / f"{name}.prior"
+    prior = path.with_suffix(".prior")
     if prior.exists():
-        doc.import_yjs_update(prior.read_bytes())
+        doc.import_yjs_update(prior.read_bytes())  # a state the document accepts
     try:
-        doc.import_yjs_update((FIXTURES / f"{name}.bin").read_bytes())
+        doc.import_yjs_update(path.read_bytes())
     except InvalidUpdateError:
-        return  # refused: also a correct outcome
+        return  # refused: the outcome these fixtures are kept for
+    if doc.pending:
+        return  # held until clocks that never come: nothing was applied
+    export = doc.export_yjs_update()
     fresh = Doc()
     for root, kind in doc.roots().items():
         fresh.root(root, kind)  # read with the kinds the replica shows
-    fresh.import_yjs_update(doc.export_yjs_update())
+    fresh.import_yjs_update(export)
     assert fresh.to_py() == doc.to_py()
+    newcomer = Doc()  # and a replica that tells the roots' kinds from the state
+    newcomer.import_yjs_update(export)
+    assert newcomer.to_py() == doc.to_py()
+
+
+def test_there_are_fixtures() -> None:
+    assert any("-unknown-root-" in p.name for p in CRASHERS)
+
+
+@pytest.mark.parametrize("path", CRASHERS, ids=lambda p: p.name)
+def test_an_accepted_update_leaves_an_export_the_validator_accepts(path: Path) -> None:
+    _replay(path)

@@ -1,6 +1,6 @@
 //! The document index: a port of `crdtsync.format.yupdate.DocIndex` and
 //! `IndexUpdate` (the reference; read its docstrings for the design, the
-//! rules S1-S10 and the invariants). It must accept, refuse (with the same
+//! rules S1-S12 and the invariants). It must accept, refuse (with the same
 //! error class) and record exactly what the Python index does:
 //! `scripts/fuzz_index.py` feeds both the same update sequences and compares
 //! their snapshots.
@@ -53,6 +53,12 @@ const NO_TYPE: u8 = 7;
 const NEUTRAL: u8 = 0;
 const TEXTUAL: u8 = 1;
 const VALUED: u8 = 2;
+/// What a container of unknown type has shown besides TEXTUAL/VALUED (S11):
+/// map entries, or a sequence holding only types (either class may follow).
+const KEYED: u8 = 3;
+const SEQUENCE: u8 = 4;
+// Types that show values as the first thing a container of unknown type holds
+// in its sequence: Array, Map, Text (type refs 0..=2; `_yupdate._LISTED_TYPES`).
 
 fn content_class(kind: u8) -> u8 {
     match kind {
@@ -79,6 +85,125 @@ fn type_seq_class(type_ref: u8) -> SeqClass {
         1 | 5 => SeqClass::NoSeq,
         _ => SeqClass::Unknown,
     }
+}
+
+/// S4 and S11 (`_yupdate._check_place`): whether an item fits the container
+/// it lands in, given the container's sequence class and, for a container of
+/// unknown type, what it has shown so far (`seen`).  Returns what such a
+/// container shows from now on when that changes.
+fn place_check(
+    s: &Struct,
+    seq: SeqClass,
+    entry: bool,
+    seen: Option<u8>,
+    root: bool,
+) -> Result<Option<u8>> {
+    let cls = content_class(s.kind);
+    if entry && cls == TEXTUAL {
+        return Err(malformed(format!(
+            "item {}:{}: {} content cannot be a map entry",
+            s.client,
+            s.clock,
+            kind_name(s.kind)
+        )));
+    }
+    if !entry && seq == SeqClass::NoSeq {
+        if s.kind == CONTENT_TYPE {
+            return Err(malformed(format!(
+                "item {}:{}: a Map/XmlHook has no sequence to hold it",
+                s.client, s.clock
+            )));
+        }
+        if cls != NEUTRAL {
+            return Err(malformed(format!(
+                "item {}:{}: {} content in the sequence of a Map/XmlHook",
+                s.client,
+                s.clock,
+                kind_name(s.kind)
+            )));
+        }
+    }
+    if root {
+        return root_check(s, seq, entry, seen);
+    }
+    if entry || cls == NEUTRAL {
+        return Ok(None);
+    }
+    let held = match seq {
+        SeqClass::Unknown => match seen {
+            None => return Ok(Some(cls)),
+            Some(v) => v,
+        },
+        SeqClass::Class(c) => c,
+        SeqClass::NoSeq => unreachable!("refused above"),
+    };
+    if held != cls {
+        return Err(holding(s, held));
+    }
+    Ok(None)
+}
+
+fn holding(s: &Struct, held: u8) -> crate::error::Error {
+    let what = if held == TEXTUAL { "text" } else { "values" };
+    malformed(format!(
+        "item {}:{}: {} content in a container holding {what}",
+        s.client,
+        s.clock,
+        kind_name(s.kind)
+    ))
+}
+
+/// S11 (`_yupdate._check_root`): a root shows one kind (map entries, text, or
+/// values), whatever it was declared.  The model tells the kind of a root it
+/// has not declared from its items and reads it so from then on.
+fn root_check(s: &Struct, seq: SeqClass, entry: bool, seen: Option<u8>) -> Result<Option<u8>> {
+    let shows = if entry {
+        KEYED
+    } else if let Content::Type { type_ref, .. } = s.content {
+        if type_ref <= 2 {
+            VALUED // an Array/Map/Text: read back as a list
+        } else {
+            SEQUENCE
+        }
+    } else {
+        match content_class(s.kind) {
+            NEUTRAL => return Ok(None), // deleted content shows nothing
+            c => c,
+        }
+    };
+    let unknown = seq == SeqClass::Unknown;
+    // A declared root holds what its type does (a Map: entries).
+    let held = match seq {
+        SeqClass::Unknown => seen,
+        SeqClass::NoSeq => Some(KEYED),
+        SeqClass::Class(c) => Some(c),
+    };
+    let held = match held {
+        None => return Ok(if unknown { Some(shows) } else { None }),
+        Some(h) if h == shows => return Ok(None),
+        Some(h) => h,
+    };
+    if held == KEYED {
+        return Err(malformed(format!(
+            "item {}:{}: {} content in the sequence of a root holding map entries",
+            s.client,
+            s.clock,
+            kind_name(s.kind)
+        )));
+    }
+    if shows == KEYED {
+        return Err(malformed(format!(
+            "item {}:{}: a map entry in a root holding a sequence",
+            s.client, s.clock
+        )));
+    }
+    if held == SEQUENCE {
+        return Ok(if unknown { Some(shows) } else { None }); // the first text or values decide
+    }
+    if shows == SEQUENCE {
+        return Ok(None);
+    }
+    Err(holding(s, held))
 }
 
 fn kind_name(kind: u8) -> &'static str {
@@ -327,6 +452,8 @@ pub struct DocIndex {
     free_lists: Vec<u32>,
     list_of: HashMap<(Key, u32), u32>,
     lists_of: HashMap<Key, Vec<u32>>,
+    /// What each container of unknown type has shown (TEXTUAL/VALUED; for a
+    /// root also KEYED or SEQUENCE, rule S11), kept across updates.
     observed: HashMap<Key, u8>,
     /// Pending deletions in all (`pending_deletes`).
     pub pending_deletes: u64,
@@ -1483,11 +1610,19 @@ impl DocIndex {
         let kind = s.kind;
         let entry = sub != NONE;
         let placed = (key, entry, kind);
-        if txn.last_placed != Some(placed) && !txn.placed.contains(&placed) {
+        // (a type's place also depends on its type ref: S11)
+        if kind == CONTENT_TYPE
+            || (txn.last_placed != Some(placed) && !txn.placed.contains(&placed))
+        {
             self.check_place(txn, s, key, entry)?;
             txn.placed.insert(placed);
         }
         txn.last_placed = Some(placed);
+        if let (Some(o), Some(r)) = (origin, ro) {
+            if nl.is_none() != nr.is_none() {
+                self.check_gc_neighbours(s, o, r, nl.is_none())?;
+            }
+        }
         // Place it (Item::integrate).
         let mut left = match (origin, nl) {
             (Some(o), Some(n)) => self.clean_end(o, Some(n)),
@@ -1802,60 +1937,34 @@ impl DocIndex {
         }
     }
 
-    /// S4: the content fits the container (and list) it lands in.
+    /// S12 (`_yupdate.IndexUpdate._check_gc_neighbours`): an origin and a
+    /// right origin are both garbage-collected, or neither.  Honest neighbours
+    /// share a list, and yrs GCs only the items of a deleted type (all of a
+    /// list or none); with one side GC'd yrs places the item from the other
+    /// alone, and the document's export then breaks S9.
+    fn check_gc_neighbours(&self, s: &Struct, origin: Id, ro: Id, origin_gc: bool) -> Result<()> {
+        if self.state_of(origin.0) <= origin.1 || self.state_of(ro.0) <= ro.1 {
+            return Ok(()); // not integrated (only when recording the document's own changes)
+        }
+        let (gc, live, gc_what, live_what) = if origin_gc {
+            (origin, ro, "origin", "right origin")
+        } else {
+            (ro, origin, "right origin", "origin")
+        };
+        Err(malformed(format!(
+            "item {}:{} has {gc_what} {}:{} garbage-collected (inside a deleted type) and \
+             {live_what} {}:{} in a list: neighbours in different lists",
+            s.client, s.clock, gc.0, gc.1, live.0, live.1
+        )))
+    }
+
+    /// S4 and S11: the content fits the container (and list) it lands in.
     fn check_place(&mut self, txn: &mut Txn, s: &Struct, key: Key, entry: bool) -> Result<()> {
-        let cls = content_class(s.kind);
-        if entry {
-            if cls == TEXTUAL {
-                return Err(malformed(format!(
-                    "item {}:{}: {} content cannot be a map entry",
-                    s.client,
-                    s.clock,
-                    kind_name(s.kind)
-                )));
-            }
-            return Ok(());
-        }
-        if cls == NEUTRAL {
-            if s.kind == CONTENT_TYPE && self.seq_class(key) == SeqClass::NoSeq {
-                return Err(malformed(format!(
-                    "item {}:{}: a Map/XmlHook has no sequence to hold it",
-                    s.client, s.clock
-                )));
-            }
-            return Ok(());
-        }
-        let mut seq = self.seq_class(key);
-        if seq == SeqClass::NoSeq {
-            return Err(malformed(format!(
-                "item {}:{}: {} content in the sequence of a Map/XmlHook",
-                s.client,
-                s.clock,
-                kind_name(s.kind)
-            )));
-        }
-        if seq == SeqClass::Unknown {
-            match self.observed.get(&key) {
-                None => {
-                    txn.old_observed.push((key, None));
-                    self.observed.insert(key, cls);
-                    return Ok(());
-                }
-                Some(&seen) => seq = SeqClass::Class(seen),
-            }
-        }
-        if seq != SeqClass::Class(cls) {
-            let holding = if seq == SeqClass::Class(TEXTUAL) {
-                "text"
-            } else {
-                "values"
-            };
-            return Err(malformed(format!(
-                "item {}:{}: {} content in a container holding {holding}",
-                s.client,
-                s.clock,
-                kind_name(s.kind)
-            )));
+        let seen = self.observed.get(&key).copied();
+        let root = matches!(key, Key::Root(_));
+        if let Some(now) = place_check(s, self.seq_class(key), entry, seen, root)? {
+            txn.old_observed.push((key, seen));
+            self.observed.insert(key, now);
         }
         Ok(())
     }
@@ -2214,4 +2323,112 @@ fn update_pair_splits(data: &[u8], parsed: &ParsedUpdate) -> HashMap<u64, Vec<u3
         v.dedup();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(kind: u8, content: Content) -> Struct {
+        Struct {
+            client: 1,
+            clock: 0,
+            length: 1,
+            kind,
+            info: 0,
+            origin: None,
+            right_origin: None,
+            parent: Parent::Inherited,
+            parent_sub: None,
+            content,
+        }
+    }
+
+    fn string() -> Struct {
+        item(CONTENT_STRING, Content::String(Span { start: 0, end: 1 }))
+    }
+
+    fn any() -> Struct {
+        item(
+            CONTENT_ANY,
+            Content::Any {
+                n: 1,
+                raw: Span { start: 0, end: 1 },
+            },
+        )
+    }
+
+    fn type_item(type_ref: u32) -> Struct {
+        item(
+            CONTENT_TYPE,
+            Content::Type {
+                type_ref,
+                name: None,
+            },
+        )
+    }
+
+    /// Feeds items (struct, is a map entry) to a root, as the index does; the
+    /// first refusal's position, or None.
+    fn feed(seq: SeqClass, items: &[(Struct, bool)]) -> Option<usize> {
+        let mut seen = None;
+        for (i, (s, entry)) in items.iter().enumerate() {
+            match place_check(s, seq, *entry, seen, true) {
+                Ok(Some(now)) => seen = Some(now),
+                Ok(None) => {}
+                Err(_) => return Some(i),
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn s11_a_root_of_unknown_type_keeps_its_first_kind() {
+        let u = SeqClass::Unknown;
+        assert_eq!(feed(u, &[(any(), true), (any(), false)]), Some(1));
+        assert_eq!(feed(u, &[(any(), false), (any(), true)]), Some(1));
+        assert_eq!(
+            feed(u, &[(type_item(1), false), (string(), false)]),
+            Some(1)
+        );
+        assert_eq!(
+            feed(u, &[(string(), false), (type_item(0), false)]),
+            Some(1)
+        );
+        assert_eq!(feed(u, &[(any(), true), (type_item(3), false)]), Some(1));
+        // XML types go with either class; deleted items with anything.
+        assert_eq!(feed(u, &[(type_item(6), false), (string(), false)]), None);
+        assert_eq!(feed(u, &[(type_item(3), false), (any(), false)]), None);
+        let deleted = item(CONTENT_DELETED, Content::None);
+        assert_eq!(feed(u, &[(any(), true), (deleted, false)]), None);
+        assert_eq!(feed(u, &[(any(), false), (type_item(1), false)]), None);
+    }
+
+    #[test]
+    fn s11_a_declared_root_holds_its_own_kind() {
+        let text = SeqClass::Class(TEXTUAL);
+        assert_eq!(
+            feed(text, &[(string(), false), (type_item(6), false)]),
+            None
+        );
+        assert_eq!(feed(text, &[(type_item(1), false)]), Some(0));
+        assert_eq!(feed(text, &[(any(), true)]), Some(0));
+        let array = SeqClass::Class(VALUED);
+        assert_eq!(feed(array, &[(type_item(2), false), (any(), false)]), None);
+        assert_eq!(feed(array, &[(any(), true)]), Some(0));
+        assert_eq!(feed(SeqClass::NoSeq, &[(any(), true), (any(), true)]), None);
+        assert_eq!(feed(SeqClass::NoSeq, &[(any(), false)]), Some(0));
+    }
+
+    #[test]
+    fn s11_does_not_apply_inside_nested_types() {
+        // An XmlElement of unknown type (not a root): attributes and children.
+        let mut seen = None;
+        for (s, entry) in [(any(), true), (type_item(3), false), (any(), false)] {
+            if let Some(now) = place_check(&s, SeqClass::Unknown, entry, seen, false).unwrap() {
+                seen = Some(now);
+            }
+        }
+        assert_eq!(seen, Some(VALUED));
+    }
 }
