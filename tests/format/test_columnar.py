@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lzma
 import random
-import time
+import tracemalloc
 
 import pycrdt
 import pytest
@@ -159,10 +159,15 @@ def test_hostile_containers() -> None:
     data = (
         bytes((c.VERSION, c.CODEC_LZMA | 20 << 2)) + bytes([0x80, 0x80, 0x04]) + bomb
     )  # announces 64 KiB
-    t0 = time.perf_counter()
-    with pytest.raises(MalformedUpdateError):
-        c.compact_decode(data, limits)
-    assert time.perf_counter() - t0 < 5
+    # Refused while decompressing, at the announced size: never 64 MiB held.
+    tracemalloc.start()
+    try:
+        with pytest.raises(MalformedUpdateError):
+            c.compact_decode(data, limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
     # Announcing more than the limit is refused before decompressing.
     big = bytes((c.VERSION, c.CODEC_LZMA | 20 << 2)) + bytes([0x80, 0x80, 0x80, 0x01]) + bomb
     with pytest.raises(UpdateLimitError):
@@ -183,18 +188,14 @@ def test_hostile_containers() -> None:
         c.compact_decode(_stored(b"\x0b", size=5))
 
 
-def test_automerge_paper_size_and_speed() -> None:
+def test_automerge_paper_size() -> None:
+    # Speed is measured by the benchmarks, not asserted here (noisy machines).
     update, final = trace_update("automerge-paper")
-    t0 = time.perf_counter()
     packed = c.compact_encode(update)
-    t1 = time.perf_counter()
     assert c.compact_decode(packed) == update
-    t2 = time.perf_counter()
     ratio = len(packed) / len(final.encode())
     # Yjs v2 + gzip reaches 0.7 on this trace; we are at about 0.44.
     assert ratio < 0.5, ratio
-    assert t1 - t0 < 5
-    assert t2 - t1 < 5
 
 
 _CORPUS_UPDATES: list[bytes] = []
