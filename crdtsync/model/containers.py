@@ -586,6 +586,13 @@ class Text(Container):
         index = self._index
         if index is None or index.epoch != doc.text_epoch:
             y = self._y
+            if index is not None and index.ascii and index.epoch >= doc.text_ascii_epoch:
+                # Only plain ASCII imports since (see Doc.text_ascii_epoch):
+                # still ASCII without embeds, so the engine's length (bytes)
+                # is the code-point length, and nothing else needs reading.
+                index.n = len(y)
+                index.epoch = doc.text_epoch
+                return index
             content = str(y)
             embeds = None
             # The engine counts each embed (a Yjs peer's insertEmbed) as one

@@ -48,6 +48,9 @@ const LABEL_STEP: i128 = 1 << 20;
 const TYPE_XML_HOOK: u32 = 5;
 /// `meta` code for "no type ref".
 const NO_TYPE: u8 = 7;
+/// Updates with at least this many structs (or runs) are "large": loads and
+/// full-state imports, whose tables are sized exactly (`reserve_for`, `commit`).
+const LARGE_UPDATE: usize = 4096;
 
 /// Content classes (`_yupdate._NEUTRAL` / `_TEXTUAL` / `_VALUED`).
 const NEUTRAL: u8 = 0;
@@ -628,7 +631,7 @@ impl DocIndex {
         // An update that made most of the arena (a load, a full-state import)
         // leaves the tables up to twice their length: give the slack back, once.
         let n = self.runs.len();
-        if n >= 4096 && n - txn.n_runs.min(n) > n / 2 {
+        if n >= LARGE_UPDATE && n - txn.n_runs.min(n) > n / 2 {
             self.runs.shrink_to_fit();
             for c in &mut self.clients {
                 c.runs.shrink_to_fit();
@@ -719,6 +722,30 @@ impl DocIndex {
     #[inline]
     fn id_of(&self, r: Ref) -> Option<Id> {
         (!r.is_none()).then(|| (self.clients[r.c as usize].id, r.k))
+    }
+
+    /// Before a large update (a load, a full-state import): room for one run
+    /// per struct in the arena and in each known client's tables, reserved
+    /// exactly. Growing them by doubling instead would leave them up to twice
+    /// their length (and the allocator the freed smaller copies) for the whole
+    /// life of the document; a checked update makes at most one run per struct
+    /// plus the splits of runs it inserts into, which grow the tables as usual.
+    fn reserve_for(&mut self, parsed: &ParsedUpdate) {
+        let n = parsed.struct_count();
+        if n < LARGE_UPDATE {
+            return;
+        }
+        let spare = self.runs.capacity() - self.runs.len() + self.free_runs.len();
+        if n > spare {
+            self.runs.reserve_exact(n - self.free_runs.len());
+        }
+        for (client, structs) in &parsed.clients {
+            if let Some(c) = self.client_num(*client) {
+                let cd = &mut self.clients[c as usize];
+                cd.runs.reserve_exact(structs.len());
+                cd.starts.reserve_exact(structs.len());
+            }
+        }
     }
 
     fn new_run(&mut self, run: Run) -> u32 {
@@ -1045,6 +1072,7 @@ impl DocIndex {
     fn run_txn(&mut self, txn: &mut Txn, data: &[u8], parsed: &ParsedUpdate) -> Result<()> {
         check_static(parsed)?;
         self.prepass(txn, parsed)?;
+        self.reserve_for(parsed);
         self.integrate_all(txn, data, parsed)?;
         self.check_delete_set(txn)
     }
