@@ -171,6 +171,10 @@ class _Remote:
         self.origin = origin
 
 
+#: The origin of imports made without one (most): one object, not one per import.
+_REMOTE_NONE = _Remote(None)
+
+
 def _is_panic(exc: BaseException) -> bool:
     return engine_error(exc) is not exc
 
@@ -1069,7 +1073,7 @@ class Doc:
         # The common case, kept short (one pycrdt transaction, its origin marking
         # it remote for observers and undo managers). Delivery waits for the
         # caller, so the event can name the roots this update created.
-        remote = _Remote(origin)
+        remote = _REMOTE_NONE if origin is None else _Remote(origin)
         self._depth = 1
         self._importing = True
         self._origin = remote
