@@ -113,3 +113,30 @@ def test_plain_ascii_agrees_on_text(chunks: list[str]) -> None:
     want = all(c.isascii() for c in chunks)
     assert py.plain_ascii(py.parse(update, DEFAULT_LIMITS)) is want
     assert rs.plain_ascii(rs.parse(update, DEFAULT_LIMITS)) is want
+
+
+def _wrong_kind_update(n: int) -> bytes:
+    """``n`` single-character items that refer to each other (a valid text), in a
+    root the checker knows as a map: refused while integrating, after the
+    checks that come before it."""
+    doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=11)
+    text = doc.get("m", type=pycrdt.Text)
+    with doc.transaction():
+        for i in range(n):
+            text.insert(i // 2, "x")  # every other one in the middle: no squashing
+    return bytes(doc.get_update())
+
+
+def test_a_refused_large_update_gives_its_reservation_back(native: None) -> None:
+    from crdtsync.errors import InvalidUpdateError
+    from crdtsync.format.yupdate import TYPE_MAP
+
+    update = _wrong_kind_update(6000)
+    checker = new_checker({"m": TYPE_MAP}, native=True)
+    assert checker.heap_bytes() < 4096
+    parsed = checker.parse(update, DEFAULT_LIMITS)
+    with pytest.raises(InvalidUpdateError):
+        checker.begin(update, parsed, DEFAULT_LIMITS)
+    # nothing of the update stays, nor room reserved for its 6,000 structs
+    assert checker.state() == {}
+    assert checker.heap_bytes() < 6000 * 8

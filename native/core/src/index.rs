@@ -285,6 +285,8 @@ struct Txn {
     n_clients: usize,
     /// Arena length when the update began (to trim after a large one).
     n_runs: usize,
+    /// `reserve_for` reserved room for it (given back if it is undone).
+    reserved: bool,
     n_names: usize,
     n_subs: usize,
     /// Per update client: its position and the clocks of its structs (for
@@ -552,6 +554,7 @@ impl DocIndex {
             delete_set: delete_set.unwrap_or_else(|| parsed.delete_set.clone()),
             n_clients: self.clients.len(),
             n_runs: self.runs.len(),
+            reserved: false,
             n_names: self.names.strings.len(),
             n_subs: self.subs.strings.len(),
             starts: None,
@@ -730,10 +733,10 @@ impl DocIndex {
     /// their length (and the allocator the freed smaller copies) for the whole
     /// life of the document; a checked update makes at most one run per struct
     /// plus the splits of runs it inserts into, which grow the tables as usual.
-    fn reserve_for(&mut self, parsed: &ParsedUpdate) {
+    fn reserve_for(&mut self, parsed: &ParsedUpdate) -> bool {
         let n = parsed.struct_count();
         if n < LARGE_UPDATE {
-            return;
+            return false;
         }
         let spare = self.runs.capacity() - self.runs.len() + self.free_runs.len();
         if n > spare {
@@ -746,6 +749,7 @@ impl DocIndex {
                 cd.starts.reserve_exact(structs.len());
             }
         }
+        true
     }
 
     fn new_run(&mut self, run: Run) -> u32 {
@@ -1072,7 +1076,7 @@ impl DocIndex {
     fn run_txn(&mut self, txn: &mut Txn, data: &[u8], parsed: &ParsedUpdate) -> Result<()> {
         check_static(parsed)?;
         self.prepass(txn, parsed)?;
-        self.reserve_for(parsed);
+        txn.reserved = self.reserve_for(parsed);
         self.integrate_all(txn, data, parsed)?;
         self.check_delete_set(txn)
     }
@@ -1969,6 +1973,18 @@ impl DocIndex {
         }
         self.names.truncate(txn.n_names);
         self.subs.truncate(txn.n_subs);
+        if txn.reserved {
+            // A large update refused before it used its reservation: give it back.
+            if self.runs.capacity() - self.runs.len() >= LARGE_UPDATE {
+                self.runs.shrink_to_fit();
+            }
+            for c in &mut self.clients {
+                if c.runs.capacity() - c.runs.len() >= LARGE_UPDATE {
+                    c.runs.shrink_to_fit();
+                    c.starts.shrink_to_fit();
+                }
+            }
+        }
     }
 
     fn unlink(&mut self, node: u32) {
