@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdtsync.format import accel
-from crdtsync.format.checker import _RELEASE_BYTES, new_checker
+from crdtsync.format.checker import _RELEASE_BYTES, NativeChecker, new_checker
 from crdtsync.format.yupdate import DEFAULT_LIMITS
 
 
@@ -132,7 +132,7 @@ def test_a_refused_large_update_gives_its_reservation_back(native: None) -> None
     from crdtsync.format.yupdate import TYPE_MAP
 
     update = _wrong_kind_update(6000)
-    checker = new_checker({"m": TYPE_MAP}, native=True)
+    checker = NativeChecker({"m": TYPE_MAP})
     assert checker.heap_bytes() < 4096
     parsed = checker.parse(update, DEFAULT_LIMITS)
     with pytest.raises(InvalidUpdateError):
