@@ -23,7 +23,10 @@ Sections (all timings are process CPU time, best of ``--runs``, 3 by default):
     structures; pycrdt keeps its state in Rust, which tracemalloc does not see)
     and the growth of the process's resident set (both engines), per document
     over 8 held at once, measured after a small document was loaded the same
-    way (so that neither counts the code a first load imports).
+    way (so that neither counts the code a first load imports). Also, to say
+    where the bytes are: the growth of what malloc has handed out and not
+    taken back (glibc's ``mallinfo2``: both engines' Rust heaps), and the
+    Rust index's own tables (``heap_bytes``).
 
 The traces live in ``../shared/traces`` (see ``traces.py``).
 """
@@ -31,9 +34,11 @@ The traces live in ``../shared/traces`` (see ``traces.py``).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import gzip
 import json
+import platform
 import random
 import subprocess
 import sys
@@ -250,6 +255,36 @@ def _rss() -> int:
         return int(f.read().split()[1]) * 4096
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            [
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            ]
+        )
+    ]
+
+
+def _malloc_in_use() -> int | None:
+    """Bytes malloc has handed out (glibc only: None elsewhere)."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
 #: Documents held at once by a memory child: growth is divided by it (one
 #: document's growth is at the mercy of what the allocator had free).
 COPIES = 8
@@ -274,6 +309,7 @@ def _memory_child(engine: str, path: str) -> dict[str, float]:
     gc.collect()
     tracemalloc.start()
     r0 = _rss()
+    m0 = _malloc_in_use()
     for _ in range(COPIES):
         if engine == "crdtsync":
             keep.append(crdtsync.Doc.load(data))
@@ -284,9 +320,15 @@ def _memory_child(engine: str, path: str) -> dict[str, float]:
     gc.collect()
     heap = tracemalloc.get_traced_memory()[0] / COPIES
     rss = (_rss() - r0) / COPIES
+    m1 = _malloc_in_use()
     tracemalloc.stop()
+    out = {"heap MB": heap / 2**20, "rss MB": rss / 2**20}
+    if m0 is not None and m1 is not None:
+        out["malloc MB"] = (m1 - m0) / COPIES / 2**20
+    if engine == "crdtsync":
+        out["index MB"] = keep[-1].index().heap_bytes() / 2**20
     del keep
-    return {"heap MB": heap / 2**20, "rss MB": rss / 2**20}
+    return out
 
 
 def memory_section() -> dict[str, Any]:

@@ -123,6 +123,14 @@ class NativeUpdate(Protocol):
         """Whether it carries neither structs nor deletions."""
         ...
 
+    def plain_ascii(self) -> bool:
+        """Whether every struct is a GC, a Skip, deleted content or an ASCII String."""
+        ...
+
+    def release(self) -> None:
+        """Frees the parse and its bytes; every later use raises ``ValueError``."""
+        ...
+
 
 #: A parsed update: the Python parser's, or the Rust one's (which stays in Rust).
 Parsed: TypeAlias = ParsedUpdate | NativeUpdate

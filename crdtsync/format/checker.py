@@ -39,6 +39,9 @@ from typing import Any, TypeAlias, cast
 from crdtsync.format import accel
 from crdtsync.format.accel import NativeUpdate, Parsed
 from crdtsync.format.yupdate import (
+    CONTENT_DELETED,
+    CONTENT_STRING,
+    STRUCT_GC,
     STRUCT_SKIP,
     ContainerKey,
     DocIndex,
@@ -100,6 +103,15 @@ class Checker(ABC):
         """Client id -> clock after the update's last struct that is not a Skip."""
 
     @abstractmethod
+    def plain_ascii(self, parsed: Parsed) -> bool:
+        """Whether every struct is a GC, a Skip, deleted content or an ASCII String.
+
+        Importing such an update keeps an ASCII text without embeds so, which
+        lets a text keep its offset index (call before :meth:`begin`, which
+        spends the parse).
+        """
+
+    @abstractmethod
     def state_of(self, client: int) -> int:
         """The document's next clock for ``client`` (0 if it has none)."""
 
@@ -125,6 +137,11 @@ class Checker(ABC):
         structs are split off first (``budget`` may refuse holding them). On
         refusal the index is unchanged; otherwise :meth:`commit` or
         :meth:`rollback` must follow.
+
+        Once begun, the parse is spent: an implementation may free it (the
+        Rust one does, so that a load's parse, larger than the document it
+        builds, is not alive while the engine applies the update), and it
+        must not be used again.
 
         Args:
             update: the update's bytes.
@@ -222,6 +239,18 @@ class PyChecker(Checker):
     def writes(self, parsed: Parsed) -> dict[int, int]:
         """See :meth:`Checker.writes`."""
         return _py(parsed).state_vector_after()
+
+    def plain_ascii(self, parsed: Parsed) -> bool:
+        """See :meth:`Checker.plain_ascii`."""
+        for structs in _py(parsed).clients.values():
+            for st in structs:
+                kind = st.kind
+                if kind in _PLAIN_KINDS:
+                    continue
+                content = st.content
+                if kind != CONTENT_STRING or type(content) is not str or not content.isascii():
+                    return False
+        return True
 
     def state_of(self, client: int) -> int:
         """See :meth:`Checker.state_of`."""
@@ -413,6 +442,10 @@ class NativeChecker(Checker):
         """See :meth:`Checker.writes`."""
         return _native_update(parsed).writes()
 
+    def plain_ascii(self, parsed: Parsed) -> bool:
+        """See :meth:`Checker.plain_ascii`."""
+        return _native_update(parsed).plain_ascii()
+
     def state_of(self, client: int) -> int:
         """See :meth:`Checker.state_of`."""
         return int(self.index.state_of(client))
@@ -439,10 +472,14 @@ class NativeChecker(Checker):
         # (engine, later, ranges, needs) and nothing begun yet.
         got = self.index.begin(parsed, native_limits)
         if got is True or got is False:
+            if len(update) >= _RELEASE_BYTES:
+                _native_update(parsed).release()  # spent (see Checker.begin)
             return update, got, None, 0, ()
         engine, later, n_later, needs = got
         budget(n_later, later)
         formatting = self.index.begin(parsed, native_limits, split=True)
+        if len(update) >= _RELEASE_BYTES:
+            _native_update(parsed).release()
         return engine, bool(formatting), later, n_later, tuple(needs)
 
     @property
@@ -502,6 +539,17 @@ class NativeChecker(Checker):
     def poisoned(self) -> bool:
         """See :attr:`Checker.poisoned`."""
         return bool(self.index.poisoned)
+
+
+#: Struct kinds that carry no content a text counts (see Checker.plain_ascii).
+_PLAIN_KINDS = frozenset((STRUCT_GC, STRUCT_SKIP, CONTENT_DELETED))
+
+#: Parses of updates from this size on are freed once begun (see
+#: :meth:`Checker.begin`): a load's or a full-state import's parse is larger
+#: than the document, and freed only after the engine's apply it would leave
+#: that much allocator slack behind the document. A small one is freed with
+#: its last reference right after, at no cost.
+_RELEASE_BYTES = 16 * 1024
 
 
 def _native_update(parsed: Parsed) -> NativeUpdate:

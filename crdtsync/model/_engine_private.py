@@ -89,6 +89,48 @@ def entry_writer(
     return put
 
 
+def text_writer(
+    ytext: pycrdt.Text,
+) -> tuple[Callable[[int, str], None], Callable[[int, int], None]]:
+    """``(insert(offset, s), remove(offset, length))`` on an integrated text.
+
+    Inside an open write transaction they call the engine text with that
+    transaction's engine transaction, as ``Text.insert`` and ``del text[a:b]``
+    do after opening a nested pycrdt ``Transaction`` object (about 1 µs of
+    Python per call, a fifth of a typed character's cost inside a
+    transaction). Otherwise they are the public calls. Offsets are the
+    engine's (UTF-8 bytes).
+
+    Private names: ``Doc._txn`` (the open transaction, if any) and its
+    ``_txn`` (the engine transaction), the engine text's ``insert`` and
+    ``remove_range``.
+
+    Both raise whatever the engine raises (a panic is a ``BaseException``);
+    the caller translates it.
+    """
+    ydoc = ytext.doc
+    raw = ytext.integrated
+    raw_insert = raw.insert
+    raw_remove = raw.remove_range
+    read_only = pycrdt.ReadTransaction
+
+    def insert(offset: int, s: str) -> None:
+        open_txn = ydoc._txn
+        if open_txn is None or isinstance(open_txn, read_only):
+            ytext.insert(offset, s)
+            return
+        raw_insert(open_txn._txn, offset, s, None)
+
+    def remove(offset: int, length: int) -> None:
+        open_txn = ydoc._txn
+        if open_txn is None or isinstance(open_txn, read_only):
+            del ytext[offset : offset + length]
+            return
+        raw_remove(open_txn._txn, offset, length)
+
+    return insert, remove
+
+
 def update_applier(ydoc: pycrdt.Doc[Any]) -> Callable[[bytes], None]:
     """A function ``apply(update)`` that does what ``ydoc.apply_update(update)`` does.
 

@@ -38,13 +38,14 @@ is *detached*: it only holds an initial value. Assigning it into a document
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import pycrdt
 
 from crdtsync.errors import EngineError, InvalidOperationError, InvalidValueError
 from crdtsync.model import values
+from crdtsync.model._engine_private import text_writer
 from crdtsync.model.kinds import kind_class
 from crdtsync.model.text_index import TextIndex, embed_positions
 from crdtsync.model.values import check_key, check_text
@@ -563,7 +564,7 @@ class Text(Container):
 
     kind = "text"
     _engine_type = pycrdt.Text
-    __slots__ = ("_index", "_initial")
+    __slots__ = ("_index", "_initial", "_writer")
 
     def __init__(self, initial: str = "") -> None:
         """Create a detached text holding ``initial``; assign it into a document to use it."""
@@ -573,26 +574,41 @@ class Text(Container):
         self._initial = initial
         # Offset translation cache (see _text_index).
         self._index: TextIndex | None = None
+        # The engine's insert and remove (see _engine_private.text_writer), once used.
+        self._writer: tuple[Callable[[int, str], None], Callable[[int, int], None]] | None = None
 
     def _bind(self, doc: Doc, y: Any) -> None:
         super()._bind(doc, y)
         self._initial = ""
         self._index = None
+        self._writer = None
 
     @classmethod
     def _attached(cls, doc: Doc, y: Any, pending_root: str | None = None) -> Text:
         obj = super()._attached(doc, y, pending_root)
         obj._index = None
         obj._initial = ""
+        obj._writer = None
         return obj
 
     def _prelim(self, doc: Doc) -> Any:
         return pycrdt.Text(self._initial)
 
+    def _new_writer(self) -> tuple[Callable[[int, str], None], Callable[[int, int], None]]:
+        self._writer = text_writer(self._y)
+        return self._writer
+
     def _idx(self, doc: Doc) -> TextIndex:
         index = self._index
         if index is None or index.epoch != doc.text_epoch:
             y = self._y
+            if index is not None and index.ascii and index.epoch >= doc.text_ascii_epoch:
+                # Only plain ASCII imports since (see Doc.text_ascii_epoch):
+                # still ASCII without embeds, so the engine's length (bytes)
+                # is the code-point length, and nothing else needs reading.
+                index.n = len(y)
+                index.epoch = doc.text_epoch
+                return index
             content = str(y)
             embeds = None
             # The engine counts each embed (a Yjs peer's insertEmbed) as one
@@ -646,7 +662,9 @@ class Text(Container):
         """
         if type(s) is not str:
             raise InvalidValueError(f"Text.insert takes str, not {type(s).__name__}")
-        check_text(s, "inserted text")
+        ascii_s = s.isascii()
+        if not ascii_s:  # (ASCII is always valid)
+            check_text(s, "inserted text")
         doc = self._doc or self._d()
         idx = self._index
         if idx is None or idx.epoch != doc.text_epoch:
@@ -662,9 +680,10 @@ class Text(Container):
             return
         if self._pending_root is None and (doc.in_transaction or not doc.observed):
             # Hot path (typing): no events to package, so the engine's own
-            # implicit transaction is all we need.
+            # implicit transaction (or the open one) is all we need.
+            writer = self._writer or self._new_writer()
             try:
-                self._y.insert(idx.to_bytes(index), s)
+                writer[0](idx.to_bytes(index), s)
             except BaseException as exc:
                 raise engine_error(exc) from None
         else:
@@ -674,7 +693,7 @@ class Text(Container):
         if idx.embeds:
             self._index = None  # embed mode: rebuilt on the next edit
             return
-        idx.inserted(index, s, None if idx.ascii and s.isascii() else str(self._y))
+        idx.inserted(index, s, None if idx.ascii and ascii_s else str(self._y))
         idx.epoch = epoch
 
     def delete(self, index: int, length: int = 1) -> None:
@@ -700,8 +719,9 @@ class Text(Container):
         quiet = doc.in_transaction or not doc.observed
         if self._pending_root is None and len(spans) == 1 and quiet:
             start, blen = spans[0]
+            writer = self._writer or self._new_writer()
             try:
-                del self._y[start : start + blen]
+                writer[1](start, blen)
             except BaseException as exc:
                 raise engine_error(exc) from None
         else:

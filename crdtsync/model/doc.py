@@ -171,6 +171,10 @@ class _Remote:
         self.origin = origin
 
 
+#: The origin of imports made without one (most): one object, not one per import.
+_REMOTE_NONE = _Remote(None)
+
+
 def _is_panic(exc: BaseException) -> bool:
     return engine_error(exc) is not exc
 
@@ -320,6 +324,9 @@ class Doc:
         self._roots_scanned = -1
         # Bumped by every import and text edit: invalidates text offset caches.
         self._text_epoch = 0
+        # The epoch of the last change other than a plain ASCII import (see
+        # text_ascii_epoch): an ASCII text's cache from then on only needs its length.
+        self._text_ascii_epoch = 0
         # Nesting depth of our transactions; events are delivered at depth 0.
         self._depth = 0
         # Origin of the outermost open transaction (a _Remote for imports).
@@ -569,6 +576,7 @@ class Doc:
         finally:
             self._depth -= 1
             self._text_epoch += 1
+            self._text_ascii_epoch = self._text_epoch
         if self._queue:
             self._deliver()
         return bool(done)
@@ -608,9 +616,21 @@ class Doc:
         """
         return self._text_epoch
 
+    @property
+    def text_ascii_epoch(self) -> int:
+        """The :attr:`text_epoch` of the last change other than a plain ASCII import.
+
+        Imports whose structs are all ASCII strings, deletions or GC (see
+        ``Checker.plain_ascii``) keep an ASCII text ASCII and without embeds:
+        a :class:`Text` whose cache was ASCII at an epoch from this one on
+        only needs its length again.
+        """
+        return self._text_ascii_epoch
+
     def text_edited(self) -> int:
         """A text changed through its own container: move the epoch on, and return it."""
         self._text_epoch += 1
+        self._text_ascii_epoch = self._text_epoch
         return self._text_epoch
 
     @property
@@ -961,13 +981,14 @@ class Doc:
                 )
             self._check_hold_budget(len(later), origin)
 
+        plain = checker.plain_ascii(parsed)  # (before begin, which spends the parse)
         engine, self._want_event_deletes, later, n_later, needs = checker.begin(
             update, parsed, limits, budget
         )
         if self._want_event_deletes and self._txn_sub is None:
             self._subscribe_engine()  # (a first import: see _apply)
         try:
-            self._engine_apply(engine, origin)
+            self._engine_apply(engine, origin, plain)
         except BaseException:
             checker.rollback()
             raise
@@ -1041,28 +1062,36 @@ class Doc:
                 if kind is not None:
                     known[name] = kind
 
-    def _engine_apply(self, update: bytes, origin: Any) -> None:
-        """Hands validated bytes to pycrdt, in a transaction marked remote."""
+    def _engine_apply(self, update: bytes, origin: Any, plain: bool) -> None:
+        """Hands validated bytes to pycrdt, in a transaction marked remote.
+
+        ``plain``: the update is a plain ASCII one (see :attr:`text_ascii_epoch`).
+        """
         if self._depth:
             self._engine_apply_nested(update, origin)
             return
         # The common case, kept short (one pycrdt transaction, its origin marking
         # it remote for observers and undo managers). Delivery waits for the
         # caller, so the event can name the roots this update created.
-        remote = _Remote(origin)
+        remote = _REMOTE_NONE if origin is None else _Remote(origin)
         self._depth = 1
         self._importing = True
         self._origin = remote
+        applied = False
         try:
             if self._engine_origins:
                 with self._y.transaction(origin=remote):
                     self._y.apply_update(update)
-            elif self._observed:
+            elif self._watched:
+                # Deep observers (for ChangeEvents) read the engine's events
+                # through pycrdt's Python transaction.
                 self._y.apply_update(update)
             else:
-                # Nobody reads the document from an engine callback: the
-                # engine's own transaction, without pycrdt's Python one.
+                # Nobody reads the document from an engine callback (update
+                # observers get the bytes after it): the engine's own
+                # transaction, without pycrdt's Python one.
                 self._engine_apply_bare(update)
+            applied = plain
         except BaseException as exc:
             if _is_panic(exc):
                 raise EngineError(f"the CRDT engine failed: {exc}") from None
@@ -1075,6 +1104,8 @@ class Doc:
             self._depth = 0
             self._importing = False
             self._text_epoch += 1
+            if not applied:
+                self._text_ascii_epoch = self._text_epoch
 
     def _engine_apply_nested(self, update: bytes, origin: Any) -> None:
         """:meth:`_engine_apply` inside an open transaction of ours."""
@@ -1088,6 +1119,7 @@ class Doc:
         finally:
             self._depth -= 1
             self._text_epoch += 1
+            self._text_ascii_epoch = self._text_epoch
 
     # -- held updates --------------------------------------------------------------------
 

@@ -153,10 +153,35 @@ fn read_limits(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Limits> {
 }
 
 /// A parsed v1 update (the result of `parse_update`), holding its bytes.
-#[pyclass(frozen, module = "crdtsync._native", name = "Update")]
+///
+/// `release()` frees both once the update has been checked and begun (a
+/// load's parse is larger than the document it builds, and freed only after
+/// the engine's apply it would leave that much allocator slack behind every
+/// loaded document); a released update refuses every later use.
+#[pyclass(module = "crdtsync._native", name = "Update")]
 struct PyUpdate {
     data: Vec<u8>,
     parsed: ParsedUpdate,
+    released: bool,
+}
+
+impl PyUpdate {
+    fn new(data: Vec<u8>, parsed: ParsedUpdate) -> Self {
+        PyUpdate {
+            data,
+            parsed,
+            released: false,
+        }
+    }
+
+    fn live(&self) -> PyResult<()> {
+        if self.released {
+            return Err(PyValueError::new_err(
+                "this parsed update was released after its index update began",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn text<'py>(py: Python<'py>, data: &[u8], span: update::Span) -> PyResult<Bound<'py, PyAny>> {
@@ -176,14 +201,41 @@ fn id<'py>(py: Python<'py>, id: Option<update::Id>) -> PyResult<Bound<'py, PyAny
 #[pymethods]
 impl PyUpdate {
     /// The v1 bytes again (identical to the parsed input).
-    fn encode<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+    fn encode<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        self.live()?;
         let out = update::encode_update(&self.parsed, &self.data);
-        PyBytes::new(py, &out)
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Whether every struct is a GC, a Skip, deleted content or an ASCII
+    /// String: then importing it keeps an ASCII text ASCII, with no embeds
+    /// (`crdtsync.model.Text` keeps its offset index over such imports).
+    fn plain_ascii(&self) -> PyResult<bool> {
+        self.live()?;
+        for (_, structs) in &self.parsed.clients {
+            for s in structs {
+                match (s.kind, &s.content) {
+                    (update::STRUCT_GC | update::STRUCT_SKIP | update::CONTENT_DELETED, _) => {}
+                    (update::CONTENT_STRING, Content::String(t))
+                        if t.get(&self.data).is_ascii() => {}
+                    _ => return Ok(false),
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Frees the bytes and the parse (see the class); idempotent.
+    fn release(&mut self) {
+        self.released = true;
+        self.data = Vec::new();
+        self.parsed = ParsedUpdate::default();
     }
 
     /// Total number of structs.
-    fn struct_count(&self) -> usize {
-        self.parsed.struct_count()
+    fn struct_count(&self) -> PyResult<usize> {
+        self.live()?;
+        Ok(self.parsed.struct_count())
     }
 
     /// `[(client, [struct, ...]), ...]` in encoding order; each struct is
@@ -192,6 +244,7 @@ impl PyUpdate {
     /// (contents as plain tuples: Format `(key, value_json)`, Type
     /// `(type_ref, name)`, Any `(n, raw)`, Doc `(guid, options_raw)`).
     fn clients<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.live()?;
         let data = &self.data;
         let out = PyList::empty(py);
         for (client, structs) in &self.parsed.clients {
@@ -265,13 +318,15 @@ impl PyUpdate {
     }
 
     /// `[(client, [(clock, length), ...]), ...]` in encoding order.
-    fn delete_set(&self) -> Vec<(u64, Vec<(u32, u32)>)> {
-        self.parsed.delete_set.clone()
+    fn delete_set(&self) -> PyResult<Vec<(u64, Vec<(u32, u32)>)>> {
+        self.live()?;
+        Ok(self.parsed.delete_set.clone())
     }
 
     /// `ParsedUpdate.state_vector_after()`: client -> clock after its last
     /// struct that is not a Skip, in encoding order.
     fn writes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.live()?;
         let out = PyDict::new(py);
         for (client, structs) in &self.parsed.clients {
             if let Some(s) = structs.iter().rev().find(|s| s.kind != update::STRUCT_SKIP) {
@@ -282,19 +337,22 @@ impl PyUpdate {
     }
 
     /// Whether the update carries neither structs nor deletions.
-    fn is_empty(&self) -> bool {
-        self.parsed.clients.is_empty() && self.parsed.delete_set.is_empty()
+    fn is_empty(&self) -> PyResult<bool> {
+        self.live()?;
+        Ok(self.parsed.clients.is_empty() && self.parsed.delete_set.is_empty())
     }
 
     /// The offset of the delete set in the bytes (`ParsedUpdate.ds_pos`).
     #[getter]
-    fn ds_pos(&self) -> usize {
-        self.parsed.ds_pos
+    fn ds_pos(&self) -> PyResult<usize> {
+        self.live()?;
+        Ok(self.parsed.ds_pos)
     }
 
     /// Length of the v1 bytes.
-    fn __len__(&self) -> usize {
-        self.data.len()
+    fn __len__(&self) -> PyResult<usize> {
+        self.live()?;
+        Ok(self.data.len())
     }
 }
 
@@ -305,10 +363,7 @@ fn parse_update(py: Python<'_>, data: &[u8], limits: &Bound<'_, PyAny>) -> PyRes
     let parsed = run(py, data.len() >= DETACH_BYTES, || {
         update::parse_update(data, &limits)
     })?;
-    Ok(PyUpdate {
-        data: data.to_vec(),
-        parsed,
-    })
+    Ok(PyUpdate::new(data.to_vec(), parsed))
 }
 
 /// Checks a v1 update like `parse_update` without keeping the result.
@@ -358,7 +413,7 @@ fn compact_decode_parsed<'py>(
     let limits = limits_from(py, limits)?;
     let (out, parsed) = run(py, true, || columnar::compact_decode_parsed(data, &limits))?;
     let bytes = PyBytes::new(py, &out);
-    Ok((bytes, PyUpdate { data: out, parsed }))
+    Ok((bytes, PyUpdate::new(out, parsed)))
 }
 
 /// `encoding._unzstd`: one zstd frame declaring its size, at most `limit`.
@@ -658,13 +713,15 @@ impl PyDocIndex {
         strict: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let limits = limits_from(py, limits)?;
-        let u = update.get();
+        let u = update.try_borrow()?;
+        u.live()?;
+        let (data, parsed) = (&u.data, &u.parsed);
         let mut now = None;
-        if !u.parsed.delete_set.is_empty() {
-            let cut = self.inner.split_deletes(&u.parsed);
+        if !parsed.delete_set.is_empty() {
+            let cut = self.inner.split_deletes(parsed);
             if !cut.later.is_empty() {
                 if !split {
-                    let mut engine = u.data[..u.parsed.ds_pos].to_vec();
+                    let mut engine = data[..parsed.ds_pos].to_vec();
                     update::write_delete_set(&mut engine, &cut.now);
                     let mut later = vec![0u8];
                     update::write_delete_set(&mut later, &cut.later);
@@ -681,12 +738,14 @@ impl PyDocIndex {
                 now = Some(cut.now);
             }
         }
-        let detach = u.data.len() >= DETACH_BYTES;
+        let detach = data.len() >= DETACH_BYTES;
         let formatting = self.guarded(py, detach, |ix| {
-            ix.begin(&u.data, &u.parsed, now, &limits, strict)?;
+            ix.begin(data, parsed, now, &limits, strict)?;
             Ok(ix.formatting || ix.open_formatting())
         })?;
-        Ok(pyo3::types::PyBool::new(py, formatting).to_owned().into_any())
+        Ok(pyo3::types::PyBool::new(py, formatting)
+            .to_owned()
+            .into_any())
     }
 
     /// Records the open update's deletions; returns the clients whose clocks moved.
@@ -754,8 +813,10 @@ impl PyDocIndex {
     }
 
     /// Whether importing `update` would change nothing and hold nothing.
-    fn contains(&self, update: &Bound<'_, PyUpdate>) -> bool {
-        self.inner.contains(&update.get().parsed)
+    fn contains(&self, update: &Bound<'_, PyUpdate>) -> PyResult<bool> {
+        let u = update.try_borrow()?;
+        u.live()?;
+        Ok(self.inner.contains(&u.parsed))
     }
 
     /// `(container, map key)` of the list holding `client:clock`, or None.

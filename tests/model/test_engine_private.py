@@ -21,6 +21,7 @@ from crdtsync.model._engine_private import (
     changed_entries,
     entry_writer,
     observe_entries,
+    text_writer,
     update_applier,
 )
 
@@ -92,6 +93,47 @@ def test_entry_writer_lets_engine_errors_through() -> None:
     with relying_on("entry_writer"):
         entry_writer(doc, c)("1", "ok", None)  # the failed one left no transaction open
         assert c["1"] == "ok"
+
+
+def test_text_writer_joins_an_open_transaction() -> None:
+    doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=7)
+    text = doc.get("t", type=pycrdt.Text)
+    text += "héllo"
+    got, _sub = updates_of(doc)
+    with relying_on("text_writer"):
+        insert, remove = text_writer(text)
+        with doc.transaction(origin="edit"):
+            insert(0, ">")  # engine offsets: UTF-8 bytes
+            remove(2, 2)  # the é
+            text.insert(len(text), "!")  # a public call joins the same transaction
+            insert(1, "ü")
+        assert str(text) == ">ühllo!"
+        assert len(got) == 1
+        other: pycrdt.Doc[Any] = pycrdt.Doc()
+        other.apply_update(doc.get_update())
+        assert str(other.get("t", type=pycrdt.Text)) == ">ühllo!"
+
+
+def test_text_writer_outside_a_transaction_is_the_public_call() -> None:
+    doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=7)
+    text = doc.get("t", type=pycrdt.Text)
+    got, _sub = updates_of(doc)
+    with relying_on("text_writer"):
+        insert, remove = text_writer(text)
+        insert(0, "abc")
+        remove(1, 1)
+        assert str(text) == "ac"
+        assert len(got) == 2  # one committed transaction each
+    # out of range: the engine's panic (a BaseException), passed through
+    with (
+        relying_on("text_writer"),
+        doc.transaction(),
+        pytest.raises(BaseException, match="Couldn't remove"),
+    ):
+        remove(5, 1)
+    with relying_on("text_writer"):
+        insert(2, "d")  # the failed one left no transaction open
+        assert str(text) == "acd"
 
 
 def test_observe_entries_reports_added_and_changed_keys() -> None:

@@ -48,6 +48,9 @@ const LABEL_STEP: i128 = 1 << 20;
 const TYPE_XML_HOOK: u32 = 5;
 /// `meta` code for "no type ref".
 const NO_TYPE: u8 = 7;
+/// Updates with at least this many structs (or runs) are "large": loads and
+/// full-state imports, whose tables are sized exactly (`reserve_for`, `commit`).
+const LARGE_UPDATE: usize = 4096;
 
 /// Content classes (`_yupdate._NEUTRAL` / `_TEXTUAL` / `_VALUED`).
 const NEUTRAL: u8 = 0;
@@ -407,6 +410,8 @@ struct Txn {
     n_clients: usize,
     /// Arena length when the update began (to trim after a large one).
     n_runs: usize,
+    /// `reserve_for` reserved room for it (given back if it is undone).
+    reserved: bool,
     n_names: usize,
     n_subs: usize,
     /// Per update client: its position and the clocks of its structs (for
@@ -676,6 +681,7 @@ impl DocIndex {
             delete_set: delete_set.unwrap_or_else(|| parsed.delete_set.clone()),
             n_clients: self.clients.len(),
             n_runs: self.runs.len(),
+            reserved: false,
             n_names: self.names.strings.len(),
             n_subs: self.subs.strings.len(),
             starts: None,
@@ -755,7 +761,7 @@ impl DocIndex {
         // An update that made most of the arena (a load, a full-state import)
         // leaves the tables up to twice their length: give the slack back, once.
         let n = self.runs.len();
-        if n >= 4096 && n - txn.n_runs.min(n) > n / 2 {
+        if n >= LARGE_UPDATE && n - txn.n_runs.min(n) > n / 2 {
             self.runs.shrink_to_fit();
             for c in &mut self.clients {
                 c.runs.shrink_to_fit();
@@ -846,6 +852,31 @@ impl DocIndex {
     #[inline]
     fn id_of(&self, r: Ref) -> Option<Id> {
         (!r.is_none()).then(|| (self.clients[r.c as usize].id, r.k))
+    }
+
+    /// Before a large update (a load, a full-state import): room for one run
+    /// per struct in the arena and in each known client's tables, reserved
+    /// exactly. Growing them by doubling instead would leave them up to twice
+    /// their length (and the allocator the freed smaller copies) for the whole
+    /// life of the document; a checked update makes at most one run per struct
+    /// plus the splits of runs it inserts into, which grow the tables as usual.
+    fn reserve_for(&mut self, parsed: &ParsedUpdate) -> bool {
+        let n = parsed.struct_count();
+        if n < LARGE_UPDATE {
+            return false;
+        }
+        let spare = self.runs.capacity() - self.runs.len() + self.free_runs.len();
+        if n > spare {
+            self.runs.reserve_exact(n - self.free_runs.len());
+        }
+        for (client, structs) in &parsed.clients {
+            if let Some(c) = self.client_num(*client) {
+                let cd = &mut self.clients[c as usize];
+                cd.runs.reserve_exact(structs.len());
+                cd.starts.reserve_exact(structs.len());
+            }
+        }
+        true
     }
 
     fn new_run(&mut self, run: Run) -> u32 {
@@ -1172,6 +1203,7 @@ impl DocIndex {
     fn run_txn(&mut self, txn: &mut Txn, data: &[u8], parsed: &ParsedUpdate) -> Result<()> {
         check_static(parsed)?;
         self.prepass(txn, parsed)?;
+        txn.reserved = self.reserve_for(parsed);
         self.integrate_all(txn, data, parsed)?;
         self.check_delete_set(txn)
     }
@@ -2050,6 +2082,18 @@ impl DocIndex {
         }
         self.names.truncate(txn.n_names);
         self.subs.truncate(txn.n_subs);
+        if txn.reserved {
+            // A large update refused before it used its reservation: give it back.
+            if self.runs.capacity() - self.runs.len() >= LARGE_UPDATE {
+                self.runs.shrink_to_fit();
+            }
+            for c in &mut self.clients {
+                if c.runs.capacity() - c.runs.len() >= LARGE_UPDATE {
+                    c.runs.shrink_to_fit();
+                    c.starts.shrink_to_fit();
+                }
+            }
+        }
     }
 
     fn unlink(&mut self, node: u32) {
