@@ -70,6 +70,7 @@ _BYTE_SIZES = frozenset(
         "max_unauth_bytes",
         "max_send_queue",
         "max_room_bytes",
+        "max_loaded_bytes",
         "max_bytes_per_sec",
     }
 )

@@ -693,6 +693,15 @@ class Peer:
         """Names of the open documents."""
         return sorted(self._docs)
 
+    def doc_size(self, name: str) -> int:
+        """What open document ``name`` costs, in bytes (0 when it is not open).
+
+        Its Yjs state when it was loaded or last compacted, plus every update
+        stored since (the size ``max_doc_bytes`` limits).
+        """
+        entry = self._docs.get(name)
+        return entry.size if entry is not None else 0
+
     def epoch(self, name: str) -> bytes:
         """The epoch (incarnation) of open document ``name``.
 

@@ -178,6 +178,13 @@ class RoomBackend(Protocol):
         """Sessions and guests in room ``name``."""
         ...
 
+    def doc_size(self, name: str) -> int:
+        """What loaded room ``name`` costs, in bytes (0: not loaded).
+
+        Its state when loaded or compacted plus every update stored since.
+        """
+        ...
+
     async def close_doc(
         self, name: str, *, compact: bool = False, keep: Callable[[], bool] | None = None
     ) -> bool:

@@ -58,6 +58,12 @@ class RelayConfig:
             since it was last measured: memory and disk); a room at the limit
             refuses updates that add to it (crdtsync: DOC_ERROR LIMIT_EXCEEDED;
             y-protocols: permission denied), and stays readable.
+        max_loaded_bytes: bytes the rooms loaded in memory may cost in all (each
+            room's size as ``max_room_bytes`` counts it, plus its cached catch-up
+            answer). Loading a room over it first unloads idle rooms, least
+            recently used first; when the loaded rooms are all in use the new
+            one is refused (crdtsync: DOC_ERROR LIMIT_EXCEEDED, ``RelayFullError``;
+            y-protocols: close 1013), and clients retry later.
         max_rooms: rooms the store may hold; creating more is refused (crdtsync:
             DOC_ERROR LIMIT_EXCEEDED; y-protocols: close 4413).
         max_new_rooms_per_min: rooms one client address may create per minute,
@@ -103,6 +109,7 @@ class RelayConfig:
     idle_unload: float = 30.0
     compact_every: int = 1000
     max_room_bytes: int = 64 << 20
+    max_loaded_bytes: int = 2 << 30
     max_rooms: int = 100_000
     max_new_rooms_per_min: int = 60
     max_refused_updates: int = 32

@@ -13,16 +13,23 @@ a receiver whose write buffer grows past ``max_send_queue`` (its latest sync ste
 2 exempt) is dropped as a slow consumer.
 
 Rooms nobody uses (no session, no guest: ``backend.users``) for ``idle_unload``
-seconds are compacted and unloaded (:meth:`Rooms.sweep`).
+seconds are compacted and unloaded (:meth:`Rooms.sweep`). The bytes of the
+rooms loaded (each room's size, ``backend.doc_size``, plus its cached
+catch-up answer) are capped by ``max_loaded_bytes``: loading one more room
+over it first unloads idle rooms, least recently used first, and when every
+loaded room is in use the new one is refused (``RelayFullError``; clients
+retry later) (:meth:`Rooms.make_room`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
-from crdtsync.errors import StoreError
+from crdtsync.errors import RelayFullError, StoreError
 from crdtsync.peer.guests import Origin
 from crdtsync.protocol import yprotocol as y
+from crdtsync.relay.answers import Answers
 from crdtsync.relay.backend import RoomBackend
 from crdtsync.relay.config import RelayConfig
 from crdtsync.relay.limits import SyncConnection, now
@@ -58,7 +65,13 @@ class Rooms:
         self._flush_handle: asyncio.Handle | None = None
         # Room name -> since when nobody used it.
         self._idle_since: dict[str, float] = {}
+        # Rooms being unloaded to make memory for others (not chosen twice).
+        self._shedding: dict[str, asyncio.Task[None]] = {}
+        #: Each room's full-state answer, and every address's budget of answer bytes.
+        self.answers = Answers()
         self._unwatch = backend.watch(self)
+        # A room loaded again (or replaced) answers from its new state.
+        self._unopen = backend.on_open(lambda name, _doc: self.answers.changed(name))
 
     # -- membership ----------------------------------------------------------------------
 
@@ -79,6 +92,8 @@ class Rooms:
             self._count -= 1
             if not members:
                 del self._members[yc.room]
+                # Least recently used first (the sweep forgets it if sessions use it).
+                self._idle_since.setdefault(yc.room, now())
         if self._by_guest.get(yc.guest) is yc:
             del self._by_guest[yc.guest]
 
@@ -95,6 +110,7 @@ class Rooms:
 
     def updated(self, name: str, update: bytes, origin: Origin) -> None:
         """A transaction of room ``name`` (stored, or queued for the commit): send it on."""
+        self.answers.changed(name)
         source = self._by_guest.get(origin)
         t0: float | None = None
         if source is not None:
@@ -181,6 +197,76 @@ class Rooms:
         """Bytes in each y-protocols client's socket buffer."""
         return [buffered(yc.ws) for yc in self.connections()]
 
+    # -- memory of loaded rooms ---------------------------------------------------------
+
+    def loaded_bytes(self) -> int:
+        """What the loaded rooms cost: their sizes plus their cached answers."""
+        backend, answers = self._backend, self.answers
+        return sum(backend.doc_size(n) + answers.cached_bytes(n) for n in backend.docs())
+
+    async def make_room(self, name: str) -> None:
+        """Make memory for loading room ``name``, waiting for the idle rooms it unloads.
+
+        Raises:
+            RelayFullError: the loaded rooms fill ``max_loaded_bytes`` and are all in use.
+        """
+        tasks = self.shed(name)
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def shed(self, name: str | None = None) -> list[asyncio.Task[None]]:
+        """Unload idle rooms, least recently used first, until the loaded ones fit.
+
+        ``name``: a room about to be loaded (nothing to do if it is loaded
+        already): it is refused when the rooms in use alone fill the budget.
+
+        Returns:
+            The unloads started (and those already under way that were counted on).
+
+        Raises:
+            RelayFullError: ``name`` cannot be loaded now.
+        """
+        cap = self._config.max_loaded_bytes
+        backend, answers = self._backend, self.answers
+        loaded = backend.docs()
+        if name is not None and name in loaded:
+            return []
+        sizes = {n: backend.doc_size(n) + answers.cached_bytes(n) for n in loaded}
+        # Rooms already leaving do not count: their memory is on its way back.
+        total = sum(size for n, size in sizes.items() if n not in self._shedding)
+        tasks = list(self._shedding.values())
+        if total < cap:
+            return tasks
+        t = now()
+        idle = sorted(
+            (self._idle_since.get(n, t), n)
+            for n in loaded
+            if n not in self._shedding and n != name and not backend.users(n)
+        )
+        victims = []
+        for _, n in idle:
+            if total < cap:
+                break
+            victims.append(n)
+            total -= sizes[n]
+        if total >= cap and name is not None:
+            self._metrics.error("loaded_full")
+            raise RelayFullError("every room the relay holds in memory is in use: try again later")
+        for n in victims:
+            task = asyncio.get_running_loop().create_task(self._unload(n))
+            self._shedding[n] = task
+            task.add_done_callback(partial(self._shed_done, n))
+            tasks.append(task)
+        if victims:
+            log.info(
+                "rooms unloaded for memory",
+                extra={"fields": {"rooms": len(victims), "loaded_bytes": total}},
+            )
+        return tasks
+
+    def _shed_done(self, name: str, _task: asyncio.Task[None]) -> None:
+        self._shedding.pop(name, None)
+
     # -- idle rooms ----------------------------------------------------------------------
 
     async def sweep(self) -> None:
@@ -188,8 +274,11 @@ class Rooms:
         period = max(0.05, min(5.0, self._config.idle_unload / 2))
         while True:
             await asyncio.sleep(period)
+            self.shed()  # rooms grow while loaded: back under max_loaded_bytes
             t = now()
             for name in list(self._backend.docs()):
+                if name in self._shedding:
+                    continue
                 since = self._idle_since.get(name)
                 if self._backend.users(name):
                     self._idle_since.pop(name, None)
@@ -215,9 +304,11 @@ class Rooms:
             unloaded = name not in backend.docs()
         self._idle_since.pop(name, None)
         if unloaded:
+            self.answers.changed(name)
             self._metrics.unloaded.inc()
             log.debug("room unloaded", extra={"fields": {"room": name}})
 
     def close(self) -> None:
         """Stop watching the backend."""
         self._unwatch()
+        self._unopen()

@@ -75,6 +75,7 @@ from crdtsync.errors import (
     NoSuchDocumentError,
     RateLimitError,
     ReadOnlyError,
+    RelayFullError,
     RoomNotAllowedError,
     StoreError,
     TokenError,
@@ -126,7 +127,7 @@ CLOSE_CODES: dict[int, str] = {
     ys.CLOSE_POLICY: "policy: forged client id, or too much data before authentication",
     ys.CLOSE_TOO_BIG: "message too big",
     ys.CLOSE_INTERNAL_ERROR: "internal error (store failure)",
-    ys.CLOSE_TRY_AGAIN_LATER: "too many connections (try again later)",
+    ys.CLOSE_TRY_AGAIN_LATER: "too many connections, or every loaded room in use (try again later)",
     ys.CLOSE_INVALID_ROOM: "invalid room name",
     ys.CLOSE_BAD_TOKEN: "missing, invalid or expired token",
     ys.CLOSE_ROOM_NOT_ALLOWED: "the token does not allow this room",
@@ -287,7 +288,12 @@ class Relay:
             )
         )
         self._backend = backend
-        self._rooms = Rooms(backend, cfg, self.metrics)
+        self._rooms = rooms = Rooms(backend, cfg, self.metrics)
+        self.metrics.registry.gauge(
+            "crdtsync_relay_loaded_bytes",
+            "What the rooms loaded in memory cost (their sizes and cached answers).",
+            lambda: [({}, float(rooms.loaded_bytes()))],
+        )
         backend.on_status(self._on_status)
         if self._hooks is not None:
             runner = HookRunner(self._hooks, backend.commit, lambda _: self.metrics.error("hook"))
@@ -671,6 +677,14 @@ class Relay:
             refusal = RoomNotAllowedError(f"the token does not allow room {name!r}")
             self._log_room_refusal(refusal, address, name, claims.subject)
             raise refusal
+        if self._rooms is not None:
+            # max_loaded_bytes: idle rooms are unloaded meanwhile (the room may
+            # load before they are gone: one room over, at most).
+            try:
+                self._rooms.shed(name)
+            except RelayFullError as exc:
+                self._log_room_refusal(exc, address, name, None)
+                raise
 
     def _log_room_refusal(
         self, error: CrdtSyncError, address: str, room: str, subject: str | None
@@ -762,6 +776,7 @@ class Relay:
             creating=partial(self._creating, address),
         )
         try:
+            await rooms.make_room(room)  # max_loaded_bytes: idle rooms unloaded first
             guest = await backend.join(room, grant=grant, address=address)
         except (LimitExceededError, NoSuchDocumentError, StoreError) as exc:
             await self._refuse_room(ws, address, room, exc)
@@ -823,6 +838,9 @@ class Relay:
         elif isinstance(error, NoSuchDocumentError):
             self.metrics.error("no_such_room")
             code, reason = ys.CLOSE_NO_SUCH_ROOM, "no such room"
+        elif isinstance(error, RelayFullError):
+            # Counted by Rooms.shed; 1013: clients retry later.
+            code, reason = ys.CLOSE_TRY_AGAIN_LATER, "every loaded room is in use: try again later"
         elif isinstance(error, RateLimitError):
             # Counted by _creating; 45xx: y-websocket retries later.
             code, reason = ys.CLOSE_RATE_LIMITED, "too many new rooms: try again later"

@@ -588,6 +588,10 @@ class ClusterBackend:
         """See :meth:`crdtsync.relay.backend.RoomBackend.users`."""
         return self._peer.users(name)
 
+    def doc_size(self, name: str) -> int:
+        """See :meth:`crdtsync.relay.backend.RoomBackend.doc_size`."""
+        return self._peer.doc_size(name)
+
     async def close_doc(
         self, name: str, *, compact: bool = False, keep: Callable[[], bool] | None = None
     ) -> bool:
