@@ -72,6 +72,7 @@ _BYTE_SIZES = frozenset(
         "max_room_bytes",
         "max_loaded_bytes",
         "max_bytes_per_sec",
+        "max_answer_bytes_per_sec",
     }
 )
 _LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -10,8 +10,8 @@ deletion included, and every reload). It is at most the room's own state, so
 a room's cache is counted in what the room costs in memory (``--max-loaded-bytes``).
 
 Answers cost bytes to send whether or not they were cached, so each client
-address (an IPv6 /64) has a byte budget of answers (:data:`ANSWER_BYTES_RATE`
-after a burst of :data:`ANSWER_BYTES_BURST`): an answer is always sent whole
+address (an IPv6 /64) has a byte budget of answers (``max_answer_bytes_per_sec``
+after a burst of :data:`ANSWER_BURST_SECONDS` of it): an answer is always sent whole
 (a room larger than the burst is joinable), and runs the address into debt;
 while the address is in debt, its connections' next questions wait (their
 connection is not read) until the debt is paid. Other addresses never wait.
@@ -24,14 +24,12 @@ from crdtsync.protocol.limits import TokenBucket
 from crdtsync.relay.admission import address_key
 from crdtsync.relay.backend import RoomGuest
 
-__all__ = ["ANSWER_BYTES_BURST", "ANSWER_BYTES_RATE", "Answers"]
+__all__ = ["ANSWER_BURST_SECONDS", "Answers"]
 
-#: Bytes of whole answers (catch-ups, everyone's presence) one client address
-#: is sent per second, sustained.
-ANSWER_BYTES_RATE = 2 << 20
-#: The burst: a newcomer gets this much at once (a larger room is sent whole,
-#: and the address then waits for the debt to be paid).
-ANSWER_BYTES_BURST = 8 << 20
+#: The burst of an address's answer bytes, in seconds of its rate: a newcomer
+#: gets this much at once (a larger room is sent whole, and the address then
+#: waits for the debt to be paid).
+ANSWER_BURST_SECONDS = 4
 
 
 class Answers:
@@ -39,7 +37,7 @@ class Answers:
 
     Args:
         rate: answer bytes per second per address.
-        burst: the bucket size.
+        burst: the bucket size (default: :data:`ANSWER_BURST_SECONDS` of ``rate``).
 
     Example:
         >>> answers = Answers(rate=100.0, burst=100)
@@ -53,9 +51,9 @@ class Answers:
     #: Addresses remembered before the ones with a full bucket are forgotten.
     MAX_ADDRESSES = 10_000
 
-    def __init__(self, rate: float = ANSWER_BYTES_RATE, burst: int = ANSWER_BYTES_BURST) -> None:
+    def __init__(self, rate: float, burst: int | None = None) -> None:
         self.rate = rate
-        self.burst = burst
+        self.burst = burst if burst is not None else int(ANSWER_BURST_SECONDS * rate)
         # Room name -> the update answering a sync step 1 that knows nothing of
         # the room, as of the room's current state.
         self._full: dict[str, bytes] = {}

@@ -37,6 +37,10 @@ class RelayConfig:
             update); a faster sender is read more slowly (it waits on TCP), not
             closed.
         max_unauth_bytes: bytes a connection may send before it is authenticated.
+        max_answer_bytes_per_sec: bytes of whole answers (catch-ups, everyone's
+            presence) one client address (an IPv6 /64) is sent per second, after a
+            burst of four seconds' worth. An answer is always sent whole; while
+            the address owes bytes, its next questions wait.
         max_send_queue: bytes queued towards one connection; above it the
             connection is a slow consumer and is closed (it resyncs on reconnect).
         max_connections: authenticated connections in all; more are refused with
@@ -100,6 +104,7 @@ class RelayConfig:
     max_msgs_burst: int = 2000
     max_bytes_per_sec: int = 1 << 20
     max_unauth_bytes: int = 64 << 10
+    max_answer_bytes_per_sec: int = 2 << 20
     max_send_queue: int = 8 << 20
     max_connections: int = 20_000
     max_unauth_connections: int = 1024

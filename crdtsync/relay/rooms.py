@@ -68,7 +68,7 @@ class Rooms:
         # Rooms being unloaded to make memory for others (not chosen twice).
         self._shedding: dict[str, asyncio.Task[None]] = {}
         #: Each room's full-state answer, and every address's budget of answer bytes.
-        self.answers = Answers()
+        self.answers = Answers(config.max_answer_bytes_per_sec)
         self._unwatch = backend.watch(self)
         # A room loaded again (or replaced) answers from its new state.
         self._unopen = backend.on_open(lambda name, _doc: self.answers.changed(name))
