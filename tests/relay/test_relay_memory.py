@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.relay import RawSync, YClient, errors, parse_metrics, running_relay
+from helpers.relay import Metrics, RawSync, YClient, errors, parse_metrics, running_relay
 from helpers.waiting import eventually
 
 from crdtsync import Doc, ErrorCode
@@ -165,7 +165,7 @@ async def test_answers_are_budgeted_in_bytes_per_address(
 # -- --max-loaded-bytes: idle rooms unloaded least recently used first ---------------------------
 
 
-def local_metrics(relay: Relay) -> Any:
+def local_metrics(relay: Relay) -> Metrics:
     return parse_metrics(relay.metrics.render())
 
 
