@@ -5,9 +5,11 @@
 (:class:`~crdtsync.peer.peer.DocWatcher`) and sends every transaction and
 presence update of a room to the room's y-protocols clients but the one it came
 from. Every y-protocols send goes through one outbox, in order, flushed on the
-next loop iteration after ``backend.commit()``: imported updates are
-group-committed (many updates, one fsync), and a forwarded update or a sync
-step 2 may carry some of them, so nothing leaves before it is stored. Each
+next loop iteration and sent once ``backend.durable()`` says everything imported
+before is stored: imported updates are group-committed (many updates, one
+fsync, on the store's worker thread while the loop goes on), and a forwarded
+update or a sync step 2 may carry some of them, so nothing leaves before it is
+stored. Each
 update is framed once for all its receivers (:func:`~crdtsync.relay.yconn.fanout`);
 a receiver whose write buffer grows past ``max_send_queue`` (its latest sync step
 2 exempt) is dropped as a slow consumer.
@@ -24,6 +26,7 @@ retry later) (:meth:`Rooms.make_room`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from functools import partial
 
 from crdtsync.errors import RelayFullError, StoreError
@@ -63,6 +66,11 @@ class Rooms:
         # Sends waiting for the backend's group commit, in order.
         self._outbox: list[_Send] = []
         self._flush_handle: asyncio.Handle | None = None
+        # Flushed sends waiting for the store, and the task that sends them once stored.
+        self._batches: list[_Send] = []
+        self._deliverer: asyncio.Task[None] | None = None
+        self._mark = 0  # the backend's durability mark (failures after it are new)
+        self._closed = False
         # Room name -> since when nobody used it.
         self._idle_since: dict[str, float] = {}
         # Rooms being unloaded to make memory for others (not chosen twice).
@@ -147,23 +155,65 @@ class Rooms:
             self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
-        """Commit the backend, then send everything queued (the store failing: nothing)."""
+        """Send everything queued once the backend has stored what it may carry.
+
+        The commit runs off the event loop (``backend.durable``: the store's
+        worker thread, one transaction for whatever was imported meanwhile);
+        batches go out in order. The store failing: those rooms' sends are not
+        made, and their clients are dropped (they resend when they reconnect).
+        """
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         outbox, self._outbox = self._outbox, []
         if not outbox:
             return
-        try:
-            self._backend.commit()
-        except StoreError as exc:
+        self._batches.extend(outbox)
+        if self._deliverer is None:
+            self._deliverer = asyncio.get_running_loop().create_task(self._deliver())
+            self._deliverer.add_done_callback(self._delivered)
+
+    async def drain(self) -> None:
+        """Flush, and return once everything queued so far was sent (or dropped)."""
+        self.flush()
+        while self._deliverer is not None:
+            await asyncio.wait({self._deliverer})
+
+    async def _deliver(self) -> None:
+        while self._batches:
+            batch, self._batches = self._batches, []
+            try:
+                self._backend.commit()  # a backend that commits on the loop does it here
+                self._mark, failed = await self._backend.durable(self._mark)
+            except StoreError as exc:
+                failed = {"": exc}
+            if failed:
+                self._metrics.error("store")
+                log.error(
+                    "store failure", extra={"fields": {"error": str(next(iter(failed.values())))}}
+                )
+            self._send(batch, failed)
+
+    def _delivered(self, task: asyncio.Task[None]) -> None:
+        self._deliverer = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("sending stored updates on failed", exc_info=exc)
+        if self._batches and not self._closed:
+            self._deliverer = asyncio.get_running_loop().create_task(self._deliver())
+            self._deliverer.add_done_callback(self._delivered)
+
+    def _send(self, outbox: list[_Send], failed: Mapping[str, StoreError]) -> None:
+        if failed:
             # Not stored: not sent. Those clients resend what we lack when they reconnect.
-            self._metrics.error("store")
-            log.error("store failure", extra={"fields": {"error": str(exc)}})
-            for members, _, _, _ in outbox:
-                for yc in members:
-                    yc.drop()
-            return
+            kept = []
+            for send in outbox:
+                members = send[0]
+                if "" in failed or any(yc.room in failed for yc in members):
+                    for yc in members:
+                        yc.drop()
+                else:
+                    kept.append(send)
+            outbox = kept
         t = now()
         metrics = self._metrics
         for members, message, t0, catch_up in outbox:
@@ -309,6 +359,9 @@ class Rooms:
             log.debug("room unloaded", extra={"fields": {"room": name}})
 
     def close(self) -> None:
-        """Stop watching the backend."""
+        """Stop watching the backend (and sending: what was not stored is not sent)."""
+        self._closed = True
         self._unwatch()
         self._unopen()
+        if self._deliverer is not None:
+            self._deliverer.cancel()

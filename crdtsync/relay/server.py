@@ -395,7 +395,7 @@ class Relay:
         rooms = self._rooms
         yconns = rooms.connections() if rooms is not None else []
         if rooms is not None:
-            rooms.flush()  # what was stored goes out before the close frames
+            await rooms.drain()  # what was stored goes out before the close frames
         # Every connection at once, under one deadline: one after another, each
         # client that never answers the close would cost the close timeout.
         y_closing = asyncio.ensure_future(

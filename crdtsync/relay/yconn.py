@@ -209,7 +209,7 @@ class YConnection:
             )
         # What the session said before closing (the refusals that led to it)
         # is in the room outbox: it goes out before the close frame.
-        self.rooms.flush()
+        await self.rooms.drain()
         await ws.close(session.close_code or ys.CLOSE_PROTOCOL_ERROR, session.close_reason or "")
         return f"{kind}: {session.error}"
 

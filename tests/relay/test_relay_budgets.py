@@ -244,6 +244,7 @@ async def test_a_room_at_its_size_limit_refuses_writes_and_stays_readable(
 async def _room_with_text(relay: Relay, name: str = "notes", body: str = "hello") -> Doc:
     room = await relay.peer.open(name)
     room.text("body").insert(0, body)
+    await relay.peer.flush()  # stored (the relay commits on its store's worker thread)
     return room
 
 

@@ -108,6 +108,7 @@ async def test_a_room_loaded_again_answers_from_its_new_state(tmp_path: Path) ->
         await eventually(lambda: "notes" not in relay.peer.docs(), what="the room unloaded")
         again = await relay.peer.open("notes")
         again.text("body").insert(0, "after, ")
+        await relay.peer.flush()  # stored (on the store's worker thread)
         await relay.peer.close_doc("notes")  # its cache must not outlive it
         client = await YClient.open(relay.url, "notes")
         second = Doc()

@@ -609,6 +609,10 @@ class ClusterBackend:
         """See :meth:`crdtsync.relay.backend.RoomBackend.commit`."""
         self._peer.commit()
 
+    async def durable(self, since: int = 0) -> tuple[int, dict[str, StoreError]]:
+        """See :meth:`crdtsync.relay.backend.RoomBackend.durable`."""
+        return await self._peer.durable(since)
+
     def send_queues(self) -> list[int]:
         """See :meth:`crdtsync.relay.backend.RoomBackend.send_queues`."""
         return self._peer.send_queues()
