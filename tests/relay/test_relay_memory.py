@@ -7,13 +7,25 @@ hold each budget in counts, bytes and close codes, never in timings
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import string
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.relay import Metrics, RawSync, YClient, errors, parse_metrics, running_relay
+from helpers.relay import (
+    WAIT,
+    Metrics,
+    RawSync,
+    YClient,
+    errors,
+    http_get,
+    parse_metrics,
+    running_relay,
+)
 from helpers.waiting import eventually
 
 from crdtsync import Doc, ErrorCode
@@ -21,8 +33,9 @@ from crdtsync.format.version import Version
 from crdtsync.peer.guests import Guest
 from crdtsync.protocol import messages as m
 from crdtsync.protocol import yprotocol as y
-from crdtsync.relay import Relay
+from crdtsync.relay import Relay, RelayConfig
 from crdtsync.relay.answers import Answers
+from crdtsync.store.memory import MemoryStore
 
 pytestmark = pytest.mark.anyio
 
@@ -242,3 +255,64 @@ async def test_loaded_rooms_that_grow_are_shed_by_the_sweep(tmp_path: Path) -> N
         await eventually(lambda: "a" not in relay.peer.docs(), timeout=20.0, what="a shed")
         assert "b" in relay.peer.docs()
         await b.aclose()
+
+
+# -- group commit off the event loop ------------------------------------------------------------
+
+
+class _SlowDisk(MemoryStore):
+    """A store whose commits wait until the test lets them through (a slow fsync)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()
+
+    def append_many(self, items: list[tuple[str, bytes]]) -> list[int]:
+        if not self.gate.is_set():
+            self.waiting.set()
+            # Bounded: a relay that commits on its event loop would wait here with
+            # its whole loop; the test then fails on its own timeouts, not a hang.
+            self.gate.wait(30.0)
+        return super().append_many(items)
+
+
+async def test_the_commit_runs_off_the_event_loop_and_nothing_leaves_before_it(
+    tmp_path: Path,
+) -> None:
+    """Each group commit (an fsync) ran on the event loop: every room waited for it."""
+    store = _SlowDisk()
+    relay = Relay(RelayConfig(port=0, host="127.0.0.1", data=None), store=store)
+    await relay.start()
+    try:
+        writer = await YClient.open(relay.url, "notes")
+        reader = await YClient.open(relay.url, "notes")
+        for c in (writer, reader):
+            await c.sync()
+        store.gate.clear()  # the disk stalls
+        await writer.edit(lambda d: d.text("body").insert(0, "hello"))
+        await asyncio.to_thread(store.waiting.wait, WAIT)
+        assert store.waiting.is_set(), "the update never reached the store"
+        # Meanwhile the relay goes on: it answers HTTP probes, and reads and
+        # imports what comes next (the next group commit's), in memory.
+        status, _ = await http_get(relay, "/healthz")
+        assert status == 200
+        await writer.edit(lambda d: d.text("body").insert(5, ", world"))
+        room = await relay.peer.open("notes")
+        await eventually(lambda: str(room.text("body")) == "hello, world", what="imported")
+        # Nothing that carries the update has left: the reader has not got it.
+        assert reader.text() == ""
+        with contextlib.suppress(AssertionError):
+            await reader.pump_until(lambda: reader.text() != "", timeout=0.2)
+        assert reader.text() == ""
+        store.gate.set()  # stored: now it goes out
+        await reader.pump_until(lambda: reader.text() == "hello, world")
+        found = store.load("notes")
+        assert found is not None
+        assert len(found.updates) >= 2  # (each commit stored, the stalled one too)
+        for c in (writer, reader):
+            await c.aclose()
+    finally:
+        store.gate.set()
+        await relay.close()
