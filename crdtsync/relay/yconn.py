@@ -186,10 +186,14 @@ class YConnection:
                     session.receive_data(message, now=t)
                 events = session.events_received()
                 if any(isinstance(ev, _ASKS) for ev in events):
-                    # Its address owes answer bytes: nothing more until it has paid.
-                    wait = self.rooms.answers.wait(self.address, now=t)
-                    if wait > 0:
+                    # Its address owes answer bytes: nothing more until it has paid
+                    # (again if another of its connections spent meanwhile: one
+                    # answer per payment, not one per connection waiting).
+                    answers = self.rooms.answers
+                    while (wait := answers.wait(self.address, now=now())) > 0:
                         await pause_reading(wait, ws.wait_closed)
+                        if ws.transport.is_closing():
+                            break
                 self._process(events)
                 if session.closed:
                     break
