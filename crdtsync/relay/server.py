@@ -54,6 +54,7 @@ import asyncio
 import contextlib
 import signal
 import ssl
+import sys
 from dataclasses import replace
 from functools import partial
 from http import HTTPStatus
@@ -136,6 +137,9 @@ CLOSE_CODES: dict[int, str] = {
     # 45xx, not 44xx: y-websocket gives up for good on 4400-4499 and retries 45xx.
     ys.CLOSE_RATE_LIMITED: "message rate limit exceeded (reconnect later)",
 }
+
+#: The interpreter's GIL switch interval in a relay process (``serve``): see there.
+SWITCH_INTERVAL = 0.0005
 
 # Room refusals logged per crdtsync connection (the metrics count them all).
 _MAX_ROOM_REFUSALS_LOGGED = 16
@@ -915,6 +919,14 @@ async def serve(config: RelayConfig) -> None:
     line means it accepts connections.
     """
     setup_logging(config.log_level)
+    # Commits run on the store's worker thread. When the event loop is busy (a
+    # writer's large updates being parsed, say), that thread waits for the GIL
+    # at each step of a commit (queue, SQLite calls, the fsync's return, the
+    # loop's wakeup) up to the switch interval each: 5 ms by default, which
+    # made another room's p99 round trip 10x (scripts/relay_budgets.py, "full").
+    # The relay owns this process: it asks the interpreter to hand the GIL
+    # over sooner (a cost only while another thread is waiting for it).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     if config.store is not None:
         # A node of a relay cluster on PostgreSQL (needs the crdtsync[postgres] extra).
         from crdtsync.relay.cluster.node import ClusterNode
