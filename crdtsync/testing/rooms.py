@@ -123,7 +123,9 @@ async def _check(backend: RoomBackend, store: MemoryStore) -> None:
     assert _text([guest.catch_up(Version())]) == "hi", "catch_up must carry the write"
     stored = store.load("room")
     assert stored is not None, "commit() and durable() must have stored the room"
-    assert _text([u for _, u in stored.updates]) == "hi", "commit() and durable() must have stored the write"
+    assert _text([u for _, u in stored.updates]) == "hi", (
+        "commit() and durable() must have stored the write"
+    )
 
     # Writer ids: new structs under a live connection's id are refused, and close the writer.
     forger = Doc(peer_id=1001)
