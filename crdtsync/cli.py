@@ -70,7 +70,9 @@ _BYTE_SIZES = frozenset(
         "max_unauth_bytes",
         "max_send_queue",
         "max_room_bytes",
+        "max_loaded_bytes",
         "max_bytes_per_sec",
+        "max_answer_bytes_per_sec",
     }
 )
 _LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -41,7 +41,8 @@ The tree::
     │   ├── ProtocolTimeoutError (also TimeoutError)   no handshake, ack or keepalive in time (11)
     │   ├── LimitExceededError                     too many documents, chunks or pending bytes (12)
     │   │   ├── RateLimitError                     more messages than the rate limit allows
-    │   │   └── DocumentFullError                  a document at its size limit refused an update
+    │   │   ├── DocumentFullError                  a document at its size limit refused an update
+    │   │   └── RelayFullError                     every room a relay holds in memory is in use
     │   ├── PeerGoingAwayError                     the peer closed the session normally (13)
     │   ├── ReadOnlyError                          an update over a read-only grant (16)
     │   ├── InvalidRoomError                       a room (document) name the relay refuses (17)
@@ -111,6 +112,7 @@ __all__ = [
     "RateLimitError",
     "ReadOnlyError",
     "ReadOnlyValueError",
+    "RelayFullError",
     "RoomMovedError",
     "RoomNotAllowedError",
     "RootTypeError",
@@ -404,6 +406,14 @@ class DocumentFullError(LimitExceededError):
     Nothing changed; what the document already has stays readable, and updates
     carrying nothing new are still accepted. A relay answers so for a room over
     its ``max_room_bytes``.
+    """
+
+
+class RelayFullError(LimitExceededError):
+    """Every room the relay holds in memory is in use, and they fill its budget.
+
+    Retry later: rooms are unloaded as their users leave (a relay's
+    ``max_loaded_bytes``; y-protocols: close 1013).
     """
 
 

@@ -29,7 +29,7 @@ from crdtsync.errors import DocNotOpenError
 from crdtsync.format.version import Version
 from crdtsync.model.doc import Doc
 from crdtsync.net import Connection
-from crdtsync.peer.policy import Admission, KnownDeletions, Sender, WriterCheck, admit
+from crdtsync.peer.policy import Admission, Sender, WriterCheck, admit
 from crdtsync.protocol.awareness import Awareness, AwarenessChange
 
 if TYPE_CHECKING:
@@ -76,7 +76,6 @@ class GuestPort:
 
     doc: Callable[[str], Doc]
     full: Callable[[str], bool]
-    known: Callable[[str], KnownDeletions | None]
     awareness: Callable[[str], Awareness]
     import_update: Callable[[str, bytes, Guest], None]
     take_presence: Callable[[str, set[int], bytes, Entries, Guest], AwarenessChange]
@@ -178,7 +177,6 @@ class Guest:
             sender=self.sender,
             full=self._port.full(self.name),
             catch_up=first,
-            known=self._port.known(self.name),
         )
         if verdict is Admission.WRITE:
             self._port.import_update(self.name, update, self)

@@ -103,7 +103,7 @@ from crdtsync.net import (
     has_identity,
 )
 from crdtsync.peer.guests import DocWatcher, Entries, Guest, GuestPort, Origin
-from crdtsync.peer.policy import MAX_HELD_PER_SENDER, Admission, KnownDeletions, Sender, admit
+from crdtsync.peer.policy import MAX_HELD_PER_SENDER, Admission, Sender, admit
 from crdtsync.peer.schemes import check_sync_address, shown_address
 from crdtsync.peer.tokens import TokenSource, check_token_source, fetch_token
 from crdtsync.protocol import session as p
@@ -302,8 +302,6 @@ class _Entry:
     # Held updates (waiting for missing changes) by their sender (None: the
     # application's own import); the store keeps them while it is connected.
     held_from: dict[bytes, Sender | None] = field(default_factory=dict)
-    # Its deletions, read again after each change (readers' checks cost the update).
-    known: KnownDeletions | None = None
 
 
 @dataclass(eq=False)
@@ -546,7 +544,6 @@ class Peer:
         self._guest_port = GuestPort(
             doc=lambda name: self._entry(name).doc,
             full=lambda name: self._full(self._entry(name)),
-            known=lambda name: self._entry(name).known,
             awareness=lambda name: self._entry(name).awareness,
             import_update=lambda name, update, guest: self._import(
                 self._entry(name), update, guest
@@ -693,6 +690,15 @@ class Peer:
         """Names of the open documents."""
         return sorted(self._docs)
 
+    def doc_size(self, name: str) -> int:
+        """What open document ``name`` costs, in bytes (0 when it is not open).
+
+        Its Yjs state when it was loaded or last compacted, plus every update
+        stored since (the size ``max_doc_bytes`` limits).
+        """
+        entry = self._docs.get(name)
+        return entry.size if entry is not None else 0
+
     def epoch(self, name: str) -> bytes:
         """The epoch (incarnation) of open document ``name``.
 
@@ -740,7 +746,6 @@ class Peer:
         except InvalidUpdateError as exc:
             raise StoreError(f"document {name!r} in the store is corrupt: {exc}") from exc
         entry = _Entry(name, doc, stored.epoch, Awareness(self.peer_id), lambda: None)
-        entry.known = KnownDeletions(doc)
         entry.log_count = len(stored.updates)
         entry.last_seq = stored.updates[-1][0] if stored.updates else 0
         if self._max_doc_bytes is not None and (stored.snapshot or stored.updates):
@@ -795,8 +800,6 @@ class Peer:
         """Every transaction of an open document: store it, then send it on."""
         if self._docs.get(entry.name) is not entry:
             return
-        if entry.known is not None:
-            entry.known.changed()
         if local and self._worker is not None:
             self._submit(entry, update)
         elif local:
@@ -2131,7 +2134,6 @@ class Peer:
             sender=link.sender,
             full=self._full(entry),
             catch_up=ev.seq == 1,
-            known=entry.known,
         )
         refusal = self._refusal(entry, verdict)
         if refusal is not None:

@@ -38,24 +38,21 @@ and a y-protocols connection on the relay cannot drift apart.
 
 from __future__ import annotations
 
-import bisect
-import contextlib
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from crdtsync.errors import InvalidUpdateError
 from crdtsync.format import accel
 from crdtsync.format.version import Version
-from crdtsync.format.yupdate import DEFAULT_LIMITS, STRUCT_SKIP, ParsedUpdate
+from crdtsync.format.yupdate import STRUCT_SKIP, ParsedUpdate
 from crdtsync.model.doc import Doc
 from crdtsync.protocol.session import new_writes
 
 __all__ = [
     "MAX_HELD_PER_SENDER",
     "Admission",
-    "KnownDeletions",
     "Sender",
     "WriterCheck",
     "admit",
@@ -69,10 +66,6 @@ MAX_HELD_PER_SENDER = 32
 
 # An update with no struct and no deletion: what a client with nothing new sends.
 _EMPTY = b"\x00\x00"
-# A document's own delete set is as large as the document: read under no update limit.
-_WHOLE = replace(
-    DEFAULT_LIMITS, max_update_bytes=1 << 40, max_delete_ranges=1 << 40, max_clients=1 << 40
-)
 
 
 class WriterCheck(Protocol):
@@ -148,7 +141,6 @@ def admit(
     sender: Sender | None = None,
     full: bool = False,
     catch_up: bool = False,
-    known: KnownDeletions | None = None,
 ) -> Admission:
     """Decide whether ``update`` from ``session`` may be imported into ``doc``.
 
@@ -163,14 +155,12 @@ def admit(
         full: the document is at its size limit (nothing new may be added).
         catch_up: the update is the sender's catch-up for this document (a
             read-only peer's catch-up may need the document checked for free).
-        known: the document's deletions, kept between its changes (None:
-            ``Doc.contains`` reads them at each check).
 
     Returns:
         The decision. ``WRITE`` may still fail to import (``InvalidUpdateError``).
     """
     if read_only or full:
-        harmless = _harmless(doc, update, sender, catch_up, known)
+        harmless = _harmless(doc, update, sender, catch_up)
         if harmless is None:
             return Admission.TOO_MANY_REFUSALS
         if harmless:
@@ -190,9 +180,7 @@ def admit(
     return Admission.WRITE
 
 
-def _harmless(
-    doc: Doc, update: bytes, sender: Sender | None, catch_up: bool, known: KnownDeletions | None
-) -> bool | None:
+def _harmless(doc: Doc, update: bytes, sender: Sender | None, catch_up: bool) -> bool | None:
     """Whether ``update`` carries nothing ``doc`` lacks; None: the sender's budget is spent.
 
     Charges the sender once for any update but its catch-up and an empty one:
@@ -213,72 +201,15 @@ def _harmless(
         return False  # a write whatever the document holds: no document work
     if not parsed.delete_set:
         return True  # only structs we have
-    # Deletions within known clocks: whether they are all deleted here needs
-    # the document's delete set (an honest client's step 2 carries its whole
-    # delete set).
-    if known is not None:
-        with contextlib.suppress(InvalidUpdateError):  # (then as Doc.contains says)
-            return known.covers(parsed.delete_set)
+    # Deletions within known clocks: whether they are all deleted here is the
+    # document's to say (an honest client's step 2 carries its whole delete
+    # set). Doc.contains answers from the validator's index, which the document
+    # keeps up to date with each change: in proportion to the update, not to
+    # the document (issue 18, item 7).
     try:
         return doc.contains(update)
     except InvalidUpdateError:
         return False
-
-
-_NONE: tuple[list[int], list[int]] = ([], [])
-
-
-class KnownDeletions:
-    """A document's deletions, read once per change of the document, for readers' checks.
-
-    ``Doc.contains`` reads the document's whole delete set at every call: a
-    reader repeating nine bytes of known deletions made the relay export and
-    parse it at the message rate (issue 18, item 7). The Peer keeps one of these
-    per document and calls :meth:`changed` after each transaction; a check then
-    costs a binary search per range of the update.
-
-    Args:
-        doc: the document.
-    """
-
-    def __init__(self, doc: Doc) -> None:
-        self._doc = doc
-        # client -> (starts, ends) of its merged deleted ranges, sorted; None: stale.
-        self._ranges: dict[int, tuple[list[int], list[int]]] | None = None
-
-    def changed(self) -> None:
-        """The document changed: read its deletions again at the next check."""
-        self._ranges = None
-
-    def covers(self, delete_set: Mapping[int, Iterable[tuple[int, int]]]) -> bool:
-        """Whether every ``(clock, length)`` range of ``delete_set`` is deleted in the document."""
-        ranges = self._ranges
-        if ranges is None:
-            ranges = self._ranges = self._read()
-        for client, wanted in delete_set.items():
-            starts, ends = ranges.get(client, _NONE)
-            for clock, length in wanted:
-                i = bisect.bisect_right(starts, clock) - 1
-                if i < 0 or ends[i] < clock + length:
-                    return False
-        return True
-
-    def _read(self) -> dict[int, tuple[list[int], list[int]]]:
-        doc = self._doc
-        # What an update since our whole version carries: our delete set only.
-        parsed = accel.parse_update(doc.export_yjs_update(since=doc.version), _WHOLE)
-        out: dict[int, tuple[list[int], list[int]]] = {}
-        for client, found in parsed.delete_set.items():
-            starts: list[int] = []
-            ends: list[int] = []
-            for clock, length in sorted(found):
-                if ends and clock <= ends[-1]:
-                    ends[-1] = max(ends[-1], clock + length)  # adjacent or overlapping: merged
-                else:
-                    starts.append(clock)
-                    ends.append(clock + length)
-            out[client] = (starts, ends)
-        return out
 
 
 def reaches_past(parsed: ParsedUpdate, version: Version, *, gaps: bool = False) -> bool:

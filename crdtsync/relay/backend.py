@@ -35,6 +35,7 @@ from typing import Protocol
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 
+from crdtsync.errors import StoreError
 from crdtsync.format.version import Version
 from crdtsync.model.doc import Doc
 from crdtsync.net import Connection
@@ -178,6 +179,13 @@ class RoomBackend(Protocol):
         """Sessions and guests in room ``name``."""
         ...
 
+    def doc_size(self, name: str) -> int:
+        """What loaded room ``name`` costs, in bytes (0: not loaded).
+
+        Its state when loaded or compacted plus every update stored since.
+        """
+        ...
+
     async def close_doc(
         self, name: str, *, compact: bool = False, keep: Callable[[], bool] | None = None
     ) -> bool:
@@ -191,8 +199,26 @@ class RoomBackend(Protocol):
     def commit(self) -> None:
         """Store every update imported and not yet stored (before sending anything on).
 
+        A backend that commits off the event loop does nothing here (see :meth:`durable`).
+
         Raises:
             StoreError: the store failed; nothing that depends on it may be sent.
+        """
+        ...
+
+    async def durable(self, since: int = 0) -> tuple[int, dict[str, StoreError]]:
+        """Wait until every update imported so far is stored.
+
+        Args:
+            since: the mark of a previous call: report failures after it only.
+
+        Returns:
+            A mark for the next call, and the rooms whose updates could not be
+            stored since ``since`` (``""``: all of them): nothing that carries
+            those may be sent.
+
+        Raises:
+            StoreError: the store failed (a backend that commits on the loop).
         """
         ...
 
@@ -263,6 +289,8 @@ class BackendSettings:
         import_rate: bytes of updates per second one crdtsync session may make
             the backend parse and import, after decompression (None: no limit);
             past it the session is read more slowly.
+        async_commits: commit on the store's worker thread (``durable`` waits
+            for it) instead of on the event loop.
     """
 
     store: Store | str | None
@@ -273,6 +301,7 @@ class BackendSettings:
     max_room_bytes: int | None = None
     max_rooms: int | None = None
     import_rate: float | None = None
+    async_commits: bool = True
 
 
 #: Makes a started backend from the relay's settings (``Relay(config, backend=...)``).
@@ -299,5 +328,6 @@ async def peer_backend(settings: BackendSettings) -> Peer:
         max_doc_bytes=settings.max_room_bytes,
         max_stored_docs=settings.max_rooms,
         import_rate=settings.import_rate,
+        async_commits=settings.async_commits,
     )
     return await peer.start()

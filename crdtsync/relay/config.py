@@ -37,6 +37,10 @@ class RelayConfig:
             update); a faster sender is read more slowly (it waits on TCP), not
             closed.
         max_unauth_bytes: bytes a connection may send before it is authenticated.
+        max_answer_bytes_per_sec: bytes of whole answers (catch-ups, everyone's
+            presence) one client address (an IPv6 /64) is sent per second, after a
+            burst of four seconds' worth. An answer is always sent whole; while
+            the address owes bytes, its next questions wait.
         max_send_queue: bytes queued towards one connection; above it the
             connection is a slow consumer and is closed (it resyncs on reconnect).
         max_connections: authenticated connections in all; more are refused with
@@ -58,6 +62,12 @@ class RelayConfig:
             since it was last measured: memory and disk); a room at the limit
             refuses updates that add to it (crdtsync: DOC_ERROR LIMIT_EXCEEDED;
             y-protocols: permission denied), and stays readable.
+        max_loaded_bytes: bytes the rooms loaded in memory may cost in all (each
+            room's size as ``max_room_bytes`` counts it, plus its cached catch-up
+            answer). Loading a room over it first unloads idle rooms, least
+            recently used first; when the loaded rooms are all in use the new
+            one is refused (crdtsync: DOC_ERROR LIMIT_EXCEEDED, ``RelayFullError``;
+            y-protocols: close 1013), and clients retry later.
         max_rooms: rooms the store may hold; creating more is refused (crdtsync:
             DOC_ERROR LIMIT_EXCEEDED; y-protocols: close 4413).
         max_new_rooms_per_min: rooms one client address may create per minute,
@@ -94,6 +104,7 @@ class RelayConfig:
     max_msgs_burst: int = 2000
     max_bytes_per_sec: int = 1 << 20
     max_unauth_bytes: int = 64 << 10
+    max_answer_bytes_per_sec: int = 2 << 20
     max_send_queue: int = 8 << 20
     max_connections: int = 20_000
     max_unauth_connections: int = 1024
@@ -103,6 +114,7 @@ class RelayConfig:
     idle_unload: float = 30.0
     compact_every: int = 1000
     max_room_bytes: int = 64 << 20
+    max_loaded_bytes: int = 2 << 30
     max_rooms: int = 100_000
     max_new_rooms_per_min: int = 60
     max_refused_updates: int = 32

@@ -5,24 +5,34 @@
 (:class:`~crdtsync.peer.peer.DocWatcher`) and sends every transaction and
 presence update of a room to the room's y-protocols clients but the one it came
 from. Every y-protocols send goes through one outbox, in order, flushed on the
-next loop iteration after ``backend.commit()``: imported updates are
-group-committed (many updates, one fsync), and a forwarded update or a sync
-step 2 may carry some of them, so nothing leaves before it is stored. Each
+next loop iteration and sent once ``backend.durable()`` says everything imported
+before is stored: imported updates are group-committed (many updates, one
+fsync, on the store's worker thread while the loop goes on), and a forwarded
+update or a sync step 2 may carry some of them, so nothing leaves before it is
+stored. Each
 update is framed once for all its receivers (:func:`~crdtsync.relay.yconn.fanout`);
 a receiver whose write buffer grows past ``max_send_queue`` (its latest sync step
 2 exempt) is dropped as a slow consumer.
 
 Rooms nobody uses (no session, no guest: ``backend.users``) for ``idle_unload``
-seconds are compacted and unloaded (:meth:`Rooms.sweep`).
+seconds are compacted and unloaded (:meth:`Rooms.sweep`). The bytes of the
+rooms loaded (each room's size, ``backend.doc_size``, plus its cached
+catch-up answer) are capped by ``max_loaded_bytes``: loading one more room
+over it first unloads idle rooms, least recently used first, and when every
+loaded room is in use the new one is refused (``RelayFullError``; clients
+retry later) (:meth:`Rooms.make_room`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from functools import partial
 
-from crdtsync.errors import StoreError
+from crdtsync.errors import RelayFullError, StoreError
 from crdtsync.peer.guests import Origin
 from crdtsync.protocol import yprotocol as y
+from crdtsync.relay.answers import Answers
 from crdtsync.relay.backend import RoomBackend
 from crdtsync.relay.config import RelayConfig
 from crdtsync.relay.limits import SyncConnection, now
@@ -56,9 +66,20 @@ class Rooms:
         # Sends waiting for the backend's group commit, in order.
         self._outbox: list[_Send] = []
         self._flush_handle: asyncio.Handle | None = None
+        # Flushed sends waiting for the store, and the task that sends them once stored.
+        self._batches: list[_Send] = []
+        self._deliverer: asyncio.Task[None] | None = None
+        self._mark = 0  # the backend's durability mark (failures after it are new)
+        self._closed = False
         # Room name -> since when nobody used it.
         self._idle_since: dict[str, float] = {}
+        # Rooms being unloaded to make memory for others (not chosen twice).
+        self._shedding: dict[str, asyncio.Task[None]] = {}
+        #: Each room's full-state answer, and every address's budget of answer bytes.
+        self.answers = Answers(config.max_answer_bytes_per_sec)
         self._unwatch = backend.watch(self)
+        # A room loaded again (or replaced) answers from its new state.
+        self._unopen = backend.on_open(lambda name, _doc: self.answers.changed(name))
 
     # -- membership ----------------------------------------------------------------------
 
@@ -79,6 +100,8 @@ class Rooms:
             self._count -= 1
             if not members:
                 del self._members[yc.room]
+                # Least recently used first (the sweep forgets it if sessions use it).
+                self._idle_since.setdefault(yc.room, now())
         if self._by_guest.get(yc.guest) is yc:
             del self._by_guest[yc.guest]
 
@@ -95,6 +118,7 @@ class Rooms:
 
     def updated(self, name: str, update: bytes, origin: Origin) -> None:
         """A transaction of room ``name`` (stored, or queued for the commit): send it on."""
+        self.answers.changed(name)
         source = self._by_guest.get(origin)
         t0: float | None = None
         if source is not None:
@@ -131,23 +155,65 @@ class Rooms:
             self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
-        """Commit the backend, then send everything queued (the store failing: nothing)."""
+        """Send everything queued once the backend has stored what it may carry.
+
+        The commit runs off the event loop (``backend.durable``: the store's
+        worker thread, one transaction for whatever was imported meanwhile);
+        batches go out in order. The store failing: those rooms' sends are not
+        made, and their clients are dropped (they resend when they reconnect).
+        """
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         outbox, self._outbox = self._outbox, []
         if not outbox:
             return
-        try:
-            self._backend.commit()
-        except StoreError as exc:
+        self._batches.extend(outbox)
+        if self._deliverer is None:
+            self._deliverer = asyncio.get_running_loop().create_task(self._deliver())
+            self._deliverer.add_done_callback(self._delivered)
+
+    async def drain(self) -> None:
+        """Flush, and return once everything queued so far was sent (or dropped)."""
+        self.flush()
+        while self._deliverer is not None:
+            await asyncio.wait({self._deliverer})
+
+    async def _deliver(self) -> None:
+        while self._batches:
+            batch, self._batches = self._batches, []
+            try:
+                self._backend.commit()  # a backend that commits on the loop does it here
+                self._mark, failed = await self._backend.durable(self._mark)
+            except StoreError as exc:
+                failed = {"": exc}
+            if failed:
+                self._metrics.error("store")
+                log.error(
+                    "store failure", extra={"fields": {"error": str(next(iter(failed.values())))}}
+                )
+            self._send(batch, failed)
+
+    def _delivered(self, task: asyncio.Task[None]) -> None:
+        self._deliverer = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("sending stored updates on failed", exc_info=exc)
+        if self._batches and not self._closed:
+            self._deliverer = asyncio.get_running_loop().create_task(self._deliver())
+            self._deliverer.add_done_callback(self._delivered)
+
+    def _send(self, outbox: list[_Send], failed: Mapping[str, StoreError]) -> None:
+        if failed:
             # Not stored: not sent. Those clients resend what we lack when they reconnect.
-            self._metrics.error("store")
-            log.error("store failure", extra={"fields": {"error": str(exc)}})
-            for members, _, _, _ in outbox:
-                for yc in members:
-                    yc.drop()
-            return
+            kept = []
+            for send in outbox:
+                members = send[0]
+                if "" in failed or any(yc.room in failed for yc in members):
+                    for yc in members:
+                        yc.drop()
+                else:
+                    kept.append(send)
+            outbox = kept
         t = now()
         metrics = self._metrics
         for members, message, t0, catch_up in outbox:
@@ -181,6 +247,76 @@ class Rooms:
         """Bytes in each y-protocols client's socket buffer."""
         return [buffered(yc.ws) for yc in self.connections()]
 
+    # -- memory of loaded rooms ---------------------------------------------------------
+
+    def loaded_bytes(self) -> int:
+        """What the loaded rooms cost: their sizes plus their cached answers."""
+        backend, answers = self._backend, self.answers
+        return sum(backend.doc_size(n) + answers.cached_bytes(n) for n in backend.docs())
+
+    async def make_room(self, name: str) -> None:
+        """Make memory for loading room ``name``, waiting for the idle rooms it unloads.
+
+        Raises:
+            RelayFullError: the loaded rooms fill ``max_loaded_bytes`` and are all in use.
+        """
+        tasks = self.shed(name)
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def shed(self, name: str | None = None) -> list[asyncio.Task[None]]:
+        """Unload idle rooms, least recently used first, until the loaded ones fit.
+
+        ``name``: a room about to be loaded (nothing to do if it is loaded
+        already): it is refused when the rooms in use alone fill the budget.
+
+        Returns:
+            The unloads started (and those already under way that were counted on).
+
+        Raises:
+            RelayFullError: ``name`` cannot be loaded now.
+        """
+        cap = self._config.max_loaded_bytes
+        backend, answers = self._backend, self.answers
+        loaded = backend.docs()
+        if name is not None and name in loaded:
+            return []
+        sizes = {n: backend.doc_size(n) + answers.cached_bytes(n) for n in loaded}
+        # Rooms already leaving do not count: their memory is on its way back.
+        total = sum(size for n, size in sizes.items() if n not in self._shedding)
+        tasks = list(self._shedding.values())
+        if total < cap:
+            return tasks
+        t = now()
+        idle = sorted(
+            (self._idle_since.get(n, t), n)
+            for n in loaded
+            if n not in self._shedding and n != name and not backend.users(n)
+        )
+        victims = []
+        for _, n in idle:
+            if total < cap:
+                break
+            victims.append(n)
+            total -= sizes[n]
+        if total >= cap and name is not None:
+            self._metrics.error("loaded_full")
+            raise RelayFullError("every room the relay holds in memory is in use: try again later")
+        for n in victims:
+            task = asyncio.get_running_loop().create_task(self._unload(n))
+            self._shedding[n] = task
+            task.add_done_callback(partial(self._shed_done, n))
+            tasks.append(task)
+        if victims:
+            log.info(
+                "rooms unloaded for memory",
+                extra={"fields": {"rooms": len(victims), "loaded_bytes": total}},
+            )
+        return tasks
+
+    def _shed_done(self, name: str, _task: asyncio.Task[None]) -> None:
+        self._shedding.pop(name, None)
+
     # -- idle rooms ----------------------------------------------------------------------
 
     async def sweep(self) -> None:
@@ -188,8 +324,11 @@ class Rooms:
         period = max(0.05, min(5.0, self._config.idle_unload / 2))
         while True:
             await asyncio.sleep(period)
+            self.shed()  # rooms grow while loaded: back under max_loaded_bytes
             t = now()
             for name in list(self._backend.docs()):
+                if name in self._shedding:
+                    continue
                 since = self._idle_since.get(name)
                 if self._backend.users(name):
                     self._idle_since.pop(name, None)
@@ -215,9 +354,14 @@ class Rooms:
             unloaded = name not in backend.docs()
         self._idle_since.pop(name, None)
         if unloaded:
+            self.answers.changed(name)
             self._metrics.unloaded.inc()
             log.debug("room unloaded", extra={"fields": {"room": name}})
 
     def close(self) -> None:
-        """Stop watching the backend."""
+        """Stop watching the backend (and sending: what was not stored is not sent)."""
+        self._closed = True
         self._unwatch()
+        self._unopen()
+        if self._deliverer is not None:
+            self._deliverer.cancel()

@@ -54,6 +54,7 @@ import asyncio
 import contextlib
 import signal
 import ssl
+import sys
 from dataclasses import replace
 from functools import partial
 from http import HTTPStatus
@@ -75,6 +76,7 @@ from crdtsync.errors import (
     NoSuchDocumentError,
     RateLimitError,
     ReadOnlyError,
+    RelayFullError,
     RoomNotAllowedError,
     StoreError,
     TokenError,
@@ -126,7 +128,7 @@ CLOSE_CODES: dict[int, str] = {
     ys.CLOSE_POLICY: "policy: forged client id, or too much data before authentication",
     ys.CLOSE_TOO_BIG: "message too big",
     ys.CLOSE_INTERNAL_ERROR: "internal error (store failure)",
-    ys.CLOSE_TRY_AGAIN_LATER: "too many connections (try again later)",
+    ys.CLOSE_TRY_AGAIN_LATER: "too many connections, or every loaded room in use (try again later)",
     ys.CLOSE_INVALID_ROOM: "invalid room name",
     ys.CLOSE_BAD_TOKEN: "missing, invalid or expired token",
     ys.CLOSE_ROOM_NOT_ALLOWED: "the token does not allow this room",
@@ -135,6 +137,9 @@ CLOSE_CODES: dict[int, str] = {
     # 45xx, not 44xx: y-websocket gives up for good on 4400-4499 and retries 45xx.
     ys.CLOSE_RATE_LIMITED: "message rate limit exceeded (reconnect later)",
 }
+
+#: The interpreter's GIL switch interval in a relay process (``serve``): see there.
+SWITCH_INTERVAL = 0.0005
 
 # Room refusals logged per crdtsync connection (the metrics count them all).
 _MAX_ROOM_REFUSALS_LOGGED = 16
@@ -287,7 +292,12 @@ class Relay:
             )
         )
         self._backend = backend
-        self._rooms = Rooms(backend, cfg, self.metrics)
+        self._rooms = rooms = Rooms(backend, cfg, self.metrics)
+        self.metrics.registry.gauge(
+            "crdtsync_relay_loaded_bytes",
+            "What the rooms loaded in memory cost (their sizes and cached answers).",
+            lambda: [({}, float(rooms.loaded_bytes()))],
+        )
         backend.on_status(self._on_status)
         if self._hooks is not None:
             runner = HookRunner(self._hooks, backend.commit, lambda _: self.metrics.error("hook"))
@@ -389,7 +399,7 @@ class Relay:
         rooms = self._rooms
         yconns = rooms.connections() if rooms is not None else []
         if rooms is not None:
-            rooms.flush()  # what was stored goes out before the close frames
+            await rooms.drain()  # what was stored goes out before the close frames
         # Every connection at once, under one deadline: one after another, each
         # client that never answers the close would cost the close timeout.
         y_closing = asyncio.ensure_future(
@@ -671,6 +681,14 @@ class Relay:
             refusal = RoomNotAllowedError(f"the token does not allow room {name!r}")
             self._log_room_refusal(refusal, address, name, claims.subject)
             raise refusal
+        if self._rooms is not None:
+            # max_loaded_bytes: idle rooms are unloaded meanwhile (the room may
+            # load before they are gone: one room over, at most).
+            try:
+                self._rooms.shed(name)
+            except RelayFullError as exc:
+                self._log_room_refusal(exc, address, name, None)
+                raise
 
     def _log_room_refusal(
         self, error: CrdtSyncError, address: str, room: str, subject: str | None
@@ -762,6 +780,7 @@ class Relay:
             creating=partial(self._creating, address),
         )
         try:
+            await rooms.make_room(room)  # max_loaded_bytes: idle rooms unloaded first
             guest = await backend.join(room, grant=grant, address=address)
         except (LimitExceededError, NoSuchDocumentError, StoreError) as exc:
             await self._refuse_room(ws, address, room, exc)
@@ -823,6 +842,9 @@ class Relay:
         elif isinstance(error, NoSuchDocumentError):
             self.metrics.error("no_such_room")
             code, reason = ys.CLOSE_NO_SUCH_ROOM, "no such room"
+        elif isinstance(error, RelayFullError):
+            # Counted by Rooms.shed; 1013: clients retry later.
+            code, reason = ys.CLOSE_TRY_AGAIN_LATER, "every loaded room is in use: try again later"
         elif isinstance(error, RateLimitError):
             # Counted by _creating; 45xx: y-websocket retries later.
             code, reason = ys.CLOSE_RATE_LIMITED, "too many new rooms: try again later"
@@ -897,6 +919,14 @@ async def serve(config: RelayConfig) -> None:
     line means it accepts connections.
     """
     setup_logging(config.log_level)
+    # Commits run on the store's worker thread. When the event loop is busy (a
+    # writer's large updates being parsed, say), that thread waits for the GIL
+    # at each step of a commit (queue, SQLite calls, the fsync's return, the
+    # loop's wakeup) up to the switch interval each: 5 ms by default, which
+    # made another room's p99 round trip 10x (scripts/relay_budgets.py, "full").
+    # The relay owns this process: it asks the interpreter to hand the GIL
+    # over sooner (a cost only while another thread is waiting for it).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     if config.store is not None:
         # A node of a relay cluster on PostgreSQL (needs the crdtsync[postgres] extra).
         from crdtsync.relay.cluster.node import ClusterNode

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 
 __all__ = ["YConnection", "buffered", "error_kind", "fanout"]
 
+#: What asks for a whole answer (budgeted in bytes per address: ``relay.answers``).
+_ASKS = (ys.SyncRequested, ys.AwarenessQueried)
+
 #: The prefix of a sync step 2 message (a catch-up, exempt from the send-queue limit).
 _STEP2 = b"\x00\x01"
 
@@ -181,7 +184,17 @@ class YConnection:
                 else:
                     metrics.count_in("y", len(message))
                     session.receive_data(message, now=t)
-                self._process()
+                events = session.events_received()
+                if any(isinstance(ev, _ASKS) for ev in events):
+                    # Its address owes answer bytes: nothing more until it has paid
+                    # (again if another of its connections spent meanwhile: one
+                    # answer per payment, not one per connection waiting).
+                    answers = self.rooms.answers
+                    while (wait := answers.wait(self.address, now=now())) > 0:
+                        await pause_reading(wait, ws.wait_closed)
+                        if ws.transport.is_closing():
+                            break
+                self._process(events)
                 if session.closed:
                     break
                 pause = self._bytes.owe(t, len(message))
@@ -200,7 +213,7 @@ class YConnection:
             )
         # What the session said before closing (the refusals that led to it)
         # is in the room outbox: it goes out before the close frame.
-        self.rooms.flush()
+        await self.rooms.drain()
         await ws.close(session.close_code or ys.CLOSE_PROTOCOL_ERROR, session.close_reason or "")
         return f"{kind}: {session.error}"
 
@@ -210,20 +223,24 @@ class YConnection:
             self._dropped = True
             self.ws.transport.abort()
 
-    def _process(self) -> None:
-        session, guest = self.session, self.guest
-        for ev in session.events_received():
+    def _process(self, events: list[ys.YEvent]) -> None:
+        session, guest, answers = self.session, self.guest, self.rooms.answers
+        for ev in events:
             if isinstance(ev, ys.UpdateReceived):
                 self._write(ev)
             elif isinstance(ev, ys.SyncRequested):
-                session.send_sync_step2(guest.catch_up(ev.version))
+                answer = answers.catch_up(self.room, guest, ev.version)
+                answers.spend(self.address, len(answer), now=now())
+                session.send_sync_step2(answer)
             elif isinstance(ev, ys.AwarenessReceived):
                 try:
                     guest.apply_presence(ev.data, ev.entries)
                 except LimitExceededError as exc:
                     session.fail(exc)
             elif isinstance(ev, ys.AwarenessQueried):
-                session.send_awareness(guest.presence_update())
+                presence = guest.presence_update()
+                answers.spend(self.address, len(presence), now=now())
+                session.send_awareness(presence)
             # Synced, Closed: nothing to do here (run() closes the WebSocket).
         self._flush()
 

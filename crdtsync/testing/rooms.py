@@ -63,7 +63,7 @@ async def check_room_backend(factory: BackendFactory) -> None:
     """Check that a room backend keeps the rules of ``crdtsync.relay.backend``.
 
     Guests write through the write policy and are heard by watchers once, with
-    themselves as origin; what commit() returned for is in the store; writer ids
+    themselves as origin; what commit() and durable() returned for is in the store; writer ids
     are exclusive between live connections; read-only guests write nothing (a
     Skip struct included) and create no room; presence is capped per connection
     and goes when a guest leaves; a crdtsync session served on a connection
@@ -115,13 +115,17 @@ async def _check(backend: RoomBackend, store: MemoryStore) -> None:
     session = _session(backend)
     assert guest.write(update, _writes(update), session) is Admission.WRITE
     backend.commit()
+    _, failed = await backend.durable()
+    assert not failed, f"the write must be stored: {failed}"
     mine = [u for name, u, origin in watcher.updates if name == "room" and origin is guest]
     assert len(mine) == 1, f"a guest's write must be heard once, with the guest as origin: {mine}"
     assert _text(mine) == "hi"
     assert _text([guest.catch_up(Version())]) == "hi", "catch_up must carry the write"
     stored = store.load("room")
-    assert stored is not None, "commit() must have stored the room"
-    assert _text([u for _, u in stored.updates]) == "hi", "commit() must have stored the write"
+    assert stored is not None, "commit() and durable() must have stored the room"
+    assert _text([u for _, u in stored.updates]) == "hi", (
+        "commit() and durable() must have stored the write"
+    )
 
     # Writer ids: new structs under a live connection's id are refused, and close the writer.
     forger = Doc(peer_id=1001)

@@ -239,6 +239,8 @@ def sample_values(tmp_path: Path) -> dict[str, tuple[str, Any]]:
         "idle_unload": ("0", 0.0),
         "compact_every": ("5", 5),
         "max_room_bytes": ("1M", 1 << 20),
+        "max_loaded_bytes": ("512M", 512 << 20),
+        "max_answer_bytes_per_sec": ("8M", 8 << 20),
         "max_rooms": ("10_000", 10_000),
         "max_new_rooms_per_min": ("5", 5),
         "max_refused_updates": ("4", 4),

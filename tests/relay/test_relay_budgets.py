@@ -37,7 +37,6 @@ from crdtsync import Doc, ErrorCode, ProtocolError
 from crdtsync.format.varint import write_varuint
 from crdtsync.format.version import Version
 from crdtsync.format.yupdate import parse_update
-from crdtsync.peer.policy import KnownDeletions
 from crdtsync.protocol import messages as m
 from crdtsync.protocol import session as p
 from crdtsync.protocol import yprotocol as y
@@ -244,6 +243,7 @@ async def test_a_room_at_its_size_limit_refuses_writes_and_stays_readable(
 async def _room_with_text(relay: Relay, name: str = "notes", body: str = "hello") -> Doc:
     room = await relay.peer.open(name)
     room.text("body").insert(0, body)
+    await relay.peer.flush()  # stored (the relay commits on its store's worker thread)
     return room
 
 
@@ -322,24 +322,23 @@ async def test_held_updates_are_bounded_per_writer_and_dropped_once_it_left(
 
 @pytest.fixture
 def checks(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """How often the relay checked an update against a room's deletions, and read them.
+    """How often the relay checked an update against a room, and exported a room.
 
-    ``covers``: a check of an update's deleted ranges; ``reads``: the room's whole
-    delete set read (exported and parsed); ``contains``: ``Doc.contains`` calls,
-    which read it at every call.
+    ``contains``: ``Doc.contains`` calls (each costs the update: the document's
+    validator index answers); ``exports``: a room's state exported (what a check
+    reading the room's whole delete set would cost; catch-ups export too).
     """
-    counts = {"covers": 0, "reads": 0, "contains": 0}
+    counts = {"contains": 0, "exports": 0}
 
     def counting(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any) -> Any:
+        def call(*args: Any, **kw: Any) -> Any:
             counts[name] += 1
-            return real(*args)
+            return real(*args, **kw)
 
         return call
 
-    monkeypatch.setattr(KnownDeletions, "covers", counting("covers", KnownDeletions.covers))
-    monkeypatch.setattr(KnownDeletions, "_read", counting("reads", KnownDeletions._read))
     monkeypatch.setattr(Doc, "contains", counting("contains", Doc.contains))
+    monkeypatch.setattr(Doc, "export_yjs_update", counting("exports", Doc.export_yjs_update))
     return counts
 
 
@@ -352,7 +351,7 @@ async def test_read_only_writes_are_refused_on_their_parse_alone(
         del room.text("body")[1:3]
         client = await YClient.open(relay.url, "notes", token=token(write=False))
         await client.sync()
-        checks.update(covers=0, reads=0, contains=0)
+        checks.update(contains=0, exports=0)
         for update in (
             delete_only(room.peer_id, 1_000, 5),  # a deletion past the room's clocks
             skip(room.peer_id, 1_000),  # a Skip past them
@@ -363,7 +362,7 @@ async def test_read_only_writes_are_refused_on_their_parse_alone(
                 await client.ws.send(y.encode_update(update))
         code, _, _ = await client.closed()
         assert code == 1008  # the fourth refusal
-        assert checks == {"covers": 0, "reads": 0, "contains": 0}  # the parse was enough
+        assert checks == {"contains": 0, "exports": 0}  # the parse was enough
         assert await errors(relay, "read_only") == 3
 
 
@@ -377,32 +376,45 @@ async def test_read_only_updates_that_need_the_room_checked_are_budgeted(
         ((client, ranges),) = parse_update(room.export_yjs_update()).delete_set.items()
         known = delete_only(client, *ranges[0])  # deleted already: harmless, but checked
         client = await YClient.open(relay.url, "notes", token=token(write=False))
+        checks.update(contains=0, exports=0)
         # The catch-up (the first sync step 2) is checked for free...
         await client.ws.send(y.encode_sync_step2(known))
         await client.ws.send(y.encode_sync_step1(Version()))
         while not isinstance(y.decode(await client.ws.recv()), y.SyncStep2):
             pass  # the relay's own step 1 is left unanswered: one step 2 from us
-        assert checks == {"covers": 1, "reads": 1, "contains": 0}
-        # ... later ones cost the reader's budget: four, then closed; and the room's
-        # deletions are read once, not once per check (nothing changed meanwhile).
+        assert checks == {"contains": 1, "exports": 1}  # (the export: our step 1's answer)
+        # ... later ones cost the reader's budget: four, then closed; and none
+        # reads the room (a check costs the update, however large the room).
         for _ in range(100):
             with contextlib.suppress(ConnectionClosed):
                 await client.ws.send(y.encode_update(known))
         code, reason, _ = await client.closed()
         assert code == 1008, reason
-        assert checks == {"covers": 1 + 4, "reads": 1, "contains": 0}
+        assert checks == {"contains": 1 + 4, "exports": 1}
         assert not any(isinstance(msg, y.AuthDenied) for msg in client.received)
         assert room.pending == 0
-        # A change of the room: its deletions are read again at the next check.
+        # A change of the room: checks still answer from the document's index.
         room.text("body").insert(0, "x")
+        await relay.peer.flush()
+        checks.update(contains=0, exports=0)
         again = await YClient.open(relay.url, "notes", token=token(write=False))
         await again.ws.send(y.encode_sync_step2(known))
-        await again.sync()
-        assert checks == {"covers": 1 + 4 + 1, "reads": 2, "contains": 0}
+        await again.ws.send(y.encode_sync_step1(Version()))
+        replies = []
+        while not isinstance(replies[-1] if replies else None, y.SyncStep2):
+            replies.append(y.decode(await again.ws.recv()))
+        # (the export: its answer, made again since the room changed)
+        assert checks == {"contains": 1, "exports": 1}
+        assert not any(isinstance(msg, y.AuthDenied) for msg in replies)
         await again.aclose()
 
 
-def test_known_deletions_agree_with_doc_contains() -> None:
+def test_doc_contains_answers_known_deletions_as_an_import_would() -> None:
+    """What the relay's own copy of a room's deletions answered, Doc.contains answers.
+
+    (The relay kept one, read again after each change, before ``Doc.contains``
+    answered from the validator's index; the ground truth here is an import.)
+    """
     rnd = random.Random(7)
     doc = Doc(peer_id=5)
     body = doc.text("body")
@@ -410,12 +422,25 @@ def test_known_deletions_agree_with_doc_contains() -> None:
     for _ in range(60):
         at = rnd.randrange(len(body))
         del body[at : at + rnd.randrange(1, 4)]
-    known = KnownDeletions(doc)
+    saved = doc.save()
+    before = Doc.load(saved).export_yjs_update()
     clock = doc.version.get(5) or 0
-    for _ in range(500):
+    answers = set()
+    for _ in range(300):
         start, length = rnd.randrange(clock), rnd.randrange(1, 6)
         update = delete_only(5, start, length)
-        assert known.covers(parse_update(update).delete_set) == doc.contains(update), update
+        copy = Doc.load(saved)
+        copy.import_yjs_update(update)
+        unchanged = copy.export_yjs_update() == before
+        assert doc.contains(update) == unchanged, update
+        answers.add(unchanged)
+        # Interleaved with changes of the document, as a room's are.
+        if rnd.random() < 0.1:
+            at = rnd.randrange(len(body))
+            del body[at : at + 1]
+            saved = doc.save()
+            before = Doc.load(saved).export_yjs_update()
+    assert answers == {True, False}
 
 
 # -- item 8: connections that never authenticate ----------------------------------------------

@@ -588,6 +588,10 @@ class ClusterBackend:
         """See :meth:`crdtsync.relay.backend.RoomBackend.users`."""
         return self._peer.users(name)
 
+    def doc_size(self, name: str) -> int:
+        """See :meth:`crdtsync.relay.backend.RoomBackend.doc_size`."""
+        return self._peer.doc_size(name)
+
     async def close_doc(
         self, name: str, *, compact: bool = False, keep: Callable[[], bool] | None = None
     ) -> bool:
@@ -604,6 +608,10 @@ class ClusterBackend:
     def commit(self) -> None:
         """See :meth:`crdtsync.relay.backend.RoomBackend.commit`."""
         self._peer.commit()
+
+    async def durable(self, since: int = 0) -> tuple[int, dict[str, StoreError]]:
+        """See :meth:`crdtsync.relay.backend.RoomBackend.durable`."""
+        return await self._peer.durable(since)
 
     def send_queues(self) -> list[int]:
         """See :meth:`crdtsync.relay.backend.RoomBackend.send_queues`."""
