@@ -195,6 +195,16 @@ class Server:
                 limits += ["--max-msgs-burst", str(max(args.burst, args.ingest) * 2)]
             if args.rate > 150:
                 limits += ["--max-msgs-per-sec", str(args.rate * 2)]
+            # Every client of this benchmark comes from 127.0.0.1: the per-address
+            # budgets (meant for one client machine) would refuse phases c and d
+            # (200 joiners at once, 2,000 idle connections) from one address.
+            # Lift them, as a relay behind a proxy that limits per client would;
+            # `--relay-arg` can set them back to measure the defaults.
+            limits += [
+                "--max-new-conns-per-sec=1000",
+                f"--max-unauth-per-address={max(4096, args.idle_conns * 2)}",
+                "--max-new-rooms-per-min=100000",
+            ]
             return [*crdtsync_command(), "relay", *host, *store, *limits, *args.relay_arg]
         if self.name == "node":
             return [args.node, str(HERE / "node_server.mjs"), *host]
