@@ -399,8 +399,11 @@ class Doc:
             if type(existing) is not cls:
                 raise RootTypeError(f"root {name!r} is a {existing.kind}, not a {cls.kind}")
             return existing
-        if type(name) is not str or not name:
-            raise InvalidOperationError("root names are non-empty str")
+        # Any str is a root name, "" included: Yjs allows `getMap("")`, and a
+        # name the engine can hold but this refused made every read of the
+        # document raise once an update wrote it (fuzz run of 2026-12-07).
+        if type(name) is not str:
+            raise InvalidOperationError("root names are str")
         try:
             check_text(name, "a root name")
         except InvalidValueError as exc:

@@ -172,7 +172,10 @@ def test_reserved_keys_and_names() -> None:
     with pytest.raises(InvalidOperationError):
         doc.map("__crdtsync_roots")
     with pytest.raises(InvalidOperationError):
-        doc.map("")
+        doc.map(1)  # type: ignore[arg-type]
+    doc.map("")["k"] = 1  # Yjs allows an empty root name, and so do we
+    assert doc.to_py()[""] == {"k": 1}
+    assert Doc.load(doc.save()).to_py() == doc.to_py()
 
 
 def test_map_api() -> None:

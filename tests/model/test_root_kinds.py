@@ -111,3 +111,38 @@ def test_honest_roots_of_each_kind_are_accepted(fill: Fill) -> None:
     doc.import_yjs_update(_writer(1, fill))
     doc.import_yjs_update(_writer(2, fill))  # a second writer, same kind
     _newcomer_reads_the_same(doc)
+
+
+# Input 927,103 of `scripts/fuzz_updates.py --target doc --seed 20261208`
+# (after an empty prior): one XmlElement, a String and a map entry in a root
+# named "" (a name Yjs allows). Accepted, it made every `to_py()` raise
+# `InvalidOperationError`, since the model refused "" as a root name.
+_EMPTY_ROOT_NAME = (
+    b"\x01\x04\xa7\xb3\xb2\x85\xdf\xb9\xf0\x01\x00\x07\x01\x01x\x03\x03div(\x01\x00\x01a\x01w"
+    b"\x04\xf0\x9f\x8e\x89\x07\x00\xa7\xb3\xb2\x85\xdf\xb9\xf0\x01\x00\x06\x04\x00\xa7\xb3\xb2"
+    b'\x85\xdf\xb9\xf0\x01\x02\x07\n]<\\\\<"\x00'
+)
+
+
+def test_a_root_named_empty_is_read_like_any_other() -> None:
+    doc = Doc()
+    try:
+        doc.import_yjs_update(_EMPTY_ROOT_NAME)
+    except MalformedUpdateError:
+        pass  # refusing it is fine too; reading what was accepted must work
+    else:
+        assert "" in doc.roots()
+    doc.to_py()
+    again = Doc()
+    again.import_yjs_update(doc.export_yjs_update())
+    assert again.to_py() == doc.to_py()
+
+
+def test_a_yjs_root_named_empty_round_trips() -> None:
+    update = _writer(5, lambda d: d.get("", type=pycrdt.Map).__setitem__("k", 1))
+    doc = Doc()
+    doc.import_yjs_update(update)
+    assert doc.to_py() == {"": {"k": 1}}
+    assert doc[""] == doc.map("")
+    doc.map("")["j"] = 2
+    assert Doc.load(doc.save()).to_py() == {"": {"k": 1, "j": 2}}
