@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from functools import partial
 
 from crdtsync.errors import RelayFullError, StoreError
+from crdtsync.model.doc import Doc
 from crdtsync.peer.guests import Origin
 from crdtsync.protocol import yprotocol as y
 from crdtsync.relay.answers import Answers
@@ -79,7 +80,17 @@ class Rooms:
         self.answers = Answers(config.max_answer_bytes_per_sec)
         self._unwatch = backend.watch(self)
         # A room loaded again (or replaced) answers from its new state.
-        self._unopen = backend.on_open(lambda name, _doc: self.answers.changed(name))
+        self._unopen = backend.on_open(self._opened)
+
+    def _opened(self, name: str, doc: Doc) -> None:
+        """Room ``name`` was loaded: its cached answer follows every transaction of ``doc``."""
+        self.answers.changed(name)
+        # The watcher may hear of a transaction only once it is stored (a cluster
+        # node's backend passes transactions on in commit order): a client that
+        # synced from nothing in between was answered from the answer cached
+        # before it, and the update's own send had gone to the members of its time.
+        # The document's own update hook runs in the transaction itself.
+        doc.observe_updates(lambda _update, _origin, _local: self.answers.changed(name))
 
     # -- membership ----------------------------------------------------------------------
 

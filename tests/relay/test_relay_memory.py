@@ -316,3 +316,34 @@ async def test_the_commit_runs_off_the_event_loop_and_nothing_leaves_before_it(
     finally:
         store.gate.set()
         await relay.close()
+
+
+async def test_a_catch_up_during_a_stalled_commit_carries_what_was_imported(
+    tmp_path: Path,
+) -> None:
+    """The cached full-state answer went stale until the commit completed.
+
+    The relay heard of a transaction (and dropped the room's cached answer) only
+    once it was stored; a client that synced from nothing meanwhile was answered
+    from the cache made before the update, and never got it (the update's own
+    send had already gone to the room's members of its time).
+    """
+    store = _SlowDisk()
+    relay = Relay(RelayConfig(port=0, host="127.0.0.1", data=None), store=store)
+    await relay.start()
+    try:
+        writer = await YClient.open(relay.url, "notes")
+        await writer.sync()  # the room's (empty) full-state answer is cached
+        store.gate.clear()  # the disk stalls
+        await writer.edit(lambda d: d.text("body").insert(0, "hello"))
+        room = await relay.peer.open("notes")
+        await eventually(lambda: str(room.text("body")) == "hello", what="imported")
+        newcomer = await YClient.open(relay.url, "notes")
+        await newcomer.ws.send(y.encode_sync_step1(newcomer.doc.version))
+        store.gate.set()  # stored: the answer may leave now
+        await newcomer.pump_until(lambda: newcomer.text() == "hello")
+        for c in (writer, newcomer):
+            await c.aclose()
+    finally:
+        store.gate.set()
+        await relay.close()
