@@ -52,11 +52,26 @@ __all__ = [
     "ClusterHooks",
     "RoomBackend",
     "RoomGuest",
+    "on_each_transaction",
     "peer_backend",
 ]
 
 #: Decoded awareness entries: ``(client id, clock, state or None)``.
 Entries = tuple[tuple[int, int, object], ...]
+
+
+def on_each_transaction(doc: object, callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback()`` in each transaction of a room's document.
+
+    ``doc`` is what :meth:`RoomBackend.on_open` gives; the callback runs in the
+    transaction itself, before it is stored or passed on.
+
+    Returns:
+        A function that unsubscribes.
+    """
+    if not isinstance(doc, Doc):
+        raise TypeError(f"not a crdtsync Doc: {type(doc).__name__}")
+    return doc.observe_updates(lambda _update, _origin, _local: callback())
 
 
 class RoomGuest(Protocol):

@@ -30,11 +30,10 @@ from collections.abc import Mapping
 from functools import partial
 
 from crdtsync.errors import RelayFullError, StoreError
-from crdtsync.model.doc import Doc
 from crdtsync.peer.guests import Origin
 from crdtsync.protocol import yprotocol as y
 from crdtsync.relay.answers import Answers
-from crdtsync.relay.backend import RoomBackend
+from crdtsync.relay.backend import RoomBackend, on_each_transaction
 from crdtsync.relay.config import RelayConfig
 from crdtsync.relay.limits import SyncConnection, now
 from crdtsync.relay.logs import log
@@ -82,7 +81,7 @@ class Rooms:
         # A room loaded again (or replaced) answers from its new state.
         self._unopen = backend.on_open(self._opened)
 
-    def _opened(self, name: str, doc: Doc) -> None:
+    def _opened(self, name: str, doc: object) -> None:
         """Room ``name`` was loaded: its cached answer follows every transaction of ``doc``."""
         self.answers.changed(name)
         # The watcher may hear of a transaction only once it is stored (a cluster
@@ -90,7 +89,7 @@ class Rooms:
         # synced from nothing in between was answered from the answer cached
         # before it, and the update's own send had gone to the members of its time.
         # The document's own update hook runs in the transaction itself.
-        doc.observe_updates(lambda _update, _origin, _local: self.answers.changed(name))
+        on_each_transaction(doc, partial(self.answers.changed, name))
 
     # -- membership ----------------------------------------------------------------------
 
