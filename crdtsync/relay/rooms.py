@@ -38,6 +38,7 @@ from crdtsync.relay.config import RelayConfig
 from crdtsync.relay.limits import SyncConnection, now
 from crdtsync.relay.logs import log
 from crdtsync.relay.metrics import RelayMetrics
+from crdtsync.relay.stored import AfterStored
 from crdtsync.relay.yconn import YConnection, buffered, fanout
 
 __all__ = ["Rooms"]
@@ -66,11 +67,10 @@ class Rooms:
         # Sends waiting for the backend's group commit, in order.
         self._outbox: list[_Send] = []
         self._flush_handle: asyncio.Handle | None = None
-        # Flushed sends waiting for the store, and the task that sends them once stored.
-        self._batches: list[_Send] = []
-        self._deliverer: asyncio.Task[None] | None = None
-        self._mark = 0  # the backend's durability mark (failures after it are new)
-        self._closed = False
+        # Flushed sends, sent once the backend says what they may carry is stored.
+        self._stored: AfterStored[_Send] = AfterStored(
+            backend.durable, self._send, commit=backend.commit, what="y-protocols sends"
+        )
         # Room name -> since when nobody used it.
         self._idle_since: dict[str, float] = {}
         # Rooms being unloaded to make memory for others (not chosen twice).
@@ -178,42 +178,19 @@ class Rooms:
         outbox, self._outbox = self._outbox, []
         if not outbox:
             return
-        self._batches.extend(outbox)
-        if self._deliverer is None:
-            self._deliverer = asyncio.get_running_loop().create_task(self._deliver())
-            self._deliverer.add_done_callback(self._delivered)
+        self._stored.extend(outbox)
 
     async def drain(self) -> None:
         """Flush, and return once everything queued so far was sent (or dropped)."""
         self.flush()
-        while self._deliverer is not None:
-            await asyncio.wait({self._deliverer})
-
-    async def _deliver(self) -> None:
-        while self._batches:
-            batch, self._batches = self._batches, []
-            try:
-                self._backend.commit()  # a backend that commits on the loop does it here
-                self._mark, failed = await self._backend.durable(self._mark)
-            except StoreError as exc:
-                failed = {"": exc}
-            if failed:
-                self._metrics.error("store")
-                log.error(
-                    "store failure", extra={"fields": {"error": str(next(iter(failed.values())))}}
-                )
-            self._send(batch, failed)
-
-    def _delivered(self, task: asyncio.Task[None]) -> None:
-        self._deliverer = None
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("sending stored updates on failed", exc_info=exc)
-        if self._batches and not self._closed:
-            self._deliverer = asyncio.get_running_loop().create_task(self._deliver())
-            self._deliverer.add_done_callback(self._delivered)
+        await self._stored.drain()
 
     def _send(self, outbox: list[_Send], failed: Mapping[str, StoreError]) -> None:
         if failed:
+            self._metrics.error("store")
+            log.error(
+                "store failure", extra={"fields": {"error": str(next(iter(failed.values())))}}
+            )
             # Not stored: not sent. Those clients resend what we lack when they reconnect.
             kept = []
             for send in outbox:
@@ -370,8 +347,6 @@ class Rooms:
 
     def close(self) -> None:
         """Stop watching the backend (and sending: what was not stored is not sent)."""
-        self._closed = True
         self._unwatch()
         self._unopen()
-        if self._deliverer is not None:
-            self._deliverer.cancel()
+        self._stored.close()

@@ -42,7 +42,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from urllib.parse import urlsplit
 
@@ -70,6 +70,7 @@ from crdtsync.relay.cluster.leases import Lease, Leases, Owner
 from crdtsync.relay.cluster.proxy import CLOSE_NOT_OWNER, proxy_y
 from crdtsync.relay.config import RelayConfig
 from crdtsync.relay.server import Relay
+from crdtsync.relay.stored import AfterStored
 from crdtsync.store.postgres import PostgresStore
 
 __all__ = ["ClusterBackend", "ClusterNode"]
@@ -628,51 +629,29 @@ class _DurableWatcher:
         failed: Callable[[dict[str, StoreError]], None],
     ) -> None:
         self._inner = inner
-        self._peer = peer
         self._failed = failed
-        self._queue: list[tuple[bool, str, bytes, Origin]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._mark = 0
-        self._closed = False
+        self._stored: AfterStored[tuple[bool, str, bytes, Origin]] = AfterStored(
+            peer.durable, self._pass_on, what="document events"
+        )
 
     def updated(self, name: str, update: bytes, origin: Origin) -> None:
-        self._push((True, name, update, origin))
+        self._stored.push((True, name, update, origin))
 
     def presence(self, name: str, data: bytes, origin: Origin) -> None:
-        self._push((False, name, data, origin))
+        self._stored.push((False, name, data, origin))
 
-    def _push(self, item: tuple[bool, str, bytes, Origin]) -> None:
-        if self._closed:
-            return
-        self._queue.append(item)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._deliver())
-            self._task.add_done_callback(self._delivered)
-
-    async def _deliver(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            self._mark, failed = await self._peer.durable(self._mark)
-            if failed:
-                self._failed(failed)
-            for is_update, name, data, origin in batch:
-                if name in failed or "" in failed:
-                    continue
-                if is_update:
-                    self._inner.updated(name, data, origin)
-                else:
-                    self._inner.presence(name, data, origin)
-
-    def _delivered(self, task: asyncio.Task[None]) -> None:
-        self._task = None
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("passing stored updates on failed", exc_info=exc)
-        if self._queue and not self._closed:
-            self._task = asyncio.get_running_loop().create_task(self._deliver())
-            self._task.add_done_callback(self._delivered)
+    def _pass_on(
+        self, batch: list[tuple[bool, str, bytes, Origin]], failed: Mapping[str, StoreError]
+    ) -> None:
+        if failed:
+            self._failed(dict(failed))
+        for is_update, name, data, origin in batch:
+            if name in failed or "" in failed:
+                continue
+            if is_update:
+                self._inner.updated(name, data, origin)
+            else:
+                self._inner.presence(name, data, origin)
 
     def close(self) -> None:
-        self._closed = True
-        self._queue.clear()
-        if self._task is not None:
-            self._task.cancel()
+        self._stored.close()
