@@ -74,7 +74,7 @@ def run(runs: int, seed: int, store: Path, max_delay: float = 0.3) -> dict[str, 
         ready = child.stdout.readline()
         if ready.strip() != b"ready":
             raise AssertionError(f"child failed to start: {ready!r} {child.stderr.read()!r}")  # type: ignore[union-attr]
-        time.sleep(rng.random() * max_delay)  # deliberate sleep: a random kill point, by design
+        time.sleep(rng.random() * max_delay)  # (noqa: sleep) a random kill point, by design
         child.send_signal(signal.SIGKILL)
         out, _ = child.communicate(timeout=30)
         printed = [int(line) for line in out.split(b"\n") if line.strip().isdigit()]

@@ -95,7 +95,7 @@ def wait_for(cond: Callable[[], bool], what: str, nodes: list[Node]) -> None:
             if n.proc.poll() is not None:
                 err = n.proc.stderr.read() if n.proc.stderr else ""
                 raise AssertionError(f"host {n.host} exited {n.proc.returncode}: {err[-3000:]}")
-        time.sleep(0.05)  # deliberate sleep: polls other processes' output, bounded by WAIT
+        time.sleep(0.05)  # (noqa: sleep) polls other processes' output, bounded by WAIT
 
 
 PEER = str(Path(__file__).parent / "lan_peer.py")
@@ -265,13 +265,13 @@ def wait_peers(
                 with contextlib.suppress(ProcessLookupError):
                     n.proc.send_signal(signal.SIGUSR1)  # its stacks, to stderr
             # A failure report only: nothing says when a live process has written its stacks.
-            time.sleep(1.0)  # deliberate sleep: the stacks take a moment to be written
+            time.sleep(1.0)  # (noqa: sleep) the stacks take a moment to be written
             report = []
             for n in nodes:
                 n.drain()
                 report.append(f"{n.name}: {n.lines[-40:]}\n{n.name} stderr: {n.stderr()}")
             raise AssertionError(f"timed out waiting for {what}:\n" + "\n".join(report))
-        time.sleep(0.05)  # deliberate sleep: polls other processes' output, bounded by timeout
+        time.sleep(0.05)  # (noqa: sleep) polls other processes' output, bounded by timeout
     return time.monotonic() - start
 
 
@@ -367,7 +367,7 @@ def lab_partition_heal(edits: int, hosts: int = 5, hold: float = 0.0) -> tuple[f
             wait_peers(lambda: _converged(left, edits), "the left side", nodes, timeout=120)
             wait_peers(lambda: _converged(right, edits), "the right side", nodes, timeout=120)
             # The partition lasts `hold` seconds: the scenario's duration, not a wait.
-            time.sleep(max(0.0, cut + hold - time.monotonic()))  # deliberate sleep: the cut lasts
+            time.sleep(max(0.0, cut + hold - time.monotonic()))  # (noqa: sleep) the cut lasts
             healed = time.monotonic()
             for host in range(3, hosts):
                 lab.move(host, 0)

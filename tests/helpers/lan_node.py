@@ -44,7 +44,7 @@ async def main() -> None:
     args = parser.parse_args()
     if args.jitter:
         # A random start, as machines on a LAN come up (part of what the lab tests).
-        await asyncio.sleep(random.uniform(0, args.jitter))  # deliberate sleep: a random start
+        await asyncio.sleep(random.uniform(0, args.jitter))  # (noqa: sleep) a random start
 
     me = DeviceIdentity.load_or_create(args.identity)
     group = GroupKey.load(args.key_file)

@@ -66,7 +66,7 @@ async def main() -> None:
     faulthandler.register(signal.SIGUSR1)
     if args.jitter:
         # A random start, as machines on a LAN come up (part of what the lab tests).
-        await asyncio.sleep(random.uniform(0, args.jitter))  # deliberate sleep: a random start
+        await asyncio.sleep(random.uniform(0, args.jitter))  # (noqa: sleep) a random start
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -127,7 +127,7 @@ async def main() -> None:
                 await dirty.wait()
                 dirty.clear()
                 state()
-                await asyncio.sleep(0.05)  # deliberate sleep: at most one state line per 50 ms
+                await asyncio.sleep(0.05)  # (noqa: sleep) at most one state line per 50 ms
 
         async def commands() -> None:
             reader = asyncio.StreamReader()
@@ -139,7 +139,7 @@ async def main() -> None:
                     for i in range(int(command["append"])):
                         items.append(f"{command.get('tag', 'x')}-{i}")
                         if i % 50 == 49:
-                            await asyncio.sleep(0)  # deliberate sleep: let the links breathe
+                            await asyncio.sleep(0)  # (noqa: sleep) let the links breathe
                 if command.get("report"):
                     report_links(force=True)
                     state()

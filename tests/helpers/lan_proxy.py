@@ -177,7 +177,7 @@ class Proxy:
             if editor is not None:
                 data = editor(data)
             if f.delay:
-                await asyncio.sleep(self.rng.uniform(0, f.delay))  # deliberate sleep: a fault
+                await asyncio.sleep(self.rng.uniform(0, f.delay))  # (noqa: sleep) a fault
             copies = 1
             if f.drop and self.rng.random() < f.drop:
                 copies = 0

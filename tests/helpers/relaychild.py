@@ -145,7 +145,7 @@ class RelayChild:
             if self.fixed_port:
                 # Nothing announces that a port became free: a short pause, bounded
                 # by `attempts`, before binding the same port again.
-                await asyncio.sleep(0.1)  # deliberate sleep: no event says a port is free
+                await asyncio.sleep(0.1)  # (noqa: sleep) no event says a port is free
         raise self.error(
             f"{self.name} did not start on port {self.port}: "
             f"{bytes(self.stderr[-3000:]).decode(errors='replace')}"

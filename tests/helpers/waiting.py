@@ -32,7 +32,7 @@ async def eventually(
             return
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        await asyncio.sleep(interval)  # deliberate sleep: the poll interval of a bounded wait
+        await asyncio.sleep(interval)  # (noqa: sleep) the poll interval of a bounded wait
 
 
 async def eventually_blocking(

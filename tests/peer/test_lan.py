@@ -419,7 +419,7 @@ async def test_the_allow_list_refuses_others_and_removing_a_device_closes_its_li
         assert a.refused("no longer on the allow-list")
         (await a.peer.open("notes")).list("items").append("more")
         # Time passes to show that something does NOT happen: "more" never reaches B.
-        await asyncio.sleep(0.3)  # deliberate sleep: proves an absence
+        await asyncio.sleep(0.3)  # (noqa: sleep) proves an absence
         assert await items(b) == ["secret"]
 
 
@@ -518,7 +518,7 @@ async def test_loss_delay_and_duplication_through_the_proxy_still_converge(
             da, db = await a.peer.open("notes"), await b.peer.open("notes")
             for i in range(300):
                 (da if i % 2 else db).list("items").append(i)
-                await asyncio.sleep(0.002)  # deliberate sleep: one edit per chunk, spread over time
+                await asyncio.sleep(0.002)  # (noqa: sleep) one edit per chunk, spread over time
 
             async def converged() -> bool:
                 return len(da.list("items")) == len(db.list("items")) == 300

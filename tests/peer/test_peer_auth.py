@@ -188,7 +188,7 @@ async def test_a_token_provider_is_asked_at_every_connection_and_again_after_an_
         return token() if which == "valid" else expired()
 
     async def next_token_async() -> str:
-        await asyncio.sleep(0)  # deliberate sleep: a real await (an auth call)
+        await asyncio.sleep(0)  # (noqa: sleep) a real await (an auth call)
         return next_token()
 
     provider = next_token if kind == "function" else next_token_async

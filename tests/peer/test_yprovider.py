@@ -187,7 +187,7 @@ async def test_two_providers_converge_through_the_node_server(interop: Path) -> 
             for i in range(20):
                 a.text("body").insert(len(body(a)), f"a{i} ")
                 b.text("body").insert(0, f"b{i} ")
-                await asyncio.sleep(0)  # deliberate sleep: interleave the two editors
+                await asyncio.sleep(0)  # (noqa: sleep) interleave the two editors
             await wait_until(
                 lambda: body(a) == body(b) and "a19" in body(b) and "b19" in body(a), "convergence"
             )
@@ -224,7 +224,7 @@ async def test_provider_and_a_stock_yjs_client_edit_concurrently_and_share_prese
             typing = asyncio.ensure_future(js.cmd("type", text="JS"))
             for ch in "PY":
                 doc.text("body").insert(len(body(doc)), ch)
-                await asyncio.sleep(0.002)  # deliberate sleep: typing pace, not a wait
+                await asyncio.sleep(0.002)  # (noqa: sleep) typing pace, not a wait
             await step(typing)
             got = await js.cmd(
                 "wait",

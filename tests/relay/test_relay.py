@@ -873,7 +873,7 @@ class FuzzRig:
         deadline = time.monotonic() + WAIT
         while self.thread.call(self._connections()) != self.baseline:
             assert time.monotonic() < deadline, "the relay did not finish the connection"
-            time.sleep(0.005)  # deliberate sleep: polls another thread's relay, bounded
+            time.sleep(0.005)  # (noqa: sleep) polls another thread's relay, bounded
 
     async def _connections(self) -> int:
         return self.relay.connections

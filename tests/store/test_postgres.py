@@ -127,7 +127,7 @@ def test_the_lock_of_a_killed_process_is_released(pg_dsn: str) -> None:
         except StoreLockedError:
             if time.monotonic() - start > deadline:
                 raise
-            time.sleep(0.05)  # deliberate sleep: polls another process's exit for its lock, bounded
+            time.sleep(0.05)  # (noqa: sleep) polls another process's exit for its lock, bounded
     with store:
         doc = store.load("d")
         assert doc is not None

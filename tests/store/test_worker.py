@@ -54,7 +54,7 @@ async def test_updates_queued_during_a_commit_share_the_next_one() -> None:
         for i in range(1, 100)
     ]
     assert worker.ticket == tickets[-1]
-    alive = asyncio.sleep(0, "loop alive")  # deliberate sleep: the loop answers
+    alive = asyncio.sleep(0, "loop alive")  # (noqa: sleep) the loop answers
     assert await asyncio.wait_for(alive, 1) == "loop alive"
     store.gate.set()
     assert await worker.durable(tickets[-1]) == []

@@ -27,7 +27,7 @@ def wait_until(pred: Callable[[], bool], timeout: float = 60.0, what: str = "") 
     while not pred():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or pred}")
-        time.sleep(0.02)  # deliberate sleep: the poll interval of a bounded wait
+        time.sleep(0.02)  # (noqa: sleep) the poll interval of a bounded wait
 
 
 def expire(dsn: str, node: Node) -> None:
