@@ -8,25 +8,21 @@ ASCII. Both checkers must answer ``plain_ascii`` alike.
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import pycrdt
 import pytest
+from helpers.native import require_native
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdtsync.format import accel
 from crdtsync.format.checker import _RELEASE_BYTES, NativeChecker, new_checker
 from crdtsync.format.yupdate import DEFAULT_LIMITS
 
 
 @pytest.fixture(scope="module")
 def native() -> None:
-    if not accel.NATIVE:
-        if shutil.which("cargo"):
-            pytest.fail("crdtsync._native is not built although cargo is on PATH")
-        pytest.skip("no Rust toolchain: crdtsync._native is not built")
+    require_native()
 
 
 def _text_update(chunks: list[str], client: int = 7) -> bytes:
@@ -95,8 +91,8 @@ PLAIN = {"ascii text", "deletions only", "ascii text with a deletion"}
 
 @pytest.mark.parametrize("native_path", [False, True], ids=["python", "rust"])
 def test_plain_ascii(native_path: bool) -> None:
-    if native_path and not accel.NATIVE:
-        pytest.skip("no Rust toolchain")
+    if native_path:
+        require_native()
     checker = new_checker(native=native_path)
     for name, update in _updates():
         parsed = checker.parse(update, DEFAULT_LIMITS)
@@ -106,8 +102,7 @@ def test_plain_ascii(native_path: bool) -> None:
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.text(max_size=6), min_size=1, max_size=5))
 def test_plain_ascii_agrees_on_text(chunks: list[str]) -> None:
-    if not accel.NATIVE:
-        pytest.skip("no Rust toolchain")
+    require_native()
     update = _text_update([c for c in chunks if c] or ["a"])
     py, rs = new_checker(native=False), new_checker(native=True)
     want = all(c.isascii() for c in chunks)
