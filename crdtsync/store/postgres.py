@@ -73,7 +73,13 @@ from psycopg.conninfo import conninfo_to_dict
 from crdtsync.errors import StoreError, StoreLockedError
 from crdtsync.store.base import StoredDoc
 
-__all__ = ["OperationWatchdog", "PostgresStore", "WriteFence", "encode_name"]
+__all__ = [
+    "OperationWatchdog",
+    "PostgresStore",
+    "WriteFence",
+    "create_versioned_tables",
+    "encode_name",
+]
 
 _log = logging.getLogger("crdtsync.store.postgres")
 
@@ -279,18 +285,16 @@ class PostgresStore:
             )
 
     def _create_schema(self, conn: psycopg.Connection[Any]) -> None:
-        with conn.transaction():
-            # Serializes concurrent creators: CREATE ... IF NOT EXISTS alone can race.
-            conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_DDL_LOCK_CLASS,))
-            conn.execute(sql.SQL(_DDL).format(s=sql.Identifier(self.schema)))
-            row = conn.execute(self._sql["get_version"]).fetchone()
-            if row is None:
-                conn.execute(self._sql["set_version"], (_SCHEMA_VERSION,))
-            elif row[0] != _SCHEMA_VERSION:
-                raise StoreError(
-                    f"schema {self.schema!r} in {self.where} has store schema {row[0]}, "
-                    f"this release reads {_SCHEMA_VERSION}"
-                )
+        create_versioned_tables(
+            conn,
+            _DDL,
+            self.schema,
+            lock=0,
+            get_version=self._sql["get_version"],
+            set_version=self._sql["set_version"],
+            version=_SCHEMA_VERSION,
+            found=lambda v: f"schema {self.schema!r} in {self.where} has store schema {v}",
+        )
         if not self._fsync_checked:
             self._fsync_checked = True
             row = conn.execute("SHOW fsync").fetchone()
@@ -492,6 +496,45 @@ _QUERIES = {
     "delete_doc": "DELETE FROM {s}.docs WHERE name = %s",
     "names": "SELECT name FROM {s}.docs",
 }
+
+
+def create_versioned_tables(
+    conn: psycopg.Connection[Any],
+    ddl: str,
+    schema: str,
+    *,
+    lock: int,
+    get_version: sql.Composed,
+    set_version: sql.Composed,
+    version: str,
+    found: Callable[[str], str],
+) -> None:
+    """Create ``ddl``'s tables in ``schema`` if missing, then check their version.
+
+    Shared by the store's tables and the relay cluster's lease tables.
+
+    Args:
+        conn: an open connection (not in a transaction).
+        ddl: ``CREATE ... IF NOT EXISTS`` statements, ``{s}`` standing for the schema.
+        schema: the schema's name.
+        lock: which tables (the key of their creation lock, in our lock class).
+        get_version: reads the tables' version (one row, or none yet).
+        set_version: records ``version`` (one parameter).
+        version: the version this release reads and writes.
+        found: the start of the error message, given the version found.
+
+    Raises:
+        StoreError: the tables are of another version.
+    """
+    with conn.transaction():
+        # Serializes concurrent creators: CREATE ... IF NOT EXISTS alone can race.
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_DDL_LOCK_CLASS, lock))
+        conn.execute(sql.SQL(ddl).format(s=sql.Identifier(schema)))
+        row = conn.execute(get_version).fetchone()
+        if row is None:
+            conn.execute(set_version, (version,))
+        elif row[0] != version:
+            raise StoreError(f"{found(row[0])}, this release reads {version}")
 
 
 class _NoDocument(Exception):

@@ -56,7 +56,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from crdtsync.errors import StoreError, StoreLockedError
-from crdtsync.store.postgres import OperationWatchdog, encode_name
+from crdtsync.store.postgres import OperationWatchdog, create_versioned_tables, encode_name
 
 __all__ = ["Lease", "LeaseFence", "Leases", "Owner", "decode_event", "notify_channel"]
 
@@ -65,7 +65,7 @@ _log = logging.getLogger("crdtsync.relay.cluster")
 _T = TypeVar("_T")
 
 _SCHEMA_VERSION = "1"
-_DDL_LOCK = (0x63726474 + 1, 1)  # serializes table creation across nodes
+_DDL_LOCK = 1  # the key of the lease tables' creation lock (the store's tables: 0)
 
 _DDL = """
 CREATE SCHEMA IF NOT EXISTS {s};
@@ -289,17 +289,16 @@ class Leases:
         return conn
 
     def _create_tables(self, conn: psycopg.Connection[Any]) -> None:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _DDL_LOCK)
-            conn.execute(sql.SQL(_DDL).format(s=sql.Identifier(self.schema)))
-            row = conn.execute(self._sql["get_version"]).fetchone()
-            if row is None:
-                conn.execute(self._sql["set_version"], (_SCHEMA_VERSION,))
-            elif row[0] != _SCHEMA_VERSION:
-                raise StoreError(
-                    f"schema {self.schema!r} has cluster tables of version {row[0]}, "
-                    f"this release reads {_SCHEMA_VERSION}"
-                )
+        create_versioned_tables(
+            conn,
+            _DDL,
+            self.schema,
+            lock=_DDL_LOCK,
+            get_version=self._sql["get_version"],
+            set_version=self._sql["set_version"],
+            version=_SCHEMA_VERSION,
+            found=lambda v: f"schema {self.schema!r} has cluster tables of version {v}",
+        )
 
     def _txn(
         self, what: str, fn: Callable[[psycopg.Connection[Any]], _T], *, retry: bool = False
