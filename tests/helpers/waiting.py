@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -33,6 +34,17 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
         await asyncio.sleep(interval)  # (noqa: sleep) the poll interval of a bounded wait
+
+
+def until(
+    predicate: Callable[[], bool], timeout: float = 60.0, what: str = "", interval: float = 0.02
+) -> None:
+    """:func:`eventually` for synchronous code: poll ``predicate``, blocking this thread."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)  # (noqa: sleep) the poll interval of a bounded wait
 
 
 async def eventually_blocking(

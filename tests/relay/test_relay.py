@@ -49,7 +49,7 @@ from helpers.relay import (
     y_refusal,
 )
 from helpers.tlsutil import self_signed_cert
-from helpers.waiting import eventually
+from helpers.waiting import eventually, until
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from websockets import State
@@ -870,10 +870,12 @@ class FuzzRig:
 
     def wait_idle(self) -> None:
         """Until the relay has finished with every connection but the healthy ones."""
-        deadline = time.monotonic() + WAIT
-        while self.thread.call(self._connections()) != self.baseline:
-            assert time.monotonic() < deadline, "the relay did not finish the connection"
-            time.sleep(0.005)  # (noqa: sleep) polls another thread's relay, bounded
+        until(
+            lambda: self.thread.call(self._connections()) == self.baseline,
+            WAIT,
+            "the relay to finish the connection",
+            interval=0.005,
+        )
 
     async def _connections(self) -> int:
         return self.relay.connections

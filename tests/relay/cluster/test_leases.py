@@ -14,20 +14,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers.waiting import until
 
 from crdtsync import StoreError, StoreLockedError
 from crdtsync.relay.cluster.events import LeaseEvent, LeaseEvents
 from crdtsync.relay.cluster.leases import Lease, LeaseFence, Leases, Owner
 from crdtsync.store.postgres import PostgresStore
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
-    """Poll ``pred`` (a database state) until it holds; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or pred}")
-        time.sleep(0.02)  # (noqa: sleep) the poll interval of a bounded wait
 
 
 def expire(dsn: str, node: Node) -> None:
@@ -152,7 +144,7 @@ def test_an_expired_lease_is_taken_over_with_a_higher_epoch(nodes: Callable[...,
     assert isinstance(taken, Owner)
     assert taken.url == "ws://a.test:1234"
     # A stops renewing (a pause): on the database's clock its lease runs out.
-    wait_until(lambda: b.leases.owner("r") is None, what="A's lease to expire")
+    until(lambda: b.leases.owner("r") is None, what="A's lease to expire")
     lease = b.leases.acquire("r")
     assert isinstance(lease, Lease)
     assert (lease.epoch, lease.fresh) == (2, True)
@@ -233,7 +225,7 @@ def test_a_write_in_flight_and_a_takeover_are_serialized(
             assert b.leases.owner("r") is None
             take = pool.submit(b.leases.acquire, "r")
             # B's takeover waits on the row lock A's write holds.
-            wait_until(lambda: _waiting_on_lock(pg_dsn, f"crdtsync-node-{b.leases.node_id:x}"))
+            until(lambda: _waiting_on_lock(pg_dsn, f"crdtsync-node-{b.leases.node_id:x}"))
             assert not take.done()
             go.set()
             write.result(60)
@@ -293,7 +285,7 @@ def test_a_node_killed_with_sigkill_is_seen_dead_without_waiting_for_its_ttl(
             victim.wait(60)
     # The lease had an hour to run; the dead session ends it as soon as
     # PostgreSQL notices the closed connection.
-    wait_until(lambda: isinstance(b.leases.acquire("r"), Lease), what="the takeover")
+    until(lambda: isinstance(b.leases.acquire("r"), Lease), what="the takeover")
     assert b.leases.held() == {"r": 2}
     assert log_of(b.store, "r") == [b"acked"]
 
@@ -338,7 +330,7 @@ def test_clock_skew_of_nodes_is_irrelevant(
     assert isinstance(b.leases.acquire("r"), Owner)
     monkeypatch.setattr(time, "time", real_time)
     assert time.monotonic is real_mono
-    wait_until(lambda: b.leases.owner("r") is None, what="A's lease to expire")
+    until(lambda: b.leases.owner("r") is None, what="A's lease to expire")
     b.leases.heartbeat()  # B has been idle as long: it renews, as its shell would
     assert isinstance(b.leases.acquire("r"), Lease)
 
