@@ -318,3 +318,17 @@ async def test_two_peers_sync_through_postgres_backed_stores(pg_dsn: str) -> Non
         stored = again.load("notes")
         assert stored is not None
         assert stored.updates or stored.snapshot
+
+
+def test_tables_of_another_schema_version_are_refused(pg_dsn: str) -> None:
+    with PostgresStore(pg_dsn, schema="versioned") as s:
+        s.create("d", b"")
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        c.execute("UPDATE versioned.meta SET value = '99' WHERE key = 'schema'")
+    with pytest.raises(StoreError, match=r"has store schema 99, this release reads 1"):
+        PostgresStore(pg_dsn, schema="versioned")
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        # Nothing was written over the newer tables.
+        assert c.execute("SELECT value FROM versioned.meta WHERE key = 'schema'").fetchone() == (
+            "99",
+        )

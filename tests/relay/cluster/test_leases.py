@@ -388,3 +388,18 @@ def test_an_unreachable_database_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="cannot reach"):
         leases.register()
     leases.close()
+
+
+def test_lease_tables_of_another_version_are_refused(pg_dsn: str) -> None:
+    first = Leases(pg_dsn, "ws://a.test:1234")
+    first.register()  # creates the tables
+    first.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        c.execute("UPDATE crdtsync.meta SET value = '7' WHERE key = 'cluster'")
+    with pytest.raises(StoreError, match=r"has cluster tables of version 7, this release reads 1"):
+        Leases(pg_dsn, "ws://b.test:1234").register()
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        # Nothing was written over the other release's tables.
+        assert c.execute("SELECT value FROM crdtsync.meta WHERE key = 'cluster'").fetchone() == (
+            "7",
+        )
