@@ -67,9 +67,10 @@ way: :class:`LocalProtocolError` is raised to the caller who misused the API; ev
 other :class:`ProtocolError` describes what the *peer* did (or what the peer reported
 about us, with ``from_peer=True``) and is recorded on the session, never raised out
 of ``receive_data``. Each protocol error class carries its wire code (h2-style), see
-:class:`ErrorCode` and ``docs/PROTOCOL.md``. Codes 18 to 20 refine ``AUTH_FAILED``:
-on the wire they travel as a *detail* after it (:func:`wire_code`), so a peer that
-predates them still reads ``AUTH_FAILED`` and behaves as it always did.
+:class:`ErrorCode` and ``docs/PROTOCOL.md``. Codes 18 to 20 refine ``AUTH_FAILED``
+and code 22 ``LIMIT_EXCEEDED``: on the wire they travel as a *detail* after it
+(:func:`wire_code`), so a peer that predates them still reads the older code and
+behaves as it always did.
 """
 
 from __future__ import annotations
@@ -241,6 +242,8 @@ class ErrorCode(IntEnum):
     TOKEN_EXPIRED = 19
     ROOM_NOT_ALLOWED = 20
     ROOM_MOVED = 21
+    # A refinement of LIMIT_EXCEEDED, sent as a detail after it (see wire_code).
+    TRY_AGAIN_LATER = 22
 
 
 #: Codes that refine an older one, and the code a peer that predates them reads.
@@ -250,6 +253,7 @@ REFINES: dict[ErrorCode, ErrorCode] = {
     ErrorCode.TOKEN_INVALID: ErrorCode.AUTH_FAILED,
     ErrorCode.TOKEN_EXPIRED: ErrorCode.AUTH_FAILED,
     ErrorCode.ROOM_NOT_ALLOWED: ErrorCode.AUTH_FAILED,
+    ErrorCode.TRY_AGAIN_LATER: ErrorCode.LIMIT_EXCEEDED,
 }
 
 _BASE_CODE = {int(refined): int(base) for refined, base in REFINES.items()}
@@ -413,8 +417,12 @@ class RelayFullError(LimitExceededError):
     """Every room the relay holds in memory is in use, and they fill its budget.
 
     Retry later: rooms are unloaded as their users leave (a relay's
-    ``max_loaded_bytes``; y-protocols: close 1013).
+    ``max_loaded_bytes``; y-protocols: close 1013). A :class:`~crdtsync.Peer`
+    refused so offers the document again by itself, after a backoff. On the
+    wire: ``LIMIT_EXCEEDED`` with the detail ``TRY_AGAIN_LATER``.
     """
+
+    code = ErrorCode.TRY_AGAIN_LATER
 
 
 class PeerGoingAwayError(ProtocolError):
@@ -494,6 +502,7 @@ _BY_CODE: dict[ErrorCode, type[ProtocolError]] = {
     ErrorCode.TOKEN_EXPIRED: TokenExpiredError,
     ErrorCode.ROOM_NOT_ALLOWED: RoomNotAllowedError,
     ErrorCode.ROOM_MOVED: RoomMovedError,
+    ErrorCode.TRY_AGAIN_LATER: RelayFullError,
 }
 
 

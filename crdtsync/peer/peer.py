@@ -2344,9 +2344,10 @@ class Peer:
             self._follow(link, ev.name, err)
             self._notify()
             return
-        if err.from_peer and err.code == ErrorCode.INTERNAL_ERROR and link.outbound:
-            # The server could not take the document now (its store is down): ask
-            # again after a backoff, on the same connection.
+        if err.from_peer and link.outbound and err.code in _TRY_AGAIN:
+            # The server could not take the document now (its store is down, or
+            # every room it holds in memory is in use): ask again after a
+            # backoff, on the same connection.
             self._retry_later(link, ev.name, "")
         if err.from_peer and _is_refusal(err):
             link.refusals[ev.name] = err
@@ -2491,6 +2492,10 @@ def _moved_to(reason: str) -> str | None:
     words = reason.split()
     last = words[-1] if words else ""
     return last if last.startswith(("ws://", "wss://")) else None
+
+
+#: Codes of a document refused for now: an outbound connection offers it again after a backoff.
+_TRY_AGAIN = frozenset({ErrorCode.INTERNAL_ERROR, ErrorCode.TRY_AGAIN_LATER})
 
 
 def _is_refusal(err: ProtocolError) -> bool:

@@ -171,7 +171,8 @@ class DocError:
     sender's own, each None when the sender does not know or have one: the
     receiver closes its channel for ``name`` only if one of them matches, so a
     late DOC_ERROR never closes a newer channel of the same document.
-    ``detail`` refines ``code`` (``errors.REFINES``: why an ``AUTH_FAILED``);
+    ``detail`` refines ``code`` (``errors.REFINES``: why an ``AUTH_FAILED``, or
+    that a ``LIMIT_EXCEEDED`` is for now);
     appended within version 1, so older peers read ``code`` alone.
     """
 
@@ -192,7 +193,8 @@ class Ping:
 class Close:
     """Last frame of a session, with an error code (0: normal).
 
-    ``detail`` refines ``code`` (``errors.REFINES``: why an ``AUTH_FAILED``);
+    ``detail`` refines ``code`` (``errors.REFINES``: why an ``AUTH_FAILED``, or
+    that a ``LIMIT_EXCEEDED`` is for now);
     appended within version 1, so older peers read ``code`` alone.
     """
 

@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 
 from crdtsync.errors import (
+    REFINES,
     AuthError,
     ErrorCode,
+    LimitExceededError,
     ProtocolError,
+    RelayFullError,
     RoomNotAllowedError,
     TokenError,
     TokenExpiredError,
@@ -78,6 +81,14 @@ EXPECTED: dict[str, m.Message] = {
         your_chan=0,
         my_chan=None,
         detail=int(ErrorCode.ROOM_NOT_ALLOWED),
+    ),
+    "doc-error-try-again-later": m.DocError(
+        name="busy",
+        code=int(ErrorCode.LIMIT_EXCEEDED),
+        reason="every room the relay holds in memory is in use: try again later",
+        your_chan=0,
+        my_chan=None,
+        detail=int(ErrorCode.TRY_AGAIN_LATER),
     ),
 }
 
@@ -145,15 +156,17 @@ def test_newer_fields_are_ignored() -> None:
         ("close-token-expired", TokenExpiredError),
         ("close-token-invalid", TokenError),
         ("doc-error-room-not-allowed", RoomNotAllowedError),
+        ("doc-error-try-again-later", RelayFullError),
     ],
 )
-def test_refined_codes_read_as_auth_failed_by_older_peers(
+def test_refined_codes_read_as_the_older_code_by_older_peers(
     name: str, exact: type[ProtocolError]
 ) -> None:
-    """Codes 18-20 travel as a detail after AUTH_FAILED (docs/PROTOCOL.md, "Error codes").
+    """Codes 18-20 travel as a detail after AUTH_FAILED, 22 after LIMIT_EXCEEDED.
 
-    A peer that predates them decodes only the fields it knows: it reads AUTH_FAILED
-    (an AuthError: it stops, as it always did); a newer one reads the exact refusal.
+    A peer that predates them decodes only the fields it knows: it reads the older
+    code (an AuthError: it stops, as it always did; a LimitExceededError); a newer
+    one reads the exact refusal (docs/PROTOCOL.md, "Error codes").
     """
     reader = m.FrameReader(max_frame=1 << 20)
     reader.feed((GOLDEN / f"{name}.bin").read_bytes())
@@ -161,10 +174,13 @@ def test_refined_codes_read_as_auth_failed_by_older_peers(
     assert body is not None
     msg = m.decode_message(body)
     assert isinstance(msg, m.Close | m.DocError)
-    assert msg.code == ErrorCode.AUTH_FAILED
+    base = REFINES[exact.code]
+    assert msg.code == base
     assert type(ProtocolError.for_code(msg.code, msg.reason, detail=msg.detail)) is exact
     fields = m.cbor_decode(body)
     older = m.decode_message(m.cbor_encode(list(fields[:-1])))
     assert isinstance(older, m.Close | m.DocError)
     assert older.detail is None
-    assert type(ProtocolError.for_code(older.code, older.reason)) is AuthError
+    assert type(ProtocolError.for_code(older.code, older.reason)) is (
+        AuthError if base == ErrorCode.AUTH_FAILED else LimitExceededError
+    )

@@ -25,10 +25,11 @@ from helpers.relay import (
     http_get,
     parse_metrics,
     running_relay,
+    ws_peer,
 )
 from helpers.waiting import eventually
 
-from crdtsync import Doc, ErrorCode
+from crdtsync import Doc, ErrorCode, RelayFullError, Status
 from crdtsync.format.version import Version
 from crdtsync.peer.guests import Guest
 from crdtsync.protocol import messages as m
@@ -224,6 +225,7 @@ async def test_loaded_rooms_are_capped_in_bytes(tmp_path: Path) -> None:
         )
         refusal = next(msg for msg in raw.messages if isinstance(msg, m.DocError))
         assert (refusal.name, refusal.code) == ("e", ErrorCode.LIMIT_EXCEEDED)
+        assert refusal.detail == ErrorCode.TRY_AGAIN_LATER  # older peers read LIMIT_EXCEEDED
         assert await errors(relay, "loaded_full") == 2
         await raw.aclose()
         # Once a room is left, the client trying again gets in; the idle room's
@@ -347,3 +349,31 @@ async def test_a_catch_up_during_a_stalled_commit_carries_what_was_imported(
     finally:
         store.gate.set()
         await relay.close()
+
+
+async def test_a_peer_refused_for_a_full_relay_tries_the_room_again_by_itself(
+    tmp_path: Path,
+) -> None:
+    options: dict[str, Any] = {"max_loaded_bytes": 50_000, "idle_unload": 3600.0}
+    async with running_relay(tmp_path, **options) as relay:
+        busy = await _fill(relay, "busy", 60_000, 5)  # in use, and over the cap alone
+        statuses: list[Status] = []
+        async with ws_peer() as peer:
+            peer.on_status(statuses.append)
+            doc = await peer.open("later")
+            doc.text("body").insert(0, "written while the relay was full")
+            await peer.connect(relay.url)
+            await eventually(
+                lambda: any(s.kind == "error" and s.doc == "later" for s in statuses),
+                what="the refusal",
+            )
+            refusal = next(s for s in statuses if s.kind == "error" and s.doc == "later")
+            assert isinstance(refusal.error, RelayFullError)
+            assert "later" not in relay.peer.docs()
+            # The busy room is left: the peer's next try gets in, with no call from the app.
+            await busy.aclose()
+            await eventually(lambda: peer.is_synced("later"), timeout=30, what="the retry")
+            assert str((await relay.peer.open("later")).text("body")) == (
+                "written while the relay was full"
+            )
+        assert await errors(relay, "loaded_full") >= 1
