@@ -586,7 +586,8 @@ pub fn compact_decode_parsed(data: &[u8], limits: &Limits) -> Result<(Vec<u8>, P
         return Err(malformed("trailing bytes after the columns"));
     }
     let (parsed, v1_size) = Rebuild::new(&block, cols, limits).run()?;
-    let (out, parsed) = encode_update_remapped(&parsed, &block);
+    // v1_size was counted against the limits while rebuilding: an exact capacity.
+    let (out, parsed) = encode_update_remapped(parsed, &block, v1_size as usize);
     if out.len() as u64 != v1_size {
         return Err(malformed("size count does not match the encoding"));
     }
