@@ -109,7 +109,13 @@ from crdtsync.format.yupdate import (
 
 __all__ = ["compact_decode", "compact_decode_parsed", "compact_encode"]
 
-VERSION = 1
+# Version 1: the column block compressed as one stream (written for blocks
+# under _PER_COLUMN_MIN bytes, where the codec's time does not matter);
+# version 2: each column compressed on its own (see the module docstring).
+VERSION_WHOLE = 1
+VERSION_PER_COLUMN = 2
+_PER_COLUMN_MIN = 1 << 13
+_ZSTD_SLACK = 16
 CODEC_STORED = 0
 CODEC_LZMA = 1
 CODEC_ZSTD = 2
@@ -261,7 +267,7 @@ class _Encoder:
         _put(col, _zigzag(clock - expected))
         self.last_clock[client] = clock
 
-    def encode(self, parsed: ParsedUpdate) -> bytes:
+    def encode(self, parsed: ParsedUpdate) -> list[bytes]:
         cols = self.cols
         blocks, info_col, origin_col, right_col = (
             cols[COL_BLOCKS],
@@ -386,12 +392,17 @@ class _Encoder:
                 _put(dcol, clock - end)  # ranges are sorted: never negative
                 _put(dcol, length)
                 end = clock + length
-        block = bytearray()
-        _put(block, N_COLUMNS)
-        for col in cols:
-            _put(block, len(col))
-            block += col
-        return bytes(block)
+        return [bytes(col) for col in cols]
+
+
+def _join(cols: list[bytes]) -> bytes:
+    """The column block: the number of columns, then each one length-prefixed."""
+    block = bytearray()
+    _put(block, len(cols))
+    for col in cols:
+        _put(block, len(col))
+        block += col
+    return bytes(block)
 
 
 def compact_encode(v1: bytes) -> bytes:
@@ -410,8 +421,11 @@ def compact_encode(v1: bytes) -> bytes:
         UpdateLimitError: ``v1`` exceeds the default limits.
     """
     parsed = parse_update(v1)
-    block = _Encoder().encode(parsed)
-    header = bytearray((VERSION,))
+    cols = _Encoder().encode(parsed)
+    block = _join(cols)
+    if len(block) >= _PER_COLUMN_MIN:
+        return _encode_per_column(block, cols)
+    header = bytearray((VERSION_WHOLE,))
     candidates: list[tuple[int, bytes]] = [(CODEC_STORED, block)]
     dict_log = _dict_log(len(block))
     lz = lzma.compress(block, format=lzma.FORMAT_RAW, filters=_lzma_filters(dict_log))
@@ -422,6 +436,41 @@ def compact_encode(v1: bytes) -> bytes:
     header.append(codec)
     _put(header, len(block))
     return bytes(header) + payload
+
+
+def _encode_per_column(block: bytes, cols: list[bytes]) -> bytes:
+    """Version 2: each column compressed on its own, by the codec that suits it."""
+    out = bytearray((VERSION_PER_COLUMN,))
+    _put(out, len(block))
+    for col in cols:
+        codec, packed = _pack_column(col)
+        out.append(codec)
+        _put(out, len(col))
+        _put(out, len(packed))
+        out += packed
+    return bytes(out)
+
+
+def _pack_column(col: bytes) -> tuple[int, bytes]:
+    """``(codec byte, bytes)`` for one column of a version 2 payload.
+
+    The smallest of stored, LZMA and zstd; but zstd when it is within
+    1/``_ZSTD_SLACK`` of LZMA: on nearly incompressible columns (text,
+    a tree's random moves) the two differ by a few percent, and zstd decodes
+    them 10-20 times faster (``docs/FORMAT.md``).
+    """
+    if not col:
+        return CODEC_STORED, col
+    dict_log = _dict_log(len(col))
+    lz = lzma.compress(col, format=lzma.FORMAT_RAW, filters=_lzma_filters(dict_log))
+    zs = zstandard.ZstdCompressor(level=19).compress(col)
+    codec, best = min(
+        [(CODEC_STORED, col), (CODEC_LZMA | dict_log << 2, lz), (CODEC_ZSTD, zs)],
+        key=lambda c: len(c[1]),
+    )
+    if codec & 3 == CODEC_LZMA and len(zs) <= len(lz) + len(lz) // _ZSTD_SLACK:
+        return CODEC_ZSTD, zs
+    return codec, best
 
 
 # --------------------------------------------------------------------------
@@ -544,6 +593,36 @@ def _decompress(codec_byte: int, payload: bytes, size: int) -> bytes:
     return block
 
 
+def _decompress_columns(head: _Col, size: int) -> bytes:
+    """The column block of a version 2 payload, never more than ``size`` bytes.
+
+    Each column's announced length is checked against what is left of
+    ``size`` before it is decompressed (and its codec never produces more),
+    so the whole allocates at most the announced size, itself within the
+    limits.
+    """
+    block = bytearray()
+    _put(block, N_COLUMNS)
+    for name in _COLUMN_NAMES:
+        codec = head.byte()
+        n = head.uint(64)
+        packed = head.take(head.uint(64))
+        if len(block) + _vlen(n) + n > size:
+            raise MalformedUpdateError(
+                f"compact update: column {name} of {n} bytes exceeds the announced size"
+            )
+        col = _decompress(codec, packed, n)
+        _put(block, n)
+        block += col
+    if head.left():
+        raise MalformedUpdateError("compact update: trailing bytes after the columns")
+    if len(block) != size:
+        raise MalformedUpdateError(
+            f"compact update: {len(block)} bytes of columns, {size} announced"
+        )
+    return bytes(block)
+
+
 def compact_decode(data: bytes, limits: UpdateLimits = DEFAULT_LIMITS) -> bytes:
     """Decodes the compact format back to the exact v1 update.
 
@@ -607,16 +686,19 @@ def compact_decode_parsed(
 def _decode(data: bytes, limits: UpdateLimits) -> tuple[bytes, ParsedUpdate]:
     head = _Col(data, "header")
     version = head.byte()
-    if version != VERSION:
+    if version not in (VERSION_WHOLE, VERSION_PER_COLUMN):
         raise MalformedUpdateError(f"compact update: unknown version {version}")
-    codec = head.byte()
+    codec = head.byte() if version == VERSION_WHOLE else 0
     size = head.uint(64)
     if size > limits.max_update_bytes:
         raise UpdateLimitError(
             f"compact update: {size} bytes of columns exceed "
             f"max_update_bytes={limits.max_update_bytes}"
         )
-    block = _decompress(codec, data[head.pos :], size)
+    if version == VERSION_WHOLE:
+        block = _decompress(codec, data[head.pos :], size)
+    else:
+        block = _decompress_columns(head, size)
     top = _Col(block, "block")
     ncols = top.uint(32)
     if ncols != N_COLUMNS:

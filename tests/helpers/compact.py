@@ -1,0 +1,55 @@
+"""Hand-made compact payloads of layout 2 (per-column codecs), shared by the
+Python tests (tests/format/test_columnar.py) and the Rust agreement tests
+(tests/format/test_native.py)."""
+
+from __future__ import annotations
+
+import lzma
+
+from crdtsync.format import columnar as c
+
+
+def _column_block(columns: list[bytes]) -> bytes:
+    block = bytearray()
+    c._put(block, len(columns))
+    for col in columns:
+        c._put(block, len(col))
+        block += col
+    return bytes(block)
+
+
+def _per_column(columns: list[tuple[int, int, bytes]], size: int) -> bytes:
+    """A layout 2 payload from ``(codec byte, announced length, packed bytes)`` per column."""
+    out = bytearray((c.VERSION_PER_COLUMN,))
+    c._put(out, size)
+    for codec, n, packed in columns:
+        out.append(codec)
+        c._put(out, n)
+        c._put(out, len(packed))
+        out += packed
+    return bytes(out)
+
+
+def hostile_per_column_payloads() -> list[bytes]:
+    """Layout 2 payloads that break one rule each: seven malformed, the last over the limit."""
+    stored = [(c.CODEC_STORED, 0, b"")] * c.N_COLUMNS
+    size = len(_column_block([b""] * c.N_COLUMNS))
+    bomb = lzma.compress(bytes(64 << 20), format=lzma.FORMAT_RAW, filters=c._lzma_filters(20))
+    too_long = list(stored)
+    too_long[c.COL_TEXT] = (c.CODEC_LZMA | 20 << 2, 1 << 16, bomb)  # more than announced
+    inflating = list(stored)
+    inflating[c.COL_TEXT] = (c.CODEC_LZMA | 20 << 2, 1 << 16, bomb)
+    wrong_len = list(stored)
+    wrong_len[c.COL_MISC] = (c.CODEC_STORED, 3, b"ab")
+    bad_codec = list(stored)
+    bad_codec[c.COL_INFO] = (3, 0, b"")
+    return [
+        _per_column(too_long, size),  # the column does not fit the announced size
+        _per_column(inflating, size + (1 << 16) + 2),  # a bomb: decompresses past its length
+        _per_column(wrong_len, size + 3),  # stored bytes shorter than announced
+        _per_column(bad_codec, size),  # unknown codec
+        _per_column(stored, size + 1),  # the columns make less than announced
+        _per_column(stored, size) + b"\x00",  # trailing bytes
+        _per_column(stored, size)[:-4],  # truncated
+        _per_column(stored, 1 << 40),  # announced over the limit
+    ]
