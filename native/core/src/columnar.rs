@@ -651,7 +651,11 @@ pub fn compact_decode_parsed(data: &[u8], limits: &Limits) -> Result<(Vec<u8>, P
     if version != VERSION_WHOLE && version != VERSION_PER_COLUMN {
         return Err(malformed(format!("unknown version {version}")));
     }
-    let codec = if version == VERSION_WHOLE { head.byte()? } else { 0 };
+    let codec = if version == VERSION_WHOLE {
+        head.byte()?
+    } else {
+        0
+    };
     let size = head.uint(64)?;
     if size > limits.max_update_bytes {
         return Err(limit_error(format!(
@@ -1309,6 +1313,81 @@ mod tests {
         let packed = compact_encode(&v1, &l).unwrap();
         assert_eq!(packed[0], VERSION_WHOLE);
         assert_eq!(compact_decode(&packed, &l).unwrap(), v1);
+    }
+
+    /// A text root typed into one character at a time, `n` items: a column
+    /// block over `PER_COLUMN_MIN` for n in the thousands.
+    fn typed_update(n: u32) -> Vec<u8> {
+        let mut u = vec![1];
+        write_varuint(&mut u, n as u64);
+        u.extend([7, 0]);
+        u.extend([4, 1, 1, b't', 1, b'a']);
+        for i in 1..n {
+            // String item with an origin (7, i - 1): "b".."z" by turn.
+            u.extend([0x84, 7]);
+            write_varuint(&mut u, (i - 1) as u64);
+            u.extend([1, b'a' + (i % 26) as u8]);
+        }
+        u.push(0);
+        u
+    }
+
+    #[test]
+    fn layout_2_round_trip_and_choice() {
+        let l = Limits::default();
+        let v1 = typed_update(12_000);
+        parse_update(&v1, &l).unwrap();
+        let packed = compact_encode(&v1, &l).unwrap();
+        assert_eq!(packed[0], VERSION_PER_COLUMN);
+        assert_eq!(compact_decode(&packed, &l).unwrap(), v1);
+        // stored, LZMA and zstd as the sizes say
+        assert_eq!(pack_column(&[]).0, CODEC_STORED);
+        assert_eq!(pack_column(&[1]).0, CODEC_STORED);
+        // (the same bytes as test_columnar's: LZMA far ahead of zstd on them)
+        let mut regular: Vec<u8> = (0..64).flat_map(|_| 0..=255u8).collect();
+        regular.extend((0..20_000u32).map(|i| (i * 7 % 251) as u8));
+        assert_eq!(pack_column(&regular).0 & 3, CODEC_LZMA);
+    }
+
+    #[test]
+    fn layout_2_hostile_headers() {
+        let l = Limits::default();
+        let v1 = typed_update(12_000);
+        let packed = compact_encode(&v1, &l).unwrap();
+        // truncated anywhere: malformed, never a panic
+        for cut in [1, 2, 5, packed.len() / 2, packed.len() - 1] {
+            assert_eq!(
+                compact_decode(&packed[..cut], &l).unwrap_err().kind,
+                ErrorKind::Malformed
+            );
+        }
+        let mut trailing = packed.clone();
+        trailing.push(0);
+        assert_eq!(
+            compact_decode(&trailing, &l).unwrap_err().kind,
+            ErrorKind::Malformed
+        );
+        // announcing more than the limit is refused before decompressing
+        let tight = Limits {
+            max_update_bytes: 1000,
+            ..Limits::default()
+        };
+        assert_eq!(
+            compact_decode(&packed, &tight).unwrap_err().kind,
+            ErrorKind::Limit
+        );
+        // a column announcing more than the announced block
+        let mut over = vec![VERSION_PER_COLUMN, 12];
+        for i in 0..N_COLUMNS {
+            over.extend([CODEC_STORED, if i == 0 { 100 } else { 0 }, 0]);
+        }
+        let err = compact_decode(&over, &l).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Malformed);
+        assert!(
+            err.message.contains("exceeds the announced size"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
