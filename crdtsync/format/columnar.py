@@ -240,11 +240,18 @@ def _unzigzag(value: int) -> int:
 
 
 class _Encoder:
-    def __init__(self) -> None:
+    def __init__(self, recent_keys: bool = False) -> None:
+        """A column encoder; ``recent_keys`` codes key references as layout 2 does.
+
+        Layout 2 refers to a new key (the next in the table) as 0 and to an
+        old one as its index + 1: a tree's 110,000 map entries each name a
+        new key, a constant 0 instead of a growing index.
+        """
         self.cols = [bytearray() for _ in range(N_COLUMNS)]
         self.client_index: dict[int, int] = {}
         self.key_index: dict[str, int] = {}
         self.last_clock: dict[int, int] = {}
+        self.recent_keys = recent_keys
 
     def client(self, col: bytearray, client: int) -> None:
         idx = self.client_index.get(client)
@@ -254,14 +261,15 @@ class _Encoder:
         _put(col, idx)
 
     def key(self, col: bytearray, key: str) -> None:
+        n = len(self.key_index)
         idx = self.key_index.get(key)
         if idx is None:
-            idx = self.key_index[key] = len(self.key_index)
+            idx = self.key_index[key] = n
             b = key.encode()
             kc = self.cols[COL_KEYS]
             _put(kc, len(b))
             kc += b
-        _put(col, idx)
+        _put(col, (idx + 1 if idx < n else 0) if self.recent_keys else idx)
 
     def ref_clock(self, col: bytearray, client: int, clock: int, expected: int | None) -> None:
         """Codes a referenced clock relative to an expectation or the client's last one."""
@@ -424,10 +432,10 @@ def compact_encode(v1: bytes) -> bytes:
         UpdateLimitError: ``v1`` exceeds the default limits.
     """
     parsed = parse_update(v1)
-    cols = _Encoder().encode(parsed)
-    block = _join(cols)
-    if len(block) >= _PER_COLUMN_MIN:
-        return _encode_per_column(block, cols)
+    if len(v1) >= _PER_COLUMN_MIN:
+        cols = _Encoder(recent_keys=True).encode(parsed)
+        return _encode_per_column(_join(cols), cols)
+    block = _join(_Encoder().encode(parsed))
     header = bytearray((VERSION_WHOLE,))
     candidates: list[tuple[int, bytes]] = [(CODEC_STORED, block)]
     dict_log = _dict_log(len(block))
@@ -709,7 +717,7 @@ def _decode(data: bytes, limits: UpdateLimits) -> tuple[bytes, ParsedUpdate]:
     cols = [_Col(top.take(top.uint(64)), name) for name in _COLUMN_NAMES]
     if top.left():
         raise MalformedUpdateError("compact update: trailing bytes after the columns")
-    parsed, v1_size = _rebuild(cols, limits)
+    parsed, v1_size = _rebuild(cols, limits, recent_keys=version == VERSION_PER_COLUMN)
     out = encode_update(parsed)
     if len(out) != v1_size:  # pragma: no cover - the count mirrors encode_update
         raise MalformedUpdateError("compact update: size count does not match the encoding")
@@ -739,7 +747,9 @@ class _Size:
             )
 
 
-def _rebuild(cols: list[_Col], limits: UpdateLimits) -> tuple[ParsedUpdate, int]:
+def _rebuild(
+    cols: list[_Col], limits: UpdateLimits, *, recent_keys: bool = False
+) -> tuple[ParsedUpdate, int]:
     (
         c_clients,
         c_blocks,
@@ -775,6 +785,10 @@ def _rebuild(cols: list[_Col], limits: UpdateLimits) -> tuple[ParsedUpdate, int]
     def key(col: _Col) -> int:
         """Index of a key in ``keys`` (read from the key table on first use)."""
         idx = col.uint(32)
+        if recent_keys:
+            if idx > len(keys):
+                raise col.fail(f"key reference {idx} beyond the table")
+            idx = idx - 1 if idx else len(keys)
         if idx == len(keys):
             n = c_keys.uint(32)
             if n > limits.max_key_bytes:

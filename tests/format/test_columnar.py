@@ -8,7 +8,7 @@ import tracemalloc
 
 import pycrdt
 import pytest
-from helpers.compact import hostile_per_column_payloads
+from helpers.compact import hostile_per_column_payloads, key_reference_payloads
 from helpers.traces import fuzz_module, trace_update
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -215,6 +215,20 @@ def test_layout_2_prefers_zstd_within_a_sixteenth() -> None:
     assert c._pack_column(regular)[0] & 3 == c.CODEC_LZMA
     assert c._pack_column(b"") == (c.CODEC_STORED, b"")
     assert c._pack_column(b"\x01")[0] == c.CODEC_STORED
+
+
+def test_layout_2_key_references_count_back() -> None:
+    v1, good, bad = key_reference_payloads()
+    cols = c._Encoder(recent_keys=True).encode(y.parse_update(v1))
+    # per item: 1 (a root), the root's name, the key. "m" is key 0, a/b/c new.
+    assert cols[c.COL_PARENT] == bytes([1, 0, 0, 1, 1, 0, 1, 1, 0])
+    # layout 1 writes indexes: m is 0, a 1, b 2, c 3
+    assert c._Encoder().encode(y.parse_update(v1))[c.COL_PARENT] == bytes(
+        [1, 0, 1, 1, 0, 2, 1, 0, 3]
+    )
+    assert c.compact_decode(good) == v1
+    with pytest.raises(MalformedUpdateError, match="key reference 9 beyond the table"):
+        c.compact_decode(bad)
 
 
 def test_layout_2_hostile_payloads() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import cbor2
 import pytest
-from helpers.compact import hostile_per_column_payloads
+from helpers.compact import hostile_per_column_payloads, key_reference_payloads
 from helpers.native import require_native
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -343,6 +343,10 @@ def test_layout_2_hostile_payloads_agree(native: Any) -> None:
         assert py == nat, data[:40]
         outcomes.append(py[0])
     assert outcomes == ["MalformedUpdateError"] * 7 + ["UpdateLimitError"]
+    v1, good, bad = key_reference_payloads()
+    assert native.compact_decode(good, limits) == v1
+    with pytest.raises(MalformedUpdateError, match="key reference 9 beyond the table"):
+        native.compact_decode(bad, limits)
 
 
 # -- the differential fuzzer's sample ---------------------------------------------------

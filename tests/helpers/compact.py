@@ -53,3 +53,30 @@ def hostile_per_column_payloads() -> list[bytes]:
         _per_column(stored, size)[:-4],  # truncated
         _per_column(stored, 1 << 40),  # announced over the limit
     ]
+
+
+def _stored_per_column(cols: list[bytes]) -> bytes:
+    return _per_column([(c.CODEC_STORED, len(col), col) for col in cols], len(_column_block(cols)))
+
+
+def key_reference_payloads() -> tuple[bytes, bytes, bytes]:
+    """``(v1, layout 2 payload of it, the same with a key reference beyond the table)``.
+
+    Layout 2 codes a key reference as 0 for a new key, else its index + 1:
+    a root map's entries refer to the root's name as 1 and to their new keys
+    as 0 (the second "b" has an origin: no key written).
+    """
+    import pycrdt
+
+    from crdtsync.format import yupdate as y
+
+    doc = pycrdt.Doc(client_id=7)
+    m = doc.get("m", type=pycrdt.Map)
+    for k in ("a", "b", "c"):
+        m[k] = 1
+    m["b"] = 2
+    v1 = doc.get_update()
+    cols = c._Encoder(recent_keys=True).encode(y.parse_update(v1))
+    bad = list(cols)
+    bad[c.COL_PARENT] = cols[c.COL_PARENT][:-1] + b"\x09"  # the last reference: 9 keys back
+    return v1, _stored_per_column(cols), _stored_per_column(bad)

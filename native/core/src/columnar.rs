@@ -25,8 +25,9 @@ use crate::update::{
 };
 use crate::varint::{varuint_len, write_varuint};
 
-/// Layout 1: the column block compressed as one stream (written for blocks
-/// under `PER_COLUMN_MIN` bytes); layout 2: each column on its own.
+/// Layout 1: the column block compressed as one stream (written for updates
+/// under `PER_COLUMN_MIN` bytes); layout 2: a new key referred to as 0 (an
+/// old one as its index + 1), and each column compressed on its own.
 pub const VERSION_WHOLE: u8 = 1;
 pub const VERSION_PER_COLUMN: u8 = 2;
 const PER_COLUMN_MIN: usize = 1 << 13;
@@ -156,6 +157,10 @@ struct Encoder<'a> {
     client_index: HashMap<u64, u64>,
     key_index: HashMap<&'a [u8], u64>,
     last_clock: HashMap<u64, i64>,
+    /// Layout 2's key references (`_Encoder.recent_keys`): 0 for a new key
+    /// (the next in the table), else its index + 1 (a tree's 110,000 map
+    /// entries each name a new key: 0 every time, instead of a growing index).
+    recent_keys: bool,
 }
 
 impl<'a> Encoder<'a> {
@@ -176,7 +181,12 @@ impl<'a> Encoder<'a> {
             kc.extend_from_slice(key);
             next
         });
-        write_varuint(&mut self.cols[col], idx);
+        let code = match (self.recent_keys, idx < next) {
+            (false, _) => idx,
+            (true, true) => idx + 1,
+            (true, false) => 0,
+        };
+        write_varuint(&mut self.cols[col], code);
     }
 
     fn ref_clock(&mut self, col: usize, client: u64, clock: i64, expected: Option<i64>) {
@@ -346,13 +356,14 @@ impl<'a> Encoder<'a> {
 }
 
 /// The columns of a parsed update (`_columnar._Encoder.encode`).
-fn encode_cols(parsed: &ParsedUpdate, data: &[u8]) -> [Vec<u8>; N_COLUMNS] {
+fn encode_cols(parsed: &ParsedUpdate, data: &[u8], recent_keys: bool) -> [Vec<u8>; N_COLUMNS] {
     Encoder {
         data,
         cols: Default::default(),
         client_index: HashMap::new(),
         key_index: HashMap::new(),
         last_clock: HashMap::new(),
+        recent_keys,
     }
     .encode(parsed)
 }
@@ -372,18 +383,18 @@ fn join(cols: &[Vec<u8>]) -> Vec<u8> {
 
 /// Builds the column block of a parsed update.
 pub fn encode_columns(parsed: &ParsedUpdate, data: &[u8]) -> Vec<u8> {
-    join(&encode_cols(parsed, data))
+    join(&encode_cols(parsed, data, false))
 }
 
 /// `_columnar.compact_encode`: parses `v1` with `limits` (the Python
 /// reference uses the default limits) and writes the compact format.
 pub fn compact_encode(v1: &[u8], limits: &Limits) -> Result<Vec<u8>> {
     let parsed = parse_update(v1, limits)?;
-    let cols = encode_cols(&parsed, v1);
-    let block = join(&cols);
-    if block.len() >= PER_COLUMN_MIN {
-        return Ok(encode_per_column(&block, &cols));
+    if v1.len() >= PER_COLUMN_MIN {
+        let cols = encode_cols(&parsed, v1, true);
+        return Ok(encode_per_column(&join(&cols), &cols));
     }
+    let block = join(&encode_cols(&parsed, v1, false));
     let dlog = dict_log(block.len());
     let lz = lzma_compress(&block, dlog);
     let mut codec = CODEC_STORED;
@@ -687,7 +698,8 @@ pub fn compact_decode_parsed(data: &[u8], limits: &Limits) -> Result<(Vec<u8>, P
     if top.left() != 0 {
         return Err(malformed("trailing bytes after the columns"));
     }
-    let (parsed, v1_size) = Rebuild::new(&block, cols, limits).run()?;
+    let recent_keys = version == VERSION_PER_COLUMN;
+    let (parsed, v1_size) = Rebuild::new(&block, cols, limits, recent_keys).run()?;
     // v1_size was counted against the limits while rebuilding: an exact capacity.
     let (out, parsed) = encode_update_remapped(parsed, &block, v1_size as usize);
     if out.len() as u64 != v1_size {
@@ -717,6 +729,8 @@ struct Rebuild<'a, 'l> {
     slot_of: HashMap<u64, u32>,
     /// The key table: span in the block and v1 size (varuint length + bytes).
     keys: Vec<(Span, u64)>,
+    /// Key references as layout 2 codes them (`Encoder::recent_keys`).
+    recent_keys: bool,
     /// Last clock read per client slot (`last_clock` of `_rebuild`, which is
     /// keyed by client id): an index instead of a SipHash per reference,
     /// about 7% of a tree load's decoder.
@@ -759,8 +773,9 @@ fn remember_id(
 }
 
 impl<'a, 'l> Rebuild<'a, 'l> {
-    fn new(_block: &'a [u8], cols: Vec<Col<'a>>, limits: &'l Limits) -> Self {
+    fn new(_block: &'a [u8], cols: Vec<Col<'a>>, limits: &'l Limits, recent_keys: bool) -> Self {
         Rebuild {
+            recent_keys,
             cols,
             limits,
             clients: Vec::new(),
@@ -812,7 +827,14 @@ impl<'a, 'l> Rebuild<'a, 'l> {
 
     /// A key (read from the key table on first use); its v1 size is counted.
     fn key(&mut self, col: usize) -> Result<Span> {
-        let idx = self.cols[col].uint(32)?;
+        let mut idx = self.cols[col].uint(32)?;
+        if self.recent_keys {
+            let len = self.keys.len() as u64;
+            if idx > len {
+                return Err(self.cols[col].fail(format!("key reference {idx} beyond the table")));
+            }
+            idx = if idx == 0 { len } else { idx - 1 };
+        }
         if idx == self.keys.len() as u64 {
             let n = self.cols[COL_KEYS].uint(32)?;
             if n > self.limits.max_key_bytes {
