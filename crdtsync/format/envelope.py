@@ -39,9 +39,9 @@ from typing import Any
 
 from crdtsync.errors import MalformedUpdateError, UnsupportedVersionError, UpdateLimitError
 from crdtsync.format import zstd
-from crdtsync.format.accel import Parsed, compact_decode_parsed
+from crdtsync.format.accel import Parsed, compact_decode_parsed, compact_encode
 from crdtsync.format.cbor import decode_cbor, encode_cbor
-from crdtsync.format.columnar import VERSION_PER_COLUMN, compact_encode
+from crdtsync.format.columnar import VERSION_PER_COLUMN
 from crdtsync.format.yupdate import UpdateLimits
 
 __all__ = [
@@ -124,6 +124,7 @@ def pack(
     payload = update
     version = _FORMAT_VERSION_1
     if compact:
+        # (the Rust encoder when installed: byte for byte the Python one's)
         payload = compact_encode(update)
         flags |= FLAG_COMPACT
         if payload[0] == VERSION_PER_COLUMN:
