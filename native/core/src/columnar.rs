@@ -618,7 +618,11 @@ fn decompress(codec_byte: u8, payload: &[u8], size: usize) -> Result<Vec<u8>> {
 /// against what is left before it is decompressed, and its codec never
 /// produces more).
 fn decompress_columns(head: &mut Col, size: usize) -> Result<Vec<u8>> {
-    let mut block: Vec<u8> = Vec::with_capacity(size);
+    // Reserved up to what the payload can plausibly inflate to, never the
+    // announced size alone: a few bytes announcing max_document_bytes must
+    // not reserve it (the block grows past this if real data needs it).
+    let plausible = head.left().saturating_mul(64).saturating_add(64);
+    let mut block: Vec<u8> = Vec::with_capacity(size.min(plausible));
     write_varuint(&mut block, N_COLUMNS as u64);
     for name in COLUMN_NAMES {
         let codec = head.byte()?;
