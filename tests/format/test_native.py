@@ -18,7 +18,11 @@ from typing import Any
 
 import cbor2
 import pytest
-from helpers.compact import hostile_per_column_payloads, key_reference_payloads
+from helpers.compact import (
+    duplicate_client_payload,
+    hostile_per_column_payloads,
+    key_reference_payloads,
+)
 from helpers.native import require_native
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -347,6 +351,14 @@ def test_layout_2_hostile_payloads_agree(native: Any) -> None:
     assert native.compact_decode(good, limits) == v1
     with pytest.raises(MalformedUpdateError, match="key reference 9 beyond the table"):
         native.compact_decode(bad, limits)
+
+
+def test_a_client_named_twice_shares_its_last_clock(native: Any) -> None:
+    """The Rust decoder keeps last clocks per client id, as the reference does."""
+    data = duplicate_client_payload()
+    py = _columnar.compact_decode(data, LIMITS)
+    assert native.compact_decode(data, LIMITS) == py
+    assert [s.origin for s in _yupdate.parse_update(py).clients[2]] == [(2, 100), (2, 200)]
 
 
 # -- the differential fuzzer's sample ---------------------------------------------------

@@ -80,3 +80,32 @@ def key_reference_payloads() -> tuple[bytes, bytes, bytes]:
     bad = list(cols)
     bad[c.COL_PARENT] = cols[c.COL_PARENT][:-1] + b"\x09"  # the last reference: 9 keys back
     return v1, _stored_per_column(cols), _stored_per_column(bad)
+
+
+def duplicate_client_payload() -> bytes:
+    """A layout 2 payload whose client table names client 2 twice.
+
+    Two String items of client 2 with explicit origins, the first referring
+    to its client by table index 1, the second by index 0, each clock 100
+    after the last one read *for that client id*: the reference keeps the
+    last clock per id, so the origins are (2, 100) and (2, 200).
+    """
+    from crdtsync.format import yupdate as y
+
+    structs = [
+        y.Struct(
+            2,
+            i,
+            1,
+            y.CONTENT_STRING,
+            y.CONTENT_STRING | y.HAS_ORIGIN,
+            origin=(1, 100 * (i + 1)),
+            content="x",
+        )
+        for i in range(2)
+    ]
+    v1 = y.encode_update(y.ParsedUpdate({2: structs}, {}))
+    cols = c._Encoder(recent_keys=True).encode(y.parse_update(v1))
+    cols[c.COL_CLIENTS] = bytes([2, 2])
+    cols[c.COL_ORIGIN] = bytes([1, 200, 1, 0, 200, 1])  # index 1, +100; index 0, +100
+    return _stored_per_column(cols)
