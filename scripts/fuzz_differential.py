@@ -17,7 +17,8 @@ both implementations; ANY disagreement fails the run:
 ``compact`` inputs (hostile compact-format bytes)
     ``_columnar.compact_decode`` vs ``_native.compact_decode``: the same
     outcome, class and output bytes. Inputs are compact encodings of valid
-    updates, re-framed as stored / zstd / LZMA, mutated at the byte level, at
+    updates, re-framed as stored / zstd / LZMA (layout 1) or column by column
+    with a codec each (layout 2), mutated at the byte level, at
     the column level (one column mutated, the framing kept consistent so the
     decoder goes deep), at the header, and crafted key-repeat bombs.
 ``zstd`` inputs
@@ -195,6 +196,10 @@ def _frame(rng: random.Random, block: bytes) -> bytes:
     size = len(block)
     if rng.random() < 0.1:
         size = max(0, size + rng.choice([-1, 1, 2, 1000, 2**20, 2**40]))
+    if rng.random() < 0.35:
+        cols = _split_block(block)
+        if cols is not None and len(cols) == _COMPACT_COLUMNS:
+            return _frame_per_column(rng, cols, size)
     r = rng.random()
     if r < 0.6:
         return bytes((1, 0)) + _varuint(size) + block
@@ -204,6 +209,31 @@ def _frame(rng: random.Random, block: bytes) -> bytes:
     filters = col._lzma_filters(dict_log)
     payload = lzma.compress(block, format=lzma.FORMAT_RAW, filters=filters)
     return bytes((1, 1 | dict_log << 2)) + _varuint(size) + payload
+
+
+def _frame_per_column(rng: random.Random, cols: Sequence[bytes], size: int) -> bytes:
+    """Layout 2: each column with its own random codec (lengths sometimes wrong)."""
+    out = bytearray((2,)) + _varuint(size)
+    for c in cols:
+        r = rng.random()
+        if r < 0.4:
+            codec, packed = 0, c
+        elif r < 0.7:
+            codec, packed = 2, zstandard.ZstdCompressor(level=1).compress(c)
+        else:
+            dict_log = rng.choice([12, 12, 16, 26])
+            filters = col._lzma_filters(dict_log)
+            codec, packed = (
+                1 | dict_log << 2,
+                lzma.compress(c, format=lzma.FORMAT_RAW, filters=filters),
+            )
+        n = len(c)
+        if rng.random() < 0.03:
+            n = max(0, n + rng.choice([-1, 1, 2**20]))
+        out += bytes((codec,)) + _varuint(n) + _varuint(len(packed)) + packed
+    if rng.random() < 0.03:
+        out += b"\x00"
+    return bytes(out)
 
 
 def _compact_of(seeds: Seeds, i: int) -> bytes | None:
@@ -218,6 +248,11 @@ def _compact_of(seeds: Seeds, i: int) -> bytes | None:
 
 def _block_of(compact: bytes) -> bytes:
     """The column block inside a compact encoding made by compact_encode."""
+    if compact[0] == col.VERSION_PER_COLUMN:
+        head = col._Col(compact, "header")
+        head.pos = 1
+        size = head.uint(64)
+        return col._decompress_columns(head, size)
     codec = compact[1]
     size, pos = y._read_varuint(compact, 2, 64, "size")
     payload = compact[pos:]

@@ -78,6 +78,37 @@ def build() -> dict[str, Doc]:
     c.map("m").update({"big": 2**70, "one": 1.0, "list": [2**64, -0.0]})
     c.counter("likes").increment(2**60)
     docs["v1-value-tags"] = c
+
+    # Large enough (a column block over 8 KiB) to be saved in compact layout 2,
+    # each column compressed on its own (envelope format version 2).
+    d = Doc(peer_id=4, clock=clock)
+    body = d.text("body")
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "while",
+        "crdtsync",
+        "saves",
+        "columns",
+    ]
+    for i in range(1500):
+        word = words[(i * 7) % len(words)]
+        body.insert(len(body), word + (" " if i % 11 else ".\n"))
+        if i % 13 == 0:
+            body.delete(len(body) - 2, 1)
+    tree = d.tree("outline")
+    nodes = [tree.create(None) for _ in range(40)]
+    for i, n in enumerate(nodes[1:], 1):
+        tree.move(n, nodes[(i * 5) % i])
+    d.map("meta").update({f"k{i}": i * i for i in range(300)})
+    docs["v2-per-column"] = d
     return docs
 
 

@@ -4,7 +4,10 @@ Layout (see ``docs/FORMAT.md`` for the full description and golden vectors)::
 
     envelope = {                 ; a CBOR map with unsigned-integer keys
         0: "crdtsync",           ; magic
-        1: uint,                 ; format version (this release writes and reads 1)
+        1: uint,                 ; format version (this release reads 1 and 2; it
+                                 ; writes 2 only around a compact payload of
+                                 ; layout 2, which older releases cannot read,
+                                 ; so that they refuse it as a newer version)
         2: uint,                 ; flags (below)
         3: bytes,                ; payload
         ? 4: [* bytes],          ; held updates (Doc.save): v1 updates received ahead of
@@ -36,9 +39,9 @@ from typing import Any
 
 from crdtsync.errors import MalformedUpdateError, UnsupportedVersionError, UpdateLimitError
 from crdtsync.format import zstd
-from crdtsync.format.accel import Parsed, compact_decode_parsed
+from crdtsync.format.accel import Parsed, compact_decode_parsed, compact_encode
 from crdtsync.format.cbor import decode_cbor, encode_cbor
-from crdtsync.format.columnar import compact_encode
+from crdtsync.format.columnar import VERSION_PER_COLUMN
 from crdtsync.format.yupdate import UpdateLimits
 
 __all__ = [
@@ -53,7 +56,10 @@ __all__ = [
 ]
 
 MAGIC = "crdtsync"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Everything but a compact payload of layout 2 is still written as version 1,
+# which every release reads (updates travel between releases).
+_FORMAT_VERSION_1 = 1
 FLAG_ZSTD = 1
 FLAG_COMPACT = 2
 FLAG_SNAPSHOT = 4
@@ -116,15 +122,19 @@ def pack(
     """
     flags = FLAG_SNAPSHOT if snapshot else 0
     payload = update
+    version = _FORMAT_VERSION_1
     if compact:
+        # (the Rust encoder when installed: byte for byte the Python one's)
         payload = compact_encode(update)
         flags |= FLAG_COMPACT
+        if payload[0] == VERSION_PER_COLUMN:
+            version = FORMAT_VERSION
     elif len(update) >= _COMPRESS_MIN:
         packed = zstd.compress(update, level=_ZSTD_LEVEL)
         if len(packed) < len(update):
             payload = packed
             flags |= FLAG_ZSTD
-    env: dict[int, Any] = {0: MAGIC, 1: FORMAT_VERSION, 2: flags, 3: payload}
+    env: dict[int, Any] = {0: MAGIC, 1: version, 2: flags, 3: payload}
     if held:
         env[4] = [bytes(h) for h in held]
     if cache:

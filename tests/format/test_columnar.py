@@ -8,6 +8,7 @@ import tracemalloc
 
 import pycrdt
 import pytest
+from helpers.compact import hostile_per_column_payloads, key_reference_payloads
 from helpers.traces import fuzz_module, trace_update
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -146,7 +147,7 @@ def _column_block(columns: list[bytes]) -> bytes:
 
 
 def _stored(block: bytes, size: int | None = None) -> bytes:
-    out = bytearray((c.VERSION, c.CODEC_STORED))
+    out = bytearray((c.VERSION_WHOLE, c.CODEC_STORED))
     c._put(out, len(block) if size is None else size)
     return bytes(out) + block
 
@@ -157,7 +158,7 @@ def test_hostile_containers() -> None:
     bomb = lzma.compress(bytes(64 << 20), format=lzma.FORMAT_RAW, filters=c._lzma_filters(20))
     assert len(bomb) < 64 << 10
     data = (
-        bytes((c.VERSION, c.CODEC_LZMA | 20 << 2)) + bytes([0x80, 0x80, 0x04]) + bomb
+        bytes((c.VERSION_WHOLE, c.CODEC_LZMA | 20 << 2)) + bytes([0x80, 0x80, 0x04]) + bomb
     )  # announces 64 KiB
     # Refused while decompressing, at the announced size: never 64 MiB held.
     tracemalloc.start()
@@ -169,7 +170,7 @@ def test_hostile_containers() -> None:
         tracemalloc.stop()
     assert peak < 8 << 20, peak
     # Announcing more than the limit is refused before decompressing.
-    big = bytes((c.VERSION, c.CODEC_LZMA | 20 << 2)) + bytes([0x80, 0x80, 0x80, 0x01]) + bomb
+    big = bytes((c.VERSION_WHOLE, c.CODEC_LZMA | 20 << 2)) + bytes([0x80, 0x80, 0x80, 0x01]) + bomb
     with pytest.raises(UpdateLimitError):
         c.compact_decode(big, limits)
     # Counts larger than the data behind them.
@@ -186,6 +187,64 @@ def test_hostile_containers() -> None:
         c.compact_decode(_stored(_column_block([b""] * 3)))
     with pytest.raises(MalformedUpdateError):
         c.compact_decode(_stored(b"\x0b", size=5))
+
+
+def test_layout_2_for_large_blocks() -> None:
+    update, _ = trace_update("friendsforever_flat")
+    packed = c.compact_encode(update)
+    assert packed[0] == c.VERSION_PER_COLUMN
+    assert c.compact_decode(packed) == update
+    # a small document keeps layout 1, which every release reads
+    assert c.compact_encode(_doc_update())[0] == c.VERSION_WHOLE
+
+
+def test_layout_2_prefers_zstd_within_a_sixteenth() -> None:
+    # Text is nearly incompressible for both codecs: zstd, for its decoding speed.
+    update, _ = trace_update("automerge-paper")
+    cols = c._Encoder().encode(y.parse_update(update))
+    codec, packed = c._pack_column(cols[c.COL_TEXT])
+    assert codec == c.CODEC_ZSTD
+    lz = lzma.compress(
+        cols[c.COL_TEXT],
+        format=lzma.FORMAT_RAW,
+        filters=c._lzma_filters(c._dict_log(len(cols[c.COL_TEXT]))),
+    )
+    assert len(lz) < len(packed) <= len(lz) + len(lz) // 16
+    # A column LZMA squeezes far better than zstd stays LZMA.
+    regular = bytes(range(256)) * 64 + bytes(i * 7 % 251 for i in range(20_000))
+    assert c._pack_column(regular)[0] & 3 == c.CODEC_LZMA
+    assert c._pack_column(b"") == (c.CODEC_STORED, b"")
+    assert c._pack_column(b"\x01")[0] == c.CODEC_STORED
+
+
+def test_layout_2_key_references_count_back() -> None:
+    v1, good, bad = key_reference_payloads()
+    cols = c._Encoder(recent_keys=True).encode(y.parse_update(v1))
+    # per item: 1 (a root), the root's name, the key. "m" is key 0, a/b/c new.
+    assert cols[c.COL_PARENT] == bytes([1, 0, 0, 1, 1, 0, 1, 1, 0])
+    # layout 1 writes indexes: m is 0, a 1, b 2, c 3
+    assert c._Encoder().encode(y.parse_update(v1))[c.COL_PARENT] == bytes(
+        [1, 0, 1, 1, 0, 2, 1, 0, 3]
+    )
+    assert c.compact_decode(good) == v1
+    with pytest.raises(MalformedUpdateError, match="key reference 9 beyond the table"):
+        c.compact_decode(bad)
+
+
+def test_layout_2_hostile_payloads() -> None:
+    limits = y.UpdateLimits(max_update_bytes=1 << 20)
+    payloads = hostile_per_column_payloads()
+    tracemalloc.start()
+    try:
+        for data in payloads[:-1]:
+            with pytest.raises(MalformedUpdateError):
+                c.compact_decode(data, limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak  # the bomb never inflates past its column's length
+    with pytest.raises(UpdateLimitError):
+        c.compact_decode(payloads[-1], limits)
 
 
 def test_automerge_paper_size() -> None:

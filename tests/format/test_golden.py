@@ -1,4 +1,4 @@
-"""Golden vectors: bytes written by format version 1 must load, forever.
+"""Golden vectors: bytes written by format versions 1 and 2 must load, forever.
 
 Every test here runs on the Rust core and on the pure-Python reference
 (``checker_path``): both must read the same bytes to the same document.
@@ -23,7 +23,7 @@ NAMES = sorted({p.name.split(".")[0] for p in GOLDEN.glob("*.expected.cbor")})
 
 
 def test_vectors_exist() -> None:
-    assert NAMES == ["v1-all-types", "v1-concurrent", "v1-value-tags"]
+    assert NAMES == ["v1-all-types", "v1-concurrent", "v1-value-tags", "v2-per-column"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -61,7 +61,11 @@ def _same_types(a: object, b: object) -> bool:
 def test_golden_envelope_header(name: str) -> None:
     raw = cbor2.loads((GOLDEN / f"{name}.save.bin").read_bytes())
     assert raw[0] == "crdtsync"
-    assert raw[1] == FORMAT_VERSION == 1
+    # "v1-*" saves were written before compact layout 2 (and a small document's
+    # save is still version 1); "v2-*" holds a layout 2 payload.
+    version = int(name[1])
+    assert raw[1] == version <= FORMAT_VERSION == 2
+    assert raw[3][0] == version  # the compact payload's own layout byte
     assert raw[2] == FLAG_COMPACT | FLAG_SNAPSHOT
     env = unpack((GOLDEN / f"{name}.save.bin").read_bytes(), DEFAULT_LIMITS)
     assert env.snapshot

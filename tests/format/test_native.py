@@ -18,6 +18,11 @@ from typing import Any
 
 import cbor2
 import pytest
+from helpers.compact import (
+    duplicate_client_payload,
+    hostile_per_column_payloads,
+    key_reference_payloads,
+)
 from helpers.native import require_native
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -239,7 +244,7 @@ def test_golden_updates_parse_the_same(native: Any) -> None:
 # -- the columnar codec and zstd -------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["v1-all-types", "v1-concurrent"])
+@pytest.mark.parametrize("name", ["v1-all-types", "v1-concurrent", "v2-per-column"])
 def test_golden_saves_byte_identical(native: Any, name: str) -> None:
     """Documents saved by main load unchanged, and re-encode to the same bytes."""
     raw = (GOLDEN / f"{name}.save.bin").read_bytes()
@@ -331,6 +336,29 @@ def test_small_key_bomb_agrees_with_python(native: Any) -> None:
         nat = _outcome(lambda: native.compact_decode(bomb, limits))  # noqa: B023
         assert py == nat
     assert nat[0] == "UpdateLimitError"
+
+
+def test_layout_2_hostile_payloads_agree(native: Any) -> None:
+    limits = _yupdate.UpdateLimits(max_update_bytes=1 << 20)
+    outcomes = []
+    for data in hostile_per_column_payloads():
+        py = _outcome(lambda: _columnar.compact_decode(data, limits))  # noqa: B023
+        nat = _outcome(lambda: native.compact_decode(data, limits))  # noqa: B023
+        assert py == nat, data[:40]
+        outcomes.append(py[0])
+    assert outcomes == ["MalformedUpdateError"] * 7 + ["UpdateLimitError"]
+    v1, good, bad = key_reference_payloads()
+    assert native.compact_decode(good, limits) == v1
+    with pytest.raises(MalformedUpdateError, match="key reference 9 beyond the table"):
+        native.compact_decode(bad, limits)
+
+
+def test_a_client_named_twice_shares_its_last_clock(native: Any) -> None:
+    """The Rust decoder keeps last clocks per client id, as the reference does."""
+    data = duplicate_client_payload()
+    py = _columnar.compact_decode(data, LIMITS)
+    assert native.compact_decode(data, LIMITS) == py
+    assert [s.origin for s in _yupdate.parse_update(py).clients[2]] == [(2, 100), (2, 200)]
 
 
 # -- the differential fuzzer's sample ---------------------------------------------------

@@ -58,10 +58,10 @@ def _key_bomb(n: int = 4000) -> bytes:
         )
         for i in range(n)
     ]
-    block = col._Encoder().encode(y.ParsedUpdate({5: structs}, {}))
+    block = col._join(col._Encoder().encode(y.ParsedUpdate({5: structs}, {})))
     dict_log = col._dict_log(len(block))
     payload = lzma.compress(block, format=lzma.FORMAT_RAW, filters=col._lzma_filters(dict_log))
-    header = bytearray((col.VERSION, col.CODEC_LZMA | dict_log << 2))
+    header = bytearray((col.VERSION_WHOLE, col.CODEC_LZMA | dict_log << 2))
     col._put(header, len(block))
     return cbor2.dumps({0: "crdtsync", 1: 1, 2: FLAG_COMPACT, 3: bytes(header) + payload})
 
