@@ -1,0 +1,1111 @@
+//! The movable tree's state: a port of `_TreeState` in `crdtsync/model/tree.py`.
+//!
+//! The Python class is the reference (and the fallback when this crate is not
+//! built); `tests/model/test_tree_native.py` runs the same random operation
+//! sequences through both and compares the trees, the logs and the entries
+//! written. Everything here mirrors a method there, named in its comment.
+//!
+//! A node id `"<client>:<clock>"` is held as the timestamp of the operation
+//! that creates it, `clock << 64 | client` (so "is this the node's creating
+//! operation?" is `n == t`). Canonical decimal ids of at most 16 digits map
+//! one to one onto these numbers; the top level, the trash and the log's two
+//! markers are values no id can take (a clock above 2**64 - 5).
+//!
+//! Sibling order is `(position key, node id as a string)`, as in Python: the
+//! id only breaks ties between equal keys, so it is formatted only then.
+//!
+//! Position keys between two keys need the arbitrary-precision arithmetic of
+//! Python's `key_between` in general; the cases on a local move's hot path
+//! (the first child, stepping the integer part up to append or down to
+//! prepend) are done here and every other case is handed back to Python as a
+//! [`Plan::Between`], so the keys are the reference's by construction.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+/// A node id, or one of the markers below.
+pub type Node = u128;
+/// The top level (Python: `""`).
+pub const ROOT: Node = u128::MAX;
+/// The trash: deleted nodes live under it (Python: `"-"`).
+pub const TRASH: Node = u128::MAX - 1;
+/// Log entry marker: the operation was skipped (Python: `None`).
+pub const SKIPPED: Node = u128::MAX - 2;
+/// Log entry marker: the operation created the node (Python: `"\x00"`).
+pub const ABSENT: Node = u128::MAX - 3;
+
+const M64: u128 = (1 << 64) - 1;
+/// Clock steps the log always keeps (Python: `WINDOW`).
+pub const WINDOW: u64 = 1 << 14;
+/// A known writer this far behind no longer holds truncation back (`HORIZON`).
+pub const HORIZON: u64 = 1 << 16;
+/// Sibling lists longer than this are kept sorted (`_FEW`).
+pub const FEW: usize = 8;
+/// Candidates a key's jitter picks among (`SPREAD`).
+pub const SPREAD: u64 = 16;
+/// Largest Lamport clock (`MAX_LAMPORT`).
+pub const MAX_LAMPORT: u64 = 1 << 53;
+
+const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+const SMALLEST_INT: &str = "A00000000000000000000000000";
+/// Longest integer part (digits after the head) stepped here; longer ones,
+/// which need more than 128-bit arithmetic, are left to Python.
+const MAX_INT_DIGITS: usize = 18;
+
+/// The string form of a node id.
+pub fn node_str(n: Node) -> String {
+    match n {
+        ROOT => String::new(),
+        TRASH => "-".to_string(),
+        _ => format!("{}:{}", (n & M64) as u64, (n >> 64) as u64),
+    }
+}
+
+fn canon(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 || (s[0] == b'0' && s.len() > 1) {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u64::from(c - b'0');
+    }
+    Some(v)
+}
+
+/// A node id from its string form, or a parent id (`""` the top level, `"-"`
+/// the trash). `None`: not a canonical id, so not a node of any state.
+pub fn parse_node(s: &str) -> Option<Node> {
+    match s {
+        "" => return Some(ROOT),
+        "-" => return Some(TRASH),
+        _ => {}
+    }
+    let b = s.as_bytes();
+    let colon = b.iter().position(|&c| c == b':')?;
+    let client = canon(&b[..colon])?;
+    let clock = canon(&b[colon + 1..])?;
+    Some(u128::from(clock) << 64 | u128::from(client))
+}
+
+/// Python's `str < str` on two node ids (only needed between tied keys).
+fn cmp_node(a: Node, b: Node) -> Ordering {
+    if a == b {
+        Ordering::Equal
+    } else {
+        node_str(a).cmp(&node_str(b))
+    }
+}
+
+/// Python's order of `(pos, node)` tuples.
+fn cmp_kn(ak: &str, an: Node, bk: &str, bn: Node) -> Ordering {
+    ak.cmp(bk).then_with(|| cmp_node(an, bn))
+}
+
+fn bisect(lst: &[(String, Node)], k: &str, n: Node) -> usize {
+    lst.partition_point(|(ek, en)| cmp_kn(ek, *en, k, n) == Ordering::Less)
+}
+
+/// `_jitter(t)`: a fixed mix of the timestamp.
+pub fn jitter(t: u128) -> u64 {
+    let lam = (t >> 64) as u64;
+    let w = t as u64;
+    (w ^ lam).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40
+}
+
+fn val(c: u8) -> u64 {
+    match c {
+        b'0'..=b'9' => u64::from(c - b'0'),
+        b'A'..=b'Z' => u64::from(c - b'A') + 10,
+        _ => u64::from(c - b'a') + 36,
+    }
+}
+
+/// `_int_len`: length of the integer part a key's first character announces.
+fn int_len(head: u8) -> usize {
+    match head {
+        b'a'..=b'z' => usize::from(head - 95),
+        b'A'..=b'Z' => usize::from(92 - head),
+        _ => 0,
+    }
+}
+
+fn pow62(k: usize) -> i128 {
+    let mut p: i128 = 1;
+    for _ in 0..k {
+        p *= 62;
+    }
+    p
+}
+
+/// `_INT_BASE[k]`: the first value of the positive head with `k + 1` digits.
+fn int_base(k: usize) -> i128 {
+    (1..=k).map(pow62).sum()
+}
+
+/// `_int_value`, for integer parts of at most [`MAX_INT_DIGITS`] digits.
+fn int_value(x: &[u8]) -> Option<i128> {
+    if x.len() - 1 > MAX_INT_DIGITS {
+        return None;
+    }
+    let mut v: i128 = 0;
+    for &c in &x[1..] {
+        v = v * 62 + i128::from(val(c));
+    }
+    let h = x[0];
+    if h >= b'a' {
+        Some(int_base(usize::from(h - b'a')) + v)
+    } else {
+        let k = usize::from(b'Z' - h);
+        Some(v - int_base(k) - pow62(k + 1))
+    }
+}
+
+fn digits(mut x: i128, n: usize) -> Vec<u8> {
+    let mut out = vec![b'0'; n];
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(x % 62) as usize];
+        x /= 62;
+    }
+    out
+}
+
+/// `_int_part`, when the result has at most [`MAX_INT_DIGITS`] digits.
+fn int_part(v: i128) -> Option<String> {
+    let (head, body) = if v >= 0 {
+        let k = (0..=MAX_INT_DIGITS).take_while(|&k| int_base(k) <= v).last()?;
+        if k + 1 > MAX_INT_DIGITS || int_base(k + 1) <= v {
+            return None;
+        }
+        (b'a' + k as u8, digits(v - int_base(k), k + 1))
+    } else {
+        let k = (0..=MAX_INT_DIGITS).take_while(|&k| int_base(k) < -v).last()?;
+        if k + 1 > MAX_INT_DIGITS || int_base(k + 1) < -v {
+            return None;
+        }
+        (b'Z' - k as u8, digits(v + int_base(k) + pow62(k + 1), k + 1))
+    };
+    let mut s = String::with_capacity(body.len() + 1);
+    s.push(head as char);
+    s.extend(body.iter().map(|&c| c as char));
+    Some(s)
+}
+
+/// `key_between(a, b, jitter, 0)` in the cases a local move meets most, or
+/// `None` where only Python's arbitrary-precision version can say.
+fn key_between_simple(a: Option<&str>, b: Option<&str>, jit: u64) -> Option<String> {
+    let steps = 1 + (jit % SPREAD) as i128;
+    match (a, b) {
+        (None, None) => Some(format!("a{}", DIGITS[(steps - 1) as usize] as char)),
+        (None, Some(b)) => {
+            let ib = &b[..int_len(b.as_bytes()[0])];
+            if ib == SMALLEST_INT {
+                return None;
+            }
+            int_part(int_value(ib.as_bytes())? - steps)
+        }
+        (Some(a), None) => int_part(int_value(a[..int_len(a.as_bytes()[0])].as_bytes())? + steps),
+        (Some(_), Some(_)) => None,
+    }
+}
+
+/// What [`TreeState::key_for`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// The node is already there: nothing to write.
+    Nothing,
+    /// The position key.
+    Key(String),
+    /// Python's `key_between(lo, hi, _jitter(t), bias)` gives the key.
+    Between(Option<String>, Option<String>, i8),
+    /// The index is out of range; the parent has this many other children.
+    Range(usize),
+}
+
+/// One operation: `(timestamp, node, parent, position key)`.
+pub type Op = (u128, Node, Node, String);
+
+/// A log entry: the operation and what it replaced (`old` is [`SKIPPED`],
+/// [`ABSENT`], or the node's parent before it, `oldk` its key there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub t: u128,
+    pub n: Node,
+    pub p: Node,
+    pub k: String,
+    pub old: Node,
+    pub oldk: String,
+}
+
+/// Why [`TreeState::integrate`] refused a batch (the tree is unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Two different operations claim one timestamp (`_Conflict`).
+    Conflict,
+    /// An operation is older than the log's floor (`_Stale`).
+    Stale,
+}
+
+/// What a local move did, so that it can be taken back if the engine write fails.
+#[derive(Debug, Clone)]
+struct LocalUndo {
+    clock: u64,
+    last: Option<u64>,
+    parent: Node,
+    recent: Option<Option<Node>>,
+}
+
+/// The tree defined by a set of move operations (`_TreeState`).
+#[derive(Debug, Default)]
+pub struct TreeState {
+    pub parent: HashMap<Node, Node>,
+    pub kids: HashMap<Node, HashMap<Node, String>>,
+    pub order: HashMap<Node, Vec<(String, Node)>>,
+    pub log: Vec<Entry>,
+    pub floor: u128,
+    pub last: HashMap<u64, u64>,
+    pub clock: u64,
+    pub trashed: usize,
+    pub recent: HashMap<Node, Node>,
+    pub trim_at: usize,
+    /// The truncation policy: clock steps always kept, and how far behind a
+    /// known writer stops holding truncation back ([`WINDOW`], [`HORIZON`];
+    /// tests make them small).
+    pub window: u64,
+    pub horizon: u64,
+    /// False while a fold writes no undo records (Python's `_DISCARD`).
+    logging: bool,
+    /// The local move a failed engine write takes back.
+    undo_local: Option<LocalUndo>,
+    /// A local move waiting for the key only Python can compute.
+    pending: Option<(Node, Node, u128, bool)>,
+}
+
+impl TreeState {
+    pub fn new() -> Self {
+        Self::with_policy(WINDOW, HORIZON)
+    }
+
+    /// An empty state truncating its log with `window` and `horizon`.
+    pub fn with_policy(window: u64, horizon: u64) -> Self {
+        TreeState {
+            trim_at: (window + (window >> 2)) as usize,
+            window,
+            horizon,
+            logging: true,
+            ..Default::default()
+        }
+    }
+
+    /// `key_of`: the position key of `n` (`""` in the trash).
+    pub fn key_of(&self, n: Node) -> Option<&str> {
+        let p = *self.parent.get(&n)?;
+        if p == TRASH {
+            return Some("");
+        }
+        self.kids.get(&p)?.get(&n).map(String::as_str)
+    }
+
+    pub fn has_kids(&self, n: Node) -> bool {
+        self.kids.get(&n).is_some_and(|d| !d.is_empty())
+    }
+
+    fn log_push(&mut self, e: Entry) {
+        if self.logging {
+            self.log.push(e);
+        }
+    }
+
+    // -- applying (`_place`, `_unplace`, `_do`, `_undo`, `apply_local`) --------
+
+    fn place(&mut self, n: Node, p: Node, k: String) {
+        self.parent.insert(n, p);
+        if p == TRASH {
+            self.trashed += 1;
+            return;
+        }
+        self.kids.entry(p).or_default().insert(n, k);
+        self.order.remove(&p);
+    }
+
+    fn unplace(&mut self, n: Node, p: Node) -> String {
+        self.parent.remove(&n);
+        if p == TRASH {
+            self.trashed -= 1;
+            return String::new();
+        }
+        self.order.remove(&p);
+        self.kids
+            .get_mut(&p)
+            .and_then(|d| d.remove(&n))
+            .unwrap_or_default()
+    }
+
+    fn skip(&mut self, t: u128, n: Node, p: Node, k: String) {
+        self.log_push(Entry {
+            t,
+            n,
+            p,
+            k,
+            old: SKIPPED,
+            oldk: String::new(),
+        });
+    }
+
+    /// `_do`: apply one operation newer than every logged one, logging it.
+    fn do_op(&mut self, t: u128, n: Node, p: Node, k: String) {
+        let Some(&old) = self.parent.get(&n) else {
+            // R1: a node comes into being only by its own creation, under
+            // something that exists.
+            if (p != ROOT && p != TRASH && !self.parent.contains_key(&p)) || n != t {
+                return self.skip(t, n, p, k);
+            }
+            self.place(n, p, k.clone());
+            return self.log_push(Entry {
+                t,
+                n,
+                p,
+                k,
+                old: ABSENT,
+                oldk: String::new(),
+            });
+        };
+        if p != ROOT && p != TRASH {
+            if !self.parent.contains_key(&p) {
+                return self.skip(t, n, p, k); // R2
+            }
+            if p == n || self.has_kids(n) {
+                // R3; a leaf is nobody's ancestor: no walk
+                let mut a = p;
+                while a != ROOT && a != TRASH {
+                    if a == n {
+                        return self.skip(t, n, p, k);
+                    }
+                    a = self.parent[&a];
+                }
+            }
+        }
+        let oldk = self.unplace(n, old);
+        self.place(n, p, k.clone());
+        self.log_push(Entry {
+            t,
+            n,
+            p,
+            k,
+            old,
+            oldk,
+        });
+    }
+
+    /// `_undo`.
+    fn undo(&mut self, e: Entry) {
+        let Entry {
+            n, p, old, oldk, ..
+        } = e;
+        if old == SKIPPED {
+            return;
+        }
+        self.unplace(n, p);
+        if old == ABSENT {
+            self.kids.remove(&n); // its children were undone first: it has none
+            self.order.remove(&n);
+        } else {
+            self.place(n, old, oldk);
+        }
+    }
+
+    /// `apply_local`: apply a checked local operation, newer than everything known.
+    pub fn apply_local(&mut self, t: u128, n: Node, p: Node, k: String, create: bool) {
+        self.undo_local = None;
+        self.apply_local_with(t, n, p, k, create, true);
+    }
+
+    fn apply_local_with(
+        &mut self,
+        t: u128,
+        n: Node,
+        p: Node,
+        k: String,
+        create: bool,
+        set_recent: bool,
+    ) {
+        let lam = (t >> 64) as u64;
+        self.clock = lam;
+        self.last.insert(t as u64, lam);
+        let (old, oldk) = if create {
+            (ABSENT, String::new())
+        } else {
+            let old = self.parent[&n];
+            if old == TRASH {
+                self.trashed -= 1;
+                (old, String::new())
+            } else {
+                let oldk = self
+                    .kids
+                    .get_mut(&old)
+                    .and_then(|d| d.remove(&n))
+                    .unwrap_or_default();
+                if let Some(lst) = self.order.get_mut(&old) {
+                    // keep the sorted cache: local edits read it next
+                    let i = bisect(lst, &oldk, n);
+                    lst.remove(i);
+                }
+                (old, oldk)
+            }
+        };
+        self.parent.insert(n, p);
+        if p == TRASH {
+            self.trashed += 1;
+        } else {
+            if set_recent {
+                self.recent.insert(p, n);
+            }
+            self.kids.entry(p).or_default().insert(n, k.clone());
+            if let Some(lst) = self.order.get_mut(&p) {
+                let after_last = match lst.last() {
+                    None => true,
+                    Some((lk, ln)) => cmp_kn(lk, *ln, &k, n) == Ordering::Less,
+                };
+                if after_last {
+                    lst.push((k.clone(), n)); // appending, the common case
+                } else {
+                    let i = bisect(lst, &k, n);
+                    lst.insert(i, (k.clone(), n));
+                }
+            }
+        }
+        self.log.push(Entry {
+            t,
+            n,
+            p,
+            k,
+            old,
+            oldk,
+        });
+        if self.log.len() > self.trim_at {
+            self.truncate();
+        }
+    }
+
+    // -- the local move (`Tree.move`'s checks, `key_for`, `apply_local`) -------
+
+    /// Whether `n` (a node of the state) is live: reachable from the top level.
+    fn is_live_node(&self, n: Node) -> bool {
+        self.trashed == 0 || self.top(n) == ROOT
+    }
+
+    /// A local move of `node` under `parent` at `index` by writer `wid`:
+    /// checked, keyed and applied in one call when everything is ordinary.
+    ///
+    /// Returns `Err(())` when Python must take the slow path (an error to
+    /// raise with its message, an index out of range, an exhausted clock),
+    /// with nothing changed; `Ok(Plan::Nothing)` when the node is already
+    /// there; `Ok(Plan::Key(k))` when the move is applied (the key written);
+    /// `Ok(Plan::Between(..))` when Python must compute the key, then call
+    /// [`Self::finish_move`].
+    #[allow(clippy::result_unit_err)]
+    pub fn move_local(
+        &mut self,
+        node: Node,
+        parent: Node,
+        index: Option<u64>,
+        wid: u64,
+    ) -> Result<Plan, ()> {
+        if node == ROOT || node == TRASH || !self.parent.contains_key(&node) {
+            return Err(());
+        }
+        if !self.is_live_node(node) {
+            return Err(());
+        }
+        let p = parent;
+        if p != ROOT {
+            if p == TRASH || !self.parent.contains_key(&p) {
+                return Err(());
+            }
+            if self.trashed > 0 || p == node || self.has_kids(node) {
+                let mut a = p;
+                while a != ROOT && a != TRASH {
+                    if a == node {
+                        return Err(());
+                    }
+                    a = self.parent[&a];
+                }
+                if a == TRASH {
+                    return Err(());
+                }
+            }
+        }
+        let lam = self.clock + 1;
+        if lam > MAX_LAMPORT {
+            return Err(());
+        }
+        let t = u128::from(lam) << 64 | u128::from(wid);
+        match self.key_for(p, Some(node), index, t, node) {
+            Plan::Range(_) => Err(()),
+            Plan::Nothing => Ok(Plan::Nothing),
+            Plan::Key(k) => {
+                self.apply_move(t, node, p, k.clone(), index.is_some());
+                Ok(Plan::Key(k))
+            }
+            b @ Plan::Between(..) => {
+                self.pending = Some((node, p, t, index.is_some()));
+                Ok(b)
+            }
+        }
+    }
+
+    /// Apply the move [`Self::move_local`] left waiting for its key.
+    /// Returns `(timestamp, node, parent)`, or `None` if none is waiting.
+    pub fn finish_move(&mut self, key: String) -> Option<(u128, Node, Node)> {
+        let (n, p, t, set_recent) = self.pending.take()?;
+        self.apply_move(t, n, p, key, set_recent);
+        Some((t, n, p))
+    }
+
+    fn apply_move(&mut self, t: u128, n: Node, p: Node, k: String, set_recent: bool) {
+        self.undo_local = Some(LocalUndo {
+            clock: self.clock,
+            last: self.last.get(&(t as u64)).copied(),
+            parent: p,
+            recent: set_recent.then(|| self.recent.get(&p).copied()),
+        });
+        // (Tree.move's fast path records the insert only for moves at an
+        // index: key_for's bias reads it only for those.)
+        self.apply_local_with(t, n, p, k, false, set_recent);
+    }
+
+    /// Take back the last local move (its engine write failed). Returns
+    /// whether there was one to take back.
+    pub fn rollback_local(&mut self) -> bool {
+        let Some(u) = self.undo_local.take() else {
+            return false;
+        };
+        let Some(e) = self.log.pop() else {
+            return false;
+        };
+        let w = e.t as u64;
+        self.undo(e);
+        self.clock = u.clock;
+        match u.last {
+            Some(l) => self.last.insert(w, l),
+            None => self.last.remove(&w),
+        };
+        if let Some(r) = u.recent {
+            match r {
+                Some(n) => self.recent.insert(u.parent, n),
+                None => self.recent.remove(&u.parent),
+            };
+        }
+        true
+    }
+
+    // -- integrating remote operations (`integrate`, `truncate`) -------------
+
+    fn logged_at(&self, t: u128) -> Option<usize> {
+        let i = self.log.partition_point(|e| e.t < t);
+        (i < self.log.len() && self.log[i].t == t).then_some(i)
+    }
+
+    /// `integrate`: add operations received in any order, possibly known.
+    ///
+    /// With `want_old`, also returns the place before the batch (`(node,
+    /// parent or None, key)`) of every node the batch may move, in the order
+    /// Python fills its `old` (first mention wins).
+    #[allow(clippy::type_complexity)]
+    pub fn integrate(
+        &mut self,
+        mut new: Vec<Op>,
+        want_old: bool,
+        trim: bool,
+    ) -> Result<(bool, Vec<(Node, Option<Node>, String)>), Refusal> {
+        self.undo_local = None;
+        let newest = self.log.last().map(|e| e.t);
+        new.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| cmp_node(a.1, b.1))
+                .then_with(|| cmp_node(a.2, b.2))
+                .then_with(|| a.3.cmp(&b.3))
+        });
+        let mut fresh: Vec<Op> = Vec::with_capacity(new.len());
+        let mut prev: Option<usize> = None;
+        for (idx, op) in new.iter().enumerate() {
+            let t = op.0;
+            if let Some(pi) = prev {
+                if new[pi].0 == t {
+                    // Repeated in this batch: one timestamp names one operation.
+                    if new[pi] != *op {
+                        return Err(Refusal::Conflict);
+                    }
+                    continue;
+                }
+            }
+            prev = Some(idx);
+            if newest.is_some_and(|nt| t <= nt) {
+                if let Some(i) = self.logged_at(t) {
+                    let e = &self.log[i];
+                    if (e.n, e.p, e.k.as_str()) != (op.1, op.2, op.3.as_str()) {
+                        return Err(Refusal::Conflict);
+                    }
+                    continue;
+                }
+            }
+            if t < self.floor {
+                return Err(Refusal::Stale);
+            }
+            fresh.push(op.clone());
+        }
+        drop(new);
+        let mut olds = Vec::new();
+        if fresh.is_empty() {
+            return Ok((false, olds));
+        }
+        let mut clock = self.clock;
+        for op in &fresh {
+            let lam = (op.0 >> 64) as u64;
+            clock = clock.max(lam);
+            let w = op.0 as u64;
+            let l = self.last.entry(w).or_insert(0);
+            if *l < lam {
+                *l = lam;
+            }
+        }
+        self.clock = clock;
+        let i = self.log.partition_point(|e| e.t < fresh[0].0);
+        if want_old {
+            let mut seen = std::collections::HashSet::new();
+            let nodes = self.log[i..].iter().map(|e| e.n).chain(fresh.iter().map(|op| op.1));
+            for n in nodes {
+                if seen.insert(n) {
+                    let p = self.parent.get(&n).copied();
+                    let k = self.key_of(n).unwrap_or("").to_string();
+                    olds.push((n, p, k));
+                }
+            }
+        }
+        let undone: Vec<Entry> = self.log.split_off(i);
+        if undone.len() + fresh.len() > 256 {
+            // A large batch touches many sibling lists: drop the sorted caches
+            // at once (read ones are sorted again).
+            self.order.clear();
+        }
+        let mut redo: Vec<Op> = fresh;
+        if !undone.is_empty() {
+            let mut back: Vec<Op> = Vec::with_capacity(undone.len() + redo.len());
+            for e in undone.into_iter().rev() {
+                back.push((e.t, e.n, e.p, e.k.clone()));
+                self.undo(e);
+            }
+            back.reverse();
+            back.append(&mut redo);
+            back.sort_by(|a, b| a.0.cmp(&b.0));
+            redo = back;
+        }
+        let mut start = 0;
+        if trim {
+            // Operations below where the log will be truncated need no undo
+            // record: fold them without one (a rebuild is mostly these).
+            let f = self.floor_for(clock);
+            if redo[0].0 < f {
+                self.truncate_at(f);
+                start = redo.partition_point(|op| op.0 < f);
+                self.logging = false;
+            }
+        }
+        for (j, (t, n, p, k)) in redo.into_iter().enumerate() {
+            if j == start {
+                self.logging = true;
+            }
+            self.do_op(t, n, p, k);
+        }
+        self.logging = true;
+        if trim {
+            self.truncate();
+        }
+        Ok((true, olds))
+    }
+
+    /// `truncate`: drop the undo records no operation can need any more.
+    pub fn truncate(&mut self) {
+        self.truncate_at(self.floor_for(self.clock));
+        self.trim_at = self.log.len() + (self.window >> 2) as usize;
+    }
+
+    /// `_floor_for` (0 where Python's is 0 or below: nothing to drop either way).
+    pub fn floor_for(&self, clock: u64) -> u128 {
+        let clock = i128::from(clock);
+        let mut sigma = clock;
+        for &lam in self.last.values() {
+            let lam = i128::from(lam);
+            if lam < sigma && lam >= clock - i128::from(self.horizon) {
+                sigma = lam;
+            }
+        }
+        let horizon = i128::from(self.horizon);
+        let keep = (clock - horizon).max(sigma.min(clock - i128::from(self.window)));
+        if keep + 1 <= 0 {
+            0
+        } else {
+            ((keep + 1) as u128) << 64
+        }
+    }
+
+    /// `truncate_at`: drop the log entries below timestamp `t`.
+    pub fn truncate_at(&mut self, t: u128) {
+        if t > self.floor {
+            let i = self.log.partition_point(|e| e.t < t);
+            self.log.drain(..i);
+            self.floor = t;
+        }
+    }
+
+    // -- reading ---------------------------------------------------------------
+
+    fn build_sorted(&self, p: Node) -> Vec<(String, Node)> {
+        let mut lst: Vec<(String, Node)> = match self.kids.get(&p) {
+            Some(d) => d.iter().map(|(n, k)| (k.clone(), *n)).collect(),
+            None => Vec::new(),
+        };
+        lst.sort_by(|a, b| cmp_kn(&a.0, a.1, &b.0, b.1));
+        lst
+    }
+
+    /// `sorted_kids`: `[(pos, child)]` of `p` in order (cached when long).
+    pub fn sorted_kids(&mut self, p: Node) -> Vec<(String, Node)> {
+        if let Some(l) = self.order.get(&p) {
+            return l.clone();
+        }
+        let lst = self.build_sorted(p);
+        if lst.len() > FEW {
+            self.order.insert(p, lst.clone());
+        }
+        lst
+    }
+
+    /// Make sure the sorted list of `p` is at hand; returns a temporary one
+    /// when it is too short to be cached.
+    fn ensure_sorted(&mut self, p: Node) -> Option<Vec<(String, Node)>> {
+        if self.order.contains_key(&p) {
+            return None;
+        }
+        let lst = self.build_sorted(p);
+        if lst.len() > FEW {
+            self.order.insert(p, lst);
+            None
+        } else {
+            Some(lst)
+        }
+    }
+
+    /// `top`: `ROOT` if `n` is live, `TRASH` if deleted.
+    pub fn top(&self, mut n: Node) -> Node {
+        while n != ROOT && n != TRASH {
+            n = self.parent[&n];
+        }
+        n
+    }
+
+    /// `live`: whether `n` is a node reachable from the top level.
+    pub fn live(&self, n: Node) -> bool {
+        n != ROOT && n != TRASH && self.parent.contains_key(&n) && self.is_live_node(n)
+    }
+
+    /// `key_for`: the position key putting `node` (`None`: a new node whose id
+    /// is `new_id`) at `index` under `p` (`None`: appending).
+    pub fn key_for(
+        &mut self,
+        p: Node,
+        node: Option<Node>,
+        index: Option<u64>,
+        t: u128,
+        new_id: Node,
+    ) -> Plan {
+        let tmp = self.ensure_sorted(p);
+        let lst: &[(String, Node)] = match &tmp {
+            Some(v) => v,
+            None => &self.order[&p],
+        };
+        let h = jitter(t);
+        if index.is_none() && !lst.is_empty() {
+            // Appending, the common case: after the last sibling other than node.
+            let (lk, ln) = &lst[lst.len() - 1];
+            if Some(*ln) == node {
+                return Plan::Nothing;
+            }
+            let kb = lk.as_bytes();
+            let n = int_len(kb[0]);
+            let d = val(kb[n - 1]) + 1 + h % SPREAD;
+            if d < 62 {
+                let mut k = String::with_capacity(n);
+                k.push_str(&lk[..n - 1]);
+                k.push(DIGITS[d as usize] as char);
+                return Plan::Key(k);
+            }
+            return match key_between_simple(Some(lk), None, h) {
+                Some(k) => Plan::Key(k),
+                None => Plan::Between(Some(lk.clone()), None, 0),
+            };
+        }
+        if index == Some(0) && !lst.is_empty() {
+            // Prepending: before the first sibling other than node.
+            let (fk, fnode) = &lst[0];
+            if Some(*fnode) == node {
+                return Plan::Nothing;
+            }
+            let kb = fk.as_bytes();
+            let n = int_len(kb[0]);
+            let step = 1 + h % SPREAD;
+            let v = val(kb[n - 1]);
+            if v >= step {
+                let mut k = String::with_capacity(n);
+                k.push_str(&fk[..n - 1]);
+                k.push(DIGITS[(v - step) as usize] as char);
+                if k != SMALLEST_INT {
+                    return Plan::Key(k);
+                }
+            }
+            return match key_between_simple(None, Some(fk), h) {
+                Some(k) => Plan::Key(k),
+                None => Plan::Between(None, Some(fk.clone()), 0),
+            };
+        }
+        let mut j: Option<usize> = None;
+        if let Some(nd) = node {
+            if self.parent.get(&nd) == Some(&p) {
+                let k = &self.kids[&p][&nd];
+                j = Some(bisect(lst, k, nd));
+            }
+        }
+        let others = lst.len() - usize::from(j.is_some());
+        let index = match index {
+            None => others,
+            Some(i) if i as u128 <= others as u128 => i as usize,
+            Some(_) => return Plan::Range(others),
+        };
+        if Some(index) == j {
+            return Plan::Nothing;
+        }
+        // others[i] is lst[i] before the node's own slot j, lst[i + 1] after it.
+        let li = if j.is_none_or(|j| index < j + 1) {
+            index.wrapping_sub(1)
+        } else {
+            index
+        };
+        let mut ri = if j.is_none_or(|j| index < j) {
+            index
+        } else {
+            index + 1
+        };
+        let lo: Option<&str> = (index > 0).then(|| lst[li].0.as_str());
+        let mut hi: Option<&str> = (index < others).then(|| lst[ri].0.as_str());
+        if lo.is_some() && lo == hi {
+            // Tied keys: only the node id orders the pair. Fit between them if
+            // the id allows, otherwise land just after the tied run.
+            let me = node.unwrap_or(new_id);
+            if cmp_node(lst[li].1, me) == Ordering::Less
+                && cmp_node(me, lst[ri].1) == Ordering::Less
+            {
+                return Plan::Key(lo.unwrap_or_default().to_string());
+            }
+            while ri < lst.len() && (Some(lst[ri].0.as_str()) == lo || Some(ri) == j) {
+                ri += 1;
+            }
+            hi = (ri < lst.len()).then(|| lst[ri].0.as_str());
+        }
+        let mut bias: i8 = 0;
+        if let Some(&last) = self.recent.get(&p) {
+            if Some(last) != node {
+                if index > 0 && lst[li].1 == last {
+                    bias = 1; // right after the previous insert: typing forward
+                } else if index < others && lst[ri].1 == last {
+                    bias = -1; // right before it: typing backward
+                }
+            }
+        }
+        // (bias only moves keys inside a fraction, which Python computes.)
+        if let Some(k) = key_between_simple(lo, hi, h) {
+            return Plan::Key(k);
+        }
+        Plan::Between(lo.map(str::to_string), hi.map(str::to_string), bias)
+    }
+
+    /// Every live node, depth first, parents before children, siblings in order.
+    pub fn walk(&mut self) -> Vec<Node> {
+        let mut out = Vec::new();
+        let mut stack: Vec<Node> = self.sorted_kids(ROOT).into_iter().rev().map(|e| e.1).collect();
+        while let Some(n) = stack.pop() {
+            out.push(n);
+            if self.kids.contains_key(&n) {
+                stack.extend(self.sorted_kids(n).into_iter().rev().map(|e| e.1));
+            }
+        }
+        out
+    }
+
+    /// Load a state (a saved shape, or a Python state): nodes with their
+    /// parents and keys, the writers' clocks, the floor and the log.
+    pub fn load(
+        &mut self,
+        nodes: Vec<(Node, Node, String)>,
+        last: HashMap<u64, u64>,
+        clock: u64,
+        floor: u128,
+        log: Vec<Entry>,
+        trim_at: usize,
+    ) {
+        for (n, p, k) in nodes {
+            self.place(n, p, k);
+        }
+        self.order.clear();
+        self.last = last;
+        self.clock = clock;
+        self.floor = floor;
+        self.log = log;
+        self.trim_at = trim_at;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> Node {
+        parse_node(s).unwrap()
+    }
+
+    fn fold(ops: &[Op]) -> TreeState {
+        let mut st = TreeState::new();
+        st.integrate(ops.to_vec(), false, false).unwrap();
+        st
+    }
+
+    fn create(w: u64, lam: u64, p: Node, k: &str) -> Op {
+        let t = u128::from(lam) << 64 | u128::from(w);
+        (t, t, p, k.to_string())
+    }
+
+    fn mv(w: u64, lam: u64, n: Node, p: Node, k: &str) -> Op {
+        (u128::from(lam) << 64 | u128::from(w), n, p, k.to_string())
+    }
+
+    #[test]
+    fn node_ids_round_trip_and_refuse_non_canonical() {
+        for s in ["1:1", "0:5", "9999999999999999:9007199254740992", "12:34"] {
+            assert_eq!(node_str(id(s)), s);
+        }
+        for s in ["01:1", "1:01", "1", ":1", "1:", "a:1", "1:1:1", "99999999999999999:1"] {
+            assert_eq!(parse_node(s), None, "{s}");
+        }
+        assert_eq!(parse_node(""), Some(ROOT));
+        assert_eq!(parse_node("-"), Some(TRASH));
+        // Node ids order as strings, as in Python: "10:1" < "9:1".
+        assert_eq!(cmp_node(id("10:1"), id("9:1")), Ordering::Less);
+    }
+
+    #[test]
+    fn concurrent_cycle_keeps_the_earlier_move() {
+        let a = id("1:1");
+        let b = id("1:2");
+        let ops = vec![
+            create(1, 1, ROOT, "a0"),
+            create(1, 2, ROOT, "a1"),
+            mv(1, 3, a, b, "a0"),
+            mv(2, 3, b, a, "a0"),
+        ];
+        let st = fold(&ops);
+        assert_eq!(st.parent[&a], b);
+        assert_eq!(st.parent[&b], ROOT);
+        assert_eq!(st.log[3].old, SKIPPED);
+        // Any arrival order gives the same state.
+        let mut st2 = TreeState::new();
+        st2.integrate(vec![ops[3].clone(), ops[2].clone()], false, false).unwrap();
+        st2.integrate(vec![ops[1].clone(), ops[0].clone()], false, false).unwrap();
+        assert_eq!(st2.parent, st.parent);
+        assert_eq!(st2.log, st.log);
+    }
+
+    #[test]
+    fn operations_wait_for_their_creation() {
+        let a = id("1:1");
+        let c = id("2:5");
+        let mut st = TreeState::new();
+        st.integrate(vec![mv(2, 6, a, ROOT, "a5")], false, false).unwrap();
+        assert!(st.parent.is_empty());
+        st.integrate(vec![create(1, 1, ROOT, "a0"), create(2, 5, a, "a0")], false, false)
+            .unwrap();
+        assert_eq!(st.parent[&a], ROOT);
+        assert_eq!(st.parent[&c], a);
+        assert_eq!(st.key_of(a), Some("a5"));
+    }
+
+    #[test]
+    fn conflicts_and_stale_operations_are_refused_unchanged() {
+        let mut st = fold(&[create(1, 1, ROOT, "a0")]);
+        let r = st.integrate(vec![create(1, 1, ROOT, "a1")], false, true);
+        assert_eq!(r, Err(Refusal::Conflict));
+        st.truncate_at(5 << 64);
+        let r = st.integrate(vec![create(3, 2, ROOT, "a1")], false, true);
+        assert_eq!(r, Err(Refusal::Stale));
+        assert_eq!(st.parent.len(), 1);
+    }
+
+    #[test]
+    fn local_move_checks_keys_and_rolls_back() {
+        let mut st = TreeState::new();
+        let a = id("7:1");
+        let b = id("7:2");
+        st.apply_local(a, a, ROOT, "a0".into(), true);
+        st.apply_local(b, b, ROOT, "a5".into(), true);
+        // A cycle and an unknown parent go to Python (which raises).
+        st.apply_local(3 << 64 | 7, id("7:3"), a, "a0".into(), true);
+        assert_eq!(st.move_local(a, id("7:3"), None, 7), Err(()));
+        assert_eq!(st.move_local(a, id("9:9"), None, 7), Err(()));
+        assert_eq!(st.move_local(id("7:3"), a, None, 7), Ok(Plan::Nothing));
+        let before = (st.parent.clone(), st.kids.clone(), st.log.clone(), st.clock);
+        let Ok(Plan::Key(k)) = st.move_local(a, ROOT, None, 7) else {
+            panic!("appending is a plain key")
+        };
+        assert!(k.as_str() > "a5");
+        assert_eq!(st.parent[&a], ROOT);
+        assert_eq!(st.clock, 4);
+        assert!(st.rollback_local());
+        assert_eq!((st.parent.clone(), st.kids.clone(), st.log.clone(), st.clock), before);
+        // Out of range goes to Python; index 0 prepends.
+        assert_eq!(st.move_local(b, ROOT, Some(5), 7), Err(()));
+        let Ok(Plan::Key(k)) = st.move_local(b, ROOT, Some(0), 7) else {
+            panic!("prepending is a plain key")
+        };
+        assert!(k.as_str() < "a0");
+    }
+
+    #[test]
+    fn integer_parts_step_like_python() {
+        // Values from Python's key_between (crdtsync/model/tree.py).
+        assert_eq!(key_between_simple(Some("az"), None, 0).as_deref(), Some("b00"));
+        assert_eq!(key_between_simple(Some("bzz"), None, 0).as_deref(), Some("c000"));
+        assert_eq!(key_between_simple(None, Some("a0"), 0).as_deref(), Some("Zz"));
+        assert_eq!(key_between_simple(None, Some("Z0"), 1).as_deref(), Some("Yzy"));
+        assert_eq!(key_between_simple(None, None, 17).as_deref(), Some("a1"));
+        assert_eq!(key_between_simple(Some("a1"), Some("a3"), 0), None);
+        assert_eq!(key_between_simple(None, Some(SMALLEST_INT), 0), None);
+        for v in [-300_000i128, -3845, -3844, -63, -62, -1, 0, 61, 62, 3905, 3906, 250_000] {
+            let s = int_part(v).unwrap();
+            assert_eq!(int_value(s.as_bytes()), Some(v), "{s}");
+        }
+    }
+
+    #[test]
+    fn truncation_keeps_the_window() {
+        let mut st = TreeState::new();
+        let a = id("1:1");
+        st.apply_local(1 << 64 | 1, a, ROOT, "a0".into(), true);
+        for lam in 2..(WINDOW * 2) {
+            let k = if lam % 2 == 0 { "a1" } else { "a2" };
+            st.apply_local(u128::from(lam) << 64 | 1, a, ROOT, k.into(), false);
+        }
+        assert!(st.log.len() <= (WINDOW + (WINDOW >> 2)) as usize + 1);
+        assert!(st.floor > 0);
+        assert_eq!(st.log.last().unwrap().t >> 64, u128::from(WINDOW * 2 - 1));
+    }
+}
