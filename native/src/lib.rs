@@ -1324,7 +1324,7 @@ impl PyTreeCore {
             .order
             .iter()
             .map(|(p, l)| {
-                let lst = l.iter().map(|(k, n)| (k.clone(), ctree::node_str(*n))).collect();
+                let lst = l.iter().map(|s| (s.0.clone(), ctree::node_str(s.1))).collect();
                 (ctree::node_str(*p), lst)
             })
             .collect()

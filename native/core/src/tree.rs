@@ -21,7 +21,7 @@
 //! [`Plan::Between`], so the keys are the reference's by construction.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 /// A node id, or one of the markers below.
 pub type Node = u128;
@@ -102,6 +102,27 @@ fn cmp_node(a: Node, b: Node) -> Ordering {
 /// Python's order of `(pos, node)` tuples.
 fn cmp_kn(ak: &str, an: Node, bk: &str, bn: Node) -> Ordering {
     ak.cmp(bk).then_with(|| cmp_node(an, bn))
+}
+
+/// A sibling in its parent's sorted set: ordered by `(key, node id as a string)`.
+///
+/// The sorted lists of big parents are B-trees, not vectors as in Python: a
+/// move out of a parent with thousands of children then costs a few node
+/// visits rather than shifting the rest of the list (40 bytes an entry here,
+/// where Python shifts 8-byte pointers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sib(pub String, pub Node);
+
+impl Ord for Sib {
+    fn cmp(&self, other: &Self) -> Ordering {
+        cmp_kn(&self.0, self.1, &other.0, other.1)
+    }
+}
+
+impl PartialOrd for Sib {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 fn bisect(lst: &[(String, Node)], k: &str, n: Node) -> usize {
@@ -211,6 +232,41 @@ fn key_between_simple(a: Option<&str>, b: Option<&str>, jit: u64) -> Option<Stri
     }
 }
 
+/// The key just after the last sibling's key `k` (`up`) or just before the
+/// first one's (`key_for`'s append and prepend): step the integer part's last
+/// digit, or step the integer part, or leave it to Python.
+fn step_key(k: &str, up: bool, h: u64) -> Plan {
+    let kb = k.as_bytes();
+    let n = int_len(kb[0]);
+    let step = 1 + h % SPREAD;
+    let v = val(kb[n - 1]);
+    if up {
+        let d = v + step;
+        if d < 62 {
+            let mut out = String::with_capacity(n);
+            out.push_str(&k[..n - 1]);
+            out.push(DIGITS[d as usize] as char);
+            return Plan::Key(out);
+        }
+        return match key_between_simple(Some(k), None, h) {
+            Some(out) => Plan::Key(out),
+            None => Plan::Between(Some(k.to_string()), None, 0),
+        };
+    }
+    if v >= step {
+        let mut out = String::with_capacity(n);
+        out.push_str(&k[..n - 1]);
+        out.push(DIGITS[(v - step) as usize] as char);
+        if out != SMALLEST_INT {
+            return Plan::Key(out);
+        }
+    }
+    match key_between_simple(None, Some(k), h) {
+        Some(out) => Plan::Key(out),
+        None => Plan::Between(None, Some(k.to_string()), 0),
+    }
+}
+
 /// What [`TreeState::key_for`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
@@ -262,7 +318,7 @@ struct LocalUndo {
 pub struct TreeState {
     pub parent: HashMap<Node, Node>,
     pub kids: HashMap<Node, HashMap<Node, String>>,
-    pub order: HashMap<Node, Vec<(String, Node)>>,
+    pub order: HashMap<Node, BTreeSet<Sib>>,
     pub log: Vec<Entry>,
     pub floor: u128,
     pub last: HashMap<u64, u64>,
@@ -447,10 +503,9 @@ impl TreeState {
                     .get_mut(&old)
                     .and_then(|d| d.remove(&n))
                     .unwrap_or_default();
-                if let Some(lst) = self.order.get_mut(&old) {
+                if let Some(set) = self.order.get_mut(&old) {
                     // keep the sorted cache: local edits read it next
-                    let i = bisect(lst, &oldk, n);
-                    lst.remove(i);
+                    set.remove(&Sib(oldk.clone(), n));
                 }
                 (old, oldk)
             }
@@ -463,17 +518,8 @@ impl TreeState {
                 self.recent.insert(p, n);
             }
             self.kids.entry(p).or_default().insert(n, k.clone());
-            if let Some(lst) = self.order.get_mut(&p) {
-                let after_last = match lst.last() {
-                    None => true,
-                    Some((lk, ln)) => cmp_kn(lk, *ln, &k, n) == Ordering::Less,
-                };
-                if after_last {
-                    lst.push((k.clone(), n)); // appending, the common case
-                } else {
-                    let i = bisect(lst, &k, n);
-                    lst.insert(i, (k.clone(), n));
-                }
+            if let Some(set) = self.order.get_mut(&p) {
+                set.insert(Sib(k.clone(), n));
             }
         }
         self.log.push(Entry {
@@ -546,8 +592,9 @@ impl TreeState {
             Plan::Range(_) => Err(()),
             Plan::Nothing => Ok(Plan::Nothing),
             Plan::Key(k) => {
-                self.apply_move(t, node, p, k.clone(), index.is_some());
-                Ok(Plan::Key(k))
+                let written = Plan::Key(k.clone());
+                self.apply_move(t, node, p, k, index.is_some());
+                Ok(written)
             }
             b @ Plan::Between(..) => {
                 self.pending = Some((node, p, t, index.is_some()));
@@ -773,29 +820,43 @@ impl TreeState {
 
     /// `sorted_kids`: `[(pos, child)]` of `p` in order (cached when long).
     pub fn sorted_kids(&mut self, p: Node) -> Vec<(String, Node)> {
-        if let Some(l) = self.order.get(&p) {
-            return l.clone();
+        if let Some(set) = self.order.get(&p) {
+            return set.iter().map(|s| (s.0.clone(), s.1)).collect();
         }
         let lst = self.build_sorted(p);
         if lst.len() > FEW {
-            self.order.insert(p, lst.clone());
+            let set = lst.iter().map(|(k, n)| Sib(k.clone(), *n)).collect();
+            self.order.insert(p, set);
         }
         lst
     }
 
-    /// Make sure the sorted list of `p` is at hand; returns a temporary one
-    /// when it is too short to be cached.
-    fn ensure_sorted(&mut self, p: Node) -> Option<Vec<(String, Node)>> {
-        if self.order.contains_key(&p) {
-            return None;
+    /// The last (`up`) or first sibling of `p`, if it has any.
+    fn extreme(&mut self, p: Node, up: bool) -> Option<(String, Node)> {
+        if !self.order.contains_key(&p) {
+            let d = self.kids.get(&p).filter(|d| !d.is_empty())?;
+            if d.len() <= FEW {
+                // A few siblings (most parents): scanned, not sorted.
+                let pick = if up {
+                    Ordering::Greater
+                } else {
+                    Ordering::Less
+                };
+                let mut it = d.iter();
+                let (mut en, mut ek) = it.next().map(|(n, k)| (*n, k.as_str()))?;
+                for (n, k) in it {
+                    if cmp_kn(k, *n, ek, en) == pick {
+                        en = *n;
+                        ek = k.as_str();
+                    }
+                }
+                return Some((ek.to_string(), en));
+            }
+            self.sorted_kids(p); // cached from now on
         }
-        let lst = self.build_sorted(p);
-        if lst.len() > FEW {
-            self.order.insert(p, lst);
-            None
-        } else {
-            Some(lst)
-        }
+        let set = &self.order[&p];
+        let s = if up { set.last() } else { set.first() }?;
+        Some((s.0.clone(), s.1))
     }
 
     /// `top`: `ROOT` if `n` is live, `TRASH` if deleted.
@@ -821,55 +882,20 @@ impl TreeState {
         t: u128,
         new_id: Node,
     ) -> Plan {
-        let tmp = self.ensure_sorted(p);
-        let lst: &[(String, Node)] = match &tmp {
-            Some(v) => v,
-            None => &self.order[&p],
-        };
         let h = jitter(t);
-        if index.is_none() && !lst.is_empty() {
-            // Appending, the common case: after the last sibling other than node.
-            let (lk, ln) = &lst[lst.len() - 1];
-            if Some(*ln) == node {
-                return Plan::Nothing;
-            }
-            let kb = lk.as_bytes();
-            let n = int_len(kb[0]);
-            let d = val(kb[n - 1]) + 1 + h % SPREAD;
-            if d < 62 {
-                let mut k = String::with_capacity(n);
-                k.push_str(&lk[..n - 1]);
-                k.push(DIGITS[d as usize] as char);
-                return Plan::Key(k);
-            }
-            return match key_between_simple(Some(lk), None, h) {
-                Some(k) => Plan::Key(k),
-                None => Plan::Between(Some(lk.clone()), None, 0),
-            };
-        }
-        if index == Some(0) && !lst.is_empty() {
-            // Prepending: before the first sibling other than node.
-            let (fk, fnode) = &lst[0];
-            if Some(*fnode) == node {
-                return Plan::Nothing;
-            }
-            let kb = fk.as_bytes();
-            let n = int_len(kb[0]);
-            let step = 1 + h % SPREAD;
-            let v = val(kb[n - 1]);
-            if v >= step {
-                let mut k = String::with_capacity(n);
-                k.push_str(&fk[..n - 1]);
-                k.push(DIGITS[(v - step) as usize] as char);
-                if k != SMALLEST_INT {
-                    return Plan::Key(k);
+        if index.is_none() || index == Some(0) {
+            // Appending (the common case) after the last sibling other than
+            // node, or prepending before the first.
+            let up = index.is_none();
+            if let Some((k, n)) = self.extreme(p, up) {
+                if Some(n) == node {
+                    return Plan::Nothing;
                 }
+                return step_key(&k, up, h);
             }
-            return match key_between_simple(None, Some(fk), h) {
-                Some(k) => Plan::Key(k),
-                None => Plan::Between(None, Some(fk.clone()), 0),
-            };
         }
+        let sorted = self.sorted_kids(p);
+        let lst: &[(String, Node)] = &sorted;
         let mut j: Option<usize> = None;
         if let Some(nd) = node {
             if self.parent.get(&nd) == Some(&p) {
