@@ -1932,6 +1932,8 @@ class Tree(Container):
                 if r is not False:
                     if r is None:
                         return  # already there: nothing to write
+                    if type(r) is int:
+                        self._refuse(r, node, parent)
                     if len(r) == 4:  # a key only Python's key_between computes
                         lo, hi, bias, jit = r
                         r = core.finish_move(key_between(lo, hi, jit, bias), b.wid)
@@ -2082,6 +2084,26 @@ class Tree(Container):
         log.append((t, node, p, key, old, oldk))
         if len(log) > st.trim_at:
             st.truncate()
+
+    @staticmethod
+    def _refuse(code: int, node: str, parent: str | None) -> None:
+        """Raise what the checks of ``move`` raise for a native refusal ``code``.
+
+        The codes of ``TreeState::move_local`` (``native/core/src/tree.rs``),
+        each the first check that fails in :meth:`_live` then :meth:`_target`
+        order, with the same error and message.
+        """
+        if code == 1:
+            raise InvalidOperationError(f"unknown node {node!r}")
+        if code == 2:
+            raise InvalidOperationError(f"node {node!r} is deleted")
+        if code == 3:
+            raise InvalidOperationError(f"unknown parent {parent!r}")
+        if code == 4:
+            raise TreeCycleError(f"cannot move {node!r} under itself")
+        if code == 5:
+            raise TreeCycleError(f"cannot move {node!r} under its own descendant {parent!r}")
+        raise InvalidOperationError(f"parent {parent!r} is deleted")
 
     def _move_checked(
         self, doc: Doc, b: _Binding, node: str, parent: str | None, index: int | None

@@ -990,7 +990,8 @@ impl PyTreeCore {
     /// A local move, checked, keyed and applied (Tree.move's hot path).
     ///
     /// Returns False (nothing changed: take the Python path, which raises or
-    /// handles the unusual case), None (already there), `(clock, entry)` (applied:
+    /// handles the unusual case), an int (refused, nothing changed: the code
+    /// of `TreeState::move_local`'s error), None (already there), `(clock, entry)` (applied:
     /// write the entry), or `(lo, hi, bias, jitter)` (compute `key_between(lo,
     /// hi, jitter, bias)` and call `finish_move`).
     fn move_local<'py>(
@@ -1025,7 +1026,8 @@ impl PyTreeCore {
         };
         let st = &mut self.st;
         match tree_guard(py, || st.move_local(n, p, index, wid))? {
-            Err(()) => Ok(slow()),
+            Err(0) => Ok(slow()),
+            Err(code) => Ok(code.into_pyobject(py)?.into_any()),
             Ok(Plan::Nothing) => Ok(py.None().into_bound(py)),
             Ok(Plan::Key(k)) => {
                 let t = u128::from(self.st.clock) << 64 | u128::from(wid);
@@ -1062,7 +1064,7 @@ impl PyTreeCore {
 
     fn parent_of(&self, n: &str) -> Option<String> {
         let n = ctree::parse_node(n)?;
-        self.st.parent.get(&n).map(|p| ctree::node_str(*p))
+        self.st.parent_of(n).map(ctree::node_str)
     }
 
     /// Walks up from `start` until the top level (`""`), the trash (`"-"`) or
@@ -1073,7 +1075,7 @@ impl PyTreeCore {
         let st = &self.st;
         let end = tree_guard(py, || {
             while a != ctree::ROOT && a != ctree::TRASH && Some(a) != stop {
-                a = st.parent[&a];
+                a = st.parent_of(a).unwrap_or(ctree::TRASH);
             }
             a
         })?;
@@ -1103,7 +1105,7 @@ impl PyTreeCore {
     }
 
     fn contains(&self, n: &str) -> bool {
-        ctree::parse_node(n).is_some_and(|n| self.st.parent.contains_key(&n))
+        ctree::parse_node(n).is_some_and(|n| self.st.contains(n))
     }
 
     fn key_of(&self, n: &str) -> PyResult<String> {
@@ -1120,7 +1122,7 @@ impl PyTreeCore {
 
     fn top(&self, py: Python<'_>, n: &str) -> PyResult<String> {
         let n = node_arg(n)?;
-        if !self.st.parent.contains_key(&n) && n != ctree::ROOT && n != ctree::TRASH {
+        if !self.st.contains(n) && n != ctree::ROOT && n != ctree::TRASH {
             return Err(pyo3::exceptions::PyKeyError::new_err(ctree::node_str(n)));
         }
         let st = &self.st;
@@ -1155,12 +1157,12 @@ impl PyTreeCore {
         let Some(p) = ctree::parse_node(p) else {
             return Ok(None);
         };
-        let Some(d) = self.st.kids.get(&p) else {
+        let Some(d) = self.st.kids_of(p) else {
             return Ok(None);
         };
         let out = PyDict::new(py);
         for (n, k) in d {
-            out.set_item(ctree::node_str(*n), k)?;
+            out.set_item(ctree::node_str(n), k)?;
         }
         Ok(Some(out))
     }
@@ -1295,37 +1297,37 @@ impl PyTreeCore {
     }
 
     fn node_count(&self) -> usize {
-        self.st.parent.len()
+        self.st.node_count()
     }
 
     /// `[(node, parent)]`, every node.
     fn parent_items(&self) -> Vec<(String, String)> {
         self.st
-            .parent
-            .iter()
-            .map(|(n, p)| (ctree::node_str(*n), ctree::node_str(*p)))
+            .nodes()
+            .into_iter()
+            .map(|(n, p)| (ctree::node_str(n), ctree::node_str(p)))
             .collect()
     }
 
     fn kids_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
-        for (p, d) in &self.st.kids {
+        for (p, d) in self.st.kids_all() {
             let inner = PyDict::new(py);
             for (n, k) in d {
-                inner.set_item(ctree::node_str(*n), k)?;
+                inner.set_item(ctree::node_str(n), k)?;
             }
-            out.set_item(ctree::node_str(*p), inner)?;
+            out.set_item(ctree::node_str(p), inner)?;
         }
         Ok(out)
     }
 
     fn order_dict(&self) -> StdHashMap<String, Vec<(String, String)>> {
         self.st
-            .order
-            .iter()
+            .order_all()
+            .into_iter()
             .map(|(p, l)| {
-                let lst = l.iter().map(|s| (s.0.clone(), ctree::node_str(s.1))).collect();
-                (ctree::node_str(*p), lst)
+                let lst = l.into_iter().map(|(k, n)| (k, ctree::node_str(n))).collect();
+                (ctree::node_str(p), lst)
             })
             .collect()
     }

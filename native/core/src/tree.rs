@@ -23,6 +23,8 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 
+use crate::fxhash::FxHashMap;
+
 /// A node id, or one of the markers below.
 pub type Node = u128;
 /// The top level (Python: `""`).
@@ -313,12 +315,33 @@ struct LocalUndo {
     recent: Option<Option<Node>>,
 }
 
+/// No parent: the node is not in the state (its creation is unknown or undone).
+const NONE: u32 = u32::MAX;
+/// Indexes of the top level and the trash.
+const R: u32 = 0;
+const T: u32 = 1;
+
 /// The tree defined by a set of move operations (`_TreeState`).
-#[derive(Debug, Default)]
+///
+/// Python keeps `parent` and `kids` as dictionaries keyed by node id. Here a
+/// node id is looked up once per operation (`ix`, std's randomly keyed hash:
+/// ids are chosen by writers) and everything else is indexed by the dense
+/// number it was given when first created: its parent, its position key, its
+/// children (unordered, each child knowing its slot so that it leaves in
+/// O(1)). A walk up the tree is then a walk over one small array, and a move
+/// touches a few cache lines instead of a few hash tables.
+#[derive(Debug)]
 pub struct TreeState {
-    pub parent: HashMap<Node, Node>,
-    pub kids: HashMap<Node, HashMap<Node, String>>,
-    pub order: HashMap<Node, BTreeSet<Sib>>,
+    ix: HashMap<Node, u32>,
+    ids: Vec<Node>,
+    up: Vec<u32>,
+    key: Vec<String>,
+    kids: Vec<Vec<u32>>,
+    slot: Vec<u32>,
+    count: usize,
+    /// Sorted children of big parents, by index (`order`): kept by local
+    /// operations, dropped by remote ones, rebuilt when read.
+    order: FxHashMap<u32, BTreeSet<Sib>>,
     pub log: Vec<Entry>,
     pub floor: u128,
     pub last: HashMap<u64, u64>,
@@ -339,6 +362,12 @@ pub struct TreeState {
     pending: Option<(Node, Node, u128, bool)>,
 }
 
+impl Default for TreeState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TreeState {
     pub fn new() -> Self {
         Self::with_policy(WINDOW, HORIZON)
@@ -347,25 +376,194 @@ impl TreeState {
     /// An empty state truncating its log with `window` and `horizon`.
     pub fn with_policy(window: u64, horizon: u64) -> Self {
         TreeState {
+            ix: HashMap::new(),
+            ids: vec![ROOT, TRASH],
+            up: vec![NONE, NONE],
+            key: vec![String::new(), String::new()],
+            kids: vec![Vec::new(), Vec::new()],
+            slot: vec![0, 0],
+            count: 0,
+            order: FxHashMap::default(),
+            log: Vec::new(),
+            floor: 0,
+            last: HashMap::new(),
+            clock: 0,
+            trashed: 0,
+            recent: HashMap::new(),
             trim_at: (window + (window >> 2)) as usize,
             window,
             horizon,
             logging: true,
-            ..Default::default()
+            undo_local: None,
+            pending: None,
         }
+    }
+
+    // -- node ids and indexes --------------------------------------------------------
+
+    /// The index of `n` if it was ever created here (ROOT and TRASH always).
+    fn idx(&self, n: Node) -> Option<u32> {
+        match n {
+            ROOT => Some(R),
+            TRASH => Some(T),
+            _ => self.ix.get(&n).copied(),
+        }
+    }
+
+    /// The index of node `n` if it is in the state.
+    fn present(&self, n: Node) -> Option<u32> {
+        self.ix
+            .get(&n)
+            .copied()
+            .filter(|&i| self.up[i as usize] != NONE)
+    }
+
+    /// The index of `p` if it can be a parent: ROOT, TRASH or a node in the state.
+    fn parent_idx(&self, p: Node) -> Option<u32> {
+        match p {
+            ROOT => Some(R),
+            TRASH => Some(T),
+            _ => self.present(p),
+        }
+    }
+
+    fn intern(&mut self, n: Node) -> u32 {
+        if let Some(&i) = self.ix.get(&n) {
+            return i;
+        }
+        let i = self.ids.len() as u32;
+        self.ix.insert(n, i);
+        self.ids.push(n);
+        self.up.push(NONE);
+        self.key.push(String::new());
+        self.kids.push(Vec::new());
+        self.slot.push(0);
+        i
+    }
+
+    /// Put node `i` under `p` with key `k`. Remote operations drop `p`'s
+    /// sorted list (`keep == false`); local ones keep it up to date.
+    fn attach(&mut self, i: u32, p: u32, k: String, keep: bool) {
+        let iu = i as usize;
+        self.up[iu] = p;
+        self.count += 1;
+        if p == T {
+            self.trashed += 1;
+            self.key[iu] = k;
+            return;
+        }
+        let pu = p as usize;
+        self.slot[iu] = self.kids[pu].len() as u32;
+        self.kids[pu].push(i);
+        if keep {
+            if let Some(set) = self.order.get_mut(&p) {
+                set.insert(Sib(k.clone(), self.ids[iu]));
+            }
+        } else {
+            self.order.remove(&p);
+        }
+        self.key[iu] = k;
+    }
+
+    /// Take node `i` out of its parent; returns its key there.
+    fn detach(&mut self, i: u32, keep: bool) -> String {
+        let iu = i as usize;
+        let p = self.up[iu];
+        self.up[iu] = NONE;
+        self.count -= 1;
+        let k = std::mem::take(&mut self.key[iu]);
+        if p == T {
+            self.trashed -= 1;
+            return k;
+        }
+        let pu = p as usize;
+        let s = self.slot[iu] as usize;
+        self.kids[pu].swap_remove(s);
+        if let Some(&moved) = self.kids[pu].get(s) {
+            self.slot[moved as usize] = s as u32;
+        }
+        if keep {
+            if let Some(set) = self.order.get_mut(&p) {
+                set.remove(&Sib(k.clone(), self.ids[iu]));
+            }
+        } else {
+            self.order.remove(&p);
+        }
+        k
+    }
+
+    // -- reading single nodes ------------------------------------------------------------
+
+    /// The parent of node `n`, if it is in the state.
+    pub fn parent_of(&self, n: Node) -> Option<Node> {
+        self.present(n).map(|i| self.ids[self.up[i as usize] as usize])
+    }
+
+    /// Whether node `n` is in the state (live or deleted).
+    pub fn contains(&self, n: Node) -> bool {
+        self.present(n).is_some()
+    }
+
+    /// How many nodes are in the state.
+    pub fn node_count(&self) -> usize {
+        self.count
+    }
+
+    /// Every node in the state with its parent.
+    pub fn nodes(&self) -> Vec<(Node, Node)> {
+        (2..self.ids.len())
+            .filter(|&i| self.up[i] != NONE)
+            .map(|i| (self.ids[i], self.ids[self.up[i] as usize]))
+            .collect()
+    }
+
+    /// `kids.get(p)`: the children of `p` with their keys, `None` if `p` is
+    /// neither the top level nor a node in the state.
+    pub fn kids_of(&self, p: Node) -> Option<Vec<(Node, String)>> {
+        let pi = match p {
+            ROOT => R,
+            _ => self.present(p)?,
+        };
+        Some(
+            self.kids[pi as usize]
+                .iter()
+                .map(|&c| (self.ids[c as usize], self.key[c as usize].clone()))
+                .collect(),
+        )
+    }
+
+    /// Every parent with children, and its children with their keys.
+    pub fn kids_all(&self) -> Vec<(Node, Vec<(Node, String)>)> {
+        (0..self.ids.len())
+            .filter(|&i| i != T as usize && !self.kids[i].is_empty())
+            .map(|i| {
+                let d = self.kids[i]
+                    .iter()
+                    .map(|&c| (self.ids[c as usize], self.key[c as usize].clone()))
+                    .collect();
+                (self.ids[i], d)
+            })
+            .collect()
+    }
+
+    /// The sorted lists kept (`order`).
+    pub fn order_all(&self) -> Vec<(Node, Vec<(String, Node)>)> {
+        self.order
+            .iter()
+            .map(|(p, set)| {
+                let lst = set.iter().map(|s| (s.0.clone(), s.1)).collect();
+                (self.ids[*p as usize], lst)
+            })
+            .collect()
     }
 
     /// `key_of`: the position key of `n` (`""` in the trash).
     pub fn key_of(&self, n: Node) -> Option<&str> {
-        let p = *self.parent.get(&n)?;
-        if p == TRASH {
-            return Some("");
-        }
-        self.kids.get(&p)?.get(&n).map(String::as_str)
+        self.present(n).map(|i| self.key[i as usize].as_str())
     }
 
     pub fn has_kids(&self, n: Node) -> bool {
-        self.kids.get(&n).is_some_and(|d| !d.is_empty())
+        self.idx(n).is_some_and(|i| !self.kids[i as usize].is_empty())
     }
 
     fn log_push(&mut self, e: Entry) {
@@ -375,29 +573,6 @@ impl TreeState {
     }
 
     // -- applying (`_place`, `_unplace`, `_do`, `_undo`, `apply_local`) --------
-
-    fn place(&mut self, n: Node, p: Node, k: String) {
-        self.parent.insert(n, p);
-        if p == TRASH {
-            self.trashed += 1;
-            return;
-        }
-        self.kids.entry(p).or_default().insert(n, k);
-        self.order.remove(&p);
-    }
-
-    fn unplace(&mut self, n: Node, p: Node) -> String {
-        self.parent.remove(&n);
-        if p == TRASH {
-            self.trashed -= 1;
-            return String::new();
-        }
-        self.order.remove(&p);
-        self.kids
-            .get_mut(&p)
-            .and_then(|d| d.remove(&n))
-            .unwrap_or_default()
-    }
 
     fn skip(&mut self, t: u128, n: Node, p: Node, k: String) {
         self.log_push(Entry {
@@ -412,44 +587,46 @@ impl TreeState {
 
     /// `_do`: apply one operation newer than every logged one, logging it.
     fn do_op(&mut self, t: u128, n: Node, p: Node, k: String) {
-        let Some(&old) = self.parent.get(&n) else {
+        let Some(ni) = self.present(n) else {
             // R1: a node comes into being only by its own creation, under
             // something that exists.
-            if (p != ROOT && p != TRASH && !self.parent.contains_key(&p)) || n != t {
+            let Some(pi) = self.parent_idx(p).filter(|_| n == t) else {
                 return self.skip(t, n, p, k);
-            }
-            self.place(n, p, k.clone());
+            };
+            let ni = self.intern(n);
+            let kept = if self.logging { k.clone() } else { String::new() };
+            self.attach(ni, pi, k, false);
             return self.log_push(Entry {
                 t,
                 n,
                 p,
-                k,
+                k: kept,
                 old: ABSENT,
                 oldk: String::new(),
             });
         };
-        if p != ROOT && p != TRASH {
-            if !self.parent.contains_key(&p) {
-                return self.skip(t, n, p, k); // R2
-            }
-            if p == n || self.has_kids(n) {
-                // R3; a leaf is nobody's ancestor: no walk
-                let mut a = p;
-                while a != ROOT && a != TRASH {
-                    if a == n {
-                        return self.skip(t, n, p, k);
-                    }
-                    a = self.parent[&a];
+        let Some(pi) = self.parent_idx(p) else {
+            return self.skip(t, n, p, k); // R2
+        };
+        if pi > T && (pi == ni || !self.kids[ni as usize].is_empty()) {
+            // R3; a leaf is nobody's ancestor: no walk
+            let mut a = pi;
+            while a > T {
+                if a == ni {
+                    return self.skip(t, n, p, k);
                 }
+                a = self.up[a as usize];
             }
         }
-        let oldk = self.unplace(n, old);
-        self.place(n, p, k.clone());
+        let old = self.ids[self.up[ni as usize] as usize];
+        let oldk = self.detach(ni, false);
+        let kept = if self.logging { k.clone() } else { String::new() };
+        self.attach(ni, pi, k, false);
         self.log_push(Entry {
             t,
             n,
             p,
-            k,
+            k: kept,
             old,
             oldk,
         });
@@ -457,18 +634,20 @@ impl TreeState {
 
     /// `_undo`.
     fn undo(&mut self, e: Entry) {
-        let Entry {
-            n, p, old, oldk, ..
-        } = e;
+        let Entry { n, old, oldk, .. } = e;
         if old == SKIPPED {
             return;
         }
-        self.unplace(n, p);
+        let Some(ni) = self.present(n) else {
+            return; // (cannot happen: the entry applied it)
+        };
+        self.detach(ni, false);
         if old == ABSENT {
-            self.kids.remove(&n); // its children were undone first: it has none
-            self.order.remove(&n);
+            // its children were undone first: it has none
+            self.order.remove(&ni);
         } else {
-            self.place(n, old, oldk);
+            let oi = self.idx(old).unwrap_or(T);
+            self.attach(ni, oi, oldk, false);
         }
     }
 
@@ -490,38 +669,22 @@ impl TreeState {
         let lam = (t >> 64) as u64;
         self.clock = lam;
         self.last.insert(t as u64, lam);
-        let (old, oldk) = if create {
-            (ABSENT, String::new())
-        } else {
-            let old = self.parent[&n];
-            if old == TRASH {
-                self.trashed -= 1;
-                (old, String::new())
-            } else {
-                let oldk = self
-                    .kids
-                    .get_mut(&old)
-                    .and_then(|d| d.remove(&n))
-                    .unwrap_or_default();
-                if let Some(set) = self.order.get_mut(&old) {
-                    // keep the sorted cache: local edits read it next
-                    set.remove(&Sib(oldk.clone(), n));
-                }
-                (old, oldk)
-            }
+        let pi = match p {
+            ROOT => R,
+            TRASH => T,
+            _ => self.intern(p),
         };
-        self.parent.insert(n, p);
-        if p == TRASH {
-            self.trashed += 1;
+        let (ni, old, oldk) = if create {
+            (self.intern(n), ABSENT, String::new())
         } else {
-            if set_recent {
-                self.recent.insert(p, n);
-            }
-            self.kids.entry(p).or_default().insert(n, k.clone());
-            if let Some(set) = self.order.get_mut(&p) {
-                set.insert(Sib(k.clone(), n));
-            }
+            let ni = self.ix[&n];
+            let old = self.ids[self.up[ni as usize] as usize];
+            (ni, old, self.detach(ni, true))
+        };
+        if p != TRASH && set_recent {
+            self.recent.insert(p, n);
         }
+        self.attach(ni, pi, k.clone(), true);
         self.log.push(Entry {
             t,
             n,
@@ -537,67 +700,78 @@ impl TreeState {
 
     // -- the local move (`Tree.move`'s checks, `key_for`, `apply_local`) -------
 
-    /// Whether `n` (a node of the state) is live: reachable from the top level.
-    fn is_live_node(&self, n: Node) -> bool {
-        self.trashed == 0 || self.top(n) == ROOT
+    /// Whether node index `i` is live: reachable from the top level.
+    fn live_idx(&self, mut i: u32) -> bool {
+        if self.trashed == 0 {
+            return true;
+        }
+        while i > T {
+            i = self.up[i as usize];
+        }
+        i == R
     }
 
     /// A local move of `node` under `parent` at `index` by writer `wid`:
     /// checked, keyed and applied in one call when everything is ordinary.
     ///
-    /// Returns `Err(())` when Python must take the slow path (an error to
-    /// raise with its message, an index out of range, an exhausted clock),
-    /// with nothing changed; `Ok(Plan::Nothing)` when the node is already
-    /// there; `Ok(Plan::Key(k))` when the move is applied (the key written);
+    /// Returns `Err(code)` with nothing changed when the move is refused or
+    /// unusual: 1 unknown node, 2 deleted node, 3 unknown parent, 4 the node
+    /// itself as its parent, 5 a descendant as its parent, 6 a deleted
+    /// parent, 0 anything else Python must look at (an index out of range, an
+    /// exhausted clock). `Ok(Plan::Nothing)` when the node is already there;
+    /// `Ok(Plan::Key(k))` when the move is applied (`k` its key);
     /// `Ok(Plan::Between(..))` when Python must compute the key, then call
     /// [`Self::finish_move`].
-    #[allow(clippy::result_unit_err)]
     pub fn move_local(
         &mut self,
         node: Node,
         parent: Node,
         index: Option<u64>,
         wid: u64,
-    ) -> Result<Plan, ()> {
-        if node == ROOT || node == TRASH || !self.parent.contains_key(&node) {
-            return Err(());
+    ) -> Result<Plan, u8> {
+        let Some(ni) = self.present(node) else {
+            return Err(1);
+        };
+        if !self.live_idx(ni) {
+            return Err(2);
         }
-        if !self.is_live_node(node) {
-            return Err(());
-        }
-        let p = parent;
-        if p != ROOT {
-            if p == TRASH || !self.parent.contains_key(&p) {
-                return Err(());
+        let pi = match parent {
+            ROOT => R,
+            TRASH => return Err(0),
+            _ => self.present(parent).ok_or(3u8)?,
+        };
+        if pi > T {
+            if pi == ni {
+                return Err(4);
             }
-            if self.trashed > 0 || p == node || self.has_kids(node) {
-                let mut a = p;
-                while a != ROOT && a != TRASH {
-                    if a == node {
-                        return Err(());
+            if self.trashed > 0 || !self.kids[ni as usize].is_empty() {
+                let mut a = pi;
+                while a > T {
+                    if a == ni {
+                        return Err(5);
                     }
-                    a = self.parent[&a];
+                    a = self.up[a as usize];
                 }
-                if a == TRASH {
-                    return Err(());
+                if a == T {
+                    return Err(6);
                 }
             }
         }
         let lam = self.clock + 1;
         if lam > MAX_LAMPORT {
-            return Err(());
+            return Err(0);
         }
         let t = u128::from(lam) << 64 | u128::from(wid);
-        match self.key_for(p, Some(node), index, t, node) {
-            Plan::Range(_) => Err(()),
+        match self.key_for(parent, Some(node), index, t, node) {
+            Plan::Range(_) => Err(0),
             Plan::Nothing => Ok(Plan::Nothing),
             Plan::Key(k) => {
                 let written = Plan::Key(k.clone());
-                self.apply_move(t, node, p, k, index.is_some());
+                self.apply_move(t, node, parent, k, index.is_some());
                 Ok(written)
             }
             b @ Plan::Between(..) => {
-                self.pending = Some((node, p, t, index.is_some()));
+                self.pending = Some((node, parent, t, index.is_some()));
                 Ok(b)
             }
         }
@@ -722,10 +896,13 @@ impl TreeState {
         let i = self.log.partition_point(|e| e.t < fresh[0].0);
         if want_old {
             let mut seen = std::collections::HashSet::new();
-            let nodes = self.log[i..].iter().map(|e| e.n).chain(fresh.iter().map(|op| op.1));
+            let nodes = self.log[i..]
+                .iter()
+                .map(|e| e.n)
+                .chain(fresh.iter().map(|op| op.1));
             for n in nodes {
                 if seen.insert(n) {
-                    let p = self.parent.get(&n).copied();
+                    let p = self.parent_of(n);
                     let k = self.key_of(n).unwrap_or("").to_string();
                     olds.push((n, p, k));
                 }
@@ -791,7 +968,7 @@ impl TreeState {
         }
         let horizon = i128::from(self.horizon);
         let keep = (clock - horizon).max(sigma.min(clock - i128::from(self.window)));
-        if keep + 1 <= 0 {
+        if keep < 0 {
             0
         } else {
             ((keep + 1) as u128) << 64
@@ -809,32 +986,42 @@ impl TreeState {
 
     // -- reading ---------------------------------------------------------------
 
-    fn build_sorted(&self, p: Node) -> Vec<(String, Node)> {
-        let mut lst: Vec<(String, Node)> = match self.kids.get(&p) {
-            Some(d) => d.iter().map(|(n, k)| (k.clone(), *n)).collect(),
-            None => Vec::new(),
-        };
+    fn build_sorted(&self, pi: u32) -> Vec<(String, Node)> {
+        let mut lst: Vec<(String, Node)> = self.kids[pi as usize]
+            .iter()
+            .map(|&c| (self.key[c as usize].clone(), self.ids[c as usize]))
+            .collect();
         lst.sort_by(|a, b| cmp_kn(&a.0, a.1, &b.0, b.1));
+        lst
+    }
+
+    fn sorted_idx(&mut self, pi: u32) -> Vec<(String, Node)> {
+        if let Some(set) = self.order.get(&pi) {
+            return set.iter().map(|s| (s.0.clone(), s.1)).collect();
+        }
+        let lst = self.build_sorted(pi);
+        if lst.len() > FEW {
+            let set = lst.iter().map(|(k, n)| Sib(k.clone(), *n)).collect();
+            self.order.insert(pi, set);
+        }
         lst
     }
 
     /// `sorted_kids`: `[(pos, child)]` of `p` in order (cached when long).
     pub fn sorted_kids(&mut self, p: Node) -> Vec<(String, Node)> {
-        if let Some(set) = self.order.get(&p) {
-            return set.iter().map(|s| (s.0.clone(), s.1)).collect();
+        match self.parent_idx(p) {
+            Some(pi) if pi != T => self.sorted_idx(pi),
+            _ => Vec::new(),
         }
-        let lst = self.build_sorted(p);
-        if lst.len() > FEW {
-            let set = lst.iter().map(|(k, n)| Sib(k.clone(), *n)).collect();
-            self.order.insert(p, set);
-        }
-        lst
     }
 
-    /// The last (`up`) or first sibling of `p`, if it has any.
-    fn extreme(&mut self, p: Node, up: bool) -> Option<(String, Node)> {
-        if !self.order.contains_key(&p) {
-            let d = self.kids.get(&p).filter(|d| !d.is_empty())?;
+    /// The last (`up`) or first sibling under `pi`: `(key, node)`, if any.
+    fn extreme(&mut self, pi: u32, up: bool) -> Option<(String, Node)> {
+        if !self.order.contains_key(&pi) {
+            let d = &self.kids[pi as usize];
+            if d.is_empty() {
+                return None;
+            }
             if d.len() <= FEW {
                 // A few siblings (most parents): scanned, not sorted.
                 let pick = if up {
@@ -842,34 +1029,36 @@ impl TreeState {
                 } else {
                     Ordering::Less
                 };
-                let mut it = d.iter();
-                let (mut en, mut ek) = it.next().map(|(n, k)| (*n, k.as_str()))?;
-                for (n, k) in it {
-                    if cmp_kn(k, *n, ek, en) == pick {
-                        en = *n;
-                        ek = k.as_str();
+                let mut best = d[0] as usize;
+                for &c in &d[1..] {
+                    let c = c as usize;
+                    if cmp_kn(&self.key[c], self.ids[c], &self.key[best], self.ids[best]) == pick {
+                        best = c;
                     }
                 }
-                return Some((ek.to_string(), en));
+                return Some((self.key[best].clone(), self.ids[best]));
             }
-            self.sorted_kids(p); // cached from now on
+            self.sorted_idx(pi); // cached from now on
         }
-        let set = &self.order[&p];
+        let set = &self.order[&pi];
         let s = if up { set.last() } else { set.first() }?;
         Some((s.0.clone(), s.1))
     }
 
     /// `top`: `ROOT` if `n` is live, `TRASH` if deleted.
-    pub fn top(&self, mut n: Node) -> Node {
-        while n != ROOT && n != TRASH {
-            n = self.parent[&n];
+    pub fn top(&self, n: Node) -> Node {
+        let Some(mut i) = self.idx(n) else {
+            return n;
+        };
+        while i > T {
+            i = self.up[i as usize];
         }
-        n
+        self.ids[i as usize]
     }
 
     /// `live`: whether `n` is a node reachable from the top level.
     pub fn live(&self, n: Node) -> bool {
-        n != ROOT && n != TRASH && self.parent.contains_key(&n) && self.is_live_node(n)
+        n != ROOT && n != TRASH && self.present(n).is_some_and(|i| self.live_idx(i))
     }
 
     /// `key_for`: the position key putting `node` (`None`: a new node whose id
@@ -883,24 +1072,25 @@ impl TreeState {
         new_id: Node,
     ) -> Plan {
         let h = jitter(t);
+        let Some(pi) = self.parent_idx(p).filter(|&pi| pi != T) else {
+            return Plan::Range(0);
+        };
         if index.is_none() || index == Some(0) {
             // Appending (the common case) after the last sibling other than
             // node, or prepending before the first.
             let up = index.is_none();
-            if let Some((k, n)) = self.extreme(p, up) {
+            if let Some((k, n)) = self.extreme(pi, up) {
                 if Some(n) == node {
                     return Plan::Nothing;
                 }
                 return step_key(&k, up, h);
             }
         }
-        let sorted = self.sorted_kids(p);
-        let lst: &[(String, Node)] = &sorted;
+        let lst = self.sorted_idx(pi);
         let mut j: Option<usize> = None;
-        if let Some(nd) = node {
-            if self.parent.get(&nd) == Some(&p) {
-                let k = &self.kids[&p][&nd];
-                j = Some(bisect(lst, k, nd));
+        if let Some(ni) = node.and_then(|nd| self.present(nd)) {
+            if self.up[ni as usize] == pi {
+                j = Some(bisect(&lst, &self.key[ni as usize], self.ids[ni as usize]));
             }
         }
         let others = lst.len() - usize::from(j.is_some());
@@ -962,7 +1152,7 @@ impl TreeState {
         let mut stack: Vec<Node> = self.sorted_kids(ROOT).into_iter().rev().map(|e| e.1).collect();
         while let Some(n) = stack.pop() {
             out.push(n);
-            if self.kids.contains_key(&n) {
+            if self.has_kids(n) {
                 stack.extend(self.sorted_kids(n).into_iter().rev().map(|e| e.1));
             }
         }
@@ -980,8 +1170,20 @@ impl TreeState {
         log: Vec<Entry>,
         trim_at: usize,
     ) {
-        for (n, p, k) in nodes {
-            self.place(n, p, k);
+        let idx: Vec<(u32, u32, String)> = nodes
+            .into_iter()
+            .map(|(n, p, k)| {
+                let ni = self.intern(n);
+                let pi = match p {
+                    ROOT => R,
+                    TRASH => T,
+                    _ => self.intern(p),
+                };
+                (ni, pi, k)
+            })
+            .collect();
+        for (ni, pi, k) in idx {
+            self.attach(ni, pi, k, false);
         }
         self.order.clear();
         self.last = last;
@@ -1040,14 +1242,18 @@ mod tests {
             mv(2, 3, b, a, "a0"),
         ];
         let st = fold(&ops);
-        assert_eq!(st.parent[&a], b);
-        assert_eq!(st.parent[&b], ROOT);
+        assert_eq!(st.parent_of(a), Some(b));
+        assert_eq!(st.parent_of(b), Some(ROOT));
         assert_eq!(st.log[3].old, SKIPPED);
         // Any arrival order gives the same state.
         let mut st2 = TreeState::new();
         st2.integrate(vec![ops[3].clone(), ops[2].clone()], false, false).unwrap();
         st2.integrate(vec![ops[1].clone(), ops[0].clone()], false, false).unwrap();
-        assert_eq!(st2.parent, st.parent);
+        let sorted = |mut v: Vec<(Node, Node)>| {
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(st2.nodes()), sorted(st.nodes()));
         assert_eq!(st2.log, st.log);
     }
 
@@ -1057,11 +1263,11 @@ mod tests {
         let c = id("2:5");
         let mut st = TreeState::new();
         st.integrate(vec![mv(2, 6, a, ROOT, "a5")], false, false).unwrap();
-        assert!(st.parent.is_empty());
+        assert_eq!(st.node_count(), 0);
         st.integrate(vec![create(1, 1, ROOT, "a0"), create(2, 5, a, "a0")], false, false)
             .unwrap();
-        assert_eq!(st.parent[&a], ROOT);
-        assert_eq!(st.parent[&c], a);
+        assert_eq!(st.parent_of(a), Some(ROOT));
+        assert_eq!(st.parent_of(c), Some(a));
         assert_eq!(st.key_of(a), Some("a5"));
     }
 
@@ -1073,7 +1279,7 @@ mod tests {
         st.truncate_at(5 << 64);
         let r = st.integrate(vec![create(3, 2, ROOT, "a1")], false, true);
         assert_eq!(r, Err(Refusal::Stale));
-        assert_eq!(st.parent.len(), 1);
+        assert_eq!(st.node_count(), 1);
     }
 
     #[test]
@@ -1085,20 +1291,32 @@ mod tests {
         st.apply_local(b, b, ROOT, "a5".into(), true);
         // A cycle and an unknown parent go to Python (which raises).
         st.apply_local(3 << 64 | 7, id("7:3"), a, "a0".into(), true);
-        assert_eq!(st.move_local(a, id("7:3"), None, 7), Err(()));
-        assert_eq!(st.move_local(a, id("9:9"), None, 7), Err(()));
+        assert_eq!(st.move_local(a, id("7:3"), None, 7), Err(5));
+        assert_eq!(st.move_local(a, a, None, 7), Err(4));
+        assert_eq!(st.move_local(a, id("9:9"), None, 7), Err(3));
+        assert_eq!(st.move_local(id("9:9"), a, None, 7), Err(1));
         assert_eq!(st.move_local(id("7:3"), a, None, 7), Ok(Plan::Nothing));
-        let before = (st.parent.clone(), st.kids.clone(), st.log.clone(), st.clock);
+        let snap = |st: &TreeState| {
+            let mut nodes = st.nodes();
+            nodes.sort();
+            let mut kids = st.kids_all();
+            kids.sort();
+            for (_, d) in kids.iter_mut() {
+                d.sort();
+            }
+            (nodes, kids, st.log.clone(), st.clock)
+        };
+        let before = snap(&st);
         let Ok(Plan::Key(k)) = st.move_local(a, ROOT, None, 7) else {
             panic!("appending is a plain key")
         };
         assert!(k.as_str() > "a5");
-        assert_eq!(st.parent[&a], ROOT);
+        assert_eq!(st.parent_of(a), Some(ROOT));
         assert_eq!(st.clock, 4);
         assert!(st.rollback_local());
-        assert_eq!((st.parent.clone(), st.kids.clone(), st.log.clone(), st.clock), before);
+        assert_eq!(snap(&st), before);
         // Out of range goes to Python; index 0 prepends.
-        assert_eq!(st.move_local(b, ROOT, Some(5), 7), Err(()));
+        assert_eq!(st.move_local(b, ROOT, Some(5), 7), Err(0));
         let Ok(Plan::Key(k)) = st.move_local(b, ROOT, Some(0), 7) else {
             panic!("prepending is a plain key")
         };
