@@ -986,7 +986,6 @@ class _TreeState:
         assert fresh.last == self.last, "writers' clocks differ from the operations'"
 
 
-
 # --------------------------------------------------------------------------------
 # The same state in Rust (crdtsync._native.TreeCore), when the extension is built
 
@@ -1096,6 +1095,8 @@ class _LogView(Sequence[_Entry]):
 
     def __eq__(self, other: object) -> bool:
         return list(self) == other
+
+    __hash__ = None  # type: ignore[assignment] - compared by value, like a list
 
 
 class _NativeState:
@@ -1267,9 +1268,7 @@ class _NativeState:
             # _TreeState.key_for prepends for anything equal to 0 when there
             # are siblings, and refuses every other non-int.
             if not (index == 0 and self.core.has_kids(p)):
-                raise InvalidOperationError(
-                    f"indexes are int or None, not {type(index).__name__}"
-                )
+                raise InvalidOperationError(f"indexes are int or None, not {type(index).__name__}")
             index = 0
         r = self.core.key_for(p, node, index, t, new_id)
         if r is None or type(r) is str:
@@ -1289,9 +1288,7 @@ class _NativeState:
 
     def snapshot(self) -> dict[str, tuple[str | None, str]]:
         kids = self.core.kids_dict()
-        return {
-            n: (p, "" if p == TRASH else kids[p][n]) for n, p in self.core.parent_items()
-        }
+        return {n: (p, "" if p == TRASH else kids[p][n]) for n, p in self.core.parent_items()}
 
     def mirror(self) -> _TreeState:
         """A pure-Python copy (for checks and tests)."""

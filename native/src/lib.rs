@@ -1387,19 +1387,19 @@ impl PyTreeCore {
     #[getter]
     fn recent(&self) -> StdHashMap<String, String> {
         self.st
-            .recent
-            .iter()
-            .map(|(p, n)| (ctree::node_str(*p), ctree::node_str(*n)))
+            .recent_pairs()
+            .into_iter()
+            .map(|(p, n)| (ctree::node_str(p), ctree::node_str(n)))
             .collect()
     }
 
     #[setter]
     fn set_recent(&mut self, recent: StdHashMap<String, String>) -> PyResult<()> {
-        let mut r = std::collections::HashMap::new();
+        let mut pairs = Vec::with_capacity(recent.len());
         for (p, n) in recent {
-            r.insert(node_arg(&p)?, node_arg(&n)?);
+            pairs.push((node_arg(&p)?, node_arg(&n)?));
         }
-        self.st.recent = r;
+        self.st.set_recent(pairs);
         Ok(())
     }
 }

@@ -155,17 +155,34 @@ fn int_len(head: u8) -> usize {
     }
 }
 
-fn pow62(k: usize) -> i128 {
-    let mut p: i128 = 1;
-    for _ in 0..k {
-        p *= 62;
+/// `_POW62`: `62**k` for the integer parts stepped here.
+const POW62: [i128; MAX_INT_DIGITS + 2] = {
+    let mut t = [1i128; MAX_INT_DIGITS + 2];
+    let mut k = 1;
+    while k < t.len() {
+        t[k] = t[k - 1] * 62;
+        k += 1;
     }
-    p
+    t
+};
+
+/// `_INT_BASE`: the first value of the positive head with `k + 1` digits.
+const INT_BASE: [i128; MAX_INT_DIGITS + 2] = {
+    let mut t = [0i128; MAX_INT_DIGITS + 2];
+    let mut k = 1;
+    while k < t.len() {
+        t[k] = t[k - 1] + POW62[k];
+        k += 1;
+    }
+    t
+};
+
+fn pow62(k: usize) -> i128 {
+    POW62[k]
 }
 
-/// `_INT_BASE[k]`: the first value of the positive head with `k + 1` digits.
 fn int_base(k: usize) -> i128 {
-    (1..=k).map(pow62).sum()
+    INT_BASE[k]
 }
 
 /// `_int_value`, for integer parts of at most [`MAX_INT_DIGITS`] digits.
@@ -312,7 +329,7 @@ struct LocalUndo {
     clock: u64,
     last: Option<u64>,
     parent: Node,
-    recent: Option<Option<Node>>,
+    recent: Option<u32>,
 }
 
 /// No parent: the node is not in the state (its creation is unknown or undone).
@@ -347,7 +364,9 @@ pub struct TreeState {
     pub last: HashMap<u64, u64>,
     pub clock: u64,
     pub trashed: usize,
-    pub recent: HashMap<Node, Node>,
+    /// `recent`: per parent index, the node a local operation last put there
+    /// (an index, `NONE` if none).
+    recent: Vec<u32>,
     pub trim_at: usize,
     /// The truncation policy: clock steps always kept, and how far behind a
     /// known writer stops holding truncation back ([`WINDOW`], [`HORIZON`];
@@ -389,7 +408,7 @@ impl TreeState {
             last: HashMap::new(),
             clock: 0,
             trashed: 0,
-            recent: HashMap::new(),
+            recent: vec![NONE, NONE],
             trim_at: (window + (window >> 2)) as usize,
             window,
             horizon,
@@ -438,7 +457,32 @@ impl TreeState {
         self.key.push(String::new());
         self.kids.push(Vec::new());
         self.slot.push(0);
+        self.recent.push(NONE);
         i
+    }
+
+    /// `recent`: `(parent, node)` pairs.
+    pub fn recent_pairs(&self) -> Vec<(Node, Node)> {
+        (0..self.ids.len())
+            .filter(|&i| self.recent[i] != NONE)
+            .map(|i| (self.ids[i], self.ids[self.recent[i] as usize]))
+            .collect()
+    }
+
+    /// Replace `recent` (a rebuilt state keeps its predecessor's).
+    pub fn set_recent(&mut self, pairs: Vec<(Node, Node)>) {
+        for r in self.recent.iter_mut() {
+            *r = NONE;
+        }
+        for (p, n) in pairs {
+            let pi = match p {
+                ROOT => R,
+                TRASH => continue,
+                _ => self.intern(p),
+            };
+            let ni = self.intern(n);
+            self.recent[pi as usize] = ni;
+        }
     }
 
     /// Put node `i` under `p` with key `k`. Remote operations drop `p`'s
@@ -681,8 +725,8 @@ impl TreeState {
             let old = self.ids[self.up[ni as usize] as usize];
             (ni, old, self.detach(ni, true))
         };
-        if p != TRASH && set_recent {
-            self.recent.insert(p, n);
+        if pi != T && set_recent {
+            self.recent[pi as usize] = ni;
         }
         self.attach(ni, pi, k.clone(), true);
         self.log.push(Entry {
@@ -790,7 +834,8 @@ impl TreeState {
             clock: self.clock,
             last: self.last.get(&(t as u64)).copied(),
             parent: p,
-            recent: set_recent.then(|| self.recent.get(&p).copied()),
+            recent: set_recent
+                .then(|| self.idx(p).map_or(NONE, |pi| self.recent[pi as usize])),
         });
         // (Tree.move's fast path records the insert only for moves at an
         // index: key_for's bias reads it only for those.)
@@ -813,11 +858,8 @@ impl TreeState {
             Some(l) => self.last.insert(w, l),
             None => self.last.remove(&w),
         };
-        if let Some(r) = u.recent {
-            match r {
-                Some(n) => self.recent.insert(u.parent, n),
-                None => self.recent.remove(&u.parent),
-            };
+        if let (Some(r), Some(pi)) = (u.recent, self.idx(u.parent)) {
+            self.recent[pi as usize] = r;
         }
         true
     }
@@ -1130,7 +1172,9 @@ impl TreeState {
             hi = (ri < lst.len()).then(|| lst[ri].0.as_str());
         }
         let mut bias: i8 = 0;
-        if let Some(&last) = self.recent.get(&p) {
+        let last = self.recent[pi as usize];
+        if last != NONE {
+            let last = self.ids[last as usize];
             if Some(last) != node {
                 if index > 0 && lst[li].1 == last {
                     bias = 1; // right after the previous insert: typing forward
