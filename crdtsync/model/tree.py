@@ -1010,7 +1010,7 @@ class _ParentView(Mapping[str, str]):
             raise KeyError(n)
         return str(p)
 
-    def get(self, n: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, n: str, default: Any = None) -> Any:
         p = self._core.parent_of(n) if type(n) is str else None
         return default if p is None else p
 
@@ -1096,7 +1096,8 @@ class _LogView(Sequence[_Entry]):
     def __eq__(self, other: object) -> bool:
         return list(self) == other
 
-    __hash__ = None  # type: ignore[assignment] - compared by value, like a list
+    # Compared by value, like a list: unhashable like one.
+    __hash__ = None  # type: ignore[assignment]
 
 
 class _NativeState:
