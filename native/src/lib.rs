@@ -1025,17 +1025,20 @@ impl PyTreeCore {
             return Ok(slow());
         };
         let st = &mut self.st;
-        match tree_guard(py, || st.move_local(n, p, index, wid))? {
+        let mut entry = String::new();
+        match tree_guard(py, || st.move_local(n, p, index, wid, &mut entry))? {
             Err(0) => Ok(slow()),
             Err(code) => Ok(code.into_pyobject(py)?.into_any()),
             Ok(Plan::Nothing) => Ok(py.None().into_bound(py)),
-            Ok(Plan::Key(k)) => {
-                let t = u128::from(self.st.clock) << 64 | u128::from(wid);
-                Self::written(py, t, n, p, &k, wid)
+            Ok(Plan::Key(_)) => {
+                let lam = self.st.clock.to_string();
+                Ok((lam, entry).into_pyobject(py)?.into_any())
             }
             Ok(Plan::Between(lo, hi, bias)) => {
                 let t = u128::from(self.st.clock + 1) << 64 | u128::from(wid);
-                Ok((lo, hi, bias, ctree::jitter(t)).into_pyobject(py)?.into_any())
+                Ok((lo, hi, bias, ctree::jitter(t))
+                    .into_pyobject(py)?
+                    .into_any())
             }
             Ok(Plan::Range(_)) => Ok(slow()),
         }
@@ -1091,7 +1094,9 @@ impl PyTreeCore {
         let len = self.st.log.len() as isize;
         let j = if i < 0 { i + len } else { i };
         if j < 0 || j >= len {
-            return Err(pyo3::exceptions::PyIndexError::new_err("log index out of range"));
+            return Err(pyo3::exceptions::PyIndexError::new_err(
+                "log index out of range",
+            ));
         }
         let e = &self.st.log[j as usize];
         Ok((
@@ -1143,7 +1148,10 @@ impl PyTreeCore {
         let p = node_arg(p)?;
         let st = &mut self.st;
         let lst = tree_guard(py, || st.sorted_kids(p))?;
-        Ok(lst.into_iter().map(|(k, n)| (k, ctree::node_str(n))).collect())
+        Ok(lst
+            .into_iter()
+            .map(|(k, n)| (k, ctree::node_str(n)))
+            .collect())
     }
 
     fn children(&mut self, py: Python<'_>, p: &str) -> PyResult<Vec<String>> {
@@ -1192,12 +1200,14 @@ impl PyTreeCore {
         // A negative or huge index is out of range whatever the siblings.
         let index = index.map(|i| i.extract::<u64>().unwrap_or(u64::MAX));
         let st = &mut self.st;
-        Ok(match tree_guard(py, || st.key_for(p, node, index, t, new_id))? {
-            Plan::Nothing => py.None().into_bound(py),
-            Plan::Key(k) => k.into_pyobject(py)?.into_any(),
-            Plan::Between(lo, hi, bias) => (lo, hi, bias).into_pyobject(py)?.into_any(),
-            Plan::Range(others) => others.into_pyobject(py)?.into_any(),
-        })
+        Ok(
+            match tree_guard(py, || st.key_for(p, node, index, t, new_id))? {
+                Plan::Nothing => py.None().into_bound(py),
+                Plan::Key(k) => k.into_pyobject(py)?.into_any(),
+                Plan::Between(lo, hi, bias) => (lo, hi, bias).into_pyobject(py)?.into_any(),
+                Plan::Range(others) => others.into_pyobject(py)?.into_any(),
+            },
+        )
     }
 
     fn apply_local(
@@ -1231,16 +1241,18 @@ impl PyTreeCore {
             parsed.push((t, node_arg(&n)?, node_arg(&p)?, k));
         }
         let st = &mut self.st;
-        Ok(match tree_guard(py, || st.integrate(parsed, want_old, trim))? {
-            Ok((changed, olds)) => (
-                u8::from(changed),
-                olds.into_iter()
-                    .map(|(n, p, k)| (ctree::node_str(n), p.map(ctree::node_str), k))
-                    .collect(),
-            ),
-            Err(Refusal::Conflict) => (2, Vec::new()),
-            Err(Refusal::Stale) => (3, Vec::new()),
-        })
+        Ok(
+            match tree_guard(py, || st.integrate(parsed, want_old, trim))? {
+                Ok((changed, olds)) => (
+                    u8::from(changed),
+                    olds.into_iter()
+                        .map(|(n, p, k)| (ctree::node_str(n), p.map(ctree::node_str), k))
+                        .collect(),
+                ),
+                Err(Refusal::Conflict) => (2, Vec::new()),
+                Err(Refusal::Stale) => (3, Vec::new()),
+            },
+        )
     }
 
     fn truncate(&mut self, py: Python<'_>) -> PyResult<()> {
@@ -1326,7 +1338,10 @@ impl PyTreeCore {
             .order_all()
             .into_iter()
             .map(|(p, l)| {
-                let lst = l.into_iter().map(|(k, n)| (k, ctree::node_str(n))).collect();
+                let lst = l
+                    .into_iter()
+                    .map(|(k, n)| (k, ctree::node_str(n)))
+                    .collect();
                 (ctree::node_str(p), lst)
             })
             .collect()

@@ -215,17 +215,24 @@ fn digits(mut x: i128, n: usize) -> Vec<u8> {
 /// `_int_part`, when the result has at most [`MAX_INT_DIGITS`] digits.
 fn int_part(v: i128) -> Option<String> {
     let (head, body) = if v >= 0 {
-        let k = (0..=MAX_INT_DIGITS).take_while(|&k| int_base(k) <= v).last()?;
+        let k = (0..=MAX_INT_DIGITS)
+            .take_while(|&k| int_base(k) <= v)
+            .last()?;
         if k + 1 > MAX_INT_DIGITS || int_base(k + 1) <= v {
             return None;
         }
         (b'a' + k as u8, digits(v - int_base(k), k + 1))
     } else {
-        let k = (0..=MAX_INT_DIGITS).take_while(|&k| int_base(k) < -v).last()?;
+        let k = (0..=MAX_INT_DIGITS)
+            .take_while(|&k| int_base(k) < -v)
+            .last()?;
         if k + 1 > MAX_INT_DIGITS || int_base(k + 1) < -v {
             return None;
         }
-        (b'Z' - k as u8, digits(v + int_base(k) + pow62(k + 1), k + 1))
+        (
+            b'Z' - k as u8,
+            digits(v + int_base(k) + pow62(k + 1), k + 1),
+        )
     };
     let mut s = String::with_capacity(body.len() + 1);
     s.push(head as char);
@@ -246,7 +253,10 @@ fn key_between_simple(a: Option<&str>, b: Option<&str>, jit: u64) -> Option<Stri
             }
             int_part(int_value(ib.as_bytes())? - steps)
         }
-        (Some(a), None) => int_part(int_value(a[..int_len(a.as_bytes()[0])].as_bytes())? + steps),
+        (Some(a), None) => {
+            let ab = a.as_bytes();
+            int_part(int_value(&ab[..int_len(ab[0])])? + steps)
+        }
         (Some(_), Some(_)) => None,
     }
 }
@@ -283,6 +293,20 @@ fn step_key(k: &str, up: bool, h: u64) -> Plan {
     match key_between_simple(None, Some(k), h) {
         Some(out) => Plan::Key(out),
         None => Plan::Between(None, Some(k.to_string()), 0),
+    }
+}
+
+/// Appends how writer `wid` refers to `n` in an entry: its clock alone for
+/// its own nodes, `""` for the top level (`_Binding.ref`).
+fn write_ref(out: &mut String, n: Node, wid: u64) {
+    use std::fmt::Write;
+    if n == ROOT {
+        return;
+    }
+    if n as u64 == wid {
+        let _ = write!(out, "{}", (n >> 64) as u64);
+    } else {
+        let _ = write!(out, "{}:{}", n as u64, (n >> 64) as u64);
     }
 }
 
@@ -540,7 +564,8 @@ impl TreeState {
 
     /// The parent of node `n`, if it is in the state.
     pub fn parent_of(&self, n: Node) -> Option<Node> {
-        self.present(n).map(|i| self.ids[self.up[i as usize] as usize])
+        self.present(n)
+            .map(|i| self.ids[self.up[i as usize] as usize])
     }
 
     /// Whether node `n` is in the state (live or deleted).
@@ -607,7 +632,8 @@ impl TreeState {
     }
 
     pub fn has_kids(&self, n: Node) -> bool {
-        self.idx(n).is_some_and(|i| !self.kids[i as usize].is_empty())
+        self.idx(n)
+            .is_some_and(|i| !self.kids[i as usize].is_empty())
     }
 
     fn log_push(&mut self, e: Entry) {
@@ -638,7 +664,11 @@ impl TreeState {
                 return self.skip(t, n, p, k);
             };
             let ni = self.intern(n);
-            let kept = if self.logging { k.clone() } else { String::new() };
+            let kept = if self.logging {
+                k.clone()
+            } else {
+                String::new()
+            };
             self.attach(ni, pi, k, false);
             return self.log_push(Entry {
                 t,
@@ -664,7 +694,11 @@ impl TreeState {
         }
         let old = self.ids[self.up[ni as usize] as usize];
         let oldk = self.detach(ni, false);
-        let kept = if self.logging { k.clone() } else { String::new() };
+        let kept = if self.logging {
+            k.clone()
+        } else {
+            String::new()
+        };
         self.attach(ni, pi, k, false);
         self.log_push(Entry {
             t,
@@ -710,20 +744,27 @@ impl TreeState {
         create: bool,
         set_recent: bool,
     ) {
-        let lam = (t >> 64) as u64;
-        self.clock = lam;
-        self.last.insert(t as u64, lam);
         let pi = match p {
             ROOT => R,
             TRASH => T,
             _ => self.intern(p),
         };
-        let (ni, old, oldk) = if create {
-            (self.intern(n), ABSENT, String::new())
+        let ni = self.intern(n);
+        self.apply_at(t, ni, pi, k, create, set_recent);
+    }
+
+    /// `apply_local` on node and parent indexes.
+    fn apply_at(&mut self, t: u128, ni: u32, pi: u32, k: String, create: bool, set_recent: bool) {
+        let lam = (t >> 64) as u64;
+        self.clock = lam;
+        self.last.insert(t as u64, lam);
+        let n = self.ids[ni as usize];
+        let p = self.ids[pi as usize];
+        let (old, oldk) = if create {
+            (ABSENT, String::new())
         } else {
-            let ni = self.ix[&n];
             let old = self.ids[self.up[ni as usize] as usize];
-            (ni, old, self.detach(ni, true))
+            (old, self.detach(ni, true))
         };
         if pi != T && set_recent {
             self.recent[pi as usize] = ni;
@@ -766,12 +807,17 @@ impl TreeState {
     /// `Ok(Plan::Key(k))` when the move is applied (`k` its key);
     /// `Ok(Plan::Between(..))` when Python must compute the key, then call
     /// [`Self::finish_move`].
+    ///
+    /// An applied move's entry, `"<node> <parent> <key>"` as writer `wid`
+    /// refers to them, is written into `entry` (then `Plan::Key` holds an
+    /// empty string: the key is in the entry).
     pub fn move_local(
         &mut self,
         node: Node,
         parent: Node,
         index: Option<u64>,
         wid: u64,
+        entry: &mut String,
     ) -> Result<Plan, u8> {
         let Some(ni) = self.present(node) else {
             return Err(1);
@@ -806,13 +852,18 @@ impl TreeState {
             return Err(0);
         }
         let t = u128::from(lam) << 64 | u128::from(wid);
-        match self.key_for(parent, Some(node), index, t, node) {
+        match self.key_for_at(pi, Some(node), index, t, node) {
             Plan::Range(_) => Err(0),
             Plan::Nothing => Ok(Plan::Nothing),
             Plan::Key(k) => {
-                let written = Plan::Key(k.clone());
-                self.apply_move(t, node, parent, k, index.is_some());
-                Ok(written)
+                entry.clear();
+                write_ref(entry, node, wid);
+                entry.push(' ');
+                write_ref(entry, parent, wid);
+                entry.push(' ');
+                entry.push_str(&k);
+                self.apply_move(t, ni, pi, k, index.is_some());
+                Ok(Plan::Key(String::new()))
             }
             b @ Plan::Between(..) => {
                 self.pending = Some((node, parent, t, index.is_some()));
@@ -825,21 +876,23 @@ impl TreeState {
     /// Returns `(timestamp, node, parent)`, or `None` if none is waiting.
     pub fn finish_move(&mut self, key: String) -> Option<(u128, Node, Node)> {
         let (n, p, t, set_recent) = self.pending.take()?;
-        self.apply_move(t, n, p, key, set_recent);
+        let ni = self.present(n)?;
+        let pi = self.parent_idx(p)?;
+        self.apply_move(t, ni, pi, key, set_recent);
         Some((t, n, p))
     }
 
-    fn apply_move(&mut self, t: u128, n: Node, p: Node, k: String, set_recent: bool) {
+    /// A checked local move of node index `ni` under parent index `pi`.
+    fn apply_move(&mut self, t: u128, ni: u32, pi: u32, k: String, set_recent: bool) {
         self.undo_local = Some(LocalUndo {
             clock: self.clock,
             last: self.last.get(&(t as u64)).copied(),
-            parent: p,
-            recent: set_recent
-                .then(|| self.idx(p).map_or(NONE, |pi| self.recent[pi as usize])),
+            parent: self.ids[pi as usize],
+            recent: set_recent.then(|| self.recent[pi as usize]),
         });
         // (Tree.move's fast path records the insert only for moves at an
         // index: key_for's bias reads it only for those.)
-        self.apply_local_with(t, n, p, k, false, set_recent);
+        self.apply_at(t, ni, pi, k, false, set_recent);
     }
 
     /// Take back the last local move (its engine write failed). Returns
@@ -965,7 +1018,7 @@ impl TreeState {
             }
             back.reverse();
             back.append(&mut redo);
-            back.sort_by(|a, b| a.0.cmp(&b.0));
+            back.sort_by_key(|op| op.0);
             redo = back;
         }
         let mut start = 0;
@@ -1058,13 +1111,16 @@ impl TreeState {
     }
 
     /// The last (`up`) or first sibling under `pi`: `(key, node)`, if any.
-    fn extreme(&mut self, pi: u32, up: bool) -> Option<(String, Node)> {
+    fn extreme(&mut self, pi: u32, up: bool) -> Option<(&str, Node)> {
+        if !self.order.contains_key(&pi) && self.kids[pi as usize].len() > FEW {
+            self.sorted_idx(pi); // cached from now on
+        }
         if !self.order.contains_key(&pi) {
             let d = &self.kids[pi as usize];
             if d.is_empty() {
                 return None;
             }
-            if d.len() <= FEW {
+            {
                 // A few siblings (most parents): scanned, not sorted.
                 let pick = if up {
                     Ordering::Greater
@@ -1078,13 +1134,12 @@ impl TreeState {
                         best = c;
                     }
                 }
-                return Some((self.key[best].clone(), self.ids[best]));
+                return Some((self.key[best].as_str(), self.ids[best]));
             }
-            self.sorted_idx(pi); // cached from now on
         }
         let set = &self.order[&pi];
         let s = if up { set.last() } else { set.first() }?;
-        Some((s.0.clone(), s.1))
+        Some((s.0.as_str(), s.1))
     }
 
     /// `top`: `ROOT` if `n` is live, `TRASH` if deleted.
@@ -1113,10 +1168,22 @@ impl TreeState {
         t: u128,
         new_id: Node,
     ) -> Plan {
+        match self.parent_idx(p).filter(|&pi| pi != T) {
+            Some(pi) => self.key_for_at(pi, node, index, t, new_id),
+            None => Plan::Range(0),
+        }
+    }
+
+    /// [`Self::key_for`] under parent index `pi`.
+    fn key_for_at(
+        &mut self,
+        pi: u32,
+        node: Option<Node>,
+        index: Option<u64>,
+        t: u128,
+        new_id: Node,
+    ) -> Plan {
         let h = jitter(t);
-        let Some(pi) = self.parent_idx(p).filter(|&pi| pi != T) else {
-            return Plan::Range(0);
-        };
         if index.is_none() || index == Some(0) {
             // Appending (the common case) after the last sibling other than
             // node, or prepending before the first.
@@ -1125,7 +1192,7 @@ impl TreeState {
                 if Some(n) == node {
                     return Plan::Nothing;
                 }
-                return step_key(&k, up, h);
+                return step_key(k, up, h);
             }
         }
         let lst = self.sorted_idx(pi);
@@ -1193,7 +1260,12 @@ impl TreeState {
     /// Every live node, depth first, parents before children, siblings in order.
     pub fn walk(&mut self) -> Vec<Node> {
         let mut out = Vec::new();
-        let mut stack: Vec<Node> = self.sorted_kids(ROOT).into_iter().rev().map(|e| e.1).collect();
+        let mut stack: Vec<Node> = self
+            .sorted_kids(ROOT)
+            .into_iter()
+            .rev()
+            .map(|e| e.1)
+            .collect();
         while let Some(n) = stack.pop() {
             out.push(n);
             if self.has_kids(n) {
@@ -1266,7 +1338,16 @@ mod tests {
         for s in ["1:1", "0:5", "9999999999999999:9007199254740992", "12:34"] {
             assert_eq!(node_str(id(s)), s);
         }
-        for s in ["01:1", "1:01", "1", ":1", "1:", "a:1", "1:1:1", "99999999999999999:1"] {
+        for s in [
+            "01:1",
+            "1:01",
+            "1",
+            ":1",
+            "1:",
+            "a:1",
+            "1:1:1",
+            "99999999999999999:1",
+        ] {
             assert_eq!(parse_node(s), None, "{s}");
         }
         assert_eq!(parse_node(""), Some(ROOT));
@@ -1291,8 +1372,10 @@ mod tests {
         assert_eq!(st.log[3].old, SKIPPED);
         // Any arrival order gives the same state.
         let mut st2 = TreeState::new();
-        st2.integrate(vec![ops[3].clone(), ops[2].clone()], false, false).unwrap();
-        st2.integrate(vec![ops[1].clone(), ops[0].clone()], false, false).unwrap();
+        st2.integrate(vec![ops[3].clone(), ops[2].clone()], false, false)
+            .unwrap();
+        st2.integrate(vec![ops[1].clone(), ops[0].clone()], false, false)
+            .unwrap();
         let sorted = |mut v: Vec<(Node, Node)>| {
             v.sort();
             v
@@ -1306,10 +1389,15 @@ mod tests {
         let a = id("1:1");
         let c = id("2:5");
         let mut st = TreeState::new();
-        st.integrate(vec![mv(2, 6, a, ROOT, "a5")], false, false).unwrap();
-        assert_eq!(st.node_count(), 0);
-        st.integrate(vec![create(1, 1, ROOT, "a0"), create(2, 5, a, "a0")], false, false)
+        st.integrate(vec![mv(2, 6, a, ROOT, "a5")], false, false)
             .unwrap();
+        assert_eq!(st.node_count(), 0);
+        st.integrate(
+            vec![create(1, 1, ROOT, "a0"), create(2, 5, a, "a0")],
+            false,
+            false,
+        )
+        .unwrap();
         assert_eq!(st.parent_of(a), Some(ROOT));
         assert_eq!(st.parent_of(c), Some(a));
         assert_eq!(st.key_of(a), Some("a5"));
@@ -1333,13 +1421,17 @@ mod tests {
         let b = id("7:2");
         st.apply_local(a, a, ROOT, "a0".into(), true);
         st.apply_local(b, b, ROOT, "a5".into(), true);
-        // A cycle and an unknown parent go to Python (which raises).
+        let mut e = String::new();
+        // Refusals: their codes (Python raises the errors).
         st.apply_local(3 << 64 | 7, id("7:3"), a, "a0".into(), true);
-        assert_eq!(st.move_local(a, id("7:3"), None, 7), Err(5));
-        assert_eq!(st.move_local(a, a, None, 7), Err(4));
-        assert_eq!(st.move_local(a, id("9:9"), None, 7), Err(3));
-        assert_eq!(st.move_local(id("9:9"), a, None, 7), Err(1));
-        assert_eq!(st.move_local(id("7:3"), a, None, 7), Ok(Plan::Nothing));
+        assert_eq!(st.move_local(a, id("7:3"), None, 7, &mut e), Err(5));
+        assert_eq!(st.move_local(a, a, None, 7, &mut e), Err(4));
+        assert_eq!(st.move_local(a, id("9:9"), None, 7, &mut e), Err(3));
+        assert_eq!(st.move_local(id("9:9"), a, None, 7, &mut e), Err(1));
+        assert_eq!(
+            st.move_local(id("7:3"), a, None, 7, &mut e),
+            Ok(Plan::Nothing)
+        );
         let snap = |st: &TreeState| {
             let mut nodes = st.nodes();
             nodes.sort();
@@ -1351,33 +1443,64 @@ mod tests {
             (nodes, kids, st.log.clone(), st.clock)
         };
         let before = snap(&st);
-        let Ok(Plan::Key(k)) = st.move_local(a, ROOT, None, 7) else {
+        let Ok(Plan::Key(_)) = st.move_local(a, ROOT, None, 7, &mut e) else {
             panic!("appending is a plain key")
         };
-        assert!(k.as_str() > "a5");
+        let k = e
+            .strip_prefix("1  ")
+            .expect("the entry of 7:1 moved to the top level");
+        assert!(k > "a5");
         assert_eq!(st.parent_of(a), Some(ROOT));
         assert_eq!(st.clock, 4);
         assert!(st.rollback_local());
         assert_eq!(snap(&st), before);
         // Out of range goes to Python; index 0 prepends.
-        assert_eq!(st.move_local(b, ROOT, Some(5), 7), Err(0));
-        let Ok(Plan::Key(k)) = st.move_local(b, ROOT, Some(0), 7) else {
+        assert_eq!(st.move_local(b, ROOT, Some(5), 7, &mut e), Err(0));
+        let Ok(Plan::Key(_)) = st.move_local(b, ROOT, Some(0), 7, &mut e) else {
             panic!("prepending is a plain key")
         };
-        assert!(k.as_str() < "a0");
+        let k = e
+            .strip_prefix("2  ")
+            .expect("the entry of 7:2 moved to the top level");
+        assert!(k < "a0");
     }
 
     #[test]
     fn integer_parts_step_like_python() {
         // Values from Python's key_between (crdtsync/model/tree.py).
-        assert_eq!(key_between_simple(Some("az"), None, 0).as_deref(), Some("b00"));
-        assert_eq!(key_between_simple(Some("bzz"), None, 0).as_deref(), Some("c000"));
-        assert_eq!(key_between_simple(None, Some("a0"), 0).as_deref(), Some("Zz"));
-        assert_eq!(key_between_simple(None, Some("Z0"), 1).as_deref(), Some("Yzy"));
+        assert_eq!(
+            key_between_simple(Some("az"), None, 0).as_deref(),
+            Some("b00")
+        );
+        assert_eq!(
+            key_between_simple(Some("bzz"), None, 0).as_deref(),
+            Some("c000")
+        );
+        assert_eq!(
+            key_between_simple(None, Some("a0"), 0).as_deref(),
+            Some("Zz")
+        );
+        assert_eq!(
+            key_between_simple(None, Some("Z0"), 1).as_deref(),
+            Some("Yzy")
+        );
         assert_eq!(key_between_simple(None, None, 17).as_deref(), Some("a1"));
         assert_eq!(key_between_simple(Some("a1"), Some("a3"), 0), None);
         assert_eq!(key_between_simple(None, Some(SMALLEST_INT), 0), None);
-        for v in [-300_000i128, -3845, -3844, -63, -62, -1, 0, 61, 62, 3905, 3906, 250_000] {
+        for v in [
+            -300_000i128,
+            -3845,
+            -3844,
+            -63,
+            -62,
+            -1,
+            0,
+            61,
+            62,
+            3905,
+            3906,
+            250_000,
+        ] {
             let s = int_part(v).unwrap();
             assert_eq!(int_value(s.as_bytes()), Some(v), "{s}");
         }
