@@ -1063,7 +1063,8 @@ class _KidsView(Mapping[str, Mapping[str, str]]):
         self._core = core
 
     def __getitem__(self, p: str) -> Mapping[str, str]:
-        if type(p) is not str or self._core.kids_of(p) is None:
+        # (Not kids_of: that copies the children, and a save asks once per node.)
+        if type(p) is not str or (p != ROOT and not self._core.contains(p)):
             raise KeyError(p)
         return _SiblingView(self._core, p)
 

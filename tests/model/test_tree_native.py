@@ -212,6 +212,13 @@ def _run(monkeypatch: pytest.MonkeyPatch, program: list[tuple[Any, ...]]) -> Non
             b = w.tree(i)._binding()
             assert b is not None
             b.check(deep=True)
+    # A save of either loads (its saved shape handed to this run's state) as the same tree.
+    for w in (pure, native):
+        loaded = Doc.load(w.docs[0].save())
+        assert loaded.tree("t").to_py() == trees[0]
+        b = loaded.tree("t")._binding()
+        assert b is not None
+        b.check(deep=True)
 
 
 _SETTINGS = settings(
