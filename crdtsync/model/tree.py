@@ -1211,20 +1211,23 @@ class _NativeState:
 
     def apply_local_reported(self, op: _Op, create: bool, out: list[TreeChange]) -> None:
         """:meth:`_TreeState.apply_local_reported` on the native state."""
+        # (Indexes by rank in Rust: copying a big parent's children would cost
+        # them all on every move.)
         _, n, p, k = op
+        core = self.core
         if create:
             self.apply_local(op, True)
-            i = bisect_left(self.core.sorted_kids(p), (k, n))
+            i = core.rank(p, k, n)
             out.append(TreeChange("create", n, new_parent=p or None, new_index=i))
             return
-        old = str(self.core.parent_of(n))
+        old = str(core.parent_of(n))
         oldk = self.key_of(n)  # local operations only touch live nodes
-        j = bisect_left(self.core.sorted_kids(old), (oldk, n))
+        j = core.rank(old, oldk, n)
         self.apply_local(op, False)
         if p == TRASH:
             out.append(TreeChange("delete", n, old_parent=old or None, old_index=j))
             return
-        i = bisect_left(self.core.sorted_kids(p), (k, n))
+        i = core.rank(p, k, n)
         out.append(TreeChange("move", n, old or None, j, p or None, i))
 
     def integrate(

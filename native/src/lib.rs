@@ -1109,6 +1109,14 @@ impl PyTreeCore {
         ))
     }
 
+    /// How many children of `p` sort before `(k, n)` (`bisect_left` on `sorted_kids`).
+    fn rank(&self, py: Python<'_>, p: &str, k: &str, n: &str) -> PyResult<usize> {
+        let p = node_arg(p)?;
+        let n = node_arg(n)?;
+        let st = &self.st;
+        tree_guard(py, || st.rank(p, k, n))
+    }
+
     fn contains(&self, n: &str) -> bool {
         ctree::parse_node(n).is_some_and(|n| self.st.contains(n))
     }

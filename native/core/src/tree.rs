@@ -1142,6 +1142,24 @@ impl TreeState {
         Some((s.0.as_str(), s.1))
     }
 
+    /// `bisect_left(sorted_kids(p), (k, n))`: how many children of `p` sort
+    /// before `(k, n)` (the index a change event reports), without copying them.
+    pub fn rank(&self, p: Node, k: &str, n: Node) -> usize {
+        let Some(pi) = self.parent_idx(p).filter(|&pi| pi != T) else {
+            return 0;
+        };
+        if let Some(set) = self.order.get(&pi) {
+            return set.range(..Sib(k.to_string(), n)).count();
+        }
+        self.kids[pi as usize]
+            .iter()
+            .filter(|&&c| {
+                let c = c as usize;
+                cmp_kn(&self.key[c], self.ids[c], k, n) == Ordering::Less
+            })
+            .count()
+    }
+
     /// `top`: `ROOT` if `n` is live, `TRASH` if deleted.
     pub fn top(&self, n: Node) -> Node {
         let Some(mut i) = self.idx(n) else {
@@ -1463,6 +1481,22 @@ mod tests {
             .strip_prefix("2  ")
             .expect("the entry of 7:2 moved to the top level");
         assert!(k < "a0");
+    }
+
+    #[test]
+    fn rank_counts_the_siblings_before() {
+        let mut st = TreeState::new();
+        let keys = ["a5", "a1", "a9", "a3", "a7", "a2", "a8", "a4", "a6", "a0"];
+        for (i, k) in keys.iter().enumerate() {
+            let t = u128::from(i as u64 + 1) << 64 | 1;
+            st.apply_local(t, t, ROOT, (*k).to_string(), true);
+        }
+        let n = id("1:1");
+        assert_eq!(st.rank(ROOT, "a5", n), 5); // not cached: scanned
+        st.sorted_kids(ROOT); // more than FEW: cached as a B-tree
+        assert_eq!(st.rank(ROOT, "a5", n), 5);
+        assert_eq!(st.rank(ROOT, "a", n), 0);
+        assert_eq!(st.rank(ROOT, "b", n), 10);
     }
 
     #[test]
