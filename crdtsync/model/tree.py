@@ -113,7 +113,7 @@ import secrets
 import weakref
 from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pycrdt
@@ -124,7 +124,7 @@ from crdtsync.errors import (
     InvalidValueError,
     TreeCycleError,
 )
-from crdtsync.format import zstd
+from crdtsync.format import accel, zstd
 from crdtsync.model._engine_private import changed_entries, entry_writer, observe_entries
 from crdtsync.model.containers import KIND_KEY, Container, Map, engine_error, to_engine, wrap
 from crdtsync.model.tree_events import TreeChange, shape_changes
@@ -462,6 +462,10 @@ class _TreeState:
         "trim_at",
     )
 
+    #: The Rust state behind a :class:`_NativeState`; ``None`` here (the
+    #: pure-Python state): ``Tree.move`` takes its native hot path only with one.
+    core: Any = None
+
     def __init__(self) -> None:
         # node -> parent id (ROOT, TRASH or a node).
         self.parent: dict[str, str] = {}
@@ -490,6 +494,26 @@ class _TreeState:
         """The position key of node ``n`` (``""`` in the trash)."""
         p = self.parent[n]
         return "" if p == TRASH else self.kids[p][n]
+
+    def parent_of(self, n: str) -> str | None:
+        """The parent of ``n`` (``ROOT``, ``TRASH`` or a node), ``None`` if unknown."""
+        return self.parent.get(n)
+
+    def walk_up(self, start: str, node: str | None) -> str:
+        """Walk up from ``start`` to ``ROOT``, ``TRASH`` or ``node``; where it stopped."""
+        parent = self.parent
+        a = start
+        while a != "" and a != "-" and a != node:  # noqa: PLR1714 - not ROOT/TRASH
+            a = parent[a]
+        return a
+
+    def empty(self) -> _TreeState:
+        """A new empty state of the same kind (pure Python)."""
+        return _TreeState()
+
+    def views(self) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+        """``(parent, kids)`` as mappings, for :func:`shape_changes`."""
+        return self.parent, self.kids
 
     @property
     def positions(self) -> dict[str, str]:
@@ -963,6 +987,346 @@ class _TreeState:
 
 
 # --------------------------------------------------------------------------------
+# The same state in Rust (crdtsync._native.TreeCore), when the extension is built
+
+
+def _tree_core_class() -> Any:
+    """``crdtsync._native.TreeCore`` if the Rust core is in use, else ``None``."""
+    mod = accel.native_module()
+    return getattr(mod, "TreeCore", None) if mod is not None else None
+
+
+class _ParentView(Mapping[str, str]):
+    """``node -> parent`` of a native state, read from Rust on demand."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+
+    def __getitem__(self, n: str) -> str:
+        p = self._core.parent_of(n) if type(n) is str else None
+        if p is None:
+            raise KeyError(n)
+        return str(p)
+
+    def get(self, n: str, default: Any = None) -> Any:
+        p = self._core.parent_of(n) if type(n) is str else None
+        return default if p is None else p
+
+    def __contains__(self, n: object) -> bool:
+        return type(n) is str and bool(self._core.contains(n))
+
+    def __len__(self) -> int:
+        return int(self._core.node_count())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([n for n, _ in self._core.parent_items()])
+
+    def items(self) -> Any:
+        return dict(self._core.parent_items()).items()
+
+    def values(self) -> Any:
+        return [p for _, p in self._core.parent_items()]
+
+
+class _SiblingView(Mapping[str, str]):
+    """``child -> position key`` under one parent of a native state."""
+
+    __slots__ = ("_core", "_p")
+
+    def __init__(self, core: Any, p: str) -> None:
+        self._core = core
+        self._p = p
+
+    def __getitem__(self, n: str) -> str:
+        if type(n) is not str or self._core.parent_of(n) != self._p:
+            raise KeyError(n)
+        return str(self._core.key_of(n))
+
+    def __len__(self) -> int:
+        return len(self._core.kids_of(self._p) or ())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._core.kids_of(self._p) or {})
+
+    def items(self) -> Any:
+        return (self._core.kids_of(self._p) or {}).items()
+
+
+class _KidsView(Mapping[str, Mapping[str, str]]):
+    """``parent -> {child: position key}`` of a native state, read on demand."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+
+    def __getitem__(self, p: str) -> Mapping[str, str]:
+        # (Not kids_of: that copies the children, and a save asks once per node.)
+        if type(p) is not str or (p != ROOT and not self._core.contains(p)):
+            raise KeyError(p)
+        return _SiblingView(self._core, p)
+
+    def __len__(self) -> int:
+        return len(self._core.kids_dict())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._core.kids_dict())
+
+
+class _LogView(Sequence[_Entry]):
+    """The log of a native state, read on demand (entries as in :class:`_TreeState`)."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+
+    def __len__(self) -> int:
+        return int(self._core.log_len())
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return self._core.log_list()[i]
+        return self._core.log_entry(i)
+
+    def __iter__(self) -> Iterator[_Entry]:
+        return iter(self._core.log_list())
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == other
+
+    # Compared by value, like a list: unhashable like one.
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _NativeState:
+    """:class:`_TreeState`'s interface on the Rust port (``native/core/src/tree.rs``).
+
+    The pure-Python class stays the reference: the Rust state applies,
+    undoes, truncates and keys exactly as it does
+    (``tests/model/test_tree_native.py`` runs both on the same random
+    histories), except where a key needs ``key_between``'s arbitrary
+    precision: the Rust side hands those back and this class computes them
+    here. ``Tree.move`` calls :attr:`core` directly (one call checks, keys
+    and applies a local move); everything else comes through here.
+    """
+
+    __slots__ = ("core",)
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+
+    @classmethod
+    def from_state(cls, st: _TreeState, core_class: Any) -> _NativeState:
+        """The native twin of a pure-Python state (a saved shape :func:`_decode_shape` built)."""
+        kids = st.kids
+        core = core_class(WINDOW, HORIZON)
+        core.load(
+            [(n, p, "" if p == TRASH else kids[p][n]) for n, p in st.parent.items()],
+            st.last,
+            st.clock,
+            st.floor,
+            st.log,
+            st.trim_at,
+        )
+        core.recent = st.recent
+        return cls(core)
+
+    def empty(self) -> _NativeState:
+        """A new empty state of the same kind."""
+        return _NativeState(type(self.core)(WINDOW, HORIZON))
+
+    # -- the attributes of _TreeState, read from Rust -----------------------------------
+
+    @property
+    def parent(self) -> Mapping[str, str]:
+        return _ParentView(self.core)
+
+    @property
+    def kids(self) -> Mapping[str, Mapping[str, str]]:
+        return _KidsView(self.core)
+
+    @property
+    def order(self) -> dict[str, list[tuple[str, str]]]:
+        return dict(self.core.order_dict())
+
+    @property
+    def log(self) -> Sequence[_Entry]:
+        return _LogView(self.core)
+
+    @property
+    def floor(self) -> int:
+        return int(self.core.floor)
+
+    @property
+    def clock(self) -> int:
+        return int(self.core.clock)
+
+    @property
+    def last(self) -> dict[int, int]:
+        return dict(self.core.last)
+
+    @property
+    def trashed(self) -> int:
+        return int(self.core.trashed)
+
+    @property
+    def trim_at(self) -> int:
+        return int(self.core.trim_at)
+
+    @property
+    def recent(self) -> dict[str, str]:
+        return dict(self.core.recent)
+
+    @recent.setter
+    def recent(self, value: dict[str, str]) -> None:
+        self.core.recent = value
+
+    @property
+    def positions(self) -> dict[str, str]:
+        """Every node's position key (``""`` in the trash): for tests and checks."""
+        return {n: self.core.key_of(n) for n, _ in self.core.parent_items()}
+
+    def views(self) -> tuple[Mapping[str, str], Mapping[str, Mapping[str, str]]]:
+        """``(parent, kids)`` as mappings, for :func:`shape_changes`."""
+        return _ParentView(self.core), _KidsView(self.core)
+
+    # -- the methods of _TreeState --------------------------------------------------------
+
+    def key_of(self, n: str) -> str:
+        return str(self.core.key_of(n))
+
+    def parent_of(self, n: str) -> str | None:
+        p = self.core.parent_of(n)
+        return None if p is None else str(p)
+
+    def walk_up(self, start: str, node: str | None) -> str:
+        return str(self.core.walk_up(start, node))
+
+    def apply_local(self, op: _Op, create: bool) -> None:
+        t, n, p, k = op
+        self.core.apply_local(t, n, p, k, create)
+
+    def apply_local_reported(self, op: _Op, create: bool, out: list[TreeChange]) -> None:
+        """:meth:`_TreeState.apply_local_reported` on the native state."""
+        # (Indexes by rank in Rust: copying a big parent's children would cost
+        # them all on every move.)
+        _, n, p, k = op
+        core = self.core
+        if create:
+            self.apply_local(op, True)
+            i = core.rank(p, k, n)
+            out.append(TreeChange("create", n, new_parent=p or None, new_index=i))
+            return
+        old = str(core.parent_of(n))
+        oldk = self.key_of(n)  # local operations only touch live nodes
+        j = core.rank(old, oldk, n)
+        self.apply_local(op, False)
+        if p == TRASH:
+            out.append(TreeChange("delete", n, old_parent=old or None, old_index=j))
+            return
+        i = core.rank(p, k, n)
+        out.append(TreeChange("move", n, old or None, j, p or None, i))
+
+    def integrate(
+        self,
+        new: list[_Op],
+        old: dict[str, tuple[str | None, str]] | None = None,
+        trim: bool = True,
+    ) -> bool:
+        """:meth:`_TreeState.integrate` (same arguments, result and exceptions)."""
+        status, olds = self.core.integrate(new, old is not None, trim)
+        if status == 2:
+            raise _Conflict
+        if status == 3:
+            raise _Stale
+        if old is not None:
+            for n, p, k in olds:
+                old.setdefault(n, (p, k))
+        return bool(status)
+
+    def truncate(self) -> None:
+        self.core.truncate()
+
+    def _floor_for(self, clock: int) -> int:
+        return int(self.core.floor_for(clock))
+
+    def truncate_at(self, t: int) -> None:
+        self.core.truncate_at(t)
+
+    def sorted_kids(self, p: str) -> list[tuple[str, str]]:
+        return list(self.core.sorted_kids(p))
+
+    def top(self, n: str) -> str:
+        return str(self.core.top(n))
+
+    def live(self, n: object) -> bool:
+        return bool(self.core.live(n))
+
+    def key_for(
+        self, p: str, node: str | None, index: int | None, t: int, new_id: str
+    ) -> str | None:
+        """:meth:`_TreeState.key_for` (same result and exceptions)."""
+        if index is not None and type(index) is not int:
+            # _TreeState.key_for prepends for anything equal to 0 when there
+            # are siblings, and refuses every other non-int.
+            if not (index == 0 and self.core.has_kids(p)):
+                raise InvalidOperationError(f"indexes are int or None, not {type(index).__name__}")
+            index = 0
+        r = self.core.key_for(p, node, index, t, new_id)
+        if r is None or type(r) is str:
+            return r
+        if type(r) is int:
+            raise InvalidOperationError(
+                f"index {index} out of range: the parent has {r} other children"
+            )
+        lo, hi, bias = r
+        return key_between(lo, hi, _jitter(t), bias)
+
+    def children(self, p: str) -> list[str]:
+        return list(self.core.children(p))
+
+    def walk(self) -> Iterator[str]:
+        return iter(self.core.walk())
+
+    def snapshot(self) -> dict[str, tuple[str | None, str]]:
+        kids = self.core.kids_dict()
+        return {n: (p, "" if p == TRASH else kids[p][n]) for n, p in self.core.parent_items()}
+
+    def mirror(self) -> _TreeState:
+        """A pure-Python copy (for checks and tests)."""
+        core = self.core
+        st = _TreeState()
+        st.parent = dict(core.parent_items())
+        st.kids = core.kids_dict()
+        st.order = dict(core.order_dict())
+        st.log = list(core.log_list())
+        st.floor = int(core.floor)
+        st.last = dict(core.last)
+        st.clock = int(core.clock)
+        st.trashed = int(core.trashed)
+        st.recent = dict(core.recent)
+        st.trim_at = int(core.trim_at)
+        return st
+
+    def check(self, deep: bool = True, ops: Sequence[_Op] | None = None) -> None:
+        """:meth:`_TreeState.check` on a pure-Python copy of this state."""
+        self.mirror().check(deep, ops)
+
+
+#: A tree state: the pure-Python reference or its Rust port.
+_State = _TreeState | _NativeState
+
+
+def _new_state() -> _State:
+    """An empty state: in Rust when the extension is in use, else in Python."""
+    cls = _tree_core_class()
+    return _TreeState() if cls is None else _NativeState(cls(WINDOW, HORIZON))
+
+
+# --------------------------------------------------------------------------------
 # Reading operations out of the document
 
 
@@ -1110,7 +1474,8 @@ class _Binding:
         self.scan: set[str] = set()
         self.rebuild = True
         self.dirty = True
-        self.state = _TreeState()
+        # In Rust when the extension is in use (_NativeState), else in Python.
+        self.state: _State = _new_state()
         # The changes of local edits in the open transaction, for observers
         # (only while the document is observed).
         self.events: list[TreeChange] = []
@@ -1200,7 +1565,7 @@ class _Binding:
         for k in [k for k in self.subs if k]:
             del self.subs[k]
         before = self.state
-        state = _TreeState()
+        state = before.empty()
         state.integrate(self.read_all())  # one timestamp per (container, key): no conflict
         state.recent = before.recent
         self.state = state
@@ -1214,7 +1579,11 @@ class _Binding:
         """Start from a saved shape that :func:`_decode_shape` accepted; watch every container."""
         for owner, cont in self.containers().items():
             self._watch(owner, cont)
-        self.state = cached
+        if isinstance(self.state, _NativeState):
+            # The shape is decoded in Python; the state it gives moves to Rust.
+            self.state = _NativeState.from_state(cached, type(self.state.core))
+        else:
+            self.state = cached
         self.rebuild = False
         self.dirty = bool(self.pending or self.scan)
 
@@ -1391,47 +1760,45 @@ class Tree(Container):
             b.sync()
         return b
 
-    def _state(self) -> _TreeState:
+    def _state(self) -> _State:
         b = self._binding()
         return b.state if b is not None else _TreeState()
 
     # -- checks -----------------------------------------------------------------------
 
     @staticmethod
-    def _live(st: _TreeState, node: object, what: str = "node") -> str:
+    def _live(st: _State, node: object, what: str = "node") -> str:
         if type(node) is not str:
             raise InvalidOperationError(f"node ids are str, not {type(node).__name__}")
-        if node not in st.parent:
+        if st.parent_of(node) is None:
             raise InvalidOperationError(f"unknown {what} {node!r}")
         if st.trashed and st.top(node) != ROOT:
             raise InvalidOperationError(f"{what} {node!r} is deleted")
         return node
 
     @staticmethod
-    def _target(st: _TreeState, node: str | None, parent: object) -> str:
+    def _target(st: _State, node: str | None, parent: object) -> str:
         """Check that ``parent`` can receive ``node`` (``None``: a new node)."""
         if parent is None:
             return ROOT
         if type(parent) is not str:
             raise InvalidOperationError(f"parent ids are str or None, not {type(parent).__name__}")
-        p = st.parent.get(parent)
+        p = st.parent_of(parent)
         if p is None:
             raise InvalidOperationError(f"unknown parent {parent!r}")
         if parent == node:
             raise TreeCycleError(f"cannot move {node!r} under itself")
         # One walk up from the parent answers both "is it live?" and "is the
         # node its ancestor?".
-        a = parent
-        while a != "" and a != "-":  # noqa: PLR1714 - not ROOT/TRASH; literals are fastest
-            if a == node:
-                raise TreeCycleError(f"cannot move {node!r} under its own descendant {parent!r}")
-            a = st.parent[a]
+        a = st.walk_up(parent, node)
+        if a == node:
+            raise TreeCycleError(f"cannot move {node!r} under its own descendant {parent!r}")
         if a == TRASH:
             raise InvalidOperationError(f"parent {parent!r} is deleted")
         return parent
 
     @staticmethod
-    def _next(st: _TreeState, wid: int) -> tuple[int, int]:
+    def _next(st: _State, wid: int) -> tuple[int, int]:
         lam = st.clock + 1
         if lam > MAX_LAMPORT:
             raise InvalidOperationError("this tree's Lamport clock is exhausted")
@@ -1555,6 +1922,35 @@ class Tree(Container):
             b = self._binding()
             assert b is not None
         st = b.state
+        core = st.core
+        if core is not None:
+            # The Rust state: one call checks the move, computes its key and
+            # entry and applies it; then the one engine write.
+            doc = self._doc
+            assert doc is not None
+            put = b.put
+            if put is not None and self._pending_root is None and not doc.observed:
+                r = core.move_local(node, parent, index, b.wid)
+                if r is not False:
+                    if r is None:
+                        return  # already there: nothing to write
+                    if type(r) is int:
+                        self._refuse(r, node, parent)
+                    if len(r) == 4:  # a key only Python's key_between computes
+                        lo, hi, bias, jit = r
+                        r = core.finish_move(key_between(lo, hi, jit, bias), b.wid)
+                    b.local = True
+                    try:
+                        put(r[0], r[1], None)
+                    except BaseException as exc:
+                        core.rollback_local()  # the engine refused the write
+                        raise engine_error(exc) from None
+                    finally:
+                        b.local = False
+                    return
+            self._move_checked(doc, b, node, parent, index)
+            return
+        assert isinstance(st, _TreeState)
         pm = st.parent
         old = pm.get(node) if type(node) is str else None
         if old is None or (st.trashed and st.top(node) != ROOT):
@@ -1691,6 +2087,54 @@ class Tree(Container):
         if len(log) > st.trim_at:
             st.truncate()
 
+    @staticmethod
+    def _refuse(code: int, node: str, parent: str | None) -> None:
+        """Raise what the checks of ``move`` raise for a native refusal ``code``.
+
+        The codes of ``TreeState::move_local`` (``native/core/src/tree.rs``),
+        each the first check that fails in :meth:`_live` then :meth:`_target`
+        order, with the same error and message.
+        """
+        if code == 1:
+            raise InvalidOperationError(f"unknown node {node!r}")
+        if code == 2:
+            raise InvalidOperationError(f"node {node!r} is deleted")
+        if code == 3:
+            raise InvalidOperationError(f"unknown parent {parent!r}")
+        if code == 4:
+            raise TreeCycleError(f"cannot move {node!r} under itself")
+        if code == 5:
+            raise TreeCycleError(f"cannot move {node!r} under its own descendant {parent!r}")
+        raise InvalidOperationError(f"parent {parent!r} is deleted")
+
+    def _move_checked(
+        self, doc: Doc, b: _Binding, node: str, parent: str | None, index: int | None
+    ) -> None:
+        """``move`` through the state's methods: what the native fast path left.
+
+        The same checks, in the same order, with the same errors and the same
+        key as the pure-Python ``move`` (which is :meth:`_TreeState.key_for`'s
+        for anything equal to 0, as its inlined prepend is).
+        """
+        st = b.state
+        self._live(st, node)
+        p = self._target(st, node, parent)
+        if index is not None and type(index) is not int and index == 0:
+            index = 0
+        lam, t = self._next(st, b.wid)
+        key = st.key_for(p, node, index, t, node)
+        if key is None:
+            return  # already there: nothing to write
+        self._commit(
+            doc,
+            b,
+            key=str(lam),
+            entry=f"{b.ref(node)} {b.ref(p)} {key}",
+            op=(t, node, p, key),
+            create=False,
+            data=None,
+        )
+
     def delete(self, node: str) -> None:
         """Delete ``node`` and its subtree.
 
@@ -1722,7 +2166,7 @@ class Tree(Container):
             InvalidOperationError: unknown or deleted node.
         """
         st = self._state()
-        p = st.parent[self._live(st, node)]
+        p = st.parent_of(self._live(st, node))
         return None if p == ROOT else p
 
     def children(self, parent: str | None = None) -> list[str]:
@@ -1836,7 +2280,7 @@ def tree_changes(
             old: dict[str, tuple[str | None, str]] = {}
             if b.sync(old):
                 st = b.state
-                out = shape_changes(st.parent, st.kids, old)
+                out = shape_changes(*st.views(), old)
         data: dict[str, dict[str, str]] = {}
         for path, ev in events:
             if len(path) < 2:

@@ -887,6 +887,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compact_decode_parsed, m)?)?;
     m.add_class::<PyLimits>()?;
     m.add_class::<PyDocIndex>()?;
+    m.add_class::<PyTreeCore>()?;
     m.add_function(wrap_pyfunction!(zstd_unframe, m)?)?;
     m.add_function(wrap_pyfunction!(read_varuint, m)?)?;
     m.add_function(wrap_pyfunction!(read_varint, m)?)?;
@@ -895,4 +896,533 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(json_valid, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The movable tree's state (crdtsync_core::tree; Python: tree._TreeState)
+
+use crdtsync_core::tree::{self as ctree, Entry as TreeEntry, Node, Plan, Refusal, TreeState};
+use pyo3::types::{PyBool, PyInt, PyString};
+use std::collections::HashMap as StdHashMap;
+
+static TREE_OP_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// Runs `f` on the tree state, turning a panic (a bug) into the library's
+/// `InvalidOperationError` naming it, never an abort.
+fn tree_guard<T>(py: Python<'_>, f: impl FnOnce() -> T) -> PyResult<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => Ok(v),
+        Err(payload) => {
+            let cls = TREE_OP_ERROR.import(py, "crdtsync.errors", "InvalidOperationError")?;
+            Err(PyErr::from_type(
+                cls.clone(),
+                format!(
+                    "internal error in crdtsync._native's tree (a bug, please report it): panic: {}",
+                    panic_message(payload.as_ref())
+                ),
+            ))
+        }
+    }
+}
+
+fn node_arg(s: &str) -> PyResult<Node> {
+    ctree::parse_node(s).ok_or_else(|| PyValueError::new_err(format!("not a node id: {s:?}")))
+}
+
+/// `Some(node)` for a str that is a node id (not the top level or the trash).
+fn node_of(obj: &Bound<'_, PyAny>) -> Option<Node> {
+    let s = obj.cast::<PyString>().ok()?;
+    let n = ctree::parse_node(s.to_str().ok()?)?;
+    (n != ctree::ROOT && n != ctree::TRASH).then_some(n)
+}
+
+fn old_str(n: Node) -> Option<String> {
+    match n {
+        ctree::SKIPPED => None,
+        ctree::ABSENT => Some("\u{0}".to_string()),
+        _ => Some(ctree::node_str(n)),
+    }
+}
+
+/// How writer `wid` refers to `n` in an entry (`Binding.ref`).
+fn node_ref(n: Node, wid: u64) -> String {
+    if n != ctree::ROOT && n != ctree::TRASH && n as u64 == wid {
+        ((n >> 64) as u64).to_string()
+    } else {
+        ctree::node_str(n)
+    }
+}
+
+/// The tree state in Rust; `crdtsync.model.tree._NativeState` wraps it with
+/// `_TreeState`'s interface, and `Tree.move` calls `move_local` directly.
+#[pyclass(module = "crdtsync._native", name = "TreeCore")]
+struct PyTreeCore {
+    st: TreeState,
+}
+
+impl PyTreeCore {
+    fn written<'py>(
+        py: Python<'py>,
+        t: u128,
+        n: Node,
+        p: Node,
+        key: &str,
+        wid: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let lam = ((t >> 64) as u64).to_string();
+        let entry = format!("{} {} {}", node_ref(n, wid), node_ref(p, wid), key);
+        Ok((lam, entry).into_pyobject(py)?.into_any())
+    }
+}
+
+#[pymethods]
+impl PyTreeCore {
+    /// An empty state; `window` and `horizon` are the log's truncation policy
+    /// (`tree.WINDOW`, `tree.HORIZON`).
+    #[new]
+    #[pyo3(signature = (window = ctree::WINDOW, horizon = ctree::HORIZON))]
+    fn new(window: u64, horizon: u64) -> Self {
+        PyTreeCore {
+            st: TreeState::with_policy(window, horizon),
+        }
+    }
+
+    /// A local move, checked, keyed and applied (Tree.move's hot path).
+    ///
+    /// Returns False (nothing changed: take the Python path, which raises or
+    /// handles the unusual case), an int (refused, nothing changed: the code
+    /// of `TreeState::move_local`'s error), None (already there), `(clock, entry)` (applied:
+    /// write the entry), or `(lo, hi, bias, jitter)` (compute `key_between(lo,
+    /// hi, jitter, bias)` and call `finish_move`).
+    fn move_local<'py>(
+        &mut self,
+        py: Python<'py>,
+        node: &Bound<'py, PyAny>,
+        parent: &Bound<'py, PyAny>,
+        index: &Bound<'py, PyAny>,
+        wid: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let slow = || PyBool::new(py, false).to_owned().into_any();
+        let Some(n) = node_of(node) else {
+            return Ok(slow());
+        };
+        let p = if parent.is_none() {
+            ctree::ROOT
+        } else {
+            match node_of(parent) {
+                Some(p) => p,
+                None => return Ok(slow()),
+            }
+        };
+        let index = if index.is_none() {
+            None
+        } else if index.is_exact_instance_of::<PyInt>() {
+            match index.extract::<u64>() {
+                Ok(i) => Some(i),
+                Err(_) => return Ok(slow()),
+            }
+        } else {
+            return Ok(slow());
+        };
+        let st = &mut self.st;
+        let mut entry = String::new();
+        match tree_guard(py, || st.move_local(n, p, index, wid, &mut entry))? {
+            Err(0) => Ok(slow()),
+            Err(code) => Ok(code.into_pyobject(py)?.into_any()),
+            Ok(Plan::Nothing) => Ok(py.None().into_bound(py)),
+            Ok(Plan::Key(_)) => {
+                let lam = self.st.clock.to_string();
+                Ok((lam, entry).into_pyobject(py)?.into_any())
+            }
+            Ok(Plan::Between(lo, hi, bias)) => {
+                let t = u128::from(self.st.clock + 1) << 64 | u128::from(wid);
+                Ok((lo, hi, bias, ctree::jitter(t))
+                    .into_pyobject(py)?
+                    .into_any())
+            }
+            Ok(Plan::Range(_)) => Ok(slow()),
+        }
+    }
+
+    /// Applies the move `move_local` left waiting for its key; `(clock, entry)`.
+    fn finish_move<'py>(
+        &mut self,
+        py: Python<'py>,
+        key: String,
+        wid: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let k = key.clone();
+        let st = &mut self.st;
+        match tree_guard(py, || st.finish_move(k))? {
+            Some((t, n, p)) => Self::written(py, t, n, p, &key, wid),
+            None => Err(PyValueError::new_err("no move is waiting for its key")),
+        }
+    }
+
+    /// Takes back the last local move (its engine write failed).
+    fn rollback_local(&mut self, py: Python<'_>) -> PyResult<bool> {
+        let st = &mut self.st;
+        tree_guard(py, || st.rollback_local())
+    }
+
+    fn parent_of(&self, n: &str) -> Option<String> {
+        let n = ctree::parse_node(n)?;
+        self.st.parent_of(n).map(ctree::node_str)
+    }
+
+    /// Walks up from `start` until the top level (`""`), the trash (`"-"`) or
+    /// `node`: returns where it stopped (`Tree._target`'s one walk).
+    fn walk_up(&self, py: Python<'_>, start: &str, node: Option<&str>) -> PyResult<String> {
+        let mut a = node_arg(start)?;
+        let stop = node.and_then(ctree::parse_node);
+        let st = &self.st;
+        let end = tree_guard(py, || {
+            while a != ctree::ROOT && a != ctree::TRASH && Some(a) != stop {
+                a = st.parent_of(a).unwrap_or(ctree::TRASH);
+            }
+            a
+        })?;
+        Ok(ctree::node_str(end))
+    }
+
+    /// The `i`-th log entry (negative: from the end), as `log_list` gives them.
+    #[allow(clippy::type_complexity)]
+    fn log_entry(
+        &self,
+        i: isize,
+    ) -> PyResult<(u128, String, String, String, Option<String>, String)> {
+        let len = self.st.log.len() as isize;
+        let j = if i < 0 { i + len } else { i };
+        if j < 0 || j >= len {
+            return Err(pyo3::exceptions::PyIndexError::new_err(
+                "log index out of range",
+            ));
+        }
+        let e = &self.st.log[j as usize];
+        Ok((
+            e.t,
+            ctree::node_str(e.n),
+            ctree::node_str(e.p),
+            e.k.clone(),
+            old_str(e.old),
+            e.oldk.clone(),
+        ))
+    }
+
+    /// How many children of `p` sort before `(k, n)` (`bisect_left` on `sorted_kids`).
+    fn rank(&self, py: Python<'_>, p: &str, k: &str, n: &str) -> PyResult<usize> {
+        let p = node_arg(p)?;
+        let n = node_arg(n)?;
+        let st = &self.st;
+        tree_guard(py, || st.rank(p, k, n))
+    }
+
+    fn contains(&self, n: &str) -> bool {
+        ctree::parse_node(n).is_some_and(|n| self.st.contains(n))
+    }
+
+    fn key_of(&self, n: &str) -> PyResult<String> {
+        let n = node_arg(n)?;
+        self.st
+            .key_of(n)
+            .map(str::to_string)
+            .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(ctree::node_str(n)))
+    }
+
+    fn has_kids(&self, n: &str) -> bool {
+        ctree::parse_node(n).is_some_and(|n| self.st.has_kids(n))
+    }
+
+    fn top(&self, py: Python<'_>, n: &str) -> PyResult<String> {
+        let n = node_arg(n)?;
+        if !self.st.contains(n) && n != ctree::ROOT && n != ctree::TRASH {
+            return Err(pyo3::exceptions::PyKeyError::new_err(ctree::node_str(n)));
+        }
+        let st = &self.st;
+        Ok(ctree::node_str(tree_guard(py, || st.top(n))?))
+    }
+
+    fn live(&self, py: Python<'_>, n: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match node_of(n) {
+            Some(n) => {
+                let st = &self.st;
+                tree_guard(py, || st.live(n))
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn sorted_kids(&mut self, py: Python<'_>, p: &str) -> PyResult<Vec<(String, String)>> {
+        let p = node_arg(p)?;
+        let st = &mut self.st;
+        let lst = tree_guard(py, || st.sorted_kids(p))?;
+        Ok(lst
+            .into_iter()
+            .map(|(k, n)| (k, ctree::node_str(n)))
+            .collect())
+    }
+
+    fn children(&mut self, py: Python<'_>, p: &str) -> PyResult<Vec<String>> {
+        let p = node_arg(p)?;
+        let st = &mut self.st;
+        let lst = tree_guard(py, || st.sorted_kids(p))?;
+        Ok(lst.into_iter().map(|(_, n)| ctree::node_str(n)).collect())
+    }
+
+    fn kids_of<'py>(&self, py: Python<'py>, p: &str) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(p) = ctree::parse_node(p) else {
+            return Ok(None);
+        };
+        let Some(d) = self.st.kids_of(p) else {
+            return Ok(None);
+        };
+        let out = PyDict::new(py);
+        for (n, k) in d {
+            out.set_item(ctree::node_str(n), k)?;
+        }
+        Ok(Some(out))
+    }
+
+    fn walk(&mut self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let st = &mut self.st;
+        let nodes = tree_guard(py, || st.walk())?;
+        Ok(nodes.into_iter().map(ctree::node_str).collect())
+    }
+
+    /// `key_for`: None (already there), a key, `(lo, hi, bias)` (Python's
+    /// `key_between` gives the key), or an int: the index is out of range and
+    /// the parent has that many other children.
+    #[pyo3(signature = (p, node, index, t, new_id))]
+    fn key_for<'py>(
+        &mut self,
+        py: Python<'py>,
+        p: &str,
+        node: Option<&str>,
+        index: Option<&Bound<'py, PyAny>>,
+        t: u128,
+        new_id: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let p = node_arg(p)?;
+        let node = node.map(node_arg).transpose()?;
+        let new_id = node_arg(new_id)?;
+        // A negative or huge index is out of range whatever the siblings.
+        let index = index.map(|i| i.extract::<u64>().unwrap_or(u64::MAX));
+        let st = &mut self.st;
+        Ok(
+            match tree_guard(py, || st.key_for(p, node, index, t, new_id))? {
+                Plan::Nothing => py.None().into_bound(py),
+                Plan::Key(k) => k.into_pyobject(py)?.into_any(),
+                Plan::Between(lo, hi, bias) => (lo, hi, bias).into_pyobject(py)?.into_any(),
+                Plan::Range(others) => others.into_pyobject(py)?.into_any(),
+            },
+        )
+    }
+
+    fn apply_local(
+        &mut self,
+        py: Python<'_>,
+        t: u128,
+        n: &str,
+        p: &str,
+        k: String,
+        create: bool,
+    ) -> PyResult<()> {
+        let n = node_arg(n)?;
+        let p = node_arg(p)?;
+        let st = &mut self.st;
+        tree_guard(py, || st.apply_local(t, n, p, k, create))
+    }
+
+    /// `integrate`: `(status, olds)`, status 0 unchanged, 1 changed, 2 a
+    /// conflict, 3 a stale operation (both: unchanged); olds `[(node, parent
+    /// or None, key)]` when `want_old`.
+    #[allow(clippy::type_complexity)]
+    fn integrate(
+        &mut self,
+        py: Python<'_>,
+        ops: Vec<(u128, String, String, String)>,
+        want_old: bool,
+        trim: bool,
+    ) -> PyResult<(u8, Vec<(String, Option<String>, String)>)> {
+        let mut parsed = Vec::with_capacity(ops.len());
+        for (t, n, p, k) in ops {
+            parsed.push((t, node_arg(&n)?, node_arg(&p)?, k));
+        }
+        let st = &mut self.st;
+        Ok(
+            match tree_guard(py, || st.integrate(parsed, want_old, trim))? {
+                Ok((changed, olds)) => (
+                    u8::from(changed),
+                    olds.into_iter()
+                        .map(|(n, p, k)| (ctree::node_str(n), p.map(ctree::node_str), k))
+                        .collect(),
+                ),
+                Err(Refusal::Conflict) => (2, Vec::new()),
+                Err(Refusal::Stale) => (3, Vec::new()),
+            },
+        )
+    }
+
+    fn truncate(&mut self, py: Python<'_>) -> PyResult<()> {
+        let st = &mut self.st;
+        tree_guard(py, || st.truncate())
+    }
+
+    fn truncate_at(&mut self, py: Python<'_>, t: u128) -> PyResult<()> {
+        let st = &mut self.st;
+        tree_guard(py, || st.truncate_at(t))
+    }
+
+    fn floor_for(&self, clock: u64) -> u128 {
+        self.st.floor_for(clock)
+    }
+
+    /// Loads a whole state: `[(node, parent, key)]`, the writers' clocks, the
+    /// clock, the floor, the log `[(t, node, parent, key, old, oldk)]` and trim_at.
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn load(
+        &mut self,
+        py: Python<'_>,
+        nodes: Vec<(String, String, String)>,
+        last: StdHashMap<u64, u64>,
+        clock: u64,
+        floor: u128,
+        log: Vec<(u128, String, String, String, Option<String>, String)>,
+        trim_at: usize,
+    ) -> PyResult<()> {
+        let mut ns = Vec::with_capacity(nodes.len());
+        for (n, p, k) in nodes {
+            ns.push((node_arg(&n)?, node_arg(&p)?, k));
+        }
+        let mut entries = Vec::with_capacity(log.len());
+        for (t, n, p, k, old, oldk) in log {
+            let old = match old.as_deref() {
+                None => ctree::SKIPPED,
+                Some("\u{0}") => ctree::ABSENT,
+                Some(o) => node_arg(o)?,
+            };
+            entries.push(TreeEntry {
+                t,
+                n: node_arg(&n)?,
+                p: node_arg(&p)?,
+                k,
+                old,
+                oldk,
+            });
+        }
+        let mut st = TreeState::with_policy(self.st.window, self.st.horizon);
+        tree_guard(py, || st.load(ns, last, clock, floor, entries, trim_at))?;
+        self.st = st;
+        Ok(())
+    }
+
+    fn node_count(&self) -> usize {
+        self.st.node_count()
+    }
+
+    /// `[(node, parent)]`, every node.
+    fn parent_items(&self) -> Vec<(String, String)> {
+        self.st
+            .nodes()
+            .into_iter()
+            .map(|(n, p)| (ctree::node_str(n), ctree::node_str(p)))
+            .collect()
+    }
+
+    fn kids_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for (p, d) in self.st.kids_all() {
+            let inner = PyDict::new(py);
+            for (n, k) in d {
+                inner.set_item(ctree::node_str(n), k)?;
+            }
+            out.set_item(ctree::node_str(p), inner)?;
+        }
+        Ok(out)
+    }
+
+    fn order_dict(&self) -> StdHashMap<String, Vec<(String, String)>> {
+        self.st
+            .order_all()
+            .into_iter()
+            .map(|(p, l)| {
+                let lst = l
+                    .into_iter()
+                    .map(|(k, n)| (k, ctree::node_str(n)))
+                    .collect();
+                (ctree::node_str(p), lst)
+            })
+            .collect()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn log_list(&self) -> Vec<(u128, String, String, String, Option<String>, String)> {
+        self.st
+            .log
+            .iter()
+            .map(|e| {
+                (
+                    e.t,
+                    ctree::node_str(e.n),
+                    ctree::node_str(e.p),
+                    e.k.clone(),
+                    old_str(e.old),
+                    e.oldk.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn log_len(&self) -> usize {
+        self.st.log.len()
+    }
+
+    /// The newest logged timestamp, if any.
+    fn log_top(&self) -> Option<u128> {
+        self.st.log.last().map(|e| e.t)
+    }
+
+    #[getter]
+    fn floor(&self) -> u128 {
+        self.st.floor
+    }
+
+    #[getter]
+    fn clock(&self) -> u64 {
+        self.st.clock
+    }
+
+    #[getter]
+    fn trashed(&self) -> usize {
+        self.st.trashed
+    }
+
+    #[getter]
+    fn trim_at(&self) -> usize {
+        self.st.trim_at
+    }
+
+    #[getter]
+    fn last(&self) -> StdHashMap<u64, u64> {
+        self.st.last.iter().map(|(w, l)| (*w, *l)).collect()
+    }
+
+    #[getter]
+    fn recent(&self) -> StdHashMap<String, String> {
+        self.st
+            .recent_pairs()
+            .into_iter()
+            .map(|(p, n)| (ctree::node_str(p), ctree::node_str(n)))
+            .collect()
+    }
+
+    #[setter]
+    fn set_recent(&mut self, recent: StdHashMap<String, String>) -> PyResult<()> {
+        let mut pairs = Vec::with_capacity(recent.len());
+        for (p, n) in recent {
+            pairs.push((node_arg(&p)?, node_arg(&n)?));
+        }
+        self.st.set_recent(pairs);
+        Ok(())
+    }
 }

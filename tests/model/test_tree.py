@@ -16,6 +16,9 @@ from crdtsync.errors import TreeCycleError
 from crdtsync.model.doc import DEFAULT_LIMITS
 from crdtsync.model.tree import MAX_KEY, _TreeState, key_between, parse_op, valid_key
 
+# Every test runs on the Rust tree state and on the pure-Python reference.
+pytestmark = pytest.mark.usefixtures("tree_path")
+
 
 def sync(*docs: Doc) -> None:
     """Exchange everything between all pairs."""
@@ -789,6 +792,7 @@ def test_yjs_clients_see_the_documented_layout() -> None:
     assert cont["d2"] == {}
 
 
+@pytest.mark.usefixtures("pure_tree")
 def test_state_check_catches_corruption() -> None:
     t = Doc().tree("t")
     a = t.create()

@@ -23,6 +23,9 @@ from crdtsync.model import tree as tree_mod
 from crdtsync.model import tree_events
 from crdtsync.model.tree_events import TreeChange
 
+# Every test runs on the Rust tree state and on the pure-Python reference.
+pytestmark = pytest.mark.usefixtures("tree_path")
+
 NAME = "t"
 N_SITES = 3
 Shape = dict[str | None, list[str]]
@@ -206,13 +209,17 @@ class TreeEvents(RuleBasedStateMachine):
             s.check()
 
 
-TreeEvents.TestCase.settings = settings(
+_SETTINGS = settings(
     max_examples=60,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-test_tree_events = TreeEvents.TestCase
+
+
+def test_tree_events() -> None:
+    """The state machine, as a function so that it runs on both tree states."""
+    run_state_machine_as_test(TreeEvents, settings=_SETTINGS)
 
 
 # -- the documented cases, one by one ------------------------------------------------------
@@ -402,6 +409,7 @@ def test_the_property_catches_a_forgotten_subtree(monkeypatch: pytest.MonkeyPatc
         run_state_machine_as_test(TreeEvents, settings=_BROKEN)
 
 
+@pytest.mark.usefixtures("pure_tree")
 def test_the_property_catches_indexes_off_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """Local moves must report the index before the node left its old place."""
     real = tree_mod._TreeState.apply_local_reported

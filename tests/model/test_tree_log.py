@@ -24,6 +24,9 @@ from crdtsync.format import envelope, zstd
 from crdtsync.model import tree as tree_mod
 from crdtsync.model.doc import DEFAULT_LIMITS
 
+# Every test runs on the Rust tree state and on the pure-Python reference.
+pytestmark = pytest.mark.usefixtures("tree_path")
+
 
 def binding(t: Tree) -> Any:
     b = t._binding()

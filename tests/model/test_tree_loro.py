@@ -24,6 +24,9 @@ from hypothesis import strategies as st
 
 from crdtsync import Doc, InvalidOperationError
 
+# Every test runs on the Rust tree state and on the pure-Python reference.
+pytestmark = pytest.mark.usefixtures("tree_path")
+
 loro = pytest.importorskip("loro")
 
 # (kind, node index, parent index or None, position index or None)

@@ -33,6 +33,9 @@ from crdtsync import Doc, InvalidOperationError, InvalidUpdateError, Tree
 from crdtsync.errors import TreeCycleError
 from crdtsync.model.tree import ROOT, TRASH, _Stale, _TreeState, node_ts
 
+# Every test runs on the Rust tree state and on the pure-Python reference.
+pytestmark = pytest.mark.usefixtures("tree_path")
+
 N_SITES = 3
 NAME = "outline"
 
@@ -242,13 +245,17 @@ class TreeReplicas(RuleBasedStateMachine):
             assert sorted(flat) == sorted(live)
 
 
-TreeReplicas.TestCase.settings = settings(
+_SETTINGS = settings(
     max_examples=50,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-test_tree_replicas = TreeReplicas.TestCase
+
+
+def test_tree_replicas() -> None:
+    """The state machine, as a function so that it runs on both tree states."""
+    run_state_machine_as_test(TreeReplicas, settings=_SETTINGS)
 
 
 def test_tree_replicas_with_the_log_truncated_hard(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -310,6 +317,7 @@ def _top_bounded(self: _TreeState, n: str) -> str:
     raise AssertionError("cycle")
 
 
+@pytest.mark.usefixtures("pure_tree")
 def test_the_machine_catches_a_missing_cycle_check(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_TreeState, "_do", _cycle_blind_do)
     monkeypatch.setattr(_TreeState, "top", _top_bounded)
@@ -317,6 +325,7 @@ def test_the_machine_catches_a_missing_cycle_check(monkeypatch: pytest.MonkeyPat
         run_state_machine_as_test(TreeReplicas, settings=_BROKEN)
 
 
+@pytest.mark.usefixtures("pure_tree")
 def test_the_machine_catches_arrival_order_dependence(monkeypatch: pytest.MonkeyPatch) -> None:
     """An engine that applies late operations on top instead of undo/redo diverges."""
 

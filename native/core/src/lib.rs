@@ -14,6 +14,7 @@ pub mod fxhash;
 pub mod index;
 pub mod json;
 pub mod limits;
+pub mod tree;
 pub mod update;
 pub mod varint;
 
