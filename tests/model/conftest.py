@@ -26,9 +26,18 @@ def tree_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return str(request.param)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests of the pure-Python reference itself run on the Python path only (not skipped)."""
+    if "pure_tree" in metafunc.fixturenames and "tree_path" in metafunc.fixturenames:
+        # As a mark, so the fixture's own params give way to it (pytest's rule).
+        metafunc.definition.add_marker(
+            pytest.mark.parametrize("tree_path", ["python"], indirect=True)
+        )
+
+
 @pytest.fixture
 def pure_tree(tree_path: str) -> None:
     """For tests of the pure-Python reference itself (they patch ``_TreeState``):
-    run once, on the Python path."""
-    if tree_path != "python":
-        pytest.skip("a test of the pure-Python reference state (it patches _TreeState)")
+    run once, on the Python path (:func:`pytest_generate_tests`)."""
+    assert tree_path == "python"
