@@ -54,6 +54,8 @@ from crdtsync.format.yupdate import (
 )
 
 __all__ = [
+    "BEGAN_FORMATTING",
+    "BEGAN_PLAIN",
     "Began",
     "Checker",
     "HoldBudget",
@@ -77,6 +79,13 @@ Began: TypeAlias = tuple[bytes, bool, bytes | None, int, tuple[tuple[int, int], 
 #: Called with ``(later_ranges, later)`` before an update whose deletions are
 #: split off is begun; raises (an ``UpdateLimitError``) to refuse it.
 HoldBudget: TypeAlias = Callable[[int, bytes], None]
+
+
+#: Flags :meth:`Checker.parse_begin` returns for a begun update: yrs may
+#: delete formatting items of its own accord (``begin``'s flag), and the
+#: update is plain ASCII (``plain_ascii``).
+BEGAN_FORMATTING = 1
+BEGAN_PLAIN = 2
 
 
 def _no_budget(ranges: int, later: bytes) -> None:
@@ -156,6 +165,23 @@ class Checker(ABC):
             MissingUpdatesError: a dependency is neither here nor in the update.
             MalformedUpdateError: a rule is broken.
             UpdateLimitError: too many pending deletions.
+        """
+
+    @abstractmethod
+    def parse_begin(self, update: bytes, limits: UpdateLimits) -> int | Parsed:
+        """:meth:`parse`, :meth:`plain_ascii` and :meth:`begin` in one step, for an import.
+
+        One call into Rust on the native path, with no parse object handed
+        to Python: an import's whole check (every keystroke's). Raises what
+        :meth:`parse` raises, then what :meth:`begin` raises.
+
+        Returns:
+            When the update was begun (nothing to split off: the bytes for the
+            engine are ``update`` itself), its flags: :data:`BEGAN_FORMATTING`
+            (``begin``'s formatting flag) and :data:`BEGAN_PLAIN` (``plain_ascii``).
+            When deletions of clocks the document lacks must be split off,
+            nothing is begun and the parse is returned, for :meth:`plain_ascii`
+            and :meth:`begin` with a hold budget.
         """
 
     @property
@@ -292,6 +318,15 @@ class PyChecker(Checker):
                 p = ParsedUpdate(p.clients, now, -1)
         txn = self._txn = self.index.begin(p, limits)
         return engine, self.index.formatting or txn.formatting, later_update, n_later, needs
+
+    def parse_begin(self, update: bytes, limits: UpdateLimits) -> int | Parsed:
+        """See :meth:`Checker.parse_begin`."""
+        p = parse_update(update, limits)
+        if p.delete_set and split_deletes(p, self.index.state)[1]:
+            return p
+        plain = self.plain_ascii(p)
+        formatting = self.begin(update, p, limits)[1]
+        return (BEGAN_FORMATTING if formatting else 0) | (BEGAN_PLAIN if plain else 0)
 
     @property
     def formatting(self) -> bool:
@@ -481,6 +516,12 @@ class NativeChecker(Checker):
         if len(update) >= _RELEASE_BYTES:
             _native_update(parsed).release()
         return engine, bool(formatting), later, n_later, tuple(needs)
+
+    def parse_begin(self, update: bytes, limits: UpdateLimits) -> int | Parsed:
+        """See :meth:`Checker.parse_begin`."""
+        if limits is self._key_a:
+            return self.index.parse_begin(update, self._native_a)  # type: ignore[no-any-return]
+        return self.index.parse_begin(update, self._native_limits(limits))  # type: ignore[no-any-return]
 
     @property
     def formatting(self) -> bool:

@@ -53,7 +53,14 @@ from crdtsync.errors import (
 )
 from crdtsync.format import envelope as encoding
 from crdtsync.format.accel import Parsed
-from crdtsync.format.checker import Checker, PyChecker, new_checker
+from crdtsync.format.checker import (
+    BEGAN_FORMATTING,
+    BEGAN_PLAIN,
+    Began,
+    Checker,
+    PyChecker,
+    new_checker,
+)
 from crdtsync.format.version import Version
 from crdtsync.format.yupdate import (
     CONTENT_ANY,
@@ -940,12 +947,10 @@ class Doc:
             # its own accord (then _integrate subscribes before applying).
             self._sync_index(subscribe=not fresh or self._depth > 0)
         try:
-            if parsed is None:
+            if parsed is None and self._last_parse is not None:
                 cached, self._last_parse = self._last_parse, None
-                if cached is not None and (cached[0] is update or cached[0] == update):
+                if cached[0] is update or cached[0] == update:
                     parsed = cached[1]
-                else:
-                    parsed = self._checker.parse(update, limits)
             try:
                 moved = self._integrate(update, parsed, origin, limits)
             except MissingUpdatesError as exc:
@@ -965,15 +970,49 @@ class Doc:
                 self._subscribe_engine()
 
     def _integrate(
-        self, update: bytes, parsed: Parsed, origin: Any, limits: UpdateLimits
+        self, update: bytes, parsed: Parsed | None, origin: Any, limits: UpdateLimits
     ) -> builtins.list[int]:
         """Check, apply and index one update; returns the clients whose clocks moved.
+
+        ``parsed`` is the update's parse if one was made already (a load's, or
+        :meth:`new_writers`'); otherwise the update is parsed and begun in one
+        step (``Checker.parse_begin``: one call into Rust for an import).
 
         Deletions of clocks this replica does not have yet are split off and
         held as a delete-only update: yrs would keep them pending, re-read all
         of them on every later update, and leave them out of :meth:`save`.
         """
         checker = self._checker
+        if parsed is None:
+            got = checker.parse_begin(update, limits)
+            if not isinstance(got, int):
+                parsed = got  # deletions to split off: the two steps below, with the budget
+            elif got & BEGAN_FORMATTING or self._depth or self._engine_origins or self._watched:
+                began = (update, got & BEGAN_FORMATTING != 0, None, 0, ())
+                return self._applied(began, got & BEGAN_PLAIN != 0, origin)
+            else:
+                # The common import (every keystroke): _applied and the bare
+                # path of _engine_apply, inline (each Python call is a few
+                # percent of a keystroke's import).
+                self._depth = 1
+                self._importing = True
+                self._origin = _REMOTE_NONE if origin is None else _Remote(origin)
+                try:
+                    self._engine_apply_bare(update)
+                except BaseException as exc:
+                    self._import_failed(exc)
+                self._depth = 0
+                self._importing = False
+                self._text_epoch += 1
+                if not got & BEGAN_PLAIN:
+                    self._text_ascii_epoch = self._text_epoch
+                moved = checker.commit()
+                self._imports += 1
+                if self._observers:
+                    self._announce_new_roots(origin)
+                if self._queue:
+                    self._deliver()
+                return moved
 
         def budget(n_later: int, later: bytes) -> None:
             if self._held_deletes + n_later > limits.max_pending_deletes:
@@ -985,10 +1024,22 @@ class Doc:
             self._check_hold_budget(len(later), origin)
 
         plain = checker.plain_ascii(parsed)  # (before begin, which spends the parse)
-        engine, self._want_event_deletes, later, n_later, needs = checker.begin(
-            update, parsed, limits, budget
-        )
-        if self._want_event_deletes and self._txn_sub is None:
+        return self._applied(checker.begin(update, parsed, limits, budget), plain, origin)
+
+    def _applied(self, began: Began, plain: bool, origin: Any) -> builtins.list[int]:
+        """:meth:`_integrate` once begun: the engine applies the update, the index commits.
+
+        Args:
+            began: what ``Checker.begin`` returned: the bytes for pycrdt,
+                whether the engine transaction's delete set must reach the
+                index, and the deletions split off to hold.
+            plain: whether the update is plain ASCII (see :attr:`text_ascii_epoch`).
+            origin: the import's origin.
+        """
+        engine, want, later, n_later, needs = began
+        checker = self._checker
+        self._want_event_deletes = want
+        if want and self._txn_sub is None:
             self._subscribe_engine()  # (a first import: see _apply)
         try:
             self._engine_apply(engine, origin, plain)
@@ -1006,19 +1057,38 @@ class Doc:
         if later is not None:
             self._hold(later, origin, builtins.list(needs), n_later)
         if self._observers:
-            created = self._watch_new_roots()
-            if created:
-                ev = self._queue[-1][0] if self._queue else None
-                if ev is not None and not ev.local and ev.origin is origin:
-                    ev = ChangeEvent(origin, False, ev.changes + tuple(created))
-                    self._queue[-1] = (ev, *self._queue[-1][1:])
-                else:
-                    self._queue.append(
-                        (ChangeEvent(origin, False, tuple(created)), b"", origin, False)
-                    )
+            self._announce_new_roots(origin)
         if self._depth == 0 and self._queue:
             self._deliver()
         return moved
+
+    def _import_failed(self, exc: BaseException) -> None:
+        """The engine failed on a begun import outside any transaction (see :meth:`_integrate`).
+
+        Ends the import as :meth:`_engine_apply` does, rolls the index back and
+        raises what :meth:`_engine_apply` raises.
+        """
+        self._depth = 0
+        self._importing = False
+        self._text_epoch += 1
+        self._text_ascii_epoch = self._text_epoch
+        self._checker.rollback()
+        if _is_panic(exc):
+            raise EngineError(f"the CRDT engine failed: {exc}") from None
+        if isinstance(exc, Exception):
+            raise EngineError(f"the CRDT engine refused a validated update: {exc}") from exc
+        raise exc
+
+    def _announce_new_roots(self, origin: Any) -> None:
+        """Tell change observers of the roots an import created (with its own event, if any)."""
+        created = self._watch_new_roots()
+        if created:
+            ev = self._queue[-1][0] if self._queue else None
+            if ev is not None and not ev.local and ev.origin is origin:
+                ev = ChangeEvent(origin, False, ev.changes + tuple(created))
+                self._queue[-1] = (ev, *self._queue[-1][1:])
+            else:
+                self._queue.append((ChangeEvent(origin, False, tuple(created)), b"", origin, False))
 
     def _classify_engine_roots(self) -> None:
         """Learn the kind of roots the engine holds that nothing here names yet.
