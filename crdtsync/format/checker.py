@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeAlias, cast
 
 from crdtsync.format import accel
@@ -59,6 +60,7 @@ __all__ = [
     "Began",
     "Checker",
     "HoldBudget",
+    "ImportCalls",
     "NativeChecker",
     "NativeUpdate",
     "Parsed",
@@ -86,6 +88,10 @@ HoldBudget: TypeAlias = Callable[[int, bytes], None]
 #: update is plain ASCII (``plain_ascii``).
 BEGAN_FORMATTING = 1
 BEGAN_PLAIN = 2
+
+
+#: What :meth:`Checker.import_calls` returns.
+ImportCalls: TypeAlias = tuple[Callable[[bytes], "int | Parsed"], Callable[[], list[int]]]
 
 
 def _no_budget(ranges: int, later: bytes) -> None:
@@ -182,6 +188,16 @@ class Checker(ABC):
             When deletions of clocks the document lacks must be split off,
             nothing is begun and the parse is returned, for :meth:`plain_ascii`
             and :meth:`begin` with a hold budget.
+        """
+
+    @abstractmethod
+    def import_calls(self, limits: UpdateLimits) -> ImportCalls:
+        """``(begin, commit)``: :meth:`parse_begin` under ``limits``, and :meth:`commit`.
+
+        What a document calls for every import, bound once: on the native
+        path they are the Rust methods themselves, without a Python call
+        around each (a few percent of a keystroke's import). They stay valid
+        as long as this checker.
         """
 
     @property
@@ -327,6 +343,10 @@ class PyChecker(Checker):
         plain = self.plain_ascii(p)
         formatting = self.begin(update, p, limits)[1]
         return (BEGAN_FORMATTING if formatting else 0) | (BEGAN_PLAIN if plain else 0)
+
+    def import_calls(self, limits: UpdateLimits) -> ImportCalls:
+        """See :meth:`Checker.import_calls`."""
+        return partial(self.parse_begin, limits=limits), self.commit
 
     @property
     def formatting(self) -> bool:
@@ -522,6 +542,11 @@ class NativeChecker(Checker):
         if limits is self._key_a:
             return self.index.parse_begin(update, self._native_a)  # type: ignore[no-any-return]
         return self.index.parse_begin(update, self._native_limits(limits))  # type: ignore[no-any-return]
+
+    def import_calls(self, limits: UpdateLimits) -> ImportCalls:
+        """See :meth:`Checker.import_calls`."""
+        begin = partial(self.index.parse_begin, limits=self._native_limits(limits))
+        return begin, self.index.commit
 
     @property
     def formatting(self) -> bool:

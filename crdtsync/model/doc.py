@@ -77,7 +77,7 @@ from crdtsync.format.yupdate import (
     UpdateLimits,
     parse_update,
 )
-from crdtsync.model._engine_private import update_applier
+from crdtsync.model._engine_private import observe_transactions, update_applier
 from crdtsync.model.containers import (
     KIND_KEY,
     Container,
@@ -293,6 +293,8 @@ class Doc:
             self._checker: Checker = new_checker({REGISTRY: TYPE_MAP}, native=native)
         except RuntimeError as exc:
             raise InvalidOperationError(f"native=True: {exc}") from None
+        # The checker's import calls under the update limits (see Checker.import_calls).
+        self._begin_import, self._commit_import = self._checker.import_calls(self._limits)
         # The same limits in the form stored state is read under.
         self._whole = self._document_limits()
         # Whether the index hears of local transactions (from the first import on).
@@ -342,7 +344,8 @@ class Doc:
         self._queue: builtins.list[tuple[ChangeEvent | None, bytes, Any, bool]] = []
         # Change callbacks, and raw-update callbacks (sync, persistence).
         self._observers: builtins.list[Callable[[ChangeEvent], None]] = []
-        self._update_observers: builtins.list[Callable[[bytes, Any, bool], None]] = []
+        # (A tuple, replaced on each change: delivery iterates it without a copy.)
+        self._update_observers: tuple[Callable[[bytes, Any, bool], None], ...] = ()
         # Whether anyone observes: if not, edits may skip our transaction wrapper.
         self._observed = False
         # Deep changes collected during the current transaction.
@@ -354,6 +357,8 @@ class Doc:
         # Subscription to pycrdt's transaction events, made with the first observer
         # so that unobserved documents pay nothing per edit.
         self._txn_sub: Any = None
+        # Where _on_transaction puts what it raises (see _subscribe_engine).
+        self._engine_errors: builtins.list[Exception] = []
 
     # -- identity and roots ----------------------------------------------------------
 
@@ -844,7 +849,23 @@ class Doc:
             if not isinstance(data, _BYTES_LIKE):
                 raise InvalidUpdateError(f"updates are bytes, not {type(data).__name__}")
             data = bytes(data)
-        self._apply(data, origin)
+        if self._held_order or not self._index_live or self._last_parse is not None:
+            self._apply(data, origin)
+            return
+        # What _apply does, for the common case (a live index, nothing held
+        # that may expire, no parse to reuse): one Python call less per import.
+        if self._local:
+            self._record_local()
+        try:
+            moved = self._integrate(data, None, origin, self._limits)
+        except MissingUpdatesError as exc:
+            self._hold(data, origin, [exc.needs])
+            return
+        except InvalidUpdateError:
+            self._check_poisoned()
+            raise
+        if self._waiting and moved:
+            self._release_held(moved)
 
     @property
     def pending(self) -> int:
@@ -926,6 +947,7 @@ class Doc:
             checker = PyChecker(dict(checker.snapshot()["root_types"]))
             checker.record_diff(full, self._whole)
         self._checker = checker
+        self._begin_import, self._commit_import = checker.import_calls(self._limits)
 
     def _apply(
         self,
@@ -959,15 +981,19 @@ class Doc:
                 self._hold(update, origin, [exc.needs])
                 return
             except InvalidUpdateError:
-                if self._checker.poisoned:
-                    log.error("the Rust index failed (a bug); rebuilding it from the engine")
-                    self._rebuild_index()
+                self._check_poisoned()
                 raise
             if self._waiting and moved:
                 self._release_held(moved)
         finally:
             if fresh:
                 self._subscribe_engine()
+
+    def _check_poisoned(self) -> None:
+        """After a refused update: rebuild the index if a bug (a panic) poisoned it."""
+        if self._checker.poisoned:
+            log.error("the Rust index failed (a bug); rebuilding it from the engine")
+            self._rebuild_index()
 
     def _integrate(
         self, update: bytes, parsed: Parsed | None, origin: Any, limits: UpdateLimits
@@ -984,7 +1010,10 @@ class Doc:
         """
         checker = self._checker
         if parsed is None:
-            got = checker.parse_begin(update, limits)
+            if limits is self._limits:
+                got = self._begin_import(update)
+            else:
+                got = checker.parse_begin(update, limits)
             if not isinstance(got, int):
                 parsed = got  # deletions to split off: the two steps below, with the budget
             elif got & BEGAN_FORMATTING or self._depth or self._engine_origins or self._watched:
@@ -1006,7 +1035,7 @@ class Doc:
                 self._text_epoch += 1
                 if not got & BEGAN_PLAIN:
                     self._text_ascii_epoch = self._text_epoch
-                moved = checker.commit()
+                moved = self._commit_import()
                 self._imports += 1
                 if self._observers:
                     self._announce_new_roots(origin)
@@ -1333,11 +1362,13 @@ class Doc:
             A function that unsubscribes.
         """
         self._subscribe_transactions()
-        self._update_observers.append(callback)
+        self._update_observers += (callback,)
 
         def unsubscribe() -> None:
-            if callback in self._update_observers:
-                self._update_observers.remove(callback)
+            observers = builtins.list(self._update_observers)
+            if callback in observers:
+                observers.remove(callback)
+                self._update_observers = tuple(observers)
 
         return unsubscribe
 
@@ -1425,32 +1456,41 @@ class Doc:
         return out
 
     def _on_transaction(self, event: Any) -> None:
-        # Runs inside pycrdt's commit: only package; delivery happens after it.
-        update = b""  # the transaction's update, read from the engine at most once
-        if self._index_live:
-            if self._importing:
-                if self._want_event_deletes:
-                    self._event_deletes = bytes(event.delete_set)
-            else:
-                update = bytes(event.update)
-                self._local.append(update)
-                if len(self._local) >= _LOCAL_BATCH:
-                    self._record_local()
-        if not self._observed:
-            return  # nobody observes: nothing to package
-        if self._pending:
-            changes, self._pending = self._pending, []
-        else:
-            changes = []
-        origin = self._origin
-        local = not isinstance(origin, _Remote)
-        if not local:
-            origin = origin.origin
-        ev = ChangeEvent(origin, local, tuple(changes)) if (changes and self._observers) else None
-        if ev is not None or self._update_observers:
-            if self._update_observers and not update:
-                update = bytes(event.update)
-            self._queue.append((ev, update if self._update_observers else b"", origin, local))
+        # Runs inside pycrdt's commit, called by the engine itself (see
+        # _subscribe_engine): only package; delivery happens after it. What it
+        # raises goes where pycrdt's own wrapper would put it, to be raised
+        # once the transaction is over.
+        try:
+            update = b""  # the transaction's update, read from the engine at most once
+            if self._index_live:
+                if self._importing:
+                    if self._want_event_deletes:
+                        self._event_deletes = bytes(event.delete_set)
+                else:
+                    update = bytes(event.update)
+                    local_updates = self._local
+                    local_updates.append(update)
+                    if len(local_updates) >= _LOCAL_BATCH:
+                        self._record_local()
+            if not self._observed:
+                return  # nobody observes: nothing to package
+            origin = self._origin
+            local = not isinstance(origin, _Remote)
+            if not local:
+                origin = origin.origin
+            ev = None
+            if self._pending:
+                changes, self._pending = self._pending, []
+                if self._observers:
+                    ev = ChangeEvent(origin, local, tuple(changes))
+            if self._update_observers:
+                if not update:
+                    update = bytes(event.update)
+                self._queue.append((ev, update, origin, local))
+            elif ev is not None:
+                self._queue.append((ev, b"", origin, local))
+        except Exception as exc:
+            self._engine_errors.append(exc)
 
     def _deliver(self) -> None:
         queue = self._queue
@@ -1460,7 +1500,7 @@ class Doc:
                 for cb in tuple(self._observers):
                     cb(ev)
             if update:
-                for ucb in tuple(self._update_observers):
+                for ucb in self._update_observers:
                     ucb(update, origin, local)
 
     def _subscribe_transactions(self) -> None:
@@ -1469,7 +1509,10 @@ class Doc:
 
     def _subscribe_engine(self) -> None:
         if self._txn_sub is None:
-            self._txn_sub = self._y.observe(self._on_transaction)
+            # Called by the engine without pycrdt's Python wrapper (one call
+            # less per transaction); _on_transaction hands what it raises to
+            # _engine_errors, as that wrapper would.
+            self._txn_sub, self._engine_errors = observe_transactions(self._y, self._on_transaction)
 
 
 # Engine type of each kind a plain Yjs root can show.
