@@ -540,12 +540,12 @@ class NativeChecker(Checker):
     def parse_begin(self, update: bytes, limits: UpdateLimits) -> int | Parsed:
         """See :meth:`Checker.parse_begin`."""
         if limits is self._key_a:
-            return self.index.parse_begin(update, self._native_a)  # type: ignore[no-any-return]
-        return self.index.parse_begin(update, self._native_limits(limits))  # type: ignore[no-any-return]
+            return self.index.parse_begin(self._native_a, update)  # type: ignore[no-any-return]
+        return self.index.parse_begin(self._native_limits(limits), update)  # type: ignore[no-any-return]
 
     def import_calls(self, limits: UpdateLimits) -> ImportCalls:
         """See :meth:`Checker.import_calls`."""
-        begin = partial(self.index.parse_begin, limits=self._native_limits(limits))
+        begin = partial(self.index.parse_begin, self._native_limits(limits))
         return begin, self.index.commit
 
     @property
