@@ -199,12 +199,13 @@ class _Txn:
 
     def __enter__(self) -> None:
         doc = self._doc
+        origin = self._origin
         if doc._depth == 0:
-            doc._origin = self._origin
+            doc._origin = origin
         doc._depth += 1
         try:
-            self._ytxn = doc._y.transaction(origin=self._origin)
-            self._ytxn.__enter__()
+            ytxn = self._ytxn = doc._y.transaction(origin)
+            ytxn.__enter__()
         except BaseException:
             doc._depth -= 1
             raise
