@@ -26,8 +26,12 @@ One update at a time goes through :meth:`Checker.begin` (its deletions of
 clocks the document does not have yet are split off into a delete-only
 update to hold, as ``Doc`` does; then the checks and the integration), then
 :meth:`Checker.commit` once pycrdt applied the bytes ``begin`` returned, or
-:meth:`Checker.rollback` if it failed. ``begin`` is one call into Rust on the
-native path for an update with nothing to split off (every keystroke).
+:meth:`Checker.rollback` if it failed. ``Doc`` imports through
+:meth:`Checker.parse_begin` (the parse, ``plain_ascii`` and ``begin`` in one
+step): one call into Rust on the native path for an update with nothing to
+split off (every keystroke), with no parse object handed to Python; an update
+with deletions to split off comes back parsed, for ``begin`` with the hold
+budget.
 """
 
 from __future__ import annotations
