@@ -17,7 +17,7 @@ import pycrdt
 import pytest
 
 from crdtsync import Doc
-from crdtsync.errors import MalformedUpdateError
+from crdtsync.errors import EngineError, MalformedUpdateError
 from crdtsync.format import accel
 
 
@@ -126,3 +126,50 @@ def test_what_the_transaction_hook_raises_reaches_the_caller(
     monkeypatch.undo()
     doc.import_yjs_update(ups[1])
     assert str(doc.text("body")) == "xab"
+
+
+def _panic() -> BaseException:
+    doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=1)
+    text = doc.get("t", type=pycrdt.Text)
+    text += "é"
+    # The engine bug of tests/model/test_engine_panic.py (a delete inside "é").
+    with pytest.raises(BaseException, match="divide by zero") as info:
+        del text[0:1]
+    return info.value
+
+
+@pytest.mark.parametrize("kind", ["panic", "error", "exit"])
+def test_the_engine_failing_on_a_short_path_import(
+    native: bool, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ups = _keystrokes()
+    doc = Doc(peer_id=1, native=native)
+    doc.observe_updates(lambda u, o, local: None)
+    doc.import_yjs_update(ups[0])
+    before = doc.index().snapshot()
+    failure: BaseException = {
+        "panic": _panic(),
+        "error": ValueError("engine said no"),
+        "exit": KeyboardInterrupt(),
+    }[kind]
+
+    def failing(_update: bytes) -> None:
+        raise failure
+
+    monkeypatch.setattr(doc, "_engine_apply_bare", failing)
+    expected: type[BaseException] = KeyboardInterrupt if kind == "exit" else EngineError
+    with pytest.raises(expected) as info:
+        doc.import_yjs_update(ups[1])
+    if kind == "exit":
+        assert info.value is failure  # passed through unchanged
+    elif kind == "error":
+        assert "refused a validated update" in str(info.value)
+        assert info.value.__cause__ is failure
+    else:
+        assert "the CRDT engine failed" in str(info.value)
+    assert doc.index().snapshot() == before  # the index rolled back
+    assert not doc.in_transaction
+    assert not doc.importing
+    monkeypatch.undo()
+    doc.import_yjs_update(ups[1])  # and the same update imports afterwards
+    assert str(doc.text("body")) == "ab"
