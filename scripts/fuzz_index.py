@@ -17,6 +17,11 @@ lockstep, and ANY disagreement fails the run:
   accepted, the bytes for pycrdt, the delete-only update split off to hold,
   its range count and what it waits for (byte for byte) and the formatting
   flag;
+* ``parse_begin`` (the one-call import path ``Doc`` takes), on a second
+  pair of checkers fed the same steps: the same outcome on both as the two
+  steps above (the same error class, or the flags of ``begin``'s formatting
+  and ``plain_ascii``, or the parse handed back, nothing begun, when
+  deletions are split off, which then goes through ``begin``);
 * then ``commit`` (the clients whose clocks moved) or, for a few accepted
   updates, ``rollback`` (as when pycrdt fails);
 * the index state after the step: :meth:`Checker.snapshot` (runs with their
@@ -90,7 +95,13 @@ import pycrdt  # noqa: E402
 
 from crdtsync.errors import InvalidUpdateError, MissingUpdatesError  # noqa: E402
 from crdtsync.format import yupdate as y  # noqa: E402
-from crdtsync.format.checker import Checker, NativeChecker, PyChecker  # noqa: E402
+from crdtsync.format.checker import (  # noqa: E402
+    BEGAN_FORMATTING,
+    BEGAN_PLAIN,
+    Checker,
+    NativeChecker,
+    PyChecker,
+)
 from crdtsync.model.doc import Doc  # noqa: E402
 
 SHARED = REPO.parent / "shared"
@@ -526,6 +537,9 @@ class Pair:
     def __init__(self, roots: dict[str, int], limits: y.UpdateLimits) -> None:
         self.py: Checker = PyChecker(roots)
         self.nat: Checker = NativeChecker(roots)
+        # The same again through parse_begin (Doc's one-call import path).
+        self.fpy: Checker = PyChecker(roots)
+        self.fnat: Checker = NativeChecker(roots)
         self.limits = limits
         self.whole = y.UpdateLimits(max_update_bytes=2**30)
         self.held: list[bytes] = []
@@ -554,7 +568,56 @@ class Pair:
         b = outcome(lambda: fn(self.nat))
         if not _same(a, b):
             return a[0], f"{what}: python {a[0]} {a[1]!r:.300} vs native {b[0]} {b[1]!r:.300}"
+        fa = outcome(lambda: fn(self.fpy))
+        fb = outcome(lambda: fn(self.fnat))
+        if not (_same(a, fa) and _same(a, fb)):
+            return a[0], f"{what} (parse_begin pair): {a[0]} vs python {fa[0]}, native {fb[0]}"
         return a[0], None
+
+    def _fused(
+        self, data: bytes, pa: Outcome, plain: bool | None, ba: Outcome | None
+    ) -> tuple[str | None, bool]:
+        """Feeds ``data`` to the parse_begin pair; compares with the two-step outcome.
+
+        ``pa`` is the two-step parse's outcome, ``plain`` its ``plain_ascii``,
+        ``ba`` its ``begin``'s (None when the parse refused). Returns (problem
+        or None, whether the pair has an update open).
+        """
+        limits = self.limits
+        fa = outcome(lambda: self.fpy.parse_begin(data, limits))
+        fb = outcome(lambda: self.fnat.parse_begin(data, limits))
+        for name, f in (("python", fa), ("native", fb)):
+            if pa[0] != "ok":
+                if f[0] != pa[0]:
+                    return f"parse_begin ({name}): {f[0]} {f[1]!r:.300}, the parse {pa[0]}", False
+                continue
+            assert ba is not None
+            split = ba[0] != "MissingUpdatesError" and (ba[0] != "ok" or ba[1][2] is not None)
+            if f[0] == "ok" and not isinstance(f[1], int):
+                continue  # handed back for the split: checked below
+            if split and ba[0] == "ok":
+                return f"parse_begin ({name}): {f[0]} {f[1]!r:.100}, not the split", False
+            if f[0] != ba[0] or (f[0] == "MissingUpdatesError" and f[1] != ba[1]):
+                return f"parse_begin ({name}): {f[0]} {f[1]!r:.300} vs begin {ba[0]}", False
+            if f[0] == "ok":
+                want = (BEGAN_FORMATTING if ba[1][1] else 0) | (BEGAN_PLAIN if plain else 0)
+                if f[1] != want:
+                    return f"parse_begin ({name}): flags {f[1]} vs {want}", False
+        if (fa[0] == "ok") != (fb[0] == "ok") or (
+            fa[0] == "ok" and isinstance(fa[1], int) != isinstance(fb[1], int)
+        ):
+            problem = f"parse_begin: python {fa[0]} {fa[1]!r:.100} vs native {fb[0]} {fb[1]!r:.100}"
+            return problem, False
+        if fa[0] != "ok":
+            return None, False
+        if isinstance(fa[1], int):
+            return None, True
+        # Deletions split off: the parse handed back goes through begin, as in Doc.
+        ga = outcome(lambda: self.fpy.begin(data, fa[1], limits))
+        gb = outcome(lambda: self.fnat.begin(data, fb[1], limits))
+        if not (_same(ba, ga) and _same(ba, gb)):  # type: ignore[arg-type]
+            return f"parse_begin's split, then begin: {ga[0]}, {gb[0]} vs {ba[0]}", False
+        return None, ga[0] == "ok"
 
     def _import(self, data: bytes, rng: random.Random) -> tuple[str, str | None]:
         limits = self.limits
@@ -563,8 +626,12 @@ class Pair:
         if pa[0] != pb[0]:
             return pa[0], f"parse: python {pa[0]} {pa[1]!r:.300} vs native {pb[0]} {pb[1]!r:.300}"
         if pa[0] != "ok":
-            return pa[0], None
+            problem, _ = self._fused(data, pa, None, None)
+            return pa[0], problem
         p_py, p_nat = pa[1], pb[1]
+        plain = self.py.plain_ascii(p_py)
+        if self.nat.plain_ascii(p_nat) != plain:
+            return "ok", "plain_ascii differs"
         if self.py.writes(p_py) != self.nat.writes(p_nat):
             return "ok", "writes differ"
         if self.py.contains(p_py) != self.nat.contains(p_nat):
@@ -584,6 +651,9 @@ class Pair:
         if not _same(ba, bb):
             # (accepted: the same bytes for pycrdt, formatting flag and held deletions)
             return ba[0], f"begin: python {ba[0]} {ba[1]!r:.300} vs native {bb[0]} {bb[1]!r:.300}"
+        problem, fused_open = self._fused(data, pa, plain, ba)
+        if problem is not None:
+            return ba[0], problem
         if ba[0] in ("MalformedUpdateError", "UpdateLimitError"):
             self.reasons[fu._reason(str(ba[1]))[:60]] += 1
         if ba[0] == "MissingUpdatesError":
@@ -595,10 +665,17 @@ class Pair:
         if rng.random() < 0.04:
             self.py.rollback()
             self.nat.rollback()
+            if fused_open:
+                self.fpy.rollback()
+                self.fnat.rollback()
             return "rolled-back", None
         ma, mb = self.py.commit(), self.nat.commit()
         if sorted(ma) != sorted(mb):
             return "ok", f"commit: moved clients python {ma} vs native {mb}"
+        if fused_open:
+            fa, fb = self.fpy.commit(), self.fnat.commit()
+            if sorted(fa) != sorted(ma) or sorted(fb) != sorted(ma):
+                return "ok", f"commit (parse_begin pair): moved {fa}, {fb} vs {ma}"
         later = ba[1][2]
         if later is not None and len(self.held) < 64:
             self.held.append(later)
@@ -610,7 +687,14 @@ class Pair:
                 c.check_invariants()
             except AssertionError as exc:
                 return f"{name} invariants: {exc}"
-        return snapshot_diff(self.py.snapshot(), self.nat.snapshot())
+        problem = snapshot_diff(self.py.snapshot(), self.nat.snapshot())
+        if problem is not None:
+            return problem
+        for name, c in (("python", self.fpy), ("native", self.fnat)):
+            problem = snapshot_diff(self.py.snapshot(), c.snapshot())
+            if problem is not None:
+                return f"the parse_begin pair's {name} index: {problem}"
+        return None
 
 
 def _doc_outcome(fn: Callable[[], Any]) -> str:

@@ -26,14 +26,19 @@ One update at a time goes through :meth:`Checker.begin` (its deletions of
 clocks the document does not have yet are split off into a delete-only
 update to hold, as ``Doc`` does; then the checks and the integration), then
 :meth:`Checker.commit` once pycrdt applied the bytes ``begin`` returned, or
-:meth:`Checker.rollback` if it failed. ``begin`` is one call into Rust on the
-native path for an update with nothing to split off (every keystroke).
+:meth:`Checker.rollback` if it failed. ``Doc`` imports through
+:meth:`Checker.parse_begin` (the parse, ``plain_ascii`` and ``begin`` in one
+step): one call into Rust on the native path for an update with nothing to
+split off (every keystroke), with no parse object handed to Python; an update
+with deletions to split off comes back parsed, for ``begin`` with the hold
+budget.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeAlias, cast
 
 from crdtsync.format import accel
@@ -54,9 +59,12 @@ from crdtsync.format.yupdate import (
 )
 
 __all__ = [
+    "BEGAN_FORMATTING",
+    "BEGAN_PLAIN",
     "Began",
     "Checker",
     "HoldBudget",
+    "ImportCalls",
     "NativeChecker",
     "NativeUpdate",
     "Parsed",
@@ -77,6 +85,17 @@ Began: TypeAlias = tuple[bytes, bool, bytes | None, int, tuple[tuple[int, int], 
 #: Called with ``(later_ranges, later)`` before an update whose deletions are
 #: split off is begun; raises (an ``UpdateLimitError``) to refuse it.
 HoldBudget: TypeAlias = Callable[[int, bytes], None]
+
+
+#: Flags :meth:`Checker.parse_begin` returns for a begun update: yrs may
+#: delete formatting items of its own accord (``begin``'s flag), and the
+#: update is plain ASCII (``plain_ascii``).
+BEGAN_FORMATTING = 1
+BEGAN_PLAIN = 2
+
+
+#: What :meth:`Checker.import_calls` returns.
+ImportCalls: TypeAlias = tuple[Callable[[bytes], "int | Parsed"], Callable[[], list[int]]]
 
 
 def _no_budget(ranges: int, later: bytes) -> None:
@@ -156,6 +175,33 @@ class Checker(ABC):
             MissingUpdatesError: a dependency is neither here nor in the update.
             MalformedUpdateError: a rule is broken.
             UpdateLimitError: too many pending deletions.
+        """
+
+    @abstractmethod
+    def parse_begin(self, update: bytes, limits: UpdateLimits) -> int | Parsed:
+        """:meth:`parse`, :meth:`plain_ascii` and :meth:`begin` in one step, for an import.
+
+        One call into Rust on the native path, with no parse object handed
+        to Python: an import's whole check (every keystroke's). Raises what
+        :meth:`parse` raises, then what :meth:`begin` raises.
+
+        Returns:
+            When the update was begun (nothing to split off: the bytes for the
+            engine are ``update`` itself), its flags: :data:`BEGAN_FORMATTING`
+            (``begin``'s formatting flag) and :data:`BEGAN_PLAIN` (``plain_ascii``).
+            When deletions of clocks the document lacks must be split off,
+            nothing is begun and the parse is returned, for :meth:`plain_ascii`
+            and :meth:`begin` with a hold budget.
+        """
+
+    @abstractmethod
+    def import_calls(self, limits: UpdateLimits) -> ImportCalls:
+        """``(begin, commit)``: :meth:`parse_begin` under ``limits``, and :meth:`commit`.
+
+        What a document calls for every import, bound once: on the native
+        path they are the Rust methods themselves, without a Python call
+        around each (a few percent of a keystroke's import). They stay valid
+        as long as this checker.
         """
 
     @property
@@ -292,6 +338,19 @@ class PyChecker(Checker):
                 p = ParsedUpdate(p.clients, now, -1)
         txn = self._txn = self.index.begin(p, limits)
         return engine, self.index.formatting or txn.formatting, later_update, n_later, needs
+
+    def parse_begin(self, update: bytes, limits: UpdateLimits) -> int | Parsed:
+        """See :meth:`Checker.parse_begin`."""
+        p = parse_update(update, limits)
+        if p.delete_set and split_deletes(p, self.index.state)[1]:
+            return p
+        plain = self.plain_ascii(p)
+        formatting = self.begin(update, p, limits)[1]
+        return (BEGAN_FORMATTING if formatting else 0) | (BEGAN_PLAIN if plain else 0)
+
+    def import_calls(self, limits: UpdateLimits) -> ImportCalls:
+        """See :meth:`Checker.import_calls`."""
+        return partial(self.parse_begin, limits=limits), self.commit
 
     @property
     def formatting(self) -> bool:
@@ -481,6 +540,17 @@ class NativeChecker(Checker):
         if len(update) >= _RELEASE_BYTES:
             _native_update(parsed).release()
         return engine, bool(formatting), later, n_later, tuple(needs)
+
+    def parse_begin(self, update: bytes, limits: UpdateLimits) -> int | Parsed:
+        """See :meth:`Checker.parse_begin`."""
+        if limits is self._key_a:
+            return self.index.parse_begin(self._native_a, update)  # type: ignore[no-any-return]
+        return self.index.parse_begin(self._native_limits(limits), update)  # type: ignore[no-any-return]
+
+    def import_calls(self, limits: UpdateLimits) -> ImportCalls:
+        """See :meth:`Checker.import_calls`."""
+        begin = partial(self.index.parse_begin, self._native_limits(limits))
+        return begin, self.index.commit
 
     @property
     def formatting(self) -> bool:

@@ -39,7 +39,14 @@ from typing import Any
 
 import pycrdt
 
-__all__ = ["Change", "changed_entries", "entry_writer", "observe_entries", "update_applier"]
+__all__ = [
+    "Change",
+    "changed_entries",
+    "entry_writer",
+    "observe_entries",
+    "observe_transactions",
+    "update_applier",
+]
 
 #: One changed entry of a Y.Map: ``(key, action, new value if it is a str)``;
 #: ``action`` is ``"add"``, ``"update"`` or ``"delete"``.
@@ -171,6 +178,30 @@ def update_applier(ydoc: pycrdt.Doc[Any]) -> Callable[[bytes], None]:
             raise ExceptionGroup("Observer callback error", raised)
 
     return apply
+
+
+def observe_transactions(
+    ydoc: pycrdt.Doc[Any], callback: Callable[[Any], None]
+) -> tuple[Any, list[Exception]]:
+    """Subscribe ``callback(event)`` to ``ydoc``'s transactions, as ``ydoc.observe`` does.
+
+    ``ydoc.observe`` has the engine call a Python wrapper
+    (``functools.partial(observe_callback, ...)``) that calls the callback and
+    collects what it raises into the document's list of observer errors, which
+    pycrdt raises (an ``ExceptionGroup``) once the transaction is over. Here
+    the engine calls ``callback`` itself: one Python call less per
+    transaction, local or imported. So ``callback`` must catch what it raises
+    (``Exception``) and append it to the list returned here; an exception
+    escaping it would be left pending in the interpreter by the engine.
+
+    Private names: ``Doc._doc.observe`` (the engine document's, which passes
+    the same ``TransactionEvent``) and ``Doc._exceptions``.
+
+    Returns:
+        ``(subscription, errors)``: keep the subscription (dropping it
+        unsubscribes); ``errors`` is the document's list of observer errors.
+    """
+    return ydoc._doc.observe(callback), ydoc._exceptions
 
 
 def observe_entries(container: pycrdt.Map[Any], callback: Callable[[Any], None]) -> Any:

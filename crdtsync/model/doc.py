@@ -53,7 +53,14 @@ from crdtsync.errors import (
 )
 from crdtsync.format import envelope as encoding
 from crdtsync.format.accel import Parsed
-from crdtsync.format.checker import Checker, PyChecker, new_checker
+from crdtsync.format.checker import (
+    BEGAN_FORMATTING,
+    BEGAN_PLAIN,
+    Began,
+    Checker,
+    PyChecker,
+    new_checker,
+)
 from crdtsync.format.version import Version
 from crdtsync.format.yupdate import (
     CONTENT_ANY,
@@ -70,7 +77,7 @@ from crdtsync.format.yupdate import (
     UpdateLimits,
     parse_update,
 )
-from crdtsync.model._engine_private import update_applier
+from crdtsync.model._engine_private import observe_transactions, update_applier
 from crdtsync.model.containers import (
     KIND_KEY,
     Container,
@@ -192,12 +199,13 @@ class _Txn:
 
     def __enter__(self) -> None:
         doc = self._doc
+        origin = self._origin
         if doc._depth == 0:
-            doc._origin = self._origin
+            doc._origin = origin
         doc._depth += 1
         try:
-            self._ytxn = doc._y.transaction(origin=self._origin)
-            self._ytxn.__enter__()
+            ytxn = self._ytxn = doc._y.transaction(origin)
+            ytxn.__enter__()
         except BaseException:
             doc._depth -= 1
             raise
@@ -286,6 +294,8 @@ class Doc:
             self._checker: Checker = new_checker({REGISTRY: TYPE_MAP}, native=native)
         except RuntimeError as exc:
             raise InvalidOperationError(f"native=True: {exc}") from None
+        # The checker's import calls under the update limits (see Checker.import_calls).
+        self._begin_import, self._commit_import = self._checker.import_calls(self._limits)
         # The same limits in the form stored state is read under.
         self._whole = self._document_limits()
         # Whether the index hears of local transactions (from the first import on).
@@ -335,7 +345,8 @@ class Doc:
         self._queue: builtins.list[tuple[ChangeEvent | None, bytes, Any, bool]] = []
         # Change callbacks, and raw-update callbacks (sync, persistence).
         self._observers: builtins.list[Callable[[ChangeEvent], None]] = []
-        self._update_observers: builtins.list[Callable[[bytes, Any, bool], None]] = []
+        # (A tuple, replaced on each change: delivery iterates it without a copy.)
+        self._update_observers: tuple[Callable[[bytes, Any, bool], None], ...] = ()
         # Whether anyone observes: if not, edits may skip our transaction wrapper.
         self._observed = False
         # Deep changes collected during the current transaction.
@@ -347,6 +358,8 @@ class Doc:
         # Subscription to pycrdt's transaction events, made with the first observer
         # so that unobserved documents pay nothing per edit.
         self._txn_sub: Any = None
+        # Where _on_transaction puts what it raises (see _subscribe_engine).
+        self._engine_errors: builtins.list[Exception] = []
 
     # -- identity and roots ----------------------------------------------------------
 
@@ -837,7 +850,23 @@ class Doc:
             if not isinstance(data, _BYTES_LIKE):
                 raise InvalidUpdateError(f"updates are bytes, not {type(data).__name__}")
             data = bytes(data)
-        self._apply(data, origin)
+        if self._held_order or not self._index_live or self._last_parse is not None:
+            self._apply(data, origin)
+            return
+        # What _apply does, for the common case (a live index, nothing held
+        # that may expire, no parse to reuse): one Python call less per import.
+        if self._local:
+            self._record_local()
+        try:
+            moved = self._integrate(data, None, origin, self._limits)
+        except MissingUpdatesError as exc:
+            self._hold(data, origin, [exc.needs])
+            return
+        except InvalidUpdateError:
+            self._check_poisoned()
+            raise
+        if self._waiting and moved:
+            self._release_held(moved)
 
     @property
     def pending(self) -> int:
@@ -854,7 +883,12 @@ class Doc:
     # checks every rule and integrates the structs into the index in one pass ->
     # pycrdt -> IndexUpdate.commit (deletions). Local transactions reach the index
     # through their own update (pycrdt's transaction event), recorded before the
-    # next import; nothing here costs in proportion to the document.
+    # next import; nothing here costs in proportion to the document. An import
+    # of raw bytes is parsed and begun in one call (Checker.parse_begin, bound
+    # once with the document's limits: Checker.import_calls), and the common
+    # one (no formatting, no open transaction, no deep observers) is applied
+    # and committed inline in _integrate: on a keystroke each Python call on
+    # this path is a few percent of the import.
 
     def _document_limits(self) -> UpdateLimits:
         """The limits for stored state: ``max_document_bytes`` instead of the update size."""
@@ -919,6 +953,7 @@ class Doc:
             checker = PyChecker(dict(checker.snapshot()["root_types"]))
             checker.record_diff(full, self._whole)
         self._checker = checker
+        self._begin_import, self._commit_import = checker.import_calls(self._limits)
 
     def _apply(
         self,
@@ -940,12 +975,10 @@ class Doc:
             # its own accord (then _integrate subscribes before applying).
             self._sync_index(subscribe=not fresh or self._depth > 0)
         try:
-            if parsed is None:
+            if parsed is None and self._last_parse is not None:
                 cached, self._last_parse = self._last_parse, None
-                if cached is not None and (cached[0] is update or cached[0] == update):
+                if cached[0] is update or cached[0] == update:
                     parsed = cached[1]
-                else:
-                    parsed = self._checker.parse(update, limits)
             try:
                 moved = self._integrate(update, parsed, origin, limits)
             except MissingUpdatesError as exc:
@@ -954,9 +987,7 @@ class Doc:
                 self._hold(update, origin, [exc.needs])
                 return
             except InvalidUpdateError:
-                if self._checker.poisoned:
-                    log.error("the Rust index failed (a bug); rebuilding it from the engine")
-                    self._rebuild_index()
+                self._check_poisoned()
                 raise
             if self._waiting and moved:
                 self._release_held(moved)
@@ -964,16 +995,59 @@ class Doc:
             if fresh:
                 self._subscribe_engine()
 
+    def _check_poisoned(self) -> None:
+        """After a refused update: rebuild the index if a bug (a panic) poisoned it."""
+        if self._checker.poisoned:
+            log.error("the Rust index failed (a bug); rebuilding it from the engine")
+            self._rebuild_index()
+
     def _integrate(
-        self, update: bytes, parsed: Parsed, origin: Any, limits: UpdateLimits
+        self, update: bytes, parsed: Parsed | None, origin: Any, limits: UpdateLimits
     ) -> builtins.list[int]:
         """Check, apply and index one update; returns the clients whose clocks moved.
+
+        ``parsed`` is the update's parse if one was made already (a load's, or
+        :meth:`new_writers`'); otherwise the update is parsed and begun in one
+        step (``Checker.parse_begin``: one call into Rust for an import).
 
         Deletions of clocks this replica does not have yet are split off and
         held as a delete-only update: yrs would keep them pending, re-read all
         of them on every later update, and leave them out of :meth:`save`.
         """
         checker = self._checker
+        if parsed is None:
+            if limits is self._limits:
+                got = self._begin_import(update)
+            else:
+                got = checker.parse_begin(update, limits)
+            if not isinstance(got, int):
+                parsed = got  # deletions to split off: the two steps below, with the budget
+            elif got & BEGAN_FORMATTING or self._depth or self._engine_origins or self._watched:
+                began = (update, got & BEGAN_FORMATTING != 0, None, 0, ())
+                return self._applied(began, got & BEGAN_PLAIN != 0, origin)
+            else:
+                # The common import (every keystroke): _applied and the bare
+                # path of _engine_apply, inline (each Python call is a few
+                # percent of a keystroke's import).
+                self._depth = 1
+                self._importing = True
+                self._origin = _REMOTE_NONE if origin is None else _Remote(origin)
+                try:
+                    self._engine_apply_bare(update)
+                except BaseException as exc:
+                    self._import_failed(exc)
+                self._depth = 0
+                self._importing = False
+                self._text_epoch += 1
+                if not got & BEGAN_PLAIN:
+                    self._text_ascii_epoch = self._text_epoch
+                moved = self._commit_import()
+                self._imports += 1
+                if self._observers:
+                    self._announce_new_roots(origin)
+                if self._queue:
+                    self._deliver()
+                return moved
 
         def budget(n_later: int, later: bytes) -> None:
             if self._held_deletes + n_later > limits.max_pending_deletes:
@@ -985,10 +1059,22 @@ class Doc:
             self._check_hold_budget(len(later), origin)
 
         plain = checker.plain_ascii(parsed)  # (before begin, which spends the parse)
-        engine, self._want_event_deletes, later, n_later, needs = checker.begin(
-            update, parsed, limits, budget
-        )
-        if self._want_event_deletes and self._txn_sub is None:
+        return self._applied(checker.begin(update, parsed, limits, budget), plain, origin)
+
+    def _applied(self, began: Began, plain: bool, origin: Any) -> builtins.list[int]:
+        """:meth:`_integrate` once begun: the engine applies the update, the index commits.
+
+        Args:
+            began: what ``Checker.begin`` returned: the bytes for pycrdt,
+                whether the engine transaction's delete set must reach the
+                index, and the deletions split off to hold.
+            plain: whether the update is plain ASCII (see :attr:`text_ascii_epoch`).
+            origin: the import's origin.
+        """
+        engine, want, later, n_later, needs = began
+        checker = self._checker
+        self._want_event_deletes = want
+        if want and self._txn_sub is None:
             self._subscribe_engine()  # (a first import: see _apply)
         try:
             self._engine_apply(engine, origin, plain)
@@ -1006,19 +1092,38 @@ class Doc:
         if later is not None:
             self._hold(later, origin, builtins.list(needs), n_later)
         if self._observers:
-            created = self._watch_new_roots()
-            if created:
-                ev = self._queue[-1][0] if self._queue else None
-                if ev is not None and not ev.local and ev.origin is origin:
-                    ev = ChangeEvent(origin, False, ev.changes + tuple(created))
-                    self._queue[-1] = (ev, *self._queue[-1][1:])
-                else:
-                    self._queue.append(
-                        (ChangeEvent(origin, False, tuple(created)), b"", origin, False)
-                    )
+            self._announce_new_roots(origin)
         if self._depth == 0 and self._queue:
             self._deliver()
         return moved
+
+    def _import_failed(self, exc: BaseException) -> None:
+        """The engine failed on a begun import outside any transaction (see :meth:`_integrate`).
+
+        Ends the import as :meth:`_engine_apply` does, rolls the index back and
+        raises what :meth:`_engine_apply` raises.
+        """
+        self._depth = 0
+        self._importing = False
+        self._text_epoch += 1
+        self._text_ascii_epoch = self._text_epoch
+        self._checker.rollback()
+        if _is_panic(exc):
+            raise EngineError(f"the CRDT engine failed: {exc}") from None
+        if isinstance(exc, Exception):
+            raise EngineError(f"the CRDT engine refused a validated update: {exc}") from exc
+        raise exc
+
+    def _announce_new_roots(self, origin: Any) -> None:
+        """Tell change observers of the roots an import created (with its own event, if any)."""
+        created = self._watch_new_roots()
+        if created:
+            ev = self._queue[-1][0] if self._queue else None
+            if ev is not None and not ev.local and ev.origin is origin:
+                ev = ChangeEvent(origin, False, ev.changes + tuple(created))
+                self._queue[-1] = (ev, *self._queue[-1][1:])
+            else:
+                self._queue.append((ChangeEvent(origin, False, tuple(created)), b"", origin, False))
 
     def _classify_engine_roots(self) -> None:
         """Learn the kind of roots the engine holds that nothing here names yet.
@@ -1263,11 +1368,13 @@ class Doc:
             A function that unsubscribes.
         """
         self._subscribe_transactions()
-        self._update_observers.append(callback)
+        self._update_observers += (callback,)
 
         def unsubscribe() -> None:
-            if callback in self._update_observers:
-                self._update_observers.remove(callback)
+            observers = builtins.list(self._update_observers)
+            if callback in observers:
+                observers.remove(callback)
+                self._update_observers = tuple(observers)
 
         return unsubscribe
 
@@ -1355,32 +1462,41 @@ class Doc:
         return out
 
     def _on_transaction(self, event: Any) -> None:
-        # Runs inside pycrdt's commit: only package; delivery happens after it.
-        update = b""  # the transaction's update, read from the engine at most once
-        if self._index_live:
-            if self._importing:
-                if self._want_event_deletes:
-                    self._event_deletes = bytes(event.delete_set)
-            else:
-                update = bytes(event.update)
-                self._local.append(update)
-                if len(self._local) >= _LOCAL_BATCH:
-                    self._record_local()
-        if not self._observed:
-            return  # nobody observes: nothing to package
-        if self._pending:
-            changes, self._pending = self._pending, []
-        else:
-            changes = []
-        origin = self._origin
-        local = not isinstance(origin, _Remote)
-        if not local:
-            origin = origin.origin
-        ev = ChangeEvent(origin, local, tuple(changes)) if (changes and self._observers) else None
-        if ev is not None or self._update_observers:
-            if self._update_observers and not update:
-                update = bytes(event.update)
-            self._queue.append((ev, update if self._update_observers else b"", origin, local))
+        # Runs inside pycrdt's commit, called by the engine itself (see
+        # _subscribe_engine): only package; delivery happens after it. What it
+        # raises goes where pycrdt's own wrapper would put it, to be raised
+        # once the transaction is over.
+        try:
+            update = b""  # the transaction's update, read from the engine at most once
+            if self._index_live:
+                if self._importing:
+                    if self._want_event_deletes:
+                        self._event_deletes = bytes(event.delete_set)
+                else:
+                    update = bytes(event.update)
+                    local_updates = self._local
+                    local_updates.append(update)
+                    if len(local_updates) >= _LOCAL_BATCH:
+                        self._record_local()
+            if not self._observed:
+                return  # nobody observes: nothing to package
+            origin = self._origin
+            local = not isinstance(origin, _Remote)
+            if not local:
+                origin = origin.origin
+            ev = None
+            if self._pending:
+                changes, self._pending = self._pending, []
+                if self._observers:
+                    ev = ChangeEvent(origin, local, tuple(changes))
+            if self._update_observers:
+                if not update:
+                    update = bytes(event.update)
+                self._queue.append((ev, update, origin, local))
+            elif ev is not None:
+                self._queue.append((ev, b"", origin, local))
+        except Exception as exc:
+            self._engine_errors.append(exc)
 
     def _deliver(self) -> None:
         queue = self._queue
@@ -1390,7 +1506,7 @@ class Doc:
                 for cb in tuple(self._observers):
                     cb(ev)
             if update:
-                for ucb in tuple(self._update_observers):
+                for ucb in self._update_observers:
                     ucb(update, origin, local)
 
     def _subscribe_transactions(self) -> None:
@@ -1399,7 +1515,10 @@ class Doc:
 
     def _subscribe_engine(self) -> None:
         if self._txn_sub is None:
-            self._txn_sub = self._y.observe(self._on_transaction)
+            # Called by the engine without pycrdt's Python wrapper (one call
+            # less per transaction); _on_transaction hands what it raises to
+            # _engine_errors, as that wrapper would.
+            self._txn_sub, self._engine_errors = observe_transactions(self._y, self._on_transaction)
 
 
 # Engine type of each kind a plain Yjs root can show.

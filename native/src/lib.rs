@@ -212,17 +212,7 @@ impl PyUpdate {
     /// (`crdtsync.model.Text` keeps its offset index over such imports).
     fn plain_ascii(&self) -> PyResult<bool> {
         self.live()?;
-        for (_, structs) in &self.parsed.clients {
-            for s in structs {
-                match (s.kind, &s.content) {
-                    (update::STRUCT_GC | update::STRUCT_SKIP | update::CONTENT_DELETED, _) => {}
-                    (update::CONTENT_STRING, Content::String(t))
-                        if t.get(&self.data).is_ascii() => {}
-                    _ => return Ok(false),
-                }
-            }
-        }
-        Ok(true)
+        Ok(plain_ascii_of(&self.parsed, &self.data))
     }
 
     /// Frees the bytes and the parse (see the class); idempotent.
@@ -354,6 +344,20 @@ impl PyUpdate {
         self.live()?;
         Ok(self.data.len())
     }
+}
+
+/// `Update.plain_ascii` of a parse of `data`.
+fn plain_ascii_of(parsed: &ParsedUpdate, data: &[u8]) -> bool {
+    for (_, structs) in &parsed.clients {
+        for s in structs {
+            match (s.kind, &s.content) {
+                (update::STRUCT_GC | update::STRUCT_SKIP | update::CONTENT_DELETED, _) => {}
+                (update::CONTENT_STRING, Content::String(t)) if t.get(data).is_ascii() => {}
+                _ => return false,
+            }
+        }
+    }
+    true
 }
 
 /// Parses a Yjs v1 update with the rules and limits of `_yupdate.parse_update`.
@@ -860,6 +864,41 @@ impl PyDocIndex {
         self.inner.check_invariants().map_err(|e| {
             pyo3::exceptions::PyAssertionError::new_err(format!("DocIndex invariant broken: {e}"))
         })
+    }
+
+    /// `parse_update(data, limits)`, then `Update.plain_ascii()` and
+    /// `begin(update, limits)` in one call: an import's whole check, with no
+    /// `Update` object and no copy of the bytes (the parse is freed before
+    /// this returns, so before the engine applies the update). The limits
+    /// come first so that `functools.partial` can bind them positionally (a
+    /// keyword costs a tenth of a keystroke's import).
+    ///
+    /// Returns an int when the update was begun (nothing split off): bit 0
+    /// set when a Format item was ever integrated (`begin`'s flag), bit 1
+    /// when the update is plain ASCII. When deletions must be split off,
+    /// nothing is begun and the parse is returned as an `Update` (the caller
+    /// then takes the two-step path: `plain_ascii`, `begin`, budgets, `begin`
+    /// with `split=True`). Raises what `parse_update` or `begin` raise, in
+    /// that order.
+    fn parse_begin<'py>(
+        &mut self,
+        py: Python<'py>,
+        limits: &Bound<'py, PyAny>,
+        data: &[u8],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let limits = limits_from(py, limits)?;
+        let detach = data.len() >= DETACH_BYTES;
+        let parsed = run(py, detach, || update::parse_update(data, &limits))?;
+        if !parsed.delete_set.is_empty() && !self.inner.split_deletes(&parsed).later.is_empty() {
+            return Ok(Bound::new(py, PyUpdate::new(data.to_vec(), parsed))?.into_any());
+        }
+        let plain = plain_ascii_of(&parsed, data);
+        let formatting = self.guarded(py, detach, |ix| {
+            ix.begin(data, &parsed, None, &limits, true)?;
+            Ok(ix.formatting || ix.open_formatting())
+        })?;
+        let flags = u8::from(formatting) | (u8::from(plain) << 1);
+        Ok(flags.into_pyobject(py)?.into_any())
     }
 }
 

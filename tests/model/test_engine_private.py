@@ -21,6 +21,7 @@ from crdtsync.model._engine_private import (
     changed_entries,
     entry_writer,
     observe_entries,
+    observe_transactions,
     text_writer,
     update_applier,
 )
@@ -242,3 +243,49 @@ def test_update_applier_lets_engine_errors_through() -> None:
     with relying_on("update_applier"):
         apply(remote_edits()[0])  # the failed one left no transaction open
         assert str(doc.get("t", type=pycrdt.Text)) == "hello"
+
+
+def test_observe_transactions_calls_back_with_pycrdt_s_event() -> None:
+    base, ups = remote_edits()
+    doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=7)
+    doc.apply_update(base)
+    got: list[bytes] = []
+    public, _psub = updates_of(doc)
+    with relying_on("observe_transactions"):
+        sub, errors = observe_transactions(doc, lambda ev: got.append(bytes(ev.update)))
+        assert errors is doc._exceptions
+        for u in ups:
+            doc.apply_update(u)
+        update_applier(doc)(ups[0])  # (nothing new: no event, as for ydoc.observe)
+        with doc.transaction():
+            doc.get("t", type=pycrdt.Text).insert(0, "H")
+        assert got == public
+        assert len(got) == len(ups) + 1
+        del sub  # dropping the subscription unsubscribes
+        gc.collect()
+        doc.get("t", type=pycrdt.Text).insert(0, "!")
+        assert len(got) == len(ups) + 1
+        assert len(public) == len(ups) + 2
+
+
+def test_observe_transactions_errors_are_raised_after_the_transaction() -> None:
+    base, ups = remote_edits()
+    doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=7)
+    doc.apply_update(base)
+
+    def callback(_ev: Any) -> None:
+        try:
+            raise ValueError("observer failed")
+        except Exception as exc:  # what the callback must do (see the function)
+            errors.append(exc)  # the list observe_transactions returned
+
+    with relying_on("observe_transactions"):
+        _sub, errors = observe_transactions(doc, callback)
+    with pytest.raises(ExceptionGroup) as info:
+        doc.apply_update(ups[0])
+    assert [str(e) for e in info.value.exceptions] == ["observer failed"]
+    with pytest.raises(ExceptionGroup):
+        update_applier(doc)(ups[1])
+    with relying_on("observe_transactions"):
+        assert str(doc.get("t", type=pycrdt.Text)) == "ello world"  # applied all the same
+        assert not doc._exceptions
