@@ -827,8 +827,12 @@ class Doc:
 
         Raises:
             InvalidUpdateError: malformed, too large or from a newer version.
+            InvalidOperationError: called inside an open transaction of this
+                document (see :meth:`import_yjs_update`).
             EngineError: the engine failed after validation (a bug: please report).
         """
+        if self._depth:
+            self._refuse_nested_import()
         env = encoding.unpack(data, self._limits, native=self._checker.native)
         self._apply(env.update, origin, env.parsed)
         for update in env.held:
@@ -845,7 +849,13 @@ class Doc:
             UpdateLimitError: it exceeds a limit, or holding it would exceed the
                 budget for held updates (``UpdateLimits.max_held_*``,
                 ``max_pending_deletes``).
+            InvalidOperationError: called inside an open transaction of this
+                document (``with doc.transaction():``, or an observer called
+                during one): a remote update is its own transaction, so that
+                observers and undo managers see it as remote. Nothing changed.
         """
+        if self._depth:
+            self._refuse_nested_import()
         if type(data) is not bytes:
             if not isinstance(data, _BYTES_LIKE):
                 raise InvalidUpdateError(f"updates are bytes, not {type(data).__name__}")
@@ -867,6 +877,15 @@ class Doc:
             raise
         if self._waiting and moved:
             self._release_held(moved)
+
+    def _refuse_nested_import(self) -> None:
+        # pycrdt cannot open the import's transaction (origin: remote) inside
+        # one with another origin, and folding the update into the caller's
+        # transaction would show it as a local edit (to undo managers too).
+        raise InvalidOperationError(
+            "cannot import an update inside an open transaction of this document: "
+            "import it once the transaction has ended"
+        )
 
     @property
     def pending(self) -> int:

@@ -17,7 +17,7 @@ import pycrdt
 import pytest
 
 from crdtsync import Doc
-from crdtsync.errors import EngineError, MalformedUpdateError
+from crdtsync.errors import EngineError, InvalidOperationError, MalformedUpdateError
 from crdtsync.format import accel
 
 
@@ -173,3 +173,25 @@ def test_the_engine_failing_on_a_short_path_import(
     monkeypatch.undo()
     doc.import_yjs_update(ups[1])  # and the same update imports afterwards
     assert str(doc.text("body")) == "ab"
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-import", "later-import"])
+@pytest.mark.parametrize("how", ["import_yjs_update", "import_update"])
+def test_an_import_inside_an_open_transaction_is_refused_cleanly(first: bool, how: str) -> None:
+    # pycrdt cannot nest the import's (remote) transaction in the caller's; the
+    # library refuses before touching anything, with its own error.
+    a = Doc()
+    a.text("t").insert(0, "hi")
+    b = Doc()
+    if not first:
+        b.import_yjs_update(a.export_yjs_update())
+    a.text("t").insert(2, "!")
+    payload = a.export_yjs_update() if how == "import_yjs_update" else a.export_update()
+    before = b.to_py()
+    with b.transaction():
+        b.text("x").insert(0, "local")
+        with pytest.raises(InvalidOperationError, match="inside an open transaction"):
+            getattr(b, how)(payload)
+    assert b.to_py() == {**before, "x": "local"}
+    getattr(b, how)(payload)  # once the transaction has ended
+    assert b.to_py()["t"] == "hi!"
