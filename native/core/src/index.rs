@@ -21,10 +21,12 @@
 //! lists, observed classes) is undone by `rollback`, so refused updates leave
 //! nothing behind; only block splits and relabels stay, which change nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fxhash::FxHashSet;
+use crate::keyed::{KeyedMap, KeyedSet, KeyedState, PrehashedMap};
 use crate::limits::Limits;
 use crate::update::{
     parse_update, Content, Id, Parent, ParsedUpdate, Span, Struct, CONTENT_ANY, CONTENT_BINARY,
@@ -308,28 +310,78 @@ struct ClientData {
     pair_splits: Vec<u32>,
 }
 
-/// An append-only string table that can be cut back (rollback).
-#[derive(Default, Debug)]
+/// An append-only string table that can be cut back (rollback): the strings
+/// stored once, end to end, and found by their keyed hash (computed once per
+/// lookup; growing the table never hashes the strings again). Strings with
+/// the same 64-bit hash are chained, newest first, so cutting back the newest
+/// strings only ever removes chain heads.
+#[derive(Debug)]
 struct Interner {
-    strings: Vec<Vec<u8>>,
-    ids: HashMap<Vec<u8>, u32>,
+    bytes: Vec<u8>,
+    /// End of each string in `bytes`.
+    ends: Vec<u32>,
+    /// The previous string with the same hash (`NONE`: the last).
+    next: Vec<u32>,
+    heads: PrehashedMap<u32>,
+    hasher: KeyedState,
 }
 
 impl Interner {
-    fn intern(&mut self, s: &[u8]) -> u32 {
-        if let Some(&i) = self.ids.get(s) {
-            return i;
+    fn new(hasher: KeyedState) -> Self {
+        Interner {
+            bytes: Vec::new(),
+            ends: Vec::new(),
+            next: Vec::new(),
+            heads: PrehashedMap::default(),
+            hasher,
         }
-        let i = self.strings.len() as u32;
-        self.strings.push(s.to_vec());
-        self.ids.insert(s.to_vec(), i);
-        i
+    }
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+    #[inline]
+    fn get(&self, i: u32) -> &[u8] {
+        let i = i as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.bytes[start..self.ends[i] as usize]
+    }
+    fn intern(&mut self, s: &[u8]) -> u32 {
+        let h = self.hasher.hash_one(s);
+        let head = self.heads.get(&h).copied().unwrap_or(NONE);
+        let mut i = head;
+        while i != NONE {
+            if self.get(i) == s {
+                return i;
+            }
+            i = self.next[i as usize];
+        }
+        let id = self.ends.len() as u32;
+        self.bytes.extend_from_slice(s);
+        // Strings come from updates of at most max_update_bytes (u32 offsets
+        // in the parser): a document's keys and names stay far below 4 GiB.
+        let end = u32::try_from(self.bytes.len()).expect("interned strings exceed 4 GiB");
+        self.ends.push(end);
+        self.next.push(head);
+        self.heads.insert(h, id);
+        id
     }
     fn truncate(&mut self, len: usize) {
-        while self.strings.len() > len {
-            let s = self.strings.pop().expect("non-empty");
-            self.ids.remove(&s);
+        while self.ends.len() > len {
+            let id = (self.ends.len() - 1) as u32;
+            let h = self.hasher.hash_one(self.get(id));
+            match self.next.pop().expect("one per string") {
+                NONE => self.heads.remove(&h),
+                older => self.heads.insert(h, older),
+            };
+            self.ends.pop();
+            self.bytes
+                .truncate(self.ends.last().map_or(0, |&e| e as usize));
         }
+    }
+    fn heap_bytes(&self) -> usize {
+        self.bytes.capacity()
+            + 4 * (self.ends.capacity() + self.next.capacity())
+            + 13 * self.heads.capacity()
     }
 }
 
@@ -390,7 +442,7 @@ struct Txn {
     strict: bool,
     max_pending: u64,
     /// S7 clocks of the update's own Strings, per client id (sorted).
-    pairs: HashMap<u64, Vec<u32>>,
+    pairs: KeyedMap<u64, Vec<u32>>,
     /// Client numbers whose state moved, with their old state, in order.
     old_state: Vec<(u32, u32)>,
     moved: FxHashSet<u32>,
@@ -399,9 +451,9 @@ struct Txn {
     /// Ranges the structs delete at commit (client number, start, end).
     deletions: Vec<(u32, u32, u32)>,
     new_types: Vec<(u32, u32)>,
-    doomed_types: HashSet<(u32, u32)>,
+    doomed_types: KeyedSet<(u32, u32)>,
     formatting: bool,
-    placed: HashSet<(Key, bool, u8)>,
+    placed: KeyedSet<(Key, bool, u8)>,
     /// The last placement checked (consecutive items mostly share it).
     last_placed: Option<(Key, bool, u8)>,
     /// The delete set applied at commit.
@@ -416,7 +468,7 @@ struct Txn {
     n_subs: usize,
     /// Per update client: its position and the clocks of its structs (for
     /// `find`), built on demand.
-    starts: Option<HashMap<u64, (usize, Vec<u32>)>>,
+    starts: Option<KeyedMap<u64, (usize, Vec<u32>)>>,
 }
 
 fn malformed(msg: impl Into<String>) -> Error {
@@ -448,18 +500,18 @@ pub struct DocIndex {
     runs: Vec<Run>,
     free_runs: Vec<u32>,
     clients: Vec<ClientData>,
-    client_of: HashMap<u64, u32>,
+    client_of: KeyedMap<u64, u32>,
     names: Interner,
     subs: Interner,
     /// Declared root types, by interned name.
-    root_types: HashMap<u32, u8>,
+    root_types: KeyedMap<u32, u8>,
     lists: Vec<List>,
     free_lists: Vec<u32>,
-    list_of: HashMap<(Key, u32), u32>,
-    lists_of: HashMap<Key, Vec<u32>>,
+    list_of: KeyedMap<(Key, u32), u32>,
+    lists_of: KeyedMap<Key, Vec<u32>>,
     /// What each container of unknown type has shown (TEXTUAL/VALUED; for a
     /// root also KEYED or SEQUENCE, rule S11), kept across updates.
-    observed: HashMap<Key, u8>,
+    observed: KeyedMap<Key, u8>,
     /// Pending deletions in all (`pending_deletes`).
     pub pending_deletes: u64,
     /// Clients with pair splits.
@@ -469,6 +521,8 @@ pub struct DocIndex {
     last_diff: Option<Vec<u8>>,
     open: Option<Txn>,
     caps: Vec<u64>,
+    /// The keyed hash of this index's tables (see keyed.rs).
+    hasher: KeyedState,
 }
 
 impl Default for DocIndex {
@@ -479,25 +533,27 @@ impl Default for DocIndex {
 
 impl DocIndex {
     pub fn new() -> Self {
+        let hasher = KeyedState::new();
         DocIndex {
             runs: Vec::new(),
             free_runs: Vec::new(),
             clients: Vec::new(),
-            client_of: HashMap::new(),
-            names: Interner::default(),
-            subs: Interner::default(),
-            root_types: HashMap::new(),
+            client_of: KeyedMap::with_hasher(hasher.clone()),
+            names: Interner::new(hasher.clone()),
+            subs: Interner::new(hasher.clone()),
+            root_types: KeyedMap::with_hasher(hasher.clone()),
             lists: Vec::new(),
             free_lists: Vec::new(),
-            list_of: HashMap::new(),
-            lists_of: HashMap::new(),
-            observed: HashMap::new(),
+            list_of: KeyedMap::with_hasher(hasher.clone()),
+            lists_of: KeyedMap::with_hasher(hasher.clone()),
+            observed: KeyedMap::with_hasher(hasher.clone()),
             pending_deletes: 0,
             pair_clients: 0,
             formatting: false,
             last_diff: None,
             open: None,
             caps: (0..=LABEL_BITS).map(label_cap).collect(),
+            hasher,
         }
     }
 
@@ -553,9 +609,7 @@ impl DocIndex {
             + self.lists_of.capacity() * 37
             + self.observed.capacity() * 14
             + self.root_types.capacity() * 6;
-        for s in self.names.strings.iter().chain(&self.subs.strings) {
-            n += 2 * s.capacity() + 56;
-        }
+        n += self.names.heap_bytes() + self.subs.heap_bytes();
         for v in self.lists_of.values() {
             n += v.capacity() * 4;
         }
@@ -667,23 +721,23 @@ impl DocIndex {
         let mut txn = Txn {
             strict,
             max_pending: limits.max_pending_deletes,
-            pairs: update_pair_splits(data, parsed),
+            pairs: update_pair_splits(data, parsed, &self.hasher),
             old_state: Vec::new(),
             moved: FxHashSet::default(),
             old_observed: Vec::new(),
             new_lists: Vec::new(),
             deletions: Vec::new(),
             new_types: Vec::new(),
-            doomed_types: HashSet::new(),
+            doomed_types: KeyedSet::with_hasher(self.hasher.clone()),
             formatting: false,
-            placed: HashSet::new(),
+            placed: KeyedSet::with_hasher(self.hasher.clone()),
             last_placed: None,
             delete_set: delete_set.unwrap_or_else(|| parsed.delete_set.clone()),
             n_clients: self.clients.len(),
             n_runs: self.runs.len(),
             reserved: false,
-            n_names: self.names.strings.len(),
-            n_subs: self.subs.strings.len(),
+            n_names: self.names.len(),
+            n_subs: self.subs.len(),
             starts: None,
         };
         let outcome = self.run_txn(&mut txn, data, parsed);
@@ -934,22 +988,25 @@ impl DocIndex {
     }
 
     fn list_for(&mut self, key: Key, sub: u32) -> (u32, bool) {
-        if let Some(&l) = self.list_of.get(&(key, sub)) {
-            return (l, false);
-        }
+        let free = self.free_lists.last().copied();
+        let next = self.lists.len() as u32;
+        let slot = match self.list_of.entry((key, sub)) {
+            std::collections::hash_map::Entry::Occupied(e) => return (*e.get(), false),
+            std::collections::hash_map::Entry::Vacant(e) => *e.insert(free.unwrap_or(next)),
+        };
         let list = List {
             key,
             sub,
             start: NONE,
         };
-        let l = if let Some(i) = self.free_lists.pop() {
-            self.lists[i as usize] = list;
-            i
+        let l = if free.is_some() {
+            self.free_lists.pop();
+            self.lists[slot as usize] = list;
+            slot
         } else {
             self.lists.push(list);
-            (self.lists.len() - 1) as u32
+            slot
         };
-        self.list_of.insert((key, sub), l);
         self.lists_of.entry(key).or_default().push(l);
         (l, true)
     }
@@ -1217,12 +1274,12 @@ impl DocIndex {
         clock: u32,
     ) -> Option<&'p Struct> {
         let starts = txn.starts.get_or_insert_with(|| {
-            parsed
-                .clients
-                .iter()
-                .enumerate()
-                .map(|(i, (c, ss))| (*c, (i, ss.iter().map(|s| s.clock).collect())))
-                .collect()
+            let mut m =
+                KeyedMap::with_capacity_and_hasher(parsed.clients.len(), self.hasher.clone());
+            for (i, (c, ss)) in parsed.clients.iter().enumerate() {
+                m.insert(*c, (i, ss.iter().map(|s| s.clock).collect()));
+            }
+            m
         });
         let (at, st) = starts.get(&client)?;
         let i = st.partition_point(|&k| k <= clock);
@@ -1238,7 +1295,8 @@ impl DocIndex {
         let strict = txn.strict;
         // Clocks the update provides per client: up to its end when it has
         // no Skip; else ask `find`.
-        let mut ends: HashMap<u64, u64> = HashMap::with_capacity(parsed.clients.len());
+        let mut ends: KeyedMap<u64, u64> =
+            KeyedMap::with_capacity_and_hasher(parsed.clients.len(), self.hasher.clone());
         for (c, ss) in &parsed.clients {
             if ss.iter().all(|x| x.kind != STRUCT_SKIP) {
                 let last = ss.last().expect("blocks are never empty");
@@ -1350,11 +1408,9 @@ impl DocIndex {
             return Ok(());
         }
         // Position of each client in the update.
-        let at: HashMap<u64, usize> = clients
-            .iter()
-            .enumerate()
-            .map(|(i, (c, _))| (*c, i))
-            .collect();
+        let mut at: KeyedMap<u64, usize> =
+            KeyedMap::with_capacity_and_hasher(clients.len(), self.hasher.clone());
+        at.extend(clients.iter().enumerate().map(|(i, (c, _))| (*c, i)));
         // A stack of client positions: the highest client id on top.
         let mut order: Vec<usize> = (0..clients.len()).collect();
         order.sort_unstable_by_key(|&i| clients[i].0);
@@ -2117,13 +2173,13 @@ impl DocIndex {
 
     fn key_view(&self, key: Key) -> KeyView {
         match key {
-            Key::Root(n) => KeyView::Root(self.names.strings[n as usize].clone()),
+            Key::Root(n) => KeyView::Root(self.names.get(n).to_vec()),
             Key::Item(c, k) => KeyView::Item(self.clients[c as usize].id, k),
         }
     }
 
     fn sub_view(&self, sub: u32) -> Option<Vec<u8>> {
-        (sub != NONE).then(|| self.subs.strings[sub as usize].clone())
+        (sub != NONE).then(|| self.subs.get(sub).to_vec())
     }
 
     /// Everything the index holds (see [`Snapshot`]).
@@ -2186,8 +2242,7 @@ impl DocIndex {
         }
         snap.observed.sort();
         for (&name, &tr) in &self.root_types {
-            snap.root_types
-                .push((self.names.strings[name as usize].clone(), tr));
+            snap.root_types.push((self.names.get(name).to_vec(), tr));
         }
         snap.root_types.sort();
         snap
@@ -2335,8 +2390,12 @@ fn check_static(parsed: &ParsedUpdate) -> Result<()> {
 }
 
 /// S7: clocks inside a surrogate pair of the update's Strings, per client.
-fn update_pair_splits(data: &[u8], parsed: &ParsedUpdate) -> HashMap<u64, Vec<u32>> {
-    let mut out: HashMap<u64, Vec<u32>> = HashMap::new();
+fn update_pair_splits(
+    data: &[u8],
+    parsed: &ParsedUpdate,
+    hasher: &KeyedState,
+) -> KeyedMap<u64, Vec<u32>> {
+    let mut out: KeyedMap<u64, Vec<u32>> = KeyedMap::with_hasher(hasher.clone());
     for (client, structs) in &parsed.clients {
         for s in structs {
             let Content::String(span) = s.content else {
