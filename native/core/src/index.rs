@@ -238,6 +238,17 @@ enum Key {
     Item(u32, u32),
 }
 
+impl Key {
+    /// The key as an interner scope (client numbers stay below `u32::MAX`).
+    #[inline]
+    fn scope(self) -> u64 {
+        match self {
+            Key::Root(n) => (u32::MAX as u64) << 32 | n as u64,
+            Key::Item(c, k) => (c as u64) << 32 | k as u64,
+        }
+    }
+}
+
 /// A run of clocks `[clock, end)` of one client that sit together in one list
 /// (`_yupdate._Node`): 48 bytes.
 #[derive(Clone, Copy, Debug)]
@@ -310,7 +321,10 @@ struct ClientData {
     pair_splits: Vec<u32>,
 }
 
-/// An append-only string table that can be cut back (rollback): the strings
+/// An append-only table of strings, each within a scope, that can be cut
+/// back (rollback). Root names have one scope; map keys are interned per
+/// container (the scope is the container), so a key's number also names its
+/// entry list (`list`): one lookup per map entry finds both. The strings are
 /// stored once, end to end, and found by their keyed hash (computed once per
 /// lookup; growing the table never hashes the strings again). Strings with
 /// the same 64-bit hash are chained, newest first, so cutting back the newest
@@ -320,6 +334,9 @@ struct Interner {
     bytes: Vec<u8>,
     /// End of each string in `bytes`.
     ends: Vec<u32>,
+    scopes: Vec<u64>,
+    /// The list of each map key's entries (`NONE`: none now).
+    list: Vec<u32>,
     /// The previous string with the same hash (`NONE`: the last).
     next: Vec<u32>,
     heads: PrehashedMap<u32>,
@@ -331,6 +348,8 @@ impl Interner {
         Interner {
             bytes: Vec::new(),
             ends: Vec::new(),
+            scopes: Vec::new(),
+            list: Vec::new(),
             next: Vec::new(),
             heads: PrehashedMap::default(),
             hasher,
@@ -345,12 +364,12 @@ impl Interner {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         &self.bytes[start..self.ends[i] as usize]
     }
-    fn intern(&mut self, s: &[u8]) -> u32 {
-        let h = self.hasher.hash_one(s);
+    fn intern(&mut self, scope: u64, s: &[u8]) -> u32 {
+        let h = self.hasher.hash_one((scope, s));
         let head = self.heads.get(&h).copied().unwrap_or(NONE);
         let mut i = head;
         while i != NONE {
-            if self.get(i) == s {
+            if self.scopes[i as usize] == scope && self.get(i) == s {
                 return i;
             }
             i = self.next[i as usize];
@@ -361,6 +380,8 @@ impl Interner {
         // in the parser): a document's keys and names stay far below 4 GiB.
         let end = u32::try_from(self.bytes.len()).expect("interned strings exceed 4 GiB");
         self.ends.push(end);
+        self.scopes.push(scope);
+        self.list.push(NONE);
         self.next.push(head);
         self.heads.insert(h, id);
         id
@@ -368,19 +389,24 @@ impl Interner {
     fn truncate(&mut self, len: usize) {
         while self.ends.len() > len {
             let id = (self.ends.len() - 1) as u32;
-            let h = self.hasher.hash_one(self.get(id));
+            let h = self
+                .hasher
+                .hash_one((self.scopes[id as usize], self.get(id)));
             match self.next.pop().expect("one per string") {
                 NONE => self.heads.remove(&h),
                 older => self.heads.insert(h, older),
             };
             self.ends.pop();
+            self.scopes.pop();
+            self.list.pop();
             self.bytes
                 .truncate(self.ends.last().map_or(0, |&e| e as usize));
         }
     }
     fn heap_bytes(&self) -> usize {
         self.bytes.capacity()
-            + 4 * (self.ends.capacity() + self.next.capacity())
+            + 4 * (self.ends.capacity() + self.next.capacity() + self.list.capacity())
+            + 8 * self.scopes.capacity()
             + 13 * self.heads.capacity()
     }
 }
@@ -455,7 +481,12 @@ struct Txn {
     formatting: bool,
     placed: KeyedSet<(Key, bool, u8)>,
     /// The last placement checked (consecutive items mostly share it).
-    last_placed: Option<(Key, bool, u8)>,
+    /// (as the container's scope and `entry << 4 | kind`; kind 0xFF: none).
+    last_placed: (u64, u8),
+    /// The last parent named by ID that was a live type, and its container
+    /// (entries of one map name the same parent): a type item is a run of
+    /// its own, and nothing deletes or GCs it before the commit.
+    last_parent: Option<(Id, Key)>,
     /// The delete set applied at commit.
     delete_set: Vec<(u64, Vec<(u32, u32)>)>,
     /// Table sizes when the update began (everything past them is undone).
@@ -507,7 +538,8 @@ pub struct DocIndex {
     root_types: KeyedMap<u32, u8>,
     lists: Vec<List>,
     free_lists: Vec<u32>,
-    list_of: KeyedMap<(Key, u32), u32>,
+    /// The sequence list of each container (map entry lists: `subs.list`).
+    seq_of: KeyedMap<Key, u32>,
     lists_of: KeyedMap<Key, Vec<u32>>,
     /// What each container of unknown type has shown (TEXTUAL/VALUED; for a
     /// root also KEYED or SEQUENCE, rule S11), kept across updates.
@@ -544,7 +576,7 @@ impl DocIndex {
             root_types: KeyedMap::with_hasher(hasher.clone()),
             lists: Vec::new(),
             free_lists: Vec::new(),
-            list_of: KeyedMap::with_hasher(hasher.clone()),
+            seq_of: KeyedMap::with_hasher(hasher.clone()),
             lists_of: KeyedMap::with_hasher(hasher.clone()),
             observed: KeyedMap::with_hasher(hasher.clone()),
             pending_deletes: 0,
@@ -561,7 +593,7 @@ impl DocIndex {
 
     /// Declares a root's type (keeps the first one, as `dict.setdefault`).
     pub fn set_root_type(&mut self, name: &[u8], type_ref: u8) {
-        let id = self.names.intern(name);
+        let id = self.names.intern(0, name);
         self.root_types.entry(id).or_insert(type_ref);
     }
 
@@ -605,7 +637,7 @@ impl DocIndex {
         }
         // hash maps: about (key + value + 1 control byte) per bucket
         n += self.client_of.capacity() * 13
-            + self.list_of.capacity() * 21
+            + self.seq_of.capacity() * 17
             + self.lists_of.capacity() * 37
             + self.observed.capacity() * 14
             + self.root_types.capacity() * 6;
@@ -731,7 +763,8 @@ impl DocIndex {
             doomed_types: KeyedSet::with_hasher(self.hasher.clone()),
             formatting: false,
             placed: KeyedSet::with_hasher(self.hasher.clone()),
-            last_placed: None,
+            last_placed: (0, 0xFF),
+            last_parent: None,
             delete_set: delete_set.unwrap_or_else(|| parsed.delete_set.clone()),
             n_clients: self.clients.len(),
             n_runs: self.runs.len(),
@@ -987,13 +1020,24 @@ impl DocIndex {
         (self.runs[n as usize].list != NONE).then_some(n)
     }
 
+    /// The list of container `key`'s sequence (`sub` NONE) or of its map key
+    /// `sub` (interned in `key`'s scope), made if new.
     fn list_for(&mut self, key: Key, sub: u32) -> (u32, bool) {
         let free = self.free_lists.last().copied();
-        let next = self.lists.len() as u32;
-        let slot = match self.list_of.entry((key, sub)) {
-            std::collections::hash_map::Entry::Occupied(e) => return (*e.get(), false),
-            std::collections::hash_map::Entry::Vacant(e) => *e.insert(free.unwrap_or(next)),
-        };
+        let slot = free.unwrap_or(self.lists.len() as u32);
+        if sub != NONE {
+            match self.subs.list[sub as usize] {
+                NONE => self.subs.list[sub as usize] = slot,
+                l => return (l, false),
+            }
+        } else {
+            match self.seq_of.entry(key) {
+                std::collections::hash_map::Entry::Occupied(e) => return (*e.get(), false),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(slot);
+                }
+            }
+        }
         let list = List {
             key,
             sub,
@@ -1011,9 +1055,36 @@ impl DocIndex {
         (l, true)
     }
 
+    /// Forgets which list is `key`'s sequence or map key `sub`.
+    fn unfile_list(&mut self, key: Key, sub: u32) {
+        if sub != NONE {
+            self.subs.list[sub as usize] = NONE;
+        } else {
+            self.seq_of.remove(&key);
+        }
+    }
+
+    /// The list filed as `key`'s sequence or map key `sub`, if any.
+    fn filed_list(&self, key: Key, sub: u32) -> Option<u32> {
+        if sub != NONE {
+            let l = self.subs.list[sub as usize];
+            (l != NONE && self.subs.scopes[sub as usize] == key.scope()).then_some(l)
+        } else {
+            self.seq_of.get(&key).copied()
+        }
+    }
+
+    /// Every live list (its number and what it holds).
+    fn live_lists(&self) -> impl Iterator<Item = (u32, List)> + '_ {
+        self.lists_of
+            .values()
+            .flatten()
+            .map(|&l| (l, self.lists[l as usize]))
+    }
+
     fn remove_list(&mut self, l: u32) {
         let List { key, sub, .. } = self.lists[l as usize];
-        self.list_of.remove(&(key, sub));
+        self.unfile_list(key, sub);
         if let Some(v) = self.lists_of.get_mut(&key) {
             v.retain(|&x| x != l);
             if v.is_empty() {
@@ -1204,7 +1275,7 @@ impl DocIndex {
             };
             for l in lists {
                 let List { key, sub, start } = self.lists[l as usize];
-                self.list_of.remove(&(key, sub));
+                self.unfile_list(key, sub);
                 self.lists[l as usize].start = NONE;
                 self.free_lists.push(l);
                 let mut node = start;
@@ -1601,7 +1672,10 @@ impl DocIndex {
         // The parent, as yrs's repair decides it.
         let explicit = !matches!(s.parent, Parent::Inherited);
         let key: Option<Key> = match s.parent {
-            Parent::Root(name) => Some(Key::Root(self.names.intern(name.get(data)))),
+            Parent::Root(name) => Some(Key::Root(self.names.intern(0, name.get(data)))),
+            Parent::Item(p) if txn.last_parent.is_some_and(|(q, _)| q == p) => {
+                txn.last_parent.map(|(_, k)| k)
+            }
             Parent::Item(p) => {
                 let pr = self.ref_for(p, client, c);
                 match self.node_at_ref(pr) {
@@ -1619,6 +1693,7 @@ impl DocIndex {
                                 kind_name(r.kind())
                             )));
                         } else {
+                            txn.last_parent = Some((p, Key::Item(r.client, p.1)));
                             Some(Key::Item(r.client, p.1))
                         }
                     }
@@ -1638,7 +1713,7 @@ impl DocIndex {
         };
         // yrs takes the map key from a neighbour when one has it.
         let mut sub: u32 = match (explicit, s.parent_sub) {
-            (true, Some(k)) => self.subs.intern(k.get(data)),
+            (true, Some(k)) => self.subs.intern(key.scope(), k.get(data)),
             _ => NONE,
         };
         if let Some(l) = rseq {
@@ -1698,14 +1773,13 @@ impl DocIndex {
         let kind = s.kind;
         let entry = sub != NONE;
         let placed = (key, entry, kind);
+        let code = (key.scope(), (entry as u8) << 4 | kind);
         // (a type's place also depends on its type ref: S11)
-        if kind == CONTENT_TYPE
-            || (txn.last_placed != Some(placed) && !txn.placed.contains(&placed))
-        {
+        if kind == CONTENT_TYPE || (txn.last_placed != code && !txn.placed.contains(&placed)) {
             self.check_place(txn, s, key, entry)?;
             txn.placed.insert(placed);
         }
-        txn.last_placed = Some(placed);
+        txn.last_placed = code;
         if let (Some(o), Some(r)) = (origin, ro) {
             if nl.is_none() != nr.is_none() {
                 self.check_gc_neighbours(s, o, r, nl.is_none())?;
@@ -2225,7 +2299,7 @@ impl DocIndex {
                 snap.pair_splits.push((cd.id, cd.pair_splits.clone()));
             }
         }
-        for (&(key, sub), &l) in &self.list_of {
+        for (l, List { key, sub, .. }) in self.live_lists() {
             let mut runs = Vec::new();
             let mut n = self.lists[l as usize].start;
             while n != NONE {
@@ -2299,9 +2373,8 @@ impl DocIndex {
             }
         }
         let mut in_lists = 0usize;
-        for (&(key, sub), &l) in &self.list_of {
-            let list = self.lists[l as usize];
-            if list.key != key || list.sub != sub {
+        for (l, list) in self.live_lists() {
+            if self.filed_list(list.key, list.sub) != Some(l) {
                 return Err(format!("list {l} filed under another key"));
             }
             let mut prev = NONE;
