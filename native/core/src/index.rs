@@ -250,11 +250,12 @@ impl Key {
 }
 
 /// A run of clocks `[clock, end)` of one client that sit together in one list
-/// (`_yupdate._Node`): 48 bytes.
+/// (`_yupdate._Node`): 44 bytes, 4-aligned. Its end is not stored: a client's
+/// runs tile its clocks `[0, state)`, so a run ends where the next one starts
+/// (`ClientData::starts`), the last one at the client's state.
 #[derive(Clone, Copy, Debug)]
 struct Run {
     clock: u32,
-    end: u32,
     client: u32,
     /// The list holding it; `NONE` once GC'd.
     list: u32,
@@ -263,32 +264,47 @@ struct Run {
     /// Origin of the first clock.
     origin: Ref,
     right_origin: Ref,
-    /// label << 8 | type ref code << 4 | kind.
-    meta: u64,
+    /// label << 8 | type ref code << 4 | kind, as two words (low first) so
+    /// that the run needs no 8-byte alignment.
+    meta: [u32; 2],
+}
+
+/// A run's `meta` words for a kind and type ref (label 0).
+#[inline]
+fn meta_of(kind: u8, type_ref: Option<u8>) -> [u32; 2] {
+    [kind as u32 | ((type_ref.unwrap_or(NO_TYPE) as u32) << 4), 0]
 }
 
 impl Run {
     #[inline]
+    fn meta(&self) -> u64 {
+        (self.meta[1] as u64) << 32 | self.meta[0] as u64
+    }
+    #[inline]
+    fn set_meta(&mut self, m: u64) {
+        self.meta = [m as u32, (m >> 32) as u32];
+    }
+    #[inline]
     fn kind(&self) -> u8 {
-        (self.meta & 0xF) as u8
+        (self.meta[0] & 0xF) as u8
     }
     #[inline]
     fn type_ref(&self) -> Option<u8> {
-        let t = ((self.meta >> 4) & 0xF) as u8;
+        let t = ((self.meta[0] >> 4) & 0xF) as u8;
         (t != NO_TYPE).then_some(t)
     }
     #[inline]
     fn label(&self) -> u64 {
-        self.meta >> 8
+        self.meta() >> 8
     }
     #[inline]
     fn set_kind(&mut self, kind: u8, type_ref: Option<u8>) {
-        let t = type_ref.unwrap_or(NO_TYPE) as u64;
-        self.meta = (self.meta & !0xFF) | (t << 4) | kind as u64;
+        let t = type_ref.unwrap_or(NO_TYPE) as u32;
+        self.meta[0] = (self.meta[0] & !0xFF) | (t << 4) | kind as u32;
     }
     #[inline]
     fn set_label(&mut self, label: u64) {
-        self.meta = (label << 8) | (self.meta & 0xFF);
+        self.set_meta((label << 8) | (self.meta() & 0xFF));
     }
 }
 
@@ -980,17 +996,55 @@ impl DocIndex {
     #[inline]
     fn node_at(&self, c: u32, clock: u32) -> Option<u32> {
         let cd = &self.clients[c as usize];
+        if clock >= cd.state {
+            return None;
+        }
         let &last = cd.runs.last()?;
         if clock >= *cd.starts.last()? {
             // most references are to a client's latest run
-            return (clock < self.runs[last as usize].end).then_some(last);
+            return Some(last);
         }
+        // The runs tile [0, state) from clock 0: some run holds `clock`.
         let i = cd.starts.partition_point(|&k| k <= clock);
-        if i == 0 {
+        Some(cd.runs[i - 1])
+    }
+
+    /// [`node_at`](Self::node_at) with the run's end (found on the way).
+    #[inline]
+    fn node_end_at(&self, c: u32, clock: u32) -> Option<(u32, u32)> {
+        let cd = &self.clients[c as usize];
+        if clock >= cd.state {
             return None;
         }
-        let x = cd.runs[i - 1];
-        (clock < self.runs[x as usize].end).then_some(x)
+        let &last = cd.runs.last()?;
+        if clock >= *cd.starts.last()? {
+            return Some((last, cd.state));
+        }
+        let i = cd.starts.partition_point(|&k| k <= clock);
+        Some((cd.runs[i - 1], cd.starts[i]))
+    }
+
+    /// The live run holding a reference's clock, with its end.
+    #[inline]
+    fn live_end_at_ref(&self, r: Ref) -> Option<(u32, u32)> {
+        if r.c as usize >= self.clients.len() {
+            return None;
+        }
+        let (n, end) = self.node_end_at(r.c, r.k)?;
+        (self.runs[n as usize].list != NONE).then_some((n, end))
+    }
+
+    /// Where run `n` ends: where its client's next run starts, or at the
+    /// client's state for its last run.
+    #[inline]
+    fn run_end(&self, n: u32) -> u32 {
+        let r = &self.runs[n as usize];
+        let cd = &self.clients[r.client as usize];
+        if cd.runs.last() == Some(&n) {
+            return cd.state;
+        }
+        let i = cd.starts.partition_point(|&k| k <= r.clock);
+        cd.starts[i]
     }
 
     #[inline]
@@ -1099,7 +1153,6 @@ impl DocIndex {
         let r = self.runs[node as usize];
         let tail = Run {
             clock: at,
-            end: r.end,
             client: r.client,
             list: r.list,
             left: NONE,
@@ -1109,10 +1162,9 @@ impl DocIndex {
                 k: at - 1,
             },
             right_origin: r.right_origin,
-            meta: r.kind() as u64 | ((NO_TYPE as u64) << 4),
+            meta: meta_of(r.kind(), None),
         };
         let t = self.new_run(tail);
-        self.runs[node as usize].end = at;
         {
             let cd = &mut self.clients[r.client as usize];
             let i = cd.starts.partition_point(|&k| k <= r.clock);
@@ -1132,28 +1184,24 @@ impl DocIndex {
         t
     }
 
-    /// The live run ending at `id` (split there), or None if GC'd.
-    fn clean_end(&mut self, id: Id, node: Option<u32>) -> Option<u32> {
-        let node = match node {
-            Some(n) if self.runs[n as usize].clock <= id.1 && id.1 < self.runs[n as usize].end => {
-                Some(n)
-            }
-            _ => self.live_at(id),
-        };
-        if let Some(n) = node {
-            if id.1 + 1 < self.runs[n as usize].end {
-                self.split(n, id.1 + 1);
-            }
+    /// The live run ending at `id` (split there), given the live run `node`
+    /// holding it and its end; whether it was split.
+    fn clean_end(&mut self, id: Id, node: u32, end: u32) -> bool {
+        let split = id.1 + 1 < end;
+        if split {
+            self.split(node, id.1 + 1);
         }
-        node
+        split
     }
 
-    /// The live run starting at `id` (split there), or None if GC'd.
-    fn clean_start(&mut self, id: Id, node: Option<u32>) -> Option<u32> {
+    /// The live run starting at `id` (split there), or None if GC'd; `node`
+    /// held it when looked up (with its end, unless a split since moved it).
+    fn clean_start(&mut self, id: Id, node: Option<(u32, Option<u32>)>) -> Option<u32> {
+        let holds = |ix: &Self, n: u32, end: Option<u32>| {
+            ix.runs[n as usize].clock <= id.1 && id.1 < end.unwrap_or_else(|| ix.run_end(n))
+        };
         let mut node = match node {
-            Some(n) if self.runs[n as usize].clock <= id.1 && id.1 < self.runs[n as usize].end => {
-                Some(n)
-            }
+            Some((n, end)) if holds(self, n, end) => Some(n),
             _ => self.live_at(id),
         };
         if let Some(n) = node {
@@ -1281,6 +1329,7 @@ impl DocIndex {
                 let mut node = start;
                 while node != NONE {
                     let r = self.runs[node as usize];
+                    let end = self.run_end(node);
                     let nxt = r.right;
                     {
                         let run = &mut self.runs[node as usize];
@@ -1296,7 +1345,7 @@ impl DocIndex {
                         stack.push(Key::Item(r.client, r.clock));
                     }
                     self.runs[node as usize].set_kind(STRUCT_GC, None);
-                    ds_add(&mut self.clients[r.client as usize].deleted, r.clock, r.end);
+                    ds_add(&mut self.clients[r.client as usize].deleted, r.clock, end);
                     node = nxt;
                 }
             }
@@ -1665,8 +1714,10 @@ impl DocIndex {
         }
         let origin_r: Option<Ref> = origin.map(|o| self.ref_for(o, client, c));
         let ro_r: Option<Ref> = ro.map(|r| self.ref_for(r, client, c));
-        let nl = origin_r.and_then(|r| self.live_at_ref(r));
-        let nr = ro_r.and_then(|r| self.live_at_ref(r));
+        let nl_end = origin_r.and_then(|r| self.live_end_at_ref(r));
+        let nr_end = ro_r.and_then(|r| self.live_end_at_ref(r));
+        let nl = nl_end.map(|x| x.0);
+        let nr = nr_end.map(|x| x.0);
         let lseq = nl.map(|n| self.runs[n as usize].list);
         let rseq = nr.map(|n| self.runs[n as usize].list);
         // The parent, as yrs's repair decides it.
@@ -1786,12 +1837,20 @@ impl DocIndex {
             }
         }
         // Place it (Item::integrate).
-        let mut left = match (origin, nl) {
-            (Some(o), Some(n)) => self.clean_end(o, Some(n)),
+        let mut split_left = false;
+        let mut left = match (origin, nl_end) {
+            (Some(o), Some((n, end))) => {
+                split_left = self.clean_end(o, n, end);
+                Some(n)
+            }
             _ => None,
         };
-        let right = match (ro, nr) {
-            (Some(r), Some(n)) => self.clean_start(r, Some(n)),
+        let right = match (ro, nr_end) {
+            (Some(r), Some((n, end))) => {
+                // a split of the same run has moved its end
+                let end = (!(split_left && nl == Some(n))).then_some(end);
+                self.clean_start(r, Some((n, end)))
+            }
             _ => None,
         };
         let seq = if let Some(l) = lseq {
@@ -1858,7 +1917,7 @@ impl DocIndex {
                 let lr = &self.runs[l as usize];
                 sub == NONE
                     && lr.client == c
-                    && lr.end == start
+                    && self.run_end(l) == start
                     && lr.kind() == kind
                     && kind != CONTENT_TYPE
                     && lr.right_origin == ro_s
@@ -1868,9 +1927,9 @@ impl DocIndex {
             None => false,
         };
         let node = if squash {
-            let l = left.expect("squash has a left run");
-            self.runs[l as usize].end = send; // typed on: yrs's try_squash
-            l
+            // typed on (yrs's try_squash): the run is its client's last, so
+            // moving the client's state (below) extends it
+            left.expect("squash has a left run")
         } else {
             let type_ref = match s.content {
                 Content::Type { type_ref, .. } => Some(type_ref as u8),
@@ -1878,14 +1937,13 @@ impl DocIndex {
             };
             let run = Run {
                 clock: start,
-                end: send,
                 client: c,
                 list: seq,
                 left: left.unwrap_or(NONE),
                 right: NONE,
                 origin: origin_s,
                 right_origin: ro_s,
-                meta: kind as u64 | ((type_ref.unwrap_or(NO_TYPE) as u64) << 4),
+                meta: meta_of(kind, type_ref),
             };
             let n = self.new_run(run);
             let nxt = match left {
@@ -1923,7 +1981,8 @@ impl DocIndex {
                 self.doom(txn, c, start, send); // not the key's value: deleted at once
             } else if r.left != NONE {
                 let prev = self.runs[r.left as usize]; // the key's previous value
-                self.doom(txn, prev.client, prev.clock, prev.end);
+                let prev_end = self.run_end(r.left);
+                self.doom(txn, prev.client, prev.clock, prev_end);
             }
         }
         if let Key::Item(kc, kk) = key {
@@ -2063,20 +2122,19 @@ impl DocIndex {
         let c = self.intern_client(client);
         let last = self.clients[c as usize].runs.last().copied();
         match last {
-            Some(l) if self.runs[l as usize].list == NONE && self.runs[l as usize].end == start => {
-                self.runs[l as usize].end = end;
+            Some(l) if self.runs[l as usize].list == NONE && self.run_end(l) == start => {
+                // extended by moving the client's state (below)
             }
             _ => {
                 let n = self.new_run(Run {
                     clock: start,
-                    end,
                     client: c,
                     list: NONE,
                     left: NONE,
                     right: NONE,
                     origin: Ref::NIL,
                     right_origin: Ref::NIL,
-                    meta: STRUCT_GC as u64 | ((NO_TYPE as u64) << 4),
+                    meta: meta_of(STRUCT_GC, None),
                 });
                 self.clients[c as usize].starts.push(start);
                 self.clients[c as usize].runs.push(n);
@@ -2183,11 +2241,7 @@ impl DocIndex {
                 self.unlink(last);
                 self.free_runs.push(last);
             }
-            if let Some(&last) = self.clients[c as usize].runs.last() {
-                if self.runs[last as usize].end > old {
-                    self.runs[last as usize].end = old; // a squashed extension
-                }
-            }
+            // (a squashed extension of the last run ends with the state)
             self.clients[c as usize].state = old;
         }
         for (key, was) in txn.old_observed.iter().rev() {
@@ -2274,7 +2328,7 @@ impl DocIndex {
                 snap.runs.push(RunView {
                     client: cd.id,
                     clock: run.clock,
-                    end: run.end,
+                    end: self.run_end(r),
                     kind: run.kind(),
                     origin: self.id_of(run.origin),
                     right_origin: self.id_of(run.right_origin),
@@ -2304,7 +2358,7 @@ impl DocIndex {
             let mut n = self.lists[l as usize].start;
             while n != NONE {
                 let r = &self.runs[n as usize];
-                runs.push((self.clients[r.client as usize].id, r.clock, r.end));
+                runs.push((self.clients[r.client as usize].id, r.clock, self.run_end(n)));
                 n = r.right;
             }
             snap.lists
@@ -2346,16 +2400,15 @@ impl DocIndex {
             if cd.starts.len() != cd.runs.len() {
                 return Err(format!("run starts of client {}", cd.id));
             }
+            // Runs end where the next starts (the last at the state): they
+            // tile [0, state) if they start at 0 and their starts increase.
             for (i, &r) in cd.runs.iter().enumerate() {
                 let run = &self.runs[r as usize];
                 if cd.starts[i] != run.clock {
                     return Err(format!("run start {}:{} not filed", cd.id, run.clock));
                 }
-                if run.clock != clock {
+                if (i == 0 && run.clock != 0) || (i > 0 && run.clock <= clock) {
                     return Err(format!("gap or overlap at {}:{}", cd.id, run.clock));
-                }
-                if run.end <= run.clock {
-                    return Err(format!("empty run {}:{}", cd.id, run.clock));
                 }
                 if self.clients[run.client as usize].id != cd.id {
                     return Err(format!(
@@ -2363,9 +2416,9 @@ impl DocIndex {
                         cd.id, run.clock
                     ));
                 }
-                clock = run.end;
+                clock = run.clock;
             }
-            if clock != cd.state {
+            if !cd.runs.is_empty() && clock >= cd.state || cd.runs.is_empty() && cd.state != 0 {
                 return Err(format!("state of client {}", cd.id));
             }
             if cd.deleted.windows(2).any(|w| w[0].1 >= w[1].0) {
