@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::fxhash::FxHashSet;
+use crate::fxhash::{FxHashMap, FxHashSet};
 use crate::keyed::{KeyedMap, KeyedSet, KeyedState, PrehashedMap};
 use crate::limits::Limits;
 use crate::update::{
@@ -250,7 +250,7 @@ impl Key {
 }
 
 /// A run of clocks `[clock, end)` of one client that sit together in one list
-/// (`_yupdate._Node`): 44 bytes, 4-aligned. Its end is not stored: a client's
+/// (`_yupdate._Node`): 40 bytes, 4-aligned. Its end is not stored: a client's
 /// runs tile its clocks `[0, state)`, so a run ends where the next one starts
 /// (`ClientData::starts`), the last one at the client's state.
 #[derive(Clone, Copy, Debug)]
@@ -261,12 +261,28 @@ struct Run {
     list: u32,
     left: u32,
     right: u32,
-    /// Origin of the first clock.
-    origin: Ref,
-    right_origin: Ref,
+    /// Origin of the first clock, and right origin: read and written
+    /// through `DocIndex::origin_of` / `ro_of` / `new_run`.
+    refs: Refs,
     /// label << 8 | type ref code << 4 | kind, as two words (low first) so
     /// that the run needs no 8-byte alignment.
     meta: [u32; 2],
+}
+
+/// A reference's client number in 16 bits: "none".
+const NIL16: u16 = u16::MAX;
+/// ... or "a number of 16 bits or more, in `DocIndex::wide_refs`".
+const WIDE16: u16 = u16::MAX - 1;
+
+/// A run's origin and right origin: clocks, and client numbers in 16 bits
+/// (most documents have far fewer than 65,534 clients; a run referring to a
+/// client numbered beyond keeps both numbers in a side table).
+#[derive(Clone, Copy, Debug, Default)]
+struct Refs {
+    origin_k: u32,
+    ro_k: u32,
+    origin_c: u16,
+    ro_c: u16,
 }
 
 /// A run's `meta` words for a kind and type ref (label 0).
@@ -546,6 +562,9 @@ const FEW_CLIENTS: usize = 4;
 pub struct DocIndex {
     runs: Vec<Run>,
     free_runs: Vec<u32>,
+    /// Client numbers of the references of runs that refer to a client
+    /// numbered 65,534 or more (see `Refs`), by arena index.
+    wide_refs: FxHashMap<u32, [u32; 2]>,
     clients: Vec<ClientData>,
     client_of: KeyedMap<u64, u32>,
     names: Interner,
@@ -585,6 +604,7 @@ impl DocIndex {
         DocIndex {
             runs: Vec::new(),
             free_runs: Vec::new(),
+            wide_refs: FxHashMap::default(),
             clients: Vec::new(),
             client_of: KeyedMap::with_hasher(hasher.clone()),
             names: Interner::new(hasher.clone()),
@@ -640,6 +660,7 @@ impl DocIndex {
         use std::mem::size_of;
         let mut n = self.runs.capacity() * size_of::<Run>()
             + self.free_runs.capacity() * 4
+            + self.wide_refs.capacity() * 13
             + self.clients.capacity() * size_of::<ClientData>()
             + self.lists.capacity() * size_of::<List>()
             + self.free_lists.capacity() * 4;
@@ -982,14 +1003,56 @@ impl DocIndex {
         true
     }
 
-    fn new_run(&mut self, run: Run) -> u32 {
-        if let Some(i) = self.free_runs.pop() {
+    fn new_run(&mut self, run: Run, origin: Ref, ro: Ref) -> u32 {
+        let n = if let Some(i) = self.free_runs.pop() {
             self.runs[i as usize] = run;
             i
         } else {
             self.runs.push(run);
             (self.runs.len() - 1) as u32
+        };
+        let narrow = |c: u32| match c {
+            NONE => NIL16,
+            c if c < WIDE16 as u32 => c as u16,
+            _ => WIDE16,
+        };
+        let refs = Refs {
+            origin_k: origin.k,
+            ro_k: ro.k,
+            origin_c: narrow(origin.c),
+            ro_c: narrow(ro.c),
+        };
+        self.runs[n as usize].refs = refs;
+        if refs.origin_c == WIDE16 || refs.ro_c == WIDE16 {
+            self.wide_refs.insert(n, [origin.c, ro.c]);
+        } else if !self.wide_refs.is_empty() {
+            self.wide_refs.remove(&n); // a reused slot's
         }
+        n
+    }
+
+    /// A run's origin.
+    #[inline]
+    fn origin_of(&self, n: u32) -> Ref {
+        let r = &self.runs[n as usize].refs;
+        let c = match r.origin_c {
+            NIL16 => NONE,
+            WIDE16 => self.wide_refs[&n][0],
+            c => c as u32,
+        };
+        Ref { c, k: r.origin_k }
+    }
+
+    /// A run's right origin.
+    #[inline]
+    fn ro_of(&self, n: u32) -> Ref {
+        let r = &self.runs[n as usize].refs;
+        let c = match r.ro_c {
+            NIL16 => NONE,
+            WIDE16 => self.wide_refs[&n][1],
+            c => c as u32,
+        };
+        Ref { c, k: r.ro_k }
     }
 
     /// The run holding `clock` of client number `c`.
@@ -1157,14 +1220,14 @@ impl DocIndex {
             list: r.list,
             left: NONE,
             right: NONE,
-            origin: Ref {
-                c: r.client,
-                k: at - 1,
-            },
-            right_origin: r.right_origin,
+            refs: Refs::default(),
             meta: meta_of(r.kind(), None),
         };
-        let t = self.new_run(tail);
+        let origin = Ref {
+            c: r.client,
+            k: at - 1,
+        };
+        let t = self.new_run(tail, origin, self.ro_of(node));
         {
             let cd = &mut self.clients[r.client as usize];
             let i = cd.starts.partition_point(|&k| k <= r.clock);
@@ -1882,15 +1945,16 @@ impl DocIndex {
                 before.insert(o);
                 conflicting.insert(o);
                 let on = self.runs[o as usize];
-                if origin_cmp == on.origin {
+                let on_origin = self.origin_of(o);
+                if origin_cmp == on_origin {
                     if self.clients[on.client as usize].id < client {
                         left = Some(o);
                         conflicting.clear();
-                    } else if ro_cmp == on.right_origin {
+                    } else if ro_cmp == self.ro_of(o) {
                         break;
                     }
                 } else {
-                    let ol = self.live_at_ref(on.origin);
+                    let ol = self.live_at_ref(on_origin);
                     match ol {
                         Some(ol) if before.contains(&ol) => {
                             if !conflicting.contains(&ol) {
@@ -1920,7 +1984,7 @@ impl DocIndex {
                     && self.run_end(l) == start
                     && lr.kind() == kind
                     && kind != CONTENT_TYPE
-                    && lr.right_origin == ro_s
+                    && self.ro_of(l) == ro_s
                     && start > 0
                     && origin_s == (Ref { c, k: start - 1 })
             }
@@ -1941,11 +2005,10 @@ impl DocIndex {
                 list: seq,
                 left: left.unwrap_or(NONE),
                 right: NONE,
-                origin: origin_s,
-                right_origin: ro_s,
+                refs: Refs::default(),
                 meta: meta_of(kind, type_ref),
             };
-            let n = self.new_run(run);
+            let n = self.new_run(run, origin_s, ro_s);
             let nxt = match left {
                 Some(l) => {
                     let nxt = self.runs[l as usize].right;
@@ -2004,12 +2067,16 @@ impl DocIndex {
             c: r.client,
             k: clock - 1,
         };
-        let own = if clock == r.clock { r.origin } else { prev_id };
+        let own = if clock == r.clock {
+            self.origin_of(nr)
+        } else {
+            prev_id
+        };
         if own != prev_id {
             return true;
         }
         match self.node_at(r.client, clock - 1) {
-            Some(prev) => self.runs[prev as usize].right_origin != r.right_origin,
+            Some(prev) => self.ro_of(prev) != self.ro_of(nr),
             None => false,
         }
     }
@@ -2041,7 +2108,7 @@ impl DocIndex {
                 let run = self.runs[r as usize];
                 // the right origin's own origin
                 let roo = if rr.k == run.clock {
-                    run.origin
+                    self.origin_of(r)
                 } else {
                     Ref {
                         c: run.client,
@@ -2077,7 +2144,7 @@ impl DocIndex {
         }
         if let Some(l) = nl {
             if nr.is_some() || ro.is_none() {
-                let orr = self.runs[l as usize].right_origin;
+                let orr = self.ro_of(l);
                 if !orr.is_none() && Some(orr) != ro_r {
                     if let Some(q) = self.live_at_ref(orr) {
                         if self.runs[q as usize].list == seq
@@ -2126,16 +2193,16 @@ impl DocIndex {
                 // extended by moving the client's state (below)
             }
             _ => {
-                let n = self.new_run(Run {
+                let run = Run {
                     clock: start,
                     client: c,
                     list: NONE,
                     left: NONE,
                     right: NONE,
-                    origin: Ref::NIL,
-                    right_origin: Ref::NIL,
+                    refs: Refs::default(),
                     meta: meta_of(STRUCT_GC, None),
-                });
+                };
+                let n = self.new_run(run, Ref::NIL, Ref::NIL);
                 self.clients[c as usize].starts.push(start);
                 self.clients[c as usize].runs.push(n);
             }
@@ -2240,6 +2307,9 @@ impl DocIndex {
                 self.clients[c as usize].starts.pop();
                 self.unlink(last);
                 self.free_runs.push(last);
+                if !self.wide_refs.is_empty() {
+                    self.wide_refs.remove(&last);
+                }
             }
             // (a squashed extension of the last run ends with the state)
             self.clients[c as usize].state = old;
@@ -2330,8 +2400,8 @@ impl DocIndex {
                     clock: run.clock,
                     end: self.run_end(r),
                     kind: run.kind(),
-                    origin: self.id_of(run.origin),
-                    right_origin: self.id_of(run.right_origin),
+                    origin: self.id_of(self.origin_of(r)),
+                    right_origin: self.id_of(self.ro_of(r)),
                     list: (run.list != NONE).then(|| {
                         let l = self.lists[run.list as usize];
                         (self.key_view(l.key), self.sub_view(l.sub))
@@ -2647,6 +2717,81 @@ mod tests {
         assert_eq!(feed(array, &[(any(), true)]), Some(0));
         assert_eq!(feed(SeqClass::NoSeq, &[(any(), true), (any(), true)]), None);
         assert_eq!(feed(SeqClass::NoSeq, &[(any(), false)]), Some(0));
+    }
+
+    /// A v1 update of `n` clients (ids 1..=n), one character each, each
+    /// typed after the previous client's: client `i + 1`'s origin is `i:0`.
+    fn chain_update(n: u64) -> Vec<u8> {
+        use crate::varint::write_varuint;
+        let mut out = Vec::new();
+        write_varuint(&mut out, n);
+        for id in (1..=n).rev() {
+            write_varuint(&mut out, 1); // structs
+            write_varuint(&mut out, id);
+            write_varuint(&mut out, 0); // clock
+            if id == 1 {
+                out.push(CONTENT_STRING);
+                write_varuint(&mut out, 1); // parent: a root by name
+                out.extend_from_slice(&[1, b't']);
+            } else {
+                out.push(CONTENT_STRING | 0x80);
+                write_varuint(&mut out, id - 1);
+                write_varuint(&mut out, 0);
+            }
+            out.extend_from_slice(&[1, b'a']);
+        }
+        out.push(0); // delete set
+        out
+    }
+
+    #[test]
+    fn references_to_clients_numbered_beyond_16_bits() {
+        // Client numbers 65,534 and up do not fit a run's 16-bit reference
+        // fields: they go to the side table and must read back the same.
+        let n = 70_000u64;
+        let data = chain_update(n);
+        let limits = Limits {
+            max_update_bytes: 1 << 30,
+            max_clients: 1 << 20,
+            ..Limits::default()
+        };
+        let parsed = parse_update(&data, &limits).unwrap();
+        let mut ix = DocIndex::new();
+        ix.begin(&data, &parsed, None, &limits, true).unwrap();
+        ix.commit();
+        assert!(!ix.wide_refs.is_empty());
+        ix.check_invariants().unwrap();
+        let snap = ix.snapshot();
+        assert_eq!(snap.runs.len(), n as usize);
+        for r in &snap.runs {
+            let want = (r.client > 1).then(|| (r.client - 1, 0));
+            assert_eq!(r.origin, want, "run of client {}", r.client);
+            assert_eq!(r.right_origin, None);
+        }
+        // A client typing after the last one, then naming that character as
+        // a parent (it is no type): refused once the first run was made (with
+        // a wide reference), and rolled back: the index reads as before.
+        let (before, wide) = (ix.snapshot(), ix.wide_refs.len());
+        use crate::varint::write_varuint;
+        let mut more = vec![1, 2];
+        write_varuint(&mut more, n + 1);
+        write_varuint(&mut more, 0);
+        more.push(CONTENT_STRING | 0x80);
+        write_varuint(&mut more, n);
+        write_varuint(&mut more, 0);
+        more.extend_from_slice(&[1, b'b']);
+        more.push(CONTENT_STRING);
+        write_varuint(&mut more, 0); // parent: an item by ID
+        write_varuint(&mut more, n);
+        write_varuint(&mut more, 0);
+        more.extend_from_slice(&[1, b'c']);
+        more.push(0);
+        let parsed = parse_update(&more, &limits).unwrap();
+        let err = ix.begin(&more, &parsed, None, &limits, true).unwrap_err();
+        assert!(err.to_string().contains("not a type"), "{err}");
+        assert_eq!(ix.snapshot(), before);
+        assert_eq!(ix.wide_refs.len(), wide);
+        ix.check_invariants().unwrap();
     }
 
     #[test]
