@@ -7,15 +7,22 @@
 //!
 //! Layout (what makes it compact):
 //!
-//! * runs live in one arena (`Vec<Run>`, 48 bytes each, freed slots reused);
+//! * runs live in one arena (`Vec<Run>`, 40 bytes each, freed slots reused);
 //!   links, lists and client references are `u32` indexes into tables, and a
 //!   run's origin and right origin are (client number, clock) pairs of the
-//!   interned client table, not 64-bit ids;
-//! * per client: the arena indexes of its runs sorted by clock (4 bytes a
-//!   run), its delete set, live type items, pending deletions and the clocks
-//!   inside surrogate pairs;
-//! * a run's order label (56 bits), content kind and type ref share one
-//!   `u64`.
+//!   interned client table, not 64-bit ids, their client numbers in 16 bits
+//!   (larger ones in a side table, `wide_refs`);
+//! * a run's end is not stored: a client's runs tile its clocks, so a run
+//!   ends where the next one starts;
+//! * per client: the first clocks of its runs and their arena indexes, sorted
+//!   by clock (8 bytes a run: the first clocks make lookups bisect a
+//!   contiguous table; bisecting through the arena instead saved 4 bytes a
+//!   run and cost a third more time in a load's pass), its delete set, live
+//!   type items, pending deletions and the clocks inside surrogate pairs;
+//! * a run's order label (56 bits), content kind and type ref share two
+//!   `u32` words;
+//! * map keys are interned per container, and a key's number names its
+//!   entry list: one hash lookup per map entry (keyed foldhash, `keyed.rs`).
 //!
 //! Everything an update creates before it is accepted (runs, clients, names,
 //! lists, observed classes) is undone by `rollback`, so refused updates leave
@@ -948,8 +955,8 @@ impl DocIndex {
     fn client_num(&self, client: u64) -> Option<u32> {
         if self.clients.len() <= FEW_CLIENTS {
             // Most documents have a writer or two: comparing their ids costs
-            // less than hashing one (client_of's SipHash; see fxhash.rs for
-            // why it cannot be a cheaper hash). Same answer: `clients[c].id`
+            // less than hashing one (client_of's keyed hash; see keyed.rs for
+            // why it cannot be an unkeyed one). Same answer: `clients[c].id`
             // and `client_of` always agree.
             return self
                 .clients
