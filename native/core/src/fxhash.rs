@@ -1,6 +1,6 @@
 //! A small fast hasher for keys the index makes itself (run indexes, interned
 //! client numbers), never for values an update chooses: client ids, clocks
-//! and names go through std's randomly keyed SipHash, since a fixed
+//! and names go through a randomly keyed hash (`keyed.rs`), since a fixed
 //! multiplicative hash lets a writer pick keys that all land in one bucket.
 
 use std::collections::{HashMap, HashSet};

@@ -7,24 +7,33 @@
 //!
 //! Layout (what makes it compact):
 //!
-//! * runs live in one arena (`Vec<Run>`, 48 bytes each, freed slots reused);
+//! * runs live in one arena (`Vec<Run>`, 40 bytes each, freed slots reused);
 //!   links, lists and client references are `u32` indexes into tables, and a
 //!   run's origin and right origin are (client number, clock) pairs of the
-//!   interned client table, not 64-bit ids;
-//! * per client: the arena indexes of its runs sorted by clock (4 bytes a
-//!   run), its delete set, live type items, pending deletions and the clocks
-//!   inside surrogate pairs;
-//! * a run's order label (56 bits), content kind and type ref share one
-//!   `u64`.
+//!   interned client table, not 64-bit ids, their client numbers in 16 bits
+//!   (larger ones in a side table, `wide_refs`);
+//! * a run's end is not stored: a client's runs tile its clocks, so a run
+//!   ends where the next one starts;
+//! * per client: the first clocks of its runs and their arena indexes, sorted
+//!   by clock (8 bytes a run: the first clocks make lookups bisect a
+//!   contiguous table; bisecting through the arena instead saved 4 bytes a
+//!   run and cost a third more time in a load's pass), its delete set, live
+//!   type items, pending deletions and the clocks inside surrogate pairs;
+//! * a run's order label (56 bits), content kind and type ref share two
+//!   `u32` words;
+//! * map keys are interned per container, and a key's number names its
+//!   entry list: one hash lookup per map entry (keyed foldhash, `keyed.rs`).
 //!
 //! Everything an update creates before it is accepted (runs, clients, names,
 //! lists, observed classes) is undone by `rollback`, so refused updates leave
 //! nothing behind; only block splits and relabels stay, which change nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::fxhash::FxHashSet;
+use crate::fxhash::{FxHashMap, FxHashSet};
+use crate::keyed::{KeyedMap, KeyedSet, KeyedState, PrehashedMap};
 use crate::limits::Limits;
 use crate::update::{
     parse_update, Content, Id, Parent, ParsedUpdate, Span, Struct, CONTENT_ANY, CONTENT_BINARY,
@@ -236,46 +245,89 @@ enum Key {
     Item(u32, u32),
 }
 
+impl Key {
+    /// The key as an interner scope (client numbers stay below `u32::MAX`).
+    #[inline]
+    fn scope(self) -> u64 {
+        match self {
+            Key::Root(n) => (u32::MAX as u64) << 32 | n as u64,
+            Key::Item(c, k) => (c as u64) << 32 | k as u64,
+        }
+    }
+}
+
 /// A run of clocks `[clock, end)` of one client that sit together in one list
-/// (`_yupdate._Node`): 48 bytes.
+/// (`_yupdate._Node`): 40 bytes, 4-aligned. Its end is not stored: a client's
+/// runs tile its clocks `[0, state)`, so a run ends where the next one starts
+/// (`ClientData::starts`), the last one at the client's state.
 #[derive(Clone, Copy, Debug)]
 struct Run {
     clock: u32,
-    end: u32,
     client: u32,
     /// The list holding it; `NONE` once GC'd.
     list: u32,
     left: u32,
     right: u32,
-    /// Origin of the first clock.
-    origin: Ref,
-    right_origin: Ref,
-    /// label << 8 | type ref code << 4 | kind.
-    meta: u64,
+    /// Origin of the first clock, and right origin: read and written
+    /// through `DocIndex::origin_of` / `ro_of` / `new_run`.
+    refs: Refs,
+    /// label << 8 | type ref code << 4 | kind, as two words (low first) so
+    /// that the run needs no 8-byte alignment.
+    meta: [u32; 2],
+}
+
+/// A reference's client number in 16 bits: "none".
+const NIL16: u16 = u16::MAX;
+/// ... or "a number of 16 bits or more, in `DocIndex::wide_refs`".
+const WIDE16: u16 = u16::MAX - 1;
+
+/// A run's origin and right origin: clocks, and client numbers in 16 bits
+/// (most documents have far fewer than 65,534 clients; a run referring to a
+/// client numbered beyond keeps both numbers in a side table).
+#[derive(Clone, Copy, Debug, Default)]
+struct Refs {
+    origin_k: u32,
+    ro_k: u32,
+    origin_c: u16,
+    ro_c: u16,
+}
+
+/// A run's `meta` words for a kind and type ref (label 0).
+#[inline]
+fn meta_of(kind: u8, type_ref: Option<u8>) -> [u32; 2] {
+    [kind as u32 | ((type_ref.unwrap_or(NO_TYPE) as u32) << 4), 0]
 }
 
 impl Run {
     #[inline]
+    fn meta(&self) -> u64 {
+        (self.meta[1] as u64) << 32 | self.meta[0] as u64
+    }
+    #[inline]
+    fn set_meta(&mut self, m: u64) {
+        self.meta = [m as u32, (m >> 32) as u32];
+    }
+    #[inline]
     fn kind(&self) -> u8 {
-        (self.meta & 0xF) as u8
+        (self.meta[0] & 0xF) as u8
     }
     #[inline]
     fn type_ref(&self) -> Option<u8> {
-        let t = ((self.meta >> 4) & 0xF) as u8;
+        let t = ((self.meta[0] >> 4) & 0xF) as u8;
         (t != NO_TYPE).then_some(t)
     }
     #[inline]
     fn label(&self) -> u64 {
-        self.meta >> 8
+        self.meta() >> 8
     }
     #[inline]
     fn set_kind(&mut self, kind: u8, type_ref: Option<u8>) {
-        let t = type_ref.unwrap_or(NO_TYPE) as u64;
-        self.meta = (self.meta & !0xFF) | (t << 4) | kind as u64;
+        let t = type_ref.unwrap_or(NO_TYPE) as u32;
+        self.meta[0] = (self.meta[0] & !0xFF) | (t << 4) | kind as u32;
     }
     #[inline]
     fn set_label(&mut self, label: u64) {
-        self.meta = (label << 8) | (self.meta & 0xFF);
+        self.set_meta((label << 8) | (self.meta() & 0xFF));
     }
 }
 
@@ -308,28 +360,93 @@ struct ClientData {
     pair_splits: Vec<u32>,
 }
 
-/// An append-only string table that can be cut back (rollback).
-#[derive(Default, Debug)]
+/// An append-only table of strings, each within a scope, that can be cut
+/// back (rollback). Root names have one scope; map keys are interned per
+/// container (the scope is the container), so a key's number also names its
+/// entry list (`list`): one lookup per map entry finds both. The strings are
+/// stored once, end to end, and found by their keyed hash (computed once per
+/// lookup; growing the table never hashes the strings again). Strings with
+/// the same 64-bit hash are chained, newest first, so cutting back the newest
+/// strings only ever removes chain heads.
+#[derive(Debug)]
 struct Interner {
-    strings: Vec<Vec<u8>>,
-    ids: HashMap<Vec<u8>, u32>,
+    bytes: Vec<u8>,
+    /// End of each string in `bytes`.
+    ends: Vec<u32>,
+    scopes: Vec<u64>,
+    /// The list of each map key's entries (`NONE`: none now).
+    list: Vec<u32>,
+    /// The previous string with the same hash (`NONE`: the last).
+    next: Vec<u32>,
+    heads: PrehashedMap<u32>,
+    hasher: KeyedState,
 }
 
 impl Interner {
-    fn intern(&mut self, s: &[u8]) -> u32 {
-        if let Some(&i) = self.ids.get(s) {
-            return i;
+    fn new(hasher: KeyedState) -> Self {
+        Interner {
+            bytes: Vec::new(),
+            ends: Vec::new(),
+            scopes: Vec::new(),
+            list: Vec::new(),
+            next: Vec::new(),
+            heads: PrehashedMap::default(),
+            hasher,
         }
-        let i = self.strings.len() as u32;
-        self.strings.push(s.to_vec());
-        self.ids.insert(s.to_vec(), i);
-        i
+    }
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+    #[inline]
+    fn get(&self, i: u32) -> &[u8] {
+        let i = i as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.bytes[start..self.ends[i] as usize]
+    }
+    fn intern(&mut self, scope: u64, s: &[u8]) -> u32 {
+        let h = self.hasher.hash_one((scope, s));
+        let head = self.heads.get(&h).copied().unwrap_or(NONE);
+        let mut i = head;
+        while i != NONE {
+            if self.scopes[i as usize] == scope && self.get(i) == s {
+                return i;
+            }
+            i = self.next[i as usize];
+        }
+        let id = self.ends.len() as u32;
+        self.bytes.extend_from_slice(s);
+        // Strings come from updates of at most max_update_bytes (u32 offsets
+        // in the parser): a document's keys and names stay far below 4 GiB.
+        let end = u32::try_from(self.bytes.len()).expect("interned strings exceed 4 GiB");
+        self.ends.push(end);
+        self.scopes.push(scope);
+        self.list.push(NONE);
+        self.next.push(head);
+        self.heads.insert(h, id);
+        id
     }
     fn truncate(&mut self, len: usize) {
-        while self.strings.len() > len {
-            let s = self.strings.pop().expect("non-empty");
-            self.ids.remove(&s);
+        while self.ends.len() > len {
+            let id = (self.ends.len() - 1) as u32;
+            let h = self
+                .hasher
+                .hash_one((self.scopes[id as usize], self.get(id)));
+            match self.next.pop().expect("one per string") {
+                NONE => self.heads.remove(&h),
+                older => self.heads.insert(h, older),
+            };
+            self.ends.pop();
+            self.scopes.pop();
+            self.list.pop();
+            self.bytes
+                .truncate(self.ends.last().map_or(0, |&e| e as usize));
         }
+    }
+    fn heap_bytes(&self) -> usize {
+        self.bytes.capacity()
+            + 4 * (self.ends.capacity() + self.next.capacity() + self.list.capacity())
+            + 8 * self.scopes.capacity()
+            + 13 * self.heads.capacity()
     }
 }
 
@@ -390,7 +507,7 @@ struct Txn {
     strict: bool,
     max_pending: u64,
     /// S7 clocks of the update's own Strings, per client id (sorted).
-    pairs: HashMap<u64, Vec<u32>>,
+    pairs: KeyedMap<u64, Vec<u32>>,
     /// Client numbers whose state moved, with their old state, in order.
     old_state: Vec<(u32, u32)>,
     moved: FxHashSet<u32>,
@@ -399,11 +516,16 @@ struct Txn {
     /// Ranges the structs delete at commit (client number, start, end).
     deletions: Vec<(u32, u32, u32)>,
     new_types: Vec<(u32, u32)>,
-    doomed_types: HashSet<(u32, u32)>,
+    doomed_types: KeyedSet<(u32, u32)>,
     formatting: bool,
-    placed: HashSet<(Key, bool, u8)>,
+    placed: KeyedSet<(Key, bool, u8)>,
     /// The last placement checked (consecutive items mostly share it).
-    last_placed: Option<(Key, bool, u8)>,
+    /// (as the container's scope and `entry << 4 | kind`; kind 0xFF: none).
+    last_placed: (u64, u8),
+    /// The last parent named by ID that was a live type, and its container
+    /// (entries of one map name the same parent): a type item is a run of
+    /// its own, and nothing deletes or GCs it before the commit.
+    last_parent: Option<(Id, Key)>,
     /// The delete set applied at commit.
     delete_set: Vec<(u64, Vec<(u32, u32)>)>,
     /// Table sizes when the update began (everything past them is undone).
@@ -416,7 +538,7 @@ struct Txn {
     n_subs: usize,
     /// Per update client: its position and the clocks of its structs (for
     /// `find`), built on demand.
-    starts: Option<HashMap<u64, (usize, Vec<u32>)>>,
+    starts: Option<KeyedMap<u64, (usize, Vec<u32>)>>,
 }
 
 fn malformed(msg: impl Into<String>) -> Error {
@@ -447,19 +569,23 @@ const FEW_CLIENTS: usize = 4;
 pub struct DocIndex {
     runs: Vec<Run>,
     free_runs: Vec<u32>,
+    /// Client numbers of the references of runs that refer to a client
+    /// numbered 65,534 or more (see `Refs`), by arena index.
+    wide_refs: FxHashMap<u32, [u32; 2]>,
     clients: Vec<ClientData>,
-    client_of: HashMap<u64, u32>,
+    client_of: KeyedMap<u64, u32>,
     names: Interner,
     subs: Interner,
     /// Declared root types, by interned name.
-    root_types: HashMap<u32, u8>,
+    root_types: KeyedMap<u32, u8>,
     lists: Vec<List>,
     free_lists: Vec<u32>,
-    list_of: HashMap<(Key, u32), u32>,
-    lists_of: HashMap<Key, Vec<u32>>,
+    /// The sequence list of each container (map entry lists: `subs.list`).
+    seq_of: KeyedMap<Key, u32>,
+    lists_of: KeyedMap<Key, Vec<u32>>,
     /// What each container of unknown type has shown (TEXTUAL/VALUED; for a
     /// root also KEYED or SEQUENCE, rule S11), kept across updates.
-    observed: HashMap<Key, u8>,
+    observed: KeyedMap<Key, u8>,
     /// Pending deletions in all (`pending_deletes`).
     pub pending_deletes: u64,
     /// Clients with pair splits.
@@ -469,6 +595,8 @@ pub struct DocIndex {
     last_diff: Option<Vec<u8>>,
     open: Option<Txn>,
     caps: Vec<u64>,
+    /// The keyed hash of this index's tables (see keyed.rs).
+    hasher: KeyedState,
 }
 
 impl Default for DocIndex {
@@ -479,25 +607,28 @@ impl Default for DocIndex {
 
 impl DocIndex {
     pub fn new() -> Self {
+        let hasher = KeyedState::new();
         DocIndex {
             runs: Vec::new(),
             free_runs: Vec::new(),
+            wide_refs: FxHashMap::default(),
             clients: Vec::new(),
-            client_of: HashMap::new(),
-            names: Interner::default(),
-            subs: Interner::default(),
-            root_types: HashMap::new(),
+            client_of: KeyedMap::with_hasher(hasher.clone()),
+            names: Interner::new(hasher.clone()),
+            subs: Interner::new(hasher.clone()),
+            root_types: KeyedMap::with_hasher(hasher.clone()),
             lists: Vec::new(),
             free_lists: Vec::new(),
-            list_of: HashMap::new(),
-            lists_of: HashMap::new(),
-            observed: HashMap::new(),
+            seq_of: KeyedMap::with_hasher(hasher.clone()),
+            lists_of: KeyedMap::with_hasher(hasher.clone()),
+            observed: KeyedMap::with_hasher(hasher.clone()),
             pending_deletes: 0,
             pair_clients: 0,
             formatting: false,
             last_diff: None,
             open: None,
             caps: (0..=LABEL_BITS).map(label_cap).collect(),
+            hasher,
         }
     }
 
@@ -505,7 +636,7 @@ impl DocIndex {
 
     /// Declares a root's type (keeps the first one, as `dict.setdefault`).
     pub fn set_root_type(&mut self, name: &[u8], type_ref: u8) {
-        let id = self.names.intern(name);
+        let id = self.names.intern(0, name);
         self.root_types.entry(id).or_insert(type_ref);
     }
 
@@ -536,6 +667,7 @@ impl DocIndex {
         use std::mem::size_of;
         let mut n = self.runs.capacity() * size_of::<Run>()
             + self.free_runs.capacity() * 4
+            + self.wide_refs.capacity() * 13
             + self.clients.capacity() * size_of::<ClientData>()
             + self.lists.capacity() * size_of::<List>()
             + self.free_lists.capacity() * 4;
@@ -549,13 +681,11 @@ impl DocIndex {
         }
         // hash maps: about (key + value + 1 control byte) per bucket
         n += self.client_of.capacity() * 13
-            + self.list_of.capacity() * 21
+            + self.seq_of.capacity() * 17
             + self.lists_of.capacity() * 37
             + self.observed.capacity() * 14
             + self.root_types.capacity() * 6;
-        for s in self.names.strings.iter().chain(&self.subs.strings) {
-            n += 2 * s.capacity() + 56;
-        }
+        n += self.names.heap_bytes() + self.subs.heap_bytes();
         for v in self.lists_of.values() {
             n += v.capacity() * 4;
         }
@@ -667,23 +797,24 @@ impl DocIndex {
         let mut txn = Txn {
             strict,
             max_pending: limits.max_pending_deletes,
-            pairs: update_pair_splits(data, parsed),
+            pairs: update_pair_splits(data, parsed, &self.hasher),
             old_state: Vec::new(),
             moved: FxHashSet::default(),
             old_observed: Vec::new(),
             new_lists: Vec::new(),
             deletions: Vec::new(),
             new_types: Vec::new(),
-            doomed_types: HashSet::new(),
+            doomed_types: KeyedSet::with_hasher(self.hasher.clone()),
             formatting: false,
-            placed: HashSet::new(),
-            last_placed: None,
+            placed: KeyedSet::with_hasher(self.hasher.clone()),
+            last_placed: (0, 0xFF),
+            last_parent: None,
             delete_set: delete_set.unwrap_or_else(|| parsed.delete_set.clone()),
             n_clients: self.clients.len(),
             n_runs: self.runs.len(),
             reserved: false,
-            n_names: self.names.strings.len(),
-            n_subs: self.subs.strings.len(),
+            n_names: self.names.len(),
+            n_subs: self.subs.len(),
             starts: None,
         };
         let outcome = self.run_txn(&mut txn, data, parsed);
@@ -824,8 +955,8 @@ impl DocIndex {
     fn client_num(&self, client: u64) -> Option<u32> {
         if self.clients.len() <= FEW_CLIENTS {
             // Most documents have a writer or two: comparing their ids costs
-            // less than hashing one (client_of's SipHash; see fxhash.rs for
-            // why it cannot be a cheaper hash). Same answer: `clients[c].id`
+            // less than hashing one (client_of's keyed hash; see keyed.rs for
+            // why it cannot be an unkeyed one). Same answer: `clients[c].id`
             // and `client_of` always agree.
             return self
                 .clients
@@ -879,31 +1010,111 @@ impl DocIndex {
         true
     }
 
-    fn new_run(&mut self, run: Run) -> u32 {
-        if let Some(i) = self.free_runs.pop() {
+    fn new_run(&mut self, run: Run, origin: Ref, ro: Ref) -> u32 {
+        let n = if let Some(i) = self.free_runs.pop() {
             self.runs[i as usize] = run;
             i
         } else {
             self.runs.push(run);
             (self.runs.len() - 1) as u32
+        };
+        let narrow = |c: u32| match c {
+            NONE => NIL16,
+            c if c < WIDE16 as u32 => c as u16,
+            _ => WIDE16,
+        };
+        let refs = Refs {
+            origin_k: origin.k,
+            ro_k: ro.k,
+            origin_c: narrow(origin.c),
+            ro_c: narrow(ro.c),
+        };
+        self.runs[n as usize].refs = refs;
+        if refs.origin_c == WIDE16 || refs.ro_c == WIDE16 {
+            self.wide_refs.insert(n, [origin.c, ro.c]);
+        } else if !self.wide_refs.is_empty() {
+            self.wide_refs.remove(&n); // a reused slot's
         }
+        n
+    }
+
+    /// A run's origin.
+    #[inline]
+    fn origin_of(&self, n: u32) -> Ref {
+        let r = &self.runs[n as usize].refs;
+        let c = match r.origin_c {
+            NIL16 => NONE,
+            WIDE16 => self.wide_refs[&n][0],
+            c => c as u32,
+        };
+        Ref { c, k: r.origin_k }
+    }
+
+    /// A run's right origin.
+    #[inline]
+    fn ro_of(&self, n: u32) -> Ref {
+        let r = &self.runs[n as usize].refs;
+        let c = match r.ro_c {
+            NIL16 => NONE,
+            WIDE16 => self.wide_refs[&n][1],
+            c => c as u32,
+        };
+        Ref { c, k: r.ro_k }
     }
 
     /// The run holding `clock` of client number `c`.
     #[inline]
     fn node_at(&self, c: u32, clock: u32) -> Option<u32> {
         let cd = &self.clients[c as usize];
+        if clock >= cd.state {
+            return None;
+        }
         let &last = cd.runs.last()?;
         if clock >= *cd.starts.last()? {
             // most references are to a client's latest run
-            return (clock < self.runs[last as usize].end).then_some(last);
+            return Some(last);
         }
+        // The runs tile [0, state) from clock 0: some run holds `clock`.
         let i = cd.starts.partition_point(|&k| k <= clock);
-        if i == 0 {
+        Some(cd.runs[i - 1])
+    }
+
+    /// [`node_at`](Self::node_at) with the run's end (found on the way).
+    #[inline]
+    fn node_end_at(&self, c: u32, clock: u32) -> Option<(u32, u32)> {
+        let cd = &self.clients[c as usize];
+        if clock >= cd.state {
             return None;
         }
-        let x = cd.runs[i - 1];
-        (clock < self.runs[x as usize].end).then_some(x)
+        let &last = cd.runs.last()?;
+        if clock >= *cd.starts.last()? {
+            return Some((last, cd.state));
+        }
+        let i = cd.starts.partition_point(|&k| k <= clock);
+        Some((cd.runs[i - 1], cd.starts[i]))
+    }
+
+    /// The live run holding a reference's clock, with its end.
+    #[inline]
+    fn live_end_at_ref(&self, r: Ref) -> Option<(u32, u32)> {
+        if r.c as usize >= self.clients.len() {
+            return None;
+        }
+        let (n, end) = self.node_end_at(r.c, r.k)?;
+        (self.runs[n as usize].list != NONE).then_some((n, end))
+    }
+
+    /// Where run `n` ends: where its client's next run starts, or at the
+    /// client's state for its last run.
+    #[inline]
+    fn run_end(&self, n: u32) -> u32 {
+        let r = &self.runs[n as usize];
+        let cd = &self.clients[r.client as usize];
+        if cd.runs.last() == Some(&n) {
+            return cd.state;
+        }
+        let i = cd.starts.partition_point(|&k| k <= r.clock);
+        cd.starts[i]
     }
 
     #[inline]
@@ -933,30 +1144,71 @@ impl DocIndex {
         (self.runs[n as usize].list != NONE).then_some(n)
     }
 
+    /// The list of container `key`'s sequence (`sub` NONE) or of its map key
+    /// `sub` (interned in `key`'s scope), made if new.
     fn list_for(&mut self, key: Key, sub: u32) -> (u32, bool) {
-        if let Some(&l) = self.list_of.get(&(key, sub)) {
-            return (l, false);
+        let free = self.free_lists.last().copied();
+        let slot = free.unwrap_or(self.lists.len() as u32);
+        if sub != NONE {
+            match self.subs.list[sub as usize] {
+                NONE => self.subs.list[sub as usize] = slot,
+                l => return (l, false),
+            }
+        } else {
+            match self.seq_of.entry(key) {
+                std::collections::hash_map::Entry::Occupied(e) => return (*e.get(), false),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(slot);
+                }
+            }
         }
         let list = List {
             key,
             sub,
             start: NONE,
         };
-        let l = if let Some(i) = self.free_lists.pop() {
-            self.lists[i as usize] = list;
-            i
+        let l = if free.is_some() {
+            self.free_lists.pop();
+            self.lists[slot as usize] = list;
+            slot
         } else {
             self.lists.push(list);
-            (self.lists.len() - 1) as u32
+            slot
         };
-        self.list_of.insert((key, sub), l);
         self.lists_of.entry(key).or_default().push(l);
         (l, true)
     }
 
+    /// Forgets which list is `key`'s sequence or map key `sub`.
+    fn unfile_list(&mut self, key: Key, sub: u32) {
+        if sub != NONE {
+            self.subs.list[sub as usize] = NONE;
+        } else {
+            self.seq_of.remove(&key);
+        }
+    }
+
+    /// The list filed as `key`'s sequence or map key `sub`, if any.
+    fn filed_list(&self, key: Key, sub: u32) -> Option<u32> {
+        if sub != NONE {
+            let l = self.subs.list[sub as usize];
+            (l != NONE && self.subs.scopes[sub as usize] == key.scope()).then_some(l)
+        } else {
+            self.seq_of.get(&key).copied()
+        }
+    }
+
+    /// Every live list (its number and what it holds).
+    fn live_lists(&self) -> impl Iterator<Item = (u32, List)> + '_ {
+        self.lists_of
+            .values()
+            .flatten()
+            .map(|&l| (l, self.lists[l as usize]))
+    }
+
     fn remove_list(&mut self, l: u32) {
         let List { key, sub, .. } = self.lists[l as usize];
-        self.list_of.remove(&(key, sub));
+        self.unfile_list(key, sub);
         if let Some(v) = self.lists_of.get_mut(&key) {
             v.retain(|&x| x != l);
             if v.is_empty() {
@@ -971,20 +1223,18 @@ impl DocIndex {
         let r = self.runs[node as usize];
         let tail = Run {
             clock: at,
-            end: r.end,
             client: r.client,
             list: r.list,
             left: NONE,
             right: NONE,
-            origin: Ref {
-                c: r.client,
-                k: at - 1,
-            },
-            right_origin: r.right_origin,
-            meta: r.kind() as u64 | ((NO_TYPE as u64) << 4),
+            refs: Refs::default(),
+            meta: meta_of(r.kind(), None),
         };
-        let t = self.new_run(tail);
-        self.runs[node as usize].end = at;
+        let origin = Ref {
+            c: r.client,
+            k: at - 1,
+        };
+        let t = self.new_run(tail, origin, self.ro_of(node));
         {
             let cd = &mut self.clients[r.client as usize];
             let i = cd.starts.partition_point(|&k| k <= r.clock);
@@ -1004,28 +1254,24 @@ impl DocIndex {
         t
     }
 
-    /// The live run ending at `id` (split there), or None if GC'd.
-    fn clean_end(&mut self, id: Id, node: Option<u32>) -> Option<u32> {
-        let node = match node {
-            Some(n) if self.runs[n as usize].clock <= id.1 && id.1 < self.runs[n as usize].end => {
-                Some(n)
-            }
-            _ => self.live_at(id),
-        };
-        if let Some(n) = node {
-            if id.1 + 1 < self.runs[n as usize].end {
-                self.split(n, id.1 + 1);
-            }
+    /// The live run ending at `id` (split there), given the live run `node`
+    /// holding it and its end; whether it was split.
+    fn clean_end(&mut self, id: Id, node: u32, end: u32) -> bool {
+        let split = id.1 + 1 < end;
+        if split {
+            self.split(node, id.1 + 1);
         }
-        node
+        split
     }
 
-    /// The live run starting at `id` (split there), or None if GC'd.
-    fn clean_start(&mut self, id: Id, node: Option<u32>) -> Option<u32> {
+    /// The live run starting at `id` (split there), or None if GC'd; `node`
+    /// held it when looked up (with its end, unless a split since moved it).
+    fn clean_start(&mut self, id: Id, node: Option<(u32, Option<u32>)>) -> Option<u32> {
+        let holds = |ix: &Self, n: u32, end: Option<u32>| {
+            ix.runs[n as usize].clock <= id.1 && id.1 < end.unwrap_or_else(|| ix.run_end(n))
+        };
         let mut node = match node {
-            Some(n) if self.runs[n as usize].clock <= id.1 && id.1 < self.runs[n as usize].end => {
-                Some(n)
-            }
+            Some((n, end)) if holds(self, n, end) => Some(n),
             _ => self.live_at(id),
         };
         if let Some(n) = node {
@@ -1147,12 +1393,13 @@ impl DocIndex {
             };
             for l in lists {
                 let List { key, sub, start } = self.lists[l as usize];
-                self.list_of.remove(&(key, sub));
+                self.unfile_list(key, sub);
                 self.lists[l as usize].start = NONE;
                 self.free_lists.push(l);
                 let mut node = start;
                 while node != NONE {
                     let r = self.runs[node as usize];
+                    let end = self.run_end(node);
                     let nxt = r.right;
                     {
                         let run = &mut self.runs[node as usize];
@@ -1168,7 +1415,7 @@ impl DocIndex {
                         stack.push(Key::Item(r.client, r.clock));
                     }
                     self.runs[node as usize].set_kind(STRUCT_GC, None);
-                    ds_add(&mut self.clients[r.client as usize].deleted, r.clock, r.end);
+                    ds_add(&mut self.clients[r.client as usize].deleted, r.clock, end);
                     node = nxt;
                 }
             }
@@ -1217,12 +1464,12 @@ impl DocIndex {
         clock: u32,
     ) -> Option<&'p Struct> {
         let starts = txn.starts.get_or_insert_with(|| {
-            parsed
-                .clients
-                .iter()
-                .enumerate()
-                .map(|(i, (c, ss))| (*c, (i, ss.iter().map(|s| s.clock).collect())))
-                .collect()
+            let mut m =
+                KeyedMap::with_capacity_and_hasher(parsed.clients.len(), self.hasher.clone());
+            for (i, (c, ss)) in parsed.clients.iter().enumerate() {
+                m.insert(*c, (i, ss.iter().map(|s| s.clock).collect()));
+            }
+            m
         });
         let (at, st) = starts.get(&client)?;
         let i = st.partition_point(|&k| k <= clock);
@@ -1238,7 +1485,8 @@ impl DocIndex {
         let strict = txn.strict;
         // Clocks the update provides per client: up to its end when it has
         // no Skip; else ask `find`.
-        let mut ends: HashMap<u64, u64> = HashMap::with_capacity(parsed.clients.len());
+        let mut ends: KeyedMap<u64, u64> =
+            KeyedMap::with_capacity_and_hasher(parsed.clients.len(), self.hasher.clone());
         for (c, ss) in &parsed.clients {
             if ss.iter().all(|x| x.kind != STRUCT_SKIP) {
                 let last = ss.last().expect("blocks are never empty");
@@ -1350,11 +1598,9 @@ impl DocIndex {
             return Ok(());
         }
         // Position of each client in the update.
-        let at: HashMap<u64, usize> = clients
-            .iter()
-            .enumerate()
-            .map(|(i, (c, _))| (*c, i))
-            .collect();
+        let mut at: KeyedMap<u64, usize> =
+            KeyedMap::with_capacity_and_hasher(clients.len(), self.hasher.clone());
+        at.extend(clients.iter().enumerate().map(|(i, (c, _))| (*c, i)));
         // A stack of client positions: the highest client id on top.
         let mut order: Vec<usize> = (0..clients.len()).collect();
         order.sort_unstable_by_key(|&i| clients[i].0);
@@ -1538,14 +1784,19 @@ impl DocIndex {
         }
         let origin_r: Option<Ref> = origin.map(|o| self.ref_for(o, client, c));
         let ro_r: Option<Ref> = ro.map(|r| self.ref_for(r, client, c));
-        let nl = origin_r.and_then(|r| self.live_at_ref(r));
-        let nr = ro_r.and_then(|r| self.live_at_ref(r));
+        let nl_end = origin_r.and_then(|r| self.live_end_at_ref(r));
+        let nr_end = ro_r.and_then(|r| self.live_end_at_ref(r));
+        let nl = nl_end.map(|x| x.0);
+        let nr = nr_end.map(|x| x.0);
         let lseq = nl.map(|n| self.runs[n as usize].list);
         let rseq = nr.map(|n| self.runs[n as usize].list);
         // The parent, as yrs's repair decides it.
         let explicit = !matches!(s.parent, Parent::Inherited);
         let key: Option<Key> = match s.parent {
-            Parent::Root(name) => Some(Key::Root(self.names.intern(name.get(data)))),
+            Parent::Root(name) => Some(Key::Root(self.names.intern(0, name.get(data)))),
+            Parent::Item(p) if txn.last_parent.is_some_and(|(q, _)| q == p) => {
+                txn.last_parent.map(|(_, k)| k)
+            }
             Parent::Item(p) => {
                 let pr = self.ref_for(p, client, c);
                 match self.node_at_ref(pr) {
@@ -1563,6 +1814,7 @@ impl DocIndex {
                                 kind_name(r.kind())
                             )));
                         } else {
+                            txn.last_parent = Some((p, Key::Item(r.client, p.1)));
                             Some(Key::Item(r.client, p.1))
                         }
                     }
@@ -1582,7 +1834,7 @@ impl DocIndex {
         };
         // yrs takes the map key from a neighbour when one has it.
         let mut sub: u32 = match (explicit, s.parent_sub) {
-            (true, Some(k)) => self.subs.intern(k.get(data)),
+            (true, Some(k)) => self.subs.intern(key.scope(), k.get(data)),
             _ => NONE,
         };
         if let Some(l) = rseq {
@@ -1642,26 +1894,33 @@ impl DocIndex {
         let kind = s.kind;
         let entry = sub != NONE;
         let placed = (key, entry, kind);
+        let code = (key.scope(), (entry as u8) << 4 | kind);
         // (a type's place also depends on its type ref: S11)
-        if kind == CONTENT_TYPE
-            || (txn.last_placed != Some(placed) && !txn.placed.contains(&placed))
-        {
+        if kind == CONTENT_TYPE || (txn.last_placed != code && !txn.placed.contains(&placed)) {
             self.check_place(txn, s, key, entry)?;
             txn.placed.insert(placed);
         }
-        txn.last_placed = Some(placed);
+        txn.last_placed = code;
         if let (Some(o), Some(r)) = (origin, ro) {
             if nl.is_none() != nr.is_none() {
                 self.check_gc_neighbours(s, o, r, nl.is_none())?;
             }
         }
         // Place it (Item::integrate).
-        let mut left = match (origin, nl) {
-            (Some(o), Some(n)) => self.clean_end(o, Some(n)),
+        let mut split_left = false;
+        let mut left = match (origin, nl_end) {
+            (Some(o), Some((n, end))) => {
+                split_left = self.clean_end(o, n, end);
+                Some(n)
+            }
             _ => None,
         };
-        let right = match (ro, nr) {
-            (Some(r), Some(n)) => self.clean_start(r, Some(n)),
+        let right = match (ro, nr_end) {
+            (Some(r), Some((n, end))) => {
+                // a split of the same run has moved its end
+                let end = (!(split_left && nl == Some(n))).then_some(end);
+                self.clean_start(r, Some((n, end)))
+            }
             _ => None,
         };
         let seq = if let Some(l) = lseq {
@@ -1693,15 +1952,16 @@ impl DocIndex {
                 before.insert(o);
                 conflicting.insert(o);
                 let on = self.runs[o as usize];
-                if origin_cmp == on.origin {
+                let on_origin = self.origin_of(o);
+                if origin_cmp == on_origin {
                     if self.clients[on.client as usize].id < client {
                         left = Some(o);
                         conflicting.clear();
-                    } else if ro_cmp == on.right_origin {
+                    } else if ro_cmp == self.ro_of(o) {
                         break;
                     }
                 } else {
-                    let ol = self.live_at_ref(on.origin);
+                    let ol = self.live_at_ref(on_origin);
                     match ol {
                         Some(ol) if before.contains(&ol) => {
                             if !conflicting.contains(&ol) {
@@ -1728,19 +1988,19 @@ impl DocIndex {
                 let lr = &self.runs[l as usize];
                 sub == NONE
                     && lr.client == c
-                    && lr.end == start
+                    && self.run_end(l) == start
                     && lr.kind() == kind
                     && kind != CONTENT_TYPE
-                    && lr.right_origin == ro_s
+                    && self.ro_of(l) == ro_s
                     && start > 0
                     && origin_s == (Ref { c, k: start - 1 })
             }
             None => false,
         };
         let node = if squash {
-            let l = left.expect("squash has a left run");
-            self.runs[l as usize].end = send; // typed on: yrs's try_squash
-            l
+            // typed on (yrs's try_squash): the run is its client's last, so
+            // moving the client's state (below) extends it
+            left.expect("squash has a left run")
         } else {
             let type_ref = match s.content {
                 Content::Type { type_ref, .. } => Some(type_ref as u8),
@@ -1748,16 +2008,14 @@ impl DocIndex {
             };
             let run = Run {
                 clock: start,
-                end: send,
                 client: c,
                 list: seq,
                 left: left.unwrap_or(NONE),
                 right: NONE,
-                origin: origin_s,
-                right_origin: ro_s,
-                meta: kind as u64 | ((type_ref.unwrap_or(NO_TYPE) as u64) << 4),
+                refs: Refs::default(),
+                meta: meta_of(kind, type_ref),
             };
-            let n = self.new_run(run);
+            let n = self.new_run(run, origin_s, ro_s);
             let nxt = match left {
                 Some(l) => {
                     let nxt = self.runs[l as usize].right;
@@ -1793,7 +2051,8 @@ impl DocIndex {
                 self.doom(txn, c, start, send); // not the key's value: deleted at once
             } else if r.left != NONE {
                 let prev = self.runs[r.left as usize]; // the key's previous value
-                self.doom(txn, prev.client, prev.clock, prev.end);
+                let prev_end = self.run_end(r.left);
+                self.doom(txn, prev.client, prev.clock, prev_end);
             }
         }
         if let Key::Item(kc, kk) = key {
@@ -1815,12 +2074,16 @@ impl DocIndex {
             c: r.client,
             k: clock - 1,
         };
-        let own = if clock == r.clock { r.origin } else { prev_id };
+        let own = if clock == r.clock {
+            self.origin_of(nr)
+        } else {
+            prev_id
+        };
         if own != prev_id {
             return true;
         }
         match self.node_at(r.client, clock - 1) {
-            Some(prev) => self.runs[prev as usize].right_origin != r.right_origin,
+            Some(prev) => self.ro_of(prev) != self.ro_of(nr),
             None => false,
         }
     }
@@ -1852,7 +2115,7 @@ impl DocIndex {
                 let run = self.runs[r as usize];
                 // the right origin's own origin
                 let roo = if rr.k == run.clock {
-                    run.origin
+                    self.origin_of(r)
                 } else {
                     Ref {
                         c: run.client,
@@ -1888,7 +2151,7 @@ impl DocIndex {
         }
         if let Some(l) = nl {
             if nr.is_some() || ro.is_none() {
-                let orr = self.runs[l as usize].right_origin;
+                let orr = self.ro_of(l);
                 if !orr.is_none() && Some(orr) != ro_r {
                     if let Some(q) = self.live_at_ref(orr) {
                         if self.runs[q as usize].list == seq
@@ -1933,21 +2196,20 @@ impl DocIndex {
         let c = self.intern_client(client);
         let last = self.clients[c as usize].runs.last().copied();
         match last {
-            Some(l) if self.runs[l as usize].list == NONE && self.runs[l as usize].end == start => {
-                self.runs[l as usize].end = end;
+            Some(l) if self.runs[l as usize].list == NONE && self.run_end(l) == start => {
+                // extended by moving the client's state (below)
             }
             _ => {
-                let n = self.new_run(Run {
+                let run = Run {
                     clock: start,
-                    end,
                     client: c,
                     list: NONE,
                     left: NONE,
                     right: NONE,
-                    origin: Ref::NIL,
-                    right_origin: Ref::NIL,
-                    meta: STRUCT_GC as u64 | ((NO_TYPE as u64) << 4),
-                });
+                    refs: Refs::default(),
+                    meta: meta_of(STRUCT_GC, None),
+                };
+                let n = self.new_run(run, Ref::NIL, Ref::NIL);
                 self.clients[c as usize].starts.push(start);
                 self.clients[c as usize].runs.push(n);
             }
@@ -2052,12 +2314,11 @@ impl DocIndex {
                 self.clients[c as usize].starts.pop();
                 self.unlink(last);
                 self.free_runs.push(last);
-            }
-            if let Some(&last) = self.clients[c as usize].runs.last() {
-                if self.runs[last as usize].end > old {
-                    self.runs[last as usize].end = old; // a squashed extension
+                if !self.wide_refs.is_empty() {
+                    self.wide_refs.remove(&last);
                 }
             }
+            // (a squashed extension of the last run ends with the state)
             self.clients[c as usize].state = old;
         }
         for (key, was) in txn.old_observed.iter().rev() {
@@ -2117,13 +2378,13 @@ impl DocIndex {
 
     fn key_view(&self, key: Key) -> KeyView {
         match key {
-            Key::Root(n) => KeyView::Root(self.names.strings[n as usize].clone()),
+            Key::Root(n) => KeyView::Root(self.names.get(n).to_vec()),
             Key::Item(c, k) => KeyView::Item(self.clients[c as usize].id, k),
         }
     }
 
     fn sub_view(&self, sub: u32) -> Option<Vec<u8>> {
-        (sub != NONE).then(|| self.subs.strings[sub as usize].clone())
+        (sub != NONE).then(|| self.subs.get(sub).to_vec())
     }
 
     /// Everything the index holds (see [`Snapshot`]).
@@ -2144,10 +2405,10 @@ impl DocIndex {
                 snap.runs.push(RunView {
                     client: cd.id,
                     clock: run.clock,
-                    end: run.end,
+                    end: self.run_end(r),
                     kind: run.kind(),
-                    origin: self.id_of(run.origin),
-                    right_origin: self.id_of(run.right_origin),
+                    origin: self.id_of(self.origin_of(r)),
+                    right_origin: self.id_of(self.ro_of(r)),
                     list: (run.list != NONE).then(|| {
                         let l = self.lists[run.list as usize];
                         (self.key_view(l.key), self.sub_view(l.sub))
@@ -2169,12 +2430,12 @@ impl DocIndex {
                 snap.pair_splits.push((cd.id, cd.pair_splits.clone()));
             }
         }
-        for (&(key, sub), &l) in &self.list_of {
+        for (l, List { key, sub, .. }) in self.live_lists() {
             let mut runs = Vec::new();
             let mut n = self.lists[l as usize].start;
             while n != NONE {
                 let r = &self.runs[n as usize];
-                runs.push((self.clients[r.client as usize].id, r.clock, r.end));
+                runs.push((self.clients[r.client as usize].id, r.clock, self.run_end(n)));
                 n = r.right;
             }
             snap.lists
@@ -2186,8 +2447,7 @@ impl DocIndex {
         }
         snap.observed.sort();
         for (&name, &tr) in &self.root_types {
-            snap.root_types
-                .push((self.names.strings[name as usize].clone(), tr));
+            snap.root_types.push((self.names.get(name).to_vec(), tr));
         }
         snap.root_types.sort();
         snap
@@ -2217,16 +2477,15 @@ impl DocIndex {
             if cd.starts.len() != cd.runs.len() {
                 return Err(format!("run starts of client {}", cd.id));
             }
+            // Runs end where the next starts (the last at the state): they
+            // tile [0, state) if they start at 0 and their starts increase.
             for (i, &r) in cd.runs.iter().enumerate() {
                 let run = &self.runs[r as usize];
                 if cd.starts[i] != run.clock {
                     return Err(format!("run start {}:{} not filed", cd.id, run.clock));
                 }
-                if run.clock != clock {
+                if (i == 0 && run.clock != 0) || (i > 0 && run.clock <= clock) {
                     return Err(format!("gap or overlap at {}:{}", cd.id, run.clock));
-                }
-                if run.end <= run.clock {
-                    return Err(format!("empty run {}:{}", cd.id, run.clock));
                 }
                 if self.clients[run.client as usize].id != cd.id {
                     return Err(format!(
@@ -2234,9 +2493,9 @@ impl DocIndex {
                         cd.id, run.clock
                     ));
                 }
-                clock = run.end;
+                clock = run.clock;
             }
-            if clock != cd.state {
+            if !cd.runs.is_empty() && clock >= cd.state || cd.runs.is_empty() && cd.state != 0 {
                 return Err(format!("state of client {}", cd.id));
             }
             if cd.deleted.windows(2).any(|w| w[0].1 >= w[1].0) {
@@ -2244,9 +2503,8 @@ impl DocIndex {
             }
         }
         let mut in_lists = 0usize;
-        for (&(key, sub), &l) in &self.list_of {
-            let list = self.lists[l as usize];
-            if list.key != key || list.sub != sub {
+        for (l, list) in self.live_lists() {
+            if self.filed_list(list.key, list.sub) != Some(l) {
                 return Err(format!("list {l} filed under another key"));
             }
             let mut prev = NONE;
@@ -2335,8 +2593,12 @@ fn check_static(parsed: &ParsedUpdate) -> Result<()> {
 }
 
 /// S7: clocks inside a surrogate pair of the update's Strings, per client.
-fn update_pair_splits(data: &[u8], parsed: &ParsedUpdate) -> HashMap<u64, Vec<u32>> {
-    let mut out: HashMap<u64, Vec<u32>> = HashMap::new();
+fn update_pair_splits(
+    data: &[u8],
+    parsed: &ParsedUpdate,
+    hasher: &KeyedState,
+) -> KeyedMap<u64, Vec<u32>> {
+    let mut out: KeyedMap<u64, Vec<u32>> = KeyedMap::with_hasher(hasher.clone());
     for (client, structs) in &parsed.clients {
         for s in structs {
             let Content::String(span) = s.content else {
@@ -2462,6 +2724,81 @@ mod tests {
         assert_eq!(feed(array, &[(any(), true)]), Some(0));
         assert_eq!(feed(SeqClass::NoSeq, &[(any(), true), (any(), true)]), None);
         assert_eq!(feed(SeqClass::NoSeq, &[(any(), false)]), Some(0));
+    }
+
+    /// A v1 update of `n` clients (ids 1..=n), one character each, each
+    /// typed after the previous client's: client `i + 1`'s origin is `i:0`.
+    fn chain_update(n: u64) -> Vec<u8> {
+        use crate::varint::write_varuint;
+        let mut out = Vec::new();
+        write_varuint(&mut out, n);
+        for id in (1..=n).rev() {
+            write_varuint(&mut out, 1); // structs
+            write_varuint(&mut out, id);
+            write_varuint(&mut out, 0); // clock
+            if id == 1 {
+                out.push(CONTENT_STRING);
+                write_varuint(&mut out, 1); // parent: a root by name
+                out.extend_from_slice(&[1, b't']);
+            } else {
+                out.push(CONTENT_STRING | 0x80);
+                write_varuint(&mut out, id - 1);
+                write_varuint(&mut out, 0);
+            }
+            out.extend_from_slice(&[1, b'a']);
+        }
+        out.push(0); // delete set
+        out
+    }
+
+    #[test]
+    fn references_to_clients_numbered_beyond_16_bits() {
+        // Client numbers 65,534 and up do not fit a run's 16-bit reference
+        // fields: they go to the side table and must read back the same.
+        let n = 70_000u64;
+        let data = chain_update(n);
+        let limits = Limits {
+            max_update_bytes: 1 << 30,
+            max_clients: 1 << 20,
+            ..Limits::default()
+        };
+        let parsed = parse_update(&data, &limits).unwrap();
+        let mut ix = DocIndex::new();
+        ix.begin(&data, &parsed, None, &limits, true).unwrap();
+        ix.commit();
+        assert!(!ix.wide_refs.is_empty());
+        ix.check_invariants().unwrap();
+        let snap = ix.snapshot();
+        assert_eq!(snap.runs.len(), n as usize);
+        for r in &snap.runs {
+            let want = (r.client > 1).then(|| (r.client - 1, 0));
+            assert_eq!(r.origin, want, "run of client {}", r.client);
+            assert_eq!(r.right_origin, None);
+        }
+        // A client typing after the last one, then naming that character as
+        // a parent (it is no type): refused once the first run was made (with
+        // a wide reference), and rolled back: the index reads as before.
+        let (before, wide) = (ix.snapshot(), ix.wide_refs.len());
+        use crate::varint::write_varuint;
+        let mut more = vec![1, 2];
+        write_varuint(&mut more, n + 1);
+        write_varuint(&mut more, 0);
+        more.push(CONTENT_STRING | 0x80);
+        write_varuint(&mut more, n);
+        write_varuint(&mut more, 0);
+        more.extend_from_slice(&[1, b'b']);
+        more.push(CONTENT_STRING);
+        write_varuint(&mut more, 0); // parent: an item by ID
+        write_varuint(&mut more, n);
+        write_varuint(&mut more, 0);
+        more.extend_from_slice(&[1, b'c']);
+        more.push(0);
+        let parsed = parse_update(&more, &limits).unwrap();
+        let err = ix.begin(&more, &parsed, None, &limits, true).unwrap_err();
+        assert!(err.to_string().contains("not a type"), "{err}");
+        assert_eq!(ix.snapshot(), before);
+        assert_eq!(ix.wide_refs.len(), wide);
+        ix.check_invariants().unwrap();
     }
 
     #[test]

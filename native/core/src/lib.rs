@@ -13,6 +13,7 @@ pub mod error;
 pub mod fxhash;
 pub mod index;
 pub mod json;
+pub mod keyed;
 pub mod limits;
 pub mod tree;
 pub mod update;
