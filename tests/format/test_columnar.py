@@ -8,7 +8,7 @@ import tracemalloc
 
 import pycrdt
 import pytest
-from helpers.compact import hostile_per_column_payloads, key_reference_payloads
+from helpers.compact import column_block, hostile_per_column_payloads, key_reference_payloads
 from helpers.traces import fuzz_module, trace_update
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -137,15 +137,6 @@ def test_random_bytes_raise_our_errors(data: bytes) -> None:
     y.parse_update(out)
 
 
-def _column_block(columns: list[bytes]) -> bytes:
-    block = bytearray()
-    c._put(block, len(columns))
-    for col in columns:
-        c._put(block, len(col))
-        block += col
-    return bytes(block)
-
-
 def _stored(block: bytes, size: int | None = None) -> bytes:
     out = bytearray((c.VERSION_WHOLE, c.CODEC_STORED))
     c._put(out, len(block) if size is None else size)
@@ -178,13 +169,13 @@ def test_hostile_containers() -> None:
     cols = list(empty)
     cols[c.COL_BLOCKS] = b"\xff\xff\xff\x0f"
     with pytest.raises(MalformedUpdateError, match="exceeds the data left"):
-        c.compact_decode(_stored(_column_block(cols)))
+        c.compact_decode(_stored(column_block(cols)))
     with pytest.raises(MalformedUpdateError, match="unknown version"):
         c.compact_decode(b"\x09\x00\x00")
     with pytest.raises(MalformedUpdateError, match="unknown codec"):
         c.compact_decode(b"\x01\x03\x00")
     with pytest.raises(MalformedUpdateError, match="columns"):
-        c.compact_decode(_stored(_column_block([b""] * 3)))
+        c.compact_decode(_stored(column_block([b""] * 3)))
     with pytest.raises(MalformedUpdateError):
         c.compact_decode(_stored(b"\x0b", size=5))
 

@@ -11,14 +11,13 @@ fuzzed sessions; these are the cases by name.
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import pycrdt
 import pytest
+from helpers.native import checker_kinds
 
 from crdtsync.errors import MalformedUpdateError, MissingUpdatesError, UpdateLimitError
-from crdtsync.format import accel
 from crdtsync.format.checker import (
     _RELEASE_BYTES,
     BEGAN_FORMATTING,
@@ -29,15 +28,7 @@ from crdtsync.format.checker import (
 from crdtsync.format.yupdate import DEFAULT_LIMITS, TYPE_TEXT, UpdateLimits
 
 
-def _kinds() -> list[bool]:
-    if accel.NATIVE:
-        return [False, True]
-    if shutil.which("cargo"):
-        pytest.fail("crdtsync._native is not built although cargo is on PATH")
-    return [False]
-
-
-@pytest.fixture(params=_kinds(), ids=lambda n: "native" if n else "python")
+@pytest.fixture(params=checker_kinds(), ids=lambda n: "native" if n else "python")
 def native(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 

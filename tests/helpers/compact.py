@@ -9,7 +9,8 @@ import lzma
 from crdtsync.format import columnar as c
 
 
-def _column_block(columns: list[bytes]) -> bytes:
+def column_block(columns: list[bytes]) -> bytes:
+    """The block of a compact save's columns: their count, then each one's length and bytes."""
     block = bytearray()
     c._put(block, len(columns))
     for col in columns:
@@ -33,7 +34,7 @@ def _per_column(columns: list[tuple[int, int, bytes]], size: int) -> bytes:
 def hostile_per_column_payloads() -> list[bytes]:
     """Layout 2 payloads that break one rule each: seven malformed, the last over the limit."""
     stored = [(c.CODEC_STORED, 0, b"")] * c.N_COLUMNS
-    size = len(_column_block([b""] * c.N_COLUMNS))
+    size = len(column_block([b""] * c.N_COLUMNS))
     bomb = lzma.compress(bytes(64 << 20), format=lzma.FORMAT_RAW, filters=c._lzma_filters(20))
     too_long = list(stored)
     too_long[c.COL_TEXT] = (c.CODEC_LZMA | 20 << 2, 1 << 16, bomb)  # more than announced
@@ -56,7 +57,7 @@ def hostile_per_column_payloads() -> list[bytes]:
 
 
 def _stored_per_column(cols: list[bytes]) -> bytes:
-    return _per_column([(c.CODEC_STORED, len(col), col) for col in cols], len(_column_block(cols)))
+    return _per_column([(c.CODEC_STORED, len(col), col) for col in cols], len(column_block(cols)))
 
 
 def key_reference_payloads() -> tuple[bytes, bytes, bytes]:

@@ -40,3 +40,16 @@ def require_native(loaded: bool | None = None, *, pure_counts: bool = True) -> N
     if shutil.which("cargo"):
         pytest.fail("crdtsync._native is not built (or failed to load) although cargo is on PATH")
     pytest.skip("no Rust toolchain: crdtsync._native is not built")
+
+
+def checker_kinds() -> list[bool]:
+    """The checkers a test runs on: ``[False, True]`` (Python, Rust) where the core is built.
+
+    Fails the collection where cargo is on PATH and the extension is not loaded
+    (as :func:`require_native` fails a test), so CI never drops the Rust twin.
+    """
+    if accel.NATIVE:
+        return [False, True]
+    if shutil.which("cargo"):
+        pytest.fail("crdtsync._native is not built although cargo is on PATH")
+    return [False]

@@ -10,26 +10,17 @@ what the hook raises, on both checkers.
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import pycrdt
 import pytest
+from helpers.native import checker_kinds
 
 from crdtsync import Doc
 from crdtsync.errors import EngineError, InvalidOperationError, MalformedUpdateError
-from crdtsync.format import accel
 
 
-def _kinds() -> list[bool]:
-    if accel.NATIVE:
-        return [False, True]
-    if shutil.which("cargo"):
-        pytest.fail("crdtsync._native is not built although cargo is on PATH")
-    return [False]
-
-
-@pytest.fixture(params=_kinds(), ids=lambda n: "native" if n else "python")
+@pytest.fixture(params=checker_kinds(), ids=lambda n: "native" if n else "python")
 def native(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
