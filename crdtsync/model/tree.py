@@ -910,7 +910,9 @@ class _TreeState:
         if last is not None and last != node:
             if index > 0 and lst[li][1] == last:
                 bias = 1  # right after the previous insert: typing forward
-            elif index < others and lst[ri][1] == last:
+            elif index < others and ri < len(lst) and lst[ri][1] == last:
+                # (ri passes the end when a tied run ends the siblings: no right
+                # neighbour then; hypothesis found the IndexError.)
                 bias = -1  # right before it: typing backward
         return key_between(lo, hi, _jitter(t), bias)
 
@@ -1512,6 +1514,10 @@ class _Binding:
                 if isinstance(cont, pycrdt.Map):
                     out[owner] = cont
         return out
+
+    def container_sizes(self) -> dict[str, int]:
+        """The number of entries in every writer's container (what a saved shape summarises)."""
+        return {w: len(c) for w, c in self.containers().items()}
 
     def read_all(self) -> list[_Op]:
         """Every valid operation in the document (watching every container)."""
@@ -2393,7 +2399,7 @@ def tree_cache(doc: Doc) -> bytes:
         trees.append(
             {
                 "key": key,
-                "writers": {w: len(c) for w, c in b.containers().items()},
+                "writers": b.container_sizes(),
                 "last": {str(w): lam for w, lam in st.last.items()},
                 "top": [top >> 64, top & _M64],
                 "ids": " ".join(ids),
@@ -2458,13 +2464,13 @@ def _take_offered(doc: Doc, key: str, b: _Binding) -> _TreeState | None:
     if version != doc.version.to_bytes():
         return None  # edited or imported into since it was loaded
     try:
-        return _decode_shape(entry, b)
+        return _decode_shape(entry, b.container_sizes())
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         _log.info("ignoring the saved shape of tree %s: %s", key, exc)
         return None
 
 
-def _decode_shape(entry: dict[str, Any], b: _Binding) -> _TreeState:
+def _decode_shape(entry: dict[str, Any], sizes: dict[str, int]) -> _TreeState:
     """A state from a saved shape, after checking it against the document.
 
     Checked: it summarises the operations the document holds (the same
@@ -2475,15 +2481,20 @@ def _decode_shape(entry: dict[str, Any], b: _Binding) -> _TreeState:
     keys. What is *not* checked, because only replaying the operations can:
     that the shape is the one they define (``docs/TREE.md``, "Saved shapes").
 
+    Args:
+        entry: one tree's shape, as :func:`tree_cache` wrote it.
+        sizes: the number of entries in each writer's container of the tree
+            in the loaded document (:meth:`_Binding.container_sizes`).
+
     Raises:
         ValueError: naming the first check that failed.
     """
     writers = entry["writers"]
-    conts = b.containers()
+    conts = sizes
     if type(writers) is not dict or set(writers) != set(conts):
         raise ValueError("its writers are not the document's")
-    for w, cont in conts.items():
-        if writers[w] != len(cont):
+    for w, size in conts.items():
+        if writers[w] != size:
             raise ValueError(f"writer {w}'s container has another size")
     last_raw = entry["last"]
     if type(last_raw) is not dict:

@@ -248,6 +248,81 @@ def test_native_state_matches_the_reference_with_a_tiny_log(
         _run(monkeypatch, program)
 
 
+# Found by hypothesis (2026-12-07): a move to just before a tied pair of keys
+# that end the siblings, while the parent's last insert was elsewhere, read one
+# past the end of the siblings (IndexError in the reference, a caught panic in
+# Rust) instead of moving the node. Step 62 is the move.
+_TIED_AT_THE_END = [
+    ("delete", 0, 177),
+    ("move", 2, 420, None, None),
+    ("delete", 0, 270),
+    ("create", 1, None, None),
+    ("move", 0, 426, None, None),
+    ("burst", 2, 307, [None, 45, None, None, 167, None]),
+    ("delete", 1, 211),
+    ("burst", 0, 78, [None, None, None, 240, None, 504]),
+    ("create", 0, None, -1),
+    ("create", 0, None, None),
+    ("delete", 1, 63),
+    ("create", 0, 375, 1),
+    ("create", 0, None, 50),
+    ("create", 0, None, 5),
+    ("delete", 0, 915),
+    ("create", 0, 585, 2),
+    ("move", 0, 262, None, None),
+    ("move", 2, 657, None, 0),
+    ("delete", 2, 1),
+    ("create", 0, None, -1),
+    ("create", 1, None, None),
+    ("delete", 1, 73),
+    ("create", 2, None, None),
+    ("create", 2, None, None),
+    ("create", 2, None, None),
+    ("create", 1, None, None),
+    ("create", 2, None, None),
+    ("create", 0, None, 3),
+    ("create", 0, None, 50),
+    ("create", 0, None, -1),
+    ("move", 0, 79, None, 0),
+    ("create", 0, None, None),
+    ("delete", 0, 509),
+    ("move", 2, 199, -1, 5),
+    ("move", 1, 65, None, None),
+    ("burst", 0, 776, []),
+    ("delete", 1, 506),
+    ("move", 0, 86, 32, None),
+    ("move", 2, 799, 267, None),
+    ("move", 1, 188, 358, None),
+    ("burst", 2, 23, [None, None, None, None, 86, 128]),
+    ("move", 0, 999, 822, 3),
+    ("deliver", 0, 1, 2),
+    ("create", 0, None, -1),
+    ("move", 1, 365, None, None),
+    ("deliver", 2, 0, 2),
+    ("move", 1, 628, None, None),
+    ("move", 2, 147, 390, 0),
+    ("burst", 0, 262, [None, None, None]),
+    ("move", 1, 448, 999, None),
+    ("burst", 2, 172, [None]),
+    ("move", 0, 77, 379, None),
+    ("delete", 1, 85),
+    ("move", 2, 178, 182, 3),
+    ("create", 1, 206, 3),
+    ("deliver", 2, 0, 2),
+    ("move", 2, 943, None, None),
+    ("burst", 1, 205, [None, 240, None, 30, None, None]),
+    ("create", 0, None, 2),
+    ("move", 1, 58, None, None),
+    ("delete", 0, 294),
+    ("delete", 0, 124),
+    ("move", 0, 503, None, 1),
+]
+
+
+def test_a_move_before_tied_keys_that_end_the_siblings(monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(monkeypatch, _TIED_AT_THE_END)
+
+
 def test_keys_of_long_runs_match() -> None:
     """Hundreds of appends, prepends and inserts into one gap: the integer parts
     carry (stepped in Rust), the fractions grow (computed by Python)."""

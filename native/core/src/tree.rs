@@ -1263,7 +1263,7 @@ impl TreeState {
             if Some(last) != node {
                 if index > 0 && lst[li].1 == last {
                     bias = 1; // right after the previous insert: typing forward
-                } else if index < others && lst[ri].1 == last {
+                } else if index < others && ri < lst.len() && lst[ri].1 == last {
                     bias = -1; // right before it: typing backward
                 }
             }
