@@ -1122,7 +1122,7 @@ class _NativeState:
 
     @classmethod
     def from_state(cls, st: _TreeState, core_class: Any) -> _NativeState:
-        """The native twin of a pure-Python state (a saved shape :func:`_decode_shape` built)."""
+        """The native twin of a pure-Python state (one :func:`_decode_shape_py` built)."""
         kids = st.kids
         core = core_class(WINDOW, HORIZON)
         core.load(
