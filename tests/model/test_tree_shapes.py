@@ -456,3 +456,30 @@ def test_a_loaded_save_has_the_state_of_its_tree() -> None:
     lt.move(ids[2], ids[0])
     t.move(ids[2], ids[0])
     assert lt.to_py() == t.to_py()
+
+
+def test_a_refusal_from_rust_costs_a_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A panic in ``from_shape`` arrives as ``InvalidOperationError`` (``tree_guard``),
+    a ``ValueError``: the load ignores the shape and reads the operations."""
+    _core_class()
+    doc = Doc(peer_id=4)
+    t = doc.tree("t")
+    x = t.create()
+    t.create(x)
+    saved = doc.save()
+
+    def panicking(*args: Any) -> Any:
+        raise InvalidOperationError("internal error in crdtsync._native's tree: panic: test")
+
+    rebuilds: list[int] = []
+    real = tree_mod._Binding._rebuild
+
+    def counting(self: Any, old: Any = None) -> None:
+        rebuilds.append(1)
+        real(self, old)
+
+    monkeypatch.setattr(tree_mod, "_decode_shape_native", panicking)
+    monkeypatch.setattr(tree_mod._Binding, "_rebuild", counting)
+    loaded = Doc.load(saved)
+    assert loaded.tree("t").to_py() == t.to_py()
+    assert rebuilds == [1]
