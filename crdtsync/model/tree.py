@@ -1122,7 +1122,7 @@ class _NativeState:
 
     @classmethod
     def from_state(cls, st: _TreeState, core_class: Any) -> _NativeState:
-        """The native twin of a pure-Python state (a saved shape :func:`_decode_shape` built)."""
+        """The native twin of a pure-Python state (one :func:`_decode_shape_py` built)."""
         kids = st.kids
         core = core_class(WINDOW, HORIZON)
         core.load(
@@ -1581,12 +1581,12 @@ class _Binding:
             for n in state.parent:
                 old.setdefault(n, (None, ""))
 
-    def install(self, cached: _TreeState) -> None:
+    def install(self, cached: _State) -> None:
         """Start from a saved shape that :func:`_decode_shape` accepted; watch every container."""
         for owner, cont in self.containers().items():
             self._watch(owner, cont)
-        if isinstance(self.state, _NativeState):
-            # The shape is decoded in Python; the state it gives moves to Rust.
+        if isinstance(self.state, _NativeState) and isinstance(cached, _TreeState):
+            # Decoded in Python (a writer key Rust does not compare): to Rust.
             self.state = _NativeState.from_state(cached, type(self.state.core))
         else:
             self.state = cached
@@ -2450,7 +2450,7 @@ def offer_cache(doc: Doc, blob: bytes) -> None:
             root._bound()
 
 
-def _take_offered(doc: Doc, key: str, b: _Binding) -> _TreeState | None:
+def _take_offered(doc: Doc, key: str, b: _Binding) -> _State | None:
     """The saved shape offered for the tree of ``key``, if it is still valid."""
     offered = _OFFERED.get(doc)
     if offered is None:
@@ -2470,7 +2470,7 @@ def _take_offered(doc: Doc, key: str, b: _Binding) -> _TreeState | None:
         return None
 
 
-def _decode_shape(entry: dict[str, Any], sizes: dict[str, int]) -> _TreeState:
+def _decode_shape(entry: dict[str, Any], sizes: dict[str, int]) -> _State:
     """A state from a saved shape, after checking it against the document.
 
     Checked: it summarises the operations the document holds (the same
@@ -2481,6 +2481,11 @@ def _decode_shape(entry: dict[str, Any], sizes: dict[str, int]) -> _TreeState:
     keys. What is *not* checked, because only replaying the operations can:
     that the shape is the one they define (``docs/TREE.md``, "Saved shapes").
 
+    With the Rust core, its node lists are checked and the state built in
+    Rust (:func:`_decode_shape_native`), else in Python
+    (:func:`_decode_shape_py`, the reference): the same checks, in the same
+    order, with the same errors.
+
     Args:
         entry: one tree's shape, as :func:`tree_cache` wrote it.
         sizes: the number of entries in each writer's container of the tree
@@ -2488,6 +2493,24 @@ def _decode_shape(entry: dict[str, Any], sizes: dict[str, int]) -> _TreeState:
 
     Raises:
         ValueError: naming the first check that failed.
+    """
+    core_class = _tree_core_class()
+    # (Rust compares writers as numbers: every container key must be canonical,
+    # as container_sizes gives them, for that to be Python's string compare.)
+    if core_class is None or not all(_CANON(w) for w in sizes):
+        return _decode_shape_py(entry, sizes)
+    return _decode_shape_native(entry, sizes, core_class)
+
+
+def _shape_header(
+    entry: dict[str, Any], sizes: dict[str, int]
+) -> tuple[dict[int, int], int, int, Any, Any, Any]:
+    """The checks of a shape's writers and clocks, shared by both decoders.
+
+    Returns:
+        ``(last, clock, floor, ids, pos, parents)``: the writers' clocks, the
+        greatest of them, the log's floor, and the node lists (their types
+        checked).
     """
     writers = entry["writers"]
     conts = sizes
@@ -2513,6 +2536,24 @@ def _decode_shape(entry: dict[str, Any], sizes: dict[str, int]) -> _TreeState:
     ids_s, pos_s, parents = entry["ids"], entry["pos"], entry["parents"]
     if type(ids_s) is not str or type(pos_s) is not str or type(parents) is not list:
         raise ValueError("bad node lists")
+    return last, clock, ((top_l << 64) | top_w) + 1, ids_s, pos_s, parents
+
+
+def _decode_shape_native(
+    entry: dict[str, Any], sizes: dict[str, int], core_class: Any
+) -> _NativeState:
+    """:func:`_decode_shape` in Rust (``TreeState::from_shape`` in ``native/core/src/tree.rs``)."""
+    last, clock, floor, ids_s, pos_s, parents = _shape_header(entry, sizes)
+    core = core_class.from_shape(
+        ids_s, pos_s, parents, [int(w) for w in sizes], last, clock, floor, WINDOW, HORIZON
+    )
+    return _NativeState(core)
+
+
+def _decode_shape_py(entry: dict[str, Any], sizes: dict[str, int]) -> _TreeState:
+    """:func:`_decode_shape` in Python: the reference, and the path without the Rust core."""
+    last, clock, floor, ids_s, pos_s, parents = _shape_header(entry, sizes)
+    conts = sizes
     if _IDS(ids_s) is None:
         raise ValueError("malformed node ids")
     ids = ids_s.split(" ")
@@ -2560,5 +2601,5 @@ def _decode_shape(entry: dict[str, Any], sizes: dict[str, int]) -> _TreeState:
         done.update(path)
     st.last = last
     st.clock = clock
-    st.floor = ((top_l << 64) | top_w) + 1
+    st.floor = floor
     return st

@@ -1355,6 +1355,80 @@ impl PyTreeCore {
         Ok(())
     }
 
+    /// The state a saved shape describes (`tree._decode_shape_native`), after
+    /// checking its node lists as `tree._decode_shape_py` does, with the same
+    /// `ValueError` messages (and its `KeyError` for a writer without a clock).
+    ///
+    /// `ids`, `pos` and `parents` are the shape's fields (their types checked
+    /// by the caller), `known` the writers that have a container in the
+    /// document (canonical ids), `last`, `clock` and `floor` what its header
+    /// gave. A panic (a bug) becomes `InvalidOperationError`, a `ValueError`:
+    /// the caller then ignores the shape like any refused one.
+    #[staticmethod]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (ids, pos, parents, known, last, clock, floor, window = ctree::WINDOW, horizon = ctree::HORIZON))]
+    fn from_shape(
+        py: Python<'_>,
+        ids: &Bound<'_, PyString>,
+        pos: &Bound<'_, PyString>,
+        parents: &Bound<'_, PyList>,
+        known: Vec<u64>,
+        last: StdHashMap<u64, u64>,
+        clock: u64,
+        floor: u128,
+        window: u64,
+        horizon: u64,
+    ) -> PyResult<Self> {
+        // A str holding a lone surrogate (JSON's "\ud800") has no UTF-8 form:
+        // its lossy one has as many spaces, and the same refusals (neither an
+        // id nor a key may hold anything but ASCII).
+        let ids_s = ids.to_string_lossy();
+        let pos_s = pos.to_string_lossy();
+        let mut ps = Vec::with_capacity(parents.len());
+        for p in parents.iter() {
+            // `type(pi) is int`: not a bool, not a float.
+            ps.push(if p.is_exact_instance_of::<PyInt>() {
+                p.extract::<i64>().ok()
+            } else {
+                None
+            });
+        }
+        let known: std::collections::HashSet<u64> = known.into_iter().collect();
+        let shape = ctree::Shape {
+            ids: &ids_s,
+            keys: &pos_s,
+            parents: &ps,
+            known: &known,
+            last: &last,
+            clock,
+            floor,
+        };
+        let decoded = tree_guard(py, || TreeState::from_shape(window, horizon, &shape))?;
+        let err = match decoded {
+            Ok(st) => return Ok(PyTreeCore { st }),
+            Err(e) => e,
+        };
+        use ctree::ShapeError as E;
+        let msg = match err {
+            E::MalformedIds => "malformed node ids".to_string(),
+            E::ListsDisagree => "node lists disagree".to_string(),
+            E::UnknownWriter(i) => {
+                let n = ids_s.split(' ').nth(i).unwrap_or_default();
+                format!("node {n} was not created by a known writer")
+            }
+            E::NoClock(w) => return Err(pyo3::exceptions::PyKeyError::new_err(w)),
+            E::BadParent => "bad parent index".to_string(),
+            E::DeletedWithKey => "a deleted node with a position".to_string(),
+            E::BadKey(i) => {
+                // Python's repr of the key as it is (not its lossy UTF-8).
+                let k = pos.call_method1("split", (" ",))?.get_item(i)?;
+                format!("invalid position key {}", k.repr()?)
+            }
+            E::Cycle => "a cycle".to_string(),
+        };
+        Err(PyValueError::new_err(msg))
+    }
+
     fn node_count(&self) -> usize {
         self.st.node_count()
     }

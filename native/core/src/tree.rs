@@ -21,7 +21,7 @@
 //! [`Plan::Between`], so the keys are the reference's by construction.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::fxhash::FxHashMap;
 
@@ -1328,6 +1328,185 @@ impl TreeState {
     }
 }
 
+// -- saved shapes (`_decode_shape` in crdtsync/model/tree.py) ---------------------------
+
+/// Longest position key (`MAX_KEY`).
+pub const MAX_KEY: usize = 4096;
+
+/// `valid_key`: whether `key` is a position key we generate and can generate
+/// around (Python's, on the key's UTF-8 bytes).
+///
+/// Python checks the length in characters first; a key that passes here is
+/// ASCII, where characters and bytes are one, and one that is not ASCII fails
+/// both (`_KEY_CHARS` takes ASCII letters and digits only).
+pub fn valid_key(key: &[u8]) -> bool {
+    if !(2..=MAX_KEY).contains(&key.len()) || !key.iter().all(u8::is_ascii_alphanumeric) {
+        return false;
+    }
+    let n = int_len(key[0]);
+    if n == 0 || key.len() < n {
+        return false;
+    }
+    // A trailing zero in the fraction would leave no key between it and its prefix.
+    !((key.len() > n && key[key.len() - 1] == b'0') || key == SMALLEST_INT.as_bytes())
+}
+
+/// A saved shape's node lists and what the document says about its writers,
+/// after `_shape_header`'s checks (the writers' containers and clocks).
+#[derive(Debug)]
+pub struct Shape<'a> {
+    /// `"<w>:<lam>"` ids, space-separated.
+    pub ids: &'a str,
+    /// Each node's position key, space-separated (empty in the trash).
+    pub keys: &'a str,
+    /// Each node's parent: an index into `ids`, -1 the top level, -2 the
+    /// trash; `None` for anything that is not an int (or not an `i64`).
+    pub parents: &'a [Option<i64>],
+    /// The writers that have a container in the document.
+    pub known: &'a HashSet<u64>,
+    /// The writers' greatest clocks, as the shape states them.
+    pub last: &'a HashMap<u64, u64>,
+    /// The greatest of them, and the floor of the (empty) log.
+    pub clock: u64,
+    pub floor: u128,
+}
+
+/// Why [`TreeState::from_shape`] refused a shape: `_decode_shape`'s first
+/// failed check, in its order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShapeError {
+    /// "malformed node ids"
+    MalformedIds,
+    /// "node lists disagree" (lengths, or an id twice)
+    ListsDisagree,
+    /// "node {id} was not created by a known writer" (the node's index)
+    UnknownWriter(usize),
+    /// A known writer's node, and the shape states no clock for the writer
+    /// (Python: `KeyError(writer)` from `last[int(w)]`).
+    NoClock(u64),
+    /// "bad parent index"
+    BadParent,
+    /// "a deleted node with a position"
+    DeletedWithKey,
+    /// "invalid position key {key!r}" (the node's index)
+    BadKey(usize),
+    /// "a cycle"
+    Cycle,
+}
+
+/// `"<w>:<lam>"` with both canonical (`_NUM`): `(w, lam)`.
+fn shape_id(s: &str) -> Option<(u64, u64)> {
+    let b = s.as_bytes();
+    let colon = b.iter().position(|&c| c == b':')?;
+    Some((canon(&b[..colon])?, canon(&b[colon + 1..])?))
+}
+
+impl TreeState {
+    /// The state a saved shape describes, after `_decode_shape`'s checks on
+    /// its nodes (its header, the writers and clocks, is checked before).
+    ///
+    /// Linear in the shape's size (one hash per node), whatever it holds:
+    /// the cycle check marks each node once.
+    pub fn from_shape(window: u64, horizon: u64, shape: &Shape<'_>) -> Result<Self, ShapeError> {
+        let mut pairs = Vec::new();
+        for s in shape.ids.split(' ') {
+            pairs.push(shape_id(s).ok_or(ShapeError::MalformedIds)?);
+        }
+        let n = pairs.len();
+        if n >= (NONE - 2) as usize {
+            // (Beyond the dense indexes; no blob the loader accepts is this big.)
+            return Err(ShapeError::ListsDisagree);
+        }
+        let keys: Vec<&str> = shape.keys.split(' ').collect();
+        if keys.len() != n || shape.parents.len() != n {
+            return Err(ShapeError::ListsDisagree);
+        }
+        let mut st = TreeState::with_policy(window, horizon);
+        st.ix.reserve(n);
+        st.ids.reserve(n);
+        // Duplicates first (Python counts the distinct ids before checking
+        // writers), so the first writer refusal waits for the whole pass.
+        let mut writer_error = None;
+        for (i, &(w, lam)) in pairs.iter().enumerate() {
+            let node = u128::from(lam) << 64 | u128::from(w);
+            if st.ix.insert(node, (i + 2) as u32).is_some() {
+                return Err(ShapeError::ListsDisagree);
+            }
+            st.ids.push(node);
+            if writer_error.is_none() {
+                if !shape.known.contains(&w) {
+                    writer_error = Some(ShapeError::UnknownWriter(i));
+                } else {
+                    match shape.last.get(&w) {
+                        None => writer_error = Some(ShapeError::NoClock(w)),
+                        Some(&last) if lam > last || lam == 0 => {
+                            writer_error = Some(ShapeError::UnknownWriter(i));
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        if let Some(e) = writer_error {
+            return Err(e);
+        }
+        // Parents and keys, node by node (the first bad one names the error).
+        let mut up: Vec<u32> = Vec::with_capacity(n);
+        for (i, (pi, k)) in shape.parents.iter().zip(&keys).enumerate() {
+            let pi = match *pi {
+                Some(pi) if (-2..n as i64).contains(&pi) && pi != i as i64 => pi,
+                _ => return Err(ShapeError::BadParent),
+            };
+            if pi == -2 {
+                if !k.is_empty() {
+                    return Err(ShapeError::DeletedWithKey);
+                }
+                up.push(T);
+                continue;
+            }
+            if !valid_key(k.as_bytes()) {
+                return Err(ShapeError::BadKey(i));
+            }
+            up.push(if pi == -1 { R } else { pi as u32 + 2 });
+        }
+        // No cycle: every chain of parents ends at the top level or the
+        // trash. 0 unseen, 1 on the chain being walked, 2 ends well.
+        let mut mark = vec![0u8; n];
+        let mut chain = Vec::new();
+        for i in 0..n {
+            let mut a = i;
+            while mark[a] == 0 {
+                mark[a] = 1;
+                chain.push(a);
+                let p = up[a];
+                if p <= T {
+                    break;
+                }
+                a = (p - 2) as usize;
+            }
+            if mark[a] == 1 && up[a] > T {
+                return Err(ShapeError::Cycle);
+            }
+            for c in chain.drain(..) {
+                mark[c] = 2;
+            }
+        }
+        let len = n + 2;
+        st.up.resize(len, NONE);
+        st.key.resize(len, String::new());
+        st.kids.resize_with(len, Vec::new);
+        st.slot.resize(len, 0);
+        st.recent.resize(len, NONE);
+        for (i, (p, k)) in up.into_iter().zip(keys).enumerate() {
+            st.attach((i + 2) as u32, p, k.to_string(), false);
+        }
+        st.last = shape.last.clone();
+        st.clock = shape.clock;
+        st.floor = shape.floor;
+        Ok(st)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1537,6 +1716,100 @@ mod tests {
         ] {
             let s = int_part(v).unwrap();
             assert_eq!(int_value(s.as_bytes()), Some(v), "{s}");
+        }
+    }
+
+    fn shape_of<'a>(
+        ids: &'a str,
+        keys: &'a str,
+        parents: &'a [Option<i64>],
+        known: &'a HashSet<u64>,
+        last: &'a HashMap<u64, u64>,
+    ) -> Shape<'a> {
+        Shape {
+            ids,
+            keys,
+            parents,
+            known,
+            last,
+            clock: 9,
+            floor: (9 << 64 | 1) + 1,
+        }
+    }
+
+    #[test]
+    fn a_saved_shape_loads_and_every_refusal_is_named() {
+        let known: HashSet<u64> = [1, 2].into_iter().collect();
+        let last: HashMap<u64, u64> = [(1, 9), (2, 3)].into_iter().collect();
+        let go = |ids: &str, keys: &str, parents: &[Option<i64>]| {
+            TreeState::from_shape(
+                WINDOW,
+                HORIZON,
+                &shape_of(ids, keys, parents, &known, &last),
+            )
+        };
+        let st = go("1:1 2:3 1:9", "a0 a0 ", &[Some(-1), Some(0), Some(-2)]).unwrap();
+        assert_eq!(st.parent_of(id("2:3")), Some(id("1:1")));
+        assert_eq!(st.parent_of(id("1:9")), Some(TRASH));
+        assert_eq!(st.key_of(id("1:1")), Some("a0"));
+        assert_eq!((st.node_count(), st.trashed, st.clock), (3, 1, 9));
+        assert_eq!(st.floor, (9 << 64 | 1) + 1);
+        use ShapeError::*;
+        let top = [Some(-1)];
+        for (ids, keys, parents, err) in [
+            ("", "", &top[..], MalformedIds),
+            ("1:1 ", "a0", &top[..], MalformedIds),
+            ("01:1", "a0", &top[..], MalformedIds),
+            ("1:1", "a0 a1", &top[..], ListsDisagree),
+            ("1:1 1:1", "a0 a1", &[Some(-1), Some(-1)][..], ListsDisagree),
+            ("3:1 1:1 1:1", "a0 a1 a2", &[Some(-1); 3][..], ListsDisagree),
+            ("3:1", "a0", &top[..], UnknownWriter(0)),
+            ("1:10", "a0", &top[..], UnknownWriter(0)),
+            ("1:0", "a0", &top[..], UnknownWriter(0)),
+            ("1:1", "a0", &[None][..], BadParent),
+            ("1:1", "a0", &[Some(0)][..], BadParent),
+            ("1:1", "a0", &[Some(1)][..], BadParent),
+            ("1:1", "a0", &[Some(-3)][..], BadParent),
+            ("1:1", "a0", &[Some(-2)][..], DeletedWithKey),
+            ("1:1", "a00", &top[..], BadKey(0)),
+            ("1:1 1:2", "a0 a0", &[Some(1), Some(0)][..], Cycle),
+        ] {
+            assert_eq!(go(ids, keys, parents).unwrap_err(), err, "{ids:?} {keys:?}");
+        }
+        let only1: HashMap<u64, u64> = [(1, 9)].into_iter().collect();
+        let s = shape_of("2:1", "a0", &top, &known, &only1);
+        assert_eq!(
+            TreeState::from_shape(WINDOW, HORIZON, &s).unwrap_err(),
+            NoClock(2)
+        );
+    }
+
+    #[test]
+    fn position_keys_are_checked_like_python() {
+        // Values from Python's valid_key (crdtsync/model/tree.py).
+        for k in [
+            "a0",
+            "a1V",
+            "Zz",
+            "b00",
+            "A000000000000000000000000001",
+            "zzzzzzzzzzzzzzzzzzzzzzzzzzz",
+        ] {
+            assert!(valid_key(k.as_bytes()), "{k}");
+        }
+        let long = "a".repeat(MAX_KEY + 1);
+        for k in [
+            "",
+            "a",
+            "a10",
+            "b0",
+            "0a",
+            "a-",
+            "a\u{e9}",
+            SMALLEST_INT,
+            &long,
+        ] {
+            assert!(!valid_key(k.as_bytes()), "{k}");
         }
     }
 
