@@ -425,6 +425,18 @@ impl Interner {
         self.heads.insert(h, id);
         id
     }
+    /// The number of `s` in `scope`, if interned (nothing is added).
+    fn lookup(&self, scope: u64, s: &[u8]) -> Option<u32> {
+        let h = self.hasher.hash_one((scope, s));
+        let mut i = self.heads.get(&h).copied().unwrap_or(NONE);
+        while i != NONE {
+            if self.scopes[i as usize] == scope && self.get(i) == s {
+                return Some(i);
+            }
+            i = self.next[i as usize];
+        }
+        None
+    }
     fn truncate(&mut self, len: usize) {
         while self.ends.len() > len {
             let id = (self.ends.len() - 1) as u32;
@@ -2459,6 +2471,60 @@ impl DocIndex {
         let n = self.live_at((client, clock))?;
         let l = self.lists[self.runs[n as usize].list as usize];
         Some((self.key_view(l.key), self.sub_view(l.sub)))
+    }
+
+    /// The live entries of a map container (a root by name, or the type item
+    /// at `(client, clock)`): `(key, client, clock, kind, type ref)` of each
+    /// key's current entry, in no particular order; `None` if the index knows
+    /// no such container (no entry was ever filed in it).
+    ///
+    /// A key's current entry is the last item of its list (as yrs keeps it:
+    /// integrating an entry deletes the ones to its left, and one that lands
+    /// left of another is deleted at once); it is live unless its last clock
+    /// is in the delete set or its content is Deleted. This answers what the
+    /// engine's `Map.keys()` would, from the index alone, for a document
+    /// whose engine has not applied its history yet (`Doc.load`, "Hydration"
+    /// in `docs/TREE.md`).
+    pub fn map_entries(&self, container: &KeyView) -> Option<Vec<(Vec<u8>, u64, u32, u8, Option<u8>)>> {
+        let out = self
+            .live_entries(container)?
+            .map(|(sub, n, last)| {
+                let run = &self.runs[n as usize];
+                let id = self.clients[run.client as usize].id;
+                (self.subs.get(sub).to_vec(), id, last, run.kind(), run.type_ref())
+            })
+            .collect();
+        Some(out)
+    }
+
+    /// The number of [`map_entries`](Self::map_entries), without building them.
+    pub fn map_size(&self, container: &KeyView) -> Option<usize> {
+        Some(self.live_entries(container)?.count())
+    }
+
+    /// The live entries of a map container: (interned key, run, last clock).
+    fn live_entries(&self, container: &KeyView) -> Option<impl Iterator<Item = (u32, u32, u32)> + '_> {
+        let key = match container {
+            KeyView::Root(name) => Key::Root(self.names.lookup(0, name)?),
+            KeyView::Item(client, clock) => Key::Item(self.client_num(*client)?, *clock),
+        };
+        let lists = self.lists_of.get(&key)?;
+        Some(lists.iter().filter_map(move |&l| {
+            let list = self.lists[l as usize];
+            if list.sub == NONE || list.start == NONE {
+                return None; // the container's sequence, or an empty key
+            }
+            let mut n = list.start;
+            while self.runs[n as usize].right != NONE {
+                n = self.runs[n as usize].right;
+            }
+            let run = &self.runs[n as usize];
+            let last = self.run_end(n) - 1;
+            let deleted = &self.clients[run.client as usize].deleted;
+            let dead = run.kind() == CONTENT_DELETED
+                || (!deleted.is_empty() && ds_covers(deleted, last, last as u64 + 1));
+            (!dead).then_some((list.sub, n, last))
+        }))
     }
 
     /// The document's delete set as (clock, length) ranges per client.
