@@ -381,15 +381,6 @@ class Doc:
                 return self.__dict__[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    @property
-    def hydrated(self) -> bool:
-        """Whether the engine holds this document's history (see :meth:`load`).
-
-        A loaded document applies its history to the engine on first need;
-        reading a tree from its saved shape does not need it.
-        """
-        return self._lazy is None
-
     def _hydrate(self) -> None:
         """Apply a lazily loaded document's history to the engine, as :meth:`load` would have.
 
@@ -405,6 +396,10 @@ class Doc:
         if lazy is None:
             return
         update, lazy.update = lazy.update, b""
+        if lazy.parsed is not None:  # (hydrated while offering the shapes)
+            lazy.parsed.release()
+            lazy.parsed = None
+            lazy.registry_entries = None
         self._y = lazy.y
         self._registry = lazy.registry
         self._engine_apply_bare = lazy.apply_bare
