@@ -417,6 +417,11 @@ class Doc:
             self._subscribe_engine()
         from crdtsync.model.tree import attach_lazy
 
+        if lazy.roots_asked:
+            # The eager load's offer_cache asked roots() right after the apply:
+            # same side effects here (the engine roots it types, the kinds it
+            # learns of Yjs-only roots, at the same import count).
+            self.roots()
         version = Version.from_bytes(self._y.get_state()).to_bytes()
         if version != lazy.version:
             log.error("a lazily loaded document's version differs from its index's (a bug)")
@@ -915,6 +920,14 @@ class Doc:
         Stored state is read under ``limits.max_document_bytes`` (a document
         is larger than any one update it grew by); each held update it carries
         under the per-update limits. ``native`` is as for :class:`Doc`.
+
+        The whole save is checked here. With the Rust core, a save that
+        carries tree shapes (and no held updates) applies its history to the
+        CRDT engine on first need rather than here: reading a tree from its
+        saved shape does not need it; any other use (an edit, a data map,
+        ``to_py``, an import or export, ``version``...) applies it first,
+        with the same result as applying it here (``docs/TREE.md``,
+        "Saved shapes").
 
         Raises:
             InvalidUpdateError: if the bytes are not a valid crdtsync document.
@@ -1754,6 +1767,8 @@ class _Lazy:
     # Root names the registry establishes as trees; their wrappers made before
     # hydration, and the container sizes their saved shapes were checked against.
     tree_names: set[str] = field(default_factory=set)
+    # Whether the shapes' offer would have asked Doc.roots() (see _hydrate).
+    roots_asked: bool = False
     trees: dict[str, Tree] = field(default_factory=dict)
     sizes: dict[str, dict[str, int]] = field(default_factory=dict)
 

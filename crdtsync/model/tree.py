@@ -2514,6 +2514,7 @@ def _is_root_tree(doc: Doc, name: str) -> bool:
     """Whether ``doc.roots()`` lists ``name`` as a tree (before hydration, from the registry)."""
     lazy = doc._lazy
     if lazy is not None:
+        lazy.roots_asked = True
         try:
             kind = doc._lazy_registry_kind(name)
         except LookupError:

@@ -23,6 +23,7 @@ from helpers.native import require_native
 from crdtsync import Doc, Map, RootTypeError, Tree, Version
 from crdtsync.errors import CrdtSyncError
 from crdtsync.format import envelope, zstd
+from crdtsync.format.yupdate import CONTENT_TYPE, TYPE_MAP
 from crdtsync.model import doc as doc_mod
 from crdtsync.model import tree as tree_mod
 from crdtsync.model.containers import Container
@@ -569,3 +570,44 @@ def test_a_deleted_entry_is_not_counted(rebuilds: list[int]) -> None:
     assert lazy_seen == eager_seen
     assert lazy_seen[1] == 0
     assert still_lazy
+
+
+# -- the index's map queries against the engine ----------------------------------------------
+
+
+def co_walk(checker: Any, container: Any, y: pycrdt.Map[Any], seen: list[int]) -> None:
+    """Compare the index's live entries of ``container`` with the engine's map ``y``, deeply."""
+    entries = checker.map_entries(container) or {}
+    assert set(entries) == set(y.keys()), container
+    assert (checker.map_size(container) or 0) == len(y), container
+    seen.append(len(y))
+    for key, (client, clock, kind, type_ref) in entries.items():
+        value = y.get(key)
+        assert (kind == CONTENT_TYPE and type_ref == TYPE_MAP) == isinstance(value, pycrdt.Map)
+        if isinstance(value, pycrdt.Map):
+            co_walk(checker, (client, clock), value, seen)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_index_lists_the_entries_the_engine_has(seed: int) -> None:
+    """``map_entries`` / ``map_size`` against ``Map.keys()``: overwrites, concurrent
+    writes of one key, deletions, nested maps."""
+    docs = replicas(seed)
+    rng = random.Random(seed)
+    for step in range(8):
+        for d in docs:
+            m = d.map("m")
+            key = f"c{rng.randrange(4)}"
+            if rng.random() < 0.3 and key in m:
+                del m[key]
+            else:
+                m[key] = Map({"n": step}) if rng.random() < 0.5 else step
+        if step % 3 == 2:
+            sync(*docs)
+    sync(*docs)
+    for d in docs:
+        checker = d.index()
+        seen: list[int] = []
+        for name in ("m", "t", "u", doc_mod.REGISTRY):
+            co_walk(checker, name, d._y.get(name, type=pycrdt.Map), seen)
+        assert len(seen) > 10

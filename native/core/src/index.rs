@@ -2487,7 +2487,7 @@ impl DocIndex {
     /// in `docs/TREE.md`).
     pub fn map_entries(&self, container: &KeyView) -> Option<Vec<(Vec<u8>, u64, u32, u8, Option<u8>)>> {
         let out = self
-            .live_entries(container)?
+            .live_entries(container, true)?
             .map(|(sub, n, last)| {
                 let run = &self.runs[n as usize];
                 let id = self.clients[run.client as usize].id;
@@ -2499,11 +2499,16 @@ impl DocIndex {
 
     /// The number of [`map_entries`](Self::map_entries), without building them.
     pub fn map_size(&self, container: &KeyView) -> Option<usize> {
-        Some(self.live_entries(container)?.count())
+        Some(self.live_entries(container, false)?.count())
     }
 
-    /// The live entries of a map container: (interned key, run, last clock).
-    fn live_entries(&self, container: &KeyView) -> Option<impl Iterator<Item = (u32, u32, u32)> + '_> {
+    /// The live entries of a map container: (interned key, run, last clock;
+    /// without `clocks`, the clock is only found where deletions require it).
+    fn live_entries(
+        &self,
+        container: &KeyView,
+        clocks: bool,
+    ) -> Option<impl Iterator<Item = (u32, u32, u32)> + '_> {
         let key = match container {
             KeyView::Root(name) => Key::Root(self.names.lookup(0, name)?),
             KeyView::Item(client, clock) => Key::Item(self.client_num(*client)?, *clock),
@@ -2519,10 +2524,15 @@ impl DocIndex {
                 n = self.runs[n as usize].right;
             }
             let run = &self.runs[n as usize];
-            let last = self.run_end(n) - 1;
+            if run.kind() == CONTENT_DELETED {
+                return None;
+            }
             let deleted = &self.clients[run.client as usize].deleted;
-            let dead = run.kind() == CONTENT_DELETED
-                || (!deleted.is_empty() && ds_covers(deleted, last, last as u64 + 1));
+            if deleted.is_empty() && !clocks {
+                return Some((list.sub, n, 0)); // (a client that deleted nothing)
+            }
+            let last = self.run_end(n) - 1;
+            let dead = !deleted.is_empty() && ds_covers(deleted, last, last as u64 + 1);
             (!dead).then_some((list.sub, n, last))
         }))
     }
