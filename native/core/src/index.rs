@@ -2485,13 +2485,22 @@ impl DocIndex {
     /// engine's `Map.keys()` would, from the index alone, for a document
     /// whose engine has not applied its history yet (`Doc.load`, "Hydration"
     /// in `docs/TREE.md`).
-    pub fn map_entries(&self, container: &KeyView) -> Option<Vec<(Vec<u8>, u64, u32, u8, Option<u8>)>> {
+    pub fn map_entries(
+        &self,
+        container: &KeyView,
+    ) -> Option<Vec<(Vec<u8>, u64, u32, u8, Option<u8>)>> {
         let out = self
             .live_entries(container, true)?
             .map(|(sub, n, last)| {
                 let run = &self.runs[n as usize];
                 let id = self.clients[run.client as usize].id;
-                (self.subs.get(sub).to_vec(), id, last, run.kind(), run.type_ref())
+                (
+                    self.subs.get(sub).to_vec(),
+                    id,
+                    last,
+                    run.kind(),
+                    run.type_ref(),
+                )
             })
             .collect();
         Some(out)
