@@ -462,6 +462,10 @@ impl Interner {
     }
 }
 
+/// A live map entry as the outside sees it (`DocIndex::map_entries`): its
+/// key, the id of its last clock, its content kind and type ref.
+pub type MapEntry = (Vec<u8>, u64, u32, u8, Option<u8>);
+
 /// A container as the outside sees it (snapshots).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KeyView {
@@ -2485,10 +2489,7 @@ impl DocIndex {
     /// engine's `Map.keys()` would, from the index alone, for a document
     /// whose engine has not applied its history yet (`Doc.load`, "Hydration"
     /// in `docs/TREE.md`).
-    pub fn map_entries(
-        &self,
-        container: &KeyView,
-    ) -> Option<Vec<(Vec<u8>, u64, u32, u8, Option<u8>)>> {
+    pub fn map_entries(&self, container: &KeyView) -> Option<Vec<MapEntry>> {
         let out = self
             .live_entries(container, true)?
             .map(|(sub, n, last)| {
