@@ -1266,6 +1266,7 @@ class Doc:
             # A lazy load (see load): the index commits now, the engine's
             # apply (_engine_apply's bare path) waits for _hydrate.
             deferring.update = engine
+            self._origin = _REMOTE_NONE  # (as _engine_apply leaves it)
             self._text_epoch += 1
             if not plain:
                 self._text_ascii_epoch = self._text_epoch
