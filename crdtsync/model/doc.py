@@ -369,17 +369,19 @@ class Doc:
 
     # -- hydration (see load) -----------------------------------------------------------
 
-    def __getattr__(self, name: str) -> Any:
-        # Called only for attributes the instance lacks: the engine's, removed
-        # while a loaded document's engine has not applied its history (see
-        # _Lazy). Whatever reaches for the engine first applies it, so nothing
-        # can read an empty engine; once hydrated this is never called again.
-        if name in _ENGINE_ATTRS:
-            lazy = self.__dict__.get("_lazy")
-            if lazy is not None:
-                self._hydrate()
-                return self.__dict__[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    if not TYPE_CHECKING:  # (mypy would otherwise take any attribute name)
+
+        def __getattr__(self, name: str) -> Any:
+            # Called only for attributes the instance lacks: the engine's, removed
+            # while a loaded document's engine has not applied its history (see
+            # _Lazy). Whatever reaches for the engine first applies it, so nothing
+            # can read an empty engine; once hydrated this is never called again.
+            if name in _ENGINE_ATTRS:
+                lazy = self.__dict__.get("_lazy")
+                if lazy is not None:
+                    self._hydrate()
+                    return self.__dict__[name]
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _hydrate(self) -> None:
         """Apply a lazily loaded document's history to the engine, as :meth:`load` would have.

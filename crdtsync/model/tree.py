@@ -1499,16 +1499,18 @@ class _Binding:
         ref = weakref.ref(self)
         self.subs[""] = observe_entries(y, lambda ev: _on_tree(ref, ev))
 
-    def __getattr__(self, name: str) -> Any:
-        # Called only for a missing attribute: those engine() sets are missing
-        # while the document is not hydrated (a tree read from its saved shape,
-        # see Doc.load), and whatever reaches for them hydrates it first.
-        if name in _ENGINE_SLOTS:
-            doc = self.doc()
-            if doc is not None and doc._lazy is not None:
-                doc._hydrate()
-                return object.__getattribute__(self, name)
-        raise AttributeError(f"'_Binding' object has no attribute {name!r}")
+    if not TYPE_CHECKING:  # (mypy would otherwise take any attribute name)
+
+        def __getattr__(self, name: str) -> Any:
+            # Called only for a missing attribute: those engine() sets are missing
+            # while the document is not hydrated (a tree read from its saved shape,
+            # see Doc.load), and whatever reaches for them hydrates it first.
+            if name in _ENGINE_SLOTS:
+                doc = self.doc()
+                if doc is not None and doc._lazy is not None:
+                    doc._hydrate()
+                    return object.__getattribute__(self, name)
+            raise AttributeError(f"'_Binding' object has no attribute {name!r}")
 
     def _watch(self, owner: str, cont: pycrdt.Map[Any]) -> None:
         # Callbacks hold the binding weakly: the engine keeps callbacks as long
@@ -1745,16 +1747,18 @@ class Tree(Container):
         super()._bind(doc, y)
         self._b = None
 
-    def __getattr__(self, name: str) -> Any:
-        # Called only for a missing attribute: ``_y`` is missing on a root
-        # wrapper made before its document was hydrated (see Doc.load), and
-        # whatever reaches for it hydrates the document first.
-        if name == "_y":
-            doc = self._doc
-            if doc is not None and doc._lazy is not None:
-                doc._hydrate()
-                return object.__getattribute__(self, name)
-        raise AttributeError(f"'Tree' object has no attribute {name!r}")
+    if not TYPE_CHECKING:  # (mypy would otherwise take any attribute name)
+
+        def __getattr__(self, name: str) -> Any:
+            # Called only for a missing attribute: ``_y`` is missing on a root
+            # wrapper made before its document was hydrated (see Doc.load), and
+            # whatever reaches for it hydrates the document first.
+            if name == "_y":
+                doc = self._doc
+                if doc is not None and doc._lazy is not None:
+                    doc._hydrate()
+                    return object.__getattribute__(self, name)
+            raise AttributeError(f"'Tree' object has no attribute {name!r}")
 
     def _prelim(self, doc: Doc) -> Any:
         return pycrdt.Map({KIND_KEY: self.kind, ID_KEY: secrets.token_hex(8)})
