@@ -2838,6 +2838,41 @@ mod tests {
     }
 
     #[test]
+    fn map_entries_lists_each_keys_last_live_entry() {
+        // Client 1 writes m.a = "x", overwrites it with "y" (origin: the
+        // first), writes m.b = "z" and deletes it, and writes m.c as a map.
+        let mut data = vec![1, 4, 1, 0];
+        let any = |out: &mut Vec<u8>, v: u8| out.extend_from_slice(&[1, 119, 1, v]);
+        data.extend_from_slice(&[CONTENT_ANY | 0x20, 1, 1, b'm', 1, b'a']);
+        any(&mut data, b'x');
+        data.extend_from_slice(&[CONTENT_ANY | 0x80, 1, 0]);
+        any(&mut data, b'y');
+        data.extend_from_slice(&[CONTENT_ANY | 0x20, 1, 1, b'm', 1, b'b']);
+        any(&mut data, b'z');
+        data.extend_from_slice(&[CONTENT_TYPE | 0x20, 1, 1, b'm', 1, b'c', 1]);
+        data.extend_from_slice(&[1, 1, 1, 2, 1]); // delete set: 1:2
+        let limits = Limits::default();
+        let parsed = parse_update(&data, &limits).unwrap();
+        let mut ix = DocIndex::new();
+        ix.begin(&data, &parsed, None, &limits, true).unwrap();
+        ix.commit();
+        let root = KeyView::Root(b"m".to_vec());
+        let mut got = ix.map_entries(&root).unwrap();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (b"a".to_vec(), 1, 1, CONTENT_ANY, None),
+                (b"c".to_vec(), 1, 3, CONTENT_TYPE, Some(1)),
+            ]
+        );
+        assert_eq!(ix.map_size(&root), Some(2));
+        assert_eq!(ix.map_size(&KeyView::Item(1, 3)), None); // nothing filed in m.c
+        assert_eq!(ix.map_entries(&KeyView::Root(b"n".to_vec())), None);
+        assert_eq!(ix.map_size(&KeyView::Item(9, 0)), None);
+    }
+
+    #[test]
     fn references_to_clients_numbered_beyond_16_bits() {
         // Client numbers 65,534 and up do not fit a run's 16-bit reference
         // fields: they go to the side table and must read back the same.
