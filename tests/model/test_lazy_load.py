@@ -611,3 +611,16 @@ def test_the_index_lists_the_entries_the_engine_has(seed: int) -> None:
         for name in ("m", "t", "u", doc_mod.REGISTRY):
             co_walk(checker, name, d._y.get(name, type=pycrdt.Map), seen)
         assert len(seen) > 10
+
+
+def test_a_save_with_formatting_loads_eagerly() -> None:
+    """yrs may delete formatting items of its own accord while applying: the
+    index must hear of it, so such a load applies at once (as before)."""
+    doc = Doc(peer_id=3)
+    doc.tree("t").create()
+    doc._y.get("x", type=pycrdt.Text).insert(0, "ab", attrs={"bold": True})  # (a Yjs client's)
+    saved = doc.save()
+    loaded, eager = load_both(saved)
+    assert not lazy(loaded)
+    assert loaded.tree("t").children() == eager.tree("t").children()
+    assert saved_form(loaded) == saved_form(eager)
