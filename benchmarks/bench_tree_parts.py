@@ -18,13 +18,16 @@ moves (µs per move)
 
 load (ms)
     * Loro: import the snapshot, read the tree;
-    * ``Doc.load(save())`` and a read of the tree;
+    * ``Doc.load(save())`` and a read of the tree (from its saved shape: the
+      engine's apply of the history waits for its first use, ``docs/TREE.md``,
+      "Saved shapes");
+    * the same, then ``doc.version``: the first use of the engine, which
+      applies the history (hydration);
     * ``envelope.unpack`` of that save: the compact decoder alone;
     * ``Doc().import_yjs_update(v1)`` of the same history: one parse, the
       checker's pass and the engine's apply, no tree;
     * pycrdt applying that v1 update alone (no checks): the engine's part,
-      the most a load could save by applying the history to the engine
-      lazily (``docs/TREE.md``, "Cost").
+      what a load that reads only the tree no longer pays.
 
 Run: ``python benchmarks/bench_tree_parts.py`` (about a minute), ``--runs N``,
 ``--quick`` (a tenth of the sizes, one run).
@@ -165,6 +168,14 @@ def load_parts(
     def load_ours() -> Callable[[], Any]:
         return lambda: Doc.load(saved).tree("t").children(None)
 
+    def load_hydrated() -> Callable[[], Any]:
+        def go() -> None:
+            d = Doc.load(saved)
+            d.tree("t").children(None)
+            d.version  # noqa: B018 - the first use of the engine: hydration
+
+        return go
+
     def decoder() -> Callable[[], Any]:
         return lambda: envelope.unpack(saved, whole)
 
@@ -179,6 +190,7 @@ def load_parts(
     parts = [
         ("Loro: import the snapshot, read the tree", load_loro),
         ("crdtsync: Doc.load(save()), read the tree", load_ours),
+        ("... then the first use of the engine (hydration)", load_hydrated),
         ("... the compact decoder alone (envelope.unpack)", decoder),
         ("... Doc().import_yjs_update(v1): parse, checks, engine", import_v1),
         ("... pycrdt apply_update(v1) alone: the engine's part", engine),

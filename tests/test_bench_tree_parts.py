@@ -19,7 +19,7 @@ def test_move_parts_measure_every_part() -> None:
 
 def test_load_parts_measure_every_part() -> None:
     parts = bench_tree_parts.load_parts(1, n_nodes=200, n_moves=1_000)
-    assert len(parts) == 5
+    assert len(parts) == 6
     assert all(ms > 0 for _, ms in parts)
 
 

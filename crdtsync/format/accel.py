@@ -131,6 +131,10 @@ class NativeUpdate(Protocol):
         """Frees the parse and its bytes; every later use raises ``ValueError``."""
         ...
 
+    def any_string(self, client: int, clock: int) -> str | None:
+        """The item at ``client:clock``'s value if it is one string in an item of its own."""
+        ...
+
 
 #: A parsed update: the Python parser's, or the Rust one's (which stays in Rust).
 Parsed: TypeAlias = ParsedUpdate | NativeUpdate

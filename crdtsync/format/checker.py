@@ -509,6 +509,29 @@ class NativeChecker(Checker):
         """See :meth:`Checker.state_of`."""
         return int(self.index.state_of(client))
 
+    def map_entries(
+        self, container: str | tuple[int, int]
+    ) -> dict[str, tuple[int, int, int, int | None]] | None:
+        """The live entries of a map container, from the index alone.
+
+        Args:
+            container: a root name, or the ``(client, clock)`` of a type item.
+
+        Returns:
+            ``{key: (client, clock, content kind, type ref)}`` of each key's
+            current entry (what the engine's ``Map.keys()`` lists once it
+            holds the same updates), or ``None`` if no entry was ever filed
+            in that container.
+        """
+        return cast(
+            "dict[str, tuple[int, int, int, int | None]] | None", self.index.map_entries(container)
+        )
+
+    def map_size(self, container: str | tuple[int, int]) -> int | None:
+        """``len(map_entries(container))``, without building it (``None`` alike)."""
+        got = self.index.map_size(container)
+        return None if got is None else int(got)
+
     def state(self) -> dict[int, int]:
         """See :meth:`Checker.state`."""
         return cast(dict[int, int], self.index.state())
@@ -526,18 +549,34 @@ class NativeChecker(Checker):
         budget: HoldBudget = _no_budget,
     ) -> Began:
         """See :meth:`Checker.begin`."""
+        return self.begin_kept(update, parsed, limits, budget, keep=False)
+
+    def begin_kept(
+        self,
+        update: bytes,
+        parsed: Parsed,
+        limits: UpdateLimits,
+        budget: HoldBudget = _no_budget,
+        *,
+        keep: bool,
+    ) -> Began:
+        """:meth:`begin`; with ``keep``, the parse stays usable (the caller releases it).
+
+        (``Doc.load`` reads map entries' values from a load's parse after the
+        commit, while the engine has not applied the update yet.)
+        """
         native_limits = self._native_a if limits is self._key_a else self._native_limits(limits)
         # One call when nothing is split off: the formatting flag; else the split
         # (engine, later, ranges, needs) and nothing begun yet.
         got = self.index.begin(parsed, native_limits)
         if got is True or got is False:
-            if len(update) >= _RELEASE_BYTES:
+            if len(update) >= _RELEASE_BYTES and not keep:
                 _native_update(parsed).release()  # spent (see Checker.begin)
             return update, got, None, 0, ()
         engine, later, n_later, needs = got
         budget(n_later, later)
         formatting = self.index.begin(parsed, native_limits, split=True)
-        if len(update) >= _RELEASE_BYTES:
+        if len(update) >= _RELEASE_BYTES and not keep:
             _native_update(parsed).release()
         return engine, bool(formatting), later, n_later, tuple(needs)
 

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pycrdt
 
@@ -52,12 +52,13 @@ from crdtsync.errors import (
     UpdateLimitError,
 )
 from crdtsync.format import envelope as encoding
-from crdtsync.format.accel import Parsed
+from crdtsync.format.accel import NativeUpdate, Parsed
 from crdtsync.format.checker import (
     BEGAN_FORMATTING,
     BEGAN_PLAIN,
     Began,
     Checker,
+    NativeChecker,
     PyChecker,
     new_checker,
 )
@@ -360,6 +361,119 @@ class Doc:
         self._txn_sub: Any = None
         # Where _on_transaction puts what it raises (see _subscribe_engine).
         self._engine_errors: builtins.list[Exception] = []
+        # A loaded document whose engine has not applied its history yet (see
+        # load and _hydrate); None once it has, and for every other document.
+        self._lazy: _Lazy | None = None
+        # The lazy state being filled while Doc.load applies its update.
+        self._deferring: _Lazy | None = None
+
+    # -- hydration (see load) -----------------------------------------------------------
+
+    if not TYPE_CHECKING:  # (mypy would otherwise take any attribute name)
+
+        def __getattr__(self, name: str) -> Any:
+            # Called only for attributes the instance lacks: the engine's, removed
+            # while a loaded document's engine has not applied its history (see
+            # _Lazy). Whatever reaches for the engine first applies it, so nothing
+            # can read an empty engine; once hydrated this is never called again.
+            if name in _ENGINE_ATTRS:
+                lazy = self.__dict__.get("_lazy")
+                if lazy is not None:
+                    self._hydrate()
+                    return self.__dict__[name]
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _hydrate(self) -> None:
+        """Apply a lazily loaded document's history to the engine, as :meth:`load` would have.
+
+        The index committed the update at load, after checking all of it: it
+        is not checked again. The engine applies it in a bare transaction with
+        nothing subscribed (as the eager load does), then the document
+        subscribes to the engine's transactions, the trees bound meanwhile get
+        their engine objects and attach their observers (so the load's own
+        events are never queued as remote operations), and what the lazy
+        checks assumed is verified against the engine.
+        """
+        lazy = self._lazy
+        if lazy is None:
+            return
+        update, lazy.update = lazy.update, b""
+        if lazy.parsed is not None:  # (hydrated while offering the shapes)
+            lazy.parsed.release()
+            lazy.parsed = None
+            lazy.registry_entries = None
+        self._y = lazy.y
+        self._registry = lazy.registry
+        self._engine_apply_bare = lazy.apply_bare
+        self._lazy = None
+        try:
+            lazy.apply_bare(update)
+        except BaseException as exc:
+            if _is_panic(exc):
+                raise EngineError(f"the CRDT engine failed: {exc}") from None
+            if isinstance(exc, Exception):
+                raise EngineError(f"the CRDT engine refused a validated update: {exc}") from exc
+            raise
+        finally:
+            del update
+            self._subscribe_engine()
+        from crdtsync.model.tree import attach_lazy
+
+        if lazy.roots_asked:
+            # The eager load's offer_cache asked roots() right after the apply:
+            # same side effects here (the engine roots it types, the kinds it
+            # learns of Yjs-only roots, at the same import count).
+            self.roots()
+        version = Version.from_bytes(self._y.get_state()).to_bytes()
+        if version != lazy.version:
+            log.error("a lazily loaded document's version differs from its index's (a bug)")
+        for name, tree in lazy.trees.items():
+            root_y = self._y.get(name, type=pycrdt.Map)
+            if self._registry.get(name) != "tree":
+                log.error("root %r was taken for a tree before hydration, wrongly (a bug)", name)
+            attach_lazy(self, tree, root_y, lazy.sizes.get(name), version == lazy.version)
+
+    def _defer_engine(self, lazy: _Lazy) -> None:
+        """Start a loaded document unhydrated: its engine attributes go into ``lazy``."""
+        checker = self._checker
+        assert isinstance(checker, NativeChecker)
+        lazy.y = self._y
+        lazy.registry = self._registry
+        lazy.apply_bare = self._engine_apply_bare
+        lazy.version = Version(checker.state()).to_bytes()
+        lazy.registry_entries = checker.map_entries(REGISTRY) or {}
+        for name in _ENGINE_ATTRS:
+            delattr(self, name)
+        self._lazy = lazy
+
+    def _version_bytes(self) -> bytes:
+        """:attr:`version` as bytes; from the index while the engine is not hydrated."""
+        lazy = self._lazy
+        if lazy is not None:
+            return lazy.version
+        return self.version.to_bytes()
+
+    def _lazy_registry_kind(self, name: str) -> str | None:
+        """The root registry's kind for ``name`` before hydration (``None``: none).
+
+        Raises:
+            LookupError: the index and the load's parse cannot tell (then the
+                caller hydrates and asks the engine).
+        """
+        lazy = self._lazy
+        if lazy is None or lazy.parsed is None:
+            raise LookupError(name)
+        entries = lazy.registry_entries
+        if entries is None:
+            raise LookupError(name)
+        entry = entries.get(name)
+        if entry is None:
+            return None
+        client, clock, kind, _ = entry
+        value = lazy.parsed.any_string(client, clock) if kind == CONTENT_ANY else None
+        if value is None:
+            raise LookupError(name)
+        return value
 
     # -- identity and roots ----------------------------------------------------------
 
@@ -423,6 +537,19 @@ class Doc:
             raise InvalidOperationError(str(exc)) from None
         if name == REGISTRY:
             raise InvalidOperationError(f"the root name {REGISTRY!r} is reserved")
+        lazy = self._lazy
+        if lazy is not None:
+            if cls.kind == "tree" and name in lazy.tree_names:
+                # A tree whose saved shape was offered (see offer_cache): its
+                # wrapper gets its engine object at hydration.
+                from crdtsync.model.tree import lazy_root
+
+                tree = lazy_root(self)
+                lazy.trees[name] = tree
+                self._roots[name] = tree
+                self._checker.set_root_type(name, TYPE_MAP)
+                return cast("_C", tree)
+            self._hydrate()
         kind = self._registry.get(name)
         if kind is not None and kind != cls.kind:
             raise RootTypeError(f"root {name!r} is a {kind}, not a {cls.kind}")
@@ -796,13 +923,50 @@ class Doc:
         is larger than any one update it grew by); each held update it carries
         under the per-update limits. ``native`` is as for :class:`Doc`.
 
+        The whole save is checked here. With the Rust core, a save that
+        carries tree shapes (and no held updates) applies its history to the
+        CRDT engine on first need rather than here: reading a tree from its
+        saved shape does not need it; any other use (an edit, a data map,
+        ``to_py``, an import or export, ``version``...) applies it first,
+        with the same result as applying it here (``docs/TREE.md``,
+        "Saved shapes").
+
         Raises:
             InvalidUpdateError: if the bytes are not a valid crdtsync document.
         """
         doc = cls(peer_id=peer_id, limits=limits, clock=clock, native=native)
         whole = doc._whole
         env = encoding.unpack(data, whole, native=doc._checker.native)
-        doc._apply(env.update, None, env.parsed, whole)
+        deferring = None
+        if (
+            _LAZY_LOADS
+            and env.cache
+            and not env.held
+            and env.parsed is not None
+            and isinstance(doc._checker, NativeChecker)
+        ):
+            # Hydration: the engine's apply waits until something needs the
+            # engine (a tree read from its saved shape does not). Everything
+            # else about the load (the decoder, the index's whole check and
+            # commit) happens now.
+            deferring = doc._deferring = _Lazy()
+        try:
+            doc._apply(env.update, None, env.parsed, whole)
+        finally:
+            doc._deferring = None
+            if deferring is not None and deferring.parsed is not None and not deferring.update:
+                deferring.parsed.release()  # kept for nothing: the engine applied it
+        if deferring is not None and deferring.update:
+            doc._defer_engine(deferring)
+            try:
+                doc._offer_tree_shapes(env.cache)
+            finally:
+                lazy = doc._lazy
+                if lazy is not None and lazy.parsed is not None:
+                    lazy.parsed.release()
+                    lazy.parsed = None
+                    lazy.registry_entries = None
+            return doc
         if doc._held:
             raise MissingUpdatesError(
                 "not a complete document: it depends on changes it does not contain "
@@ -1011,8 +1175,8 @@ class Doc:
             if self._waiting and moved:
                 self._release_held(moved)
         finally:
-            if fresh:
-                self._subscribe_engine()
+            if fresh and not (self._deferring is not None and self._deferring.update):
+                self._subscribe_engine()  # (a deferred load's waits for _hydrate)
 
     def _check_poisoned(self) -> None:
         """After a refused update: rebuild the index if a bug (a panic) poisoned it."""
@@ -1042,7 +1206,7 @@ class Doc:
             if not isinstance(got, int):
                 parsed = got  # deletions to split off: the two steps below, with the budget
             elif got & BEGAN_FORMATTING or self._depth or self._engine_origins or self._watched:
-                began = (update, got & BEGAN_FORMATTING != 0, None, 0, ())
+                began: Began = (update, got & BEGAN_FORMATTING != 0, None, 0, ())
                 return self._applied(began, got & BEGAN_PLAIN != 0, origin)
             else:
                 # The common import (every keystroke): _applied and the bare
@@ -1078,7 +1242,14 @@ class Doc:
             self._check_hold_budget(len(later), origin)
 
         plain = checker.plain_ascii(parsed)  # (before begin, which spends the parse)
-        return self._applied(checker.begin(update, parsed, limits, budget), plain, origin)
+        deferring = self._deferring
+        if deferring is not None and isinstance(checker, NativeChecker):
+            # A lazy load reads map entries' values from its parse (see load).
+            began = checker.begin_kept(update, parsed, limits, budget, keep=True)
+            deferring.parsed = cast("NativeUpdate", parsed)
+        else:
+            began = checker.begin(update, parsed, limits, budget)
+        return self._applied(began, plain, origin)
 
     def _applied(self, began: Began, plain: bool, origin: Any) -> builtins.list[int]:
         """:meth:`_integrate` once begun: the engine applies the update, the index commits.
@@ -1092,6 +1263,18 @@ class Doc:
         """
         engine, want, later, n_later, needs = began
         checker = self._checker
+        deferring = self._deferring
+        if deferring is not None and not want and later is None:
+            # A lazy load (see load): the index commits now, the engine's
+            # apply (_engine_apply's bare path) waits for _hydrate.
+            deferring.update = engine
+            self._origin = _REMOTE_NONE  # (as _engine_apply leaves it)
+            self._text_epoch += 1
+            if not plain:
+                self._text_ascii_epoch = self._text_epoch
+            moved = checker.commit()
+            self._imports += 1
+            return moved
         self._want_event_deletes = want
         if want and self._txn_sub is None:
             self._subscribe_engine()  # (a first import: see _apply)
@@ -1557,6 +1740,40 @@ def _root_kind_of(content_kind: int, parent_sub: str | None, content: Any) -> st
             return None  # an XML element: the root is an XML fragment
         return "list"
     return None
+
+
+#: Doc attributes that hold the engine or closures over it: absent while a
+#: loaded document is unhydrated (Doc.__getattr__ then hydrates it).
+_ENGINE_ATTRS = frozenset(("_y", "_registry", "_engine_apply_bare"))
+#: Whether Doc.load may defer the engine's apply (tests switch it off to
+#: compare lazy loads with eager ones).
+_LAZY_LOADS = True
+
+
+@dataclass(eq=False, slots=True)
+class _Lazy:
+    """A loaded document's engine and the history it has not applied yet (see ``Doc.load``)."""
+
+    # The v1 update for the engine (held only until hydration).
+    update: bytes = b""
+    # The engine document, its root registry and bare apply (Doc._y, _registry,
+    # _engine_apply_bare while hydrated).
+    y: Any = None
+    registry: Any = None
+    apply_bare: Any = None
+    # The state vector the index committed, as the engine would encode it.
+    version: bytes = b""
+    # The load's parse, kept (and the registry's live entries) until the saved
+    # tree shapes have been offered.
+    parsed: NativeUpdate | None = None
+    registry_entries: dict[str, tuple[int, int, int, int | None]] | None = None
+    # Root names the registry establishes as trees; their wrappers made before
+    # hydration, and the container sizes their saved shapes were checked against.
+    tree_names: set[str] = field(default_factory=set)
+    # Whether the shapes' offer would have asked Doc.roots() (see _hydrate).
+    roots_asked: bool = False
+    trees: dict[str, Tree] = field(default_factory=dict)
+    sizes: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(eq=False, slots=True)

@@ -125,6 +125,8 @@ from crdtsync.errors import (
     TreeCycleError,
 )
 from crdtsync.format import accel, zstd
+from crdtsync.format.checker import NativeChecker
+from crdtsync.format.yupdate import CONTENT_TYPE, TYPE_MAP
 from crdtsync.model._engine_private import changed_entries, entry_writer, observe_entries
 from crdtsync.model.containers import KIND_KEY, Container, Map, engine_error, to_engine, wrap
 from crdtsync.model.tree_events import TreeChange, shape_changes
@@ -1454,18 +1456,9 @@ class _Binding:
         "ydoc",
     )
 
-    def __init__(self, doc: Doc, y: pycrdt.Map[Any]) -> None:
-        # The document (weakly: engine callbacks hold the binding), its engine
-        # document and the tree's Y.Map.
+    def __init__(self, doc: Doc, y: pycrdt.Map[Any] | None) -> None:
+        # The document (weakly: engine callbacks hold the binding).
         self.doc = weakref.ref(doc)
-        self.ydoc = y.doc
-        self.y = y
-        # This replica's writer id, as an int and as a key, and the prefix of
-        # the ids it creates.
-        writer = str(doc.peer_id)
-        self.wid = int(writer)
-        self.wkey = writer
-        self.prefix = writer + ":"
         # This writer's container, once known, and the function that writes
         # one entry into it.
         self.own: pycrdt.Map[Any] | None = None
@@ -1488,8 +1481,36 @@ class _Binding:
         # Subscriptions: "" for the tree's map, "<w>" for a container.
         # Dropping one unsubscribes.
         self.subs: dict[str, Any] = {}
+        if y is not None:
+            self.engine(doc, y)
+        # (else the document is not hydrated: see __getattr__)
+
+    def engine(self, doc: Doc, y: pycrdt.Map[Any]) -> None:
+        """Bind to the tree's Y.Map: set what comes from the engine, observe the map."""
+        # The engine document and the tree's Y.Map.
+        self.ydoc = y.doc
+        self.y = y
+        # This replica's writer id, as an int and as a key, and the prefix of
+        # the ids it creates.
+        writer = str(doc.peer_id)
+        self.wid = int(writer)
+        self.wkey = writer
+        self.prefix = writer + ":"
         ref = weakref.ref(self)
         self.subs[""] = observe_entries(y, lambda ev: _on_tree(ref, ev))
+
+    if not TYPE_CHECKING:  # (mypy would otherwise take any attribute name)
+
+        def __getattr__(self, name: str) -> Any:
+            # Called only for a missing attribute: those engine() sets are missing
+            # while the document is not hydrated (a tree read from its saved shape,
+            # see Doc.load), and whatever reaches for them hydrates it first.
+            if name in _ENGINE_SLOTS:
+                doc = self.doc()
+                if doc is not None and doc._lazy is not None:
+                    doc._hydrate()
+                    return object.__getattribute__(self, name)
+            raise AttributeError(f"'_Binding' object has no attribute {name!r}")
 
     def _watch(self, owner: str, cont: pycrdt.Map[Any]) -> None:
         # Callbacks hold the binding weakly: the engine keeps callbacks as long
@@ -1581,10 +1602,17 @@ class _Binding:
             for n in state.parent:
                 old.setdefault(n, (None, ""))
 
-    def install(self, cached: _State) -> None:
-        """Start from a saved shape that :func:`_decode_shape` accepted; watch every container."""
-        for owner, cont in self.containers().items():
-            self._watch(owner, cont)
+    def install(self, cached: _State, *, watch: bool = True) -> None:
+        """Start from a saved shape that :func:`_decode_shape` accepted; watch every container.
+
+        Args:
+            cached: the shape's state.
+            watch: observe the containers now (on an unhydrated document,
+                :func:`attach_lazy` does it after the engine's apply).
+        """
+        if watch:
+            for owner, cont in self.containers().items():
+                self._watch(owner, cont)
         if isinstance(self.state, _NativeState) and isinstance(cached, _TreeState):
             # Decoded in Python (a writer key Rust does not compare): to Rust.
             self.state = _NativeState.from_state(cached, type(self.state.core))
@@ -1669,6 +1697,9 @@ def _on_container(b: _Binding, owner: str, event: Any) -> None:
             b.rebuild = True
 
 
+#: _Binding attributes set from the engine (absent while the document is not hydrated).
+_ENGINE_SLOTS = frozenset(("y", "ydoc", "wid", "wkey", "prefix"))
+
 # Every bound tree, per document: by "r:<root name>" or "n:<nested tree id>".
 _BINDINGS: weakref.WeakKeyDictionary[Doc, dict[str, _Binding]] = weakref.WeakKeyDictionary()
 # Saved shapes that Doc.load offered and no binding has taken yet, per document:
@@ -1716,6 +1747,19 @@ class Tree(Container):
         super()._bind(doc, y)
         self._b = None
 
+    if not TYPE_CHECKING:  # (mypy would otherwise take any attribute name)
+
+        def __getattr__(self, name: str) -> Any:
+            # Called only for a missing attribute: ``_y`` is missing on a root
+            # wrapper made before its document was hydrated (see Doc.load), and
+            # whatever reaches for it hydrates the document first.
+            if name == "_y":
+                doc = self._doc
+                if doc is not None and doc._lazy is not None:
+                    doc._hydrate()
+                    return object.__getattribute__(self, name)
+            raise AttributeError(f"'Tree' object has no attribute {name!r}")
+
     def _prelim(self, doc: Doc) -> Any:
         return pycrdt.Map({KIND_KEY: self.kind, ID_KEY: secrets.token_hex(8)})
 
@@ -1746,12 +1790,18 @@ class Tree(Container):
             doc = self._doc
             if doc is None:
                 return None
+            if doc._lazy is not None:
+                b = _bind_lazily(doc, self)
+                if b is not None:
+                    self._b = b
+                    return b
+                doc._hydrate()  # the shape cannot be taken without the engine
             key = self._key(doc)
             per_doc = _BINDINGS.setdefault(doc, {})
             b = per_doc.get(key) if key is not None else None
             if b is None:
                 b = _Binding(doc, self._y)
-                cached = _take_offered(doc, key, b) if key is not None else None
+                cached = _take_offered(doc, key, b.container_sizes) if key is not None else None
                 if cached is not None:
                     b.install(cached)
                 if key is not None:
@@ -2439,19 +2489,127 @@ def offer_cache(doc: Doc, blob: bytes) -> None:
     except (InvalidUpdateError, ValueError, KeyError, TypeError, AttributeError) as exc:
         _log.info("ignoring the saved tree shapes: %s", exc)
         return
-    if version != doc.version.to_bytes():
+    if version != doc._version_bytes():
         _log.info("ignoring the saved tree shapes: they describe another version")
         return
     _OFFERED[doc] = (version, entries)
     for key in list(entries):
-        if key.startswith("r:") and doc.roots().get(key[2:]) == "tree":
+        if key.startswith("r:") and _is_root_tree(doc, key[2:]):
             root = doc.root(key[2:], "tree")
             assert isinstance(root, Tree)
             root._bound()
 
 
-def _take_offered(doc: Doc, key: str, b: _Binding) -> _State | None:
-    """The saved shape offered for the tree of ``key``, if it is still valid."""
+def lazy_root(doc: Doc) -> Tree:
+    """A root tree's wrapper for an unhydrated ``doc``: its ``_y`` slot stays empty.
+
+    (For ``Doc._root``; :func:`attach_lazy` fills the slot at hydration, and
+    anything reading it before hydrates the document: see ``Tree.__getattr__``.)
+    """
+    tree = Tree.__new__(Tree)
+    tree._doc = doc
+    tree._pending_root = None
+    tree._read_at = None
+    tree._b = None
+    return tree
+
+
+def _is_root_tree(doc: Doc, name: str) -> bool:
+    """Whether ``doc.roots()`` lists ``name`` as a tree (before hydration, from the registry)."""
+    lazy = doc._lazy
+    if lazy is not None:
+        lazy.roots_asked = True
+        try:
+            kind = doc._lazy_registry_kind(name)
+        except LookupError:
+            doc._hydrate()  # the index and the parse cannot tell: ask the engine
+        else:
+            # The registry's kind wins in roots(); only a registry entry says "tree".
+            if kind == "tree":
+                lazy.tree_names.add(name)
+            return kind == "tree"
+    return doc.roots().get(name) == "tree"
+
+
+def _lazy_sizes(doc: Doc, name: str) -> dict[str, int] | None:
+    """:meth:`_Binding.container_sizes` of root tree ``name``, from the index (before hydration).
+
+    ``None`` unless every live entry of the tree's map is a writer's
+    container (a canonical key holding a Y.Map): anything else is left to
+    the engine (the document hydrates), so that no forged layout can make
+    the answer differ from the engine's.
+    """
+    checker = doc._checker
+    if not isinstance(checker, NativeChecker):
+        return None
+    entries = checker.map_entries(name)
+    if entries is None:
+        return {}
+    sizes: dict[str, int] = {}
+    for key, (client, clock, kind, type_ref) in entries.items():
+        if not _canon(key) or kind != CONTENT_TYPE or type_ref != TYPE_MAP:
+            return None
+        sizes[key] = checker.map_size((client, clock)) or 0
+    return sizes
+
+
+def _bind_lazily(doc: Doc, tree: Tree) -> _Binding | None:
+    """The binding of a root tree of an unhydrated ``doc``, from its saved shape.
+
+    Returns:
+        The binding (its engine side attached at hydration: :func:`attach_lazy`),
+        or ``None`` when the shape cannot be taken without the engine (the
+        caller hydrates and binds as usual).
+    """
+    lazy = doc._lazy
+    assert lazy is not None
+    name = next((n for n, t in lazy.trees.items() if t is tree), None)
+    if name is None:
+        return None
+    key = "r:" + name
+    per_doc = _BINDINGS.setdefault(doc, {})
+    if key in per_doc:
+        return None
+    sizes = _lazy_sizes(doc, name)
+    if sizes is None:
+        return None
+    cached = _take_offered(doc, key, lambda: sizes)
+    if cached is None:
+        return None  # refused: the engine's operations give the state, as without a shape
+    b = _Binding(doc, None)
+    b.install(cached, watch=False)
+    lazy.sizes[name] = sizes
+    per_doc[key] = b
+    return b
+
+
+def attach_lazy(
+    doc: Doc, tree: Tree, y: pycrdt.Map[Any], sizes: dict[str, int] | None, version_ok: bool
+) -> None:
+    """At hydration: give a root tree made before it its Y.Map, and its binding its observers.
+
+    The engine has applied the load's update: observers attached now never
+    see it. What the lazy checks took from the index is verified against the
+    engine; a difference (a bug in the index) is logged, and the tree is
+    then read from its operations, as the eager load would have.
+    """
+    tree._y = y
+    b = tree._b
+    if b is None:
+        return
+    b.engine(doc, y)
+    for owner, cont in b.containers().items():
+        b._watch(owner, cont)
+    if not version_ok or sizes is None or b.container_sizes() != sizes or KIND_KEY in y:
+        _log.error("a tree's saved shape was taken on wrong grounds before hydration (a bug)")
+        b.rebuild = b.dirty = True
+
+
+def _take_offered(doc: Doc, key: str, sizes: Callable[[], dict[str, int]]) -> _State | None:
+    """The saved shape offered for the tree of ``key``, if it is still valid.
+
+    ``sizes`` gives the tree's containers' sizes (:meth:`_Binding.container_sizes`).
+    """
     offered = _OFFERED.get(doc)
     if offered is None:
         return None
@@ -2461,10 +2619,10 @@ def _take_offered(doc: Doc, key: str, b: _Binding) -> _State | None:
         del _OFFERED[doc]
     if entry is None:
         return None
-    if version != doc.version.to_bytes():
+    if version != doc._version_bytes():
         return None  # edited or imported into since it was loaded
     try:
-        return _decode_shape(entry, b.container_sizes())
+        return _decode_shape(entry, sizes())
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         _log.info("ignoring the saved shape of tree %s: %s", key, exc)
         return None

@@ -222,6 +222,39 @@ impl PyUpdate {
         self.parsed = ParsedUpdate::default();
     }
 
+    /// The value of the item at `client:clock` if it is a single string
+    /// (Any content of one value, a string, in an item of its own), else
+    /// None: a map entry's value read from the parse, without the engine
+    /// (`Doc.load` reads the root registry so).
+    fn any_string(&self, client: u64, clock: u32) -> PyResult<Option<String>> {
+        self.live()?;
+        let Some((_, structs)) = self.parsed.clients.iter().find(|(c, _)| *c == client) else {
+            return Ok(None);
+        };
+        let i = structs.partition_point(|s| s.clock <= clock);
+        if i == 0 {
+            return Ok(None);
+        }
+        let s = &structs[i - 1];
+        if s.clock != clock || s.length != 1 {
+            return Ok(None);
+        }
+        let Content::Any { n: 1, raw } = &s.content else {
+            return Ok(None);
+        };
+        let raw = raw.get(&self.data);
+        if raw.first() != Some(&119) {
+            return Ok(None); // not a string
+        }
+        let Ok((len, pos)) = varint::read_varuint(raw, 1, 32, "a string length") else {
+            return Ok(None);
+        };
+        if pos as u64 + len != raw.len() as u64 {
+            return Ok(None);
+        }
+        Ok(std::str::from_utf8(&raw[pos..]).ok().map(str::to_owned))
+    }
+
     /// Total number of structs.
     fn struct_count(&self) -> PyResult<usize> {
         self.live()?;
@@ -552,6 +585,15 @@ impl PyDocIndex {
     }
 }
 
+/// A container argument: a root name (str) or a type item's `(client, clock)`.
+fn container_arg(obj: &Bound<'_, PyAny>) -> PyResult<KeyView> {
+    if let Ok(name) = obj.extract::<String>() {
+        return Ok(KeyView::Root(name.into_bytes()));
+    }
+    let (client, clock): (u64, u32) = obj.extract()?;
+    Ok(KeyView::Item(client, clock))
+}
+
 fn key_view<'py>(py: Python<'py>, k: &KeyView) -> PyResult<Bound<'py, PyAny>> {
     match k {
         KeyView::Root(name) => Ok(String::from_utf8_lossy(name).into_pyobject(py)?.into_any()),
@@ -837,6 +879,33 @@ impl PyDocIndex {
                 [key_view(py, &k)?, sub_view(py, &sub)?],
             )?)),
         }
+    }
+
+    /// The live entries of a map container: `container` is a root name or
+    /// `(client, clock)` of a type item. Returns `{key: (client, clock, kind,
+    /// type_ref)}` (see `DocIndex::map_entries`), or None for a container the
+    /// index does not know.
+    fn map_entries<'py>(
+        &self,
+        py: Python<'py>,
+        container: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let key = container_arg(container)?;
+        let Some(entries) = self.inner.map_entries(&key) else {
+            return Ok(None);
+        };
+        let out = PyDict::new(py);
+        for (k, client, clock, kind, type_ref) in entries {
+            out.set_item(String::from_utf8_lossy(&k), (client, clock, kind, type_ref))?;
+        }
+        Ok(Some(out))
+    }
+
+    /// The number of live entries of a map container (`map_entries`'s
+    /// length, without building it), or None for one the index does not know.
+    fn map_size(&self, container: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+        let key = container_arg(container)?;
+        Ok(self.inner.map_size(&key))
     }
 
     /// The document's delete set: `[(client, [(clock, length), ...]), ...]`.

@@ -425,6 +425,18 @@ impl Interner {
         self.heads.insert(h, id);
         id
     }
+    /// The number of `s` in `scope`, if interned (nothing is added).
+    fn lookup(&self, scope: u64, s: &[u8]) -> Option<u32> {
+        let h = self.hasher.hash_one((scope, s));
+        let mut i = self.heads.get(&h).copied().unwrap_or(NONE);
+        while i != NONE {
+            if self.scopes[i as usize] == scope && self.get(i) == s {
+                return Some(i);
+            }
+            i = self.next[i as usize];
+        }
+        None
+    }
     fn truncate(&mut self, len: usize) {
         while self.ends.len() > len {
             let id = (self.ends.len() - 1) as u32;
@@ -449,6 +461,10 @@ impl Interner {
             + 13 * self.heads.capacity()
     }
 }
+
+/// A live map entry as the outside sees it (`DocIndex::map_entries`): its
+/// key, the id of its last clock, its content kind and type ref.
+pub type MapEntry = (Vec<u8>, u64, u32, u8, Option<u8>);
 
 /// A container as the outside sees it (snapshots).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -2461,6 +2477,76 @@ impl DocIndex {
         Some((self.key_view(l.key), self.sub_view(l.sub)))
     }
 
+    /// The live entries of a map container (a root by name, or the type item
+    /// at `(client, clock)`): `(key, client, clock, kind, type ref)` of each
+    /// key's current entry, in no particular order; `None` if the index knows
+    /// no such container (no entry was ever filed in it).
+    ///
+    /// A key's current entry is the last item of its list (as yrs keeps it:
+    /// integrating an entry deletes the ones to its left, and one that lands
+    /// left of another is deleted at once); it is live unless its last clock
+    /// is in the delete set or its content is Deleted. This answers what the
+    /// engine's `Map.keys()` would, from the index alone, for a document
+    /// whose engine has not applied its history yet (`Doc.load`, "Hydration"
+    /// in `docs/TREE.md`).
+    pub fn map_entries(&self, container: &KeyView) -> Option<Vec<MapEntry>> {
+        let out = self
+            .live_entries(container, true)?
+            .map(|(sub, n, last)| {
+                let run = &self.runs[n as usize];
+                let id = self.clients[run.client as usize].id;
+                (
+                    self.subs.get(sub).to_vec(),
+                    id,
+                    last,
+                    run.kind(),
+                    run.type_ref(),
+                )
+            })
+            .collect();
+        Some(out)
+    }
+
+    /// The number of [`map_entries`](Self::map_entries), without building them.
+    pub fn map_size(&self, container: &KeyView) -> Option<usize> {
+        Some(self.live_entries(container, false)?.count())
+    }
+
+    /// The live entries of a map container: (interned key, run, last clock;
+    /// without `clocks`, the clock is only found where deletions require it).
+    fn live_entries(
+        &self,
+        container: &KeyView,
+        clocks: bool,
+    ) -> Option<impl Iterator<Item = (u32, u32, u32)> + '_> {
+        let key = match container {
+            KeyView::Root(name) => Key::Root(self.names.lookup(0, name)?),
+            KeyView::Item(client, clock) => Key::Item(self.client_num(*client)?, *clock),
+        };
+        let lists = self.lists_of.get(&key)?;
+        Some(lists.iter().filter_map(move |&l| {
+            let list = self.lists[l as usize];
+            if list.sub == NONE || list.start == NONE {
+                return None; // the container's sequence, or an empty key
+            }
+            let mut n = list.start;
+            while self.runs[n as usize].right != NONE {
+                n = self.runs[n as usize].right;
+            }
+            let run = &self.runs[n as usize];
+            if run.kind() == CONTENT_DELETED {
+                return None;
+            }
+            let deleted = &self.clients[run.client as usize].deleted;
+            if deleted.is_empty() && !clocks {
+                return Some((list.sub, n, 0)); // (a client that deleted nothing)
+            }
+            let last = self.run_end(n) - 1;
+            let dead = !deleted.is_empty() && ds_covers(deleted, last, last as u64 + 1);
+            (!dead).then_some((list.sub, n, last))
+        }))
+    }
+
     /// The document's delete set as (clock, length) ranges per client.
     pub fn delete_set(&self) -> Vec<(u64, Vec<(u32, u32)>)> {
         self.clients
@@ -2749,6 +2835,41 @@ mod tests {
         }
         out.push(0); // delete set
         out
+    }
+
+    #[test]
+    fn map_entries_lists_each_keys_last_live_entry() {
+        // Client 1 writes m.a = "x", overwrites it with "y" (origin: the
+        // first), writes m.b = "z" and deletes it, and writes m.c as a map.
+        let mut data = vec![1, 4, 1, 0];
+        let any = |out: &mut Vec<u8>, v: u8| out.extend_from_slice(&[1, 119, 1, v]);
+        data.extend_from_slice(&[CONTENT_ANY | 0x20, 1, 1, b'm', 1, b'a']);
+        any(&mut data, b'x');
+        data.extend_from_slice(&[CONTENT_ANY | 0x80, 1, 0]);
+        any(&mut data, b'y');
+        data.extend_from_slice(&[CONTENT_ANY | 0x20, 1, 1, b'm', 1, b'b']);
+        any(&mut data, b'z');
+        data.extend_from_slice(&[CONTENT_TYPE | 0x20, 1, 1, b'm', 1, b'c', 1]);
+        data.extend_from_slice(&[1, 1, 1, 2, 1]); // delete set: 1:2
+        let limits = Limits::default();
+        let parsed = parse_update(&data, &limits).unwrap();
+        let mut ix = DocIndex::new();
+        ix.begin(&data, &parsed, None, &limits, true).unwrap();
+        ix.commit();
+        let root = KeyView::Root(b"m".to_vec());
+        let mut got = ix.map_entries(&root).unwrap();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (b"a".to_vec(), 1, 1, CONTENT_ANY, None),
+                (b"c".to_vec(), 1, 3, CONTENT_TYPE, Some(1)),
+            ]
+        );
+        assert_eq!(ix.map_size(&root), Some(2));
+        assert_eq!(ix.map_size(&KeyView::Item(1, 3)), None); // nothing filed in m.c
+        assert_eq!(ix.map_entries(&KeyView::Root(b"n".to_vec())), None);
+        assert_eq!(ix.map_size(&KeyView::Item(9, 0)), None);
     }
 
     #[test]
