@@ -231,8 +231,10 @@ def clone(st: State, ops: Sequence[Op], new: Callable[[], State] = _TreeState) -
 
 
 def state_of(st: State) -> Fingerprint:
-    """Everything ``same`` compares: parents, log, floor, writers' clocks, clock, trash
-    count, children with their keys (parents with none left out)."""
+    """The whole state the checks compare: parents, log (with undo records), floor,
+    writers' clocks, clock, trash count, children with their keys (parents with
+    none left out). Not the caches (sorted children, ``recent``), nor the Rust
+    state's own indexes, which only these reads show."""
     if isinstance(st, _NativeState):
         # Read as mirror() reads it, without building a _TreeState (this runs
         # once per transition). kids_dict() leaves out parents with no children.
