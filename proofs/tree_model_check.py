@@ -63,12 +63,30 @@ holds the same tree. Each scope runs twice: with the shipped truncation
 policy, and with the log truncated after every operation (``WINDOW`` and
 ``HORIZON`` 0), where every late operation forces a rebuild.
 
+Which state. The engine state exists twice: the pure-Python reference
+``_TreeState`` and its Rust port (``crdtsync._native.TreeCore`` behind
+``_NativeState``, what the library uses when the extension is built). Every
+part runs on a chosen state (``--state python|native|both``; both by default
+when the extension is built). The native states are made the way the library
+makes them (``_NativeState``'s ``empty()``, ``integrate``, ``truncate_at``,
+read back through ``mirror()`` and the core's reads); the Rust state cannot
+be copied, so where the Python run copies ``E(S)`` to integrate ``B`` into it,
+the native run builds ``E(S)`` again from nothing (one batch: the same calls,
+the same state). On top of 1-7, the native run compares every ``E(S)`` (and
+every truncated ``E(S)`` of Part C) with the Python state for the same
+operations -- parents, children and keys, undo log, clocks, floor -- so a
+disagreement is caught even where both satisfy the specification; every
+other state it reaches is compared with such an ``E(S)``. Part B runs the
+real stack with the tree bound on the chosen state, and with both, each move
+combination's tree must be the same on the two.
+
 Usage::
 
-    python proofs/tree_model_check.py            # the bound reported in TREE.md
+    python proofs/tree_model_check.py            # the bound reported in TREE.md, both states
     python proofs/tree_model_check.py --small    # the bound tests/proofs/test_tree_model.py runs
     python proofs/tree_model_check.py --scope moves 4 3   # one Part A scope
     python proofs/tree_model_check.py --truncation moves 3 2   # one Part C scope
+    python proofs/tree_model_check.py --state native   # the Rust state only
 """
 
 from __future__ import annotations
@@ -78,7 +96,7 @@ import contextlib
 import itertools
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +105,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crdtsync import Doc, InvalidOperationError
 from crdtsync.model import tree as tree_mod
-from crdtsync.model.tree import ROOT, TRASH, _Stale, _TreeState
+from crdtsync.model.tree import ROOT, TRASH, _NativeState, _Stale, _TreeState
 
 Op = tuple[int, str, str, str]
 KEYS = ("a1", "a2")  # positions alternate: siblings also tie (ordered by node id)
@@ -150,14 +168,56 @@ def assert_forest(parent: dict[str, str]) -> None:
 
 # -- engine helpers -------------------------------------------------------------------------
 
+#: The states the check can run on: the pure-Python reference and the Rust port.
+STATES = ("python", "native")
+State = _TreeState | _NativeState
+#: What :func:`state_of` returns: the whole internal state, as plain values.
+Fingerprint = tuple[Any, ...]
 
-def engine(ops: Sequence[Op]) -> _TreeState:
-    st = _TreeState()
+
+class NativeMissing(Exception):
+    """``--state native`` was asked for, but the Rust core is not in use."""
+
+
+def native_class() -> Any:
+    """``crdtsync._native.TreeCore``, as the library finds it.
+
+    Raises:
+        NativeMissing: the extension is not built (or ``CRDTSYNC_PURE_PYTHON`` is set).
+    """
+    cls = tree_mod._tree_core_class()
+    if cls is None:
+        raise NativeMissing(
+            "the native state needs crdtsync._native, which is not in use here (not built, "
+            "or CRDTSYNC_PURE_PYTHON is set): build it (pip install -e .) or use --state python"
+        )
+    return cls
+
+
+def maker(kind: str) -> Callable[[], State]:
+    """What makes a new empty state of ``kind``, as the library makes one (``_new_state``)."""
+    if kind == "python":
+        return _TreeState
+    # The library's own path: a _NativeState around a TreeCore with the
+    # current truncation policy; its empty() makes more of the same kind.
+    return _NativeState(native_class()(tree_mod.WINDOW, tree_mod.HORIZON)).empty
+
+
+def engine(ops: Sequence[Op], new: Callable[[], State] = _TreeState) -> State:
+    """``E(S)``: the state after receiving ``ops`` in one batch from nothing."""
+    st = new()
     st.integrate(list(ops))
     return st
 
 
-def clone(st: _TreeState) -> _TreeState:
+def clone(st: State, ops: Sequence[Op], new: Callable[[], State] = _TreeState) -> State:
+    """A copy of ``st``, which is ``E(ops)`` (not truncated), made by ``new``.
+
+    A Python state is copied; the Rust state has no copy, so ``E(ops)`` is
+    built again by the same calls (deterministic: the same state).
+    """
+    if isinstance(st, _NativeState):
+        return engine(ops, new)
     c = _TreeState()
     c.parent = dict(st.parent)
     c.kids = {k: dict(v) for k, v in st.kids.items()}
@@ -170,28 +230,56 @@ def clone(st: _TreeState) -> _TreeState:
     return c
 
 
-def same(a: _TreeState, b: _TreeState) -> bool:
+def state_of(st: State) -> Fingerprint:
+    """The whole state the checks compare: parents, log (with undo records), floor,
+    writers' clocks, clock, trash count, children with their keys (parents with
+    none left out). Not the caches (sorted children, ``recent``), nor the Rust
+    state's own indexes, which only these reads show."""
+    if isinstance(st, _NativeState):
+        # Read as mirror() reads it, without building a _TreeState (this runs
+        # once per transition). kids_dict() leaves out parents with no children.
+        core = st.core
+        return (
+            dict(core.parent_items()),
+            core.log_list(),
+            core.floor,
+            core.last,
+            core.clock,
+            core.trashed,
+            core.kids_dict(),
+        )
     return (
-        a.parent == b.parent
-        and a.log == b.log
-        and a.floor == b.floor
-        and a.last == b.last
-        and a.clock == b.clock
-        and a.trashed == b.trashed
-        and {k: v for k, v in a.kids.items() if v} == {k: v for k, v in b.kids.items() if v}
+        st.parent,
+        st.log,
+        st.floor,
+        st.last,
+        st.clock,
+        st.trashed,
+        {k: v for k, v in st.kids.items() if v},
     )
 
 
-def matches_spec(st: _TreeState, ops: Sequence[Op]) -> None:
+def matches_spec(st: State, ops: Sequence[Op]) -> None:
     parent, pos = spec(ops)
     assert_forest(parent)
-    assert st.parent == parent, (ops, st.parent, parent)
-    assert {n: k for n, k in st.positions.items() if k} == pos, (ops, st.positions, pos)
+    m = st.mirror() if isinstance(st, _NativeState) else st
+    assert m.parent == parent, (ops, m.parent, parent)
+    assert {n: k for n, k in m.positions.items() if k} == pos, (ops, m.positions, pos)
     for p in {ROOT, *parent}:
         if p != TRASH:
             want = [n for _, n in sorted((pos[n], n) for n, q in parent.items() if q == p)]
-            assert st.children(p) == want, (ops, p)
-    st.check(deep=False)
+            assert st.children(p) == want, (ops, p)  # sorted by the state itself
+    m.check(deep=False)  # (a native state's check() checks its mirror too)
+
+
+def agrees(st: State, ref: State | Fingerprint, what: object, stats: Stats) -> None:
+    """A native state equals the Python reference's (a state, or its :func:`state_of`)
+    for the same operations."""
+    got, want = state_of(st), ref if isinstance(ref, tuple) else state_of(ref)
+    assert got == want, (
+        f"the native state differs from the Python reference: {what}: {got} != {want}"
+    )
+    stats.compared += 1
 
 
 # -- Part A ---------------------------------------------------------------------------------
@@ -222,7 +310,9 @@ class Stats:
     truncated: int = 0
     refused: int = 0
     executions: int = 0
+    compared: int = 0  # native states compared with the Python reference's
     seconds: float = 0.0
+    part_seconds: dict[str, float] = field(default_factory=dict)
     scopes: list[str] = field(default_factory=list)
 
 
@@ -260,41 +350,68 @@ def histories_general(creations: int, length: int) -> Iterator[list[Op]]:
             yield list(ops)
 
 
-def check_history(ops: list[Op], stats: Stats) -> None:
+def check_history(
+    ops: list[Op],
+    stats: Stats,
+    kind: str = "python",
+    refs: dict[tuple[Op, ...], Fingerprint] | None = None,
+) -> None:
+    """Checks 1-4 for one history on state ``kind``.
+
+    ``refs``: the Python reference's states of the previous history's
+    subsets, by subset (on the native run: consecutive histories share half
+    of their subsets); replaced by this history's.
+    """
     n = len(ops)
     full = (1 << n) - 1
     subsets = [[ops[i] for i in range(n) if mask >> i & 1] for mask in range(full + 1)]
+    new = maker(kind)
     states = []
+    known = {} if refs is None else refs
+    seen: dict[tuple[Op, ...], Fingerprint] = {}
     for mask in range(full + 1):
-        st = engine(subsets[mask])
+        st = engine(subsets[mask], new)
         matches_spec(st, subsets[mask])
+        if kind == "native":
+            key = tuple(subsets[mask])
+            ref = known.get(key)
+            seen[key] = ref = state_of(engine(subsets[mask])) if ref is None else ref
+            agrees(st, ref, subsets[mask], stats)
         states.append(st)
+    if refs is not None:
+        refs.clear()
+        refs.update(seen)
     stats.states += full + 1
+    want = [state_of(st) for st in states]  # what `same` reads of each E(S)
     for mask in range(full + 1):
         rest = full & ~mask
         b = rest
         while b:  # every non-empty subset of the operations not yet received
-            st = clone(states[mask])
+            st = clone(states[mask], subsets[mask], new)
             st.integrate(subsets[b])
-            assert same(st, states[mask | b]), (subsets[mask], subsets[b])
+            assert state_of(st) == want[mask | b], (subsets[mask], subsets[b])
             stats.transitions += 1
             b = (b - 1) & rest
-        for i in range(n):
-            if mask >> i & 1:
-                st = clone(states[mask])
-                assert not st.integrate([ops[i]])
-                assert same(st, states[mask])
-                stats.duplicates += 1
+        if mask:
+            # Each operation of S again, one after the other, to a copy of E(S)
+            # (each must leave it E(S), so the next one finds E(S) too).
+            st = clone(states[mask], subsets[mask], new)
+            for i in range(n):
+                if mask >> i & 1:
+                    assert not st.integrate([ops[i]])
+                    assert state_of(st) == want[mask]
+                    stats.duplicates += 1
     stats.histories += 1
     stats.schedules += fubini(n)
 
 
-def part_a(scope: str, a: int, b: int, stats: Stats) -> None:
+def part_a(scope: str, a: int, b: int, stats: Stats, kind: str = "python") -> None:
     t0 = time.perf_counter()
     hs = histories_moves(a, b) if scope == "moves" else histories_general(a, b)
     before = stats.histories
+    refs: dict[tuple[Op, ...], Fingerprint] = {}
     for ops in hs:
-        check_history(ops, stats)
+        check_history(ops, stats, kind, refs)
     stats.seconds += time.perf_counter() - t0
     stats.scopes.append(f"A {scope}({a}, {b}): {stats.histories - before} histories")
 
@@ -302,25 +419,33 @@ def part_a(scope: str, a: int, b: int, stats: Stats) -> None:
 # -- Part C ---------------------------------------------------------------------------------
 
 
-def truncated(st: _TreeState, f: int) -> _TreeState:
-    c = clone(st)
+def truncated(st: State, ops: Sequence[Op], f: int, new: Callable[[], State] = _TreeState) -> State:
+    """``L_f(st)``, ``st`` being ``E(ops)``: a copy with its log truncated below ``f``."""
+    c = clone(st, ops, new)
     c.truncate_at(f)
     return c
 
 
-def check_truncation(ops: list[Op], stats: Stats) -> None:
+def check_truncation(ops: list[Op], stats: Stats, kind: str = "python") -> None:
     n = len(ops)
     full = (1 << n) - 1
     subsets = [[ops[i] for i in range(n) if mask >> i & 1] for mask in range(full + 1)]
-    states = [engine(sub) for sub in subsets]
-    for mask in range(full + 1):
-        rest = full & ~mask
-        for cut in range(1, n + 2):  # the floor: ts(cut); positions below cut are below it
-            f = ts(cut)
-            base = truncated(states[mask], f)
+    new = maker(kind)
+    states = [engine(sub, new) for sub in subsets]
+    refs = [engine(sub) for sub in subsets] if kind == "native" else []
+    for cut in range(1, n + 2):  # the floor: ts(cut); positions below cut are below it
+        f = ts(cut)
+        # L_f(E(S)) for every S: what each transition must end in.
+        bases = [truncated(states[m], subsets[m], f, new) for m in range(full + 1)]
+        want = [state_of(st) for st in bases]
+        if kind == "native":
+            for m in range(full + 1):
+                agrees(bases[m], truncated(refs[m], subsets[m], f), (subsets[m], f), stats)
+        for mask in range(full + 1):
+            rest = full & ~mask
             b = rest
             while b:
-                st = clone(base)
+                st = truncated(states[mask], subsets[mask], f, new)
                 if any(b >> i & 1 and i + 1 < cut for i in range(n)):
                     try:
                         st.integrate(subsets[b])
@@ -328,17 +453,16 @@ def check_truncation(ops: list[Op], stats: Stats) -> None:
                         stats.refused += 1
                     else:
                         raise AssertionError(("accepted below the floor", subsets[mask], f))
-                    assert st.parent == base.parent
-                    assert st.kids == base.kids
-                    assert st.log == base.log
+                    # Nothing changed: the tree, the log, the clocks.
+                    assert state_of(st) == want[mask], ("refused but changed", subsets[mask], f)
                 else:
                     st.integrate(subsets[b], trim=False)
-                    assert same(st, truncated(states[mask | b], f)), (subsets[mask], subsets[b], f)
+                    assert state_of(st) == want[mask | b], (subsets[mask], subsets[b], f)
                     stats.truncated += 1
                 b = (b - 1) & rest
             for i in range(n):
                 if mask >> i & 1:
-                    st = clone(base)
+                    st = truncated(states[mask], subsets[mask], f, new)
                     if i + 1 < cut:
                         with contextlib.suppress(_Stale):
                             st.integrate([ops[i]])
@@ -346,16 +470,16 @@ def check_truncation(ops: list[Op], stats: Stats) -> None:
                         stats.refused += 1
                     else:
                         assert not st.integrate([ops[i]])
-                        assert same(st, base)
+                        assert state_of(st) == want[mask]
                         stats.truncated += 1
 
 
-def part_c(scope: str, a: int, b: int, stats: Stats) -> None:
+def part_c(scope: str, a: int, b: int, stats: Stats, kind: str = "python") -> None:
     t0 = time.perf_counter()
     hs = histories_moves(a, b) if scope == "moves" else histories_general(a, b)
     count = 0
     for ops in hs:
-        check_truncation(ops, stats)
+        check_truncation(ops, stats, kind)
         count += 1
     stats.seconds += time.perf_counter() - t0
     stats.scopes.append(f"C {scope}({a}, {b}): {count} histories")
@@ -416,15 +540,47 @@ def interleavings(seqs: list[list[bytes]]) -> Iterator[list[bytes]]:
                 yield [s[0], *tail]
 
 
-def shape(doc: Doc) -> str:
+@contextlib.contextmanager
+def bound_to(kind: str) -> Iterator[None]:
+    """Trees bound inside keep their state in ``kind`` (as ``tests/model``'s ``tree_path``)."""
+    if kind == "native":
+        native_class()  # the library's own choice when the extension is built
+        yield
+        return
+    saved = tree_mod._tree_core_class
+    tree_mod._tree_core_class = lambda: None
+    try:
+        yield
+    finally:
+        tree_mod._tree_core_class = saved
+
+
+def shape(doc: Doc, kind: str = "python") -> str:
     t = doc.tree("t")
     b = t._binding()
     assert b is not None
+    assert isinstance(b.state, _NativeState) == (kind == "native"), "bound to the wrong state"
     b.check(deep=True)
     return repr([(n, t.parent(n), t.children(n)) for n in t]) + repr(t.children())
 
 
-def part_b(replicas: int, nodes: int, moves: int, stats: Stats) -> None:
+def part_b(
+    replicas: int,
+    nodes: int,
+    moves: int,
+    stats: Stats,
+    kind: str = "python",
+    trees: dict[Any, str] | None = None,
+) -> None:
+    """Part B on state ``kind``; ``trees`` holds each move combination's tree (and
+    must agree with what another state's run put there)."""
+    with bound_to(kind):
+        _part_b(replicas, nodes, moves, stats, kind, {} if trees is None else trees)
+
+
+def _part_b(
+    replicas: int, nodes: int, moves: int, stats: Stats, kind: str, trees: dict[Any, str]
+) -> None:
     t0 = time.perf_counter()
     base = Doc(peer_id=1)
     bt = base.tree("t")
@@ -471,10 +627,10 @@ def part_b(replicas: int, nodes: int, moves: int, stats: Stats) -> None:
             d.tree("t").children()  # bound before the updates arrive
             for u in order:
                 d.import_update(u)
-            results.add(shape(d))
+            results.add(shape(d, kind))
             executions += 1
             if not reloaded:  # and saved, then loaded from its saved shape
-                results.add(shape(Doc.load(d.save(), peer_id=98)))
+                results.add(shape(Doc.load(d.save(), peer_id=98), kind))
                 reloaded = True
         # Each replica receives the others' in every interleaving.
         for r in range(replicas):
@@ -487,9 +643,20 @@ def part_b(replicas: int, nodes: int, moves: int, stats: Stats) -> None:
                 d.tree("t").children()
                 for u in order:
                     d.import_update(u)
-                results.add(shape(d))
+                results.add(shape(d, kind))
                 executions += 1
         assert len(results) == 1, (combo, results)
+        # The same tree on the other state (when both run).
+        key = (
+            replicas,
+            nodes,
+            moves,
+            tree_mod.WINDOW,
+            tree_mod.HORIZON,
+            tuple(tuple(c[1]) for c in combo),
+        )
+        tree = results.pop()
+        assert trees.setdefault(key, tree) == tree, ("the states disagree", combo, trees[key], tree)
     stats.executions += executions
     stats.seconds += time.perf_counter() - t0
     stats.scopes.append(
@@ -514,24 +681,54 @@ FULL: dict[str, list[tuple[Any, ...]]] = {
 POLICIES = [(tree_mod.WINDOW, tree_mod.HORIZON), (0, 0)]
 
 
-def check(bound: dict[str, list[tuple[Any, ...]]], verbose: bool = False) -> Stats:
+def check(
+    bound: dict[str, list[tuple[Any, ...]]],
+    verbose: bool = False,
+    kind: str = "python",
+    trees: dict[Any, str] | None = None,
+) -> Stats:
+    """Run ``bound`` on state ``kind`` (``trees``: Part B's trees, shared between states)."""
     stats = Stats()
-    for scope, a, b in bound["a"]:
-        part_a(str(scope), int(a), int(b), stats)
+
+    def done(part: str, t0: float) -> None:
+        stats.part_seconds[part] = stats.part_seconds.get(part, 0.0) + time.perf_counter() - t0
         if verbose:
-            print(f"{stats.scopes[-1]} ({stats.seconds:.0f} s so far)", flush=True)
+            print(f"[{kind}] {stats.scopes[-1]} ({stats.seconds:.0f} s so far)", flush=True)
+
+    for scope, a, b in bound.get("a", []):
+        t0 = time.perf_counter()
+        part_a(str(scope), int(a), int(b), stats, kind)
+        done("A", t0)
     for scope, a, b in bound.get("c", []):
-        part_c(str(scope), int(a), int(b), stats)
-        if verbose:
-            print(f"{stats.scopes[-1]} ({stats.seconds:.0f} s so far)", flush=True)
+        t0 = time.perf_counter()
+        part_c(str(scope), int(a), int(b), stats, kind)
+        done("C", t0)
     for window, horizon in POLICIES:
         with policy(window, horizon):
-            for r, n, m in bound["b"]:
-                part_b(int(r), int(n), int(m), stats)
+            for r, n, m in bound.get("b", []):
+                t0 = time.perf_counter()
+                part_b(int(r), int(n), int(m), stats, kind, trees)
                 stats.scopes[-1] += f" (WINDOW={window}, HORIZON={horizon})"
-                if verbose:
-                    print(f"{stats.scopes[-1]} ({stats.seconds:.0f} s so far)", flush=True)
+                done("B", t0)
     return stats
+
+
+def report(kind: str, stats: Stats) -> None:
+    secs = ", ".join(f"{p} {s:.0f} s" for p, s in sorted(stats.part_seconds.items()))
+    print(f"== {kind} state ({secs})")
+    print(
+        f"Part A: {stats.histories} histories, {stats.states} states checked against the "
+        f"specification, {stats.transitions} batch transitions and {stats.duplicates} "
+        f"duplicate deliveries checked; {stats.schedules} arrival schedules covered"
+    )
+    print(
+        f"Part C: {stats.truncated} truncated batch transitions exact, {stats.refused} "
+        "batches below the floor refused (rebuilt)"
+    )
+    print(f"Part B: {stats.executions} end-to-end executions")
+    if kind == "native":
+        print(f"native states equal to the Python reference's: {stats.compared}")
+    print(f"all checks passed in {stats.seconds:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -549,25 +746,35 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("KIND", "A", "B"),
         help="one Part C scope only, e.g. --truncation moves 3 2",
     )
+    parser.add_argument(
+        "--parts", default="abc", help="which parts of the bound to run (default abc: all)"
+    )
+    built = tree_mod._tree_core_class() is not None
+    parser.add_argument(
+        "--state",
+        choices=["python", "native", "both"],
+        default="both" if built else "python",
+        help="the state checked: the Python reference, the Rust port, or both "
+        "(default: both when crdtsync._native is built, else python)",
+    )
     args = parser.parse_args(argv)
+    if args.state != "python" and not built:
+        try:
+            native_class()
+        except NativeMissing as exc:
+            parser.error(f"--state {args.state}: {exc}")
     bound = SMALL if args.small else FULL
+    bound = {p: v for p, v in bound.items() if p in args.parts.lower()}
     if args.scope:
-        bound = {"a": [(args.scope[0], int(args.scope[1]), int(args.scope[2]))], "b": []}
+        bound = {"a": [(args.scope[0], int(args.scope[1]), int(args.scope[2]))]}
     if args.truncation:
         t = args.truncation
-        bound = {"a": [], "c": [(t[0], int(t[1]), int(t[2]))], "b": []}
-    stats = check(bound, verbose=True)
-    print(
-        f"Part A: {stats.histories} histories, {stats.states} states checked against the "
-        f"specification, {stats.transitions} batch transitions and {stats.duplicates} "
-        f"duplicate deliveries checked; {stats.schedules} arrival schedules covered"
-    )
-    print(
-        f"Part C: {stats.truncated} truncated batch transitions exact, {stats.refused} "
-        "batches below the floor refused (rebuilt)"
-    )
-    print(f"Part B: {stats.executions} end-to-end executions")
-    print(f"all checks passed in {stats.seconds:.0f} s")
+        bound = {"c": [(t[0], int(t[1]), int(t[2]))]}
+    kinds = list(STATES) if args.state == "both" else [args.state]
+    trees: dict[Any, str] = {}
+    results = [(kind, check(bound, verbose=True, kind=kind, trees=trees)) for kind in kinds]
+    for kind, stats in results:
+        report(kind, stats)
     return 0
 
 
