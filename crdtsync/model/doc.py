@@ -35,6 +35,7 @@ import heapq
 import logging
 import secrets
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -1583,7 +1584,9 @@ class Doc:
     def _watch(self, name: str, root: Container) -> None:
         if name in self._watched:
             return
-        self._watched[name] = root._y.observe_deep(lambda evs: self._on_deep(name, evs))
+        # (Weakly, as _subscribe_engine's callback: the engine holds it.)
+        on_deep = _weak_callback(self, lambda doc, events: doc._on_deep(name, events))
+        self._watched[name] = root._y.observe_deep(on_deep)
         if root.kind in ("map", "list", "text"):
             self._mirrors.scan((name,), root._y)
 
@@ -1719,8 +1722,29 @@ class Doc:
         if self._txn_sub is None:
             # Called by the engine without pycrdt's Python wrapper (one call
             # less per transaction); _on_transaction hands what it raises to
-            # _engine_errors, as that wrapper would.
-            self._txn_sub, self._engine_errors = observe_transactions(self._y, self._on_transaction)
+            # _engine_errors, as that wrapper would. The engine holds the
+            # callback where Python's collector cannot see it: a bound method
+            # would keep this document (and its engine) alive forever, so the
+            # engine holds it weakly (tests/model/test_doc_lifetime.py).
+            on_transaction = _weak_callback(self, Doc._on_transaction)
+            self._txn_sub, self._engine_errors = observe_transactions(self._y, on_transaction)
+
+
+def _weak_callback(doc: Doc, method: Callable[..., None]) -> Callable[[Any], None]:
+    """``method(doc, arg)`` for an engine callback, holding ``doc`` weakly.
+
+    The engine keeps its callbacks in Rust, out of sight of Python's cycle
+    collector: a callback holding the document would keep the document, its
+    engine and everything in it alive after the last reference to it is gone.
+    """
+    ref = weakref.ref(doc)
+
+    def callback(arg: Any) -> None:
+        d = ref()
+        if d is not None:
+            method(d, arg)
+
+    return callback
 
 
 # Engine type of each kind a plain Yjs root can show.

@@ -124,22 +124,20 @@ class UndoManager:
         # The document the undo and redo transactions are made in.
         self._doc = doc
         doc.watched_by_undo()  # (so that imports are never recorded as local edits)
-        # Wall clock, in seconds.
-        self._clock = clock or time.monotonic
-        # Added to the clock by stop_capturing, so that the next edit starts a new step.
-        self._skew_ms = 0
+        # The engine's clock: the wall clock in milliseconds, moved on by
+        # stop_capturing. The engine keeps it in Rust, out of sight of Python's
+        # cycle collector, so it must not hold this manager (a bound method
+        # would keep the manager and its document alive forever).
+        self._time = _StepClock(clock or time.monotonic)
         # The capture window, in the engine's milliseconds.
         self._window_ms = round(capture_timeout * 1000)
         self._engine = pycrdt.UndoManager(
-            capture_timeout_millis=self._window_ms, timestamp=self._now_ms
+            capture_timeout_millis=self._window_ms, timestamp=self._time
         )
         for c in scopes:
             self._engine.expand_scope(c._y)
         for origin in tracked or ():
             self._engine.include_origin(origin)
-
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000) + self._skew_ms
 
     @property
     def can_undo(self) -> bool:
@@ -172,8 +170,22 @@ class UndoManager:
         # The engine merges an edit into the previous step when their timestamps
         # are less than the window apart; moving our clock on by the window makes
         # the next timestamp at least that far from the last one.
-        self._skew_ms += self._window_ms + 1
+        self._time.skew_ms += self._window_ms + 1
 
     def clear(self) -> None:
         """Forget every undo and redo step."""
         self._engine.clear()
+
+
+class _StepClock:
+    """The undo engine's timestamps: ``clock()`` in milliseconds plus a skew."""
+
+    __slots__ = ("clock", "skew_ms")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        # Added by stop_capturing, so that the next edit starts a new step.
+        self.skew_ms = 0
+
+    def __call__(self) -> int:
+        return int(self.clock() * 1000) + self.skew_ms
