@@ -222,9 +222,11 @@ class StoreWorker:
                 return
             if isinstance(job, _Call):
                 self._do_call(loop, job)
+                del job  # (see below)
                 continue
             assert isinstance(job, _Append)
             batch = [job]
+            more: object = None
             while len(batch) < self._max_batch:
                 try:
                     more = self._jobs.get_nowait()
@@ -239,6 +241,10 @@ class StoreWorker:
                 loop.call_soon_threadsafe(self._finished, batch[-1].ticket, stored, failed)
             except RuntimeError:
                 return  # the loop is closed: nobody is waiting any more
+            # Drop this batch before waiting for the next job: its callbacks
+            # hold their documents, which an idle relay would otherwise keep
+            # alive after unloading their rooms, until the next write.
+            del job, batch, stored, failed, more
 
     def _commit(self, batch: list[_Append]) -> tuple[list[tuple[_Append, int]], list[Failure]]:
         try:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import os
 import re
 import ssl
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -1366,6 +1368,10 @@ async def test_graceful_shutdown_and_restart_from_the_store(tmp_path: Path) -> N
 @pytest.mark.anyio
 async def test_idle_rooms_are_unloaded_and_served_again_from_the_store(tmp_path: Path) -> None:
     async with running_relay(tmp_path, idle_unload=0.2) as relay, ws_peer() as peer:
+        # Weakly: an unloaded room's document must be freed (the engine's
+        # callbacks once kept every document alive: test_doc_lifetime.py).
+        opened: list[tuple[str, weakref.ref[Doc]]] = []
+        relay.peer.on_open(lambda name, doc: opened.append((name, weakref.ref(doc))))
         busy = await peer.open("busy")
         busy.text("body").insert(0, "in use")
         await peer.connect(relay.url)
@@ -1379,6 +1385,14 @@ async def test_idle_rooms_are_unloaded_and_served_again_from_the_store(tmp_path:
         await eventually(lambda: "idle" not in relay.peer.docs(), what="idle room unloaded")
         # The room a peer still uses stayed.
         assert relay.peer.docs() == ["busy"]
+        idle_docs = [ref for name, ref in opened if name == "idle"]
+        assert idle_docs
+
+        def freed() -> bool:
+            gc.collect()
+            return all(ref() is None for ref in idle_docs)
+
+        await eventually(freed, what="the unloaded room's document freed")
         metrics = await scrape(relay)
         assert metrics.get("crdtsync_relay_rooms_unloaded_total") == 1
         assert metrics.get("crdtsync_relay_rooms") == 1
