@@ -1982,7 +1982,8 @@ class Peer:
         stored = self._worker.ticket if self._worker is not None else 0
         try:
             while True:
-                await link.wakeup.wait()
+                if not session.bytes_to_send:  # else frames wait already: no wakeup needed
+                    await link.wakeup.wait()
                 link.wakeup.clear()
                 # Group commit: the queued frames may acknowledge or forward
                 # imported updates; they go out only once those are stored.
@@ -2014,7 +2015,13 @@ class Peer:
                 for name, mark in taken.items():
                     if link.catch_ups.get(name) == mark:
                         del link.catch_ups[name]
-                if session.state is p.State.CLOSED:
+                # Closed: done once every frame it queued has gone out. A close
+                # that came while this batch was waiting for the store or the
+                # socket queued its CLOSE after the batch was taken; returning
+                # now would drop it, and the peer would see the connection end
+                # without a reason (a refused token read as a network failure,
+                # and retried). The next round sends it.
+                if session.state is p.State.CLOSED and not session.bytes_to_send:
                     return
         except TransportError:
             session.receive_eof()
