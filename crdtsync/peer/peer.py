@@ -2024,10 +2024,15 @@ class Peer:
                 if session.state is p.State.CLOSED and not session.bytes_to_send:
                     return
         except TransportError:
-            session.receive_eof()
-            self._process(link)
+            # Not the session's end yet: what the peer sent before the connection
+            # broke may still be unread, its CLOSE with the reason among it (a
+            # refusal must not read as a dropped connection, which is retried).
+            # The reader reads it, then the end (receive_eof); and reads now
+            # rather than after an import pause.
+            link.ended.set()
         finally:
-            # Closing our end also ends our own recv(), so the reader loop stops.
+            # Closing our end also ends our own recv() (after what it holds
+            # already), so the reader loop stops.
             await _close_quietly(link.conn)
 
     def _kick(self, link: _Link) -> None:

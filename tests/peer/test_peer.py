@@ -519,3 +519,50 @@ async def test_a_session_closed_while_its_writer_waits_on_the_socket_still_sends
             sent.append(m.decode_message(body))
         assert [type(msg).__name__ for msg in sent] == ["Welcome", "Close"]
         assert sent[-1].code == ErrorCode.MALFORMED_FRAME  # type: ignore[attr-defined]
+
+
+class _ClosedByPeerConnection:
+    """A connection the peer closed after a last frame: it is still to be read, sends fail."""
+
+    abilities = Ability(0)
+    remote_address = "closed:1"
+
+    def __init__(self, last: list[bytes]) -> None:
+        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        for data in [*last, b""]:
+            self.inbox.put_nowait(data)
+        # recv() waits until a send has failed: the writer sees the close first.
+        self.send_failed = asyncio.Event()
+
+    async def send(self, data: bytes) -> None:
+        self.send_failed.set()
+        raise ConnectionClosedError("closed by the peer")
+
+    async def recv(self) -> bytes:
+        await self.send_failed.wait()
+        data = await self.inbox.get()
+        if not data:
+            raise ConnectionClosedError("closed")
+        return data
+
+    async def close(self) -> None:
+        self.send_failed.set()
+
+
+@pytest.mark.anyio
+async def test_a_send_that_fails_does_not_hide_the_close_the_peer_sent_before() -> None:
+    # The server refused us and closed: its CLOSE is in our receive buffer, and
+    # our next send fails. The session must end with the CLOSE's reason (here a
+    # refusal, which a client does not retry), not as a dropped connection.
+    server = p.Session.server(1)
+    hello = p.Session.client(2, writers=[2])
+    for frame in hello.data_to_send():
+        server.receive_data(frame)
+    server.reject(AuthError("bad token"))
+    conn = _ClosedByPeerConnection(server.data_to_send())
+    async with Peer() as client:
+        ended: list[Status] = []
+        client.on_status(lambda s: ended.append(s) if s.kind == "disconnected" else None)
+        await asyncio.wait_for(client.attach(conn), 10)
+        assert len(ended) == 1
+        assert isinstance(ended[0].error, AuthError), ended[0]
