@@ -1982,7 +1982,8 @@ class Peer:
         stored = self._worker.ticket if self._worker is not None else 0
         try:
             while True:
-                await link.wakeup.wait()
+                if not session.bytes_to_send:  # else frames wait already: no wakeup needed
+                    await link.wakeup.wait()
                 link.wakeup.clear()
                 # Group commit: the queued frames may acknowledge or forward
                 # imported updates; they go out only once those are stored.
@@ -2014,13 +2015,24 @@ class Peer:
                 for name, mark in taken.items():
                     if link.catch_ups.get(name) == mark:
                         del link.catch_ups[name]
-                if session.state is p.State.CLOSED:
+                # Closed: done once every frame it queued has gone out. A close
+                # that came while this batch was waiting for the store or the
+                # socket queued its CLOSE after the batch was taken; returning
+                # now would drop it, and the peer would see the connection end
+                # without a reason (a refused token read as a network failure,
+                # and retried). The next round sends it.
+                if session.state is p.State.CLOSED and not session.bytes_to_send:
                     return
         except TransportError:
-            session.receive_eof()
-            self._process(link)
+            # Not the session's end yet: what the peer sent before the connection
+            # broke may still be unread, its CLOSE with the reason among it (a
+            # refusal must not read as a dropped connection, which is retried).
+            # The reader reads it, then the end (receive_eof); and reads now
+            # rather than after an import pause.
+            link.ended.set()
         finally:
-            # Closing our end also ends our own recv(), so the reader loop stops.
+            # Closing our end also ends our own recv() (after what it holds
+            # already), so the reader loop stops.
             await _close_quietly(link.conn)
 
     def _kick(self, link: _Link) -> None:

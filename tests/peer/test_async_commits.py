@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
+from helpers.stores import GatedStore
 
 from crdtsync import MemoryStore, Peer, StoreError
 from crdtsync.transports.memory import MemoryNetwork
 
 pytestmark = pytest.mark.anyio
-
-
-class GatedStore(MemoryStore):
-    """A memory store whose appends wait for a gate, or fail while ``failing`` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = threading.Event()
-        self.gate.set()
-        self.failing = False
-        self.threads: set[str] = set()
-
-    def append_many(self, items: list[tuple[str, bytes]]) -> list[int]:
-        self.threads.add(threading.current_thread().name)
-        self.gate.wait(60)
-        if self.failing:
-            raise StoreError("the disk is gone")
-        return super().append_many(items)
-
-    def append(self, name: str, update: bytes) -> int:
-        return self.append_many([(name, update)])[0]
 
 
 def logged(store: MemoryStore, name: str) -> bytes:

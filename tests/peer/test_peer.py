@@ -11,9 +11,11 @@ import pytest
 from helpers.waiting import eventually
 
 from crdtsync import AuthError, Doc, EpochMismatchError, ErrorCode, InvalidOperationError, Peer
-from crdtsync.errors import StoreError
+from crdtsync.errors import ConnectionClosedError, StoreError
+from crdtsync.net import Ability
 from crdtsync.peer.peer import Backoff, Grant, HelloInfo, Status
 from crdtsync.protocol import messages as m
+from crdtsync.protocol import session as p
 from crdtsync.protocol.session import SessionOptions
 from crdtsync.store.memory import MemoryStore
 from crdtsync.testing import advance, run_virtual
@@ -460,3 +462,107 @@ async def test_a_failed_group_commit_acknowledges_nothing_until_it_succeeds() ->
         stored = store.load("d")
         assert stored is not None
         assert any(b"kept" in u for _, u in stored.updates)
+
+
+class _HeldConnection:
+    """A connection whose sends wait for ``gate``, like a socket that stopped draining."""
+
+    abilities = Ability(0)
+    remote_address = "held:1"
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.gate = asyncio.Event()
+        self.sending = asyncio.Event()  # a send is waiting for the gate
+        self.sent: list[bytes] = []
+
+    async def send(self, data: bytes) -> None:
+        self.sending.set()
+        await self.gate.wait()
+        self.sent.append(bytes(data))
+
+    async def recv(self) -> bytes:
+        data = await self.inbox.get()
+        if not data:
+            raise ConnectionClosedError("closed")
+        return data
+
+    async def close(self) -> None:
+        self.gate.set()
+        self.inbox.put_nowait(b"")
+
+
+@pytest.mark.anyio
+async def test_a_session_closed_while_its_writer_waits_on_the_socket_still_sends_its_close() -> (
+    None
+):
+    # The writer takes a batch of frames, then waits on the socket (or the
+    # store). A close that comes meanwhile queues its CLOSE after that batch: it
+    # must still go out, or the peer sees the connection end with no reason
+    # (and a client reads a refusal as a dropped connection, and retries).
+    async with Peer() as server:
+        conn = _HeldConnection()
+        client = p.Session.client(7, writers=[7])
+        serving = asyncio.ensure_future(server.serve(conn))
+        for frame in client.data_to_send():
+            conn.inbox.put_nowait(frame)
+        await asyncio.wait_for(conn.sending.wait(), 10)  # its WELCOME waits on the socket
+        conn.inbox.put_nowait(b"\xff" * 16)  # a malformed frame: the session closes meanwhile
+        await eventually(lambda: server.connections() == [("held:1", 7, False)])
+        conn.gate.set()
+        await asyncio.wait_for(serving, 10)
+        reader = m.FrameReader(max_frame=1 << 20)
+        for data in conn.sent:
+            reader.feed(data)
+        sent = []
+        while (body := reader.next_body()) is not None:
+            sent.append(m.decode_message(body))
+        assert [type(msg).__name__ for msg in sent] == ["Welcome", "Close"]
+        assert sent[-1].code == ErrorCode.MALFORMED_FRAME  # type: ignore[attr-defined]
+
+
+class _ClosedByPeerConnection:
+    """A connection the peer closed after a last frame: it is still to be read, sends fail."""
+
+    abilities = Ability(0)
+    remote_address = "closed:1"
+
+    def __init__(self, last: list[bytes]) -> None:
+        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        for data in [*last, b""]:
+            self.inbox.put_nowait(data)
+        # recv() waits until a send has failed: the writer sees the close first.
+        self.send_failed = asyncio.Event()
+
+    async def send(self, data: bytes) -> None:
+        self.send_failed.set()
+        raise ConnectionClosedError("closed by the peer")
+
+    async def recv(self) -> bytes:
+        await self.send_failed.wait()
+        data = await self.inbox.get()
+        if not data:
+            raise ConnectionClosedError("closed")
+        return data
+
+    async def close(self) -> None:
+        self.send_failed.set()
+
+
+@pytest.mark.anyio
+async def test_a_send_that_fails_does_not_hide_the_close_the_peer_sent_before() -> None:
+    # The server refused us and closed: its CLOSE is in our receive buffer, and
+    # our next send fails. The session must end with the CLOSE's reason (here a
+    # refusal, which a client does not retry), not as a dropped connection.
+    server = p.Session.server(1)
+    hello = p.Session.client(2, writers=[2])
+    for frame in hello.data_to_send():
+        server.receive_data(frame)
+    server.reject(AuthError("bad token"))
+    conn = _ClosedByPeerConnection(server.data_to_send())
+    async with Peer() as client:
+        ended: list[Status] = []
+        client.on_status(lambda s: ended.append(s) if s.kind == "disconnected" else None)
+        await asyncio.wait_for(client.attach(conn), 10)
+        assert len(ended) == 1
+        assert isinstance(ended[0].error, AuthError), ended[0]

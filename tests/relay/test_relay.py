@@ -50,6 +50,7 @@ from helpers.relay import (
     y_model,
     y_refusal,
 )
+from helpers.stores import GatedStore
 from helpers.tlsutil import self_signed_cert
 from helpers.waiting import eventually, until
 from hypothesis import HealthCheck, Phase, given, settings
@@ -173,12 +174,9 @@ async def test_crdtsync_refuses_bad_tokens_before_any_document_byte(tmp_path: Pa
                 with pytest.raises(AuthError):
                     await peer.connect(relay.url, token=tok, timeout=10)
                 assert doc.to_py() == {}, case
-            # Counted: at least once, not exactly. Twice (of about a dozen full
-            # runs) the Peer made a second handshake before giving up, so its
-            # first attempt ended without reading the relay's CLOSE, as if the
-            # connection had dropped (which it retries). The cause is not found
-            # yet; the exact refusal is pinned frame by frame below.
-            assert await errors(relay, "auth") >= before + 1, case
+            # Counted once: the Peer read the refusal on its first attempt and
+            # gave up (it retries only what looks like a dropped connection).
+            assert await errors(relay, "auth") == before + 1, case
             # The same refusal seen frame by frame: only a CLOSE, with AUTH_FAILED.
             raw = await RawSync.open(relay.url, docs=[("notes", Doc())], token=tok)
             assert await raw.closed() is not None
@@ -191,6 +189,42 @@ async def test_crdtsync_refuses_bad_tokens_before_any_document_byte(tmp_path: Pa
             doc = await peer.open("notes")
             await peer.connect(relay.url, token=token())
             await eventually(lambda: str(doc.text("body")) == "secret text")
+
+
+@pytest.mark.anyio
+async def test_a_refusal_made_while_a_commit_is_in_flight_still_sends_its_close() -> None:
+    # The relay's session writer waits for the store before each batch (group
+    # commit). A HELLO refused during that wait queued its CLOSE after the batch
+    # was taken; the writer then saw the session closed and returned without
+    # sending it: the client saw the connection end with no reason, and a Peer
+    # retried (the refusal counted twice). Deterministic: the commit is held.
+    store = GatedStore()
+    async with Relay(RelayConfig(port=0, host="127.0.0.1", secret=SECRET), store=store) as relay:
+        doc = await relay.peer.open("notes")
+        store.gate.clear()
+        doc.text("body").insert(0, "held")  # its commit waits on the worker thread
+        ws = await connect(relay.url, compression=None, ping_interval=None, proxy=None)
+        # The session runs: its writer waits for that commit before anything goes out.
+        await eventually(lambda: len(relay.peer.connections()) == 1)
+        session = p.Session.client(
+            4242,
+            docs=[("notes", b"", Doc().version)],
+            auth={"token": "not-a-token"},
+            writers=[4242],
+            options=NO_PINGS,
+        )
+        raw = RawSync(ws, session, {})
+        await raw.flush()
+
+        async def refused() -> bool:  # counted as the HELLO is refused, its CLOSE queued
+            return await errors(relay, "auth") == 1
+
+        await eventually(refused)
+        store.gate.set()
+        assert await raw.closed() is not None
+        kinds = [type(msg).__name__ for msg in raw.messages]
+        assert kinds == ["Close"], kinds
+        assert raw.messages[0].code == ErrorCode.AUTH_FAILED  # type: ignore[union-attr]
 
 
 @pytest.mark.anyio
