@@ -44,7 +44,9 @@ the history (``NativeChecker.map_entries`` / ``map_size``, the parse's
 ``any_string``; "Hydration" in ``docs/TREE.md``), with the engine: the live
 keys of every root map (the registry, the roots the document lists, the roots
 the engine and the update name) and of the nested Y.Maps reached from them,
-a bounded number per input (``index-mismatch-after-accept`` otherwise).
+a bounded number per input (``index-mismatch-after-accept`` otherwise); one
+input in four also saves the document with a tree and compares the index of
+its (lazy) ``Doc.load``, before hydration, with the engine.
 
 ``--scenario gc`` (either target) deletes 1-3 nested types of the prior
 document in local transactions before the input arrives (yrs garbage-collects
@@ -837,6 +839,8 @@ def target_yupdate(
 #: Bounds of the index-vs-engine map check per input (maps walked, keys compared).
 _MAP_CHECK_MAPS = 64
 _MAP_CHECK_KEYS = 2048
+#: One input in this many also checks the index of a lazy load of the document's save.
+_MAP_CHECK_LOAD_EVERY = 4
 #: What the map check compared (reported as ``map_check`` in the summary, so a
 #: run shows the check ran on non-empty maps).
 _MAP_STATS: collections.Counter[str] = collections.Counter()
@@ -862,12 +866,14 @@ def _index_map_problem(doc: Any, data: bytes) -> str | None:
     (the registry, the roots the document lists, the roots the engine and the
     update name) and every nested Y.Map reached through map entries (at most
     ``_MAP_CHECK_MAPS`` maps and ``_MAP_CHECK_KEYS`` keys, in sorted order:
-    deterministic). Only the native checker has these queries.
+    deterministic). One input in ``_MAP_CHECK_LOAD_EVERY`` also saves the
+    document with a tree (so that the save carries shapes) and compares the
+    index of a lazy ``Doc.load`` of it, before hydration, with the engine.
+    Only the native checker has these queries.
     """
     import pycrdt
 
     from crdtsync.format.checker import NativeChecker
-    from crdtsync.format.yupdate import CONTENT_ANY, CONTENT_TYPE, TYPE_MAP
     from crdtsync.model.doc import REGISTRY
 
     if not isinstance(getattr(doc, "_checker", None), NativeChecker):
@@ -877,19 +883,43 @@ def _index_map_problem(doc: Any, data: bytes) -> str | None:
     names = {REGISTRY, *ydoc.keys(), *_update_root_names(data)}
     with contextlib.suppress(Exception):  # a refusal here is the other checks' business
         names.update(doc.roots())
-    export = bytes(ydoc.get_update())
     try:
-        parsed = checker.parse(export, doc._whole)
+        parsed = checker.parse(bytes(ydoc.get_update()), doc._whole)
     except Exception as exc:
         return f"the document's export does not parse: {type(exc).__name__}"
-    todo: list[tuple[str | tuple[int, int], Any]] = [
-        (name, ydoc.get(name, type=pycrdt.Map)) for name in sorted(names)
-    ]
+    roots = [(name, ydoc.get(name, type=pycrdt.Map)) for name in sorted(names)]
+    problem = _map_walk(checker, roots, parsed, "")
+    if problem is not None or _CURRENT[0][1] % _MAP_CHECK_LOAD_EVERY:
+        return problem
+    # The index a load builds (from the save's whole state, not import by import).
+    try:
+        doc.tree("__fuzz_shapes").create()
+        saved = doc.save()
+    except Exception:  # (a forged registry may refuse the tree: no load check then)
+        _MAP_STATS["loads skipped"] += 1
+        return None
+    try:
+        loaded = type(doc).load(saved, peer_id=98)
+    except Exception as exc:
+        return f"the document's save does not load: {type(exc).__name__}: {_reason(str(exc))}"
+    _MAP_STATS["lazy loads" if loaded._lazy is not None else "eager loads"] += 1
+    names.add("__fuzz_shapes")
+    roots = [(name, ydoc.get(name, type=pycrdt.Map)) for name in sorted(names)]
+    return _map_walk(loaded._checker, roots, None, " after a load")
+
+
+def _map_walk(checker: Any, roots: list[tuple[str, Any]], parsed: Any, when: str) -> str | None:
+    """Compares ``checker``'s map queries with the engine maps ``roots`` and their nested maps."""
+    import pycrdt
+
+    from crdtsync.format.yupdate import CONTENT_ANY, CONTENT_TYPE, TYPE_MAP
+
+    todo: list[tuple[str | tuple[int, int], Any]] = list(roots)
     maps = keys = 0
     while todo and maps < _MAP_CHECK_MAPS and keys < _MAP_CHECK_KEYS:
         container, ymap = todo.pop(0)
         maps += 1
-        where = "root" if isinstance(container, str) else "nested map"
+        where = ("root" if isinstance(container, str) else "nested map") + when
         entries = checker.map_entries(container) or {}
         live = set(ymap.keys())
         if set(entries) != live:
@@ -900,8 +930,10 @@ def _index_map_problem(doc: Any, data: bytes) -> str | None:
         size = checker.map_size(container) or 0
         if size != len(ymap):
             return f"map_size of a {where} differs from the engine's len"
-        _MAP_STATS["nested maps" if where == "nested map" else "root maps"] += 1
-        _MAP_STATS["non-empty " + where + "s"] += bool(live)
+        _MAP_STATS[f"{'root' if isinstance(container, str) else 'nested'} maps{when}"] += 1
+        _MAP_STATS[f"non-empty {'roots' if isinstance(container, str) else 'nested'}{when}"] += (
+            bool(live)
+        )
         for key in sorted(entries):
             keys += 1
             client, clock, kind, type_ref = entries[key]
@@ -913,12 +945,12 @@ def _index_map_problem(doc: Any, data: bytes) -> str | None:
                 return f"map_entries of a {where}: an entry's kind differs from the engine's value"
             if isinstance(value, pycrdt.Map):
                 todo.append(((client, clock), value))
-            elif kind == CONTENT_ANY:
+            elif kind == CONTENT_ANY and parsed is not None:
                 string = parsed.any_string(client, clock)
                 if string is not None and string != value:
                     return f"any_string of an entry of a {where} differs from the engine's value"
                 _MAP_STATS["any_string strings"] += string is not None
-        _MAP_STATS["keys"] += len(entries)
+        _MAP_STATS["keys" + when] += len(entries)
     return None
 
 
