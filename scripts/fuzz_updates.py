@@ -38,6 +38,16 @@ integrate an update without any error and still corrupt the document (a
 deletion between the two UTF-16 units of an emoji made it delete another
 character, and every later replica refused the room's export; rule S7).
 
+With the Rust checker, the ``doc`` target then compares the index's map
+queries, which a lazily loaded document answers from before the engine has
+the history (``NativeChecker.map_entries`` / ``map_size``, the parse's
+``any_string``; "Hydration" in ``docs/TREE.md``), with the engine: the live
+keys of every root map (the registry, the roots the document lists, the roots
+the engine and the update name) and of the nested Y.Maps reached from them,
+a bounded number per input (``index-mismatch-after-accept`` otherwise); one
+input in four also saves the document with a tree and compares the index of
+its (lazy) ``Doc.load``, before hydration, with the engine.
+
 ``--scenario gc`` (either target) deletes 1-3 nested types of the prior
 document in local transactions before the input arrives (yrs garbage-collects
 their contents; the state vector does not move), and half of the inputs are
@@ -826,6 +836,124 @@ def target_yupdate(
     return "rejected", reason + (" => " + outcome if outcome.startswith("panic") else "")
 
 
+#: Bounds of the index-vs-engine map check per input (maps walked, keys compared).
+_MAP_CHECK_MAPS = 64
+_MAP_CHECK_KEYS = 2048
+#: One input in this many also checks the index of a lazy load of the document's save.
+_MAP_CHECK_LOAD_EVERY = 4
+#: What the map check compared (reported as ``map_check`` in the summary, so a
+#: run shows the check ran on non-empty maps).
+_MAP_STATS: collections.Counter[str] = collections.Counter()
+
+
+def _update_root_names(data: bytes) -> set[str]:
+    """Root names the structs of a v1 update name as their parent (none if it does not parse)."""
+    from crdtsync.format import yupdate as y
+
+    try:
+        return {s.parent for s in y.parse_update(data).structs() if isinstance(s.parent, str)}
+    except Exception:
+        return set()
+
+
+def _index_map_problem(doc: Any, data: bytes) -> str | None:
+    """Where the Rust index's map queries disagree with the engine (None: nowhere).
+
+    A lazily loaded document (``Doc.load``, "Hydration" in ``docs/TREE.md``)
+    answers from ``NativeChecker.map_entries`` / ``map_size`` and the parse's
+    ``any_string`` what the engine would once it applies the history: after an
+    accepted import the index and the engine must agree on every root map
+    (the registry, the roots the document lists, the roots the engine and the
+    update name) and every nested Y.Map reached through map entries (at most
+    ``_MAP_CHECK_MAPS`` maps and ``_MAP_CHECK_KEYS`` keys, in sorted order:
+    deterministic). One input in ``_MAP_CHECK_LOAD_EVERY`` also saves the
+    document with a tree (so that the save carries shapes) and compares the
+    index of a lazy ``Doc.load`` of it, before hydration, with the engine.
+    Only the native checker has these queries.
+    """
+    import pycrdt
+
+    from crdtsync.format.checker import NativeChecker
+    from crdtsync.model.doc import REGISTRY
+
+    if not isinstance(getattr(doc, "_checker", None), NativeChecker):
+        return None
+    checker = doc.index()  # (records the local transactions of the gc scenario first)
+    ydoc = doc._y
+    names = {REGISTRY, *ydoc.keys(), *_update_root_names(data)}
+    with contextlib.suppress(Exception):  # a refusal here is the other checks' business
+        names.update(doc.roots())
+    try:
+        parsed = checker.parse(bytes(ydoc.get_update()), doc._whole)
+    except Exception as exc:
+        return f"the document's export does not parse: {type(exc).__name__}"
+    roots = [(name, ydoc.get(name, type=pycrdt.Map)) for name in sorted(names)]
+    problem = _map_walk(checker, roots, parsed, "")
+    if problem is not None or _CURRENT[0][1] % _MAP_CHECK_LOAD_EVERY:
+        return problem
+    # The index a load builds (from the save's whole state, not import by import).
+    try:
+        doc.tree("__fuzz_shapes").create()
+        saved = doc.save()
+    except Exception:  # (a forged registry may refuse the tree: no load check then)
+        _MAP_STATS["loads skipped"] += 1
+        return None
+    try:
+        loaded = type(doc).load(saved, peer_id=98)
+    except Exception as exc:
+        return f"the document's save does not load: {type(exc).__name__}: {_reason(str(exc))}"
+    _MAP_STATS["lazy loads" if loaded._lazy is not None else "eager loads"] += 1
+    names.add("__fuzz_shapes")
+    roots = [(name, ydoc.get(name, type=pycrdt.Map)) for name in sorted(names)]
+    return _map_walk(loaded._checker, roots, None, " after a load")
+
+
+def _map_walk(checker: Any, roots: list[tuple[str, Any]], parsed: Any, when: str) -> str | None:
+    """Compares ``checker``'s map queries with the engine maps ``roots`` and their nested maps."""
+    import pycrdt
+
+    from crdtsync.format.yupdate import CONTENT_ANY, CONTENT_TYPE, TYPE_MAP
+
+    todo: list[tuple[str | tuple[int, int], Any]] = list(roots)
+    maps = keys = 0
+    while todo and maps < _MAP_CHECK_MAPS and keys < _MAP_CHECK_KEYS:
+        container, ymap = todo.pop(0)
+        maps += 1
+        where = ("root" if isinstance(container, str) else "nested map") + when
+        entries = checker.map_entries(container) or {}
+        live = set(ymap.keys())
+        if set(entries) != live:
+            side = "keys the engine lacks" if set(entries) - live else "keys missing"
+            if set(entries) - live and live - set(entries):
+                side = "different keys"
+            return f"map_entries of a {where}: {side}"
+        size = checker.map_size(container) or 0
+        if size != len(ymap):
+            return f"map_size of a {where} differs from the engine's len"
+        _MAP_STATS[f"{'root' if isinstance(container, str) else 'nested'} maps{when}"] += 1
+        _MAP_STATS[f"non-empty {'roots' if isinstance(container, str) else 'nested'}{when}"] += (
+            bool(live)
+        )
+        for key in sorted(entries):
+            keys += 1
+            client, clock, kind, type_ref = entries[key]
+            try:
+                value = ymap[key]
+            except Exception as exc:  # the index lists a key the engine cannot read
+                return f"the engine cannot read an entry of a {where}: {type(exc).__name__}"
+            if (kind == CONTENT_TYPE and type_ref == TYPE_MAP) != isinstance(value, pycrdt.Map):
+                return f"map_entries of a {where}: an entry's kind differs from the engine's value"
+            if isinstance(value, pycrdt.Map):
+                todo.append(((client, clock), value))
+            elif kind == CONTENT_ANY and parsed is not None:
+                string = parsed.any_string(client, clock)
+                if string is not None and string != value:
+                    return f"any_string of an entry of a {where} differs from the engine's value"
+                _MAP_STATS["any_string strings"] += string is not None
+        _MAP_STATS["keys" + when] += len(entries)
+    return None
+
+
 def target_doc(
     prior: bytes, data: bytes, apply_rejected: bool, announce: Callable[[bool], None]
 ) -> tuple[str, str]:
@@ -871,6 +999,9 @@ def target_doc(
         problem = _export_problem(doc.export_yjs_update(), roots)
         if problem is not None:
             return "corrupt-after-accept", problem
+        problem = _index_map_problem(doc, data)
+        if problem is not None:
+            return "index-mismatch-after-accept", problem
         return "accepted", ""
     except InvalidUpdateError as exc:
         return "rejected", _reason(str(exc))
@@ -927,8 +1058,11 @@ def worker_main(args: argparse.Namespace) -> None:
     counts: collections.Counter[str] = collections.Counter()
     reasons: collections.Counter[str] = collections.Counter()
     inside = [False]
+    saved: collections.Counter[str] = collections.Counter()
 
     def flush_counts() -> None:
+        counts.update({"mapcheck:" + k: v for k, v in _MAP_STATS.items()})
+        _MAP_STATS.clear()
         out.write("R " + json.dumps({"counts": counts, "reasons": reasons}) + "\n")
         counts.clear()
         reasons.clear()
@@ -952,21 +1086,25 @@ def worker_main(args: argparse.Namespace) -> None:
         counts[verdict] += 1
         if verdict != "accepted":
             reasons[f"{verdict}: {reason}"] += 1
+            # (reasons is emptied at each flush: the first inputs of each kind
+            # and reason are saved from this worker's own count)
+            saved[f"{verdict}: {reason}"] += 1
         if verdict == "panic-after-accept":
             save_crasher("panic", args.seed, index, prior, data, args.out)
             out.write(f"P {index} {reason}\n")
-        elif verdict == "engine-error-after-accept" and reasons[f"{verdict}: {reason}"] <= 2:
+        elif verdict == "engine-error-after-accept" and saved[f"{verdict}: {reason}"] <= 2:
             save_crasher("engine-error", args.seed, index, prior, data, args.out)
-        elif verdict == "corrupt-after-accept" and reasons[f"{verdict}: {reason}"] <= 2:
+        elif verdict == "corrupt-after-accept" and saved[f"{verdict}: {reason}"] <= 2:
             save_crasher("corrupt", args.seed, index, prior, data, args.out)
-        elif args.apply_rejected and "=> panic" in reason and reasons[f"{verdict}: {reason}"] <= 2:
+        elif verdict == "index-mismatch-after-accept" and saved[f"{verdict}: {reason}"] <= 2:
+            save_crasher("index-mismatch", args.seed, index, prior, data, args.out)
+        elif args.apply_rejected and "=> panic" in reason and saved[f"{verdict}: {reason}"] <= 2:
             save_crasher("rejected-panic", args.seed, index, prior, data, args.out)
         if index % 200 == 0:  # heartbeat for the parent's stall detector
             out.write(f"H {index}\n")
             flush_counts()
         out.flush()
-    out.write("R " + json.dumps({"counts": counts, "reasons": reasons}) + "\n")
-    out.flush()
+    flush_counts()
 
 
 def _spawn(args: argparse.Namespace, start: int, stop: int) -> subprocess.Popen[bytes]:
@@ -1121,6 +1259,7 @@ def _parent_loop(args: argparse.Namespace, corpus: list[Sample], t0: float) -> i
         "panics_after_accept": counts["panic-after-accept"],
         "engine_errors_after_accept": counts["engine-error-after-accept"],
         "corrupt_after_accept": counts["corrupt-after-accept"],
+        "index_mismatches_after_accept": counts["index-mismatch-after-accept"],
         "crashes": counts["crash"]
         + counts["hang"]
         + sum(v for k, v in counts.items() if k.startswith("exit")),
@@ -1129,6 +1268,7 @@ def _parent_loop(args: argparse.Namespace, corpus: list[Sample], t0: float) -> i
         ),
         "seconds": round(time.time() - t0, 1),
         "by_generator": {k[4:]: v for k, v in counts.items() if k.startswith("how:")},
+        "map_check": {k[9:]: v for k, v in counts.items() if k.startswith("mapcheck:")},
     }
     print(json.dumps(summary, indent=2))
     print("top reasons:")
@@ -1141,6 +1281,7 @@ def _parent_loop(args: argparse.Namespace, corpus: list[Sample], t0: float) -> i
         + summary["crashes"]
         + summary["engine_errors_after_accept"]
         + summary["corrupt_after_accept"]
+        + summary["index_mismatches_after_accept"]
     )
     return 1 if bad else 0
 
