@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import pycrdt
 
@@ -410,11 +410,7 @@ class Doc:
         try:
             lazy.apply_bare(update)
         except BaseException as exc:
-            if _is_panic(exc):
-                raise EngineError(f"the CRDT engine failed: {exc}") from None
-            if isinstance(exc, Exception):
-                raise EngineError(f"the CRDT engine refused a validated update: {exc}") from exc
-            raise
+            _raise_apply_failure(exc)
         finally:
             del update
             self._subscribe_engine()
@@ -1311,11 +1307,7 @@ class Doc:
         self._text_epoch += 1
         self._text_ascii_epoch = self._text_epoch
         self._checker.rollback()
-        if _is_panic(exc):
-            raise EngineError(f"the CRDT engine failed: {exc}") from None
-        if isinstance(exc, Exception):
-            raise EngineError(f"the CRDT engine refused a validated update: {exc}") from exc
-        raise exc
+        _raise_apply_failure(exc)
 
     def _announce_new_roots(self, origin: Any) -> None:
         """Tell change observers of the roots an import created (with its own event, if any)."""
@@ -1404,13 +1396,7 @@ class Doc:
                 self._engine_apply_bare(update)
             applied = plain
         except BaseException as exc:
-            if _is_panic(exc):
-                raise EngineError(f"the CRDT engine failed: {exc}") from None
-            if isinstance(exc, Exception):
-                # Validation should make this unreachable; never let an engine
-                # error type escape as if it were ours to document.
-                raise EngineError(f"the CRDT engine refused a validated update: {exc}") from exc
-            raise
+            _raise_apply_failure(exc)
         finally:
             self._depth = 0
             self._importing = False
@@ -1728,6 +1714,21 @@ class Doc:
             # engine holds it weakly (tests/model/test_doc_lifetime.py).
             on_transaction = _weak_callback(self, Doc._on_transaction)
             self._txn_sub, self._engine_errors = observe_transactions(self._y, on_transaction)
+
+
+def _raise_apply_failure(exc: BaseException) -> NoReturn:
+    """Raise what the engine failing to apply a validated update becomes.
+
+    A panic becomes :class:`EngineError`; so does any other ``Exception``
+    (validation should make it unreachable: never let an engine error type
+    escape as if it were ours to document). Anything else (``KeyboardInterrupt``)
+    goes on as it is.
+    """
+    if _is_panic(exc):
+        raise EngineError(f"the CRDT engine failed: {exc}") from None
+    if isinstance(exc, Exception):
+        raise EngineError(f"the CRDT engine refused a validated update: {exc}") from exc
+    raise exc
 
 
 def _weak_callback(doc: Doc, method: Callable[..., None]) -> Callable[[Any], None]:
