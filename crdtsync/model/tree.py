@@ -2426,7 +2426,14 @@ _IDS = re.compile(f"{_NUM}:{_NUM}(?: {_NUM}:{_NUM})*").fullmatch
 
 
 def tree_cache(doc: Doc) -> bytes:
-    """The shape of every tree bound on ``doc``, to store with its saved update.
+    """The shape of every root tree bound on ``doc``, to store with its saved update.
+
+    Only root trees: a nested tree's map may have been deleted since it was
+    bound (by this replica or a remote one), and the engine frees a deleted
+    type's branch (garbage collection) while the binding still points at it;
+    reading it is undefined behaviour in the engine (a segfault, or a panic,
+    found by ``scripts/fuzz_lazy_load.py``). A root's branch is never freed.
+    Nested trees are read from their operations on load.
 
     Returns:
         The blob (empty if no tree has a shape worth saving).
@@ -2436,6 +2443,8 @@ def tree_cache(doc: Doc) -> bytes:
         return b""
     trees = []
     for key, b in sorted(per_doc.items()):
+        if not key.startswith("r:"):
+            continue  # a nested tree (see above): never touch its binding here
         if b.dirty:
             b.sync()
         st = b.state
