@@ -774,14 +774,15 @@ def _worker(seed: int, start: int, stop: int) -> None:
 
 
 def save_finding(out: Path, seed: int, index: int, what: str) -> Path:
+    """Writes a finding: ``<base>.txt`` says what, ``<base>.save`` is the input."""
     out.mkdir(parents=True, exist_ok=True)
     base = out / f"lazy-{seed}-{index}"
-    try:
-        data = make_input(seed, index).data
-    except BaseException:  # (the report goes on without it)
-        data = b""
-    base.with_suffix(".save").write_bytes(data)
     base.with_suffix(".txt").write_text(f"seed {seed} index {index}\n{what}\n")
+    # Generated in a subprocess: generating may be what crashed.
+    cmd = [sys.executable, __file__, "--dump", str(base.with_suffix(".save"))]
+    cmd += ["--seed", str(seed), "--start", str(index)]
+    with contextlib.suppress(subprocess.SubprocessError):
+        subprocess.run(cmd, timeout=120, check=False)
     return base
 
 
@@ -793,7 +794,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("fuzz-lazy-load-findings"))
     ap.add_argument("--input-timeout", type=float, default=60.0, help="seconds per input")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--dump", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.dump is not None:
+        args.dump.write_bytes(make_input(args.seed, args.start).data)
+        return 0
     stop = args.start + args.count
     if args.worker:
         _worker(args.seed, args.start, stop)
@@ -801,6 +806,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.monotonic()
     total = Result()
+    try:
+        hangs = _drive(args, stop, total, t0)
+    except KeyboardInterrupt:  # (timeout -s INT): the summary of what ran
+        print("interrupted", flush=True)
+        hangs = total.outcomes["HANG"]
+    elapsed = time.monotonic() - t0
+    summary = {
+        "seed": args.seed,
+        "start": args.start,
+        "inputs": total.count,
+        "seconds": round(elapsed, 1),
+        "findings": len(total.problems) + hangs + total.outcomes["CRASH"],
+        "outcomes": dict(sorted(total.outcomes.items())),
+    }
+    print(json.dumps(summary, indent=2))
+    return 1 if summary["findings"] else 0
+
+
+def _drive(args: argparse.Namespace, stop: int, total: Result, t0: float) -> int:
+    """Runs workers over ``[args.start, stop)``, restarting after hangs and crashes."""
     nxt = args.start
     hangs = 0
     last_report = t0
@@ -853,18 +878,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if now - last_report > 60:
                 last_report = now
                 rate = total.count / (now - t0)
-                print(f"{total.count} inputs, {rate:.1f}/s, findings {len(total.problems)}")
-    elapsed = time.monotonic() - t0
-    summary = {
-        "seed": args.seed,
-        "start": args.start,
-        "inputs": total.count,
-        "seconds": round(elapsed, 1),
-        "findings": len(total.problems) + hangs + total.outcomes["CRASH"],
-        "outcomes": dict(sorted(total.outcomes.items())),
-    }
-    print(json.dumps(summary, indent=2))
-    return 1 if summary["findings"] else 0
+                found = len(total.problems)
+                print(f"{total.count} inputs, {rate:.1f}/s, findings {found}", flush=True)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return hangs
 
 
 if __name__ == "__main__":
